@@ -1,0 +1,40 @@
+import { open, rename, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
+/** fsync a directory so that a rename or create inside it survives a crash. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Replaces `file` with `data` so that a crash leaves either the old or the new content:
+ * write `<file>.tmp`, fsync, rename over `file`, fsync the directory.
+ * `beforeRename` exists so tests can simulate a crash between write and rename.
+ */
+export async function writeFileAtomic(
+  file: string,
+  data: string | Buffer,
+  hooks: { beforeRename?: () => void | Promise<void> } = {},
+): Promise<void> {
+  const tmp = `${file}.tmp`;
+  const handle = await open(tmp, 'w', 0o644);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  try {
+    await hooks.beforeRename?.();
+    await rename(tmp, file);
+  } catch (error) {
+    await rm(tmp, { force: true }).catch(() => {});
+    throw error;
+  }
+  await fsyncDir(dirname(file));
+}

@@ -1,0 +1,444 @@
+import type { FileHandle } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { TxlogError } from './errors.ts';
+import { encodeFrame } from './frame.ts';
+import { encodeRecord, type LogRecord } from './record.ts';
+import {
+  createSegment,
+  cutTornTail,
+  openSegmentForAppend,
+  removeSegment,
+  SEGMENT_MAGIC,
+  scanSegment,
+} from './segment.ts';
+import { segmentIndexFor, sortedSegments } from './segment-name.ts';
+import { formatTxId, generationMarkerTxId, generationOf, nextTxId, type TxId, ZERO_TXID } from './txid.ts';
+
+/**
+ * An append-only, segmented log of one partition.
+ *
+ * Invariants:
+ * - txids strictly increase through the whole log;
+ * - an append's promise resolves only after its frame is fdatasync'ed (group commit: all
+ *   appends queued while one fsync runs share the next one);
+ * - readers see only durable records;
+ * - a torn tail of the last segment is cut on open and reported; anything else that does not
+ *   decode is a TXLOG_CORRUPT error naming the segment and offset, never skipped.
+ */
+export interface TxLogOptions {
+  /** A segment is cut when the next frame would take it past this size. */
+  segmentSizeBytes?: number;
+  /** How many of the newest records are kept in memory to serve followers without disk reads. */
+  tailCacheRecords?: number;
+}
+
+export interface OpenReport {
+  tornTail?: { segment: string; offset: number; bytesRemoved: number; reason: string };
+}
+
+export type ChangeInput = Pick<LogRecord, 'kind' | 'path' | 'size' | 'mtimeNs' | 'sha256'> & {
+  kind: 'put' | 'delete';
+};
+
+export const DEFAULT_SEGMENT_SIZE_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_TAIL_CACHE_RECORDS = 16_384;
+
+interface Pending {
+  record: LogRecord;
+  frame: Buffer;
+  resolve: (record: LogRecord) => void;
+  reject: (error: unknown) => void;
+}
+
+interface Waiter {
+  after: TxId;
+  wake: () => void;
+}
+
+export class TxLog {
+  readonly dir: string;
+  readonly openReport: OpenReport;
+  private readonly segmentSizeBytes: number;
+  private readonly tailCacheRecords: number;
+  /** First txid of every segment, in order. */
+  private segments: TxId[];
+  private handle: FileHandle | undefined;
+  private segmentBytes: number;
+  private durableTxid: TxId;
+  private assignedTxid: TxId;
+  private writableGeneration: bigint | undefined;
+  private tail: LogRecord[];
+  private tailIsWholeLog: boolean;
+  private queue: Pending[] = [];
+  private flushing: Promise<void> | undefined;
+  private waiters = new Set<Waiter>();
+  private closed = false;
+
+  private constructor(dir: string, options: Required<TxLogOptions>, state: OpenState) {
+    this.dir = dir;
+    this.segmentSizeBytes = options.segmentSizeBytes;
+    this.tailCacheRecords = options.tailCacheRecords;
+    this.segments = state.segments;
+    this.handle = state.handle;
+    this.segmentBytes = state.segmentBytes;
+    this.durableTxid = state.lastTxid;
+    this.assignedTxid = state.lastTxid;
+    this.tail = state.tail;
+    this.tailIsWholeLog = state.tailIsWholeLog;
+    this.openReport = state.report;
+  }
+
+  /** Opens (creating if needed) the log in `dir`, cutting a torn tail of the last segment. */
+  static async open(dir: string, options: TxLogOptions = {}): Promise<TxLog> {
+    const resolved = {
+      segmentSizeBytes: options.segmentSizeBytes ?? DEFAULT_SEGMENT_SIZE_BYTES,
+      tailCacheRecords: options.tailCacheRecords ?? DEFAULT_TAIL_CACHE_RECORDS,
+    };
+    await mkdir(dir, { recursive: true });
+    const state = await recover(dir, resolved.tailCacheRecords);
+    return new TxLog(dir, resolved, state);
+  }
+
+  /** The last durable txid (0n for an empty log). */
+  get lastTxid(): TxId {
+    return this.durableTxid;
+  }
+
+  /**
+   * Appends the end-of-generation marker that opens `generation` (txid `generation:0`, carrying
+   * the last txid of the previous one) and lets this handle assign ids in it.
+   */
+  startGeneration(generation: bigint): Promise<LogRecord> {
+    const txid = generationMarkerTxId(generation);
+    const record: LogRecord = {
+      txid,
+      kind: 'end-of-generation',
+      path: '',
+      size: 0n,
+      mtimeNs: 0n,
+      sha256: '',
+      previousTxid: this.assignedTxid,
+    };
+    const done = this.enqueue(record);
+    this.writableGeneration = generation;
+    return done;
+  }
+
+  /** Master path: assigns the next txid of the started generation and appends the change. */
+  appendChange(change: ChangeInput): Promise<LogRecord> {
+    if (
+      this.writableGeneration === undefined ||
+      generationOf(this.assignedTxid) !== this.writableGeneration
+    ) {
+      return Promise.reject(
+        new TxlogError(
+          'TXLOG_NO_GENERATION',
+          'no generation started on this log: call startGeneration first',
+        ),
+      );
+    }
+    let txid: TxId;
+    try {
+      txid = nextTxId(this.assignedTxid);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.enqueue({ ...change, txid, previousTxid: ZERO_TXID });
+  }
+
+  /** Replica path: appends a record that already carries the master's txid. */
+  appendRecord(record: LogRecord): Promise<LogRecord> {
+    if (record.txid <= this.assignedTxid) {
+      return Promise.reject(
+        new TxlogError(
+          'TXLOG_NOT_INCREASING',
+          `record ${formatTxId(record.txid)} is not after the log's last ${formatTxId(this.assignedTxid)}`,
+        ),
+      );
+    }
+    this.writableGeneration = undefined;
+    return this.enqueue(record);
+  }
+
+  private enqueue(record: LogRecord): Promise<LogRecord> {
+    if (this.closed) return Promise.reject(new TxlogError('TXLOG_CLOSED', `log ${this.dir} is closed`));
+    if (record.txid <= this.assignedTxid) {
+      return Promise.reject(
+        new TxlogError(
+          'TXLOG_NOT_INCREASING',
+          `txid ${formatTxId(record.txid)} is not after ${formatTxId(this.assignedTxid)}`,
+        ),
+      );
+    }
+    let frame: Buffer;
+    try {
+      frame = encodeFrame(encodeRecord(record));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    this.assignedTxid = record.txid;
+    return new Promise((resolve, reject) => {
+      this.queue.push({ record, frame, resolve, reject });
+      if (!this.flushing) this.flushing = this.flushLoop();
+    });
+  }
+
+  private async flushLoop(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue;
+        this.queue = [];
+        try {
+          await this.writeBatch(batch);
+        } catch (error) {
+          // Ids assigned to queued appends depend on the failed ones: fail them all and let callers retry.
+          const failed = batch.filter((item) => item.record.txid > this.durableTxid).concat(this.queue);
+          this.queue = [];
+          this.assignedTxid = this.durableTxid;
+          const wrapped = new TxlogError(
+            'TXLOG_WRITE_FAILED',
+            `append to ${this.dir} failed (${(error as Error).message}): free space or fix the disk, then retry`,
+            { cause: error },
+          );
+          for (const item of failed) item.reject(wrapped);
+        }
+      }
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  /** Writes the batch in as few write+fdatasync rounds as segment boundaries allow. */
+  private async writeBatch(batch: Pending[]): Promise<void> {
+    let i = 0;
+    while (i < batch.length) {
+      const head = batch[i]!;
+      if (
+        this.handle === undefined ||
+        (this.segmentBytes > SEGMENT_MAGIC.length &&
+          this.segmentBytes + head.frame.length > this.segmentSizeBytes)
+      ) {
+        await this.handle?.close();
+        this.handle = undefined;
+        this.handle = await createSegment(this.dir, head.record.txid);
+        this.segments.push(head.record.txid);
+        this.segmentBytes = SEGMENT_MAGIC.length;
+      }
+      const items: Pending[] = [];
+      let bytes = 0;
+      while (i < batch.length) {
+        const item = batch[i]!;
+        if (items.length > 0 && this.segmentBytes + bytes + item.frame.length > this.segmentSizeBytes) break;
+        items.push(item);
+        bytes += item.frame.length;
+        i++;
+      }
+      await this.writeDurably(
+        items.map((item) => item.frame),
+        bytes,
+      );
+      this.publish(items.map((item) => item.record));
+      for (const item of items) item.resolve(item.record);
+    }
+  }
+
+  private async writeDurably(frames: Buffer[], bytes: number): Promise<void> {
+    const handle = this.handle!;
+    const start = this.segmentBytes;
+    const data = frames.length === 1 ? frames[0]! : Buffer.concat(frames, bytes);
+    try {
+      let written = 0;
+      while (written < data.length) {
+        const { bytesWritten } = await handle.write(data, written, data.length - written);
+        written += bytesWritten;
+      }
+      await handle.datasync();
+    } catch (error) {
+      // Leave no partial frame behind, so the handle stays usable after ENOSPC and the like.
+      await handle.truncate(start).catch(() => {});
+      throw error;
+    }
+    this.segmentBytes = start + bytes;
+  }
+
+  private publish(records: LogRecord[]): void {
+    if (records.length === 0) return;
+    this.tail.push(...records);
+    if (this.tail.length > this.tailCacheRecords * 2) {
+      this.tail = this.tail.slice(-this.tailCacheRecords);
+      this.tailIsWholeLog = false;
+    }
+    this.durableTxid = records.at(-1)!.txid;
+    for (const waiter of this.waiters) {
+      if (this.durableTxid > waiter.after) {
+        this.waiters.delete(waiter);
+        waiter.wake();
+      }
+    }
+  }
+
+  /** Up to `maxRecords` durable records with txid > `after`, in order. */
+  async readAfter(after: TxId, maxRecords = 1000): Promise<LogRecord[]> {
+    if (after >= this.durableTxid) return [];
+    const first = this.tail[0];
+    if (first !== undefined && (this.tailIsWholeLog || first.txid <= after)) {
+      let lo = 0;
+      let hi = this.tail.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (this.tail[mid]!.txid <= after) lo = mid + 1;
+        else hi = mid;
+      }
+      return this.tail.slice(lo, lo + maxRecords);
+    }
+    const out: LogRecord[] = [];
+    const segments = this.segments.slice();
+    for (let i = segmentIndexFor(segments, after); i < segments.length && out.length < maxRecords; i++) {
+      const scan = await scanSegment(this.dir, segments[i]!);
+      const isLast = i === segments.length - 1;
+      for (const { record } of scan.records) {
+        if (record.txid > this.durableTxid) break;
+        if (record.txid > after) out.push(record);
+        if (out.length >= maxRecords) break;
+      }
+      if (scan.end.kind === 'corrupt' || (scan.end.kind === 'torn' && !isLast)) {
+        const lastRead = scan.records.at(-1)?.record.txid ?? ZERO_TXID;
+        if (lastRead < this.durableTxid && out.length < maxRecords) {
+          throw new TxlogError(
+            'TXLOG_CORRUPT',
+            `segment ${scan.name} in ${this.dir} is corrupt at offset ${scan.end.offset} (${scan.end.reason}): restore it from a replica`,
+            { segment: scan.name, offset: scan.end.offset },
+          );
+        }
+      }
+    }
+    return out;
+  }
+
+  /** Iterates every durable record after `after`, in order. */
+  async *readFrom(after: TxId, batchSize = 1000): AsyncGenerator<LogRecord> {
+    let cursor = after;
+    for (;;) {
+      const batch = await this.readAfter(cursor, batchSize);
+      if (batch.length === 0) return;
+      yield* batch;
+      cursor = batch.at(-1)!.txid;
+    }
+  }
+
+  /**
+   * Resolves true as soon as a record after `after` is durable, false when `timeoutMs` passes or
+   * `signal` aborts first. Leaves no timer or listener behind.
+   */
+  waitForRecordsAfter(after: TxId, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    if (this.durableTxid > after) return Promise.resolve(true);
+    if (this.closed || signal?.aborted || timeoutMs <= 0) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const finish = (value: boolean) => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.waiters.delete(waiter);
+        resolve(value);
+      };
+      const onAbort = () => finish(false);
+      const waiter: Waiter = { after, wake: () => finish(true) };
+      const timer = setTimeout(() => finish(false), timeoutMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.waiters.add(waiter);
+    });
+  }
+
+  /** Waits for appends in flight, then closes the segment. Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    while (this.flushing) await this.flushing;
+    await this.handle?.close();
+    this.handle = undefined;
+    for (const waiter of this.waiters) waiter.wake();
+    this.waiters.clear();
+  }
+}
+
+interface OpenState {
+  segments: TxId[];
+  handle: FileHandle | undefined;
+  segmentBytes: number;
+  lastTxid: TxId;
+  tail: LogRecord[];
+  tailIsWholeLog: boolean;
+  report: OpenReport;
+}
+
+async function recover(dir: string, tailCacheRecords: number): Promise<OpenState> {
+  const names = await readdir(dir);
+  for (const name of names) {
+    // A segment that never got its header renamed into place holds no record.
+    if (name.endsWith('.log.tmp')) await rm(join(dir, name), { force: true });
+  }
+  const segments = sortedSegments(names);
+  const report: OpenReport = {};
+  while (segments.length > 0) {
+    const first = segments.at(-1)!;
+    let scan = await scanSegment(dir, first);
+    if (scan.end.kind === 'corrupt') {
+      throw new TxlogError(
+        'TXLOG_CORRUPT',
+        `segment ${scan.name} in ${dir} is corrupt at offset ${scan.end.offset} (${scan.end.reason}): restore it from a replica`,
+        { segment: scan.name, offset: scan.end.offset },
+      );
+    }
+    if (scan.end.kind === 'torn') {
+      const bytesRemoved = await cutTornTail(dir, first, scan.end.offset);
+      report.tornTail = {
+        segment: scan.name,
+        offset: scan.end.offset,
+        bytesRemoved,
+        reason: scan.end.reason,
+      };
+      scan = await scanSegment(dir, first);
+    }
+    checkIncreasing(
+      scan.records.map((r) => r.record),
+      scan.name,
+      dir,
+    );
+    if (scan.records.length === 0) {
+      await removeSegment(dir, first);
+      segments.pop();
+      continue;
+    }
+    const tail = scan.records.slice(-tailCacheRecords).map((r) => r.record);
+    return {
+      segments,
+      handle: await openSegmentForAppend(dir, first),
+      segmentBytes: scan.size,
+      lastTxid: tail.at(-1)!.txid,
+      tail,
+      tailIsWholeLog: segments.length === 1 && tail.length === scan.records.length,
+      report,
+    };
+  }
+  return {
+    segments,
+    handle: undefined,
+    segmentBytes: 0,
+    lastTxid: ZERO_TXID,
+    tail: [],
+    tailIsWholeLog: true,
+    report,
+  };
+}
+
+function checkIncreasing(records: LogRecord[], segment: string, dir: string): void {
+  for (let i = 1; i < records.length; i++) {
+    if (records[i]!.txid <= records[i - 1]!.txid) {
+      throw new TxlogError(
+        'TXLOG_NOT_INCREASING',
+        `segment ${segment} in ${dir} has txid ${formatTxId(records[i]!.txid)} after ${formatTxId(records[i - 1]!.txid)}`,
+        { segment },
+      );
+    }
+  }
+}

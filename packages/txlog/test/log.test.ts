@@ -1,0 +1,234 @@
+import { appendFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { formatTxId, makeTxId, readCheckpoint, TxLog, type TxlogError, writeCheckpoint } from '@pfs/txlog';
+import { describe, expect, it } from 'vitest';
+import { put, tempDir } from './helpers.ts';
+
+async function collect(log: TxLog, after = 0n) {
+  const out = [];
+  for await (const record of log.readFrom(after)) out.push(record);
+  return out;
+}
+
+describe('TxLog', () => {
+  it('assigns increasing ids in the started generation and reads them back after reopen', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir);
+    await expect(log.appendChange(put('a'))).rejects.toMatchObject({ code: 'TXLOG_NO_GENERATION' });
+    const marker = await log.startGeneration(1n);
+    expect(marker).toMatchObject({ kind: 'end-of-generation', txid: makeTxId(1, 0), previousTxid: 0n });
+    const results = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => log.appendChange(put(`f${i}`, i))),
+    );
+    expect(results.map((r) => formatTxId(r.txid))).toEqual(
+      Array.from({ length: 50 }, (_, i) => `1:${i + 1}`),
+    );
+    expect(log.lastTxid).toBe(makeTxId(1, 50));
+    await log.close();
+
+    const reopened = await TxLog.open(dir);
+    expect(reopened.openReport.tornTail).toBeUndefined();
+    expect(reopened.lastTxid).toBe(makeTxId(1, 50));
+    const records = await collect(reopened);
+    expect(records).toHaveLength(51);
+    expect(records[5]).toMatchObject({ path: 'f4', size: 4n });
+    const gen2 = await reopened.startGeneration(2n);
+    expect(gen2).toMatchObject({ txid: makeTxId(2, 0), previousTxid: makeTxId(1, 50) });
+    expect((await reopened.appendChange(put('g'))).txid).toBe(makeTxId(2, 1));
+    await reopened.close();
+  });
+
+  it('keeps the master ids on the replica path and refuses ids that do not increase', async () => {
+    const log = await TxLog.open(await tempDir());
+    await log.appendRecord({ ...put('a'), txid: makeTxId(3, 7), previousTxid: 0n });
+    await expect(
+      log.appendRecord({ ...put('b'), txid: makeTxId(3, 7), previousTxid: 0n }),
+    ).rejects.toMatchObject({
+      code: 'TXLOG_NOT_INCREASING',
+    });
+    await expect(log.appendChange(put('c'))).rejects.toMatchObject({ code: 'TXLOG_NO_GENERATION' });
+    await log.appendRecord({ ...put('b'), txid: makeTxId(4, 1), previousTxid: 0n });
+    expect((await collect(log)).map((r) => r.path)).toEqual(['a', 'b']);
+    await log.close();
+  });
+
+  it('cuts segments by size and reads across them from any txid', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir, { segmentSizeBytes: 1024, tailCacheRecords: 4 });
+    await log.startGeneration(1n);
+    for (let i = 0; i < 200; i++) await log.appendChange(put(`file-${i}`, i));
+    await log.close();
+    const segments = (await readdir(dir)).filter((n) => n.endsWith('.log'));
+    expect(segments.length).toBeGreaterThan(10);
+    expect(segments[0]).toBe('0000000100000000.log');
+    for (const name of segments) expect((await stat(join(dir, name))).size).toBeLessThanOrEqual(1024);
+
+    const reopened = await TxLog.open(dir, { segmentSizeBytes: 1024, tailCacheRecords: 4 });
+    for (const after of [0, 1, 37, 99, 150, 199, 200]) {
+      const records = await collect(reopened, makeTxId(1, after));
+      expect(records.map((r) => r.txid)).toEqual(
+        Array.from({ length: 200 - after }, (_, i) => makeTxId(1, after + i + 1)),
+      );
+    }
+    const page = await reopened.readAfter(makeTxId(1, 10), 5);
+    expect(page.map((r) => r.path)).toEqual(['file-10', 'file-11', 'file-12', 'file-13', 'file-14']);
+    await reopened.close();
+  });
+
+  it('truncates a torn tail at every byte offset of the last record and keeps the rest', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir);
+    await log.startGeneration(1n);
+    for (let i = 0; i < 3; i++) await log.appendChange(put(`keep-${i}`, i));
+    const sizeBefore = (await stat(join(dir, '0000000100000000.log'))).size;
+    await log.appendChange(put('torn-record', 9));
+    await log.close();
+    const file = join(dir, '0000000100000000.log');
+    const full = await readFile(file);
+    for (let cut = sizeBefore; cut < full.length; cut++) {
+      await writeFile(file, full.subarray(0, cut));
+      const reopened = await TxLog.open(dir);
+      if (cut === sizeBefore) {
+        expect(reopened.openReport.tornTail).toBeUndefined();
+      } else {
+        expect(reopened.openReport.tornTail).toMatchObject({
+          offset: sizeBefore,
+          bytesRemoved: cut - sizeBefore,
+        });
+      }
+      expect(reopened.lastTxid).toBe(makeTxId(1, 3));
+      expect((await collect(reopened)).map((r) => r.path)).toEqual(['', 'keep-0', 'keep-1', 'keep-2']);
+      await reopened.close();
+      expect((await stat(file)).size).toBe(sizeBefore);
+    }
+    // The cut bytes are kept beside the segment, never thrown away.
+    expect((await readdir(dir)).some((n) => n.startsWith('0000000100000000.log.torn-'))).toBe(true);
+  });
+
+  it('treats a zero-filled tail as torn and appends after it', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir);
+    await log.startGeneration(1n);
+    await log.appendChange(put('a'));
+    await log.close();
+    await appendFile(join(dir, '0000000100000000.log'), Buffer.alloc(4096));
+    const reopened = await TxLog.open(dir);
+    expect(reopened.openReport.tornTail?.reason).toBe('zero-filled tail');
+    expect((await reopened.appendRecord({ ...put('b'), txid: makeTxId(1, 2), previousTxid: 0n })).path).toBe(
+      'b',
+    );
+    await reopened.close();
+    const again = await TxLog.open(dir);
+    expect((await collect(again)).map((r) => r.path)).toEqual(['', 'a', 'b']);
+    await again.close();
+  });
+
+  it('reports corruption before the tail with segment and offset instead of truncating', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir);
+    await log.startGeneration(1n);
+    const offsets: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      offsets.push((await stat(join(dir, '0000000100000000.log'))).size);
+      await log.appendChange(put(`r${i}`, i));
+    }
+    await log.close();
+    const file = join(dir, '0000000100000000.log');
+    const good = await readFile(file);
+    // Flip a payload byte, a length byte and a CRC byte of the third record in turn.
+    for (const delta of [20, 0, 9]) {
+      const bad = Buffer.from(good);
+      bad[offsets[2]! + delta]! ^= 0x40;
+      await writeFile(file, bad);
+      const error = (await TxLog.open(dir).catch((e) => e)) as TxlogError;
+      expect(error.code).toBe('TXLOG_CORRUPT');
+      expect(error.segment).toBe('0000000100000000.log');
+      expect(error.offset).toBe(offsets[2]);
+      expect(error.message).toContain(`offset ${offsets[2]}`);
+      expect(await readFile(file)).toEqual(bad);
+    }
+  });
+
+  it('reports corruption in an earlier segment when it is read', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir, { segmentSizeBytes: 512, tailCacheRecords: 2 });
+    await log.startGeneration(1n);
+    for (let i = 0; i < 40; i++) await log.appendChange(put(`r${i}`, i));
+    await log.close();
+    const first = join(dir, '0000000100000000.log');
+    const bytes = await readFile(first);
+    bytes[40]! ^= 0xff;
+    await writeFile(first, bytes);
+    const reopened = await TxLog.open(dir, { segmentSizeBytes: 512, tailCacheRecords: 2 });
+    await expect(collect(reopened)).rejects.toMatchObject({
+      code: 'TXLOG_CORRUPT',
+      segment: '0000000100000000.log',
+    });
+    await reopened.close();
+  });
+
+  it('fails an append whose write fails, stays usable, and reuses no durable id', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir, { segmentSizeBytes: 200 });
+    await log.startGeneration(1n);
+    await log.appendChange(put('a'));
+    // The next append needs a new segment; a directory in the way of its temp file makes that fail.
+    const blocker = join(dir, '0000000100000002.log.tmp');
+    await mkdir(blocker);
+    await expect(log.appendChange(put('b'))).rejects.toMatchObject({ code: 'TXLOG_WRITE_FAILED' });
+    expect(log.lastTxid).toBe(makeTxId(1, 1));
+    await rm(blocker, { recursive: true });
+    expect((await log.appendChange(put('b'))).txid).toBe(makeTxId(1, 2));
+    await log.close();
+    const reopened = await TxLog.open(dir, { segmentSizeBytes: 200 });
+    expect((await collect(reopened)).map((r) => `${formatTxId(r.txid)} ${r.path}`)).toEqual([
+      '1:0 ',
+      '1:1 a',
+      '1:2 b',
+    ]);
+    await reopened.close();
+  });
+
+  it('wakes a waiter when a record after its txid becomes durable, and times out otherwise', async () => {
+    const log = await TxLog.open(await tempDir());
+    await log.startGeneration(1n);
+    expect(await log.waitForRecordsAfter(log.lastTxid, 20)).toBe(false);
+    const waiting = log.waitForRecordsAfter(log.lastTxid, 10_000);
+    await log.appendChange(put('x'));
+    expect(await waiting).toBe(true);
+    const controller = new AbortController();
+    const aborted = log.waitForRecordsAfter(log.lastTxid, 10_000, controller.signal);
+    controller.abort();
+    expect(await aborted).toBe(false);
+    await log.close();
+  });
+});
+
+describe('checkpoint', () => {
+  it('starts at zero, round-trips, and survives a crash between write and rename', async () => {
+    const dir = await tempDir();
+    const file = join(dir, 'checkpoint');
+    expect(await readCheckpoint(file)).toBe(0n);
+    await writeCheckpoint(file, makeTxId(2, 5));
+    expect(await readCheckpoint(file)).toBe(makeTxId(2, 5));
+    await expect(
+      writeCheckpoint(file, makeTxId(2, 9), {
+        beforeRename: () => {
+          throw new Error('killed');
+        },
+      }),
+    ).rejects.toThrow('killed');
+    expect(await readCheckpoint(file)).toBe(makeTxId(2, 5));
+    // A temp file left by a process killed before its rename is ignored and overwritten.
+    await writeFile(`${file}.tmp`, 'pfs-checkpoint 1 999');
+    expect(await readCheckpoint(file)).toBe(makeTxId(2, 5));
+    await writeCheckpoint(file, makeTxId(2, 10));
+    expect(await readCheckpoint(file)).toBe(makeTxId(2, 10));
+  });
+
+  it('names a damaged checkpoint and how to fix it', async () => {
+    const file = join(await tempDir(), 'checkpoint');
+    await writeFile(file, 'garbage');
+    await expect(readCheckpoint(file)).rejects.toMatchObject({ code: 'TXLOG_CHECKPOINT_CORRUPT' });
+  });
+});
