@@ -1,0 +1,325 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { lstat, mkdir, open, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fsyncDir } from '@pfs/txlog';
+import { FilestoreError, quote } from './errors.ts';
+import { isInternalPath, STORE_META_DIR, TEMP_PREFIX, validateStorePath } from './path-rules.ts';
+
+/**
+ * Disk side of the store. Invariants: a put replaces the whole file or nothing (temp file in the
+ * same directory, fsync, rename, fsync the directory); nothing is ever written through a symlink;
+ * a failed write leaves no temp file behind.
+ */
+export const SENTINEL_FILE = `${STORE_META_DIR}/sentinel`;
+
+export interface FileStat {
+  size: bigint;
+  mtimeNs: bigint;
+  ino: bigint;
+  ctimeNs: bigint;
+}
+
+export interface StagedFile {
+  readonly path: string;
+  readonly size: bigint;
+  readonly sha256: string;
+  /** Renames the staged bytes into place and fsyncs the directory. */
+  commit(): Promise<FileStat>;
+  /** Removes the temp file; safe after commit and twice. */
+  discard(): Promise<void>;
+}
+
+export interface StageOptions {
+  signal?: AbortSignal;
+  maxBytes?: number;
+  /** Refuse the write unless the content hashes to this (lower-case hex sha-256). */
+  expectedSha256?: string;
+}
+
+/** Creates the store root and its sentinel (checked by replicas before they delete anything). */
+export async function initStore(root: string): Promise<void> {
+  await mkdir(join(root, STORE_META_DIR), { recursive: true });
+  try {
+    await writeFile(join(root, SENTINEL_FILE), 'pfs file store\n', { flag: 'wx' });
+    await fsyncDir(join(root, STORE_META_DIR));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+}
+
+function translate(error: unknown, path: string): unknown {
+  if (error instanceof FilestoreError) return error;
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new FilestoreError(
+      'DISK_FULL',
+      `disk full while writing ${quote(path)}: free space; nothing was replaced`,
+      {
+        path,
+        cause: error,
+      },
+    );
+  }
+  if (code === 'ENOTDIR') {
+    return new FilestoreError('PATH_CONFLICT', `cannot write ${quote(path)}: a parent of it is a file`, {
+      path,
+      cause: error,
+    });
+  }
+  return error;
+}
+
+/** Makes the parent directories of `path`, refusing symlinks and files on the way. */
+async function ensureParents(root: string, path: string): Promise<void> {
+  const parts = path.split('/').slice(0, -1);
+  let current = root;
+  for (let i = 0; i < parts.length; i++) {
+    const next = join(current, parts[i]!);
+    let info: Awaited<ReturnType<typeof lstat>> | undefined;
+    try {
+      info = await lstat(next);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    }
+    if (info === undefined) {
+      try {
+        await mkdir(next);
+        await fsyncDir(current);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+        i--; // raced with another writer: look at what is there now
+        continue;
+      }
+    } else if (info.isSymbolicLink()) {
+      throw new FilestoreError(
+        'PATH_THROUGH_SYMLINK',
+        `refusing ${quote(path)}: ${quote(parts.slice(0, i + 1).join('/'))} is a symlink, and the store never writes through one`,
+        { path },
+      );
+    } else if (!info.isDirectory()) {
+      throw new FilestoreError(
+        'PATH_CONFLICT',
+        `cannot write ${quote(path)}: ${quote(parts.slice(0, i + 1).join('/'))} is a file, not a directory`,
+        { path },
+      );
+    }
+    current = next;
+  }
+}
+
+/**
+ * Streams `source` into a temp file next to `path`, hashing and fsyncing it. Nothing is visible
+ * at `path` until `commit()`.
+ */
+export async function stageFile(
+  root: string,
+  path: string,
+  source: AsyncIterable<Uint8Array> | Uint8Array,
+  options: StageOptions = {},
+): Promise<StagedFile> {
+  validateStorePath(path);
+  const target = join(root, path);
+  const temp = join(dirname(target), `${TEMP_PREFIX}${randomBytes(6).toString('hex')}`);
+  const hash = createHash('sha256');
+  let size = 0;
+  try {
+    await ensureParents(root, path);
+    const handle = await open(temp, 'wx', 0o644);
+    try {
+      const chunks = source instanceof Uint8Array ? [source] : source;
+      for await (const chunk of chunks) {
+        if (options.signal?.aborted) {
+          throw new FilestoreError('ABORTED', `write of ${quote(path)} was cancelled`, { path });
+        }
+        size += chunk.byteLength;
+        if (options.maxBytes !== undefined && size > options.maxBytes) {
+          throw new FilestoreError(
+            'FILE_TOO_LARGE',
+            `${quote(path)} is over the ${options.maxBytes}-byte limit: split it or raise maxFileBytes`,
+            { path },
+          );
+        }
+        hash.update(chunk);
+        let written = 0;
+        while (written < chunk.byteLength) {
+          written += (await handle.write(chunk, written, chunk.byteLength - written)).bytesWritten;
+        }
+      }
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  } catch (error) {
+    await rm(temp, { force: true }).catch(() => {});
+    throw translate(error, path);
+  }
+  const sha256 = hash.digest('hex');
+  if (options.expectedSha256 !== undefined && options.expectedSha256.toLowerCase() !== sha256) {
+    await rm(temp, { force: true }).catch(() => {});
+    throw new FilestoreError(
+      'CONTENT_MISMATCH',
+      `content of ${quote(path)} hashes to ${sha256}, not the expected ${options.expectedSha256}: resend it`,
+      { path },
+    );
+  }
+  let done = false;
+  return {
+    path,
+    size: BigInt(size),
+    sha256,
+    async commit() {
+      try {
+        const existing = await lstat(target).catch(() => undefined);
+        if (existing?.isDirectory()) {
+          throw new FilestoreError(
+            'PATH_IS_DIRECTORY',
+            `cannot replace directory ${quote(path)} with a file`,
+            {
+              path,
+            },
+          );
+        }
+        await rename(temp, target);
+        done = true;
+        await fsyncDir(dirname(target));
+        return await statFileAt(target);
+      } catch (error) {
+        if (!done) await rm(temp, { force: true }).catch(() => {});
+        throw translate(error, path);
+      }
+    },
+    async discard() {
+      if (!done) await rm(temp, { force: true }).catch(() => {});
+      done = true;
+    },
+  };
+}
+
+/** Stages and commits in one step. */
+export async function putFile(
+  root: string,
+  path: string,
+  source: AsyncIterable<Uint8Array> | Uint8Array,
+  options: StageOptions = {},
+): Promise<FileStat & { sha256: string }> {
+  const staged = await stageFile(root, path, source, options);
+  const info = await staged.commit();
+  return { ...info, sha256: staged.sha256 };
+}
+
+async function assertNoSymlinkParents(root: string, path: string): Promise<void> {
+  const parts = path.split('/').slice(0, -1);
+  let current = root;
+  for (let i = 0; i < parts.length; i++) {
+    current = join(current, parts[i]!);
+    const info = await lstat(current).catch(() => undefined);
+    if (info?.isSymbolicLink()) {
+      throw new FilestoreError(
+        'PATH_THROUGH_SYMLINK',
+        `refusing ${quote(path)}: a parent of it is a symlink`,
+        {
+          path,
+        },
+      );
+    }
+  }
+}
+
+/** Deletes `path`; NOT_FOUND when there is no such file. */
+export async function deleteFile(root: string, path: string): Promise<void> {
+  validateStorePath(path);
+  await assertNoSymlinkParents(root, path);
+  const target = join(root, path);
+  const info = await lstat(target).catch(() => undefined);
+  if (info === undefined)
+    throw new FilestoreError('NOT_FOUND', `no file ${quote(path)} in the store`, { path });
+  if (info.isDirectory()) {
+    throw new FilestoreError('PATH_IS_DIRECTORY', `${quote(path)} is a directory, not a file`, { path });
+  }
+  await unlink(target);
+  await fsyncDir(dirname(target));
+}
+
+async function statFileAt(target: string): Promise<FileStat> {
+  const info = await stat(target, { bigint: true });
+  return { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs };
+}
+
+/** Stat of a regular file at `path` (never following a symlink), or undefined if there is none. */
+export async function statFile(root: string, path: string): Promise<FileStat | undefined> {
+  const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
+  if (info === undefined || !info.isFile()) return undefined;
+  return { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs };
+}
+
+/** sha-256 (lower-case hex) and size of the regular file at `path`, or undefined if there is none. */
+export async function hashFile(
+  root: string,
+  path: string,
+): Promise<{ sha256: string; size: bigint } | undefined> {
+  const target = join(root, path);
+  const info = await lstat(target).catch(() => undefined);
+  if (info === undefined || !info.isFile()) return undefined;
+  const hash = createHash('sha256');
+  let size = 0n;
+  try {
+    for await (const chunk of createReadStream(target)) {
+      hash.update(chunk as Buffer);
+      size += BigInt((chunk as Buffer).length);
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  return { sha256: hash.digest('hex'), size };
+}
+
+export interface StoreEntry {
+  path: string;
+  stat: FileStat;
+}
+
+/** Every regular file in the store (internal files and symlinks skipped), depth first. */
+export async function* walkStore(root: string, under = ''): AsyncGenerator<StoreEntry> {
+  const dir = under === '' ? root : join(root, under);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  names.sort();
+  for (const name of names) {
+    const path = under === '' ? name : `${under}/${name}`;
+    if (isInternalPath(path)) continue;
+    const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
+    if (info === undefined) continue;
+    if (info.isDirectory()) yield* walkStore(root, path);
+    else if (info.isFile()) {
+      yield { path, stat: { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs } };
+    }
+  }
+}
+
+/**
+ * Moves `path` to `<quarantineRoot>/<generation>/<path>` (never deletes). Returns the new location,
+ * or undefined when there was nothing to move.
+ */
+export async function quarantineFile(
+  root: string,
+  quarantineRoot: string,
+  path: string,
+  generation: bigint,
+): Promise<string | undefined> {
+  validateStorePath(path);
+  const source = join(root, path);
+  if ((await lstat(source).catch(() => undefined)) === undefined) return undefined;
+  const destination = join(quarantineRoot, String(generation), path);
+  await mkdir(dirname(destination), { recursive: true });
+  await rename(source, destination);
+  await fsyncDir(dirname(destination));
+  await fsyncDir(dirname(source));
+  return destination;
+}

@@ -1,0 +1,87 @@
+import { type FilestoreError, isInternalPath, partitionOf, validateStorePath } from '@pfs/filestore';
+import { describe, expect, it } from 'vitest';
+import { oddNames } from './odd-names.ts';
+
+const moreBad: [string, string][] = [
+  ['a/..', 'PATH_TRAVERSAL'],
+  ['a/../b', 'PATH_TRAVERSAL'],
+  ['./a', 'PATH_NOT_NORMALIZED'],
+  ['a/.', 'PATH_NOT_NORMALIZED'],
+  ['/', 'PATH_ABSOLUTE'],
+  ['//double', 'PATH_ABSOLUTE'],
+  ['dir/', 'PATH_NOT_NORMALIZED'],
+  ['x\0', 'PATH_NUL'],
+  ['\ud800', 'PATH_INVALID_UTF8'],
+  ['.pfs/sentinel', 'PATH_RESERVED'],
+  ['.pfs', 'PATH_RESERVED'],
+  ['dir/.pfs-tmp.abc', 'PATH_RESERVED'],
+  ['.pfs-tmp.x', 'PATH_RESERVED'],
+];
+
+describe('validateStorePath', () => {
+  it.each(oddNames.accept.map((p) => [JSON.stringify(p).slice(0, 60), p]))('accepts %s', (_, path) => {
+    expect(validateStorePath(path)).toBe(path);
+  });
+
+  it.each(oddNames.reject.map((r) => [r.why, r.path]))('rejects %s', (_, path) => {
+    expect(() => validateStorePath(path)).toThrow(/^bad path /);
+  });
+
+  it.each(moreBad)('rejects %j with %s', (path, code) => {
+    try {
+      validateStorePath(path);
+      expect.unreachable();
+    } catch (error) {
+      expect((error as FilestoreError).code).toBe(code);
+    }
+  });
+
+  it('gives a one-line message naming the cause and the fix', () => {
+    for (const { path } of oddNames.reject) {
+      try {
+        validateStorePath(path);
+        expect.unreachable();
+      } catch (error) {
+        const message = (error as Error).message;
+        expect(message.split('\n')).toHaveLength(1);
+        expect(message).toMatch(/: .+/);
+      }
+    }
+  });
+
+  it('keeps the rejected table at 20 names or more', () => {
+    expect(oddNames.reject.length + moreBad.length).toBeGreaterThanOrEqual(20);
+  });
+
+  it('marks only store-internal names as internal', () => {
+    expect(isInternalPath('.pfs/sentinel')).toBe(true);
+    expect(isInternalPath('a/.pfs-tmp.0a1b2c')).toBe(true);
+    expect(isInternalPath('.name.XXXXXX')).toBe(false);
+    expect(isInternalPath('name.tmp')).toBe(false);
+    expect(isInternalPath('a/.pfs/x')).toBe(false);
+  });
+});
+
+describe('partitionOf', () => {
+  it('is the documented sha-256 prefix mod P, stable across runs', () => {
+    // sha256("a.txt") starts with 18b7cb09 = 414698249; these vectors are in docs/protocol.md.
+    expect(partitionOf('a.txt', 1)).toBe(0);
+    expect([
+      partitionOf('a.txt', 1000),
+      partitionOf('b.txt', 1000),
+      partitionOf('日本語/ファイル.txt', 1000),
+    ]).toEqual(VECTORS);
+  });
+
+  it('spreads names evenly enough', () => {
+    const counts = new Array(8).fill(0);
+    for (let i = 0; i < 8000; i++) counts[partitionOf(`file-${i}.jpg`, 8)]++;
+    for (const count of counts) expect(count).toBeGreaterThan(850);
+  });
+
+  it('refuses a bad partition count', () => {
+    expect(() => partitionOf('a', 0)).toThrow(RangeError);
+  });
+});
+
+const VECTORS = [249, 741, 232];

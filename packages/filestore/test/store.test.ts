@@ -1,0 +1,154 @@
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  deleteFile,
+  type FilestoreError,
+  hashFile,
+  initStore,
+  putFile,
+  quarantineFile,
+  SENTINEL_FILE,
+  stageFile,
+  statFile,
+  walkStore,
+} from '@pfs/filestore';
+import { afterEach, describe, expect, it } from 'vitest';
+import { oddNames } from './odd-names.ts';
+
+const dirs: string[] = [];
+afterEach(async () => {
+  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+});
+async function store(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'pfs-store-'));
+  dirs.push(dir);
+  await initStore(dir);
+  return dir;
+}
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  const error = (await promise.then(
+    () => undefined,
+    (e) => e,
+  )) as FilestoreError | undefined;
+  return error?.code ?? 'no error';
+}
+async function* chunks(...parts: string[]) {
+  for (const part of parts) yield Buffer.from(part);
+}
+const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+
+describe('file store', () => {
+  it('round-trips every accepted odd name byte for byte, then deletes it', async () => {
+    const root = await store();
+    for (const name of oddNames.accept) {
+      const put = await putFile(root, name, Buffer.from(`content of ${name}`));
+      expect(put.sha256).toBe(sha(`content of ${name}`));
+      expect(await readFile(join(root, name), 'utf8')).toBe(`content of ${name}`);
+    }
+    const listed = [];
+    for await (const entry of walkStore(root)) listed.push(entry.path);
+    expect(listed.sort()).toEqual([...oddNames.accept].sort());
+    for (const name of oddNames.accept) await deleteFile(root, name);
+    const left = [];
+    for await (const entry of walkStore(root)) left.push(entry.path);
+    expect(left).toEqual([]);
+  });
+
+  it('refuses every rejected name and stores nothing', async () => {
+    const root = await store();
+    for (const { path } of oddNames.reject) {
+      expect(await codeOf(putFile(root, path, Buffer.from('x')))).toMatch(/^PATH_/);
+    }
+    expect((await readdir(root)).sort()).toEqual(['.pfs']);
+  });
+
+  it('replaces a file atomically from a stream and reports size, hash and mtime', async () => {
+    const root = await store();
+    await putFile(root, 'dir/a.txt', Buffer.from('old'));
+    const staged = await stageFile(root, 'dir/a.txt', chunks('new ', 'content'));
+    expect(await readFile(join(root, 'dir/a.txt'), 'utf8')).toBe('old');
+    expect(staged).toMatchObject({ size: 11n, sha256: sha('new content') });
+    const info = await staged.commit();
+    expect(info.size).toBe(11n);
+    expect(info.mtimeNs).toBeGreaterThan(0n);
+    expect(await readFile(join(root, 'dir/a.txt'), 'utf8')).toBe('new content');
+    expect(await readdir(join(root, 'dir'))).toEqual(['a.txt']);
+    expect(await hashFile(root, 'dir/a.txt')).toEqual({ sha256: sha('new content'), size: 11n });
+    expect(await statFile(root, 'dir/a.txt')).toMatchObject({ size: 11n });
+    expect(await statFile(root, 'dir/none')).toBeUndefined();
+  });
+
+  it('accepts an empty file', async () => {
+    const root = await store();
+    const put = await putFile(root, 'empty', Buffer.alloc(0));
+    expect(put.size).toBe(0n);
+    expect(put.sha256).toBe(sha(''));
+  });
+
+  it('leaves no temp file and the old content when a write fails', async () => {
+    const root = await store();
+    await putFile(root, 'a', Buffer.from('keep'));
+    expect(await codeOf(putFile(root, 'a', chunks('123', '456'), { maxBytes: 4 }))).toBe('FILE_TOO_LARGE');
+    expect(await codeOf(putFile(root, 'a', Buffer.from('x'), { expectedSha256: sha('y') }))).toBe(
+      'CONTENT_MISMATCH',
+    );
+    const controller = new AbortController();
+    controller.abort();
+    expect(await codeOf(putFile(root, 'a', chunks('z'), { signal: controller.signal }))).toBe('ABORTED');
+    async function* broken() {
+      yield Buffer.from('partial');
+      throw new Error('client went away');
+    }
+    await expect(putFile(root, 'a', broken())).rejects.toThrow('client went away');
+    expect(await readFile(join(root, 'a'), 'utf8')).toBe('keep');
+    expect((await readdir(root)).sort()).toEqual(['.pfs', 'a']);
+  });
+
+  it('never writes or deletes through a symlink', async () => {
+    const root = await store();
+    const outside = await mkdtemp(join(tmpdir(), 'pfs-outside-'));
+    dirs.push(outside);
+    await writeFile(join(outside, 'victim'), 'safe');
+    await symlink(outside, join(root, 'link'));
+    expect(await codeOf(putFile(root, 'link/victim', Buffer.from('pwned')))).toBe('PATH_THROUGH_SYMLINK');
+    expect(await codeOf(putFile(root, 'link/new', Buffer.from('x')))).toBe('PATH_THROUGH_SYMLINK');
+    expect(await codeOf(deleteFile(root, 'link/victim'))).toBe('PATH_THROUGH_SYMLINK');
+    expect(await readFile(join(outside, 'victim'), 'utf8')).toBe('safe');
+    expect(await readdir(outside)).toEqual(['victim']);
+  });
+
+  it('names conflicts between files and directories', async () => {
+    const root = await store();
+    await putFile(root, 'a', Buffer.from('file'));
+    expect(await codeOf(putFile(root, 'a/b', Buffer.from('x')))).toBe('PATH_CONFLICT');
+    await mkdir(join(root, 'd'));
+    expect(await codeOf(putFile(root, 'd', Buffer.from('x')))).toBe('PATH_IS_DIRECTORY');
+    expect(await codeOf(deleteFile(root, 'd'))).toBe('PATH_IS_DIRECTORY');
+    expect(await codeOf(deleteFile(root, 'missing'))).toBe('NOT_FOUND');
+  });
+
+  it('keeps its sentinel and hides internal files from the walk', async () => {
+    const root = await store();
+    await initStore(root);
+    expect(await readFile(join(root, SENTINEL_FILE), 'utf8')).toContain('pfs');
+    await writeFile(join(root, '.pfs-tmp.leftover'), 'x');
+    await putFile(root, 'x', Buffer.from('1'));
+    const seen = [];
+    for await (const entry of walkStore(root)) seen.push(entry.path);
+    expect(seen).toEqual(['x']);
+  });
+
+  it('quarantines by moving, never deleting', async () => {
+    const root = await store();
+    const quarantine = await mkdtemp(join(tmpdir(), 'pfs-q-'));
+    dirs.push(quarantine);
+    await putFile(root, 'dir/new\nline', Buffer.from('divergent'));
+    const moved = await quarantineFile(root, quarantine, 'dir/new\nline', 3n);
+    expect(moved).toBe(join(quarantine, '3', 'dir/new\nline'));
+    expect(await readFile(moved!, 'utf8')).toBe('divergent');
+    expect(await statFile(root, 'dir/new\nline')).toBeUndefined();
+    expect(await quarantineFile(root, quarantine, 'absent', 3n)).toBeUndefined();
+  });
+});
