@@ -1,0 +1,144 @@
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
+import { initStore, stageFile } from '@pfs/filestore';
+import { type LogRecord, TxLog } from '@pfs/txlog';
+import { afterEach, describe, expect, it } from 'vitest';
+
+const oddNames: { accept: string[] } = JSON.parse(
+  readFileSync(new URL('../../../testdata/odd-names.json', import.meta.url), 'utf8'),
+);
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function setup(partitionCount = 1, owned: number[] = [0]) {
+  const base = await mkdtemp(join(tmpdir(), 'pfs-gen-'));
+  const root = join(base, 'filestore');
+  await initStore(root);
+  const generator = new ChangelogGenerator({ root, partitionCount });
+  const logs = new Map<number, TxLog>();
+  for (const p of owned) {
+    const log = await TxLog.open(join(base, 'changelog', String(p)));
+    await log.startGeneration(1n);
+    logs.set(p, log);
+    await generator.attach(p, log);
+  }
+  cleanups.push(async () => {
+    for (const log of logs.values()) await log.close();
+    await rm(base, { recursive: true, force: true });
+  });
+  return { base, root, generator, logs };
+}
+
+async function records(log: TxLog): Promise<LogRecord[]> {
+  const out: LogRecord[] = [];
+  for await (const r of log.readFrom(0n)) if (r.kind !== 'end-of-generation') out.push(r);
+  return out;
+}
+
+async function until(check: () => Promise<boolean> | boolean, what: string): Promise<void> {
+  const start = Date.now();
+  while (!(await check())) {
+    if (Date.now() - start > 5000) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('ChangelogGenerator', () => {
+  it('logs a file-server write once even though the watcher sees it too', async () => {
+    const { root, generator, logs } = await setup();
+    const appended: bigint[] = [];
+    generator.onAppend((_, record) => appended.push(record.txid));
+    const watcher = followWatcher(generator, { settleMs: 20 });
+    cleanups.push(() => watcher.close());
+    await watcher.ready;
+    const record = await generator.commitPut(await stageFile(root, 'api.txt', Buffer.from('hello')));
+    expect(record).toMatchObject({ kind: 'put', path: 'api.txt', size: 5n });
+    await new Promise((r) => setTimeout(r, 250));
+    expect((await records(logs.get(0)!)).map((r) => r.path)).toEqual(['api.txt']);
+    expect(appended).toEqual([record.txid]);
+    const deleted = await generator.commitDelete('api.txt');
+    await new Promise((r) => setTimeout(r, 250));
+    expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual([
+      'put api.txt',
+      'delete api.txt',
+    ]);
+    expect(deleted.txid).toBeGreaterThan(record.txid);
+  });
+
+  it('logs files dropped into the store: add, change, unlink with their hashes', async () => {
+    const { root, generator, logs } = await setup();
+    const watcher = followWatcher(generator, { settleMs: 20 });
+    cleanups.push(() => watcher.close());
+    await watcher.ready;
+    const log = logs.get(0)!;
+    await writeFile(join(root, 'dropped.txt'), 'v1');
+    await until(async () => (await records(log)).length === 1, 'put');
+    await writeFile(join(root, 'dropped.txt'), 'version 2');
+    await until(async () => (await records(log)).length === 2, 'second put');
+    await unlink(join(root, 'dropped.txt'));
+    await until(async () => (await records(log)).length === 3, 'delete');
+    const all = await records(log);
+    expect(all.map((r) => `${r.kind} ${r.size}`)).toEqual(['put 2', 'put 9', 'delete 0']);
+    expect(all[1]!.sha256).toBe(createHash('sha256').update('version 2').digest('hex'));
+  });
+
+  it('routes each path to its partition log and refuses writes for partitions it does not own', async () => {
+    const { root, generator, logs } = await setup(4, [0, 1]);
+    const byPartition = new Map<number, string[]>();
+    for (let i = 0; i < 40; i++) {
+      const path = `f${i}`;
+      const p = generator.partitionOf(path);
+      if (p <= 1) {
+        await generator.commitPut(await stageFile(root, path, Buffer.from(path)));
+        byPartition.set(p, [...(byPartition.get(p) ?? []), path]);
+      } else {
+        await expect(
+          generator.commitPut(await stageFile(root, path, Buffer.from(path))),
+        ).rejects.toMatchObject({
+          code: 'NOT_MASTER',
+          partition: p,
+        });
+        await writeFile(join(root, path), 'dropped on the wrong node');
+        expect(await generator.observe(path)).toBeUndefined();
+      }
+    }
+    for (const p of [0, 1]) {
+      expect((await records(logs.get(p)!)).map((r) => r.path)).toEqual(byPartition.get(p));
+    }
+  });
+
+  it('reconciles files added and removed while nobody watched, and nothing else after a restart', async () => {
+    const { base, root, generator, logs } = await setup();
+    await generator.commitPut(await stageFile(root, 'kept', Buffer.from('k')));
+    await generator.commitPut(await stageFile(root, 'removed', Buffer.from('r')));
+    await writeFile(join(root, 'appeared'), 'a');
+    await unlink(join(root, 'removed'));
+    expect(await generator.reconcile()).toBe(2);
+    expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual([
+      'put kept',
+      'put removed',
+      'put appeared',
+      'delete removed',
+    ]);
+    await logs.get(0)!.close();
+    const reopened = await TxLog.open(join(base, 'changelog', '0'));
+    logs.set(0, reopened);
+    await reopened.startGeneration(2n);
+    const fresh = new ChangelogGenerator({ root, partitionCount: 1 });
+    await fresh.attach(0, reopened);
+    expect(await fresh.reconcile()).toBe(0);
+  });
+
+  it('logs every accepted odd name with its exact bytes', async () => {
+    const { root, generator, logs } = await setup();
+    for (const name of oddNames.accept)
+      await generator.commitPut(await stageFile(root, name, Buffer.from(name)));
+    expect((await records(logs.get(0)!)).map((r) => r.path)).toEqual(oddNames.accept);
+  });
+});

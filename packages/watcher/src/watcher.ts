@@ -1,0 +1,123 @@
+import { isAbsolute, relative } from 'node:path';
+import { isInternalPath, statFile, walkStore } from '@pfs/filestore';
+import { type FSWatcher, watch } from 'chokidar';
+
+/**
+ * Watches a store directory and reports which relative paths changed. The one file that touches
+ * chokidar.
+ *
+ * chokidar drops a second `change` that comes within 50 ms and never replays events from before
+ * it started, so events here mean "this path is dirty": each path is settled for `settleMs` past
+ * its last raw event, then re-stat'ed, and the event type says what is on disk now. Callers that
+ * must not miss anything also run `listStoreFiles()` (at start, on promotion, periodically).
+ */
+export type StoreEventType = 'add' | 'change' | 'unlink';
+
+export interface StoreEvent {
+  type: StoreEventType;
+  /** Relative to the store root, `/`-separated, exactly as named on disk. */
+  path: string;
+}
+
+export interface StoreWatcherOptions {
+  root: string;
+  onEvent: (event: StoreEvent) => void;
+  onError?: (error: Error) => void;
+  /** Quiet time after a path's last raw event before it is reported; lets in-place writers finish. */
+  settleMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface StoreWatcher {
+  /** Resolves once the initial directory scan is done and events are being delivered. */
+  readonly ready: Promise<void>;
+  /** Stops watching; pending settles are dropped. Safe to call twice. */
+  close(): Promise<void>;
+}
+
+export const DEFAULT_SETTLE_MS = 100;
+
+export function watchStore(options: StoreWatcherOptions): StoreWatcher {
+  const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
+  const timers = new Map<string, NodeJS.Timeout>();
+  const known = new Set<string>();
+  let closed = false;
+
+  const toRelative = (p: string) => (isAbsolute(p) ? relative(options.root, p) : p).split('\\').join('/');
+
+  const watcher: FSWatcher = watch(options.root, {
+    cwd: options.root,
+    ignoreInitial: false,
+    followSymlinks: false,
+    atomic: false,
+    awaitWriteFinish: false,
+    alwaysStat: false,
+    ignored: (p: string) => {
+      const rel = toRelative(p);
+      return rel !== '' && isInternalPath(rel);
+    },
+  });
+  watcher.on('error', (error) => options.onError?.(error as Error));
+
+  const settle = (path: string) => {
+    timers.delete(path);
+    if (closed) return;
+    statFile(options.root, path).then(
+      (info) => {
+        if (closed) return;
+        if (info === undefined) {
+          if (known.delete(path)) options.onEvent({ type: 'unlink', path });
+          return;
+        }
+        const type: StoreEventType = known.has(path) ? 'change' : 'add';
+        known.add(path);
+        options.onEvent({ type, path });
+      },
+      (error: Error) => options.onError?.(error),
+    );
+  };
+  const touch = (raw: string) => {
+    const path = toRelative(raw);
+    if (path === '' || isInternalPath(path)) return;
+    clearTimeout(timers.get(path));
+    timers.set(path, setTimeout(settle, settleMs, path));
+  };
+
+  let initialDone = false;
+  const initial: string[] = [];
+  watcher.on('all', (event, raw) => {
+    if (event === 'addDir' || event === 'unlinkDir') return;
+    if (!initialDone && event === 'add') {
+      // Files present before start are listed by the reconcile scan, not reported as changes.
+      initial.push(toRelative(raw));
+      return;
+    }
+    touch(raw);
+  });
+  const ready = new Promise<void>((resolve) => {
+    watcher.once('ready', () => {
+      initialDone = true;
+      for (const path of initial) known.add(path);
+      resolve();
+    });
+  });
+
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    for (const timer of timers.values()) clearTimeout(timer);
+    timers.clear();
+    options.signal?.removeEventListener('abort', onAbort);
+    await watcher.close();
+  };
+  const onAbort = () => void close();
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  return { ready, close };
+}
+
+/** Every regular file now in the store, for the reconcile scan (internal files and symlinks skipped). */
+export async function listStoreFiles(root: string): Promise<string[]> {
+  const paths: string[] = [];
+  for await (const entry of walkStore(root)) paths.push(entry.path);
+  return paths;
+}

@@ -1,0 +1,114 @@
+import { appendFile, mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { initStore, putFile } from '@pfs/filestore';
+import { listStoreFiles, type StoreEvent, type StoreWatcher, watchStore } from '@pfs/watcher';
+import { afterEach, describe, expect, it } from 'vitest';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function setup(settleMs = 30) {
+  const root = await mkdtemp(join(tmpdir(), 'pfs-watch-'));
+  await initStore(root);
+  const events: StoreEvent[] = [];
+  const errors: Error[] = [];
+  const watcher: StoreWatcher = watchStore({
+    root,
+    settleMs,
+    onEvent: (e) => events.push(e),
+    onError: (e) => errors.push(e),
+  });
+  cleanups.push(async () => {
+    await watcher.close();
+    await rm(root, { recursive: true, force: true });
+  });
+  await watcher.ready;
+  return { root, events, errors, watcher };
+}
+
+async function until(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  const start = Date.now();
+  while (!check()) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const has = (events: StoreEvent[], type: string, path: string) =>
+  events.some((e) => e.type === type && e.path === path);
+
+describe('watchStore', () => {
+  it('reports add, change and unlink in nested dirs with odd names', async () => {
+    const { root, events, errors } = await setup();
+    const names = ['top.txt', 'a/b/c/deep.bin', 'with space.txt', 'ünï/日本.txt', 'new\nline.txt', '#hash'];
+    for (const name of names) {
+      await mkdir(join(root, name, '..'), { recursive: true });
+      await writeFile(join(root, name), 'v1');
+    }
+    for (const name of names) await until(() => has(events, 'add', name), `add ${JSON.stringify(name)}`);
+    for (const name of names) await appendFile(join(root, name), '+v2');
+    for (const name of names)
+      await until(() => has(events, 'change', name), `change ${JSON.stringify(name)}`);
+    for (const name of names) await unlink(join(root, name));
+    for (const name of names)
+      await until(() => has(events, 'unlink', name), `unlink ${JSON.stringify(name)}`);
+    expect(errors).toEqual([]);
+  });
+
+  it('settles a burst of writes to one path into one event after the writes', async () => {
+    const { root, events } = await setup(80);
+    for (let i = 0; i < 10; i++) await appendFile(join(root, 'burst'), `chunk ${i}\n`);
+    await until(() => has(events, 'add', 'burst'), 'add burst');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(events.filter((e) => e.path === 'burst')).toEqual([{ type: 'add', path: 'burst' }]);
+  });
+
+  it('ignores the store temp files and its own metadata, and sees renamed-in files', async () => {
+    const { root, events } = await setup();
+    await putFile(root, 'via-store.txt', Buffer.from('x'));
+    await writeFile(join(root, 'staging'), 'y');
+    await rename(join(root, 'staging'), join(root, 'renamed'));
+    await until(() => has(events, 'add', 'via-store.txt') && has(events, 'add', 'renamed'), 'adds');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(events.some((e) => e.path.includes('.pfs'))).toBe(false);
+  });
+
+  it('lists existing files for the reconcile scan without reporting them as events', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'pfs-watch-'));
+    cleanups.push(() => rm(root, { recursive: true, force: true }));
+    await initStore(root);
+    await putFile(root, 'old/one', Buffer.from('1'));
+    await putFile(root, 'two', Buffer.from('2'));
+    const events: StoreEvent[] = [];
+    const watcher = watchStore({ root, settleMs: 20, onEvent: (e) => events.push(e) });
+    cleanups.push(() => watcher.close());
+    await watcher.ready;
+    expect(await listStoreFiles(root)).toEqual(['old/one', 'two']);
+    await unlink(join(root, 'two'));
+    await until(() => has(events, 'unlink', 'two'), 'unlink of a pre-existing file');
+    expect(events).toEqual([{ type: 'unlink', path: 'two' }]);
+  });
+
+  it('stops on abort and close is idempotent', async () => {
+    const root = await mkdtemp(join(tmpdir(), 'pfs-watch-'));
+    cleanups.push(() => rm(root, { recursive: true, force: true }));
+    const controller = new AbortController();
+    const events: StoreEvent[] = [];
+    const watcher = watchStore({
+      root,
+      settleMs: 10,
+      onEvent: (e) => events.push(e),
+      signal: controller.signal,
+    });
+    await watcher.ready;
+    controller.abort();
+    await watcher.close();
+    await watcher.close();
+    await writeFile(join(root, 'late'), 'x');
+    await new Promise((r) => setTimeout(r, 150));
+    expect(events).toEqual([]);
+  });
+});
