@@ -1,0 +1,331 @@
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import { ConstantBackoff, noop } from 'cockatiel';
+import { Etcd3, type Lease, type Watcher } from 'etcd3';
+import { CoordinatorError } from './errors.ts';
+import { clusterPrefix, keys, NODE_ID_PATTERN } from './keys.ts';
+import { applyKey, type ClusterView, emptyView, type MasterInfo, type NodeInfo } from './view.ts';
+
+/**
+ * The one file that talks to etcd (through etcd3). A Coordinator holds one session (one lease) at
+ * a time, keeps a cluster view fed by a prefix watch, and performs the guarded writes of the
+ * protocol (docs/protocol.md).
+ *
+ * Fencing never waits for etcd3's `lost` event, which comes about 2×TTL late: after every
+ * keepalive reply the session is valid until `send time + TTL - margin` on the monotonic clock,
+ * and `session-lost` is emitted as soon as that passes. A master must stop writing on it.
+ *
+ * Events: `change` (view), `session-lost` (reason), `session` (a new lease is in place).
+ */
+export interface CoordinatorOptions {
+  endpoints: string[];
+  cluster: string;
+  node: NodeInfo;
+  ttlSeconds: number;
+  /** Deadline of each unary etcd call. */
+  callTimeoutMs?: number;
+  /** Safety margin taken off the lease validity, for clock-rate and scheduling slack. */
+  fenceMarginMs?: number;
+}
+
+export const DEFAULT_CALL_TIMEOUT_MS = 1500;
+export const DEFAULT_FENCE_MARGIN_MS = 300;
+const WATCHDOG_INTERVAL_MS = 50;
+const RESESSION_DELAY_MS = 250;
+
+export class Coordinator extends EventEmitter {
+  readonly cluster: string;
+  readonly nodeId: string;
+  view: ClusterView = emptyView();
+  private readonly client: Etcd3;
+  private readonly options: Required<CoordinatorOptions>;
+  private lease: Lease | undefined;
+  private leaseId: string | undefined;
+  private validUntil = 0;
+  private watchdog: NodeJS.Timeout | undefined;
+  private watcher: Watcher | undefined;
+  private closed = false;
+  private changeQueued = false;
+  private resessionTimer: NodeJS.Timeout | undefined;
+
+  private constructor(options: Required<CoordinatorOptions>) {
+    super();
+    this.options = options;
+    this.cluster = options.cluster;
+    this.nodeId = options.node.id;
+    this.client = new Etcd3({
+      hosts: options.endpoints,
+      defaultCallOptions: (context) =>
+        context.isStream ? {} : { deadline: Date.now() + options.callTimeoutMs },
+      // One etcd blip must not open a 5 s circuit breaker: fail fast and let the caller retry.
+      faultHandling: { host: () => noop, global: noop, watchBackoff: new ConstantBackoff(250).next() },
+    });
+  }
+
+  /** Connects, registers the node on a fresh lease and loads the cluster view. */
+  static async connect(options: CoordinatorOptions): Promise<Coordinator> {
+    if (!NODE_ID_PATTERN.test(options.node.id)) {
+      throw new CoordinatorError(
+        'BAD_VALUE',
+        `node id ${JSON.stringify(options.node.id)} must match ${NODE_ID_PATTERN}`,
+      );
+    }
+    if (!Number.isInteger(options.ttlSeconds) || options.ttlSeconds < 1) {
+      throw new CoordinatorError(
+        'BAD_VALUE',
+        `lease TTL must be a whole number of seconds ≥ 1, got ${options.ttlSeconds}`,
+      );
+    }
+    const coordinator = new Coordinator({
+      callTimeoutMs: DEFAULT_CALL_TIMEOUT_MS,
+      fenceMarginMs: DEFAULT_FENCE_MARGIN_MS,
+      ...options,
+    });
+    try {
+      await coordinator.startSession();
+      await coordinator.startWatch();
+    } catch (error) {
+      await coordinator.close();
+      throw unreachable(options.endpoints, error);
+    }
+    coordinator.watchdog = setInterval(() => coordinator.checkDeadline(), WATCHDOG_INTERVAL_MS);
+    return coordinator;
+  }
+
+  /** True while the lease is surely alive on the etcd side (monotonic clock). */
+  sessionValid(): boolean {
+    return this.leaseId !== undefined && performance.now() < this.validUntil;
+  }
+
+  /** Milliseconds the session is still surely valid (0 when it is not). */
+  sessionRemainingMs(): number {
+    return this.leaseId === undefined ? 0 : Math.max(0, this.validUntil - performance.now());
+  }
+
+  private async startSession(): Promise<void> {
+    const ttlMs = this.options.ttlSeconds * 1000;
+    const lease = this.client.lease(this.options.ttlSeconds);
+    let sentAt = performance.now();
+    lease.on('keepaliveFired', () => {
+      sentAt = performance.now();
+    });
+    lease.on('keepaliveSucceeded', () => {
+      if (this.lease === lease) this.validUntil = sentAt + ttlMs - this.options.fenceMarginMs;
+    });
+    lease.on('lost', (error) => {
+      if (this.lease === lease) this.loseSession(`lease lost: ${error.message}`);
+    });
+    const grantSentAt = performance.now();
+    const id = await lease.grant();
+    this.lease = lease;
+    this.leaseId = id;
+    this.validUntil = grantSentAt + ttlMs - this.options.fenceMarginMs;
+    await this.client
+      .put(keys.node(this.cluster, this.nodeId))
+      .value(JSON.stringify(this.options.node))
+      .lease(id);
+  }
+
+  private checkDeadline(): void {
+    if (this.leaseId !== undefined && performance.now() >= this.validUntil) {
+      this.loseSession('lease deadline passed without a keepalive reply');
+    }
+  }
+
+  private loseSession(reason: string): void {
+    const lease = this.lease;
+    if (lease === undefined || this.closed) return;
+    this.lease = undefined;
+    this.leaseId = undefined;
+    this.validUntil = 0;
+    // Best effort and never awaited: the lease may already be gone, and etcd may be unreachable.
+    lease.revoke().catch(() => lease.release());
+    this.emit('session-lost', reason);
+    this.scheduleResession();
+  }
+
+  private scheduleResession(): void {
+    if (this.closed || this.resessionTimer !== undefined) return;
+    this.resessionTimer = setTimeout(() => {
+      this.resessionTimer = undefined;
+      if (this.closed) return;
+      this.startSession().then(
+        () => this.emit('session'),
+        () => this.scheduleResession(),
+      );
+    }, RESESSION_DELAY_MS);
+  }
+
+  private async startWatch(): Promise<void> {
+    const prefix = clusterPrefix(this.cluster);
+    const response = await this.client.getAll().prefix(prefix).exec();
+    const view = emptyView();
+    for (const kv of response.kvs) {
+      applyKey(view, this.cluster, kv.key.toString(), kv.value.toString(), BigInt(kv.create_revision));
+    }
+    view.revision = BigInt(response.header.revision);
+    this.view = view;
+    this.queueChange();
+    const watcher = this.client
+      .watch()
+      .prefix(prefix)
+      .startRevision(String(view.revision + 1n))
+      .watcher();
+    // An unhandled `error` (e.g. the watch was compacted away) would crash the process.
+    watcher.on('error', () => {
+      if (this.watcher !== watcher) return;
+      this.watcher = undefined;
+      watcher.cancel().catch(() => {});
+      setTimeout(() => {
+        if (!this.closed) this.startWatch().catch(() => this.emit('watch-error'));
+      }, 250);
+    });
+    watcher.on('put', (kv) => {
+      applyKey(this.view, this.cluster, kv.key.toString(), kv.value.toString(), BigInt(kv.create_revision));
+      this.view.revision = BigInt(kv.mod_revision);
+      this.queueChange();
+    });
+    watcher.on('delete', (kv) => {
+      applyKey(this.view, this.cluster, kv.key.toString(), undefined, 0n);
+      this.view.revision = BigInt(kv.mod_revision);
+      this.queueChange();
+    });
+    this.watcher = watcher;
+  }
+
+  private queueChange(): void {
+    if (this.changeQueued) return;
+    this.changeQueued = true;
+    queueMicrotask(() => {
+      this.changeQueued = false;
+      if (!this.closed) this.emit('change', this.view);
+    });
+  }
+
+  private requireLease(): string {
+    if (this.leaseId === undefined || !this.sessionValid()) {
+      throw new CoordinatorError('SESSION_LOST', 'no live etcd session: wait for it to be re-established');
+    }
+    return this.leaseId;
+  }
+
+  /**
+   * Becomes master of `partition` if it has none: a create-if-absent of the master key on this
+   * node's lease. Resolves the fencing token (the key's create revision), or undefined if another
+   * node holds it.
+   */
+  async claimMaster(partition: number, info: MasterInfo): Promise<bigint | undefined> {
+    const leaseId = this.requireLease();
+    const key = keys.master(this.cluster, partition);
+    const result = await this.client
+      .if(key, 'Create', '==', 0)
+      .then(this.client.put(key).value(JSON.stringify(info)).lease(leaseId))
+      .commit();
+    return result.succeeded ? BigInt(result.header.revision) : undefined;
+  }
+
+  /** Rewrites the master record, only while `token` still holds the mastership. */
+  async updateMaster(partition: number, token: bigint, info: MasterInfo): Promise<void> {
+    const leaseId = this.requireLease();
+    const key = keys.master(this.cluster, partition);
+    const result = await this.client
+      .if(key, 'Create', '==', String(token))
+      .then(this.client.put(key).value(JSON.stringify(info)).lease(leaseId))
+      .commit();
+    if (!result.succeeded) {
+      throw new CoordinatorError(
+        'NOT_MASTER',
+        `mastership of partition ${partition} (token ${token}) is gone`,
+      );
+    }
+  }
+
+  /**
+   * Compare-and-swap of the partition's generation: from `expected` (or whatever it is, when
+   * omitted) to the next one, recording `lastTxid` as the end of the ended generation in the same
+   * transaction. With `token`, it also requires that mastership to be current. Resolves the new
+   * generation; GENERATION_CONFLICT when another writer won.
+   */
+  async bumpGeneration(args: {
+    partition: number;
+    lastTxid: bigint;
+    expected?: bigint;
+    token?: bigint;
+  }): Promise<bigint> {
+    const genKey = keys.generation(this.cluster, args.partition);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const current = await this.client.get(genKey).exec();
+      const kv = current.kvs[0];
+      const generation = kv === undefined ? 0n : BigInt(kv.value.toString());
+      if (args.expected !== undefined && generation !== args.expected) break;
+      let txn = this.client.if(genKey, 'Mod', '==', kv === undefined ? 0 : kv.mod_revision);
+      if (args.token !== undefined)
+        txn = txn.and(keys.master(this.cluster, args.partition), 'Create', '==', String(args.token));
+      const next = generation + 1n;
+      const ops = [this.client.put(genKey).value(next.toString())];
+      if (generation > 0n) {
+        ops.push(
+          this.client
+            .put(keys.history(this.cluster, args.partition, generation))
+            .value(args.lastTxid.toString()),
+        );
+      }
+      const result = await txn.then(...ops).commit();
+      if (result.succeeded) return next;
+      if (args.token !== undefined) {
+        const master = await this.client.get(keys.master(this.cluster, args.partition)).exec();
+        if (master.kvs[0]?.create_revision !== String(args.token)) {
+          throw new CoordinatorError(
+            'NOT_MASTER',
+            `mastership of partition ${args.partition} was lost before the generation bump`,
+          );
+        }
+      }
+      if (args.expected !== undefined) break;
+    }
+    throw new CoordinatorError(
+      'GENERATION_CONFLICT',
+      `generation of partition ${args.partition} was changed by another node: re-read the cluster view`,
+    );
+  }
+
+  /** Gives up mastership (the key goes only if `token` still names it). Never hangs: bounded by the call deadline. */
+  async resignMaster(partition: number, token: bigint): Promise<void> {
+    const key = keys.master(this.cluster, partition);
+    await this.client.if(key, 'Create', '==', String(token)).then(this.client.delete().key(key)).commit();
+  }
+
+  /** Publishes this node's applied txid of `partition`, for the promotion ranking. */
+  async reportApplied(partition: number, txid: bigint): Promise<void> {
+    const leaseId = this.requireLease();
+    await this.client
+      .put(keys.replica(this.cluster, partition, this.nodeId))
+      .value(txid.toString())
+      .lease(leaseId);
+  }
+
+  /** Stops the watchdog and the watch, revokes the lease (bounded) and closes the client. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.watchdog);
+    clearTimeout(this.resessionTimer);
+    const watcher = this.watcher;
+    this.watcher = undefined;
+    await watcher?.cancel().catch(() => {});
+    const lease = this.lease;
+    this.lease = undefined;
+    this.leaseId = undefined;
+    if (lease !== undefined) await lease.revoke().catch(() => lease.release());
+    this.client.close();
+  }
+}
+
+function unreachable(endpoints: string[], error: unknown): CoordinatorError {
+  if (error instanceof CoordinatorError) return error;
+  return new CoordinatorError(
+    'ETCD_UNREACHABLE',
+    `etcd at ${endpoints.join(',')} is unreachable (${(error as Error).message.split('\n')[0]}): start etcd or fix the endpoints`,
+    { cause: error },
+  );
+}

@@ -1,0 +1,16 @@
+export type CoordinatorErrorCode =
+  | 'ETCD_UNREACHABLE'
+  | 'SESSION_LOST'
+  | 'NOT_MASTER'
+  | 'GENERATION_CONFLICT'
+  | 'BAD_VALUE'
+  | 'CLOSED';
+
+export class CoordinatorError extends Error {
+  readonly code: CoordinatorErrorCode;
+  constructor(code: CoordinatorErrorCode, message: string, options: { cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'CoordinatorError';
+    this.code = code;
+  }
+}

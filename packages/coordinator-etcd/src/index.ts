@@ -1,0 +1,11 @@
+export { Coordinator, type CoordinatorOptions, DEFAULT_FENCE_MARGIN_MS } from './coordinator.ts';
+export { CoordinatorError, type CoordinatorErrorCode } from './errors.ts';
+export { keys, NODE_ID_PATTERN } from './keys.ts';
+export {
+  type ClusterView,
+  type MasterInfo,
+  type MasterView,
+  type NodeInfo,
+  type PartitionView,
+  rankCandidates,
+} from './view.ts';

@@ -1,0 +1,116 @@
+import { z } from 'zod';
+import { parseKey } from './keys.ts';
+
+/** Wire schemas of the values PFS keeps in etcd, and the cluster view built from them (pure). */
+export const NodeInfoSchema = z.object({
+  id: z.string(),
+  host: z.string(),
+  httpPort: z.number().int(),
+  rsyncPort: z.number().int(),
+  pid: z.number().int(),
+  startedAt: z.string(),
+});
+export type NodeInfo = z.infer<typeof NodeInfoSchema>;
+
+export const MasterInfoSchema = z.object({
+  nodeId: z.string(),
+  /** Unique per process incarnation, so a restarted node is never mistaken for its old self. */
+  incarnation: z.string(),
+  /** `draining` while catching up after election, `serving` once it takes writes. */
+  state: z.enum(['draining', 'serving']),
+  generation: z.string().regex(/^\d+$/),
+});
+export type MasterInfo = z.infer<typeof MasterInfoSchema>;
+
+export interface MasterView extends MasterInfo {
+  /** Create revision of the master key: the fencing token of this mastership. */
+  token: bigint;
+}
+
+export interface PartitionView {
+  master: MasterView | undefined;
+  generation: bigint;
+  /** Last txid of each ended generation. */
+  history: Map<bigint, bigint>;
+  /** Applied txid each replica last reported. */
+  replicas: Map<string, bigint>;
+}
+
+export interface ClusterView {
+  nodes: Map<string, NodeInfo>;
+  partitions: Map<number, PartitionView>;
+  /** etcd revision this view reflects. */
+  revision: bigint;
+}
+
+export function emptyView(): ClusterView {
+  return { nodes: new Map(), partitions: new Map(), revision: 0n };
+}
+
+export function partitionView(view: ClusterView, partition: number): PartitionView {
+  let entry = view.partitions.get(partition);
+  if (entry === undefined) {
+    entry = { master: undefined, generation: 0n, history: new Map(), replicas: new Map() };
+    view.partitions.set(partition, entry);
+  }
+  return entry;
+}
+
+function parseJson<T>(schema: z.ZodType<T>, text: string): T | undefined {
+  try {
+    const result = schema.safeParse(JSON.parse(text));
+    return result.success ? result.data : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Applies one key's new value (or its deletion, when `value` is undefined) to the view in place. */
+export function applyKey(
+  view: ClusterView,
+  cluster: string,
+  key: string,
+  value: string | undefined,
+  createRevision: bigint,
+): void {
+  const parsed = parseKey(cluster, key);
+  if (parsed === undefined) return;
+  if (parsed.kind === 'node') {
+    const info = value === undefined ? undefined : parseJson(NodeInfoSchema, value);
+    if (info === undefined) view.nodes.delete(parsed.nodeId);
+    else view.nodes.set(parsed.nodeId, info);
+    return;
+  }
+  const p = partitionView(view, parsed.partition);
+  switch (parsed.kind) {
+    case 'master': {
+      const info = value === undefined ? undefined : parseJson(MasterInfoSchema, value);
+      p.master = info === undefined ? undefined : { ...info, token: createRevision };
+      return;
+    }
+    case 'generation':
+      p.generation = value !== undefined && /^\d+$/.test(value) ? BigInt(value) : 0n;
+      return;
+    case 'history':
+      if (value !== undefined && /^\d+$/.test(value)) p.history.set(parsed.generation, BigInt(value));
+      else p.history.delete(parsed.generation);
+      return;
+    case 'replica':
+      if (value !== undefined && /^\d+$/.test(value)) p.replicas.set(parsed.nodeId, BigInt(value));
+      else p.replicas.delete(parsed.nodeId);
+      return;
+  }
+}
+
+/**
+ * Promotion order for a partition without a master: live nodes, most applied txid first, ties by
+ * smallest node id (so in the quick demo localhost_12002 wins over localhost_12003).
+ */
+export function rankCandidates(view: ClusterView, partition: number): string[] {
+  const replicas = view.partitions.get(partition)?.replicas ?? new Map<string, bigint>();
+  return [...view.nodes.keys()].sort((a, b) => {
+    const applied = (replicas.get(b) ?? 0n) - (replicas.get(a) ?? 0n);
+    if (applied !== 0n) return applied > 0n ? 1 : -1;
+    return a < b ? -1 : a > b ? 1 : 0;
+  });
+}

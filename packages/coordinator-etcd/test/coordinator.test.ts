@@ -1,0 +1,204 @@
+import { execFileSync } from 'node:child_process';
+import { Coordinator, type CoordinatorError, keys, type MasterInfo } from '@pfs/coordinator-etcd';
+import { type EtcdHandle, freePort, startEtcd, stopAll } from '@pfs/testkit';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+
+let etcd: EtcdHandle;
+let cluster = 0;
+const open: Coordinator[] = [];
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+});
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((c) => c.close()));
+});
+afterAll(async () => {
+  await stopAll();
+});
+
+async function connect(id: string, name = `c${cluster}`, ttlSeconds = 2): Promise<Coordinator> {
+  const coordinator = await Coordinator.connect({
+    endpoints: [etcd.endpoint],
+    cluster: name,
+    ttlSeconds,
+    node: {
+      id,
+      host: '127.0.0.1',
+      httpPort: 1,
+      rsyncPort: 2,
+      pid: process.pid,
+      startedAt: new Date().toISOString(),
+    },
+  });
+  open.push(coordinator);
+  return coordinator;
+}
+
+function etcdctl(...args: string[]): string {
+  return execFileSync('etcdctl', [`--endpoints=${etcd.endpoint}`, ...args], {
+    env: { ...process.env, ETCDCTL_API: '3' },
+    encoding: 'utf8',
+  });
+}
+
+async function until(check: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const start = Date.now();
+  while (!check()) {
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const info = (nodeId: string): MasterInfo => ({
+  nodeId,
+  incarnation: `${nodeId}:1`,
+  state: 'serving',
+  generation: '1',
+});
+
+describe('Coordinator against a real etcd', () => {
+  it('registers nodes on their leases and sees them leave', async () => {
+    cluster++;
+    const a = await connect('node-a');
+    const b = await connect('node-b');
+    await until(() => a.view.nodes.has('node-b'), 'a sees b');
+    expect(a.sessionValid()).toBe(true);
+    await b.close();
+    await until(() => !a.view.nodes.has('node-b'), 'b gone from the view');
+  });
+
+  it('lets exactly one of three candidates become master, and another after it leaves', async () => {
+    cluster++;
+    const candidates = await Promise.all(['n1', 'n2', 'n3'].map((id) => connect(id)));
+    const tokens = await Promise.all(candidates.map((c) => c.claimMaster(0, info(c.nodeId))));
+    const winners = tokens.flatMap((t, i) => (t === undefined ? [] : [i]));
+    expect(winners).toHaveLength(1);
+    const winner = candidates[winners[0]!]!;
+    const rest = candidates.filter((c) => c !== winner);
+    await until(
+      () => rest.every((c) => c.view.partitions.get(0)?.master?.nodeId === winner.nodeId),
+      'view of master',
+    );
+    await winner.close();
+    await until(
+      () => rest.every((c) => c.view.partitions.get(0)?.master === undefined),
+      'master key released',
+    );
+    const second = await Promise.all(rest.map((c) => c.claimMaster(0, info(c.nodeId))));
+    expect(second.filter((t) => t !== undefined)).toHaveLength(1);
+    expect(second.find((t) => t !== undefined)!).toBeGreaterThan(tokens[winners[0]!]!);
+  });
+
+  it('refuses guarded writes with a stale token', async () => {
+    cluster++;
+    const a = await connect('a');
+    const token = (await a.claimMaster(1, info('a')))!;
+    await a.updateMaster(1, token, { ...info('a'), state: 'draining' });
+    await a.resignMaster(1, token);
+    const again = (await a.claimMaster(1, info('a')))!;
+    await expect(a.updateMaster(1, token, info('a'))).rejects.toMatchObject({ code: 'NOT_MASTER' });
+    await expect(a.bumpGeneration({ partition: 1, lastTxid: 0n, token })).rejects.toMatchObject({
+      code: 'NOT_MASTER',
+    });
+    expect(await a.bumpGeneration({ partition: 1, lastTxid: 0n, token: again })).toBe(1n);
+  });
+
+  it('lets exactly one of two racing candidates bump the generation, and records history', async () => {
+    cluster++;
+    const a = await connect('a');
+    const b = await connect('b');
+    const results = await Promise.allSettled([
+      a.bumpGeneration({ partition: 0, expected: 0n, lastTxid: 0n }),
+      b.bumpGeneration({ partition: 0, expected: 0n, lastTxid: 0n }),
+    ]);
+    const won = results.filter((r) => r.status === 'fulfilled');
+    const lost = results.filter((r) => r.status === 'rejected');
+    expect(won).toHaveLength(1);
+    expect((won[0] as PromiseFulfilledResult<bigint>).value).toBe(1n);
+    expect(((lost[0] as PromiseRejectedResult).reason as CoordinatorError).code).toBe('GENERATION_CONFLICT');
+    const lastOfGen1 = (1n << 32n) | 17n;
+    expect(await a.bumpGeneration({ partition: 0, expected: 1n, lastTxid: lastOfGen1 })).toBe(2n);
+    await until(() => b.view.partitions.get(0)?.history.get(1n) === lastOfGen1, 'history of generation 1');
+    expect(b.view.partitions.get(0)?.generation).toBe(2n);
+  });
+
+  it('fences on an etcd-side lease revoke, then opens a new session', async () => {
+    cluster++;
+    const a = await connect('a');
+    const observer = await connect('observer');
+    const token = await a.claimMaster(0, info('a'));
+    expect(token).toBeDefined();
+    const lost: string[] = [];
+    a.on('session-lost', (reason: string) => lost.push(reason));
+    let renewed = false;
+    a.on('session', () => {
+      renewed = true;
+    });
+    // The lease id is an int64: read it from the raw JSON, where JSON.parse would round it.
+    const raw = etcdctl('get', keys.node(`c${cluster}`, 'a'), '-w', 'json');
+    const leaseId = BigInt(/"lease":(\d+)/.exec(raw)![1]!);
+    etcdctl('lease', 'revoke', leaseId.toString(16));
+    await until(() => lost.length > 0, 'session-lost');
+    expect(a.sessionValid()).toBe(false);
+    await until(
+      () => observer.view.partitions.get(0)?.master === undefined,
+      'master key gone with the lease',
+    );
+    await until(() => renewed && observer.view.nodes.has('a'), 'new session registered');
+    expect(a.sessionValid()).toBe(true);
+  });
+
+  it('fences by its own deadline when etcd stops answering, before etcd3 would report the loss', async () => {
+    const own = await startEtcd();
+    try {
+      const a = await Coordinator.connect({
+        endpoints: [own.endpoint],
+        cluster: 'frozen',
+        ttlSeconds: 2,
+        node: { id: 'a', host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: process.pid, startedAt: 'now' },
+      });
+      open.push(a);
+      const reasons: string[] = [];
+      a.on('session-lost', (reason: string) => reasons.push(reason));
+      own.kill('SIGSTOP');
+      try {
+        await until(() => reasons.length > 0, 'fencing');
+      } finally {
+        own.kill('SIGCONT');
+      }
+      expect(reasons[0]).toContain('deadline');
+      expect(a.sessionValid()).toBe(false);
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it('says clearly when etcd is unreachable', async () => {
+    const port = await freePort();
+    const error = (await Coordinator.connect({
+      endpoints: [`http://127.0.0.1:${port}`],
+      cluster: 'x',
+      ttlSeconds: 2,
+      node: { id: 'a', host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: 1, startedAt: 'now' },
+    }).catch((e) => e)) as CoordinatorError;
+    expect(error.code).toBe('ETCD_UNREACHABLE');
+    expect(error.message).toMatch(
+      /^etcd at http:\/\/127\.0\.0\.1:\d+ is unreachable .*: start etcd or fix the endpoints$/,
+    );
+  });
+
+  it('refuses a bad node id or TTL', async () => {
+    const base = {
+      endpoints: [etcd.endpoint],
+      cluster: 'x',
+      node: { id: 'a', host: 'h', httpPort: 1, rsyncPort: 2, pid: 1, startedAt: 'n' },
+    };
+    await expect(Coordinator.connect({ ...base, ttlSeconds: 0 })).rejects.toMatchObject({
+      code: 'BAD_VALUE',
+    });
+    await expect(
+      Coordinator.connect({ ...base, ttlSeconds: 2, node: { ...base.node, id: '../x' } }),
+    ).rejects.toMatchObject({ code: 'BAD_VALUE' });
+  });
+});

@@ -1,0 +1,6 @@
+export { TestkitError, type TestkitErrorCode } from './errors.ts';
+export { type EtcdHandle, type StartEtcdOptions, startEtcd } from './etcd.ts';
+export { freePort } from './ports.ts';
+export { liveCount, stopAll } from './registry.ts';
+export { type RsyncDaemonHandle, type StartRsyncDaemonOptions, startRsyncDaemon } from './rsync-daemon.ts';
+export { makeTempDir, removeTempDir } from './temp.ts';
