@@ -19,6 +19,8 @@ export const MasterInfoSchema = z.object({
   /** `draining` while catching up after election, `serving` once it takes writes. */
   state: z.enum(['draining', 'serving']),
   generation: z.string().regex(/^\d+$/),
+  /** Set by a master handing over on purpose: its last txid, so a caught-up successor skips the drain. */
+  finalTxid: z.string().regex(/^\d+$/).optional(),
 });
 export type MasterInfo = z.infer<typeof MasterInfoSchema>;
 

@@ -1,0 +1,18 @@
+import type { ChangelogGenerator } from '@pfs/changelog-generator';
+import type { TxLog } from '@pfs/txlog';
+import type { NodeConfig } from './config.ts';
+import type { PartitionController } from './partition-controller.ts';
+
+/** What the HTTP layer may see of the agent. */
+export interface AgentState {
+  config: NodeConfig;
+  logs: TxLog[];
+  controllers: PartitionController[];
+  generator: ChangelogGenerator;
+  masterOf(partition: number): { nodeId: string; host: string; httpPort: number } | undefined;
+  /** A follower's fetch `after` acknowledges everything up to it. */
+  noteReplicaAck(partition: number, replica: string, after: bigint): void;
+  /** Registers a long poll so shutdown can end it; returns the release function. */
+  trackPoll(controller: AbortController): () => void;
+  status(): unknown;
+}

@@ -1,0 +1,246 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
+import { Coordinator } from '@pfs/coordinator-etcd';
+import { initStore } from '@pfs/filestore';
+import { rsyncVersion } from '@pfs/rsync-invoker';
+import { formatTxId, TxLog } from '@pfs/txlog';
+import type { StoreWatcher } from '@pfs/watcher';
+import type { Logger } from 'pino';
+import type { AgentState } from './agent-state.ts';
+import type { NodeConfig } from './config.ts';
+import { buildHttpServer } from './http.ts';
+import { PartitionController } from './partition-controller.ts';
+import { type RsyncDaemon, startRsyncDaemon } from './rsync-daemon.ts';
+
+/**
+ * The node agent: opens the partition logs, runs the rsync daemon and the HTTP server, registers
+ * with etcd, and drives one PartitionController per partition. Every node replicates every
+ * partition; the masters are spread by the election (see docs/architecture.md).
+ */
+export interface Agent {
+  readonly config: NodeConfig;
+  readonly state: AgentState;
+  readonly url: string;
+  /** Graceful stop: hand over mastership, stop children, release the lease. Idempotent. */
+  close(): Promise<void>;
+}
+
+export class AgentStartError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+const HANDOVER_TIMEOUT_MS = 1000;
+
+export async function startAgent(config: NodeConfig, logger: Logger): Promise<Agent> {
+  const cleanups: (() => Promise<void>)[] = [];
+  const undo = async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+  };
+  try {
+    return await start(config, logger, cleanups);
+  } catch (error) {
+    await undo();
+    throw error;
+  }
+}
+
+async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promise<void>)[]): Promise<Agent> {
+  const fileStore = join(config.dataDir, 'filestore');
+  for (const dir of ['filestore', 'changelog', 'checkpoint', 'quarantine', 'run']) {
+    await mkdir(join(config.dataDir, dir), { recursive: true });
+  }
+  await initStore(fileStore);
+  const version = await rsyncVersion(config.rsyncBin);
+  logger.info({ rsync: version }, `rsync ${version}`);
+
+  const logs: TxLog[] = [];
+  for (let p = 0; p < config.partitions; p++) {
+    const log = await TxLog.open(join(config.dataDir, 'changelog', String(p)));
+    if (log.openReport.tornTail) {
+      logger.warn({ partition: p, ...log.openReport.tornTail }, `partition ${p}: cut a torn log tail`);
+    }
+    logs.push(log);
+    cleanups.push(() => log.close());
+  }
+
+  const daemon: RsyncDaemon = await startRsyncDaemon({
+    host: config.host,
+    port: config.rsyncPort,
+    dataDir: config.dataDir,
+    rsyncBin: config.rsyncBin,
+  });
+  cleanups.push(() => daemon.stop());
+
+  const generator = new ChangelogGenerator({ root: fileStore, partitionCount: config.partitions });
+  const incarnation = `${config.nodeId}:${process.pid}:${randomUUID().slice(0, 8)}`;
+  const acks = new Map<number, Map<string, bigint>>();
+  const polls = new Set<AbortController>();
+  let coordinator: Coordinator | undefined;
+  const controllers: PartitionController[] = [];
+
+  const state: AgentState = {
+    config,
+    logs,
+    controllers,
+    generator,
+    masterOf(partition) {
+      const master = coordinator?.view.partitions.get(partition)?.master;
+      const node = master === undefined ? undefined : coordinator?.view.nodes.get(master.nodeId);
+      if (master === undefined || node === undefined || master.state !== 'serving') return undefined;
+      return { nodeId: master.nodeId, host: node.host, httpPort: node.httpPort };
+    },
+    noteReplicaAck(partition, replica, after) {
+      const byReplica = acks.get(partition) ?? new Map<string, bigint>();
+      acks.set(partition, byReplica);
+      byReplica.set(replica, after);
+    },
+    trackPoll(controller) {
+      polls.add(controller);
+      return () => polls.delete(controller);
+    },
+    status() {
+      return {
+        nodeId: config.nodeId,
+        session: coordinator?.sessionValid() ?? false,
+        partitions: controllers.map((c) => ({
+          partition: c.partition,
+          role: c.role,
+          generation: c.generation.toString(),
+          lastTxid: logs[c.partition]!.lastTxid.toString(),
+          lastTxidText: formatTxId(logs[c.partition]!.lastTxid),
+          master: coordinator?.view.partitions.get(c.partition)?.master?.nodeId ?? null,
+          following: c.followingNode ?? null,
+          replicaAcks: Object.fromEntries(
+            [...(acks.get(c.partition) ?? new Map())].map(([k, v]) => [k, v.toString()]),
+          ),
+        })),
+      };
+    },
+  };
+
+  const app = await buildHttpServer(state, logger);
+  try {
+    await app.listen({ host: config.host, port: config.httpPort });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      throw new AgentStartError(
+        'HTTP_PORT_IN_USE',
+        `HTTP port ${config.httpPort} on ${config.host} is in use: stop what holds it or pick another --http-port`,
+      );
+    }
+    throw error;
+  }
+  cleanups.push(async () => {
+    for (const poll of polls) poll.abort();
+    await app.close();
+  });
+
+  coordinator = await Coordinator.connect({
+    endpoints: config.etcd,
+    cluster: config.cluster,
+    ttlSeconds: config.leaseTtlSeconds,
+    node: {
+      id: config.nodeId,
+      host: config.host,
+      httpPort: config.httpPort,
+      rsyncPort: config.rsyncPort,
+      pid: process.pid,
+      startedAt: new Date().toISOString(),
+    },
+  });
+  const coord = coordinator;
+  cleanups.push(() => coord.close());
+
+  let watcher: StoreWatcher | undefined;
+  let reconcileTimer: NodeJS.Timeout | undefined;
+  const reconcile = () => {
+    generator
+      .reconcile()
+      .catch((error: Error) => logger.warn({ err: error }, `reconcile failed: ${error.message}`));
+  };
+  const updateWatcher = () => {
+    const mastering = controllers.some((c) => c.role === 'master');
+    if (mastering && watcher === undefined) {
+      watcher = followWatcher(generator, {
+        settleMs: config.watchSettleMs,
+        onError: (error) => logger.warn({ err: error }, `watcher: ${error.message}`),
+      });
+      // No watcher replays what happened before it started: reconcile once it is ready.
+      void watcher.ready.then(reconcile);
+      if (config.reconcileIntervalMs > 0) {
+        reconcileTimer = setInterval(reconcile, config.reconcileIntervalMs);
+        reconcileTimer.unref();
+      }
+    } else if (!mastering && watcher !== undefined) {
+      void watcher.close();
+      watcher = undefined;
+      clearInterval(reconcileTimer);
+    }
+  };
+  cleanups.push(async () => {
+    clearInterval(reconcileTimer);
+    await watcher?.close();
+  });
+
+  for (let p = 0; p < config.partitions; p++) {
+    controllers.push(
+      new PartitionController({
+        partition: p,
+        nodeId: config.nodeId,
+        incarnation,
+        dataDir: config.dataDir,
+        coordinator: coord,
+        generator,
+        log: logs[p]!,
+        logger,
+        onMastershipChange: updateWatcher,
+      }),
+    );
+  }
+  cleanups.push(async () => {
+    await Promise.all(controllers.map((c) => c.close()));
+  });
+  coord.on('change', () => {
+    for (const controller of controllers) controller.schedule();
+  });
+  coord.on('session-lost', (reason: string) => {
+    logger.warn({ reason }, `etcd session lost (${reason}): fencing every partition this node masters`);
+    for (const controller of controllers) controller.fence(`session lost: ${reason}`);
+  });
+  coord.on('session', () => {
+    logger.info('etcd session re-established');
+    for (const controller of controllers) controller.schedule();
+  });
+  for (const controller of controllers) controller.schedule();
+
+  let closing: Promise<void> | undefined;
+  return {
+    config,
+    state,
+    url: `http://${config.host}:${config.httpPort}`,
+    close() {
+      closing ??= (async () => {
+        const view = coord.view;
+        await Promise.all(
+          controllers.map((c) =>
+            c.handOver((last) => {
+              const peers = [...view.nodes.keys()].filter((id) => id !== config.nodeId);
+              const partitionAcks = acks.get(c.partition) ?? new Map<string, bigint>();
+              return peers.every((id) => (partitionAcks.get(id) ?? 0n) >= last);
+            }, HANDOVER_TIMEOUT_MS),
+          ),
+        );
+        for (const cleanup of cleanups.reverse()) {
+          await cleanup().catch((error: Error) => logger.warn({ err: error }, `shutdown: ${error.message}`));
+        }
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,139 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+
+/**
+ * Node configuration: one zod schema; a config file (--config FILE, JSON), then PFS_* environment
+ * variables, then command-line flags, each overriding the one before. A bad value stops the node
+ * at start with the field name and the reason.
+ */
+export const ConfigSchema = z
+  .object({
+    nodeId: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'letters, digits, ".", "_" and "-" only')
+      .optional(),
+    host: z.string().min(1).default('127.0.0.1'),
+    httpPort: z.coerce.number().int().min(1).max(65535).default(12001),
+    rsyncPort: z.coerce.number().int().min(1).max(65535).optional(),
+    dataDir: z.string().min(1).optional(),
+    etcd: z
+      .union([z.string(), z.array(z.string())])
+      .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((s) => s.trim()).filter(Boolean))
+      .pipe(z.array(z.url()).min(1))
+      .default(['http://127.0.0.1:2379']),
+    cluster: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]+$/)
+      .default('pfs'),
+    partitions: z.coerce.number().int().min(1).max(4096).default(1),
+    leaseTtlSeconds: z.coerce.number().int().min(1).max(300).default(2),
+    rsyncBin: z.string().default('rsync'),
+    maxFileBytes: z.coerce
+      .number()
+      .int()
+      .min(0)
+      .default(1024 * 1024 * 1024),
+    watchSettleMs: z.coerce.number().int().min(0).default(100),
+    reconcileIntervalMs: z.coerce.number().int().min(0).default(60_000),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  })
+  .transform((c) => {
+    const nodeId = c.nodeId ?? `${c.host === '127.0.0.1' ? 'localhost' : c.host}_${c.httpPort}`;
+    return {
+      ...c,
+      nodeId,
+      rsyncPort: c.rsyncPort ?? c.httpPort + 10_000,
+      dataDir: resolve(c.dataDir ?? `/tmp/${nodeId}`),
+    };
+  });
+
+export type NodeConfig = z.output<typeof ConfigSchema>;
+
+export class ConfigError extends Error {
+  readonly code = 'BAD_CONFIG';
+}
+
+const FLAGS = {
+  config: { type: 'string' },
+  'node-id': { type: 'string' },
+  host: { type: 'string' },
+  'http-port': { type: 'string' },
+  'rsync-port': { type: 'string' },
+  'data-dir': { type: 'string' },
+  etcd: { type: 'string' },
+  cluster: { type: 'string' },
+  partitions: { type: 'string' },
+  'lease-ttl': { type: 'string' },
+  'rsync-bin': { type: 'string' },
+  'max-file-bytes': { type: 'string' },
+  'log-level': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+const FIELD_OF_FLAG: Record<string, string> = {
+  'node-id': 'nodeId',
+  host: 'host',
+  'http-port': 'httpPort',
+  'rsync-port': 'rsyncPort',
+  'data-dir': 'dataDir',
+  etcd: 'etcd',
+  cluster: 'cluster',
+  partitions: 'partitions',
+  'lease-ttl': 'leaseTtlSeconds',
+  'rsync-bin': 'rsyncBin',
+  'max-file-bytes': 'maxFileBytes',
+  'log-level': 'logLevel',
+};
+
+export const USAGE = `usage: pnpm --filter node start -- [options]
+  --node-id ID          default localhost_<http-port>
+  --host HOST           address to bind and advertise (default 127.0.0.1)
+  --http-port N         file server and feed (default 12001)
+  --rsync-port N        rsync daemon (default http-port + 10000)
+  --data-dir DIR        filestore/, changelog/, checkpoint/, quarantine/ (default /tmp/<node-id>)
+  --etcd URLS           comma-separated etcd endpoints (default http://127.0.0.1:2379)
+  --cluster NAME        key prefix /pfs/<name>/ (default pfs)
+  --partitions N        partition count, fixed per cluster (default 1)
+  --lease-ttl SECONDS   etcd lease TTL (default 2)
+  --config FILE         JSON file with the same fields (camelCase)
+Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
+PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL.`;
+
+/** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {
+  let parsed: ReturnType<typeof parseArgs<{ options: typeof FLAGS }>>;
+  try {
+    parsed = parseArgs({ args: argv, options: FLAGS, allowPositionals: false, strict: true });
+  } catch (error) {
+    throw new ConfigError(`${(error as Error).message}: see --help`);
+  }
+  const values = parsed.values as Record<string, string | boolean | undefined>;
+  let fromFile: Record<string, unknown> = {};
+  const file = (values.config as string | undefined) ?? env.PFS_CONFIG;
+  if (file !== undefined) {
+    try {
+      fromFile = JSON.parse(readFileSync(file, 'utf8'));
+    } catch (error) {
+      throw new ConfigError(
+        `config file ${file} is unreadable (${(error as Error).message}): fix or remove it`,
+      );
+    }
+  }
+  const fromEnv: Record<string, unknown> = {};
+  for (const [flag, field] of Object.entries(FIELD_OF_FLAG)) {
+    const name = `PFS_${flag.toUpperCase().replaceAll('-', '_').replace('LEASE_TTL', 'LEASE_TTL')}`;
+    if (env[name] !== undefined && env[name] !== '') fromEnv[field] = env[name];
+  }
+  const fromFlags: Record<string, unknown> = {};
+  for (const [flag, field] of Object.entries(FIELD_OF_FLAG)) {
+    if (values[flag] !== undefined) fromFlags[field] = values[flag];
+  }
+  const result = ConfigSchema.safeParse({ ...fromFile, ...fromEnv, ...fromFlags });
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    throw new ConfigError(`bad config value for ${issue.path.join('.') || 'config'}: ${issue.message}`);
+  }
+  return { ...result.data, help: values.help === true };
+}

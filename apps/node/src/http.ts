@@ -1,0 +1,195 @@
+import { createReadStream } from 'node:fs';
+import { join } from 'node:path';
+import { ChangelogError } from '@pfs/changelog-generator';
+import { FilestoreError, partitionOf, stageFile, statFile, validateStorePath } from '@pfs/filestore';
+import { encodeRecords, FEED_CONTENT_TYPE, parseFeedQuery, ReplicatorError, readFeed } from '@pfs/replicator';
+import { formatTxId, type LogRecord, TxlogError } from '@pfs/txlog';
+import Fastify, { type FastifyReply, LogController } from 'fastify';
+import type { Logger } from 'pino';
+import type { AgentState } from './agent-state.ts';
+
+/**
+ * The node's HTTP API (v1): files (PUT/GET/HEAD/DELETE), the change feed replicas follow, health
+ * and status. Errors are JSON `{ code, message }`.
+ */
+const STATUS_OF_CODE: Record<string, number> = {
+  PATH_CONFLICT: 409,
+  PATH_IS_DIRECTORY: 409,
+  NOT_FOUND: 404,
+  FILE_TOO_LARGE: 413,
+  DISK_FULL: 507,
+  CONTENT_MISMATCH: 400,
+  NOT_MASTER: 503,
+  BAD_FEED: 400,
+  TXLOG_WRITE_FAILED: 507,
+};
+
+function sendError(reply: FastifyReply, error: unknown): FastifyReply {
+  const code = (error as { code?: string }).code;
+  if (
+    error instanceof FilestoreError ||
+    error instanceof ChangelogError ||
+    error instanceof ReplicatorError ||
+    error instanceof TxlogError
+  ) {
+    const status = STATUS_OF_CODE[error.code] ?? (error.code.startsWith('PATH_') ? 400 : 500);
+    return reply.code(status).send({ code: error.code, message: error.message });
+  }
+  reply.log.error({ err: error }, 'unexpected error');
+  return reply.code(500).send({ code: code ?? 'INTERNAL', message: (error as Error).message });
+}
+
+function writeResult(record: LogRecord, partition: number) {
+  return {
+    txid: record.txid.toString(),
+    txidText: formatTxId(record.txid),
+    partition,
+    path: record.path,
+    size: record.size.toString(),
+    sha256: record.sha256 || undefined,
+  };
+}
+
+export async function buildHttpServer(state: AgentState, logger: Logger) {
+  const app = Fastify({
+    loggerInstance: logger,
+    logController: new LogController({ disableRequestLogging: true }),
+    routerOptions: { maxParamLength: 16_384 },
+    // Long polls of the change feed are answered within their wait; never close them early.
+    requestTimeout: 0,
+  });
+  // File bodies are streamed straight to disk: no parsing, no buffering.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_request, _payload, done) => done(null));
+
+  const fileStore = join(state.config.dataDir, 'filestore');
+
+  /** Refuses a write on a node that is not master of the path's partition: 307 to the master, else 503. */
+  const refuseUnlessMaster = (partition: number, path: string, reply: FastifyReply): boolean => {
+    if (state.controllers[partition]!.writable()) return false;
+    const master = state.masterOf(partition);
+    if (master !== undefined && master.nodeId !== state.config.nodeId) {
+      reply
+        .code(307)
+        .header('location', `http://${master.host}:${master.httpPort}/v1/files/${encodePath(path)}`)
+        .send({
+          code: 'NOT_MASTER',
+          message: `${master.nodeId} is master of partition ${partition}: write there`,
+        });
+    } else {
+      reply
+        .code(503)
+        .header('retry-after', '1')
+        .send({
+          code: 'NO_MASTER',
+          message: `partition ${partition} has no master right now: retry shortly`,
+        });
+    }
+    return true;
+  };
+
+  app.get('/healthz', async () => ({ ok: true, nodeId: state.config.nodeId }));
+  app.get('/v1/status', async () => state.status());
+
+  app.get<{ Params: { p: string }; Querystring: Record<string, string> }>(
+    '/v1/partitions/:p/records',
+    async (request, reply) => {
+      const partition = Number(request.params.p);
+      const log = state.logs[partition];
+      if (!Number.isInteger(partition) || log === undefined) {
+        return reply
+          .code(404)
+          .send({ code: 'NO_PARTITION', message: `no partition ${request.params.p} here` });
+      }
+      let query: ReturnType<typeof parseFeedQuery>;
+      try {
+        query = parseFeedQuery(request.query);
+      } catch (error) {
+        return sendError(reply, error);
+      }
+      if (query.replica !== undefined) state.noteReplicaAck(partition, query.replica, query.after);
+      const aborted = new AbortController();
+      request.raw.once('close', () => aborted.abort());
+      const release = state.trackPoll(aborted);
+      try {
+        const records = await readFeed(log, query, aborted.signal);
+        const controller = state.controllers[partition]!;
+        return reply
+          .header('content-type', FEED_CONTENT_TYPE)
+          .header('x-pfs-last-txid', log.lastTxid.toString())
+          .header('x-pfs-generation', controller.role === 'master' ? controller.generation.toString() : '0')
+          .send(encodeRecords(records));
+      } finally {
+        release();
+      }
+    },
+  );
+
+  app.put<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
+    const path = request.params['*'];
+    try {
+      validateStorePath(path);
+    } catch (error) {
+      return sendError(reply, error);
+    }
+    const partition = partitionOf(path, state.config.partitions);
+    if (refuseUnlessMaster(partition, path, reply)) return reply;
+    const expected = request.headers['content-sha256'];
+    let staged: Awaited<ReturnType<typeof stageFile>> | undefined;
+    try {
+      staged = await stageFile(fileStore, path, request.raw, {
+        maxBytes: state.config.maxFileBytes,
+        ...(typeof expected === 'string' ? { expectedSha256: expected } : {}),
+      });
+      // The lease may have run out while the body streamed in: check again right before commit.
+      if (refuseUnlessMaster(partition, path, reply)) {
+        await staged.discard();
+        return reply;
+      }
+      const record = await state.generator.commitPut(staged);
+      return reply.code(201).send(writeResult(record, partition));
+    } catch (error) {
+      await staged?.discard();
+      return sendError(reply, error);
+    }
+  });
+
+  app.delete<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
+    const path = request.params['*'];
+    try {
+      validateStorePath(path);
+      const partition = partitionOf(path, state.config.partitions);
+      if (refuseUnlessMaster(partition, path, reply)) return reply;
+      const record = await state.generator.commitDelete(path);
+      return reply.send(writeResult(record, partition));
+    } catch (error) {
+      return sendError(reply, error);
+    }
+  });
+
+  app.get<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
+    const path = request.params['*'];
+    try {
+      validateStorePath(path);
+    } catch (error) {
+      return sendError(reply, error);
+    }
+    const partition = partitionOf(path, state.config.partitions);
+    const info = await statFile(fileStore, path);
+    reply.header('x-pfs-applied-txid', state.logs[partition]!.lastTxid.toString());
+    if (info === undefined)
+      return reply.code(404).send({ code: 'NOT_FOUND', message: `no file ${JSON.stringify(path)}` });
+    return reply
+      .header('content-type', 'application/octet-stream')
+      .header('content-length', info.size.toString())
+      .header('last-modified', new Date(Number(info.mtimeNs / 1_000_000n)).toUTCString())
+      .send(createReadStream(join(fileStore, path)));
+  });
+
+  return app;
+}
+
+/** Percent-encodes each path component for a URL. */
+export function encodePath(path: string): string {
+  return path.split('/').map(encodeURIComponent).join('/');
+}

@@ -1,0 +1,361 @@
+import { join } from 'node:path';
+import type { ChangelogGenerator } from '@pfs/changelog-generator';
+import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
+import {
+  createReplicator,
+  httpFeedSource,
+  type RecordSource,
+  type Replicator,
+  rsyncLogSource,
+} from '@pfs/replicator';
+import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
+import type { Logger } from 'pino';
+
+/**
+ * Role of this node for one partition, driven by the cluster view:
+ *   OFFLINE → REPLICA (follow the serving master) → MASTER (election won, drained, generation bumped)
+ *   MASTER → OFFLINE (fenced: session or mastership lost) → REPLICA of whoever is master.
+ * Transitions run one at a time (a promise chain); view changes only schedule a re-evaluation.
+ */
+export type Role = 'offline' | 'replica' | 'electing' | 'promoting' | 'master';
+
+export interface ControllerDeps {
+  partition: number;
+  nodeId: string;
+  incarnation: string;
+  dataDir: string;
+  coordinator: Coordinator;
+  generator: ChangelogGenerator;
+  log: TxLog;
+  logger: Logger;
+  /** Called when this node starts or stops being master of the partition (watcher on/off). */
+  onMastershipChange: () => void;
+}
+
+/** Wait after a master loss for every replica to publish its applied txid before ranking. */
+const COLLECT_MS = 50;
+/** A lower-ranked candidate waits this long per rank for a better one to claim first. */
+const STANDBY_PER_RANK_MS = 750;
+const REPORT_EVERY_MS = 200;
+
+export class PartitionController {
+  role: Role = 'offline';
+  generation = 0n;
+  token: bigint | undefined;
+  private replicator: Replicator | undefined;
+  private following: string | undefined;
+  private lastServingMaster:
+    | { nodeId: string; host: string; rsyncPort: number; httpPort: number; finalTxid?: TxId }
+    | undefined;
+  private chain: Promise<void> = Promise.resolve();
+  private scheduled = false;
+  private closed = false;
+  private lastReportAt = 0;
+  private reportTimer: NodeJS.Timeout | undefined;
+  private readonly stop = new AbortController();
+
+  constructor(private readonly deps: ControllerDeps) {}
+
+  get partition(): number {
+    return this.deps.partition;
+  }
+
+  /** Followed master, for status. */
+  get followingNode(): string | undefined {
+    return this.following?.split('@')[0];
+  }
+
+  get appliedTxid(): TxId {
+    return this.deps.log.lastTxid;
+  }
+
+  /** True only while this node may accept a write for the partition: checked on every write. */
+  writable(): boolean {
+    return (
+      this.role === 'master' &&
+      this.deps.coordinator.sessionValid() &&
+      this.deps.generator.isAttached(this.partition)
+    );
+  }
+
+  /** Re-evaluates the role against the latest view (coalesced; transitions never overlap). */
+  schedule(): void {
+    if (this.scheduled || this.closed) return;
+    this.scheduled = true;
+    this.chain = this.chain.then(async () => {
+      this.scheduled = false;
+      if (this.closed) return;
+      try {
+        await this.evaluate(this.deps.coordinator.view);
+      } catch (error) {
+        this.deps.logger.warn(
+          { partition: this.partition, err: error },
+          `partition ${this.partition}: ${(error as Error).message}`,
+        );
+        setTimeout(() => this.schedule(), 200).unref();
+      }
+    });
+  }
+
+  /** Stops taking writes at once; the next evaluation decides what to follow. */
+  fence(reason: string): void {
+    if (this.role !== 'master' && this.role !== 'promoting') return;
+    this.deps.logger.warn(
+      { partition: this.partition, reason },
+      `partition ${this.partition}: fenced (${reason}), no more writes`,
+    );
+    void this.deps.generator.detach(this.partition);
+    this.role = 'offline';
+    this.token = undefined;
+    this.deps.onMastershipChange();
+    this.schedule();
+  }
+
+  private async evaluate(view: ClusterView): Promise<void> {
+    const pv = view.partitions.get(this.partition);
+    const master = pv?.master;
+    if (this.role === 'master' || this.role === 'promoting') {
+      if (master === undefined || master.token !== this.token) this.fence('mastership key changed or gone');
+      return;
+    }
+    if (master !== undefined) {
+      const node = view.nodes.get(master.nodeId);
+      if (master.state === 'serving' && node !== undefined) {
+        this.lastServingMaster = {
+          nodeId: master.nodeId,
+          host: node.host,
+          rsyncPort: node.rsyncPort,
+          httpPort: node.httpPort,
+          ...(master.finalTxid === undefined ? {} : { finalTxid: BigInt(master.finalTxid) }),
+        };
+        if (master.nodeId !== this.deps.nodeId)
+          await this.follow(master, node.host, node.httpPort, node.rsyncPort);
+      }
+      return;
+    }
+    if (!this.deps.coordinator.sessionValid()) return;
+    await this.elect();
+  }
+
+  private async follow(master: MasterView, host: string, httpPort: number, rsyncPort: number): Promise<void> {
+    const key = `${master.nodeId}@${master.token}`;
+    if (this.following === key && this.role === 'replica') return;
+    const source = {
+      feedUrl: `http://${host}:${httpPort}/v1/partitions/${this.partition}/records`,
+      filesSource: `rsync://${host}:${rsyncPort}/filestore/`,
+    };
+    const replicator = await this.ensureReplicator(source);
+    replicator.switchSource(source);
+    replicator.start();
+    this.following = key;
+    this.role = 'replica';
+    this.deps.logger.info(
+      { partition: this.partition, master: master.nodeId, from: formatTxId(this.appliedTxid) },
+      `partition ${this.partition}: replica of ${master.nodeId} from ${formatTxId(this.appliedTxid)}`,
+    );
+  }
+
+  private async ensureReplicator(
+    source: RecordSource | { feedUrl: string; filesSource: string },
+  ): Promise<Replicator> {
+    if (this.replicator !== undefined) return this.replicator;
+    const replicator = await createReplicator({
+      source,
+      fileStoreDir: join(this.deps.dataDir, 'filestore'),
+      log: this.deps.log,
+      checkpointDir: join(this.deps.dataDir, 'checkpoint'),
+      partition: this.partition,
+      replicaId: this.deps.nodeId,
+      follow: false,
+      minGeneration: () => this.deps.coordinator.view.partitions.get(this.partition)?.generation ?? 0n,
+    });
+    replicator.on('applied', () => this.reportSoon());
+    replicator.on('error', (error: Error) => {
+      this.deps.logger.debug(
+        { partition: this.partition, err: error },
+        `partition ${this.partition}: ${error.message}`,
+      );
+    });
+    this.replicator = replicator;
+    return replicator;
+  }
+
+  /** Publishes the applied txid for the promotion ranking, at most every REPORT_EVERY_MS. */
+  private reportSoon(): void {
+    if (this.reportTimer !== undefined) return;
+    const wait = Math.max(0, this.lastReportAt + REPORT_EVERY_MS - Date.now());
+    this.reportTimer = setTimeout(() => {
+      this.reportTimer = undefined;
+      this.lastReportAt = Date.now();
+      this.deps.coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
+    }, wait);
+    this.reportTimer.unref();
+  }
+
+  private async elect(): Promise<void> {
+    const { coordinator, nodeId } = this.deps;
+    this.role = 'electing';
+    this.following = undefined;
+    await this.replicator?.pause();
+    await coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
+    await sleep(COLLECT_MS);
+    const ranking = rankCandidates(coordinator.view, this.partition);
+    const rank = ranking.indexOf(nodeId);
+    if (rank > 0) {
+      // Give better candidates their turn; claim anyway if none of them does.
+      const deadline = Date.now() + rank * STANDBY_PER_RANK_MS;
+      while (Date.now() < deadline && coordinator.view.partitions.get(this.partition)?.master === undefined) {
+        await sleep(25);
+      }
+      if (coordinator.view.partitions.get(this.partition)?.master !== undefined) {
+        this.role = 'offline';
+        return;
+      }
+    }
+    const generation = coordinator.view.partitions.get(this.partition)?.generation ?? 0n;
+    const token = await coordinator.claimMaster(this.partition, {
+      nodeId,
+      incarnation: this.deps.incarnation,
+      state: 'draining',
+      generation: generation.toString(),
+    });
+    if (token === undefined) {
+      this.role = 'offline';
+      return;
+    }
+    this.token = token;
+    this.role = 'promoting';
+    try {
+      await this.promote(token);
+    } catch (error) {
+      this.deps.logger.warn(
+        { partition: this.partition, err: error },
+        `partition ${this.partition}: promotion failed: ${(error as Error).message}`,
+      );
+      if (this.token === token) {
+        await coordinator.resignMaster(this.partition, token).catch(() => {});
+        this.fence('promotion failed');
+      }
+    }
+  }
+
+  private drainSources(): RecordSource[] {
+    const sources: RecordSource[] = [];
+    const old = this.lastServingMaster;
+    if (old !== undefined && old.nodeId !== this.deps.nodeId) {
+      sources.push(
+        rsyncLogSource({
+          logSource: `rsync://${old.host}:${old.rsyncPort}/changelog/${this.partition}/`,
+          filesSource: `rsync://${old.host}:${old.rsyncPort}/filestore/`,
+          mirrorDir: join(this.deps.dataDir, 'drain', String(this.partition)),
+        }),
+      );
+    }
+    const view = this.deps.coordinator.view;
+    const reports = view.partitions.get(this.partition)?.replicas ?? new Map<string, bigint>();
+    for (const peer of rankCandidates(view, this.partition)) {
+      const node = view.nodes.get(peer);
+      if (peer === this.deps.nodeId || node === undefined) continue;
+      if ((reports.get(peer) ?? 0n) <= this.appliedTxid) continue;
+      sources.push(
+        httpFeedSource({
+          feedUrl: `http://${node.host}:${node.httpPort}/v1/partitions/${this.partition}/records`,
+          filesSource: `rsync://${node.host}:${node.rsyncPort}/filestore/`,
+        }),
+      );
+    }
+    return sources;
+  }
+
+  private async promote(token: bigint): Promise<void> {
+    const { coordinator, log, logger } = this.deps;
+    const started = performance.now();
+    const finalTxid = this.lastServingMaster?.finalTxid;
+    const sources = finalTxid !== undefined && this.appliedTxid >= finalTxid ? [] : this.drainSources();
+    if (sources.length > 0) {
+      const replicator = await this.ensureReplicator(sources[0]!);
+      for (const source of sources) {
+        replicator.switchSource(source);
+        try {
+          const applied = await replicator.drain(this.stop.signal);
+          logger.info(
+            { partition: this.partition, source: source.description },
+            `partition ${this.partition}: drained to ${formatTxId(applied)} from ${source.description}`,
+          );
+          break;
+        } catch (error) {
+          logger.warn(
+            { partition: this.partition, err: error },
+            `partition ${this.partition}: cannot drain ${source.description}: ${(error as Error).message}`,
+          );
+        }
+      }
+    }
+    if (this.token !== token) throw new Error('mastership lost while draining');
+    const lastTxid = log.lastTxid;
+    const generation = await coordinator.bumpGeneration({ partition: this.partition, lastTxid, token });
+    await log.startGeneration(generation);
+    await this.deps.generator.attach(this.partition, log);
+    this.generation = generation;
+    await coordinator.updateMaster(this.partition, token, {
+      nodeId: this.deps.nodeId,
+      incarnation: this.deps.incarnation,
+      state: 'serving',
+      generation: generation.toString(),
+    });
+    this.role = 'master';
+    this.deps.onMastershipChange();
+    logger.info(
+      {
+        partition: this.partition,
+        generation: generation.toString(),
+        previous: formatTxId(lastTxid),
+        ms: Math.round(performance.now() - started),
+      },
+      `partition ${this.partition}: master in generation ${generation} after ${formatTxId(lastTxid)}`,
+    );
+  }
+
+  /**
+   * Planned handover: stop taking writes, let the followers catch up (bounded), publish the final
+   * txid and resign, so the successor has nothing to drain.
+   */
+  async handOver(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<void> {
+    await this.chain;
+    const token = this.token;
+    if (this.role !== 'master' || token === undefined) return;
+    this.role = 'offline';
+    await this.deps.generator.detach(this.partition);
+    const last = this.deps.log.lastTxid;
+    const deadline = Date.now() + timeoutMs;
+    while (!caughtUp(last) && Date.now() < deadline) await sleep(10);
+    try {
+      await this.deps.coordinator.updateMaster(this.partition, token, {
+        nodeId: this.deps.nodeId,
+        incarnation: this.deps.incarnation,
+        state: 'serving',
+        generation: this.generation.toString(),
+        finalTxid: last.toString(),
+      });
+      await this.deps.coordinator.resignMaster(this.partition, token);
+    } catch (error) {
+      this.deps.logger.warn(
+        { err: error },
+        `partition ${this.partition}: resign failed: ${(error as Error).message}`,
+      );
+    }
+    this.token = undefined;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.stop.abort();
+    clearTimeout(this.reportTimer);
+    await this.chain.catch(() => {});
+    await this.replicator?.pause();
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,16 @@
+export type ReplicatorErrorCode =
+  | 'SOURCE_UNAVAILABLE'
+  | 'BAD_FEED'
+  | 'NOT_INCREASING'
+  | 'STALE_SOURCE'
+  | 'CONTENT_MISMATCH'
+  | 'CLOSED';
+
+export class ReplicatorError extends Error {
+  readonly code: ReplicatorErrorCode;
+  constructor(code: ReplicatorErrorCode, message: string, options: { cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'ReplicatorError';
+    this.code = code;
+  }
+}

@@ -1,0 +1,24 @@
+export { type BatchPlan, planBatch } from './batch.ts';
+export { ReplicatorError, type ReplicatorErrorCode } from './errors.ts';
+export {
+  decodeRecords,
+  encodeRecords,
+  FEED_CONTENT_TYPE,
+  type FeedQuery,
+  parseFeedQuery,
+  readFeed,
+} from './feed.ts';
+export {
+  type AppliedBatch,
+  createReplicator,
+  DEFAULT_POLL_WAIT_MS,
+  Replicator,
+  type ReplicatorOptions,
+} from './replicator.ts';
+export {
+  type FetchResult,
+  httpFeedSource,
+  localLogSource,
+  type RecordSource,
+  rsyncLogSource,
+} from './sources.ts';

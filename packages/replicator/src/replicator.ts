@@ -1,0 +1,310 @@
+import { EventEmitter } from 'node:events';
+import { mkdir, open } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { hashFile, statFile } from '@pfs/filestore';
+import { pullBatch } from '@pfs/rsync-invoker';
+import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
+import { checkContinues, planBatch } from './batch.ts';
+import { ReplicatorError } from './errors.ts';
+import { httpFeedSource, type RecordSource } from './sources.ts';
+
+/**
+ * Follows a master's partition log and applies it here, in order.
+ *
+ * One batch: fetch records after the applied txid (long poll), pull the files they name with one
+ * rsync (deletes included), verify each path's size and sha-256 against the last record naming it,
+ * fsync the directories, append the records with the master's txids to the local log (one group
+ * fsync), then write the checkpoint. While a batch's rsync runs, new records queue at the source
+ * and form the next batch; no timer is involved.
+ *
+ * Invariants: the checkpoint never passes a txid whose files and record are not both durable; a
+ * failed rsync or a hash mismatch retries with backoff and never advances anything.
+ */
+export interface ReplicatorOptions {
+  /** A record source, or the master's feed URL plus its rsync filestore module. */
+  source: RecordSource | { feedUrl: string; filesSource: string };
+  fileStoreDir: string;
+  /** The local log; give `changeLogDir` to let the replicator open (and close) it, or `log`. */
+  changeLogDir?: string;
+  log?: TxLog;
+  /** The checkpoint of partition `p` is the file `<checkpointDir>/<p>`. */
+  checkpointDir: string;
+  partition?: number;
+  signal?: AbortSignal;
+  maxBatchRecords?: number;
+  /** Long-poll wait of each fetch. */
+  pollWaitMs?: number;
+  /** Refuse a source that writes in a generation older than this (the cluster's current one). */
+  minGeneration?: () => bigint;
+  replicaId?: string;
+  /** Start following at once (default true); false leaves it to `start()` or `drain()`. */
+  follow?: boolean;
+}
+
+export interface AppliedBatch {
+  from: TxId;
+  to: TxId;
+  records: number;
+  paths: number;
+  durationMs: number;
+}
+
+export const DEFAULT_MAX_BATCH_RECORDS = 1000;
+export const DEFAULT_POLL_WAIT_MS = 10_000;
+const MAX_BACKOFF_MS = 2000;
+
+export class Replicator extends EventEmitter {
+  readonly partition: number;
+  private source: RecordSource;
+  private readonly options: ReplicatorOptions;
+  private readonly log: TxLog;
+  private readonly ownsLog: boolean;
+  private readonly checkpointFile: string;
+  private appliedTxid: TxId;
+  private loop: Promise<void> | undefined;
+  private loopController: AbortController | undefined;
+  private fetchController: AbortController | undefined;
+  private closed = false;
+
+  constructor(options: ReplicatorOptions, log: TxLog, ownsLog: boolean, applied: TxId) {
+    super();
+    this.options = options;
+    this.partition = options.partition ?? 0;
+    this.source = toSource(options.source, options.replicaId);
+    this.log = log;
+    this.ownsLog = ownsLog;
+    this.checkpointFile = join(options.checkpointDir, String(this.partition));
+    this.appliedTxid = applied;
+    options.signal?.addEventListener('abort', () => void this.stop(), { once: true });
+  }
+
+  /** The last txid applied here (files durable, record logged). */
+  get applied(): TxId {
+    return this.appliedTxid;
+  }
+
+  get sourceDescription(): string {
+    return this.source.description;
+  }
+
+  /** Starts following the source; idempotent. */
+  start(): void {
+    if (this.loop !== undefined || this.closed) return;
+    const controller = new AbortController();
+    this.loopController = controller;
+    this.loop = this.follow(controller.signal).finally(() => {
+      this.loop = undefined;
+    });
+  }
+
+  /** Stops following and waits for the batch in flight to be abandoned or finished. */
+  async pause(): Promise<void> {
+    this.loopController?.abort();
+    await this.loop;
+  }
+
+  /** Continues from the applied txid (not a byte offset) with another source; aborts the fetch or rsync in flight. */
+  switchSource(source: RecordSource | { feedUrl: string; filesSource: string }): void {
+    this.source = toSource(source, this.options.replicaId);
+    this.fetchController?.abort();
+  }
+
+  /**
+   * Applies everything the current source has past the applied txid, without waiting for more,
+   * and resolves the applied txid. Following is paused first. Used by a new master to drain.
+   */
+  async drain(signal?: AbortSignal): Promise<TxId> {
+    await this.pause();
+    const stop = signal ?? new AbortController().signal;
+    let backoffMs = 0;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const max = this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS;
+        const fetched = await this.source.fetch(this.appliedTxid, {
+          waitMs: 0,
+          maxRecords: max,
+          signal: stop,
+        });
+        if (fetched.records.length === 0) return this.appliedTxid;
+        await this.applyBatch(this.source, fetched.records, stop);
+        backoffMs = 0;
+      } catch (error) {
+        if (stop.aborted || attempt >= 20 || (error as ReplicatorError).code === 'SOURCE_UNAVAILABLE')
+          throw error;
+        this.report(error);
+        backoffMs = nextBackoff(backoffMs, error);
+        await sleep(backoffMs, stop);
+      }
+    }
+  }
+
+  private async follow(loopSignal: AbortSignal): Promise<void> {
+    let backoffMs = 0;
+    while (!loopSignal.aborted) {
+      const source = this.source;
+      const controller = new AbortController();
+      this.fetchController = controller;
+      const signal = AbortSignal.any([loopSignal, controller.signal]);
+      try {
+        const fetched = await source.fetch(this.appliedTxid, {
+          waitMs: this.options.pollWaitMs ?? DEFAULT_POLL_WAIT_MS,
+          maxRecords: this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS,
+          signal,
+        });
+        this.checkSource(fetched.generation, fetched.lastTxid, source);
+        if (fetched.records.length > 0) await this.applyBatch(source, fetched.records, signal);
+        backoffMs = 0;
+      } catch (error) {
+        if (signal.aborted) continue;
+        this.report(error);
+        backoffMs = nextBackoff(backoffMs, error);
+        await sleep(backoffMs, signal);
+      }
+    }
+  }
+
+  private checkSource(
+    generation: bigint | undefined,
+    lastTxid: TxId | undefined,
+    source: RecordSource,
+  ): void {
+    const minimum = this.options.minGeneration?.();
+    if (generation !== undefined && generation > 0n && minimum !== undefined && generation < minimum) {
+      throw new ReplicatorError(
+        'STALE_SOURCE',
+        `${source.description} writes in generation ${generation} but the cluster is at ${minimum}: refusing a fenced master`,
+      );
+    }
+    if (lastTxid !== undefined && lastTxid < this.appliedTxid) {
+      throw new ReplicatorError(
+        'STALE_SOURCE',
+        `${source.description} ends at ${formatTxId(lastTxid)}, behind this replica's ${formatTxId(this.appliedTxid)}`,
+      );
+    }
+  }
+
+  private async applyBatch(source: RecordSource, records: LogRecord[], signal: AbortSignal): Promise<void> {
+    const started = performance.now();
+    const from = this.appliedTxid;
+    checkContinues(from, records);
+    const plan = planBatch(records);
+    if (plan.paths.length > 0) {
+      await pullBatch({
+        source: source.filesSource,
+        dest: this.options.fileStoreDir,
+        paths: plan.paths,
+        signal,
+      });
+      await this.verify(plan.expected);
+      await fsyncParents(this.options.fileStoreDir, plan.paths);
+    }
+    if (signal.aborted) throw signal.reason;
+    await Promise.all(records.map((record) => this.log.appendRecord(record)));
+    const to = records.at(-1)!.txid;
+    await writeCheckpoint(this.checkpointFile, to);
+    this.appliedTxid = to;
+    const batch: AppliedBatch = {
+      from,
+      to,
+      records: records.length,
+      paths: plan.paths.length,
+      durationMs: performance.now() - started,
+    };
+    this.emit('applied', batch);
+  }
+
+  private async verify(expected: ReturnType<typeof planBatch>['expected']): Promise<void> {
+    const checks = [...expected].map(async ([path, want]) => {
+      if (want.kind === 'delete') {
+        if ((await statFile(this.options.fileStoreDir, path)) !== undefined)
+          return `${JSON.stringify(path)} still exists`;
+        return undefined;
+      }
+      const got = await hashFile(this.options.fileStoreDir, path);
+      if (got === undefined) return `${JSON.stringify(path)} is missing`;
+      if (got.size !== want.size || got.sha256 !== want.sha256) {
+        return `${JSON.stringify(path)} has ${got.size} bytes sha-256 ${got.sha256.slice(0, 12)}…, record ${formatTxId(want.txid)} says ${want.size} bytes ${want.sha256.slice(0, 12)}…`;
+      }
+      return undefined;
+    });
+    const problems = (await Promise.all(checks)).filter((p) => p !== undefined);
+    if (problems.length > 0) {
+      // Usually the master changed the file again after the last record we have: the retry
+      // fetches the newer record. The checkpoint does not move until the files match.
+      throw new ReplicatorError(
+        'CONTENT_MISMATCH',
+        `after rsync ${problems.length} path(s) differ: ${problems[0]}`,
+      );
+    }
+  }
+
+  private report(error: unknown): void {
+    if (this.listenerCount('error') > 0) this.emit('error', error);
+  }
+
+  /** Stops following; closes the log if the replicator opened it. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.pause();
+    if (this.ownsLog) await this.log.close();
+    await this.source.close?.();
+  }
+}
+
+function toSource(source: ReplicatorOptions['source'], replicaId: string | undefined): RecordSource {
+  if ('fetch' in source) return source;
+  return httpFeedSource({ ...source, ...(replicaId === undefined ? {} : { replicaId }) });
+}
+
+/** Opens the log and checkpoint and starts following (unless `follow: false`). */
+export async function createReplicator(options: ReplicatorOptions): Promise<Replicator> {
+  if (options.log === undefined && options.changeLogDir === undefined) {
+    throw new TypeError('createReplicator needs `log` or `changeLogDir`');
+  }
+  const log = options.log ?? (await TxLog.open(options.changeLogDir!));
+  const checkpointFile = join(options.checkpointDir, String(options.partition ?? 0));
+  await mkdir(options.checkpointDir, { recursive: true });
+  const checkpoint = await readCheckpoint(checkpointFile);
+  // A record is logged only after its files are durable, so the log's end is always safe to
+  // resume from; a checkpoint behind it only means a crash came between the two writes.
+  const applied = log.lastTxid;
+  if (checkpoint !== applied) await writeCheckpoint(checkpointFile, applied);
+  const replicator = new Replicator(options, log, options.log === undefined, applied);
+  if (options.follow !== false) replicator.start();
+  return replicator;
+}
+
+async function fsyncParents(root: string, paths: readonly string[]): Promise<void> {
+  const dirs = new Set(paths.map((p) => dirname(join(root, p))));
+  await Promise.all(
+    [...dirs].map(async (dir) => {
+      const handle = await open(dir, 'r').catch(() => undefined);
+      if (handle === undefined) return;
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+    }),
+  );
+}
+
+function nextBackoff(previousMs: number, error: unknown): number {
+  // A mismatch is normally a record still in flight on the master: retry almost at once.
+  const base = (error as ReplicatorError).code === 'CONTENT_MISMATCH' ? 5 : 100;
+  return Math.min(MAX_BACKOFF_MS, previousMs === 0 ? base : previousMs * 2);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

@@ -1,0 +1,127 @@
+import { mkdir } from 'node:fs/promises';
+import { syncTree } from '@pfs/rsync-invoker';
+import { type LogRecord, type TxId, TxLog } from '@pfs/txlog';
+import { ReplicatorError } from './errors.ts';
+import { decodeRecords, FEED_CONTENT_TYPE } from './feed.ts';
+
+/**
+ * Where a replicator reads records and file bytes from. `fetch` long-polls: it resolves as soon as
+ * there are records after `after`, or with none when `waitMs` passes.
+ */
+export interface FetchResult {
+  records: LogRecord[];
+  /** Generation the source writes in, when it says (0: it is not master). */
+  generation?: bigint;
+  /** The source's last txid, when it says. */
+  lastTxid?: TxId;
+}
+
+export interface RecordSource {
+  /** rsync source of the file bytes: `rsync://host:port/module/` or a local directory. */
+  readonly filesSource: string;
+  /** For logs and errors. */
+  readonly description: string;
+  fetch(
+    after: TxId,
+    options: { waitMs: number; maxRecords: number; signal: AbortSignal },
+  ): Promise<FetchResult>;
+  close?(): Promise<void>;
+}
+
+/** Follows a node's HTTP change feed (docs/protocol.md), e.g. `http://10.0.0.1:12001/v1/partitions/0/records`. */
+export function httpFeedSource(options: {
+  feedUrl: string;
+  filesSource: string;
+  replicaId?: string;
+}): RecordSource {
+  return {
+    filesSource: options.filesSource,
+    description: options.feedUrl,
+    async fetch(after, { waitMs, maxRecords, signal }) {
+      const url = new URL(options.feedUrl);
+      url.searchParams.set('after', after.toString());
+      url.searchParams.set('waitMs', String(waitMs));
+      url.searchParams.set('max', String(maxRecords));
+      if (options.replicaId !== undefined) url.searchParams.set('replica', options.replicaId);
+      let response: Response;
+      try {
+        response = await fetch(url, {
+          signal: AbortSignal.any([signal, AbortSignal.timeout(waitMs + 10_000)]),
+        });
+      } catch (error) {
+        if (signal.aborted) throw error;
+        throw new ReplicatorError(
+          'SOURCE_UNAVAILABLE',
+          `feed ${options.feedUrl} is unreachable: ${String(error)}`,
+          {
+            cause: error,
+          },
+        );
+      }
+      const body = Buffer.from(await response.arrayBuffer());
+      if (response.status !== 200 || response.headers.get('content-type') !== FEED_CONTENT_TYPE) {
+        throw new ReplicatorError(
+          'SOURCE_UNAVAILABLE',
+          `feed ${options.feedUrl} answered ${response.status}: ${body.toString('utf8', 0, 200)}`,
+        );
+      }
+      const generation = response.headers.get('x-pfs-generation');
+      const lastTxid = response.headers.get('x-pfs-last-txid');
+      return {
+        records: decodeRecords(body),
+        ...(generation === null ? {} : { generation: BigInt(generation) }),
+        ...(lastTxid === null ? {} : { lastTxid: BigInt(lastTxid) }),
+      };
+    },
+  };
+}
+
+/** Reads a TxLog in this process (tests, or a replicator embedded next to its master). */
+export function localLogSource(options: { log: TxLog; filesSource: string }): RecordSource {
+  return {
+    filesSource: options.filesSource,
+    description: `local log ${options.log.dir}`,
+    async fetch(after, { waitMs, maxRecords, signal }) {
+      if (after >= options.log.lastTxid) await options.log.waitForRecordsAfter(after, waitMs, signal);
+      return { records: await options.log.readAfter(after, maxRecords), lastTxid: options.log.lastTxid };
+    },
+  };
+}
+
+/**
+ * Reads another node's log through its rsync daemon: mirrors the remote `changelog/<p>/` into
+ * `mirrorDir`, then reads the copy. This reaches a master whose agent died while its host and
+ * rsync daemon still answer — the drain path of a failover. A torn tail in the copy is cut like
+ * on any open: a record the dead master had not finished writing was never acknowledged.
+ */
+export function rsyncLogSource(options: {
+  logSource: string;
+  filesSource: string;
+  mirrorDir: string;
+}): RecordSource {
+  return {
+    filesSource: options.filesSource,
+    description: options.logSource,
+    async fetch(after, { maxRecords, signal }) {
+      await mkdir(options.mirrorDir, { recursive: true });
+      try {
+        await syncTree({ source: options.logSource, dest: options.mirrorDir, signal });
+      } catch (error) {
+        if (signal.aborted) throw error;
+        throw new ReplicatorError(
+          'SOURCE_UNAVAILABLE',
+          `log ${options.logSource} is unreachable: ${(error as Error).message}`,
+          {
+            cause: error,
+          },
+        );
+      }
+      const log = await TxLog.open(options.mirrorDir);
+      try {
+        return { records: await log.readAfter(after, maxRecords), lastTxid: log.lastTxid };
+      } finally {
+        await log.close();
+      }
+    },
+  };
+}

@@ -1,0 +1,106 @@
+import { RsyncError } from './errors.ts';
+import { normalizeDest, normalizeSource, type SourceKind, sourceKind } from './source.ts';
+
+export const DEFAULT_IO_TIMEOUT_SECONDS = 10;
+export const CONNECT_TIMEOUT_SECONDS = 3;
+/** One line per item: the 11-character itemize string, a space, the (escaped) name. */
+export const OUT_FORMAT = '%i %n';
+
+export interface PullArgsInput {
+  source: string;
+  dest: string;
+  /** Number of listed paths: the default --max-delete. */
+  count: number;
+  maxDelete?: number | undefined;
+  ioTimeoutSeconds?: number | undefined;
+  extraArgs?: readonly string[] | undefined;
+}
+
+/** The argv of a batch pull; the list itself goes to stdin (see encodeFileList). */
+export function buildPullArgs(input: PullArgsInput): string[] {
+  const kind = sourceKind(input.source);
+  return [
+    '--files-from=-',
+    '--from0',
+    '--delete-missing-args',
+    '--force',
+    '--ignore-times',
+    '--times',
+    '--perms',
+    `--max-delete=${input.maxDelete ?? input.count}`,
+    `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
+    '--fsync',
+    '--itemize-changes',
+    `--out-format=${OUT_FORMAT}`,
+    ...transportArgs(kind),
+    ...(input.extraArgs ?? []),
+    '--',
+    normalizeSource(input.source),
+    normalizeDest(input.dest),
+  ];
+}
+
+export interface SyncArgsInput {
+  source: string;
+  dest: string;
+  exclude?: readonly string[] | undefined;
+  ioTimeoutSeconds?: number | undefined;
+  extraArgs?: readonly string[] | undefined;
+}
+
+/** The argv of a whole-tree sync (bootstrap of a new replica). */
+export function buildSyncArgs(input: SyncArgsInput): string[] {
+  const kind = sourceKind(input.source);
+  return [
+    '--archive',
+    '--delete',
+    '--numeric-ids',
+    '--info=progress2',
+    '--no-inc-recursive',
+    `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
+    '--fsync',
+    ...transportArgs(kind),
+    ...(input.exclude ?? []).map((pattern) => `--exclude=${pattern}`),
+    ...(input.extraArgs ?? []),
+    '--',
+    normalizeSource(input.source),
+    normalizeDest(input.dest),
+  ];
+}
+
+function transportArgs(kind: SourceKind): string[] {
+  if (kind === 'daemon') {
+    return [
+      `--contimeout=${CONNECT_TIMEOUT_SECONDS}`,
+      '--sockopts=TCP_NODELAY',
+      // The daemon's motd would be printed on stdout, between the itemize lines.
+      '--no-motd',
+    ];
+  }
+  if (kind === 'ssh') return ['--rsh=ssh'];
+  return [];
+}
+
+/**
+ * The --files-from list: NUL-terminated entries, each written as `./<path>`. Without the `./`,
+ * rsync silently drops entries that start with `#` or `;` (comment syntax, even with --from0),
+ * and an entry starting with `-` stays a plain name either way.
+ */
+export function encodeFileList(paths: readonly string[]): Buffer {
+  for (const path of paths) checkRelativePath(path);
+  return Buffer.from(paths.map((path) => `./${path}\0`).join(''), 'utf8');
+}
+
+/** Refuses what would corrupt the NUL-separated list or reach outside the destination. */
+export function checkRelativePath(path: string): void {
+  const bad = (why: string) =>
+    new RsyncError(
+      'RSYNC_BAD_PATH',
+      `path ${JSON.stringify(path)} ${why}: pass a relative path inside the store`,
+      false,
+    );
+  if (typeof path !== 'string' || path.length === 0) throw bad('is empty');
+  if (path.includes('\0')) throw bad('contains NUL');
+  if (path.startsWith('/')) throw bad('is absolute');
+  if (path.split('/').includes('..')) throw bad("has a '..' component");
+}

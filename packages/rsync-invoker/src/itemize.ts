@@ -1,0 +1,45 @@
+/**
+ * rsync prints names with unprintable bytes as `\#ooo` (octal), and a backslash that precedes
+ * `#` as `\#134`, so an escaped name is unambiguous. Undoing it byte-wise and decoding the
+ * bytes as UTF-8 gives back the exact name, whatever locale rsync ran under.
+ */
+export function unescapeRsyncName(raw: Buffer): string {
+  const latin1 = raw
+    .toString('latin1')
+    .replace(/\\#([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8) & 0xff));
+  return Buffer.from(latin1, 'latin1').toString('utf8');
+}
+
+export type ItemizeEntry = { kind: 'transferred' | 'deleted' | 'other'; path: string };
+
+const DELETING = '*deleting  ';
+const ITEMIZE_WIDTH = 11;
+
+/**
+ * One line of `--itemize-changes --out-format='%i %n'`: `>f+++++++++ name` for a received file,
+ * `*deleting   name` for a deletion, `cd+++++++++ dir/` and the like for the rest. Lines that
+ * are not itemize lines (info messages such as "skipping non-regular file") give undefined.
+ */
+export function parseItemizeLine(line: Buffer): ItemizeEntry | undefined {
+  if (line.length < ITEMIZE_WIDTH + 2 || line[ITEMIZE_WIDTH] !== 0x20) return undefined;
+  const flags = line.subarray(0, ITEMIZE_WIDTH).toString('latin1');
+  const path = stripSlash(unescapeRsyncName(line.subarray(ITEMIZE_WIDTH + 1)));
+  if (flags === DELETING) return { kind: 'deleted', path };
+  if (!/^[<>ch.][fdLDS]/.test(flags)) return undefined;
+  return { kind: flags.startsWith('>f') ? 'transferred' : 'other', path };
+}
+
+/**
+ * "file has vanished: "NAME"" (+ " (in module)" through a daemon) on stderr. For a local source
+ * rsync prints the full path, so the source root is stripped to give the listed relative path.
+ */
+export function parseVanishedLine(line: Buffer, localRoot?: string): string | undefined {
+  const match = /^file has vanished: "(.*)"(?: \(in [^)]*\))?$/s.exec(line.toString('latin1'));
+  if (!match) return undefined;
+  const name = unescapeRsyncName(Buffer.from(match[1]!, 'latin1'));
+  return stripSlash(localRoot && name.startsWith(localRoot) ? name.slice(localRoot.length) : name);
+}
+
+function stripSlash(path: string): string {
+  return path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
+}

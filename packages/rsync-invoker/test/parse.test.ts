@@ -1,0 +1,75 @@
+import {
+  parseItemizeLine,
+  parseProgressLine,
+  parseRsyncVersion,
+  unescapeRsyncName,
+} from '@pfs/rsync-invoker';
+import { describe, expect, it } from 'vitest';
+
+const line = (text: string) => Buffer.from(text, 'latin1');
+
+describe('parseProgressLine', () => {
+  it('parses a full progress2 line', () => {
+    expect(parseProgressLine('      1,234,567  45%    1.23MB/s    0:00:01 (xfr#12, to-chk=3/20)')).toEqual({
+      bytes: 1234567,
+      percent: 45,
+      rate: '1.23MB/s',
+      elapsed: '0:00:01',
+      transferredFiles: 12,
+      toCheck: 3,
+      total: 20,
+    });
+  });
+
+  it('parses the early form without the parenthesis, and ir-chk', () => {
+    expect(parseProgressLine('          5,000   0%    0.00kB/s    0:00:00  ')).toEqual({
+      bytes: 5000,
+      percent: 0,
+      rate: '0.00kB/s',
+      elapsed: '0:00:00',
+    });
+    expect(parseProgressLine('  0 100%  0.00kB/s  0:00:00 (xfr#0, ir-chk=1000/1234)')).toMatchObject({
+      bytes: 0,
+      percent: 100,
+      toCheck: 1000,
+      total: 1234,
+    });
+    expect(parseProgressLine('   10.000.000  99%  128.75MB/s  123:04:05 (xfr#7, to-chk=0/9)')).toMatchObject({
+      bytes: 10_000_000,
+      elapsed: '123:04:05',
+    });
+  });
+
+  it('ignores everything else', () => {
+    for (const text of ['', 'sending incremental file list', 'rsync error: x (code 23)', '  45% 1MB/s']) {
+      expect(parseProgressLine(text)).toBeUndefined();
+    }
+  });
+});
+
+describe('itemize output', () => {
+  it('undoes \\#ooo escapes byte-wise and decodes UTF-8', () => {
+    expect(unescapeRsyncName(line('new\\#012line'))).toBe('new\nline');
+    expect(unescapeRsyncName(line('back\\#134#012slash'))).toBe('back\\#012slash');
+    expect(unescapeRsyncName(line('\\#303\\#274n'))).toBe('\u00fcn');
+    expect(unescapeRsyncName(Buffer.from('u\u0308nfd', 'utf8'))).toBe('u\u0308nfd');
+  });
+
+  it('classifies received files, deletions and the rest', () => {
+    expect(parseItemizeLine(line('>f+++++++++ dir/a b'))).toEqual({ kind: 'transferred', path: 'dir/a b' });
+    expect(parseItemizeLine(line('>f..t...... -rf'))).toEqual({ kind: 'transferred', path: '-rf' });
+    expect(parseItemizeLine(line('*deleting   dir/sub/'))).toEqual({ kind: 'deleted', path: 'dir/sub' });
+    expect(parseItemizeLine(line('cd+++++++++ dir/'))).toEqual({ kind: 'other', path: 'dir' });
+    expect(parseItemizeLine(line('.d..t...... ./'))).toEqual({ kind: 'other', path: '.' });
+    expect(parseItemizeLine(line('skipping non-regular file "x"'))).toBeUndefined();
+    expect(parseItemizeLine(line(''))).toBeUndefined();
+  });
+});
+
+describe('parseRsyncVersion', () => {
+  it('reads the first line of rsync --version', () => {
+    expect(parseRsyncVersion('rsync  version 3.5.0  protocol version 32\nCopyright')).toBe('3.5.0');
+    expect(parseRsyncVersion('rsync  version v3.2.7  protocol version 31')).toBe('3.2.7');
+    expect(parseRsyncVersion('openrsync: protocol version 29')).toBeUndefined();
+  });
+});
