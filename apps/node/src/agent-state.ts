@@ -12,7 +12,7 @@ export interface AgentState {
   masterOf(partition: number): { nodeId: string; host: string; httpPort: number } | undefined;
   /** A follower's fetch `after` acknowledges everything up to it. */
   noteReplicaAck(partition: number, replica: string, after: bigint): void;
-  /** Registers a long poll so shutdown can end it; returns the release function. */
-  trackPoll(controller: AbortController): () => void;
+  /** Registers a long poll so shutdown can end it; returns the release function, or undefined when stopping. */
+  trackPoll(controller: AbortController): (() => void) | undefined;
   status(): unknown;
 }

@@ -81,6 +81,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   const incarnation = `${config.nodeId}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const acks = new Map<number, Map<string, bigint>>();
   const polls = new Set<AbortController>();
+  let stopping = false;
   let coordinator: Coordinator | undefined;
   const controllers: PartitionController[] = [];
 
@@ -101,6 +102,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       byReplica.set(replica, after);
     },
     trackPoll(controller) {
+      if (stopping) return undefined;
       polls.add(controller);
       return () => polls.delete(controller);
     },
@@ -137,6 +139,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     throw error;
   }
   cleanups.push(async () => {
+    stopping = true;
     for (const poll of polls) poll.abort();
     await app.close();
   });
@@ -237,7 +240,9 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
           ),
         );
         for (const cleanup of cleanups.reverse()) {
+          const started = performance.now();
           await cleanup().catch((error: Error) => logger.warn({ err: error }, `shutdown: ${error.message}`));
+          logger.debug(`shutdown step done in ${Math.round(performance.now() - started)} ms`);
         }
       })();
       return closing;

@@ -57,6 +57,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     routerOptions: { maxParamLength: 16_384 },
     // Long polls of the change feed are answered within their wait; never close them early.
     requestTimeout: 0,
+    // On shutdown the long polls have been answered already; what is left is idle keep-alive.
+    forceCloseConnections: true,
   });
   // File bodies are streamed straight to disk: no parsing, no buffering.
   app.removeAllContentTypeParsers();
@@ -111,6 +113,11 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       const aborted = new AbortController();
       request.raw.once('close', () => aborted.abort());
       const release = state.trackPoll(aborted);
+      if (release === undefined) {
+        return reply
+          .code(503)
+          .send({ code: 'SHUTTING_DOWN', message: 'this node is stopping: follow the new master' });
+      }
       try {
         const records = await readFeed(log, query, aborted.signal);
         const controller = state.controllers[partition]!;

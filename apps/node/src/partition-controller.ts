@@ -321,6 +321,8 @@ export class PartitionController {
    * txid and resign, so the successor has nothing to drain.
    */
   async handOver(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<void> {
+    // A node on its way out must not win the election its own resignation starts.
+    this.closed = true;
     await this.chain;
     const token = this.token;
     if (this.role !== 'master' || token === undefined) return;

@@ -1,0 +1,179 @@
+import { spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Starts and stops real node agents as child processes (each in its own process group) for the
+ * quick demo and the end-to-end tests, and reads their status over HTTP. Every process it starts,
+ * including the rsync daemon each agent leaves running when it is killed, is stopped by PID.
+ */
+const NODE_APP_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
+
+export interface NodeSpec {
+  httpPort: number;
+  rsyncPort: number;
+  dataDir: string;
+  etcd: string;
+  cluster: string;
+  partitions?: number;
+  leaseTtlSeconds?: number;
+  extraArgs?: string[];
+}
+
+export interface PartitionStatus {
+  partition: number;
+  role: string;
+  generation: string;
+  lastTxid: string;
+  lastTxidText: string;
+  master: string | null;
+  following: string | null;
+}
+
+export interface NodeStatus {
+  nodeId: string;
+  session: boolean;
+  partitions: PartitionStatus[];
+}
+
+export class NodeProcess {
+  readonly id: string;
+  readonly url: string;
+  readonly fileStore: string;
+  private exited: Promise<number | null>;
+  private alive = true;
+
+  private constructor(
+    readonly spec: NodeSpec,
+    readonly pid: number,
+    exited: Promise<number | null>,
+  ) {
+    this.id = `localhost_${spec.httpPort}`;
+    this.url = `http://127.0.0.1:${spec.httpPort}`;
+    this.fileStore = join(spec.dataDir, 'filestore');
+    this.exited = exited.then((code) => {
+      this.alive = false;
+      return code;
+    });
+  }
+
+  static async start(spec: NodeSpec): Promise<NodeProcess> {
+    await mkdir(spec.dataDir, { recursive: true });
+    const args = [
+      '--import',
+      'tsx',
+      'src/main.ts',
+      `--http-port=${spec.httpPort}`,
+      `--rsync-port=${spec.rsyncPort}`,
+      `--data-dir=${spec.dataDir}`,
+      `--etcd=${spec.etcd}`,
+      `--cluster=${spec.cluster}`,
+      `--partitions=${spec.partitions ?? 1}`,
+      `--lease-ttl=${spec.leaseTtlSeconds ?? 2}`,
+      ...(spec.extraArgs ?? []),
+    ];
+    const log = createWriteStream(join(spec.dataDir, 'node.log'), { flags: 'a' });
+    const child = spawn(process.execPath, args, {
+      cwd: NODE_APP_DIR,
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    child.stdout.pipe(log);
+    child.stderr.pipe(log);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const node = new NodeProcess(spec, child.pid!, exited);
+    await node.waitHealthy();
+    return node;
+  }
+
+  get running(): boolean {
+    return this.alive;
+  }
+
+  private async waitHealthy(): Promise<void> {
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      if (!this.alive) {
+        throw new Error(`${this.id} exited during start-up: ${await this.logTail()}`);
+      }
+      try {
+        const response = await fetch(`${this.url}/healthz`);
+        if (response.ok) return;
+      } catch {}
+      await sleep(50);
+    }
+    throw new Error(`${this.id} did not answer /healthz within 30 s: ${await this.logTail()}`);
+  }
+
+  async logTail(lines = 5): Promise<string> {
+    const text = await readFile(join(this.spec.dataDir, 'node.log'), 'utf8').catch(() => '');
+    return text.trim().split('\n').slice(-lines).join(' | ');
+  }
+
+  async status(): Promise<NodeStatus> {
+    const response = await fetch(`${this.url}/v1/status`);
+    return (await response.json()) as NodeStatus;
+  }
+
+  /** Sends `signal` to the agent's process group; with SIGKILL its rsync daemon keeps running, as on a live host. */
+  kill(signal: NodeJS.Signals): void {
+    try {
+      process.kill(-this.pid, signal);
+    } catch {}
+  }
+
+  /** Graceful stop (SIGTERM) and wait for the exit code. */
+  async stop(): Promise<number | null> {
+    this.kill('SIGTERM');
+    const code = await Promise.race([this.exited, sleep(15_000).then(() => 'timeout' as const)]);
+    if (code === 'timeout') {
+      this.kill('SIGKILL');
+      return this.exited;
+    }
+    return code;
+  }
+
+  /** Kills whatever is left: the agent and the rsync daemon it started. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.alive) {
+      this.kill('SIGKILL');
+      await this.exited;
+    }
+    const pid = Number(
+      (await readFile(join(this.spec.dataDir, 'run', 'rsyncd.pid'), 'utf8').catch(() => '')).trim(),
+    );
+    if (Number.isInteger(pid) && pid > 1) {
+      try {
+        process.kill(-pid, 'SIGKILL');
+      } catch {}
+    }
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `check` every 10 ms until it returns a value other than undefined; throws after `timeoutMs`. */
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T | undefined>,
+  timeoutMs = 15_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await check();
+      if (value !== undefined) return value;
+    } catch (error) {
+      lastError = error;
+    }
+    await sleep(10);
+  }
+  throw new Error(
+    `timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (${String(lastError)})` : ''}`,
+  );
+}

@@ -1,0 +1,243 @@
+import { readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { decodeRecords } from '@pfs/replicator';
+import { type EtcdHandle, freePort, startEtcd } from '@pfs/testkit';
+import { formatTxId, generationOf, type LogRecord } from '@pfs/txlog';
+import { NodeProcess, type NodeSpec, waitFor } from './cluster.ts';
+
+/**
+ * The seed's quick demo as a checked story: three nodes, files written into the master's store
+ * replicate, the master stops, localhost_12002 takes over with generation 2, localhost_12003
+ * follows it, and new files and a delete replicate. Each step is timed; any failed check throws.
+ */
+export interface StoryOptions {
+  /** Parent of each node's data dir (<baseDir>/localhost_<port>). */
+  baseDir: string;
+  /** HTTP ports of the three nodes; rsync ports are these + 10000 unless `freePorts`. */
+  basePort: number;
+  /** Pick free ports instead (tests). */
+  freePorts?: boolean;
+  leaseTtlSeconds?: number;
+  /** How the first master is stopped. */
+  stopSignal?: 'SIGTERM' | 'SIGKILL';
+  say?: (line: string) => void;
+}
+
+export interface StoryResult {
+  etcd: EtcdHandle;
+  nodes: NodeProcess[];
+  steps: { name: string; ms: number }[];
+  /** Every record of partition 0 as each surviving node logged it. */
+  logs: Map<string, LogRecord[]>;
+  cleanup(): Promise<void>;
+}
+
+export class StoryError extends Error {}
+
+function check(condition: boolean, message: string): void {
+  if (!condition) throw new StoryError(message);
+}
+
+export async function readRecords(node: NodeProcess, partition = 0): Promise<LogRecord[]> {
+  const response = await fetch(`${node.url}/v1/partitions/${partition}/records?after=0&max=10000`);
+  return decodeRecords(Buffer.from(await response.arrayBuffer()));
+}
+
+async function sameBytes(a: string, b: string): Promise<boolean> {
+  try {
+    return (await readFile(a)).equals(await readFile(b));
+  } catch {
+    return false;
+  }
+}
+
+async function gone(file: string): Promise<boolean> {
+  return stat(file).then(
+    () => false,
+    () => true,
+  );
+}
+
+/** Refuses to wipe a directory that is not a PFS data dir from an earlier run. */
+async function freshDataDir(dir: string): Promise<void> {
+  const exists = await stat(dir).then(
+    () => true,
+    () => false,
+  );
+  if (!exists) return;
+  const isPfs = await stat(join(dir, 'filestore', '.pfs', 'sentinel')).then(
+    () => true,
+    () => false,
+  );
+  if (!isPfs) {
+    throw new StoryError(`${dir} exists and is not a PFS data dir: move it away or pass --base-dir`);
+  }
+  await rm(dir, { recursive: true, force: true });
+}
+
+export async function runStory(options: StoryOptions): Promise<StoryResult> {
+  const say = options.say ?? (() => {});
+  const steps: { name: string; ms: number }[] = [];
+  const nodes: NodeProcess[] = [];
+  const etcd = await startEtcd();
+  const cleanup = async () => {
+    await Promise.all(nodes.map((n) => n.destroy()));
+    await etcd.stop();
+  };
+  const step = async <T>(name: string, work: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    const value = await work();
+    const ms = Math.round(performance.now() - started);
+    steps.push({ name, ms });
+    say(`✔ ${name} (${ms} ms)`);
+    return value;
+  };
+  try {
+    say(`etcd ${etcd.endpoint} (pid ${etcd.pid})`);
+    const cluster = `quickdemo-${Date.now().toString(36)}`;
+    const specs: NodeSpec[] = [];
+    // Ties in the promotion ranking go to the smallest node id: with free ports, hand them out in
+    // ascending order so the second node is the one expected to take over, as in the seed.
+    const httpPorts = options.freePorts
+      ? (await Promise.all([freePort(), freePort(), freePort()])).sort((a, b) =>
+          String(a).localeCompare(String(b)),
+        )
+      : [0, 1, 2].map((i) => options.basePort + i);
+    for (let i = 0; i < 3; i++) {
+      const httpPort = httpPorts[i]!;
+      const rsyncPort = options.freePorts ? await freePort() : options.basePort + 10_000 + i;
+      const dataDir = join(options.baseDir, `localhost_${httpPort}`);
+      await freshDataDir(dataDir);
+      specs.push({
+        httpPort,
+        rsyncPort,
+        dataDir,
+        etcd: etcd.endpoint,
+        cluster,
+        leaseTtlSeconds: options.leaseTtlSeconds ?? 2,
+      });
+    }
+    const [first, second, third] = [0, 1, 2].map((i) => `localhost_${specs[i]!.httpPort}`) as [
+      string,
+      string,
+      string,
+    ];
+
+    await step(`${first} started and is master`, async () => {
+      nodes.push(await NodeProcess.start(specs[0]!));
+      await waitFor(`${first} to be master`, async () =>
+        (await nodes[0]!.status()).partitions[0]?.role === 'master' ? true : undefined,
+      );
+    });
+    await step(`${second} and ${third} started as replicas of ${first}`, async () => {
+      nodes.push(...(await Promise.all([NodeProcess.start(specs[1]!), NodeProcess.start(specs[2]!)])));
+      for (const node of nodes.slice(1)) {
+        await waitFor(`${node.id} to follow ${first}`, async () =>
+          (await node.status()).partitions[0]?.following === first ? true : undefined,
+        );
+      }
+    });
+    const [n1, n2, n3] = nodes as [NodeProcess, NodeProcess, NodeProcess];
+
+    await step(
+      `a.txt and b.txt written into ${n1.fileStore} appear byte-identical on ${second} and ${third}`,
+      async () => {
+        await writeFile(join(n1.fileStore, 'a.txt'), 'this is a.txt\n');
+        await writeFile(join(n1.fileStore, 'b.txt'), 'and this is b.txt\n');
+        for (const node of [n2, n3]) {
+          for (const name of ['a.txt', 'b.txt']) {
+            await waitFor(`${name} on ${node.id}`, async () =>
+              (await sameBytes(join(n1.fileStore, name), join(node.fileStore, name))) ? true : undefined,
+            );
+          }
+        }
+      },
+    );
+
+    const signal = options.stopSignal ?? 'SIGTERM';
+    await step(`${first} stopped (${signal})`, async () => {
+      if (signal === 'SIGTERM') {
+        const code = await n1.stop();
+        check(code === 0, `${first} exited with ${code} on SIGTERM, expected 0`);
+      } else {
+        n1.kill('SIGKILL');
+        await waitFor(`${first} to die`, async () => (n1.running ? undefined : true));
+      }
+    });
+
+    await step(`${second} promoted to master`, async () => {
+      await waitFor(`${second} to be master`, async () =>
+        (await n2.status()).partitions[0]?.role === 'master' ? true : undefined,
+      );
+    });
+    const generation = (await n2.status()).partitions[0]!.generation;
+    check(generation === '2', `${second} is master in generation ${generation}, expected 2`);
+
+    await step(`${third} now replicates from ${second}`, async () => {
+      await waitFor(`${third} to follow ${second}`, async () =>
+        (await n3.status()).partitions[0]?.following === second ? true : undefined,
+      );
+    });
+
+    await step(`c.txt and d.txt written into ${n2.fileStore} appear on ${third}`, async () => {
+      await writeFile(join(n2.fileStore, 'c.txt'), 'c.txt, written to the new master\n');
+      await writeFile(join(n2.fileStore, 'd.txt'), 'd.txt, written to the new master\n');
+      for (const name of ['c.txt', 'd.txt']) {
+        await waitFor(`${name} on ${third}`, async () =>
+          (await sameBytes(join(n2.fileStore, name), join(n3.fileStore, name))) ? true : undefined,
+        );
+      }
+    });
+
+    await step(`a.txt deleted on ${second} disappears on ${third}`, async () => {
+      await unlink(join(n2.fileStore, 'a.txt'));
+      await waitFor(`a.txt gone on ${third}`, async () =>
+        (await gone(join(n3.fileStore, 'a.txt'))) ? true : undefined,
+      );
+    });
+
+    const logs = new Map<string, LogRecord[]>();
+    await step('txids of the new writes carry generation 2 and match on both nodes', async () => {
+      const want = n2.status().then((s) => s.partitions[0]!.lastTxid);
+      const last = await want;
+      await waitFor(`${third} to apply ${last}`, async () =>
+        (await n3.status()).partitions[0]!.lastTxid === last ? true : undefined,
+      );
+      for (const node of [n2, n3]) logs.set(node.id, await readRecords(node));
+      const onMaster = logs.get(second)!;
+      const onReplica = logs.get(third)!;
+      check(
+        JSON.stringify(onMaster, jsonBigint) === JSON.stringify(onReplica, jsonBigint),
+        `logs of ${second} and ${third} differ`,
+      );
+      for (let i = 1; i < onMaster.length; i++) {
+        check(
+          onMaster[i]!.txid > onMaster[i - 1]!.txid,
+          `txids do not increase at ${formatTxId(onMaster[i]!.txid)}`,
+        );
+      }
+      for (const [kind, path] of [
+        ['put', 'c.txt'],
+        ['put', 'd.txt'],
+        ['delete', 'a.txt'],
+      ] as const) {
+        const record = onMaster.find((r) => r.kind === kind && r.path === path);
+        check(record !== undefined, `no ${kind} record for ${path}`);
+        check(
+          generationOf(record!.txid) === 2n,
+          `${kind} ${path} has txid ${formatTxId(record!.txid)}, not generation 2`,
+        );
+        say(`  ${kind.padEnd(6)} ${path}  txid ${formatTxId(record!.txid)} (${record!.txid})`);
+      }
+    });
+    return { etcd, nodes, steps, logs, cleanup };
+  } catch (error) {
+    for (const node of nodes) say(`  ${node.id} log: ${await node.logTail(3)}`);
+    await cleanup();
+    throw error;
+  }
+}
+
+function jsonBigint(_key: string, value: unknown): unknown {
+  return typeof value === 'bigint' ? value.toString() : value;
+}

@@ -1,0 +1,205 @@
+import { spawn } from 'node:child_process';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { initStore, walkStore } from '@pfs/filestore';
+import { createReplicator, planBatch, type Replicator, ReplicatorError } from '@pfs/replicator';
+import { startRsyncDaemon, stopAll } from '@pfs/testkit';
+import { makeTxId, readCheckpoint, TxLog } from '@pfs/txlog';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { allRecords, startTestMaster, type TestMaster, tempDir, until } from './harness.ts';
+
+const oddNames: { accept: string[] } = JSON.parse(
+  await readFile(new URL('../../../testdata/odd-names.json', import.meta.url), 'utf8'),
+);
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+afterAll(() => stopAll());
+
+async function replicaDir() {
+  const { dir, remove } = await tempDir('pfs-replica-');
+  await initStore(join(dir, 'filestore'));
+  cleanups.push(remove);
+  return dir;
+}
+
+async function master(): Promise<TestMaster> {
+  const m = await startTestMaster();
+  cleanups.push(() => m.close());
+  return m;
+}
+
+async function replicate(
+  m: TestMaster,
+  dir: string,
+  extra: Partial<Parameters<typeof createReplicator>[0]> = {},
+) {
+  const replicator = await createReplicator({
+    source: { feedUrl: m.feedUrl, filesSource: m.filesSource },
+    fileStoreDir: join(dir, 'filestore'),
+    changeLogDir: join(dir, 'changelog', '0'),
+    checkpointDir: join(dir, 'checkpoint'),
+    pollWaitMs: 2000,
+    ...extra,
+  });
+  const errors: Error[] = [];
+  replicator.on('error', (e: Error) => errors.push(e));
+  cleanups.push(() => replicator.stop());
+  return { replicator, errors };
+}
+
+async function snapshot(root: string): Promise<Map<string, string>> {
+  const files = new Map<string, string>();
+  for await (const entry of walkStore(root))
+    files.set(entry.path, await readFile(join(root, entry.path), 'latin1'));
+  return files;
+}
+
+describe('planBatch', () => {
+  it('keeps the last record per path', () => {
+    const put = (path: string, seq: number, sha = 'a') => ({
+      txid: makeTxId(1, seq),
+      kind: 'put' as const,
+      path,
+      size: 1n,
+      mtimeNs: 0n,
+      sha256: sha.repeat(64),
+      previousTxid: 0n,
+    });
+    const plan = planBatch([
+      put('x', 1),
+      put('y', 2),
+      { ...put('x', 3), kind: 'delete', sha256: '' },
+      put('y', 4, 'b'),
+    ]);
+    expect(plan.paths).toEqual(['x', 'y']);
+    expect(plan.expected.get('x')).toEqual({ kind: 'delete', txid: makeTxId(1, 3) });
+    expect(plan.expected.get('y')).toMatchObject({
+      kind: 'put',
+      sha256: 'b'.repeat(64),
+      txid: makeTxId(1, 4),
+    });
+  });
+});
+
+describe('replicator against a real rsync daemon', () => {
+  it('replicates creates, overwrites, deletes and odd names with the master txids', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const { replicator, errors } = await replicate(m, dir);
+    for (const name of oddNames.accept) await m.put(name, `v1 ${name}`);
+    await m.put('dir/sub/over', 'first');
+    await m.put('dir/sub/over', 'second, longer');
+    await m.put('gone', 'soon deleted');
+    await m.remove('gone');
+    await m.remove(oddNames.accept[0]!);
+    await until(() => replicator.applied === m.log.lastTxid, 'replica to catch up');
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+    await replicator.stop();
+    const replicaLog = await TxLog.open(join(dir, 'changelog', '0'));
+    expect(await allRecords(replicaLog)).toEqual(await allRecords(m.log));
+    await replicaLog.close();
+    expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(m.log.lastTxid);
+    expect(errors.filter((e) => (e as ReplicatorError).code !== 'CONTENT_MISMATCH')).toEqual([]);
+  });
+
+  it('never advances the checkpoint while rsync fails, then catches up on a good source', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('a', 'A');
+    await m.put('b', 'B');
+    const deadDaemon = await startRsyncDaemon({ modules: { filestore: m.root } });
+    const deadSource = deadDaemon.url('filestore');
+    await deadDaemon.stop();
+    const { replicator, errors } = await replicate(m, dir, {
+      source: { feedUrl: m.feedUrl, filesSource: deadSource },
+    });
+    await until(() => errors.length >= 2, 'rsync failures');
+    expect(replicator.applied).toBe(0n);
+    expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(0n);
+    expect((await readdir(join(dir, 'filestore'))).sort()).toEqual(['.pfs']);
+    replicator.switchSource({ feedUrl: m.feedUrl, filesSource: m.filesSource });
+    await until(() => replicator.applied === m.log.lastTxid, 'catch-up after switching source');
+    expect(await readFile(join(dir, 'filestore', 'b'), 'utf8')).toBe('B');
+  });
+
+  it('refuses bytes that do not match the record and does not advance', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('photo.jpg', 'the real bytes');
+    const { dir: forged, remove } = await tempDir('pfs-forged-');
+    cleanups.push(remove);
+    await initStore(forged);
+    await writeFile(join(forged, 'photo.jpg'), 'forged bytes!!');
+    const { replicator, errors } = await replicate(m, dir, {
+      source: { feedUrl: m.feedUrl, filesSource: `${forged}/` },
+    });
+    await until(() => errors.some((e) => (e as ReplicatorError).code === 'CONTENT_MISMATCH'), 'mismatch');
+    expect(replicator.applied).toBe(0n);
+    expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(0n);
+  });
+
+  it('refuses a source writing in a generation older than the cluster', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('a', 'A');
+    const { replicator, errors } = await replicate(m, dir, { minGeneration: () => 2n });
+    await until(
+      () => errors.some((e) => e instanceof ReplicatorError && e.code === 'STALE_SOURCE'),
+      'stale refusal',
+    );
+    expect(replicator.applied).toBe(0n);
+  });
+
+  it('resumes after kill -9 with no duplicate or missing record', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    for (let i = 0; i < 60; i++) await m.put(`f/${i}`, `content ${i}`.repeat(50));
+    const script = fileURLToPath(new URL('./fixtures/run-replicator.ts', import.meta.url));
+    const run = () =>
+      spawn(process.execPath, ['--import', 'tsx', script, m.feedUrl, m.filesSource, dir], {
+        cwd: fileURLToPath(new URL('..', import.meta.url)),
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+    const first = run();
+    let applied = 0;
+    first.stdout.on('data', (chunk: Buffer) => {
+      applied += chunk
+        .toString()
+        .split('\n')
+        .filter((l) => l.startsWith('applied')).length;
+      if (applied >= 2) first.kill('SIGKILL');
+    });
+    await new Promise((resolve) => first.once('exit', resolve));
+    const partial = await readCheckpoint(join(dir, 'checkpoint', '0'));
+    expect(partial).toBeGreaterThan(0n);
+    expect(partial).toBeLessThan(m.log.lastTxid);
+    for (let i = 60; i < 70; i++) await m.put(`f/${i}`, `late ${i}`);
+    const second = run();
+    cleanups.push(async () => {
+      second.kill('SIGKILL');
+    });
+    await until(
+      async () => (await readCheckpoint(join(dir, 'checkpoint', '0'))) === m.log.lastTxid,
+      'resume',
+    );
+    second.kill('SIGKILL');
+    await new Promise((resolve) => second.once('exit', resolve));
+    const replicaLog = await TxLog.open(join(dir, 'changelog', '0'));
+    expect(await allRecords(replicaLog)).toEqual(await allRecords(m.log));
+    await replicaLog.close();
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
+  it('drains what a source has and resolves, without waiting for more', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    for (let i = 0; i < 5; i++) await m.put(`d${i}`, `${i}`);
+    // With a one-minute long poll, a drain that waited for more would outlive the test timeout.
+    const { replicator } = await replicate(m, dir, { follow: false, pollWaitMs: 60_000 });
+    expect(await (replicator as Replicator).drain()).toBe(m.log.lastTxid);
+    expect(await readFile(join(dir, 'filestore', 'd4'), 'utf8')).toBe('4');
+  });
+});
