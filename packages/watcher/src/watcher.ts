@@ -36,6 +36,8 @@ export interface StoreWatcher {
 }
 
 export const DEFAULT_SETTLE_MS = 100;
+/** Longer than chokidar's 50 ms throttle of repeated `change` events. */
+const TRAILING_CHECK_MS = 75;
 
 export function watchStore(options: StoreWatcherOptions): StoreWatcher {
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
@@ -59,19 +61,31 @@ export function watchStore(options: StoreWatcherOptions): StoreWatcher {
   });
   watcher.on('error', (error) => options.onError?.(error as Error));
 
-  const settle = (path: string) => {
+  // What was on disk when each path was last reported, for the trailing re-check.
+  const reported = new Map<string, string>();
+  const fingerprint = (info: { size: bigint; mtimeNs: bigint; ino: bigint; ctimeNs: bigint }) =>
+    `${info.size}:${info.mtimeNs}:${info.ino}:${info.ctimeNs}`;
+
+  const settle = (path: string, trailing = false) => {
     timers.delete(path);
     if (closed) return;
     statFile(options.root, path).then(
       (info) => {
         if (closed) return;
         if (info === undefined) {
+          reported.delete(path);
           if (known.delete(path)) options.onEvent({ type: 'unlink', path });
           return;
         }
+        const print = fingerprint(info);
+        if (trailing && reported.get(path) === print) return;
+        reported.set(path, print);
         const type: StoreEventType = known.has(path) ? 'change' : 'add';
         known.add(path);
         options.onEvent({ type, path });
+        // chokidar drops a `change` that follows another within 50 ms: look once more after
+        // that window, so a write that landed in it is still reported.
+        if (!timers.has(path)) timers.set(path, setTimeout(settle, settleMs + TRAILING_CHECK_MS, path, true));
       },
       (error: Error) => options.onError?.(error),
     );
