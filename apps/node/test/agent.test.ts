@@ -1,0 +1,221 @@
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { request } from 'node:http';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type EtcdHandle, freePort, startEtcd, stopAll } from '@pfs/testkit';
+import { TxLog } from '@pfs/txlog';
+import pino from 'pino';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { type Agent, startAgent } from '../src/agent.ts';
+import { loadConfig } from '../src/config.ts';
+import { encodePath } from '../src/http.ts';
+
+let etcd: EtcdHandle;
+const agents: Agent[] = [];
+const dirs: string[] = [];
+let clusterSeq = 0;
+
+beforeAll(async () => {
+  etcd = await startEtcd();
+});
+afterEach(async () => {
+  await Promise.all(agents.splice(0).map((a) => a.close()));
+  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+});
+afterAll(() => stopAll());
+
+async function agentConfig(cluster: string, dataDir?: string) {
+  const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pfs-agent-')));
+  if (dataDir === undefined) dirs.push(dir);
+  return loadConfig(
+    [
+      `--http-port=${await freePort()}`,
+      `--rsync-port=${await freePort()}`,
+      `--data-dir=${dir}`,
+      `--etcd=${etcd.endpoint}`,
+      `--cluster=${cluster}`,
+      '--log-level=silent',
+    ],
+    {},
+  );
+}
+
+async function start(config: Awaited<ReturnType<typeof agentConfig>>): Promise<Agent> {
+  const agent = await startAgent(config, pino({ level: 'silent' }));
+  agents.push(agent);
+  return agent;
+}
+
+async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function rawRequest(
+  port: number,
+  method: string,
+  path: string,
+  body: string,
+): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, method, path }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        text += chunk;
+      });
+      res.on('end', () => resolve({ status: res.statusCode!, body: text }));
+    });
+    req.once('error', reject);
+    req.end(body);
+  });
+}
+
+const role = async (agent: Agent) =>
+  (
+    (await (await fetch(`${agent.url}/v1/status`)).json()) as {
+      partitions: { role: string; lastTxid: string }[];
+    }
+  ).partitions[0]!;
+
+async function twoNodes() {
+  const cluster = `agent-${++clusterSeq}`;
+  const master = await start(await agentConfig(cluster));
+  await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+  const replica = await start(await agentConfig(cluster));
+  await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
+  return { cluster, master, replica };
+}
+
+describe('node agent over HTTP', () => {
+  it('stores, reads, replicates and deletes files, odd names and empty files included', async () => {
+    const { master, replica } = await twoNodes();
+    const names = ['plain.txt', 'dir/new\nline ü.bin', '#hash', 'empty'];
+    for (const name of names) {
+      const body = name === 'empty' ? '' : `content of ${name}`;
+      const response = await fetch(`${master.url}/v1/files/${encodePath(name)}`, { method: 'PUT', body });
+      expect(response.status).toBe(201);
+      const result = (await response.json()) as { txidText: string; size: string; path: string };
+      expect(result).toMatchObject({ path: name, size: String(Buffer.byteLength(body)) });
+      expect(result.txidText).toMatch(/^1:\d+$/);
+    }
+    const last = (await role(master)).lastTxid;
+    await until('replica caught up', async () =>
+      (await role(replica)).lastTxid === last ? true : undefined,
+    );
+    for (const name of names) {
+      const fromReplica = await fetch(`${replica.url}/v1/files/${encodePath(name)}`);
+      expect(fromReplica.status).toBe(200);
+      expect(fromReplica.headers.get('x-pfs-applied-txid')).toBe(last);
+      expect(await fromReplica.text()).toBe(name === 'empty' ? '' : `content of ${name}`);
+    }
+    const deleted = await fetch(`${master.url}/v1/files/plain.txt`, { method: 'DELETE' });
+    expect(deleted.status).toBe(200);
+    expect((await fetch(`${master.url}/v1/files/plain.txt`)).status).toBe(404);
+    expect((await fetch(`${master.url}/v1/files/plain.txt`, { method: 'DELETE' })).status).toBe(404);
+    await until('delete replicated', async () =>
+      (await fetch(`${replica.url}/v1/files/plain.txt`)).status === 404 ? true : undefined,
+    );
+  });
+
+  it('never applies a write on a replica: 307 to the master, nothing stored', async () => {
+    const { master, replica } = await twoNodes();
+    const response = await fetch(`${replica.url}/v1/files/x.txt`, {
+      method: 'PUT',
+      body: 'x',
+      redirect: 'manual',
+    });
+    expect(response.status).toBe(307);
+    expect(response.headers.get('location')).toBe(`${master.url}/v1/files/x.txt`);
+    const del = await fetch(`${replica.url}/v1/files/x.txt`, { method: 'DELETE', redirect: 'manual' });
+    expect(del.status).toBe(307);
+    await expect(stat(join(replica.config.dataDir, 'filestore', 'x.txt'))).rejects.toThrow();
+  });
+
+  it('answers bad paths with 400 and a code, storing nothing', async () => {
+    const { master } = await twoNodes();
+    for (const [path, code] of [
+      ['a/%2E%2E/%2E%2E/escape', 'PATH_TRAVERSAL'],
+      ['nul%00byte', 'PATH_NUL'],
+      ['.pfs/sentinel', 'PATH_RESERVED'],
+      ['a//b', 'PATH_NOT_NORMALIZED'],
+    ] as const) {
+      // A raw request: fetch() would resolve the dot segments before sending.
+      const { status, body } = await rawRequest(master.config.httpPort, 'PUT', `/v1/files/${path}`, 'x');
+      expect(status, path).toBe(400);
+      expect((JSON.parse(body) as { code: string }).code).toBe(code);
+    }
+    expect(await readdir(join(master.config.dataDir, 'filestore'))).toEqual(['.pfs']);
+  });
+
+  it('resumes a restarted replica from its checkpoint with identical logs', async () => {
+    const { cluster, master, replica } = await twoNodes();
+    for (let i = 0; i < 5; i++)
+      await fetch(`${master.url}/v1/files/before-${i}`, { method: 'PUT', body: `${i}` });
+    const before = (await role(master)).lastTxid;
+    await until('replica caught up', async () =>
+      (await role(replica)).lastTxid === before ? true : undefined,
+    );
+    const dataDir = replica.config.dataDir;
+    agents.splice(agents.indexOf(replica), 1);
+    await replica.close();
+    for (let i = 0; i < 5; i++)
+      await fetch(`${master.url}/v1/files/after-${i}`, { method: 'PUT', body: `${i}` });
+    const checkpoint = await readFile(join(dataDir, 'checkpoint', '0'), 'utf8');
+    expect(checkpoint).toBe(`pfs-checkpoint 1 ${before}\n`);
+    const again = await start({
+      ...(await agentConfig(cluster, dataDir)),
+      httpPort: replica.config.httpPort,
+    });
+    const after = (await role(master)).lastTxid;
+    await until('restarted replica caught up', async () =>
+      (await role(again)).lastTxid === after ? true : undefined,
+    );
+    const read = async (dir: string) => {
+      const log = await TxLog.open(join(dir, 'changelog', '0'));
+      const records = [];
+      for await (const r of log.readFrom(0n)) records.push(r);
+      await log.close();
+      return records;
+    };
+    await Promise.all(agents.splice(0).map((a) => a.close()));
+    expect(await read(dataDir)).toEqual(await read(master.config.dataDir));
+  });
+
+  it('says which port is taken and how to fix it', async () => {
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const taken = (blocker.address() as { port: number }).port;
+    try {
+      const config = await agentConfig(`ports-${++clusterSeq}`);
+      await expect(start({ ...config, rsyncPort: taken })).rejects.toThrow(
+        `rsync port ${taken} on 127.0.0.1 is in use: stop what holds it or pick another --rsync-port`,
+      );
+      await expect(start({ ...config, httpPort: taken })).rejects.toThrow(
+        `HTTP port ${taken} on 127.0.0.1 is in use: stop what holds it or pick another --http-port`,
+      );
+    } finally {
+      blocker.close();
+    }
+  });
+
+  it('says when etcd is unreachable and leaves nothing running', async () => {
+    const config = await agentConfig(`down-${++clusterSeq}`);
+    await expect(start({ ...config, etcd: [`http://127.0.0.1:${await freePort()}`] })).rejects.toThrow(
+      /is unreachable .*: start etcd or fix the endpoints$/,
+    );
+    // The rsync daemon it had started is gone again: its port is free.
+    const probe = createServer();
+    await new Promise<void>((resolve, reject) => {
+      probe.once('error', reject);
+      probe.listen(config.rsyncPort, '127.0.0.1', resolve);
+    });
+    probe.close();
+  });
+});
