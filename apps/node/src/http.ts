@@ -1,7 +1,15 @@
 import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
-import { FilestoreError, partitionOf, stageFile, statFile, validateStorePath } from '@pfs/filestore';
+import {
+  FilestoreError,
+  partitionOf,
+  SENTINEL_FILE,
+  stageFile,
+  statFile,
+  validateStorePath,
+} from '@pfs/filestore';
 import { encodeRecords, FEED_CONTENT_TYPE, parseFeedQuery, ReplicatorError, readFeed } from '@pfs/replicator';
 import { formatTxId, type LogRecord, TxlogError } from '@pfs/txlog';
 import Fastify, { type FastifyReply, LogController } from 'fastify';
@@ -110,6 +118,14 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         return sendError(reply, error);
       }
       if (query.replica !== undefined) state.noteReplicaAck(partition, query.replica, query.after);
+      // Replicas delete what the master lacks: never send them records while this store looks
+      // empty or unmounted (its sentinel is gone).
+      if (!(await storeLooksMounted(fileStore))) {
+        return reply.code(503).send({
+          code: 'STORE_MISSING',
+          message: `${fileStore} has no ${SENTINEL_FILE}: mount the store or restore the sentinel`,
+        });
+      }
       const aborted = new AbortController();
       request.raw.once('close', () => aborted.abort());
       const release = state.trackPoll(aborted);
@@ -194,6 +210,13 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   });
 
   return app;
+}
+
+async function storeLooksMounted(fileStore: string): Promise<boolean> {
+  return stat(join(fileStore, SENTINEL_FILE)).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Percent-encodes each path component for a URL. */

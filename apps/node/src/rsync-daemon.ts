@@ -52,9 +52,6 @@ export function rsyncdConf(options: {
     `  path = ${join(dataDir, 'filestore')}`,
     `  comment = PFS file store (read only)`,
     `  exclude = .pfs-tmp.*`,
-    // Refuse to serve a store without its sentinel: an empty or unmounted root must never make
-    // replicas delete their copies.
-    `  pre-xfer exec = /bin/sh -c 'test -f "$RSYNC_MODULE_PATH/.pfs/sentinel"'`,
     '',
     '[changelog]',
     `  path = ${join(dataDir, 'changelog')}`,

@@ -1,9 +1,9 @@
 import { readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { decodeRecords } from '@pfs/replicator';
-import { type EtcdHandle, freePort, startEtcd } from '@pfs/testkit';
+import { type EtcdHandle, freePort, NodeProcess, type NodeSpec, startEtcd, waitFor } from '@pfs/testkit';
 import { formatTxId, generationOf, type LogRecord } from '@pfs/txlog';
-import { NodeProcess, type NodeSpec, waitFor } from './cluster.ts';
 
 /**
  * The seed's quick demo as a checked story: three nodes, files written into the master's store
@@ -33,6 +33,8 @@ export interface StoryResult {
 }
 
 export class StoryError extends Error {}
+
+const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
 
 function check(condition: boolean, message: string): void {
   if (!condition) throw new StoryError(message);
@@ -109,6 +111,7 @@ export async function runStory(options: StoryOptions): Promise<StoryResult> {
       const dataDir = join(options.baseDir, `localhost_${httpPort}`);
       await freshDataDir(dataDir);
       specs.push({
+        agentDir: AGENT_DIR,
         httpPort,
         rsyncPort,
         dataDir,

@@ -1,5 +1,13 @@
 export { TestkitError, type TestkitErrorCode } from './errors.ts';
 export { type EtcdHandle, type StartEtcdOptions, startEtcd } from './etcd.ts';
+export {
+  NodeProcess,
+  type NodeSpec,
+  type NodeStatus,
+  type PartitionStatus,
+  sleep,
+  waitFor,
+} from './node-process.ts';
 export { freePort } from './ports.ts';
 export { liveCount, stopAll } from './registry.ts';
 export { type RsyncDaemonHandle, type StartRsyncDaemonOptions, startRsyncDaemon } from './rsync-daemon.ts';

@@ -2,16 +2,17 @@ import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 /**
  * Starts and stops real node agents as child processes (each in its own process group) for the
- * quick demo and the end-to-end tests, and reads their status over HTTP. Every process it starts,
- * including the rsync daemon each agent leaves running when it is killed, is stopped by PID.
+ * quick demo, the end-to-end tests and the benchmarks, and reads their status over HTTP. Every
+ * process it starts, including the rsync daemon each agent leaves running when it is killed, is
+ * stopped by PID. The agent is run from `agentDir` (apps/node) with `node --import tsx`.
  */
-const NODE_APP_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
 
 export interface NodeSpec {
+  /** Directory of the agent app (apps/node), which has `src/main.ts` and tsx installed. */
+  agentDir: string;
   httpPort: number;
   rsyncPort: number;
   dataDir: string;
@@ -76,7 +77,7 @@ export class NodeProcess {
     ];
     const log = createWriteStream(join(spec.dataDir, 'node.log'), { flags: 'a' });
     const child = spawn(process.execPath, args, {
-      cwd: NODE_APP_DIR,
+      cwd: spec.agentDir,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
     });

@@ -1,0 +1,60 @@
+import { sleep } from '@pfs/testkit';
+import { startCluster, summarize } from './cluster.ts';
+
+/**
+ * Failover time: stop the master (SIGKILL, or SIGTERM for a planned handover) and time, on the
+ * monotonic clock, until (a) another node reports itself master and (b) it accepts a write
+ * (a PUT answered 201, retried every 10 ms against the surviving nodes).
+ */
+export async function measureFailover(options: {
+  rounds: number;
+  leaseTtlSeconds: number;
+  signal: 'SIGKILL' | 'SIGTERM';
+}) {
+  const elected: number[] = [];
+  const firstWrite: number[] = [];
+  for (let round = 0; round < options.rounds; round++) {
+    const cluster = await startCluster({ leaseTtlSeconds: options.leaseTtlSeconds });
+    try {
+      const [master, ...rest] = cluster.nodes;
+      // Something to drain: writes right up to the kill.
+      for (let i = 0; i < 20; i++)
+        await fetch(`${master!.url}/v1/files/pre-${i}`, { method: 'PUT', body: `${i}` });
+      const t0 = performance.now();
+      if (options.signal === 'SIGKILL') master!.kill('SIGKILL');
+      else void master!.stop();
+      let electedAt: number | undefined;
+      let wroteAt: number | undefined;
+      const deadline = t0 + 30_000;
+      while (wroteAt === undefined && performance.now() < deadline) {
+        for (const node of rest) {
+          if (electedAt === undefined) {
+            const status = await node.status().catch(() => undefined);
+            if (status?.partitions[0]?.role === 'master') electedAt = performance.now();
+          }
+          const response = await fetch(`${node.url}/v1/files/after-${round}`, {
+            method: 'PUT',
+            body: 'x',
+            redirect: 'manual',
+          }).catch(() => undefined);
+          if (response?.status === 201) {
+            wroteAt = performance.now();
+            electedAt ??= wroteAt;
+            break;
+          }
+        }
+        if (wroteAt === undefined) await sleep(10);
+      }
+      if (electedAt !== undefined) elected.push(electedAt - t0);
+      if (wroteAt !== undefined) firstWrite.push(wroteAt - t0);
+    } finally {
+      await cluster.close();
+    }
+  }
+  return {
+    scenario: `failover-${options.signal.toLowerCase()}`,
+    params: options,
+    electedMs: summarize(elected),
+    firstAcceptedWriteMs: summarize(firstWrite),
+  };
+}

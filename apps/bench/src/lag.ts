@@ -1,0 +1,65 @@
+import { randomBytes } from 'node:crypto';
+import { watch } from 'node:fs';
+import { sleep } from '@pfs/testkit';
+import { type BenchCluster, startCluster, summarize } from './cluster.ts';
+
+/**
+ * Write→visible lag: PUT files of `sizeBytes` to the master at `ratePerSecond`, and time until
+ * each appears, complete, in each replica's store (inotify via fs.watch; rsync renames a file
+ * into place only when it is whole). Both clocks are this process's monotonic clock.
+ */
+export async function measureLag(options: {
+  files: number;
+  ratePerSecond: number;
+  sizeBytes: number;
+  leaseTtlSeconds: number;
+}) {
+  const cluster: BenchCluster = await startCluster({ leaseTtlSeconds: options.leaseTtlSeconds });
+  try {
+    const [master, ...replicas] = cluster.nodes as [BenchCluster['nodes'][0], ...BenchCluster['nodes']];
+    const sentAt = new Map<string, number>();
+    const seen = replicas.map(() => new Map<string, number>());
+    const watchers = replicas.map((replica, i) =>
+      watch(replica.fileStore, (_event, name) => {
+        const file = name?.toString();
+        if (file === undefined || !sentAt.has(file) || seen[i]!.has(file)) return;
+        seen[i]!.set(file, performance.now());
+      }),
+    );
+    const ackMs: number[] = [];
+    const interval = 1000 / options.ratePerSecond;
+    const started = performance.now();
+    const puts: Promise<void>[] = [];
+    for (let n = 0; n < options.files; n++) {
+      const due = started + n * interval;
+      const wait = due - performance.now();
+      if (wait > 0) await sleep(wait);
+      const name = `lag-${String(n).padStart(6, '0')}.bin`;
+      const body = randomBytes(options.sizeBytes);
+      const t0 = performance.now();
+      sentAt.set(name, t0);
+      puts.push(
+        fetch(`${master.url}/v1/files/${name}`, { method: 'PUT', body }).then(async (response) => {
+          if (response.status !== 201)
+            throw new Error(`PUT ${name}: ${response.status} ${await response.text()}`);
+          ackMs.push(performance.now() - t0);
+        }),
+      );
+    }
+    await Promise.all(puts);
+    const deadline = performance.now() + 30_000;
+    while (seen.some((m) => m.size < options.files) && performance.now() < deadline) await sleep(10);
+    for (const w of watchers) w.close();
+    const lags = seen.flatMap((m) => [...m].map(([name, at]) => at - sentAt.get(name)!));
+    const missing = seen.reduce((sum, m) => sum + (options.files - m.size), 0);
+    return {
+      scenario: 'lag',
+      params: options,
+      ackMs: summarize(ackMs),
+      lagMs: summarize(lags),
+      missing,
+    };
+  } finally {
+    await cluster.close();
+  }
+}

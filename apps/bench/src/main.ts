@@ -1,0 +1,57 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { measureFailover } from './failover.ts';
+import { measureLag } from './lag.ts';
+
+/**
+ * `pnpm bench [lag|failover|handover]`: runs the scenarios on a local 3-node cluster (real etcd,
+ * rsync and agents), prints a table and writes JSON to bench-results/<scenario>.json.
+ * Benchmarks measure; they never fail on a number.
+ */
+const RESULTS_DIR = fileURLToPath(new URL('../../../bench-results/', import.meta.url));
+
+const scenarios = {
+  lag: () => measureLag({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2 }),
+  'lag-200': () => measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2 }),
+  failover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGKILL' }),
+  handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
+} as const;
+
+async function main(): Promise<void> {
+  const wanted = process.argv.slice(2).filter((a) => a !== '--');
+  const names = (wanted.length > 0 ? wanted : ['lag', 'failover', 'handover']) as (keyof typeof scenarios)[];
+  for (const name of names) {
+    if (!(name in scenarios)) {
+      process.stderr.write(
+        `bench: unknown scenario ${name}: choose from ${Object.keys(scenarios).join(', ')}\n`,
+      );
+      process.exit(2);
+    }
+  }
+  await mkdir(RESULTS_DIR, { recursive: true });
+  const machine = {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    node: process.version,
+  };
+  for (const name of names) {
+    process.stdout.write(`running ${name}…\n`);
+    const result = { ...(await scenarios[name]()), machine, date: new Date().toISOString() };
+    await writeFile(join(RESULTS_DIR, `${name}.json`), `${JSON.stringify(result, null, 2)}\n`);
+    const rows = Object.entries(result).filter(([, v]) => typeof v === 'object' && v !== null && 'p50' in v);
+    for (const [metric, stats] of rows) {
+      const s = stats as Record<string, number>;
+      process.stdout.write(
+        `${name.padEnd(10)} ${metric.padEnd(22)} n=${String(s.count).padEnd(5)} p50=${s.p50}ms p95=${s.p95}ms p99=${s.p99}ms max=${s.max}ms\n`,
+      );
+    }
+    if ('missing' in result && result.missing > 0)
+      process.stdout.write(`${name}: ${result.missing} files never seen\n`);
+  }
+  process.stdout.write(`results in ${RESULTS_DIR}\n`);
+}
+
+void main();
