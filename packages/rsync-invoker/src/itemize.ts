@@ -30,14 +30,23 @@ export function parseItemizeLine(line: Buffer): ItemizeEntry | undefined {
 }
 
 /**
- * "file has vanished: "NAME"" (+ " (in module)" through a daemon) on stderr. For a local source
- * rsync prints the full path, so the source root is stripped to give the listed relative path.
+ * "file has vanished: "NAME"" (+ " (in module)" through a daemon) on stderr. rsync names the
+ * file with the source dir in front (see messagePrefixes), which is stripped to give back the
+ * listed relative path.
  */
-export function parseVanishedLine(line: Buffer, localRoot?: string): string | undefined {
+export function parseVanishedLine(line: Buffer, prefixes: readonly string[] = []): string | undefined {
   const match = /^file has vanished: "(.*)"(?: \(in [^)]*\))?$/s.exec(line.toString('latin1'));
   if (!match) return undefined;
-  const name = unescapeRsyncName(Buffer.from(match[1]!, 'latin1'));
-  return stripSlash(localRoot && name.startsWith(localRoot) ? name.slice(localRoot.length) : name);
+  let name = unescapeRsyncName(Buffer.from(match[1]!, 'latin1'));
+  const prefix = prefixes.find((p) => name.startsWith(p));
+  if (prefix !== undefined) name = name.slice(prefix.length);
+  return stripSlash(name.replace(/^\/+/, ''));
+}
+
+/** `skipping non-regular file "NAME"` (stdout): a symlink, device or socket that was not copied. */
+export function parseSkippedLine(line: Buffer): string | undefined {
+  const match = /^skipping non-regular file "(.*)"$/s.exec(line.toString('latin1'));
+  return match ? unescapeRsyncName(Buffer.from(match[1]!, 'latin1')) : undefined;
 }
 
 function stripSlash(path: string): string {

@@ -1,9 +1,9 @@
 import { buildPullArgs, encodeFileList } from './args.ts';
-import { parseItemizeLine, parseVanishedLine } from './itemize.ts';
+import { parseItemizeLine, parseSkippedLine, parseVanishedLine } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
 import { runRsync } from './run.ts';
-import { normalizeSource, sourceKind } from './source.ts';
+import { messagePrefixes } from './source.ts';
 
 export interface PullBatchOptions {
   /** Local dir, `rsync://host:port/module/` daemon URL, or ssh spec `user@host:/path`. */
@@ -34,6 +34,8 @@ export interface BatchResult {
   transferred: string[];
   /** Files and dirs deleted on dest (itemize `*deleting`), without a trailing slash. */
   deleted: string[];
+  /** Listed paths that are not regular files at the source (symlinks…): not copied, dest untouched. */
+  skipped: string[];
   /** True when more items changed than were kept in the lists above. */
   truncated: boolean;
 }
@@ -51,6 +53,7 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
     vanishedPaths: [],
     transferred: [],
     deleted: [],
+    skipped: [],
     truncated: false,
   };
   // Nothing to do; an aborted signal still goes to runRsync, which rejects before spawning.
@@ -66,10 +69,14 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
     const entry = parseItemizeLine(line);
     if (entry?.kind === 'transferred') keep(result.transferred, entry.path);
     else if (entry?.kind === 'deleted') keep(result.deleted, entry.path);
+    else if (entry === undefined) {
+      const skipped = parseSkippedLine(line);
+      if (skipped !== undefined) keep(result.skipped, skipped);
+    }
   });
-  const localRoot = sourceKind(options.source) === 'local' ? normalizeSource(options.source) : undefined;
+  const prefixes = messagePrefixes(options.source);
   const stderr = new LineSplitter((line) => {
-    const path = parseVanishedLine(line, localRoot);
+    const path = parseVanishedLine(line, prefixes);
     if (path !== undefined) keep(result.vanishedPaths, path);
   });
 

@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { NOT_INSTALLED_MESSAGE, RsyncError } from './errors.ts';
@@ -46,6 +47,7 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
     // Not buffered by execa: exceeding its maxBuffer would kill rsync. We stream stdout to the
     // caller and keep a bounded tail of stderr ourselves.
     buffer: false,
+    encoding: 'buffer',
     stripFinalNewline: true,
   });
   const pid = subprocess.pid;
@@ -73,6 +75,10 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
   let reason: 'aborted' | 'timeout' | undefined;
   let leaderExited = false;
   let escalation: NodeJS.Timeout | undefined;
+  // Set on 'exit', before the promise settles, so that a late abort does not signal a finished run.
+  subprocess.once('exit', () => {
+    leaderExited = true;
+  });
   const terminate = (why: 'aborted' | 'timeout') => {
     if (reason !== undefined || leaderExited) return;
     reason = why;
@@ -113,13 +119,35 @@ function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/**
+ * Whether the group has a member that is not a zombie. rsync's children outlive a killed leader
+ * as orphans, and PID 1 in a container may reap them only every second or so; as zombies they
+ * can no longer write anything. Without a readable /proc, every member counts.
+ */
 function groupAlive(pgid: number): boolean {
   try {
     process.kill(-pgid, 0);
-    return true;
   } catch (error) {
-    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
+    if ((error as NodeJS.ErrnoException).code === 'ESRCH') return false;
   }
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return true;
+  }
+  return entries.some((entry) => {
+    if (!/^\d+$/.test(entry)) return false;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      return false;
+    }
+    // "pid (comm) state ppid pgrp …": comm may contain spaces and parentheses.
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(pgrp) === pgid && state !== 'Z';
+  });
 }
 
 /** After the leader died: wait for its children, SIGKILLing the group again if they linger. */

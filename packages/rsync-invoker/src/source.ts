@@ -33,3 +33,20 @@ export function normalizeDest(dest: string): string {
 function withSlash(path: string): string {
   return path.endsWith('/') ? path : `${path}/`;
 }
+
+/**
+ * Prefixes rsync puts before a listed path when it names it in a message ("file has vanished:
+ * …"): the absolute source dir for a local source, the part of a daemon URL after the module
+ * (printed with and without a leading slash), the remote dir for ssh.
+ */
+export function messagePrefixes(source: string): string[] {
+  const kind = sourceKind(source);
+  if (kind === 'local') return [normalizeSource(source)];
+  const normalized = normalizeSource(source);
+  const sub =
+    kind === 'daemon'
+      ? (/^rsync:\/\/[^/]*\/[^/]*\/(.*)$/i.exec(normalized) ?? /^[^:]*::[^/]*\/(.*)$/.exec(normalized))?.[1]
+      : normalized.slice(normalized.indexOf(':') + 1);
+  if (!sub) return [];
+  return [`/${sub}`, sub].filter((prefix) => prefix !== '/');
+}

@@ -9,6 +9,7 @@ export {
   waitFor,
 } from './node-process.ts';
 export { freePort } from './ports.ts';
+export { groupAlive } from './process-group.ts';
 export { liveCount, stopAll } from './registry.ts';
 export { type RsyncDaemonHandle, type StartRsyncDaemonOptions, startRsyncDaemon } from './rsync-daemon.ts';
 export { makeTempDir, removeTempDir } from './temp.ts';

@@ -1,7 +1,8 @@
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { TestkitError } from './errors.ts';
+import { which } from './which.ts';
 
 export interface ExitInfo {
   exitCode: number | undefined;
@@ -26,14 +27,44 @@ export interface GroupProcess {
 const POLL_MS = 20;
 const KILL_WAIT_MS = 5000;
 
+/**
+ * Whether process group `pgid` still has a member that is not a zombie. A zombie cannot act,
+ * and children orphaned by the group leader wait for PID 1 to reap them, which some container
+ * inits do only every second or so. Without a readable /proc every member counts.
+ */
 export function groupAlive(pgid: number): boolean {
   try {
     process.kill(-pgid, 0);
-    return true;
   } catch (error) {
     // EPERM means members exist that we may not signal: still alive for our purposes.
-    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
+    if ((error as NodeJS.ErrnoException).code === 'ESRCH') return false;
   }
+  const members = groupMembers(pgid);
+  return members === undefined || members.some((m) => m.state !== 'Z');
+}
+
+/** Members of a process group with their state letter, from /proc; undefined without /proc. */
+export function groupMembers(pgid: number): { pid: number; state: string }[] | undefined {
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return undefined;
+  }
+  const members: { pid: number; state: string }[] = [];
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    // "pid (comm) state ppid pgrp …": comm may contain spaces and parentheses.
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(pgrp) === pgid) members.push({ pid: Number(entry), state: state ?? '?' });
+  }
+  return members;
 }
 
 export async function spawnGroup(
@@ -41,17 +72,23 @@ export async function spawnGroup(
   args: readonly string[],
   options: { logFile: string; what: string },
 ): Promise<GroupProcess> {
-  const subprocess = spawnDetached(bin, args, options.logFile);
+  const resolved = which(bin);
+  if (resolved === undefined) {
+    throw new TestkitError(
+      'TESTKIT_NOT_INSTALLED',
+      `${options.what} is not installed (${bin} not found): run scripts/bootstrap.sh`,
+    );
+  }
+  const subprocess = spawnDetached(resolved, args, options.logFile);
   const pid = subprocess.pid;
   if (pid === undefined) {
     const result = await subprocess;
-    const missing = result.code === 'ENOENT' || (result.cause as NodeJS.ErrnoException)?.code === 'ENOENT';
     throw new TestkitError(
-      missing ? 'TESTKIT_NOT_INSTALLED' : 'TESTKIT_START_FAILED',
-      missing
-        ? `${options.what} is not installed (${bin}): run scripts/bootstrap.sh`
-        : `could not spawn ${options.what} (${bin}): ${result.shortMessage}`,
-      { cause: result.cause },
+      'TESTKIT_START_FAILED',
+      `could not spawn ${options.what} (${bin}): ${result.shortMessage}`,
+      {
+        cause: result.cause,
+      },
     );
   }
   let leaderExited = false;
@@ -95,21 +132,29 @@ export async function spawnGroup(
       if (await waitGone(KILL_WAIT_MS)) return;
       throw new TestkitError(
         'TESTKIT_STOP_FAILED',
-        `${options.what} (process group ${pid}) survived SIGKILL for ${KILL_WAIT_MS} ms: look for zombies (no reaper as PID 1?)`,
+        `${options.what} (process group ${pid}) survived SIGKILL for ${KILL_WAIT_MS} ms: look for a member stuck in D state (ps -g ${pid})`,
       );
     },
   };
 }
 
+/**
+ * vitest ends its fork workers with a signal, so their 'exit' handlers never run. Where
+ * util-linux's setpriv exists, the child gets a parent-death signal (PR_SET_PDEATHSIG, kept
+ * across exec): it is SIGKILLed when the worker dies, whatever the way.
+ */
+let setpriv: string | null | undefined;
+
 function spawnDetached(bin: string, args: readonly string[], logFile: string) {
+  setpriv ??= which('setpriv') ?? null;
+  const [file, argv] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', bin, ...args]] : [bin, [...args]];
   // The child writes its log straight into a file descriptor of its own: with execa's
-  // { file } target the output would be piped through this process, and the service would
-  // die of SIGPIPE once the test worker exits.
+  // { file } target the output would be piped through this process.
   const fd = openSync(logFile, 'a');
   try {
     // execa accepts any fd at run time; its types only list 3..9, hence the cast.
     const log = fd as 3;
-    return execa(bin, args, {
+    return execa(file, argv, {
       detached: true,
       reject: false,
       cleanup: false,

@@ -20,6 +20,12 @@ export interface StartRsyncDaemonOptions {
   /** Defaults to true: PFS replicas pull, nobody pushes into a module. */
   readOnly?: boolean;
   signal?: AbortSignal;
+  /**
+   * Defaults to true when running as root (chroot needs root). rsync 3.5.0 without chroot
+   * cannot send files listed with --files-from from a sub-directory of a module
+   * (rsync://…/module/sub/): each one is reported as vanished (exit 24) and not sent.
+   */
+  useChroot?: boolean;
   /** Defaults to $RSYNC_BIN, then `rsync` on PATH. */
   rsyncBin?: string;
 }
@@ -30,7 +36,10 @@ const READY_TIMEOUT_MS = 10_000;
 export async function startRsyncDaemon(options: StartRsyncDaemonOptions): Promise<RsyncDaemonHandle> {
   const modules = Object.entries(options.modules);
   for (const [name, path] of modules) checkModule(name, path);
-  const readOnly = options.readOnly ?? true;
+  const settings = {
+    readOnly: options.readOnly ?? true,
+    useChroot: options.useChroot ?? process.getuid?.() === 0,
+  };
   const service = await startService({
     what: 'rsyncd',
     bin: options.rsyncBin ?? process.env.RSYNC_BIN ?? 'rsync',
@@ -39,13 +48,15 @@ export async function startRsyncDaemon(options: StartRsyncDaemonOptions): Promis
     signal: options.signal,
     async prepare(dir, [port]) {
       const config = join(dir, 'rsyncd.conf');
-      await writeFile(config, renderConfig(dir, port!, modules, readOnly));
+      await writeFile(config, renderConfig(dir, port!, modules, settings));
       return ['--daemon', '--no-detach', `--config=${config}`];
     },
     async probe(pid, [port]) {
-      // The bind happens after the pid file and log are written, so only a listening socket counts.
+      // The bind happens after the pid file and log are written, so only a listening socket
+      // counts. A probe connection is avoided where /proc can tell: each one forks a daemon
+      // child that lingers ~1 s after the client hangs up and then slows down stop().
       const owned = await isListeningBy(pid, port!);
-      return owned !== false && (await canConnect(port!));
+      return owned ?? (await canConnect(port!));
     },
   });
   const port = service.ports[0]!;
@@ -58,15 +69,21 @@ export async function startRsyncDaemon(options: StartRsyncDaemonOptions): Promis
   };
 }
 
-function renderConfig(dir: string, port: number, modules: [string, string][], readOnly: boolean): string {
+function renderConfig(
+  dir: string,
+  port: number,
+  modules: [string, string][],
+  settings: { readOnly: boolean; useChroot: boolean },
+): string {
   const global = [
     `port = ${port}`,
     'address = 127.0.0.1',
     `pid file = ${join(dir, 'rsyncd.pid')}`,
     `log file = ${join(dir, 'rsyncd.log')}`,
-    // chroot needs root; stated explicitly because its default changed in 3.2.7 (PITFALLS rsync §9).
-    'use chroot = no',
-    // Without chroot a symlink could point out of the module; munged, it is harmless.
+    // Stated explicitly: the default became "chroot if root" in 3.2.7 (PITFALLS rsync §9).
+    `use chroot = ${settings.useChroot ? 'yes' : 'no'}`,
+    // Without chroot a served symlink could point out of the module; munged it is harmless.
+    // Set either way so that behaviour does not depend on who runs the tests.
     'munge symlinks = yes',
     // Keep the files' owner: as root, the daemon would otherwise switch to nobody.
     `uid = ${process.getuid?.() ?? 0}`,
@@ -80,7 +97,9 @@ function renderConfig(dir: string, port: number, modules: [string, string][], re
     'reverse lookup = no',
   ];
   const sections = modules.map(([name, path]) =>
-    [`[${name}]`, `  path = ${resolve(path)}`, `  read only = ${readOnly ? 'yes' : 'no'}`].join('\n'),
+    [`[${name}]`, `  path = ${resolve(path)}`, `  read only = ${settings.readOnly ? 'yes' : 'no'}`].join(
+      '\n',
+    ),
   );
   return `${global.join('\n')}\n\n${sections.join('\n\n')}\n`;
 }

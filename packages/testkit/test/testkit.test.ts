@@ -3,6 +3,7 @@ import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   freePort,
+  groupAlive,
   liveCount,
   makeTempDir,
   removeTempDir,
@@ -24,11 +25,13 @@ function pidGone(pid: number): boolean {
   }
 }
 
-/** Members of process group `pgid`, via pgrep (exit 1 = none). */
-async function groupMembers(pgid: number): Promise<string[]> {
-  const { stdout, exitCode } = await execa('pgrep', ['-g', String(pgid)], { reject: false });
-  expect(exitCode === 0 || exitCode === 1).toBe(true);
-  return stdout.split('\n').filter(Boolean);
+/** Non-zombie members of process group `pgid`, via ps (zombies wait for PID 1 to reap them). */
+async function liveMembers(pgid: number): Promise<string[]> {
+  const { stdout } = await execa('ps', ['-o', 'pid=,stat=', '-g', String(pgid)], { reject: false });
+  return stdout
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line && !/\sZ/.test(line));
 }
 
 describe('helpers', () => {
@@ -55,7 +58,7 @@ describe('startEtcd', () => {
 
     await etcd.stop();
     expect(pidGone(etcd.pid)).toBe(true);
-    expect(await groupMembers(etcd.pid)).toEqual([]);
+    expect(await liveMembers(etcd.pid)).toEqual([]);
     expect(existsSync(etcd.dataDir)).toBe(false);
     await etcd.stop();
   });
@@ -92,7 +95,7 @@ describe('startRsyncDaemon', () => {
     await daemon.stop();
     await daemon.stop();
     expect(pidGone(daemon.pid)).toBe(true);
-    expect(await groupMembers(daemon.pid)).toEqual([]);
+    expect(await liveMembers(daemon.pid)).toEqual([]);
     await removeTempDir(src);
   });
 
@@ -118,6 +121,7 @@ describe('startRsyncDaemon', () => {
     await stopAll();
     expect(liveCount()).toBe(0);
     expect(pidGone(a.pid) && pidGone(b.pid)).toBe(true);
+    expect(groupAlive(a.pid) || groupAlive(b.pid)).toBe(false);
     await removeTempDir(src);
   });
 

@@ -1,0 +1,137 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { pullBatch, type RsyncError, rsyncVersion, syncTree } from '@pfs/rsync-invoker';
+import { freePort, groupAlive, startRsyncDaemon, stopAll } from '@pfs/testkit';
+import { execa } from 'execa';
+import { afterAll, describe, expect, it } from 'vitest';
+import { pidsMatching, tempDir, writeTree } from './helpers.ts';
+
+afterAll(stopAll);
+
+/** A TCP server that accepts and never says a word: rsync waits for the daemon greeting. */
+async function silentServer(): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  return {
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Waits until an rsync whose command line mentions `needle` runs; returns its process group. */
+async function rsyncGroup(needle: string): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const [pid] = await pidsMatching(needle);
+    if (pid !== undefined) {
+      const { stdout } = await execa('ps', ['-o', 'pgid=', '-p', String(pid)]);
+      return Number(stdout.trim());
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error(`no rsync process mentioning ${needle} appeared`);
+}
+
+describe('typed errors from real rsync runs', { timeout: 30_000 }, () => {
+  it('unknown module → RSYNC_START_FAILED (exit 5, retryable)', async () => {
+    const daemon = await startRsyncDaemon({ modules: { store: await tempDir() } });
+    const error = await pullBatch({ source: daemon.url('nope'), dest: await tempDir(), paths: ['a'] }).catch(
+      (e: RsyncError) => e,
+    );
+    expect(error).toMatchObject({
+      name: 'RsyncError',
+      code: 'RSYNC_START_FAILED',
+      exitCode: 5,
+      retryable: true,
+    });
+    expect((error as RsyncError).message).toContain('Unknown module');
+    expect((error as RsyncError).message).not.toContain('\n');
+    expect((error as RsyncError).stderr).toContain('@ERROR');
+  });
+
+  it('connection refused on a closed port → RSYNC_SOCKET (exit 10)', async () => {
+    const port = await freePort();
+    await expect(
+      pullBatch({ source: `rsync://127.0.0.1:${port}/m/`, dest: await tempDir(), paths: ['a'] }),
+    ).rejects.toMatchObject({ code: 'RSYNC_SOCKET', exitCode: 10, retryable: true });
+  });
+
+  it('missing binary → RSYNC_NOT_INSTALLED', async () => {
+    const options = { source: '/tmp', dest: await tempDir(), paths: ['a'], rsyncBin: '/nonexistent/rsync' };
+    await expect(pullBatch(options)).rejects.toMatchObject({
+      code: 'RSYNC_NOT_INSTALLED',
+      message: expect.stringMatching(
+        /^rsync is not installed: run scripts\/bootstrap\.sh \(apt-get install rsync\)/,
+      ),
+    });
+    await expect(rsyncVersion('/nonexistent/rsync')).rejects.toMatchObject({ code: 'RSYNC_NOT_INSTALLED' });
+  });
+
+  it('abort kills the whole process group and rejects with RSYNC_ABORTED', async () => {
+    const silent = await silentServer();
+    const controller = new AbortController();
+    const url = `rsync://127.0.0.1:${silent.port}/m/`;
+    const pulling = pullBatch({
+      source: url,
+      dest: await tempDir(),
+      paths: ['a'],
+      signal: controller.signal,
+    });
+    const pgid = await rsyncGroup(`127.0.0.1:${silent.port}/`);
+    expect(groupAlive(pgid)).toBe(true);
+    controller.abort(new Error('fenced'));
+    await expect(pulling).rejects.toMatchObject({ code: 'RSYNC_ABORTED', retryable: false });
+    expect(groupAlive(pgid)).toBe(false);
+    expect(await pidsMatching(`127.0.0.1:${silent.port}/`)).toEqual([]);
+    await silent.close();
+  });
+
+  it('timeoutMs kills the group and rejects with RSYNC_TIMEOUT; syncTree too', async () => {
+    const silent = await silentServer();
+    const url = `rsync://127.0.0.1:${silent.port}/m/`;
+    const started = performance.now();
+    await expect(
+      pullBatch({ source: url, dest: await tempDir(), paths: ['a'], timeoutMs: 300 }),
+    ).rejects.toMatchObject({ code: 'RSYNC_TIMEOUT', retryable: true });
+    expect(performance.now() - started).toBeLessThan(5000);
+    await expect(syncTree({ source: url, dest: await tempDir(), timeoutMs: 300 })).rejects.toMatchObject({
+      code: 'RSYNC_TIMEOUT',
+    });
+    expect(await pidsMatching(`127.0.0.1:${silent.port}/`)).toEqual([]);
+    await silent.close();
+  });
+
+  it('a silent daemon trips --timeout → RSYNC_TIMEOUT (exit 30)', async () => {
+    const silent = await silentServer();
+    const url = `rsync://127.0.0.1:${silent.port}/m/`;
+    await expect(
+      pullBatch({ source: url, dest: await tempDir(), paths: ['a'], ioTimeoutSeconds: 1 }),
+    ).rejects.toMatchObject({ code: 'RSYNC_TIMEOUT', exitCode: 30 });
+    await silent.close();
+  });
+
+  it('an already aborted signal rejects before spawning', async () => {
+    const src = await tempDir();
+    await writeTree(src, ['a']);
+    await expect(
+      pullBatch({ source: src, dest: await tempDir(), paths: ['a'], signal: AbortSignal.abort() }),
+    ).rejects.toMatchObject({ code: 'RSYNC_ABORTED' });
+    await expect(
+      pullBatch({ source: src, dest: await tempDir(), paths: [], signal: AbortSignal.abort() }),
+    ).rejects.toMatchObject({ code: 'RSYNC_ABORTED' });
+  });
+
+  it('refuses bad paths before running rsync', async () => {
+    await expect(pullBatch({ source: '/tmp', dest: '/tmp/x', paths: ['../etc'] })).rejects.toMatchObject({
+      code: 'RSYNC_BAD_PATH',
+    });
+  });
+});

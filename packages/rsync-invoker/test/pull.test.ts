@@ -1,0 +1,182 @@
+import { existsSync } from 'node:fs';
+import { readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pullBatch } from '@pfs/rsync-invoker';
+import { type RsyncDaemonHandle, startRsyncDaemon, stopAll } from '@pfs/testkit';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hexPath, oddNames, snapshot, tempDir, writeTree } from './helpers.ts';
+
+// One module per test: sub-directory URLs (rsync://…/module/sub/) hit an rsync 3.5.0 bug when
+// the daemon runs without chroot (see the last test).
+const MODULES = ['basic', 'force', 'maxdelete', 'same-second', 'odd-names'] as const;
+const sources = new Map<string, string>();
+let daemon: RsyncDaemonHandle;
+
+beforeAll(async () => {
+  for (const name of MODULES) sources.set(name, await tempDir());
+  daemon = await startRsyncDaemon({ modules: Object.fromEntries(sources) });
+});
+afterAll(stopAll);
+
+/** The module's source dir and rsync:// URL, plus an empty dest. */
+async function fixture(name: (typeof MODULES)[number]) {
+  return { src: sources.get(name)!, url: daemon.url(name), dest: await tempDir() };
+}
+
+const ODD = [
+  'dir/sub/deep/file.bin',
+  'dir/sub/other.txt',
+  'with space.txt',
+  'new\nline.txt',
+  '\u00fcn\u00efc\u00f6d\u00e9-nfc.txt',
+  'u\u0308nfd-decomposed.txt',
+  '#hash-first.txt',
+  ';semicolon-first.txt',
+  '-rf',
+  '--delete',
+];
+
+describe('pullBatch from an rsync daemon', { timeout: 30_000 }, () => {
+  it('copies exactly the listed paths, then deletes those gone at the source', async () => {
+    const { src, url, dest } = await fixture('basic');
+    await writeTree(src, [...ODD, 'not-listed.txt']);
+
+    const first = await pullBatch({ source: url, dest, paths: ODD });
+    expect(first).toMatchObject({ exitCode: 0, vanished: false, deleted: [] });
+    expect([...first.transferred].sort()).toEqual([...ODD].sort());
+    const copied = await snapshot(dest);
+    expect([...copied.keys()].sort()).toEqual(ODD.map(hexPath).sort());
+    for (const path of ODD) expect(await readFile(join(dest, path), 'utf8')).toBe(path);
+
+    const gone = [
+      'dir/sub/other.txt',
+      '#hash-first.txt',
+      '-rf',
+      'new\nline.txt',
+      'u\u0308nfd-decomposed.txt',
+    ];
+    for (const path of gone) await rm(join(src, path));
+    const second = await pullBatch({ source: url, dest, paths: ODD });
+    expect(second.exitCode).toBe(0);
+    expect([...second.deleted].sort()).toEqual([...gone].sort());
+    for (const path of gone) expect(existsSync(join(dest, path))).toBe(false);
+    const kept = ODD.filter((p) => !gone.includes(p));
+    expect([...(await snapshot(dest)).keys()].sort()).toEqual(kept.map(hexPath).sort());
+  });
+
+  it('deletes a listed directory that is gone at the source even if non-empty on dest (--force)', async () => {
+    const { src, url, dest } = await fixture('force');
+    const files = ['tree/x/y/f1', 'tree/x/y/f2', 'tree/x/f3'];
+    const listed = [...files, 'tree/x/y', 'tree/x', 'tree'];
+    await writeTree(src, files);
+    await pullBatch({ source: url, dest, paths: listed });
+    expect(existsSync(join(dest, 'tree/x/y/f2'))).toBe(true);
+
+    await rm(join(src, 'tree'), { recursive: true });
+    const result = await pullBatch({ source: url, dest, paths: listed });
+    expect(existsSync(join(dest, 'tree'))).toBe(false);
+    // rsync 3.5.0 also reports the implied parent dirs as vanished (exit 24), still a success.
+    expect(result.exitCode === 0 || result.vanished).toBe(true);
+    expect(result.deleted).toEqual(expect.arrayContaining(['tree', 'tree/x/y/f1']));
+  });
+
+  it('refuses to delete more than maxDelete items (RSYNC_MAX_DELETE)', async () => {
+    const { src, url, dest } = await fixture('maxdelete');
+    await writeTree(src, ['big/a', 'big/b', 'big/c']);
+    await pullBatch({ source: url, dest, paths: ['big/a', 'big/b', 'big/c'] });
+    await rm(join(src, 'big'), { recursive: true });
+    // One listed path, but deleting the directory means deleting 4 items.
+    await expect(pullBatch({ source: url, dest, paths: ['big'] })).rejects.toMatchObject({
+      code: 'RSYNC_MAX_DELETE',
+      exitCode: 25,
+      retryable: false,
+    });
+    expect(existsSync(join(dest, 'big'))).toBe(true);
+  });
+
+  it('replicates a same-size rewrite with the same mtime (-I)', async () => {
+    const { src, url, dest } = await fixture('same-second');
+    const when = new Date('2030-01-01T00:00:00Z');
+    await writeFile(join(src, 'same.txt'), 'aaaa');
+    await utimes(join(src, 'same.txt'), when, when);
+    await pullBatch({ source: url, dest, paths: ['same.txt'] });
+    expect(await readFile(join(dest, 'same.txt'), 'utf8')).toBe('aaaa');
+
+    await writeFile(join(src, 'same.txt'), 'bbbb');
+    await utimes(join(src, 'same.txt'), when, when);
+    const result = await pullBatch({ source: url, dest, paths: ['same.txt'] });
+    expect(result.transferred).toEqual(['same.txt']);
+    expect(await readFile(join(dest, 'same.txt'), 'utf8')).toBe('bbbb');
+  });
+
+  it('round-trips every accepted name of odd-names.json byte-identically, and deletes them', async () => {
+    const names = await oddNames();
+    const { src, url, dest } = await fixture('odd-names');
+    await writeTree(src, names);
+
+    const first = await pullBatch({ source: url, dest, paths: names });
+    expect(first.exitCode).toBe(0);
+    expect(first.transferred).toHaveLength(names.length);
+    expect(await snapshot(dest)).toEqual(await snapshot(src));
+
+    for (const name of names) await rm(join(src, name));
+    const second = await pullBatch({ source: url, dest, paths: names });
+    expect(second.exitCode).toBe(0);
+    expect(second.deleted).toHaveLength(names.length);
+    expect((await snapshot(dest)).size).toBe(0);
+  });
+});
+
+describe('pullBatch from a local directory', { timeout: 30_000 }, () => {
+  it('copies and deletes the listed paths', async () => {
+    const src = await tempDir();
+    const dest = await tempDir();
+    await writeTree(src, ODD);
+    const first = await pullBatch({ source: src, dest, paths: ODD });
+    expect(first.transferred).toHaveLength(ODD.length);
+    expect(await snapshot(dest)).toEqual(await snapshot(src));
+
+    await rm(join(src, '#hash-first.txt'));
+    await rm(join(src, '--delete'));
+    const second = await pullBatch({ source: `${src}/`, dest, paths: ODD });
+    expect([...second.deleted].sort()).toEqual(['#hash-first.txt', '--delete'].sort());
+    expect(await snapshot(dest)).toEqual(await snapshot(src));
+  });
+
+  it('skips a listed symlink and leaves dest alone (no --links)', async () => {
+    const src = await tempDir();
+    const dest = await tempDir();
+    await writeTree(src, ['target']);
+    await symlink('target', join(src, 'link'));
+    await writeTree(dest, { link: 'old' });
+    const result = await pullBatch({ source: src, dest, paths: ['link', 'target'] });
+    expect(result).toMatchObject({ exitCode: 0, transferred: ['target'], skipped: ['link'], deleted: [] });
+    expect(await readFile(join(dest, 'link'), 'utf8')).toBe('old');
+  });
+
+  it('does nothing for an empty list', async () => {
+    const result = await pullBatch({ source: '/nonexistent', dest: '/nonexistent', paths: [] });
+    expect(result).toMatchObject({ exitCode: 0, transferred: [], deleted: [] });
+  });
+});
+
+describe('rsync 3.5.0 quirk', { timeout: 30_000 }, () => {
+  it('a module sub-directory source without chroot sends nothing and exits 24', async () => {
+    // Characterisation test: when it fails, rsync was fixed and the testkit's chroot default
+    // and this package's README can be relaxed.
+    const root = await tempDir();
+    await writeTree(join(root, 'sub'), ['a', 'dir/b']);
+    const plain = await startRsyncDaemon({ modules: { m: root }, useChroot: false });
+    const dest = await tempDir();
+    const result = await pullBatch({ source: `${plain.url('m')}sub/`, dest, paths: ['a', 'dir/b'] });
+    expect(result).toMatchObject({ exitCode: 24, vanished: true, transferred: [] });
+    expect([...result.vanishedPaths].sort()).toEqual(['a', 'dir/b']);
+    expect(existsSync(join(dest, 'a'))).toBe(false);
+    // The same files through the module root arrive.
+    await expect(pullBatch({ source: plain.url('m'), dest, paths: ['sub/a'] })).resolves.toMatchObject({
+      exitCode: 0,
+      transferred: ['sub/a'],
+    });
+    await plain.stop();
+  });
+});

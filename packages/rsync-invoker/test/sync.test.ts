@@ -1,0 +1,75 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type Progress, rsyncVersion, syncTree } from '@pfs/rsync-invoker';
+import { startRsyncDaemon, stopAll } from '@pfs/testkit';
+import { execa } from 'execa';
+import { afterAll, describe, expect, it } from 'vitest';
+import { snapshot, tempDir, writeTree } from './helpers.ts';
+
+afterAll(stopAll);
+
+describe('syncTree', { timeout: 30_000 }, () => {
+  it('copies a tree of 200 files from a daemon, reports progress, deletes extraneous files', async () => {
+    const src = await tempDir();
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 200; i++) files[`d${i % 10}/sub${i % 3}/f${i}.bin`] = `${i}`.repeat(i * 20 + 1);
+    files['#odd name\n.txt'] = 'odd';
+    files['skip.tmp'] = 'excluded';
+    await writeTree(src, files);
+    const daemon = await startRsyncDaemon({ modules: { store: src } });
+    const dest = await tempDir();
+    await writeTree(dest, { 'extraneous.txt': 'gone after sync', 'd0/stale.bin': 'x' });
+
+    const events: Progress[] = [];
+    const result = await syncTree({
+      source: daemon.url('store'),
+      dest,
+      exclude: ['*.tmp'],
+      onProgress: (p) => events.push(p),
+    });
+    expect(result).toMatchObject({ exitCode: 0, vanished: false });
+    expect(events.length).toBeGreaterThan(0);
+    expect(events.at(-1)).toMatchObject({ percent: 100, total: expect.any(Number) });
+    expect(result.lastProgress).toEqual(events.at(-1));
+
+    const expected = await snapshot(src);
+    expected.delete(Buffer.from('skip.tmp').toString('hex'));
+    expect(await snapshot(dest)).toEqual(expected);
+  });
+
+  it('works from a local directory and is a no-op the second time', async () => {
+    const src = await tempDir();
+    await writeTree(src, ['a', 'b/c']);
+    const dest = await tempDir();
+    await syncTree({ source: src, dest });
+    await writeFile(join(src, 'a'), 'changed size');
+    const again = await syncTree({ source: src, dest });
+    expect(again.exitCode).toBe(0);
+    expect(await readFile(join(dest, 'a'), 'utf8')).toBe('changed size');
+    expect(await snapshot(dest)).toEqual(await snapshot(src));
+  });
+
+  it('fails after rsync ends if onProgress throws', async () => {
+    const src = await tempDir();
+    await writeTree(src, ['a']);
+    const boom = new Error('boom');
+    await expect(
+      syncTree({
+        source: src,
+        dest: await tempDir(),
+        onProgress: () => {
+          throw boom;
+        },
+      }),
+    ).rejects.toBe(boom);
+  });
+});
+
+describe('rsyncVersion', () => {
+  it('reports the installed version', async () => {
+    const { stdout } = await execa('rsync', ['--version']);
+    const version = await rsyncVersion();
+    expect(version).toMatch(/^\d+\.\d+\.\d+/);
+    expect(stdout.split('\n')[0]).toContain(`version ${version}`);
+  });
+});
