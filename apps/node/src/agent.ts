@@ -74,6 +74,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     port: config.rsyncPort,
     dataDir: config.dataDir,
     rsyncBin: config.rsyncBin,
+    onUnexpectedExit: (reason) => logger.warn(reason),
   });
   cleanups.push(() => daemon.stop());
 

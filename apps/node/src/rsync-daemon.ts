@@ -109,6 +109,8 @@ export async function startRsyncDaemon(options: {
   port: number;
   dataDir: string;
   rsyncBin: string;
+  /** Told when the daemon dies on its own (it is then restarted). */
+  onUnexpectedExit?: (reason: string) => void;
 }): Promise<RsyncDaemon> {
   const run = join(options.dataDir, 'run');
   await mkdir(run, { recursive: true });
@@ -125,6 +127,61 @@ export async function startRsyncDaemon(options: {
     conf,
     rsyncdConf({ ...options, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }),
   );
+  let current = await launch(options, conf, run);
+  let stopping = false;
+  let restartTimer: NodeJS.Timeout | undefined;
+  // Supervision: a daemon that dies while the agent runs is started again (replicas depend on it).
+  const supervise = (daemon: Launched) => {
+    daemon.child.once('exit', (code, signal) => {
+      if (stopping) return;
+      options.onUnexpectedExit?.(`rsync daemon exited (${signal ?? code}): restarting it`);
+      const retry = () => {
+        restartTimer = setTimeout(() => {
+          if (stopping) return;
+          launch(options, conf, run).then(
+            (next) => {
+              if (stopping) {
+                void stopGroup(next.pid);
+                return;
+              }
+              current = next;
+              supervise(next);
+            },
+            () => retry(),
+          );
+        }, RESTART_DELAY_MS);
+        restartTimer.unref();
+      };
+      retry();
+    });
+  };
+  supervise(current);
+  return {
+    get pid() {
+      return current.pid;
+    },
+    port: options.port,
+    async stop() {
+      stopping = true;
+      clearTimeout(restartTimer);
+      await stopGroup(current.pid);
+      await rm(pidFile, { force: true });
+    },
+  };
+}
+
+const RESTART_DELAY_MS = 500;
+
+interface Launched {
+  pid: number;
+  child: ReturnType<typeof spawn>;
+}
+
+async function launch(
+  options: { host: string; port: number; rsyncBin: string },
+  conf: string,
+  run: string,
+): Promise<Launched> {
   const child = spawn(options.rsyncBin, ['--daemon', '--no-detach', `--config=${conf}`], {
     detached: true,
     stdio: 'ignore',
@@ -146,16 +203,7 @@ export async function startRsyncDaemon(options: {
     exited = true;
   });
   for (let i = 0; i < 200 && !exited; i++) {
-    if (await portAnswers(options.host, options.port)) {
-      return {
-        pid,
-        port: options.port,
-        async stop() {
-          await stopGroup(pid);
-          await rm(pidFile, { force: true });
-        },
-      };
-    }
+    if (await portAnswers(options.host, options.port)) return { pid, child };
     await new Promise((r) => setTimeout(r, 25));
   }
   await stopGroup(pid);

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeRecords } from '@pfs/replicator';
 import { type EtcdHandle, freePort, NodeProcess, type NodeSpec, startEtcd, waitFor } from '@pfs/testkit';
-import { formatTxId, generationOf, type LogRecord } from '@pfs/txlog';
+import { formatTxId, generationOf, type LogRecord, TxLog } from '@pfs/txlog';
 
 /**
  * The seed's quick demo as a checked story: three nodes, files written into the master's store
@@ -200,39 +200,53 @@ export async function runStory(options: StoryOptions): Promise<StoryResult> {
     });
 
     const logs = new Map<string, LogRecord[]>();
-    await step('txids of the new writes carry generation 2 and match on both nodes', async () => {
-      const want = n2.status().then((s) => s.partitions[0]!.lastTxid);
-      const last = await want;
-      await waitFor(`${third} to apply ${last}`, async () =>
-        (await n3.status()).partitions[0]!.lastTxid === last ? true : undefined,
-      );
-      for (const node of [n2, n3]) logs.set(node.id, await readRecords(node));
-      const onMaster = logs.get(second)!;
-      const onReplica = logs.get(third)!;
-      check(
-        JSON.stringify(onMaster, jsonBigint) === JSON.stringify(onReplica, jsonBigint),
-        `logs of ${second} and ${third} differ`,
-      );
-      for (let i = 1; i < onMaster.length; i++) {
-        check(
-          onMaster[i]!.txid > onMaster[i - 1]!.txid,
-          `txids do not increase at ${formatTxId(onMaster[i]!.txid)}`,
+    await step(
+      'txids of the new writes carry generation 2; logs match, the old master’s is a prefix',
+      async () => {
+        const want = n2.status().then((s) => s.partitions[0]!.lastTxid);
+        const last = await want;
+        await waitFor(`${third} to apply ${last}`, async () =>
+          (await n3.status()).partitions[0]!.lastTxid === last ? true : undefined,
         );
-      }
-      for (const [kind, path] of [
-        ['put', 'c.txt'],
-        ['put', 'd.txt'],
-        ['delete', 'a.txt'],
-      ] as const) {
-        const record = onMaster.find((r) => r.kind === kind && r.path === path);
-        check(record !== undefined, `no ${kind} record for ${path}`);
+        for (const node of [n2, n3]) logs.set(node.id, await readRecords(node));
+        const onMaster = logs.get(second)!;
+        const onReplica = logs.get(third)!;
         check(
-          generationOf(record!.txid) === 2n,
-          `${kind} ${path} has txid ${formatTxId(record!.txid)}, not generation 2`,
+          JSON.stringify(onMaster, jsonBigint) === JSON.stringify(onReplica, jsonBigint),
+          `logs of ${second} and ${third} differ`,
         );
-        say(`  ${kind.padEnd(6)} ${path}  txid ${formatTxId(record!.txid)} (${record!.txid})`);
-      }
-    });
+        // The stopped master's log is a prefix of the new one: nothing it logged was lost or reordered.
+        const oldLog = await TxLog.open(join(n1.spec.dataDir, 'changelog', '0'));
+        const old: LogRecord[] = [];
+        for await (const record of oldLog.readFrom(0n)) old.push(record);
+        await oldLog.close();
+        check(old.length > 0, `${first} logged nothing`);
+        check(
+          JSON.stringify(old, jsonBigint) === JSON.stringify(onMaster.slice(0, old.length), jsonBigint),
+          `the log of ${first} is not a prefix of the log of ${second}`,
+        );
+        logs.set(first, old);
+        for (let i = 1; i < onMaster.length; i++) {
+          check(
+            onMaster[i]!.txid > onMaster[i - 1]!.txid,
+            `txids do not increase at ${formatTxId(onMaster[i]!.txid)}`,
+          );
+        }
+        for (const [kind, path] of [
+          ['put', 'c.txt'],
+          ['put', 'd.txt'],
+          ['delete', 'a.txt'],
+        ] as const) {
+          const record = onMaster.find((r) => r.kind === kind && r.path === path);
+          check(record !== undefined, `no ${kind} record for ${path}`);
+          check(
+            generationOf(record!.txid) === 2n,
+            `${kind} ${path} has txid ${formatTxId(record!.txid)}, not generation 2`,
+          );
+          say(`  ${kind.padEnd(6)} ${path}  txid ${formatTxId(record!.txid)} (${record!.txid})`);
+        }
+      },
+    );
     return { etcd, nodes, steps, logs, cleanup };
   } catch (error) {
     for (const node of nodes) say(`  ${node.id} log: ${await node.logTail(3)}`);

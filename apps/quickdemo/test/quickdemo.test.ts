@@ -18,8 +18,9 @@ describe('the quick demo, end to end', () => {
       const result = await runStory({ baseDir, basePort: 0, freePorts: true, stopSignal });
       try {
         expect(result.steps).toHaveLength(9);
-        const [onMaster, onReplica] = [...result.logs.values()];
+        const [onMaster, onReplica, onOldMaster] = [...result.logs.values()];
         expect(onReplica).toEqual(onMaster);
+        expect(onMaster!.slice(0, onOldMaster!.length)).toEqual(onOldMaster);
         const generations = onMaster!.map((r) => generationOf(r.txid));
         expect(generations[0]).toBe(1n);
         expect(generations.at(-1)).toBe(2n);

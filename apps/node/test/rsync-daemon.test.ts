@@ -1,0 +1,74 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from '@pfs/testkit';
+import { afterEach, describe, expect, it } from 'vitest';
+import { rsyncdConf, startRsyncDaemon } from '../src/rsync-daemon.ts';
+
+const dirs: string[] = [];
+afterEach(async () => {
+  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+});
+
+const answers = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+
+describe("the node's rsync daemon", () => {
+  it('serves read-only filestore and changelog modules with TCP_NODELAY', () => {
+    const conf = rsyncdConf({ host: '127.0.0.1', port: 1, dataDir: '/d', uid: 0, gid: 0 });
+    expect(conf).toContain('read only = yes');
+    expect(conf).toContain('socket options = TCP_NODELAY');
+    expect(conf).toMatch(/\[filestore\]\n {2}path = \/d\/filestore\n/);
+    expect(conf).toMatch(/\[changelog\]\n {2}path = \/d\/changelog\n/);
+    expect(conf).toContain('exclude = .pfs-tmp.*');
+  });
+
+  it('is restarted when it dies, and stopped for good by stop()', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pfs-rsyncd-'));
+    dirs.push(dataDir);
+    const port = await freePort();
+    const reasons: string[] = [];
+    const daemon = await startRsyncDaemon({
+      host: '127.0.0.1',
+      port,
+      dataDir,
+      rsyncBin: 'rsync',
+      onUnexpectedExit: (reason) => reasons.push(reason),
+    });
+    try {
+      const first = daemon.pid;
+      process.kill(-first, 'SIGKILL');
+      const deadline = Date.now() + 10_000;
+      while ((daemon.pid === first || !(await answers(port))) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(daemon.pid).not.toBe(first);
+      expect(await answers(port)).toBe(true);
+      expect(reasons[0]).toMatch(/^rsync daemon exited \(SIGKILL\): restarting it$/);
+    } finally {
+      await daemon.stop();
+    }
+    expect(await answers(port)).toBe(false);
+  });
+
+  it('says when rsync is missing', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pfs-rsyncd-'));
+    dirs.push(dataDir);
+    await expect(
+      startRsyncDaemon({
+        host: '127.0.0.1',
+        port: await freePort(),
+        dataDir,
+        rsyncBin: '/nonexistent/rsync',
+      }),
+    ).rejects.toThrow(/rsync is not installed, run scripts\/bootstrap.sh$/);
+  });
+});
