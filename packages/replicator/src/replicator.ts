@@ -189,12 +189,7 @@ export class Replicator extends EventEmitter {
     checkContinues(from, records);
     const plan = planBatch(records);
     if (plan.paths.length > 0) {
-      await pullBatch({
-        source: source.filesSource,
-        dest: this.options.fileStoreDir,
-        paths: plan.paths,
-        signal,
-      });
+      await this.pull(source, plan.paths, signal);
       await this.verify(plan.expected);
       await fsyncParents(this.options.fileStoreDir, plan.paths);
     }
@@ -211,6 +206,31 @@ export class Replicator extends EventEmitter {
       durationMs: performance.now() - started,
     };
     this.emit('applied', batch);
+  }
+
+  /**
+   * Pulls `paths` and resolves as soon as rsync has itemized them all (files fsynced and renamed
+   * into place), without waiting out the up-to-20 ms poll of rsync's client for its child's exit.
+   * A failure after that point is reported; the batch's own verification decides.
+   */
+  private async pull(source: RecordSource, paths: string[], signal: AbortSignal): Promise<void> {
+    let itemized!: () => void;
+    const allItemized = new Promise<'itemized'>((resolve) => {
+      itemized = () => resolve('itemized');
+    });
+    const run = pullBatch({
+      source: source.filesSource,
+      dest: this.options.fileStoreDir,
+      paths,
+      signal,
+      onAllItemized: itemized,
+    });
+    const first = await Promise.race([run.then(() => 'exited' as const), allItemized]);
+    if (first === 'itemized') {
+      run.catch((error: unknown) => {
+        if (!signal.aborted) this.report(error);
+      });
+    }
   }
 
   private async verify(expected: ReturnType<typeof planBatch>['expected']): Promise<void> {

@@ -21,6 +21,13 @@ export interface PullBatchOptions {
   signal?: AbortSignal;
   rsyncBin?: string;
   extraArgs?: string[];
+  /**
+   * Called once every listed path has been itemized as received or deleted: the receiver
+   * fsyncs and renames each file before it itemizes it, so the files are in place, while the
+   * rsync client may still spend up to 20 ms polling for its child's exit. Callers that only need
+   * the files can go on from here; the promise still settles at exit.
+   */
+  onAllItemized?: () => void;
 }
 
 export interface BatchResult {
@@ -65,11 +72,20 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
     if (list.length < limit) list.push(path);
     else result.truncated = true;
   };
+  const pending = options.onAllItemized === undefined ? undefined : new Set(options.paths);
+  const settle = (path: string) => {
+    if (pending === undefined || !pending.delete(path) || pending.size > 0) return;
+    options.onAllItemized?.();
+  };
   const stdout = new LineSplitter((line) => {
     const entry = parseItemizeLine(line);
-    if (entry?.kind === 'transferred') keep(result.transferred, entry.path);
-    else if (entry?.kind === 'deleted') keep(result.deleted, entry.path);
-    else if (entry === undefined) {
+    if (entry?.kind === 'transferred') {
+      keep(result.transferred, entry.path);
+      settle(entry.path);
+    } else if (entry?.kind === 'deleted') {
+      keep(result.deleted, entry.path);
+      settle(entry.path);
+    } else if (entry === undefined) {
       const skipped = parseSkippedLine(line);
       if (skipped !== undefined) keep(result.skipped, skipped);
     }
