@@ -21,6 +21,7 @@ export async function startCluster(options: {
   const etcd = await startEtcd();
   const nodes: NodeProcess[] = [];
   const close = async () => {
+    await Promise.all(nodes.map((n) => (n.running ? n.stop() : undefined)));
     await Promise.all(nodes.map((n) => n.destroy()));
     await etcd.stop();
     await rm(base, { recursive: true, force: true });

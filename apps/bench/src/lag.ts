@@ -13,8 +13,12 @@ export async function measureLag(options: {
   ratePerSecond: number;
   sizeBytes: number;
   leaseTtlSeconds: number;
+  replicas?: number;
 }) {
-  const cluster: BenchCluster = await startCluster({ leaseTtlSeconds: options.leaseTtlSeconds });
+  const cluster: BenchCluster = await startCluster({
+    leaseTtlSeconds: options.leaseTtlSeconds,
+    size: 1 + (options.replicas ?? 2),
+  });
   try {
     const [master, ...replicas] = cluster.nodes as [BenchCluster['nodes'][0], ...BenchCluster['nodes']];
     const sentAt = new Map<string, number>();

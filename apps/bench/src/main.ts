@@ -14,6 +14,8 @@ const RESULTS_DIR = fileURLToPath(new URL('../../../bench-results/', import.meta
 
 const scenarios = {
   lag: () => measureLag({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2 }),
+  'lag-1-replica': () =>
+    measureLag({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2, replicas: 1 }),
   'lag-200': () => measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2 }),
   failover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGKILL' }),
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),

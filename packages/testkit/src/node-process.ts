@@ -63,6 +63,9 @@ export class NodeProcess {
   static async start(spec: NodeSpec): Promise<NodeProcess> {
     await mkdir(spec.dataDir, { recursive: true });
     const args = [
+      ...(process.env.PFS_NODE_CPU_PROF
+        ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PFS_NODE_CPU_PROF}`]
+        : []),
       '--import',
       'tsx',
       'src/main.ts',
