@@ -98,6 +98,17 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     return true;
   };
 
+  /** The validated path of a /v1/files/* request and its partition; undefined once a 400 is sent. */
+  const fileTarget = (path: string, reply: FastifyReply): { path: string; partition: number } | undefined => {
+    try {
+      validateStorePath(path);
+    } catch (error) {
+      sendError(reply, error);
+      return undefined;
+    }
+    return { path, partition: partitionOf(path, state.config.partitions) };
+  };
+
   app.get('/healthz', async () => ({ ok: true, nodeId: state.config.nodeId }));
   app.get('/v1/status', async () => state.status());
 
@@ -149,13 +160,9 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   );
 
   app.put<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
-    const path = request.params['*'];
-    try {
-      validateStorePath(path);
-    } catch (error) {
-      return sendError(reply, error);
-    }
-    const partition = partitionOf(path, state.config.partitions);
+    const target = fileTarget(request.params['*'], reply);
+    if (target === undefined) return reply;
+    const { path, partition } = target;
     if (refuseUnlessMaster(partition, path, reply)) return reply;
     const expected = request.headers['content-sha256'];
     let staged: Awaited<ReturnType<typeof stageFile>> | undefined;
@@ -178,10 +185,10 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   });
 
   app.delete<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
-    const path = request.params['*'];
+    const target = fileTarget(request.params['*'], reply);
+    if (target === undefined) return reply;
+    const { path, partition } = target;
     try {
-      validateStorePath(path);
-      const partition = partitionOf(path, state.config.partitions);
       if (refuseUnlessMaster(partition, path, reply)) return reply;
       const record = await state.generator.commitDelete(path);
       return reply.send(writeResult(record, partition));
@@ -191,13 +198,9 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   });
 
   app.get<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
-    const path = request.params['*'];
-    try {
-      validateStorePath(path);
-    } catch (error) {
-      return sendError(reply, error);
-    }
-    const partition = partitionOf(path, state.config.partitions);
+    const target = fileTarget(request.params['*'], reply);
+    if (target === undefined) return reply;
+    const { path, partition } = target;
     const info = await statFile(fileStore, path);
     reply.header('x-pfs-applied-txid', state.logs[partition]!.lastTxid.toString());
     if (info === undefined)
