@@ -12,6 +12,7 @@ import type { AgentState } from './agent-state.ts';
 import type { NodeConfig } from './config.ts';
 import { buildHttpServer } from './http.ts';
 import { PartitionController } from './partition-controller.ts';
+import { ackSatisfied, ReplicaAcks } from './replica-acks.ts';
 import { type RsyncDaemon, startRsyncDaemon } from './rsync-daemon.ts';
 
 /**
@@ -80,10 +81,11 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
 
   const generator = new ChangelogGenerator({ root: fileStore, partitionCount: config.partitions });
   const incarnation = `${config.nodeId}:${process.pid}:${randomUUID().slice(0, 8)}`;
-  const acks = new Map<number, Map<string, bigint>>();
+  const acks = new ReplicaAcks();
   const polls = new Set<AbortController>();
   let stopping = false;
   let coordinator: Coordinator | undefined;
+  const liveReplicas = () => [...(coordinator?.view.nodes.keys() ?? [])].filter((id) => id !== config.nodeId);
   const controllers: PartitionController[] = [];
 
   const state: AgentState = {
@@ -98,9 +100,10 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       return { nodeId: master.nodeId, host: node.host, httpPort: node.httpPort };
     },
     noteReplicaAck(partition, replica, after) {
-      const byReplica = acks.get(partition) ?? new Map<string, bigint>();
-      acks.set(partition, byReplica);
-      byReplica.set(replica, after);
+      acks.note(partition, replica, after);
+    },
+    waitForAcks(partition, txid, mode, timeoutMs) {
+      return acks.wait(partition, txid, mode, liveReplicas, timeoutMs);
     },
     trackPoll(controller) {
       if (stopping) return undefined;
@@ -114,14 +117,12 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         partitions: controllers.map((c) => ({
           partition: c.partition,
           role: c.role,
-          generation: c.generation.toString(),
+          generation: (coordinator?.view.partitions.get(c.partition)?.generation ?? c.generation).toString(),
           lastTxid: logs[c.partition]!.lastTxid.toString(),
           lastTxidText: formatTxId(logs[c.partition]!.lastTxid),
           master: coordinator?.view.partitions.get(c.partition)?.master?.nodeId ?? null,
           following: c.followingNode ?? null,
-          replicaAcks: Object.fromEntries(
-            [...(acks.get(c.partition) ?? new Map())].map(([k, v]) => [k, v.toString()]),
-          ),
+          replicaAcks: Object.fromEntries([...acks.of(c.partition)].map(([k, v]) => [k, v.toString()])),
         })),
       };
     },
@@ -230,13 +231,11 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     url: `http://${config.host}:${config.httpPort}`,
     close() {
       closing ??= (async () => {
-        const view = coord.view;
         await Promise.all(
           controllers.map((c) =>
             c.handOver((last) => {
-              const peers = [...view.nodes.keys()].filter((id) => id !== config.nodeId);
-              const partitionAcks = acks.get(c.partition) ?? new Map<string, bigint>();
-              return peers.every((id) => (partitionAcks.get(id) ?? 0n) >= last);
+              const live = liveReplicas();
+              return live.length === 0 || ackSatisfied(acks.of(c.partition), last, 'all', live);
             }, HANDOVER_TIMEOUT_MS),
           ),
         );

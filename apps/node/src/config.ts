@@ -35,6 +35,8 @@ export const ConfigSchema = z
       .int()
       .min(0)
       .default(1024 * 1024 * 1024),
+    ackMode: z.enum(['local', 'one', 'all']).default('local'),
+    ackTimeoutMs: z.coerce.number().int().min(0).max(600_000).default(5000),
     watchSettleMs: z.coerce.number().int().min(0).default(100),
     reconcileIntervalMs: z.coerce.number().int().min(0).default(60_000),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -69,6 +71,8 @@ const FLAGS = {
   'rsync-bin': { type: 'string' },
   'max-file-bytes': { type: 'string' },
   'log-level': { type: 'string' },
+  ack: { type: 'string' },
+  'ack-timeout-ms': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -85,6 +89,8 @@ const FIELD_OF_FLAG: Record<string, string> = {
   'rsync-bin': 'rsyncBin',
   'max-file-bytes': 'maxFileBytes',
   'log-level': 'logLevel',
+  ack: 'ackMode',
+  'ack-timeout-ms': 'ackTimeoutMs',
 };
 
 export const USAGE = `usage: pnpm --filter node start -- [options]
@@ -97,9 +103,11 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --cluster NAME        key prefix /pfs/<name>/ (default pfs)
   --partitions N        partition count, fixed per cluster (default 1)
   --lease-ttl SECONDS   etcd lease TTL (default 2)
+  --ack MODE            default ack of writes: local (fsynced here), one (and on a replica), all
+  --ack-timeout-ms N    how long a write waits for its ack before answering 504 (default 5000)
   --config FILE         JSON file with the same fields (camelCase)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
-PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL.`;
+PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS.`;
 
 /** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {
@@ -123,7 +131,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
   }
   const fromEnv: Record<string, unknown> = {};
   for (const [flag, field] of Object.entries(FIELD_OF_FLAG)) {
-    const name = `PFS_${flag.toUpperCase().replaceAll('-', '_').replace('LEASE_TTL', 'LEASE_TTL')}`;
+    const name = `PFS_${flag.toUpperCase().replaceAll('-', '_')}`;
     if (env[name] !== undefined && env[name] !== '') fromEnv[field] = env[name];
   }
   const fromFlags: Record<string, unknown> = {};

@@ -15,6 +15,7 @@ import { formatTxId, type LogRecord, TxlogError } from '@pfs/txlog';
 import Fastify, { type FastifyReply, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
+import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
 /**
  * The node's HTTP API (v1): files (PUT/GET/HEAD/DELETE), the change feed replicas follow, health
@@ -109,6 +110,47 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     return { path, partition: partitionOf(path, state.config.partitions) };
   };
 
+  /** The ack mode and timeout of a write: headers x-pfs-ack / x-pfs-ack-timeout-ms, else the node's defaults. */
+  const ackOf = (
+    headers: Record<string, string | string[] | undefined>,
+    reply: FastifyReply,
+  ): { mode: AckMode; timeoutMs: number } | undefined => {
+    const mode = headers['x-pfs-ack'] ?? state.config.ackMode;
+    const timeout = Number(headers['x-pfs-ack-timeout-ms'] ?? state.config.ackTimeoutMs);
+    if (typeof mode !== 'string' || !ACK_MODES.includes(mode as AckMode)) {
+      reply
+        .code(400)
+        .send({ code: 'BAD_ACK_MODE', message: `x-pfs-ack must be one of ${ACK_MODES.join(', ')}` });
+      return undefined;
+    }
+    if (!Number.isInteger(timeout) || timeout < 0 || timeout > 600_000) {
+      reply
+        .code(400)
+        .send({ code: 'BAD_ACK_TIMEOUT', message: 'x-pfs-ack-timeout-ms must be an integer 0..600000' });
+      return undefined;
+    }
+    return { mode: mode as AckMode, timeoutMs: timeout };
+  };
+
+  /** Answers a durable write, after waiting for the replicas its ack mode names (504 if they are late). */
+  const answerWrite = async (
+    reply: FastifyReply,
+    record: LogRecord,
+    partition: number,
+    ack: { mode: AckMode; timeoutMs: number },
+    status: number,
+  ) => {
+    const result = { ...writeResult(record, partition), ack: ack.mode };
+    if (ack.mode === 'local' || (await state.waitForAcks(partition, record.txid, ack.mode, ack.timeoutMs))) {
+      return reply.code(status).send(result);
+    }
+    return reply.code(504).send({
+      ...result,
+      code: 'ACK_TIMEOUT',
+      message: `write ${formatTxId(record.txid)} is durable on this master but not yet acknowledged by ${ack.mode === 'one' ? 'any replica' : 'every live replica'} within ${ack.timeoutMs} ms: it replicates when they catch up`,
+    });
+  };
+
   app.get('/healthz', async () => ({ ok: true, nodeId: state.config.nodeId }));
   app.get('/v1/status', async () => state.status());
 
@@ -164,6 +206,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     if (target === undefined) return reply;
     const { path, partition } = target;
     if (refuseUnlessMaster(partition, path, reply)) return reply;
+    const ack = ackOf(request.headers, reply);
+    if (ack === undefined) return reply;
     const expected = request.headers['content-sha256'];
     let staged: Awaited<ReturnType<typeof stageFile>> | undefined;
     try {
@@ -177,7 +221,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         return reply;
       }
       const record = await state.generator.commitPut(staged);
-      return reply.code(201).send(writeResult(record, partition));
+      return answerWrite(reply, record, partition, ack, 201);
     } catch (error) {
       await staged?.discard();
       return sendError(reply, error);
@@ -188,10 +232,12 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     const target = fileTarget(request.params['*'], reply);
     if (target === undefined) return reply;
     const { path, partition } = target;
+    const ack = ackOf(request.headers, reply);
+    if (ack === undefined) return reply;
     try {
       if (refuseUnlessMaster(partition, path, reply)) return reply;
       const record = await state.generator.commitDelete(path);
-      return reply.send(writeResult(record, partition));
+      return answerWrite(reply, record, partition, ack, 200);
     } catch (error) {
       return sendError(reply, error);
     }

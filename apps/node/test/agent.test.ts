@@ -1,8 +1,10 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { decodeRecords } from '@pfs/replicator';
 import { type EtcdHandle, freePort, startEtcd, stopAll } from '@pfs/testkit';
 import { TxLog } from '@pfs/txlog';
 import pino from 'pino';
@@ -186,6 +188,118 @@ describe('node agent over HTTP', () => {
     };
     await Promise.all(agents.splice(0).map((a) => a.close()));
     expect(await read(dataDir)).toEqual(await read(master.config.dataDir));
+  });
+
+  it('acks a write with ack=one or all only once the replica has it, and answers 504 without losing it', async () => {
+    const { cluster, master, replica } = await twoNodes();
+    for (const mode of ['one', 'all']) {
+      const response = await fetch(`${master.url}/v1/files/acked-${mode}`, {
+        method: 'PUT',
+        body: `replicated before the answer (${mode})`,
+        headers: { 'x-pfs-ack': mode },
+      });
+      expect(response.status).toBe(201);
+      expect(((await response.json()) as { ack: string }).ack).toBe(mode);
+      // The replica applied (and fsynced) it before the master answered.
+      expect(await readFile(join(replica.config.dataDir, 'filestore', `acked-${mode}`), 'utf8')).toBe(
+        `replicated before the answer (${mode})`,
+      );
+    }
+    const dataDir = replica.config.dataDir;
+    agents.splice(agents.indexOf(replica), 1);
+    await replica.close();
+    const late = await fetch(`${master.url}/v1/files/unacked`, {
+      method: 'PUT',
+      body: 'durable on the master only',
+      headers: { 'x-pfs-ack': 'one', 'x-pfs-ack-timeout-ms': '300' },
+    });
+    expect(late.status).toBe(504);
+    const body = (await late.json()) as { code: string; txid: string; message: string };
+    expect(body.code).toBe('ACK_TIMEOUT');
+    expect(body.message).toMatch(/is durable on this master but not yet acknowledged/);
+    expect(await (await fetch(`${master.url}/v1/files/unacked`)).text()).toBe('durable on the master only');
+    const bad = await fetch(`${master.url}/v1/files/x`, {
+      method: 'PUT',
+      body: 'x',
+      headers: { 'x-pfs-ack': 'most' },
+    });
+    expect(bad.status).toBe(400);
+    const again = await start({
+      ...(await agentConfig(cluster, dataDir)),
+      httpPort: replica.config.httpPort,
+    });
+    await until('the unacknowledged write reaches the returning replica', async () =>
+      (await fetch(`${again.url}/v1/files/unacked`)).status === 200 ? true : undefined,
+    );
+  });
+
+  it('fences a master whose lease is revoked: no fork, no acknowledged write lost', async () => {
+    const { cluster, master, replica } = await twoNodes();
+    const acked: string[] = [];
+    let writing = true;
+    const writer = (async () => {
+      for (let i = 0; writing; i++) {
+        for (const node of [master, replica]) {
+          const response = await fetch(`${node.url}/v1/files/w-${i}`, {
+            method: 'PUT',
+            body: `${i}`,
+            redirect: 'manual',
+          }).catch(() => undefined);
+          if (response?.status === 201) acked.push(`w-${i}`);
+          await response?.body?.cancel();
+        }
+      }
+    })();
+    await until('some writes', async () => (acked.length >= 5 ? true : undefined));
+    const raw = execFileSync(
+      'etcdctl',
+      [`--endpoints=${etcd.endpoint}`, 'get', `/pfs/${cluster}/nodes/${master.config.nodeId}`, '-w', 'json'],
+      {
+        env: { ...process.env, ETCDCTL_API: '3' },
+        encoding: 'utf8',
+      },
+    );
+    const lease = BigInt(/"lease":(\d+)/.exec(raw)![1]!);
+    execFileSync('etcdctl', [`--endpoints=${etcd.endpoint}`, 'lease', 'revoke', lease.toString(16)], {
+      env: { ...process.env, ETCDCTL_API: '3' },
+    });
+    const generationTwo = async (agent: Agent) => {
+      const status = await role(agent);
+      return status.role === 'master' && (status as { generation?: string }).generation === '2'
+        ? agent
+        : undefined;
+    };
+    const newMaster = await until(
+      'a master in generation 2',
+      async () => (await generationTwo(replica)) ?? (await generationTwo(master)),
+    );
+    const countBefore = acked.length;
+    await until('writes accepted by the new master', async () =>
+      acked.length >= countBefore + 5 ? true : undefined,
+    );
+    writing = false;
+    await writer;
+    const other = newMaster === master ? replica : master;
+    const last = (await role(newMaster)).lastTxid;
+    await until('the other node follows the new master', async () =>
+      (await role(other)).lastTxid === last ? true : undefined,
+    );
+    const records = async (agent: Agent) =>
+      decodeRecords(
+        Buffer.from(
+          await (await fetch(`${agent.url}/v1/partitions/0/records?after=0&max=10000`)).arrayBuffer(),
+        ),
+      );
+    const [onMaster, onOther] = [await records(newMaster), await records(other)];
+    expect(onOther).toEqual(onMaster);
+    const logged = new Set(onMaster.filter((r) => r.kind === 'put').map((r) => r.path));
+    expect(acked.filter((path) => !logged.has(path))).toEqual([]);
+    const refused = await fetch(`${other.url}/v1/files/after-fence`, {
+      method: 'PUT',
+      body: 'x',
+      redirect: 'manual',
+    });
+    expect(refused.status).toBe(307);
   });
 
   it('says which port is taken and how to fix it', async () => {

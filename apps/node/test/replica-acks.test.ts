@@ -1,0 +1,36 @@
+import { describe, expect, it } from 'vitest';
+import { ackSatisfied, ReplicaAcks } from '../src/replica-acks.ts';
+
+describe('ack modes', () => {
+  const applied = new Map([
+    ['r1', 10n],
+    ['r2', 5n],
+  ]);
+  it.each([
+    ['local', 99n, [], true],
+    ['one', 5n, ['r1', 'r2'], true],
+    ['one', 10n, ['r1', 'r2'], true],
+    ['one', 11n, ['r1', 'r2'], false],
+    ['one', 1n, [], false],
+    ['all', 5n, ['r1', 'r2'], true],
+    ['all', 6n, ['r1', 'r2'], false],
+    ['all', 6n, ['r1'], true],
+    ['all', 1n, [], false],
+    ['one', 5n, ['r3'], false],
+  ] as const)('%s of %s with live %j → %s', (mode, txid, live, want) => {
+    expect(ackSatisfied(applied, txid, mode, live)).toBe(want);
+  });
+
+  it('wakes a waiting write on the acknowledging fetch, and times out otherwise', async () => {
+    const acks = new ReplicaAcks();
+    const waiting = acks.wait(0, 7n, 'one', () => ['r1'], 10_000);
+    acks.note(0, 'r1', 6n);
+    acks.note(1, 'r1', 9n);
+    acks.note(0, 'r1', 7n);
+    expect(await waiting).toBe(true);
+    expect(await acks.wait(0, 8n, 'all', () => ['r1'], 10)).toBe(false);
+    // An older fetch arriving late never moves the acknowledgement back.
+    acks.note(0, 'r1', 3n);
+    expect(acks.of(0).get('r1')).toBe(7n);
+  });
+});
