@@ -15,6 +15,7 @@ import { formatTxId, type LogRecord, TxlogError } from '@pfs/txlog';
 import Fastify, { type FastifyReply, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
+import { listQuarantine } from './divergence.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
 /**
@@ -153,6 +154,9 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
 
   app.get('/healthz', async () => ({ ok: true, nodeId: state.config.nodeId }));
   app.get('/v1/status', async () => state.status());
+  app.get('/v1/quarantine', async () => ({
+    entries: await listQuarantine(join(state.config.dataDir, 'quarantine')),
+  }));
 
   app.get<{ Params: { p: string }; Querystring: Record<string, string> }>(
     '/v1/partitions/:p/records',

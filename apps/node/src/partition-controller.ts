@@ -8,8 +8,10 @@ import {
   type Replicator,
   rsyncLogSource,
 } from '@pfs/replicator';
+import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
+import { cutDivergentSuffix } from './divergence.ts';
 
 /**
  * Role of this node for one partition, driven by the cluster view:
@@ -145,6 +147,8 @@ export class PartitionController {
       filesSource: `rsync://${host}:${rsyncPort}/filestore/`,
     };
     const replicator = await this.ensureReplicator(source);
+    await replicator.pause();
+    await this.repairDivergence(source.filesSource, replicator);
     replicator.switchSource(source);
     replicator.start();
     this.following = key;
@@ -152,6 +156,29 @@ export class PartitionController {
     this.deps.logger.info(
       { partition: this.partition, master: master.nodeId, from: formatTxId(this.appliedTxid) },
       `partition ${this.partition}: replica of ${master.nodeId} from ${formatTxId(this.appliedTxid)}`,
+    );
+  }
+
+  /** Cuts and quarantines what this node logged that the cluster never agreed to (docs/protocol.md). */
+  private async repairDivergence(filesSource: string, replicator: Replicator): Promise<void> {
+    const pv = this.deps.coordinator.view.partitions.get(this.partition);
+    if (pv === undefined) return;
+    const fileStore = join(this.deps.dataDir, 'filestore');
+    const removed = await cutDivergentSuffix({
+      log: this.deps.log,
+      history: pv.history,
+      currentGeneration: pv.generation,
+      fileStore,
+      quarantineDir: join(this.deps.dataDir, 'quarantine'),
+      restore: async (paths) => {
+        if (paths.length > 0) await pullBatch({ source: filesSource, dest: fileStore, paths });
+      },
+    });
+    if (removed.length === 0) return;
+    await replicator.rewind();
+    this.deps.logger.warn(
+      { partition: this.partition, records: removed.length, from: formatTxId(removed[0]!.txid) },
+      `partition ${this.partition}: cut ${removed.length} divergent record(s) from ${formatTxId(removed[0]!.txid)}; their files are in quarantine/`,
     );
   }
 

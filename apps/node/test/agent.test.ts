@@ -302,6 +302,75 @@ describe('node agent over HTTP', () => {
     expect(refused.status).toBe(307);
   });
 
+  it('quarantines the divergent writes of a returning old master and converges on the new one', async () => {
+    const { cluster, master: a, replica: b } = await twoNodes();
+    const put = (agent: Agent, path: string, body: string) =>
+      fetch(`${agent.url}/v1/files/${path}`, { method: 'PUT', body }).then((r) => expect(r.status).toBe(201));
+    await put(a, 'shared.txt', 'agreed version');
+    await put(a, 'gone.txt', 'deleted only on the old master');
+    const agreed = (await role(a)).lastTxid;
+    await until('b caught up', async () => ((await role(b)).lastTxid === agreed ? true : undefined));
+    const [aConfig, bConfig] = [a.config, b.config];
+    agents.splice(agents.indexOf(b), 1);
+    await b.close();
+    await put(a, 'div.txt', 'written while alone');
+    await put(a, 'shared.txt', 'divergent version');
+    expect((await fetch(`${a.url}/v1/files/gone.txt`, { method: 'DELETE' })).status).toBe(200);
+    agents.splice(agents.indexOf(a), 1);
+    await a.close();
+
+    const newMaster = await start({
+      ...(await agentConfig(cluster, bConfig.dataDir)),
+      httpPort: bConfig.httpPort,
+    });
+    await until('b master in generation 2', async () => {
+      const s = (await role(newMaster)) as { role: string; generation?: string };
+      return s.role === 'master' && s.generation === '2' ? true : undefined;
+    });
+    await put(newMaster, 'after.txt', 'generation 2');
+    const returning = await start({
+      ...(await agentConfig(cluster, aConfig.dataDir)),
+      httpPort: aConfig.httpPort,
+    });
+    const last = (await role(newMaster)).lastTxid;
+    await until('the old master converges', async () =>
+      (await role(returning)).lastTxid === last ? true : undefined,
+    );
+
+    const store = async (dir: string) => {
+      const files: Record<string, string> = {};
+      for (const name of (await readdir(join(dir, 'filestore'))).filter((n) => n !== '.pfs').sort()) {
+        files[name] = await readFile(join(dir, 'filestore', name), 'utf8');
+      }
+      return files;
+    };
+    expect(await store(aConfig.dataDir)).toEqual(await store(bConfig.dataDir));
+    expect(await store(aConfig.dataDir)).toEqual({
+      'after.txt': 'generation 2',
+      'gone.txt': 'deleted only on the old master',
+      'shared.txt': 'agreed version',
+    });
+    const files = join(aConfig.dataDir, 'quarantine', '1', 'files');
+    expect(await readFile(join(files, 'div.txt'), 'utf8')).toBe('written while alone');
+    expect(await readFile(join(files, 'shared.txt'), 'utf8')).toBe('divergent version');
+    const listed = (await (await fetch(`${returning.url}/v1/quarantine`)).json()) as {
+      entries: { kind: string; path: string; quarantinedAs: string | null }[];
+    };
+    expect(listed.entries.map((e) => `${e.kind} ${e.path}`)).toEqual([
+      'put div.txt',
+      'put shared.txt',
+      'delete gone.txt',
+    ]);
+    expect(listed.entries.find((e) => e.kind === 'delete')?.quarantinedAs).toBeNull();
+    const records = async (agent: Agent) =>
+      decodeRecords(
+        Buffer.from(
+          await (await fetch(`${agent.url}/v1/partitions/0/records?after=0&max=10000`)).arrayBuffer(),
+        ),
+      );
+    expect(await records(returning)).toEqual(await records(newMaster));
+  });
+
   it('says which port is taken and how to fix it', async () => {
     const blocker = createServer();
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));

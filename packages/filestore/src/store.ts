@@ -304,19 +304,22 @@ export async function* walkStore(root: string, under = ''): AsyncGenerator<Store
 }
 
 /**
- * Moves `path` to `<quarantineRoot>/<generation>/<path>` (never deletes). Returns the new location,
- * or undefined when there was nothing to move.
+ * Moves `path` to `<destinationDir>/<path>` (never deletes; an earlier file there is kept and the
+ * new one gets a `.1`, `.2`, … suffix). Returns the new location, or undefined when there was
+ * nothing to move.
  */
 export async function quarantineFile(
   root: string,
-  quarantineRoot: string,
+  destinationDir: string,
   path: string,
-  generation: bigint,
 ): Promise<string | undefined> {
   validateStorePath(path);
   const source = join(root, path);
   if ((await lstat(source).catch(() => undefined)) === undefined) return undefined;
-  const destination = join(quarantineRoot, String(generation), path);
+  let destination = join(destinationDir, path);
+  for (let n = 1; (await lstat(destination).catch(() => undefined)) !== undefined; n++) {
+    destination = `${join(destinationDir, path)}.${n}`;
+  }
   await mkdir(dirname(destination), { recursive: true });
   await rename(source, destination);
   await fsyncDir(dirname(destination));

@@ -145,10 +145,14 @@ describe('file store', () => {
     const quarantine = await mkdtemp(join(tmpdir(), 'pfs-q-'));
     dirs.push(quarantine);
     await putFile(root, 'dir/new\nline', Buffer.from('divergent'));
-    const moved = await quarantineFile(root, quarantine, 'dir/new\nline', 3n);
+    const moved = await quarantineFile(root, join(quarantine, '3'), 'dir/new\nline');
     expect(moved).toBe(join(quarantine, '3', 'dir/new\nline'));
     expect(await readFile(moved!, 'utf8')).toBe('divergent');
     expect(await statFile(root, 'dir/new\nline')).toBeUndefined();
-    expect(await quarantineFile(root, quarantine, 'absent', 3n)).toBeUndefined();
+    expect(await quarantineFile(root, join(quarantine, '3'), 'absent')).toBeUndefined();
+    await putFile(root, 'dir/new\nline', Buffer.from('second'));
+    const again = await quarantineFile(root, join(quarantine, '3'), 'dir/new\nline');
+    expect(again).toBe(join(quarantine, '3', 'dir/new\nline.1'));
+    expect(await readFile(moved!, 'utf8')).toBe('divergent');
   });
 });

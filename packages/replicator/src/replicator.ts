@@ -262,6 +262,15 @@ export class Replicator extends EventEmitter {
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
 
+  /**
+   * Takes the applied txid from the log again, after the log was cut back (divergence repair),
+   * and rewrites the checkpoint. Following must be paused.
+   */
+  async rewind(): Promise<void> {
+    this.appliedTxid = this.log.lastTxid;
+    await writeCheckpoint(this.checkpointFile, this.appliedTxid);
+  }
+
   /** Stops following; closes the log if the replicator opened it. Idempotent. */
   async stop(): Promise<void> {
     if (this.closed) return;

@@ -6,7 +6,7 @@ import { encodeFrame } from './frame.ts';
 import { encodeRecord, type LogRecord } from './record.ts';
 import {
   createSegment,
-  cutTornTail,
+  cutSegment,
   openSegmentForAppend,
   removeSegment,
   SEGMENT_MAGIC,
@@ -349,6 +349,42 @@ export class TxLog {
     });
   }
 
+  /**
+   * Removes every record after `txid` and returns them, oldest first: how a returning old master
+   * cuts the suffix the cluster never agreed to. The removed bytes stay beside their segment as
+   * `<segment>.cut-<offset>`. Waits for appends in flight; the next master append needs a new
+   * `startGeneration`.
+   */
+  async truncateAfter(txid: TxId): Promise<LogRecord[]> {
+    if (this.closed) throw new TxlogError('TXLOG_CLOSED', `log ${this.dir} is closed`);
+    while (this.flushing) await this.flushing;
+    if (txid >= this.durableTxid) return [];
+    const removed: LogRecord[] = [];
+    await this.handle?.close();
+    this.handle = undefined;
+    while (this.segments.length > 0) {
+      const first = this.segments.at(-1)!;
+      const scan = await scanSegment(this.dir, first);
+      const cutAt = scan.records.findIndex((r) => r.record.txid > txid);
+      if (cutAt === -1) break;
+      removed.unshift(...scan.records.slice(cutAt).map((r) => r.record));
+      await cutSegment(this.dir, first, scan.records[cutAt]!.offset, 'cut');
+      if (cutAt > 0) break;
+      await removeSegment(this.dir, first);
+      this.segments.pop();
+    }
+    const state = await recover(this.dir, this.tailCacheRecords);
+    this.segments = state.segments;
+    this.handle = state.handle;
+    this.segmentBytes = state.segmentBytes;
+    this.durableTxid = state.lastTxid;
+    this.assignedTxid = state.lastTxid;
+    this.tail = state.tail;
+    this.tailIsWholeLog = state.tailIsWholeLog;
+    this.writableGeneration = undefined;
+    return removed;
+  }
+
   /** Waits for appends in flight, then closes the segment. Safe to call twice. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -390,7 +426,7 @@ async function recover(dir: string, tailCacheRecords: number): Promise<OpenState
       );
     }
     if (scan.end.kind === 'torn') {
-      const bytesRemoved = await cutTornTail(dir, first, scan.end.offset);
+      const bytesRemoved = await cutSegment(dir, first, scan.end.offset, 'torn');
       report.tornTail = {
         segment: scan.name,
         offset: scan.end.offset,

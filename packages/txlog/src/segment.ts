@@ -47,14 +47,20 @@ export async function scanSegment(dir: string, firstTxid: TxId, fromOffset?: num
 }
 
 /**
- * Cuts a torn tail off the last segment, keeping the cut bytes in `<segment>.torn-<offset>` for
- * inspection (never deleted by PFS), then fsyncs the segment.
+ * Cuts a segment at `offset`, keeping the cut bytes in `<segment>.<label>-<offset>` for
+ * inspection (never deleted by PFS), then fsyncs the segment. Labels: `torn` (a crash mid-append)
+ * and `cut` (a divergent suffix removed by truncateAfter).
  */
-export async function cutTornTail(dir: string, firstTxid: TxId, offset: number): Promise<number> {
+export async function cutSegment(
+  dir: string,
+  firstTxid: TxId,
+  offset: number,
+  label: 'torn' | 'cut',
+): Promise<number> {
   const file = join(dir, segmentFileName(firstTxid));
   const { size } = await stat(file);
   const tail = (await readFile(file)).subarray(offset);
-  await writeFile(`${file}.torn-${offset}`, tail, { flush: true });
+  await writeFile(`${file}.${label}-${offset}`, tail, { flush: true });
   await truncate(file, offset);
   const handle = await open(file, 'r+');
   try {

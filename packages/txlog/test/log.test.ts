@@ -204,6 +204,39 @@ describe('TxLog', () => {
   });
 });
 
+describe('TxLog.truncateAfter', () => {
+  it('cuts the suffix across segments, keeps the bytes, and appends after the cut', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir, { segmentSizeBytes: 400, tailCacheRecords: 3 });
+    await log.startGeneration(1n);
+    for (let i = 0; i < 20; i++) await log.appendChange(put(`p${i}`, i));
+    const removed = await log.truncateAfter(makeTxId(1, 7));
+    expect(removed.map((r) => r.path)).toEqual(Array.from({ length: 13 }, (_, i) => `p${i + 7}`));
+    expect(log.lastTxid).toBe(makeTxId(1, 7));
+    expect(await log.truncateAfter(makeTxId(1, 9))).toEqual([]);
+    await expect(log.appendChange(put('x'))).rejects.toMatchObject({ code: 'TXLOG_NO_GENERATION' });
+    await log.appendRecord({ ...put('from-new-master'), txid: makeTxId(2, 0), previousTxid: makeTxId(1, 7) });
+    await log.appendRecord({ ...put('from-new-master'), txid: makeTxId(2, 1), previousTxid: 0n });
+    await log.close();
+    expect((await readdir(dir)).some((n) => n.includes('.log.cut-'))).toBe(true);
+    const reopened = await TxLog.open(dir, { segmentSizeBytes: 400, tailCacheRecords: 3 });
+    const paths = (await collect(reopened)).map((r) => `${formatTxId(r.txid)} ${r.path}`);
+    expect(paths.slice(-3)).toEqual(['1:7 p6', '2:0 from-new-master', '2:1 from-new-master']);
+    expect(paths).toHaveLength(10);
+    await reopened.close();
+  });
+
+  it('can cut everything', async () => {
+    const log = await TxLog.open(await tempDir());
+    await log.startGeneration(1n);
+    await log.appendChange(put('a'));
+    expect(await log.truncateAfter(0n)).toHaveLength(2);
+    expect(log.lastTxid).toBe(0n);
+    expect(await collect(log)).toEqual([]);
+    await log.close();
+  });
+});
+
 describe('checkpoint', () => {
   it('starts at zero, round-trips, and survives a crash between write and rename', async () => {
     const dir = await tempDir();

@@ -1,0 +1,104 @@
+import { appendFile, mkdir, readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { quarantineFile } from '@pfs/filestore';
+import { formatTxId, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
+
+/**
+ * A returning (or fenced) old master may hold records the cluster never agreed to: those past the
+ * recorded end of their generation (`history/<g>` in etcd), written while it no longer held the
+ * mastership or not drained by its successor (Kafka's leader-epoch truncation). Before following
+ * the new master, the node cuts that suffix from its log and moves the files it touched to
+ * `quarantine/<generation>/files/<path>`, listed in `quarantine/<generation>/MANIFEST.jsonl`. Nothing is
+ * deleted.
+ */
+
+/** The end of the log the cluster agrees with: how far the suffix must be cut, or undefined (pure). */
+export function divergencePoint(
+  lastTxid: TxId,
+  history: ReadonlyMap<bigint, bigint>,
+  currentGeneration: bigint,
+): TxId | undefined {
+  if (lastTxid === 0n) return undefined;
+  const generation = generationOf(lastTxid);
+  if (generation >= currentGeneration) return undefined;
+  const end = history.get(generation);
+  return end !== undefined && lastTxid > end ? end : undefined;
+}
+
+export interface QuarantineEntry {
+  generation: string;
+  txid: string;
+  txidText: string;
+  kind: string;
+  path: string;
+  size: string;
+  sha256: string;
+  /** Where the file went, or null when there was no file (a divergent delete). */
+  quarantinedAs: string | null;
+  at: string;
+}
+
+/**
+ * Cuts every divergent suffix of `log`, quarantining the files it touched first and then letting
+ * `restore` pull the agreed versions of those paths from the current master. The log is cut last,
+ * so a failure part-way leaves the divergence to be found (and handled, losing nothing) again.
+ */
+export async function cutDivergentSuffix(args: {
+  log: TxLog;
+  history: ReadonlyMap<bigint, bigint>;
+  currentGeneration: bigint;
+  fileStore: string;
+  quarantineDir: string;
+  restore: (paths: string[]) => Promise<void>;
+}): Promise<LogRecord[]> {
+  const removed: LogRecord[] = [];
+  for (;;) {
+    const point = divergencePoint(args.log.lastTxid, args.history, args.currentGeneration);
+    if (point === undefined) break;
+    const generation = generationOf(args.log.lastTxid);
+    const suffix: LogRecord[] = [];
+    for await (const record of args.log.readFrom(point)) suffix.push(record);
+    const changes = suffix.filter((r) => r.kind !== 'end-of-generation');
+    const moved = new Map<string, string | null>();
+    const files = join(args.quarantineDir, generation.toString(), 'files');
+    for (const record of [...changes].reverse()) {
+      if (moved.has(record.path)) continue;
+      moved.set(record.path, (await quarantineFile(args.fileStore, files, record.path)) ?? null);
+    }
+    const at = new Date().toISOString();
+    const lines = changes.map((r) =>
+      JSON.stringify({
+        generation: generation.toString(),
+        txid: r.txid.toString(),
+        txidText: formatTxId(r.txid),
+        kind: r.kind,
+        path: r.path,
+        size: r.size.toString(),
+        sha256: r.sha256,
+        quarantinedAs: moved.get(r.path) ?? null,
+        at,
+      } satisfies QuarantineEntry),
+    );
+    const dir = join(args.quarantineDir, generation.toString());
+    await mkdir(dir, { recursive: true });
+    if (lines.length > 0)
+      await appendFile(join(dir, 'MANIFEST.jsonl'), `${lines.join('\n')}\n`, { flush: true });
+    await args.restore([...moved.keys()]);
+    removed.push(...(await args.log.truncateAfter(point)));
+  }
+  return removed;
+}
+
+/** Every quarantined record, oldest generation first. */
+export async function listQuarantine(quarantineDir: string): Promise<QuarantineEntry[]> {
+  const generations = (await readdir(quarantineDir).catch(() => [] as string[]))
+    .filter((name) => /^\d+$/.test(name))
+    .sort((a, b) => Number(a) - Number(b));
+  const entries: QuarantineEntry[] = [];
+  for (const generation of generations) {
+    const text = await readFile(join(quarantineDir, generation, 'MANIFEST.jsonl'), 'utf8').catch(() => '');
+    for (const line of text.split('\n'))
+      if (line.trim() !== '') entries.push(JSON.parse(line) as QuarantineEntry);
+  }
+  return entries;
+}
