@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
 import {
   FilestoreError,
+  hashFile,
+  listStore,
   partitionOf,
   SENTINEL_FILE,
   stageFile,
@@ -11,11 +13,12 @@ import {
   validateStorePath,
 } from '@pfs/filestore';
 import { encodeRecords, FEED_CONTENT_TYPE, parseFeedQuery, ReplicatorError, readFeed } from '@pfs/replicator';
-import { formatTxId, type LogRecord, TxlogError } from '@pfs/txlog';
+import { formatTxId, type LogRecord, parseTxId, TxlogError } from '@pfs/txlog';
 import Fastify, { type FastifyReply, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
 import { listQuarantine } from './divergence.ts';
+import { parseRange } from './range.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
 /**
@@ -24,6 +27,7 @@ import { ACK_MODES, type AckMode } from './replica-acks.ts';
  */
 const STATUS_OF_CODE: Record<string, number> = {
   PATH_CONFLICT: 409,
+  PATH_EXISTS: 409,
   PATH_IS_DIRECTORY: 409,
   NOT_FOUND: 404,
   FILE_TOO_LARGE: 413,
@@ -224,7 +228,9 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         await staged.discard();
         return reply;
       }
-      const record = await state.generator.commitPut(staged);
+      const record = await state.generator.commitPut(staged, {
+        ifAbsent: request.headers['if-none-match'] === '*',
+      });
       return answerWrite(reply, record, partition, ack, 201);
     } catch (error) {
       await staged?.discard();
@@ -247,20 +253,85 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     }
   });
 
-  app.get<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
-    const target = fileTarget(request.params['*'], reply);
-    if (target === undefined) return reply;
-    const { path, partition } = target;
-    const info = await statFile(fileStore, path);
-    reply.header('x-pfs-applied-txid', state.logs[partition]!.lastTxid.toString());
-    if (info === undefined)
-      return reply.code(404).send({ code: 'NOT_FOUND', message: `no file ${JSON.stringify(path)}` });
-    return reply
-      .header('content-type', 'application/octet-stream')
-      .header('content-length', info.size.toString())
-      .header('last-modified', new Date(Number(info.mtimeNs / 1_000_000n)).toUTCString())
-      .send(createReadStream(join(fileStore, path)));
-  });
+  app.get<{ Params: { '*': string }; Querystring: { minTxid?: string; waitMs?: string } }>(
+    '/v1/files/*',
+    async (request, reply) => {
+      const target = fileTarget(request.params['*'], reply);
+      if (target === undefined) return reply;
+      const { path, partition } = target;
+      const log = state.logs[partition]!;
+      // Read-your-writes: wait until this node has applied the txid the client wrote.
+      if (request.query.minTxid !== undefined) {
+        let minTxid: bigint;
+        try {
+          minTxid = parseTxId(request.query.minTxid);
+        } catch (error) {
+          return reply.code(400).send({ code: 'BAD_TXID', message: (error as Error).message });
+        }
+        const waitMs = Math.min(Math.max(Number(request.query.waitMs ?? 2000) || 0, 0), 30_000);
+        if (log.lastTxid < minTxid && !(await log.waitForRecordsAfter(minTxid - 1n, waitMs))) {
+          return reply.code(409).send({
+            code: 'NOT_CAUGHT_UP',
+            message: `this node has applied ${formatTxId(log.lastTxid)}, not yet ${formatTxId(minTxid)}: retry or read from the master`,
+            appliedTxid: log.lastTxid.toString(),
+          });
+        }
+      }
+      reply.header('x-pfs-applied-txid', log.lastTxid.toString());
+      const file = join(fileStore, path);
+      const hashed = await hashFile(fileStore, path);
+      const info = await statFile(fileStore, path);
+      if (hashed === undefined || info === undefined) {
+        return reply.code(404).send({ code: 'NOT_FOUND', message: `no file ${JSON.stringify(path)}` });
+      }
+      const etag = `"${hashed.sha256}"`;
+      reply
+        .header('etag', etag)
+        .header('accept-ranges', 'bytes')
+        .header('last-modified', new Date(Number(info.mtimeNs / 1_000_000n)).toUTCString());
+      if (request.headers['if-none-match'] === etag) return reply.code(304).send();
+      const size = Number(info.size);
+      const range = parseRange(request.headers.range, size);
+      if (range === 'unsatisfiable') {
+        return reply
+          .code(416)
+          .header('content-range', `bytes */${size}`)
+          .send({ code: 'BAD_RANGE', message: `the file has ${size} bytes` });
+      }
+      if (range !== undefined) {
+        return reply
+          .code(206)
+          .header('content-type', 'application/octet-stream')
+          .header('content-range', `bytes ${range.start}-${range.end}/${size}`)
+          .header('content-length', String(range.end - range.start + 1))
+          .send(createReadStream(file, { start: range.start, end: range.end }));
+      }
+      return reply
+        .header('content-type', 'application/octet-stream')
+        .header('content-length', String(size))
+        .send(createReadStream(file));
+    },
+  );
+
+  app.get<{ Querystring: { prefix?: string; after?: string; limit?: string } }>(
+    '/v1/files',
+    async (request) => {
+      const limit = Math.min(Math.max(Number(request.query.limit ?? 1000) || 1000, 1), 10_000);
+      const page = await listStore(fileStore, {
+        limit,
+        ...(request.query.prefix === undefined ? {} : { prefix: request.query.prefix }),
+        ...(request.query.after === undefined ? {} : { after: request.query.after }),
+      });
+      return {
+        entries: page.entries.map((e) => ({
+          path: e.path,
+          size: e.stat.size.toString(),
+          mtime: new Date(Number(e.stat.mtimeNs / 1_000_000n)).toISOString(),
+        })),
+        next: page.next ?? null,
+      };
+    },
+  );
 
   return app;
 }

@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
@@ -124,6 +125,97 @@ describe('node agent over HTTP', () => {
     await until('delete replicated', async () =>
       (await fetch(`${replica.url}/v1/files/plain.txt`)).status === 404 ? true : undefined,
     );
+  });
+
+  it('serves ETag, ranges, conditional writes, listings and read-your-writes by txid', async () => {
+    const { master, replica } = await twoNodes();
+    const body = Buffer.from('0123456789');
+    const put = await fetch(`${master.url}/v1/files/docs/digits`, {
+      method: 'PUT',
+      body,
+      headers: { 'if-none-match': '*' },
+    });
+    expect(put.status).toBe(201);
+    const written = (await put.json()) as { txid: string; sha256: string };
+    const again = await fetch(`${master.url}/v1/files/docs/digits`, {
+      method: 'PUT',
+      body: 'x',
+      headers: { 'if-none-match': '*' },
+    });
+    expect(again.status).toBe(409);
+    expect(((await again.json()) as { code: string }).code).toBe('PATH_EXISTS');
+    // Read-your-writes on the replica: wait for the txid the write answered with.
+    const read = await fetch(`${replica.url}/v1/files/docs/digits?minTxid=${written.txid}&waitMs=10000`);
+    expect(read.status).toBe(200);
+    expect(read.headers.get('etag')).toBe(`"${written.sha256}"`);
+    expect(BigInt(read.headers.get('x-pfs-applied-txid')!)).toBeGreaterThanOrEqual(BigInt(written.txid));
+    expect(await read.text()).toBe('0123456789');
+    const notYet = await fetch(
+      `${replica.url}/v1/files/docs/digits?minTxid=${BigInt(written.txid) + 100n}&waitMs=50`,
+    );
+    expect(notYet.status).toBe(409);
+    expect(((await notYet.json()) as { code: string }).code).toBe('NOT_CAUGHT_UP');
+    const ranged = await fetch(`${master.url}/v1/files/docs/digits`, { headers: { range: 'bytes=2-4' } });
+    expect(ranged.status).toBe(206);
+    expect(ranged.headers.get('content-range')).toBe('bytes 2-4/10');
+    expect(await ranged.text()).toBe('234');
+    expect(
+      (await fetch(`${master.url}/v1/files/docs/digits`, { headers: { range: 'bytes=20-' } })).status,
+    ).toBe(416);
+    const cached = await fetch(`${master.url}/v1/files/docs/digits`, {
+      headers: { 'if-none-match': `"${written.sha256}"` },
+    });
+    expect(cached.status).toBe(304);
+    const head = await fetch(`${master.url}/v1/files/docs/digits`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe('10');
+    for (const name of ['docs/a', 'docs/b', 'other'])
+      await fetch(`${master.url}/v1/files/${name}`, { method: 'PUT', body: name });
+    const page1 = (await (await fetch(`${master.url}/v1/files?prefix=docs/&limit=2`)).json()) as {
+      entries: { path: string; size: string }[];
+      next: string | null;
+    };
+    expect(page1.entries.map((e) => e.path)).toEqual(['docs/a', 'docs/b']);
+    const page2 = (await (
+      await fetch(`${master.url}/v1/files?prefix=docs/&limit=2&after=${encodeURIComponent(page1.next!)}`)
+    ).json()) as {
+      entries: { path: string; size: string }[];
+      next: string | null;
+    };
+    expect(page2).toEqual({
+      entries: [expect.objectContaining({ path: 'docs/digits', size: '10' })],
+      next: null,
+    });
+  });
+
+  it('streams a 64 MiB file in and out, byte for byte', async () => {
+    const { master, replica } = await twoNodes();
+    const big = Buffer.alloc(64 * 1024 * 1024);
+    for (let i = 0; i < big.length; i += 4096) big.writeUInt32LE(i, i);
+    const expected = createHash('sha256').update(big).digest('hex');
+    const response = await fetch(`${master.url}/v1/files/big.bin`, {
+      method: 'PUT',
+      body: big,
+      headers: { 'x-pfs-ack': 'all' },
+    });
+    expect(response.status).toBe(201);
+    expect(((await response.json()) as { sha256: string }).sha256).toBe(expected);
+    const copy = Buffer.from(await (await fetch(`${replica.url}/v1/files/big.bin`)).arrayBuffer());
+    expect(createHash('sha256').update(copy).digest('hex')).toBe(expected);
+  });
+
+  it('refuses a file over the size limit with 413 and stores nothing', async () => {
+    const cluster = `limit-${++clusterSeq}`;
+    const config = { ...(await agentConfig(cluster)), maxFileBytes: 1000 };
+    const master = await start(config);
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    const response = await fetch(`${master.url}/v1/files/too-big`, {
+      method: 'PUT',
+      body: Buffer.alloc(5000),
+    });
+    expect(response.status).toBe(413);
+    expect(((await response.json()) as { code: string }).code).toBe('FILE_TOO_LARGE');
+    expect(await readdir(join(config.dataDir, 'filestore'))).toEqual(['.pfs']);
   });
 
   it('never applies a write on a replica: 307 to the master, nothing stored', async () => {

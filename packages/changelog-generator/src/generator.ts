@@ -1,4 +1,14 @@
-import { deleteFile, hashFile, partitionOf, type StagedFile, statFile, walkStore } from '@pfs/filestore';
+import { lstat } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  deleteFile,
+  FilestoreError,
+  hashFile,
+  partitionOf,
+  type StagedFile,
+  statFile,
+  walkStore,
+} from '@pfs/filestore';
 import type { LogRecord, TxLog } from '@pfs/txlog';
 import { KeyedLock } from './path-locks.ts';
 
@@ -104,12 +114,25 @@ export class ChangelogGenerator {
   }
 
   /** File-server put: renames the staged file into place and logs it, as one step per path. */
-  commitPut(staged: StagedFile): Promise<LogRecord> {
+  commitPut(staged: StagedFile, options: { ifAbsent?: boolean } = {}): Promise<LogRecord> {
     return this.locks.run(staged.path, async () => {
       let partition: number;
       let owned: Partition;
       try {
         [partition, owned] = this.owner(staged.path);
+        // Checked under the path lock, so no other put can slip in between check and rename.
+        if (
+          options.ifAbsent &&
+          (await lstat(join(this.root, staged.path)).catch(() => undefined)) !== undefined
+        ) {
+          throw new FilestoreError(
+            'PATH_EXISTS',
+            `${JSON.stringify(staged.path)} already exists and the write asked not to overwrite it`,
+            {
+              path: staged.path,
+            },
+          );
+        }
       } catch (error) {
         await staged.discard();
         throw error;

@@ -12,6 +12,7 @@ export type FilestoreErrorCode =
   | 'PATH_THROUGH_SYMLINK'
   | 'PATH_CONFLICT'
   | 'PATH_IS_DIRECTORY'
+  | 'PATH_EXISTS'
   | 'NOT_FOUND'
   | 'FILE_TOO_LARGE'
   | 'CONTENT_MISMATCH'

@@ -9,10 +9,12 @@ export {
   validateStorePath,
 } from './path-rules.ts';
 export {
+  compareStorePaths,
   deleteFile,
   type FileStat,
   hashFile,
   initStore,
+  listStore,
   putFile,
   quarantineFile,
   SENTINEL_FILE,

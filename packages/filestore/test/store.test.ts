@@ -3,10 +3,12 @@ import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  compareStorePaths,
   deleteFile,
   type FilestoreError,
   hashFile,
   initStore,
+  listStore,
   putFile,
   quarantineFile,
   SENTINEL_FILE,
@@ -154,5 +156,45 @@ describe('file store', () => {
     const again = await quarantineFile(root, join(quarantine, '3'), 'dir/new\nline');
     expect(again).toBe(join(quarantine, '3', 'dir/new\nline.1'));
     expect(await readFile(moved!, 'utf8')).toBe('divergent');
+  });
+});
+
+describe('listStore', () => {
+  it('pages through a prefix in walk order with a cursor', async () => {
+    const root = await store();
+    const names = [
+      'a.txt',
+      'a/b',
+      'a/c/d',
+      'photos/2024/x.jpg',
+      'photos/2024/y.jpg',
+      'photos/2025/z.jpg',
+      'photo-booth',
+      'z',
+    ];
+    for (const name of names) await putFile(root, name, Buffer.from(name));
+    const all = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await listStore(root, { limit: 3, ...(after === undefined ? {} : { after }) });
+      all.push(...page.entries.map((e) => e.path));
+      if (page.next === undefined) break;
+      after = page.next;
+    }
+    const walked = [];
+    for await (const entry of walkStore(root)) walked.push(entry.path);
+    expect(all).toEqual(walked);
+    expect([...all].sort(compareStorePaths)).toEqual(all);
+    const photos = await listStore(root, { prefix: 'photos/', limit: 2 });
+    expect(photos.entries.map((e) => e.path)).toEqual(['photos/2024/x.jpg', 'photos/2024/y.jpg']);
+    const rest = await listStore(root, { prefix: 'photos/', limit: 2, after: photos.next! });
+    expect(rest).toMatchObject({ next: undefined });
+    expect(rest.entries.map((e) => e.path)).toEqual(['photos/2025/z.jpg']);
+    expect((await listStore(root, { prefix: 'photo', limit: 10 })).entries.map((e) => e.path)).toEqual([
+      'photo-booth',
+      'photos/2024/x.jpg',
+      'photos/2024/y.jpg',
+      'photos/2025/z.jpg',
+    ]);
   });
 });

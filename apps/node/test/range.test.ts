@@ -1,0 +1,21 @@
+import { describe, expect, it } from 'vitest';
+import { parseRange } from '../src/range.ts';
+
+describe('parseRange', () => {
+  it.each([
+    [undefined, 10, undefined],
+    ['bytes=0-3', 10, { start: 0, end: 3 }],
+    ['bytes=4-', 10, { start: 4, end: 9 }],
+    ['bytes=-3', 10, { start: 7, end: 9 }],
+    ['bytes=-30', 10, { start: 0, end: 9 }],
+    ['bytes=5-100', 10, { start: 5, end: 9 }],
+    ['bytes=10-', 10, 'unsatisfiable'],
+    ['bytes=5-2', 10, 'unsatisfiable'],
+    ['bytes=-0', 10, 'unsatisfiable'],
+    ['bytes=0-1,3-4', 10, undefined],
+    ['items=0-1', 10, undefined],
+    ['bytes=-', 10, undefined],
+  ] as const)('%s of %d bytes', (header, size, want) => {
+    expect(parseRange(header, size)).toEqual(want);
+  });
+});
