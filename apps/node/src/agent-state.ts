@@ -1,12 +1,14 @@
 import type { ChangelogGenerator } from '@pfs/changelog-generator';
 import type { TxLog } from '@pfs/txlog';
 import type { NodeConfig } from './config.ts';
+import type { NodeMetrics } from './metrics.ts';
 import type { PartitionController } from './partition-controller.ts';
 import type { AckMode } from './replica-acks.ts';
 
 /** What the HTTP layer may see of the agent. */
 export interface AgentState {
   config: NodeConfig;
+  metrics: NodeMetrics;
   logs: TxLog[];
   controllers: PartitionController[];
   generator: ChangelogGenerator;

@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
 import type { NodeConfig } from './config.ts';
 import { buildHttpServer } from './http.ts';
+import { createMetrics } from './metrics.ts';
 import { PartitionController } from './partition-controller.ts';
 import { ackSatisfied, ReplicaAcks } from './replica-acks.ts';
 import { type RsyncDaemon, startRsyncDaemon } from './rsync-daemon.ts';
@@ -88,8 +89,15 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   const liveReplicas = () => [...(coordinator?.view.nodes.keys() ?? [])].filter((id) => id !== config.nodeId);
   const controllers: PartitionController[] = [];
 
+  const metrics = createMetrics({
+    controllers: () => controllers,
+    generation: (p) => coordinator?.view.partitions.get(p)?.generation ?? 0n,
+    acks,
+    liveReplicas,
+  });
   const state: AgentState = {
     config,
+    metrics,
     logs,
     controllers,
     generator,
@@ -205,6 +213,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         log: logs[p]!,
         logger,
         onMastershipChange: updateWatcher,
+        metrics,
       }),
     );
   }

@@ -145,6 +145,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     ack: { mode: AckMode; timeoutMs: number },
     status: number,
   ) => {
+    state.metrics.writes.inc({ op: record.kind });
+    if (record.kind === 'put') state.metrics.writeBytes.inc(Number(record.size));
     const result = { ...writeResult(record, partition), ack: ack.mode };
     if (ack.mode === 'local' || (await state.waitForAcks(partition, record.txid, ack.mode, ack.timeoutMs))) {
       return reply.code(status).send(result);
@@ -158,6 +160,11 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
 
   app.get('/healthz', async () => ({ ok: true, nodeId: state.config.nodeId }));
   app.get('/v1/status', async () => state.status());
+  app.get('/metrics', async (_request, reply) =>
+    reply
+      .header('content-type', state.metrics.registry.contentType)
+      .send(await state.metrics.registry.metrics()),
+  );
   app.get('/v1/quarantine', async () => ({
     entries: await listQuarantine(join(state.config.dataDir, 'quarantine')),
   }));

@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { ChangelogGenerator } from '@pfs/changelog-generator';
 import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
 import {
+  type AppliedBatch,
   createReplicator,
   httpFeedSource,
   type RecordSource,
@@ -12,6 +13,7 @@ import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
 import { cutDivergentSuffix } from './divergence.ts';
+import type { NodeMetrics } from './metrics.ts';
 
 /**
  * Role of this node for one partition, driven by the cluster view:
@@ -32,6 +34,7 @@ export interface ControllerDeps {
   logger: Logger;
   /** Called when this node starts or stops being master of the partition (watcher on/off). */
   onMastershipChange: () => void;
+  metrics: NodeMetrics;
 }
 
 /** Wait after a master loss for every replica to publish its applied txid before ranking. */
@@ -196,8 +199,13 @@ export class PartitionController {
       follow: false,
       minGeneration: () => this.deps.coordinator.view.partitions.get(this.partition)?.generation ?? 0n,
     });
-    replicator.on('applied', () => this.reportSoon());
+    replicator.on('applied', (batch: AppliedBatch) => {
+      this.deps.metrics.batches.inc({ result: 'ok' });
+      this.deps.metrics.batchSeconds.observe(batch.durationMs / 1000);
+      this.reportSoon();
+    });
     replicator.on('error', (error: Error) => {
+      this.deps.metrics.batches.inc({ result: 'error' });
       this.deps.logger.debug(
         { partition: this.partition, err: error },
         `partition ${this.partition}: ${error.message}`,
@@ -331,6 +339,7 @@ export class PartitionController {
       generation: generation.toString(),
     });
     this.role = 'master';
+    this.deps.metrics.promotions.inc();
     this.deps.onMastershipChange();
     logger.info(
       {

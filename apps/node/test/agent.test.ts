@@ -204,6 +204,41 @@ describe('node agent over HTTP', () => {
     expect(createHash('sha256').update(copy).digest('hex')).toBe(expected);
   });
 
+  it('exposes Prometheus metrics that parse, with role, generation, writes and batches', async () => {
+    const { master, replica } = await twoNodes();
+    for (let i = 0; i < 3; i++) {
+      await fetch(`${master.url}/v1/files/m${i}`, {
+        method: 'PUT',
+        body: 'abcd',
+        headers: { 'x-pfs-ack': 'one' },
+      });
+    }
+    const scrape = async (agent: Agent) => {
+      const response = await fetch(`${agent.url}/metrics`);
+      expect(response.headers.get('content-type')).toMatch(/^text\/plain/);
+      const samples = new Map<string, number>();
+      for (const line of (await response.text()).split('\n')) {
+        if (line === '' || line.startsWith('#')) continue;
+        const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (-?[0-9.e+-]+|NaN|\+Inf|-Inf)$/.exec(line);
+        expect(match, line).not.toBeNull();
+        samples.set(match![1]!, Number(match![2]));
+      }
+      return samples;
+    };
+    const onMaster = await scrape(master);
+    expect(onMaster.get('pfs_role{partition="0"}')).toBe(2);
+    expect(onMaster.get('pfs_generation{partition="0"}')).toBe(1);
+    expect(onMaster.get('pfs_writes_total{op="put"}')).toBe(3);
+    expect(onMaster.get('pfs_write_bytes_total')).toBe(12);
+    expect(
+      onMaster.get(`pfs_replication_lag_records{partition="0",replica="${replica.config.nodeId}"}`),
+    ).toBe(0);
+    const onReplica = await scrape(replica);
+    expect(onReplica.get('pfs_role{partition="0"}')).toBe(1);
+    expect(onReplica.get('pfs_replication_batches_total{result="ok"}')).toBeGreaterThanOrEqual(1);
+    expect(onReplica.get('pfs_replication_batch_seconds_count')).toBeGreaterThanOrEqual(1);
+  });
+
   it('refuses a file over the size limit with 413 and stores nothing', async () => {
     const cluster = `limit-${++clusterSeq}`;
     const config = { ...(await agentConfig(cluster)), maxFileBytes: 1000 };
