@@ -131,6 +131,17 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
           master: coordinator?.view.partitions.get(c.partition)?.master?.nodeId ?? null,
           following: c.followingNode ?? null,
           replicaAcks: Object.fromEntries([...acks.of(c.partition)].map(([k, v]) => [k, v.toString()])),
+          // What every live node last reported to etcd as applied (the promotion ranking's input).
+          reported: Object.fromEntries(
+            [...(coordinator?.view.partitions.get(c.partition)?.replicas ?? new Map<string, bigint>())]
+              .filter(([id]) => coordinator?.view.nodes.has(id))
+              .map(([id, txid]) => [id, txid.toString()]),
+          ),
+        })),
+        nodes: [...(coordinator?.view.nodes.values() ?? [])].map((n) => ({
+          id: n.id,
+          url: `http://${n.host}:${n.httpPort}`,
+          rsyncPort: n.rsyncPort,
         })),
       };
     },

@@ -1,10 +1,11 @@
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { decodeRecords } from '@pfs/replicator';
 import { type EtcdHandle, freePort, startEtcd, stopAll } from '@pfs/testkit';
 import { TxLog } from '@pfs/txlog';
@@ -496,6 +497,50 @@ describe('node agent over HTTP', () => {
         ),
       );
     expect(await records(returning)).toEqual(await records(newMaster));
+  });
+
+  it('drives a 3-node cluster through the pfs CLI: put, get, ls, rm, status, quarantine ls', async () => {
+    const { cluster, master, replica } = await twoNodes();
+    const third = await start(await agentConfig(cluster));
+    await until('third replica', async () => ((await role(third)).role === 'replica' ? true : undefined));
+    const work = await mkdtemp(join(tmpdir(), 'pfs-cli-'));
+    dirs.push(work);
+    const cli = (...args: string[]) =>
+      new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+        // Through a replica: writes must follow the 307 to the master.
+        execFile(
+          process.execPath,
+          [fileURLToPath(new URL('../bin/pfs.mjs', import.meta.url)), '--json', ...args],
+          {
+            env: { ...process.env, PFS_NODE: replica.url },
+          },
+          (error, stdout, stderr) => resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
+        );
+      });
+    await writeFile(join(work, 'photo.jpg'), 'not really a jpeg');
+    const put = await cli('put', join(work, 'photo.jpg'), 'album/new\nline.jpg', '--ack', 'all');
+    expect(put.code, put.stderr).toBe(0);
+    expect(JSON.parse(put.stdout)).toMatchObject({ path: 'album/new\nline.jpg', size: '17', ack: 'all' });
+    const got = await cli('get', 'album/new\nline.jpg', join(work, 'back.jpg'));
+    expect(got.code, got.stderr).toBe(0);
+    expect(await readFile(join(work, 'back.jpg'), 'utf8')).toBe('not really a jpeg');
+    const listed = await cli('ls', 'album/');
+    expect(JSON.parse(listed.stdout).entries.map((e: { path: string }) => e.path)).toEqual([
+      'album/new\nline.jpg',
+    ]);
+    const status = JSON.parse((await cli('status')).stdout) as {
+      partitions: { master: string }[];
+      nodes: unknown[];
+    };
+    expect(status.partitions[0]!.master).toBe(master.config.nodeId);
+    expect(status.nodes).toHaveLength(3);
+    expect((await cli('rm', 'album/new\nline.jpg')).code).toBe(0);
+    const missing = await cli('get', 'album/new\nline.jpg');
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/^pfs: 404 NOT_FOUND: /);
+    expect(JSON.parse((await cli('quarantine', 'ls')).stdout)).toEqual({ entries: [] });
+    const usage = await cli('frobnicate');
+    expect(usage.code).toBe(2);
   });
 
   it('says which port is taken and how to fix it', async () => {

@@ -1,0 +1,269 @@
+import { createReadStream, createWriteStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { parseArgs } from 'node:util';
+import { encodePath } from './http.ts';
+
+/**
+ * `pfs`: a client of the HTTP API. Talks to any node (`--node`, `PFS_NODE`), follows redirects to
+ * the master, prints tables in a terminal and JSON otherwise (or with --json). Exit codes: 0 ok,
+ * 1 the operation failed, 2 bad usage.
+ */
+const USAGE = `usage: pfs [--node URL] [--json] <command>
+  put <local-file> <remote-path> [--ack local|one|all]   store a file
+  get <remote-path> [local-file]                          fetch a file (to stdout without local-file)
+  rm <remote-path>                                        delete a file
+  ls [prefix]                                             list files
+  status                                                  partitions, masters, replicas, lag
+  quarantine ls                                           divergent writes set aside on this node
+The node defaults to $PFS_NODE or http://127.0.0.1:12001.`;
+
+class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 1,
+  ) {
+    super(message);
+  }
+}
+
+type Out = { json: boolean; print: (value: unknown, table?: () => string) => void };
+
+async function request(
+  node: string,
+  method: string,
+  path: string,
+  init: { body?: () => RequestInit['body']; headers?: Record<string, string> } = {},
+): Promise<Response> {
+  let url = `${node}${path}`;
+  for (let hop = 0; hop < 4; hop++) {
+    let response: Response;
+    try {
+      response = await fetch(url, {
+        method,
+        redirect: 'manual',
+        ...(init.headers ? { headers: init.headers } : {}),
+        ...(init.body ? { body: init.body(), duplex: 'half' } : {}),
+      } as RequestInit);
+    } catch (error) {
+      throw new CliError(
+        `cannot reach ${new URL(url).origin} (${(error as Error).cause ?? (error as Error).message}): is the node running? Pass --node`,
+      );
+    }
+    const location = response.headers.get('location');
+    if (response.status === 307 && location) {
+      await response.body?.cancel();
+      url = location;
+      continue;
+    }
+    return response;
+  }
+  throw new CliError(`too many redirects for ${path}`);
+}
+
+async function failure(response: Response): Promise<CliError> {
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text) as { code?: string; message?: string };
+    return new CliError(`${response.status} ${body.code ?? ''}: ${body.message ?? text}`.trim());
+  } catch {
+    return new CliError(`${response.status}: ${text.slice(0, 200)}`);
+  }
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows
+    .map((r) =>
+      r
+        .map((cell, i) => cell.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
+}
+
+const shown = (path: string) => (/[\x00-\x1f\x7f]/.test(path) ? JSON.stringify(path) : path);
+
+async function run(argv: string[], out: Out, node: string): Promise<void> {
+  const [command, ...rest] = argv;
+  const { values, positionals } = parseArgs({
+    args: rest,
+    options: { ack: { type: 'string' } },
+    allowPositionals: true,
+  });
+  switch (command) {
+    case 'put': {
+      const [local, remote] = positionals;
+      if (!local || !remote) throw new CliError(USAGE, 2);
+      const info = await stat(local).catch(() => undefined);
+      if (!info?.isFile()) throw new CliError(`${local} is not a readable file`);
+      const response = await request(node, 'PUT', `/v1/files/${encodePath(remote)}`, {
+        body: () => Readable.toWeb(createReadStream(local)) as ReadableStream,
+        headers: { 'content-length': String(info.size), ...(values.ack ? { 'x-pfs-ack': values.ack } : {}) },
+      });
+      if (response.status !== 201) throw await failure(response);
+      const result = (await response.json()) as { txidText: string; size: string; partition: number };
+      out.print(
+        result,
+        () =>
+          `stored ${shown(remote)}: ${result.size} bytes, txid ${result.txidText}, partition ${result.partition}`,
+      );
+      return;
+    }
+    case 'get': {
+      const [remote, local] = positionals;
+      if (!remote) throw new CliError(USAGE, 2);
+      const response = await request(node, 'GET', `/v1/files/${encodePath(remote)}`);
+      if (response.status !== 200 || response.body === null) throw await failure(response);
+      await pipeline(
+        Readable.fromWeb(response.body as never),
+        local ? createWriteStream(local) : process.stdout,
+      );
+      return;
+    }
+    case 'rm': {
+      const [remote] = positionals;
+      if (!remote) throw new CliError(USAGE, 2);
+      const response = await request(node, 'DELETE', `/v1/files/${encodePath(remote)}`);
+      if (response.status !== 200) throw await failure(response);
+      const result = (await response.json()) as { txidText: string };
+      out.print(result, () => `deleted ${shown(remote)}: txid ${result.txidText}`);
+      return;
+    }
+    case 'ls': {
+      const prefix = positionals[0] ?? '';
+      const entries: { path: string; size: string; mtime: string }[] = [];
+      let after: string | null = null;
+      do {
+        const query = new URLSearchParams({ prefix, limit: '1000', ...(after === null ? {} : { after }) });
+        const response = await request(node, 'GET', `/v1/files?${query}`);
+        if (response.status !== 200) throw await failure(response);
+        const page = (await response.json()) as { entries: typeof entries; next: string | null };
+        entries.push(...page.entries);
+        after = page.next;
+      } while (after !== null);
+      out.print({ entries }, () =>
+        entries.length === 0
+          ? '(no files)'
+          : table([['SIZE', 'MODIFIED', 'PATH'], ...entries.map((e) => [e.size, e.mtime, shown(e.path)])]),
+      );
+      return;
+    }
+    case 'status': {
+      const response = await request(node, 'GET', '/v1/status');
+      if (response.status !== 200) throw await failure(response);
+      const status = (await response.json()) as {
+        partitions: {
+          partition: number;
+          master: string | null;
+          generation: string;
+          lastTxid: string;
+          lastTxidText: string;
+          reported: Record<string, string>;
+        }[];
+        nodes: { id: string; url: string }[];
+      };
+      out.print(status, () => {
+        const rows = [['PARTITION', 'GEN', 'MASTER', 'NODE', 'APPLIED', 'LAG (records)']];
+        for (const p of status.partitions) {
+          const masterApplied = BigInt(p.reported[p.master ?? ''] ?? p.lastTxid);
+          for (const [id, applied] of Object.entries(p.reported).sort()) {
+            const txid = BigInt(applied);
+            const lag =
+              txid >> 32n === masterApplied >> 32n
+                ? (masterApplied & 0xffffffffn) - (txid & 0xffffffffn)
+                : undefined;
+            rows.push([
+              String(p.partition),
+              p.generation,
+              p.master ?? '(none)',
+              id === p.master ? `${id} *` : id,
+              `${txid >> 32n}:${txid & 0xffffffffn}`,
+              id === p.master ? '-' : lag === undefined ? 'other generation' : String(lag < 0n ? 0n : lag),
+            ]);
+          }
+        }
+        return `${table(rows)}\n\n${status.nodes.length} live node(s): ${status.nodes.map((n) => `${n.id} ${n.url}`).join(', ')}`;
+      });
+      return;
+    }
+    case 'quarantine': {
+      if (positionals[0] !== 'ls') throw new CliError(USAGE, 2);
+      const response = await request(node, 'GET', '/v1/quarantine');
+      if (response.status !== 200) throw await failure(response);
+      const body = (await response.json()) as {
+        entries: {
+          generation: string;
+          txidText: string;
+          kind: string;
+          path: string;
+          quarantinedAs: string | null;
+        }[];
+      };
+      out.print(body, () =>
+        body.entries.length === 0
+          ? '(nothing in quarantine)'
+          : table([
+              ['GEN', 'TXID', 'OP', 'PATH', 'NOW AT'],
+              ...body.entries.map((e) => [
+                e.generation,
+                e.txidText,
+                e.kind,
+                shown(e.path),
+                e.quarantinedAs ?? '(deleted on the old master)',
+              ]),
+            ]),
+      );
+      return;
+    }
+    default:
+      throw new CliError(USAGE, 2);
+  }
+}
+
+async function main(): Promise<number> {
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({
+      args: process.argv.slice(2),
+      options: { node: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: true,
+      strict: false,
+    });
+  } catch (error) {
+    process.stderr.write(`pfs: ${(error as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const argv = process.argv
+    .slice(2)
+    .filter(
+      (a, i, all) => a !== '--json' && a !== '--node' && all[i - 1] !== '--node' && !a.startsWith('--node='),
+    );
+  if (parsed.values.help || argv.length === 0) {
+    process.stdout.write(`${USAGE}\n`);
+    return argv.length === 0 && !parsed.values.help ? 2 : 0;
+  }
+  const json = parsed.values.json === true || !process.stdout.isTTY;
+  const node = String(parsed.values.node ?? process.env.PFS_NODE ?? 'http://127.0.0.1:12001').replace(
+    /\/$/,
+    '',
+  );
+  const out: Out = {
+    json,
+    print: (value, render) => process.stdout.write(`${json || !render ? JSON.stringify(value) : render()}\n`),
+  };
+  try {
+    await run(argv, out, node);
+    return 0;
+  } catch (error) {
+    const exitCode = error instanceof CliError ? error.exitCode : 1;
+    process.stderr.write(
+      exitCode === 2 ? `${(error as Error).message}\n` : `pfs: ${(error as Error).message}\n`,
+    );
+    return exitCode;
+  }
+}
+
+process.exitCode = await main();
