@@ -16,6 +16,7 @@ export interface BenchCluster {
 export async function startCluster(options: {
   leaseTtlSeconds: number;
   size?: number;
+  extraArgs?: string[];
 }): Promise<BenchCluster> {
   const base = await mkdtemp(join(tmpdir(), 'pfs-bench-'));
   const etcd = await startEtcd();
@@ -38,7 +39,7 @@ export async function startCluster(options: {
         etcd: etcd.endpoint,
         cluster,
         leaseTtlSeconds: options.leaseTtlSeconds,
-        extraArgs: ['--log-level=warn'],
+        extraArgs: ['--log-level=warn', ...(options.extraArgs ?? [])],
       });
       nodes.push(node);
       if (i === 0) {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureFailover } from './failover.ts';
 import { measureLag } from './lag.ts';
+import { measureThroughput } from './throughput.ts';
 
 /**
  * `pnpm bench [lag|failover|handover]`: runs the scenarios on a local 3-node cluster (real etcd,
@@ -19,6 +20,9 @@ const scenarios = {
   'lag-200': () => measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2 }),
   failover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGKILL' }),
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
+  throughput: () => measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: true }),
+  'throughput-nowatch': () =>
+    measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: false }),
 } as const;
 
 async function main(): Promise<void> {
@@ -43,7 +47,18 @@ async function main(): Promise<void> {
     process.stdout.write(`running ${name}…\n`);
     const result = { ...(await scenarios[name]()), machine, date: new Date().toISOString() };
     await writeFile(join(RESULTS_DIR, `${name}.json`), `${JSON.stringify(result, null, 2)}\n`);
-    const rows = Object.entries(result).filter(([, v]) => typeof v === 'object' && v !== null && 'p50' in v);
+    const rows: [string, unknown][] = [];
+    for (const [key, value] of Object.entries(result)) {
+      if (typeof value !== 'object' || value === null) continue;
+      if ('p50' in value) rows.push([key, value]);
+      if ('latencyMs' in value) {
+        const v = value as { putsPerSecond: number; megabytesPerSecond: number; latencyMs: unknown };
+        process.stdout.write(
+          `${name.padEnd(10)} ack=${key.padEnd(17)} ${v.putsPerSecond} PUT/s, ${v.megabytesPerSecond} MB/s\n`,
+        );
+        rows.push([`ack=${key} latencyMs`, v.latencyMs]);
+      }
+    }
     for (const [metric, stats] of rows) {
       const s = stats as Record<string, number>;
       process.stdout.write(

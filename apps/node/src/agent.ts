@@ -190,21 +190,26 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   };
   const updateWatcher = () => {
     const mastering = controllers.some((c) => c.role === 'master');
-    if (mastering && watcher === undefined) {
-      watcher = followWatcher(generator, {
-        settleMs: config.watchSettleMs,
-        onError: (error) => logger.warn({ err: error }, `watcher: ${error.message}`),
-      });
-      // No watcher replays what happened before it started: reconcile once it is ready.
-      void watcher.ready.then(reconcile);
+    if (mastering && watcher === undefined && reconcileTimer === undefined) {
+      if (config.watch) {
+        watcher = followWatcher(generator, {
+          settleMs: config.watchSettleMs,
+          onError: (error) => logger.warn({ err: error }, `watcher: ${error.message}`),
+        });
+        // No watcher replays what happened before it started: reconcile once it is ready.
+        void watcher.ready.then(reconcile);
+      } else {
+        reconcile();
+      }
       if (config.reconcileIntervalMs > 0) {
         reconcileTimer = setInterval(reconcile, config.reconcileIntervalMs);
         reconcileTimer.unref();
       }
-    } else if (!mastering && watcher !== undefined) {
-      void watcher.close();
+    } else if (!mastering) {
+      void watcher?.close();
       watcher = undefined;
       clearInterval(reconcileTimer);
+      reconcileTimer = undefined;
     }
   };
   cleanups.push(async () => {

@@ -37,6 +37,10 @@ export const ConfigSchema = z
       .default(1024 * 1024 * 1024),
     ackMode: z.enum(['local', 'one', 'all']).default('local'),
     ackTimeoutMs: z.coerce.number().int().min(0).max(600_000).default(5000),
+    watch: z
+      .union([z.boolean(), z.enum(['true', 'false', '1', '0'])])
+      .transform((v) => v === true || v === 'true' || v === '1')
+      .default(true),
     watchSettleMs: z.coerce.number().int().min(0).default(100),
     reconcileIntervalMs: z.coerce.number().int().min(0).default(60_000),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -72,6 +76,7 @@ const FLAGS = {
   'max-file-bytes': { type: 'string' },
   'log-level': { type: 'string' },
   ack: { type: 'string' },
+  watch: { type: 'string' },
   'ack-timeout-ms': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -90,6 +95,7 @@ const FIELD_OF_FLAG: Record<string, string> = {
   'max-file-bytes': 'maxFileBytes',
   'log-level': 'logLevel',
   ack: 'ackMode',
+  watch: 'watch',
   'ack-timeout-ms': 'ackTimeoutMs',
 };
 
@@ -105,9 +111,11 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --lease-ttl SECONDS   etcd lease TTL (default 2)
   --ack MODE            default ack of writes: local (fsynced here), one (and on a replica), all
   --ack-timeout-ms N    how long a write waits for its ack before answering 504 (default 5000)
+  --watch true|false    watch filestore/ for files dropped in by hand (default true; false leaves
+                        them to the periodic reconcile scan and saves CPU under heavy API writes)
   --config FILE         JSON file with the same fields (camelCase)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
-PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS.`;
+PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_WATCH.`;
 
 /** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {

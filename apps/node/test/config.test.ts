@@ -23,12 +23,23 @@ describe('node config', () => {
     expect(config).toMatchObject({ httpPort: 12002, partitions: 4, etcd: ['http://a:1', 'http://b:2'] });
   });
 
+  it('reads booleans and ack modes', () => {
+    expect(loadConfig(['--watch', 'false', '--ack', 'one'], {})).toMatchObject({
+      watch: false,
+      ackMode: 'one',
+    });
+    expect(loadConfig([], { PFS_WATCH: '0' })).toMatchObject({ watch: false });
+    expect(loadConfig([], {})).toMatchObject({ watch: true, ackMode: 'local', ackTimeoutMs: 5000 });
+  });
+
   it.each([
     [['--http-port', '70000'], /^bad config value for httpPort: /],
     [['--partitions', '0'], /^bad config value for partitions: /],
     [['--etcd', 'not a url'], /^bad config value for etcd/],
     [['--node-id', '../x'], /^bad config value for nodeId: letters, digits/],
     [['--bogus'], /Unknown option '--bogus'.*: see --help$/],
+    [['--ack', 'most'], /^bad config value for ackMode: /],
+    [['--watch', 'maybe'], /^bad config value for watch: /],
   ])('names the field and the reason for %j', (argv, message) => {
     expect(() => loadConfig(argv, {})).toThrow(message);
   });
