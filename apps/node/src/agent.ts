@@ -83,6 +83,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   const generator = new ChangelogGenerator({ root: fileStore, partitionCount: config.partitions });
   const incarnation = `${config.nodeId}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const acks = new ReplicaAcks();
+  generator.onAppend((partition, record) => acks.noteAppended(partition, record.txid, performance.now()));
   const polls = new Set<AbortController>();
   let stopping = false;
   let coordinator: Coordinator | undefined;
@@ -131,6 +132,13 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
           master: coordinator?.view.partitions.get(c.partition)?.master?.nodeId ?? null,
           following: c.followingNode ?? null,
           replicaAcks: Object.fromEntries([...acks.of(c.partition)].map(([k, v]) => [k, v.toString()])),
+          // On a master: how long each live replica's oldest unacknowledged record has waited.
+          replicaLagMs:
+            c.role === 'master'
+              ? Object.fromEntries(
+                  liveReplicas().map((id) => [id, acks.lagMs(c.partition, id, performance.now()) ?? null]),
+                )
+              : {},
           // What every live node last reported to etcd as applied (the promotion ranking's input).
           reported: Object.fromEntries(
             [...(coordinator?.view.partitions.get(c.partition)?.replicas ?? new Map<string, bigint>())]

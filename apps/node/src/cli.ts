@@ -152,21 +152,35 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
       return;
     }
     case 'status': {
-      const response = await request(node, 'GET', '/v1/status');
-      if (response.status !== 200) throw await failure(response);
-      const status = (await response.json()) as {
+      type Status = {
         partitions: {
           partition: number;
           master: string | null;
           generation: string;
           lastTxid: string;
-          lastTxidText: string;
           reported: Record<string, string>;
+          replicaLagMs?: Record<string, number | null>;
         }[];
         nodes: { id: string; url: string }[];
       };
-      out.print(status, () => {
-        const rows = [['PARTITION', 'GEN', 'MASTER', 'NODE', 'APPLIED', 'LAG (records)']];
+      const fetchStatus = async (url: string) => {
+        const response = await request(url, 'GET', '/v1/status');
+        if (response.status !== 200) throw await failure(response);
+        return (await response.json()) as Status;
+      };
+      const status = await fetchStatus(node);
+      // Lag in milliseconds is known only to each partition's master: ask it.
+      const masters = new Map<string, Status>();
+      for (const p of status.partitions) {
+        const url = status.nodes.find((n) => n.id === p.master)?.url;
+        if (p.master !== null && url !== undefined && !masters.has(p.master)) {
+          masters.set(p.master, await fetchStatus(url).catch(() => status));
+        }
+      }
+      const lagMsOf = (partition: number, master: string | null, id: string) =>
+        masters.get(master ?? '')?.partitions.find((q) => q.partition === partition)?.replicaLagMs?.[id];
+      out.print({ ...status, masters: Object.fromEntries(masters) }, () => {
+        const rows = [['PARTITION', 'GEN', 'MASTER', 'NODE', 'APPLIED', 'LAG (records)', 'LAG (ms)']];
         for (const p of status.partitions) {
           const masterApplied = BigInt(p.reported[p.master ?? ''] ?? p.lastTxid);
           for (const [id, applied] of Object.entries(p.reported).sort()) {
@@ -175,6 +189,7 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
               txid >> 32n === masterApplied >> 32n
                 ? (masterApplied & 0xffffffffn) - (txid & 0xffffffffn)
                 : undefined;
+            const ms = lagMsOf(p.partition, p.master, id);
             rows.push([
               String(p.partition),
               p.generation,
@@ -182,6 +197,7 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
               id === p.master ? `${id} *` : id,
               `${txid >> 32n}:${txid & 0xffffffffn}`,
               id === p.master ? '-' : lag === undefined ? 'other generation' : String(lag < 0n ? 0n : lag),
+              id === p.master ? '-' : ms === undefined || ms === null ? '?' : String(Math.round(ms)),
             ]);
           }
         }

@@ -24,9 +24,34 @@ interface Waiter {
   wake: () => void;
 }
 
+/** How many recent appends keep their time, for lag in milliseconds. */
+const APPEND_TIMES_KEPT = 20_000;
+
 export class ReplicaAcks {
   private readonly applied = new Map<number, Map<string, bigint>>();
   private readonly waiters = new Set<Waiter>();
+  private readonly appendedAt = new Map<number, { txid: bigint; atMs: number }[]>();
+
+  /** Remembers when the master made `txid` durable (monotonic ms). */
+  noteAppended(partition: number, txid: bigint, atMs: number): void {
+    const times = this.appendedAt.get(partition) ?? [];
+    this.appendedAt.set(partition, times);
+    times.push({ txid, atMs });
+    if (times.length > APPEND_TIMES_KEPT * 2) times.splice(0, times.length - APPEND_TIMES_KEPT);
+  }
+
+  /**
+   * How long the oldest record `replica` has not acknowledged has been waiting: 0 when it is
+   * caught up, undefined when that record is older than the times kept.
+   */
+  lagMs(partition: number, replica: string, nowMs: number): number | undefined {
+    const times = this.appendedAt.get(partition) ?? [];
+    const acked = this.of(partition).get(replica) ?? 0n;
+    if (times.length === 0 || times.at(-1)!.txid <= acked) return 0;
+    const oldest = times.find((t) => t.txid > acked);
+    if (oldest === undefined || (oldest === times[0] && acked < times[0]!.txid - 1n)) return undefined;
+    return Math.max(0, nowMs - oldest.atMs);
+  }
 
   note(partition: number, replica: string, after: bigint): void {
     const byReplica = this.applied.get(partition) ?? new Map<string, bigint>();

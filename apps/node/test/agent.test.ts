@@ -119,6 +119,16 @@ describe('node agent over HTTP', () => {
       expect(fromReplica.headers.get('x-pfs-applied-txid')).toBe(last);
       expect(await fromReplica.text()).toBe(name === 'empty' ? '' : `content of ${name}`);
     }
+    const overwritten = await fetch(`${master.url}/v1/files/plain.txt`, {
+      method: 'PUT',
+      body: 'second version',
+    });
+    expect(overwritten.status).toBe(201);
+    await until('overwrite replicated', async () =>
+      (await (await fetch(`${replica.url}/v1/files/plain.txt`)).text()) === 'second version'
+        ? true
+        : undefined,
+    );
     const deleted = await fetch(`${master.url}/v1/files/plain.txt`, { method: 'DELETE' });
     expect(deleted.status).toBe(200);
     expect((await fetch(`${master.url}/v1/files/plain.txt`)).status).toBe(404);

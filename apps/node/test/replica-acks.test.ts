@@ -21,6 +21,19 @@ describe('ack modes', () => {
     expect(ackSatisfied(applied, txid, mode, live)).toBe(want);
   });
 
+  it('measures lag in milliseconds from when the oldest unacknowledged record was appended', () => {
+    const acks = new ReplicaAcks();
+    expect(acks.lagMs(0, 'r1', 1000)).toBe(0);
+    acks.noteAppended(0, 1n, 100);
+    acks.noteAppended(0, 2n, 150);
+    acks.noteAppended(0, 3n, 400);
+    expect(acks.lagMs(0, 'r1', 1000)).toBe(900);
+    acks.note(0, 'r1', 1n);
+    expect(acks.lagMs(0, 'r1', 1000)).toBe(850);
+    acks.note(0, 'r1', 3n);
+    expect(acks.lagMs(0, 'r1', 1000)).toBe(0);
+  });
+
   it('wakes a waiting write on the acknowledging fetch, and times out otherwise', async () => {
     const acks = new ReplicaAcks();
     const waiting = acks.wait(0, 7n, 'one', () => ['r1'], 10_000);
