@@ -233,8 +233,15 @@ export class PartitionController {
     this.following = undefined;
     await this.replicator?.pause();
     await coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
-    await sleep(COLLECT_MS);
-    const ranking = rankCandidates(coordinator.view, this.partition);
+    // A master that handed over waited for every live replica to acknowledge its last txid:
+    // they are all equally caught up, so the smallest id wins at once. Otherwise give every
+    // replica a moment to publish how far it got, then rank by that.
+    const old = this.lastServingMaster;
+    const handedOver = old?.finalTxid !== undefined;
+    if (!handedOver) await sleep(COLLECT_MS);
+    const ranking = handedOver
+      ? [...coordinator.view.nodes.keys()].filter((id) => id !== old!.nodeId).sort()
+      : rankCandidates(coordinator.view, this.partition);
     const rank = ranking.indexOf(nodeId);
     if (rank > 0) {
       // Give better candidates their turn; claim anyway if none of them does.
