@@ -14,10 +14,12 @@ export async function measureLag(options: {
   sizeBytes: number;
   leaseTtlSeconds: number;
   replicas?: number;
+  watch?: boolean;
 }) {
   const cluster: BenchCluster = await startCluster({
     leaseTtlSeconds: options.leaseTtlSeconds,
     size: 1 + (options.replicas ?? 2),
+    extraArgs: [`--watch=${options.watch ?? true}`],
   });
   try {
     const [master, ...replicas] = cluster.nodes as [BenchCluster['nodes'][0], ...BenchCluster['nodes']];

@@ -2,6 +2,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { measureBurst } from './burst.ts';
 import { measureFailover } from './failover.ts';
 import { measureLag } from './lag.ts';
 import { measureThroughput } from './throughput.ts';
@@ -18,7 +19,13 @@ const scenarios = {
   'lag-1-replica': () =>
     measureLag({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2, replicas: 1 }),
   'lag-200': () => measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2 }),
+  'lag-200-nowatch': () =>
+    measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
+  'lag-nowatch': () =>
+    measureLag({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
   failover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGKILL' }),
+  'failover-ttl5': () => measureFailover({ rounds: 3, leaseTtlSeconds: 5, signal: 'SIGKILL' }),
+  burst: () => measureBurst({ files: 5000, sizeBytes: 4096, connections: 32, watch: false }),
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
   throughput: () => measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: true }),
   'throughput-nowatch': () =>
@@ -64,6 +71,10 @@ async function main(): Promise<void> {
       process.stdout.write(
         `${name.padEnd(10)} ${metric.padEnd(22)} n=${String(s.count).padEnd(5)} p50=${s.p50}ms p95=${s.p95}ms p99=${s.p99}ms max=${s.max}ms\n`,
       );
+    }
+    for (const [key, value] of Object.entries(result)) {
+      if (typeof value === 'number' && key !== 'missing')
+        process.stdout.write(`${name.padEnd(10)} ${key} ${value}\n`);
     }
     if ('missing' in result && result.missing > 0)
       process.stdout.write(`${name}: ${result.missing} files never seen\n`);

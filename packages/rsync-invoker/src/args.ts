@@ -14,6 +14,8 @@ export interface PullArgsInput {
   maxDelete?: number | undefined;
   ioTimeoutSeconds?: number | undefined;
   extraArgs?: readonly string[] | undefined;
+  /** Receiver fsyncs each file (default). A caller that fsyncs the files itself may turn it off. */
+  fsync?: boolean | undefined;
 }
 
 /** The argv of a batch pull; the list itself goes to stdin (see encodeFileList). */
@@ -29,7 +31,7 @@ export function buildPullArgs(input: PullArgsInput): string[] {
     '--perms',
     `--max-delete=${input.maxDelete ?? input.count}`,
     `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
-    '--fsync',
+    ...(input.fsync === false ? [] : ['--fsync']),
     '--itemize-changes',
     `--out-format=${OUT_FORMAT}`,
     ...transportArgs(kind),

@@ -28,6 +28,12 @@ export interface PullBatchOptions {
    * the files can go on from here; the promise still settles at exit.
    */
   onAllItemized?: () => void;
+  /**
+   * rsync's receiver fsyncs every file, one after another (default true). A caller that fsyncs
+   * the received files itself, concurrently, can turn this off: sequential fsyncs cannot share a
+   * journal commit and dominate the cost of a large batch of small files.
+   */
+  fsync?: boolean;
 }
 
 export interface BatchResult {
@@ -105,6 +111,7 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
       maxDelete: options.maxDelete,
       ioTimeoutSeconds: options.ioTimeoutSeconds,
       extraArgs: options.extraArgs,
+      fsync: options.fsync,
     }),
     input,
     signal: options.signal,

@@ -26,6 +26,11 @@ describe('encodeFileList', () => {
 });
 
 describe('buildPullArgs', () => {
+  it('leaves the per-file fsync to a caller that asks to', () => {
+    expect(buildPullArgs({ source: '/a', dest: '/b', count: 1, fsync: false })).not.toContain('--fsync');
+    expect(buildPullArgs({ source: '/a', dest: '/b', count: 1, fsync: true })).toContain('--fsync');
+  });
+
   it('has the batch flags, max-delete = list length, and ends with -- source dest', () => {
     const args = buildPullArgs({ source: '/srv/a', dest: '/srv/b', count: 7 });
     expect(args).toEqual([
