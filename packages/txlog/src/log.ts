@@ -62,14 +62,14 @@ export class TxLog {
   private readonly segmentSizeBytes: number;
   private readonly tailCacheRecords: number;
   /** First txid of every segment, in order. */
-  private segments: TxId[];
-  private handle: FileHandle | undefined;
-  private segmentBytes: number;
-  private durableTxid: TxId;
-  private assignedTxid: TxId;
+  private segments!: TxId[];
+  private handle!: FileHandle | undefined;
+  private segmentBytes!: number;
+  private durableTxid!: TxId;
+  private assignedTxid!: TxId;
   private writableGeneration: bigint | undefined;
-  private tail: LogRecord[];
-  private tailIsWholeLog: boolean;
+  private tail!: LogRecord[];
+  private tailIsWholeLog!: boolean;
   private queue: Pending[] = [];
   private flushing: Promise<void> | undefined;
   private waiters = new Set<Waiter>();
@@ -79,6 +79,12 @@ export class TxLog {
     this.dir = dir;
     this.segmentSizeBytes = options.segmentSizeBytes;
     this.tailCacheRecords = options.tailCacheRecords;
+    this.openReport = state.report;
+    this.adopt(state);
+  }
+
+  /** Takes the in-memory state from a scan of the directory (open, and after a truncation). */
+  private adopt(state: OpenState): void {
     this.segments = state.segments;
     this.handle = state.handle;
     this.segmentBytes = state.segmentBytes;
@@ -86,7 +92,6 @@ export class TxLog {
     this.assignedTxid = state.lastTxid;
     this.tail = state.tail;
     this.tailIsWholeLog = state.tailIsWholeLog;
-    this.openReport = state.report;
   }
 
   /** Opens (creating if needed) the log in `dir`, cutting a torn tail of the last segment. */
@@ -373,14 +378,7 @@ export class TxLog {
       await removeSegment(this.dir, first);
       this.segments.pop();
     }
-    const state = await recover(this.dir, this.tailCacheRecords);
-    this.segments = state.segments;
-    this.handle = state.handle;
-    this.segmentBytes = state.segmentBytes;
-    this.durableTxid = state.lastTxid;
-    this.assignedTxid = state.lastTxid;
-    this.tail = state.tail;
-    this.tailIsWholeLog = state.tailIsWholeLog;
+    this.adopt(await recover(this.dir, this.tailCacheRecords));
     this.writableGeneration = undefined;
     return removed;
   }
