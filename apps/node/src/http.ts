@@ -1,5 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
 import {
@@ -220,13 +221,16 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     const target = fileTarget(request.params['*'], reply);
     if (target === undefined) return reply;
     const { path, partition } = target;
-    if (refuseUnlessMaster(partition, path, reply)) return reply;
-    const ack = ackOf(request.headers, reply);
-    if (ack === undefined) return reply;
+    const ack = refuseUnlessMaster(partition, path, reply) ? undefined : ackOf(request.headers, reply);
+    if (ack === undefined) {
+      await dropUnreadBody(request.raw, reply);
+      return reply;
+    }
     const expected = request.headers['content-sha256'];
     let staged: Awaited<ReturnType<typeof stageFile>> | undefined;
     try {
-      staged = await stageFile(fileStore, path, request.raw, {
+      // Not destroyed when staging stops early (limit, disk full): the answer still has to go out.
+      staged = await stageFile(fileStore, path, request.raw.iterator({ destroyOnReturn: false }), {
         maxBytes: state.config.maxFileBytes,
         ...(typeof expected === 'string' ? { expectedSha256: expected } : {}),
       });
@@ -241,6 +245,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       return answerWrite(reply, record, partition, ack, 201);
     } catch (error) {
       await staged?.discard();
+      await dropUnreadBody(request.raw, reply);
       return sendError(reply, error);
     }
   });
@@ -341,6 +346,40 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   );
 
   return app;
+}
+
+const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
+const DRAIN_MS = 5000;
+
+/**
+ * A PUT answered before its body was read (redirect, refusal, error): read and drop the rest, so
+ * the client sees the answer rather than a stalled upload; past 64 MiB or 5 s, close the
+ * connection after the answer instead.
+ */
+async function dropUnreadBody(raw: IncomingMessage, reply: FastifyReply): Promise<void> {
+  if (raw.complete || raw.destroyed) return;
+  let dropped = 0;
+  const drained = await new Promise<boolean>((resolve) => {
+    const finish = (ok: boolean) => {
+      clearTimeout(timer);
+      raw.off('data', onData);
+      raw.off('end', onEnd);
+      raw.off('error', onError);
+      resolve(ok);
+    };
+    const onData = (chunk: Buffer) => {
+      dropped += chunk.length;
+      if (dropped > DRAIN_LIMIT_BYTES) finish(false);
+    };
+    const onEnd = () => finish(true);
+    const onError = () => finish(false);
+    const timer = setTimeout(() => finish(false), DRAIN_MS);
+    raw.on('data', onData);
+    raw.once('end', onEnd);
+    raw.once('error', onError);
+    raw.resume();
+  });
+  if (!drained) reply.header('connection', 'close');
 }
 
 async function storeLooksMounted(fileStore: string): Promise<boolean> {

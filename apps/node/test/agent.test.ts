@@ -250,6 +250,35 @@ describe('node agent over HTTP', () => {
     expect(onReplica.get('pfs_replication_batch_seconds_count')).toBeGreaterThanOrEqual(1);
   });
 
+  it('answers 507 when the disk is full, and loses nothing already stored', async () => {
+    expect(process.getuid?.(), 'this test mounts a tmpfs and must run as root').toBe(0);
+    const mountPoint = await mkdtemp(join(tmpdir(), 'pfs-full-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mountPoint]);
+    try {
+      const config = await agentConfig(`full-${++clusterSeq}`, mountPoint);
+      const master = await start(config);
+      await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+      expect((await fetch(`${master.url}/v1/files/keep`, { method: 'PUT', body: 'precious' })).status).toBe(
+        201,
+      );
+      const full = await fetch(`${master.url}/v1/files/huge`, {
+        method: 'PUT',
+        body: Buffer.alloc(8 * 1024 * 1024),
+      });
+      expect(full.status).toBe(507);
+      expect(((await full.json()) as { code: string }).code).toBe('DISK_FULL');
+      expect(await (await fetch(`${master.url}/v1/files/keep`)).text()).toBe('precious');
+      expect((await fetch(`${master.url}/v1/files/after`, { method: 'PUT', body: 'small' })).status).toBe(
+        201,
+      );
+      agents.splice(agents.indexOf(master), 1);
+      await master.close();
+    } finally {
+      execFileSync('umount', [mountPoint]);
+      await rm(mountPoint, { recursive: true, force: true });
+    }
+  });
+
   it('refuses a file over the size limit with 413 and stores nothing', async () => {
     const cluster = `limit-${++clusterSeq}`;
     const config = { ...(await agentConfig(cluster)), maxFileBytes: 1000 };
