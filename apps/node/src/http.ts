@@ -146,6 +146,18 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     ack: { mode: AckMode; timeoutMs: number },
     status: number,
   ) => {
+    if (!state.controllers[partition]!.writable()) {
+      // Fenced while this write committed: it is logged here, but the next master may not have
+      // drained it. Say so rather than acknowledge it.
+      return reply
+        .code(503)
+        .header('retry-after', '1')
+        .send({
+          ...writeResult(record, partition),
+          code: 'OUTCOME_UNKNOWN',
+          message: `mastership of partition ${partition} was lost while ${formatTxId(record.txid)} committed: read the path back from the new master before relying on it`,
+        });
+    }
     state.metrics.writes.inc({ op: record.kind });
     if (record.kind === 'put') state.metrics.writeBytes.inc(Number(record.size));
     const result = { ...writeResult(record, partition), ack: ack.mode };

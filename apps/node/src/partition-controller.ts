@@ -12,7 +12,7 @@ import {
 import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
-import { cutDivergentSuffix } from './divergence.ts';
+import { cutDivergentSuffix, divergencePoint } from './divergence.ts';
 import type { NodeMetrics } from './metrics.ts';
 
 /**
@@ -109,7 +109,9 @@ export class PartitionController {
       { partition: this.partition, reason },
       `partition ${this.partition}: fenced (${reason}), no more writes`,
     );
-    void this.deps.generator.detach(this.partition);
+    const detached = this.deps.generator.detach(this.partition);
+    // Whatever runs next (follow, divergence repair) waits for writes still committing.
+    this.chain = this.chain.then(() => detached);
     this.role = 'offline';
     this.token = undefined;
     this.deps.onMastershipChange();
@@ -121,6 +123,15 @@ export class PartitionController {
     const master = pv?.master;
     if (this.role === 'master' || this.role === 'promoting') {
       if (master === undefined || master.token !== this.token) this.fence('mastership key changed or gone');
+      return;
+    }
+    if (
+      master !== undefined &&
+      master.nodeId === this.deps.nodeId &&
+      master.incarnation === this.deps.incarnation
+    ) {
+      // A claim of ours that we no longer act on (a promotion cut short): give it back.
+      await this.deps.coordinator.resignMaster(this.partition, master.token).catch(() => {});
       return;
     }
     if (master !== undefined) {
@@ -232,6 +243,17 @@ export class PartitionController {
     this.role = 'electing';
     this.following = undefined;
     await this.replicator?.pause();
+    const pv = coordinator.view.partitions.get(this.partition);
+    if (pv !== undefined && divergencePoint(this.appliedTxid, pv.history, pv.generation) !== undefined) {
+      // Our log runs past what the cluster agreed for its generation: we must not lead with it.
+      // Wait for a master to follow (which repairs the log) instead.
+      this.deps.logger.warn(
+        { partition: this.partition },
+        `partition ${this.partition}: log at ${formatTxId(this.appliedTxid)} diverges from the cluster; not standing for election`,
+      );
+      this.role = 'offline';
+      return;
+    }
     await coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
     // A master that handed over waited for every live replica to acknowledge its last txid:
     // they are all equally caught up, so the smallest id wins at once. Otherwise give every
@@ -243,9 +265,9 @@ export class PartitionController {
       ? [...coordinator.view.nodes.keys()].filter((id) => id !== old!.nodeId).sort()
       : rankCandidates(coordinator.view, this.partition);
     const rank = ranking.indexOf(nodeId);
-    if (rank > 0) {
+    if (rank !== 0) {
       // Give better candidates their turn; claim anyway if none of them does.
-      const deadline = Date.now() + rank * STANDBY_PER_RANK_MS;
+      const deadline = Date.now() + Math.max(rank, 1) * STANDBY_PER_RANK_MS;
       while (Date.now() < deadline && coordinator.view.partitions.get(this.partition)?.master === undefined) {
         await sleep(25);
       }
@@ -274,10 +296,13 @@ export class PartitionController {
         { partition: this.partition, err: error },
         `partition ${this.partition}: promotion failed: ${(error as Error).message}`,
       );
+      await this.deps.generator.detach(this.partition);
+      await coordinator.resignMaster(this.partition, token).catch(() => {});
       if (this.token === token) {
-        await coordinator.resignMaster(this.partition, token).catch(() => {});
-        this.fence('promotion failed');
+        this.token = undefined;
+        this.role = 'offline';
       }
+      this.deps.onMastershipChange();
     }
   }
 
@@ -312,17 +337,24 @@ export class PartitionController {
   private async promote(token: bigint): Promise<void> {
     const { coordinator, log, logger } = this.deps;
     const started = performance.now();
+    // Fencing may strike at any await below; never act on a mastership we no longer hold.
+    const stillMine = () => {
+      if (this.token !== token || !coordinator.sessionValid())
+        throw new Error('mastership lost during promotion');
+    };
     const finalTxid = this.lastServingMaster?.finalTxid;
     const sources = finalTxid !== undefined && this.appliedTxid >= finalTxid ? [] : this.drainSources();
+    let unverified: string[] = [];
     if (sources.length > 0) {
       const replicator = await this.ensureReplicator(sources[0]!);
       for (const source of sources) {
         replicator.switchSource(source);
         try {
-          const applied = await replicator.drain(this.stop.signal);
+          const drained = await replicator.drain(this.stop.signal, { tolerateMismatch: true });
+          unverified = drained.unverified;
           logger.info(
-            { partition: this.partition, source: source.description },
-            `partition ${this.partition}: drained to ${formatTxId(applied)} from ${source.description}`,
+            { partition: this.partition, source: source.description, unverified: unverified.length },
+            `partition ${this.partition}: drained to ${formatTxId(drained.applied)} from ${source.description}`,
           );
           break;
         } catch (error) {
@@ -331,13 +363,18 @@ export class PartitionController {
             `partition ${this.partition}: cannot drain ${source.description}: ${(error as Error).message}`,
           );
         }
+        stillMine();
       }
     }
-    if (this.token !== token) throw new Error('mastership lost while draining');
+    stillMine();
     const lastTxid = log.lastTxid;
     const generation = await coordinator.bumpGeneration({ partition: this.partition, lastTxid, token });
+    stillMine();
     await log.startGeneration(generation);
     await this.deps.generator.attach(this.partition, log);
+    stillMine();
+    // Bytes the old master had on disk without a matching record: log what is really there.
+    for (const path of unverified) await this.deps.generator.observe(path);
     this.generation = generation;
     await coordinator.updateMaster(this.partition, token, {
       nodeId: this.deps.nodeId,
@@ -345,9 +382,14 @@ export class PartitionController {
       state: 'serving',
       generation: generation.toString(),
     });
+    stillMine();
     this.role = 'master';
     this.deps.metrics.promotions.inc();
     this.deps.onMastershipChange();
+    // No watcher saw what was dropped into the store while this node was a replica.
+    this.deps.generator
+      .reconcile()
+      .catch((error: Error) => logger.warn({ err: error }, `reconcile: ${error.message}`));
     logger.info(
       {
         partition: this.partition,
@@ -375,13 +417,16 @@ export class PartitionController {
     const deadline = Date.now() + timeoutMs;
     while (!caughtUp(last) && Date.now() < deadline) await sleep(10);
     try {
-      await this.deps.coordinator.updateMaster(this.partition, token, {
-        nodeId: this.deps.nodeId,
-        incarnation: this.deps.incarnation,
-        state: 'serving',
-        generation: this.generation.toString(),
-        finalTxid: last.toString(),
-      });
+      // Only a complete handover lets the successor skip its drain and the ranking.
+      if (caughtUp(last)) {
+        await this.deps.coordinator.updateMaster(this.partition, token, {
+          nodeId: this.deps.nodeId,
+          incarnation: this.deps.incarnation,
+          state: 'serving',
+          generation: this.generation.toString(),
+          finalTxid: last.toString(),
+        });
+      }
       await this.deps.coordinator.resignMaster(this.partition, token);
     } catch (error) {
       this.deps.logger.warn(

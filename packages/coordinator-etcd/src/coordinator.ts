@@ -105,25 +105,39 @@ export class Coordinator extends EventEmitter {
   private async startSession(): Promise<void> {
     const ttlMs = this.options.ttlSeconds * 1000;
     const lease = this.client.lease(this.options.ttlSeconds);
-    let sentAt = performance.now();
+    // etcd3 sends a keepalive every TTL/3 whether or not the last one was answered: match each
+    // reply with the oldest unanswered send, or a late reply would be credited with a newer send.
+    let sentAt: number[] = [];
+    lease.on('keepaliveEstablished', () => {
+      sentAt = [];
+    });
     lease.on('keepaliveFired', () => {
-      sentAt = performance.now();
+      sentAt.push(performance.now());
     });
     lease.on('keepaliveSucceeded', () => {
-      if (this.lease === lease) this.validUntil = sentAt + ttlMs - this.options.fenceMarginMs;
+      const sent = sentAt.shift();
+      if (sent !== undefined && this.lease === lease) {
+        this.validUntil = Math.max(this.validUntil, sent + ttlMs - this.options.fenceMarginMs);
+      }
     });
     lease.on('lost', (error) => {
       if (this.lease === lease) this.loseSession(`lease lost: ${error.message}`);
     });
     const grantSentAt = performance.now();
-    const id = await lease.grant();
-    this.lease = lease;
-    this.leaseId = id;
-    this.validUntil = grantSentAt + ttlMs - this.options.fenceMarginMs;
-    await this.client
-      .put(keys.node(this.cluster, this.nodeId))
-      .value(JSON.stringify(this.options.node))
-      .lease(id);
+    try {
+      const id = await lease.grant();
+      await this.client
+        .put(keys.node(this.cluster, this.nodeId))
+        .value(JSON.stringify(this.options.node))
+        .lease(id);
+      this.lease = lease;
+      this.leaseId = id;
+      this.validUntil = grantSentAt + ttlMs - this.options.fenceMarginMs;
+    } catch (error) {
+      // Never leave a half-made session keeping itself alive in the background.
+      await lease.revoke().catch(() => lease.release());
+      throw error;
+    }
   }
 
   private checkDeadline(): void {
@@ -176,9 +190,7 @@ export class Coordinator extends EventEmitter {
       if (this.watcher !== watcher) return;
       this.watcher = undefined;
       watcher.cancel().catch(() => {});
-      setTimeout(() => {
-        if (!this.closed) this.startWatch().catch(() => this.emit('watch-error'));
-      }, 250);
+      this.restartWatch(250);
     });
     watcher.on('put', (kv) => {
       applyKey(this.view, this.cluster, kv.key.toString(), kv.value.toString(), BigInt(kv.create_revision));
@@ -191,6 +203,18 @@ export class Coordinator extends EventEmitter {
       this.queueChange();
     });
     this.watcher = watcher;
+  }
+
+  /** Re-reads everything and watches again, retrying with backoff until it works or we close. */
+  private restartWatch(delayMs: number): void {
+    const timer = setTimeout(() => {
+      if (this.closed) return;
+      this.startWatch().catch(() => {
+        this.emit('watch-error');
+        this.restartWatch(Math.min(delayMs * 2, 2000));
+      });
+    }, delayMs);
+    timer.unref();
   }
 
   private queueChange(): void {

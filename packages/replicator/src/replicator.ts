@@ -113,10 +113,19 @@ export class Replicator extends EventEmitter {
   /**
    * Applies everything the current source has past the applied txid, without waiting for more,
    * and resolves the applied txid. Following is paused first. Used by a new master to drain.
+   *
+   * With `tolerateMismatch`, a path whose bytes do not match its last record once rsync has
+   * finished does not stop the drain (a dead master may have renamed a file whose record it never
+   * wrote): the records are applied, the bytes that arrived are kept, and the path is returned in
+   * `unverified` so that the caller can log what is really there.
    */
-  async drain(signal?: AbortSignal): Promise<TxId> {
+  async drain(
+    signal?: AbortSignal,
+    options: { tolerateMismatch?: boolean } = {},
+  ): Promise<{ applied: TxId; unverified: string[] }> {
     await this.pause();
     const stop = signal ?? new AbortController().signal;
+    const unverified = new Set<string>();
     let backoffMs = 0;
     for (let attempt = 0; ; attempt++) {
       try {
@@ -126,8 +135,14 @@ export class Replicator extends EventEmitter {
           maxRecords: max,
           signal: stop,
         });
-        if (fetched.records.length === 0) return this.appliedTxid;
-        await this.applyBatch(this.source, fetched.records, stop);
+        if (fetched.records.length === 0) return { applied: this.appliedTxid, unverified: [...unverified] };
+        const mismatched = await this.applyBatch(
+          this.source,
+          fetched.records,
+          stop,
+          options.tolerateMismatch === true,
+        );
+        for (const path of mismatched) unverified.add(path);
         backoffMs = 0;
       } catch (error) {
         if (stop.aborted || attempt >= 20 || (error as ReplicatorError).code === 'SOURCE_UNAVAILABLE')
@@ -184,18 +199,36 @@ export class Replicator extends EventEmitter {
     }
   }
 
-  private async applyBatch(source: RecordSource, records: LogRecord[], signal: AbortSignal): Promise<void> {
+  /** Applies one batch; returns the paths that did not verify (only when `tolerateMismatch`). */
+  private async applyBatch(
+    source: RecordSource,
+    records: LogRecord[],
+    signal: AbortSignal,
+    tolerateMismatch = false,
+  ): Promise<string[]> {
     const started = performance.now();
     const from = this.appliedTxid;
     checkContinues(from, records);
     const plan = planBatch(records);
+    let mismatched: string[] = [];
     if (plan.paths.length > 0) {
       await this.pull(source, plan.paths, signal);
-      await this.verify(plan.expected);
+      const problems = await this.verify(plan.expected);
+      if (problems.length > 0 && !tolerateMismatch) {
+        // Usually the master changed the file again after the last record we have: the retry
+        // fetches the newer record. The checkpoint does not move until the files match.
+        throw new ReplicatorError(
+          'CONTENT_MISMATCH',
+          `after rsync ${problems.length} path(s) differ: ${problems[0]!.why}`,
+        );
+      }
+      mismatched = problems.map((p) => p.path);
       await fsyncParents(this.options.fileStoreDir, plan.paths);
     }
     if (signal.aborted) throw signal.reason;
-    await Promise.all(records.map((record) => this.log.appendRecord(record)));
+    // A batch whose append or checkpoint failed part-way may have logged some records already.
+    const unlogged = records.filter((record) => record.txid > this.log.lastTxid);
+    await Promise.all(unlogged.map((record) => this.log.appendRecord(record)));
     const to = records.at(-1)!.txid;
     await writeCheckpoint(this.checkpointFile, to);
     this.appliedTxid = to;
@@ -207,58 +240,46 @@ export class Replicator extends EventEmitter {
       durationMs: performance.now() - started,
     };
     this.emit('applied', batch);
+    return mismatched;
   }
 
   /**
-   * Pulls `paths` and resolves as soon as rsync has itemized them all (files fsynced and renamed
-   * into place), without waiting out the up-to-20 ms poll of rsync's client for its child's exit.
-   * A failure after that point is reported; the batch's own verification decides.
+   * Pulls `paths` with one rsync and resolves when it has exited. (Not earlier: rsync itemizes a
+   * file before it has received it, so no output line says a file is in place, and a second
+   * rsync of the same path while the first still runs could be overtaken by it.)
    */
   private async pull(source: RecordSource, paths: string[], signal: AbortSignal): Promise<void> {
-    let itemized!: () => void;
-    const allItemized = new Promise<'itemized'>((resolve) => {
-      itemized = () => resolve('itemized');
-    });
-    const run = pullBatch({
+    await pullBatch({
       source: source.filesSource,
       dest: this.options.fileStoreDir,
       paths,
       signal,
-      onAllItemized: itemized,
       // verify() fsyncs every received file itself, concurrently: cheaper than rsync's one-by-one.
       fsync: false,
     });
-    const first = await Promise.race([run.then(() => 'exited' as const), allItemized]);
-    if (first === 'itemized') {
-      run.catch((error: unknown) => {
-        if (!signal.aborted) this.report(error);
-      });
-    }
   }
 
-  private async verify(expected: ReturnType<typeof planBatch>['expected']): Promise<void> {
+  private async verify(
+    expected: ReturnType<typeof planBatch>['expected'],
+  ): Promise<{ path: string; why: string }[]> {
     const checks = [...expected].map(async ([path, want]) => {
+      const shown = JSON.stringify(path);
       if (want.kind === 'delete') {
-        if ((await statFile(this.options.fileStoreDir, path)) !== undefined)
-          return `${JSON.stringify(path)} still exists`;
-        return undefined;
+        return (await statFile(this.options.fileStoreDir, path)) === undefined
+          ? undefined
+          : { path, why: `${shown} still exists` };
       }
       const got = await hashAndSync(join(this.options.fileStoreDir, path));
-      if (got === undefined) return `${JSON.stringify(path)} is missing`;
+      if (got === undefined) return { path, why: `${shown} is missing` };
       if (got.size !== want.size || got.sha256 !== want.sha256) {
-        return `${JSON.stringify(path)} has ${got.size} bytes sha-256 ${got.sha256.slice(0, 12)}…, record ${formatTxId(want.txid)} says ${want.size} bytes ${want.sha256.slice(0, 12)}…`;
+        return {
+          path,
+          why: `${shown} has ${got.size} bytes sha-256 ${got.sha256.slice(0, 12)}…, record ${formatTxId(want.txid)} says ${want.size} bytes ${want.sha256.slice(0, 12)}…`,
+        };
       }
       return undefined;
     });
-    const problems = (await Promise.all(checks)).filter((p) => p !== undefined);
-    if (problems.length > 0) {
-      // Usually the master changed the file again after the last record we have: the retry
-      // fetches the newer record. The checkpoint does not move until the files match.
-      throw new ReplicatorError(
-        'CONTENT_MISMATCH',
-        `after rsync ${problems.length} path(s) differ: ${problems[0]}`,
-      );
-    }
+    return (await Promise.all(checks)).filter((p) => p !== undefined);
   }
 
   private report(error: unknown): void {

@@ -141,6 +141,28 @@ describe('replicator against a real rsync daemon', () => {
     expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(0n);
   });
 
+  it('drains past bytes that match no record when asked to, and names those paths', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('photo.jpg', 'the real bytes');
+    await m.put('other.txt', 'fine');
+    const { dir: forged, remove } = await tempDir('pfs-forged-');
+    cleanups.push(remove);
+    await initStore(forged);
+    await writeFile(join(forged, 'photo.jpg'), 'renamed, never logged');
+    await writeFile(join(forged, 'other.txt'), 'fine');
+    const { replicator } = await replicate(m, dir, {
+      source: { feedUrl: m.feedUrl, filesSource: `${forged}/` },
+      follow: false,
+    });
+    expect(await replicator.drain(undefined, { tolerateMismatch: true })).toEqual({
+      applied: m.log.lastTxid,
+      unverified: ['photo.jpg'],
+    });
+    expect(await readFile(join(dir, 'filestore', 'photo.jpg'), 'utf8')).toBe('renamed, never logged');
+    expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(m.log.lastTxid);
+  });
+
   it('refuses a source writing in a generation older than the cluster', async () => {
     const m = await master();
     const dir = await replicaDir();
@@ -199,7 +221,7 @@ describe('replicator against a real rsync daemon', () => {
     for (let i = 0; i < 5; i++) await m.put(`d${i}`, `${i}`);
     // With a one-minute long poll, a drain that waited for more would outlive the test timeout.
     const { replicator } = await replicate(m, dir, { follow: false, pollWaitMs: 60_000 });
-    expect(await (replicator as Replicator).drain()).toBe(m.log.lastTxid);
+    expect(await (replicator as Replicator).drain()).toEqual({ applied: m.log.lastTxid, unverified: [] });
     expect(await readFile(join(dir, 'filestore', 'd4'), 'utf8')).toBe('4');
   });
 });

@@ -22,13 +22,6 @@ export interface PullBatchOptions {
   rsyncBin?: string;
   extraArgs?: string[];
   /**
-   * Called once every listed path has been itemized as received or deleted: the receiver
-   * fsyncs and renames each file before it itemizes it, so the files are in place, while the
-   * rsync client may still spend up to 20 ms polling for its child's exit. Callers that only need
-   * the files can go on from here; the promise still settles at exit.
-   */
-  onAllItemized?: () => void;
-  /**
    * rsync's receiver fsyncs every file, one after another (default true). A caller that fsyncs
    * the received files itself, concurrently, can turn this off: sequential fsyncs cannot share a
    * journal commit and dominate the cost of a large batch of small files.
@@ -78,19 +71,12 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
     if (list.length < limit) list.push(path);
     else result.truncated = true;
   };
-  const pending = options.onAllItemized === undefined ? undefined : new Set(options.paths);
-  const settle = (path: string) => {
-    if (pending === undefined || !pending.delete(path) || pending.size > 0) return;
-    options.onAllItemized?.();
-  };
   const stdout = new LineSplitter((line) => {
     const entry = parseItemizeLine(line);
     if (entry?.kind === 'transferred') {
       keep(result.transferred, entry.path);
-      settle(entry.path);
     } else if (entry?.kind === 'deleted') {
       keep(result.deleted, entry.path);
-      settle(entry.path);
     } else if (entry === undefined) {
       const skipped = parseSkippedLine(line);
       if (skipped !== undefined) keep(result.skipped, skipped);
