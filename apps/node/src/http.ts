@@ -14,7 +14,7 @@ import {
   validateStorePath,
 } from '@pfs/filestore';
 import { encodeRecords, FEED_CONTENT_TYPE, parseFeedQuery, ReplicatorError, readFeed } from '@pfs/replicator';
-import { formatTxId, type LogRecord, parseTxId, TxlogError } from '@pfs/txlog';
+import { formatTxId, generationOf, type LogRecord, parseTxId, TxlogError } from '@pfs/txlog';
 import Fastify, { type FastifyReply, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
@@ -218,11 +218,18 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       try {
         const records = await readFeed(log, query, aborted.signal);
         const controller = state.controllers[partition]!;
-        return reply
-          .header('content-type', FEED_CONTENT_TYPE)
-          .header('x-pfs-last-txid', log.lastTxid.toString())
-          .header('x-pfs-generation', controller.role === 'master' ? controller.generation.toString() : '0')
-          .send(encodeRecords(records));
+        return (
+          reply
+            .header('content-type', FEED_CONTENT_TYPE)
+            .header('x-pfs-last-txid', log.lastTxid.toString())
+            // A node that is not master names the generation its log ends in, so that a follower
+            // still pointed at a fenced old master sees it is behind the cluster and refuses it.
+            .header(
+              'x-pfs-generation',
+              (controller.role === 'master' ? controller.generation : generationOf(log.lastTxid)).toString(),
+            )
+            .send(encodeRecords(records))
+        );
       } finally {
         release();
       }
