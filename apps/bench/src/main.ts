@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureBurst } from './burst.ts';
 import { measureFailover } from './failover.ts';
+import { measureFloors } from './floors.ts';
 import { measureLag } from './lag.ts';
 import { measureThroughput } from './throughput.ts';
 
@@ -27,6 +28,7 @@ const scenarios = {
   'failover-ttl5': () => measureFailover({ rounds: 3, leaseTtlSeconds: 5, signal: 'SIGKILL' }),
   burst: () => measureBurst({ files: 5000, sizeBytes: 4096, connections: 32, watch: false }),
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
+  floors: () => measureFloors({ connections: 16, durationMs: 5000, sizeBytes: 4096, files: 5000 }),
   throughput: () => measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: true }),
   'throughput-nowatch': () =>
     measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: false }),
