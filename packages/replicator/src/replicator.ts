@@ -52,6 +52,8 @@ export interface AppliedBatch {
 
 export const DEFAULT_MAX_BATCH_RECORDS = 1000;
 export const DEFAULT_POLL_WAIT_MS = 10_000;
+/** How long a batch may grow while reading on for a newer record of a path that did not match. */
+const MAX_EXTENDED_BATCH_RECORDS = 200_000;
 const MAX_BACKOFF_MS = 2000;
 
 export class Replicator extends EventEmitter {
@@ -202,29 +204,46 @@ export class Replicator extends EventEmitter {
   /** Applies one batch; returns the paths that did not verify (only when `tolerateMismatch`). */
   private async applyBatch(
     source: RecordSource,
-    records: LogRecord[],
+    fetched: LogRecord[],
     signal: AbortSignal,
     tolerateMismatch = false,
   ): Promise<string[]> {
     const started = performance.now();
     const from = this.appliedTxid;
-    checkContinues(from, records);
-    const plan = planBatch(records);
+    checkContinues(from, fetched);
+    let records = fetched;
+    let plan = planBatch(records);
     let mismatched: string[] = [];
-    if (plan.paths.length > 0) {
+    let pulled = 0;
+    for (;;) {
+      if (plan.paths.length === 0) break;
       await this.pull(source, plan.paths, signal);
+      pulled = plan.paths.length;
       const problems = await this.verify(plan.expected);
-      if (problems.length > 0 && !tolerateMismatch) {
-        // Usually the master changed the file again after the last record we have: the retry
-        // fetches the newer record. The checkpoint does not move until the files match.
+      if (problems.length === 0 || tolerateMismatch) {
+        mismatched = problems.map((p) => p.path);
+        break;
+      }
+      // rsync brings a file as it is now. If the source changed it again after this batch's last
+      // record for it, the newer record lies further on: read on and retry with a longer batch
+      // (the retry of the same batch could never match). With nothing further, the newer record
+      // is still in flight at the source; the whole batch is retried after a short backoff.
+      const more = await source.fetch(records.at(-1)!.txid, {
+        waitMs: 0,
+        maxRecords: this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS,
+        signal,
+      });
+      if (more.records.length === 0 || records.length + more.records.length > MAX_EXTENDED_BATCH_RECORDS) {
         throw new ReplicatorError(
           'CONTENT_MISMATCH',
           `after rsync ${problems.length} path(s) differ: ${problems[0]!.why}`,
         );
       }
-      mismatched = problems.map((p) => p.path);
-      await fsyncParents(this.options.fileStoreDir, plan.paths);
+      checkContinues(records.at(-1)!.txid, more.records);
+      records = records.concat(more.records);
+      plan = planBatch(records);
     }
+    if (plan.paths.length > 0) await fsyncParents(this.options.fileStoreDir, plan.paths);
     if (signal.aborted) throw signal.reason;
     // A batch whose append or checkpoint failed part-way may have logged some records already.
     const unlogged = records.filter((record) => record.txid > this.log.lastTxid);
@@ -236,7 +255,7 @@ export class Replicator extends EventEmitter {
       from,
       to,
       records: records.length,
-      paths: plan.paths.length,
+      paths: pulled,
       durationMs: performance.now() - started,
     };
     this.emit('applied', batch);

@@ -163,6 +163,19 @@ describe('replicator against a real rsync daemon', () => {
     expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(m.log.lastTxid);
   });
 
+  it('catches up past a path rewritten more than one batch later (reads on instead of retrying forever)', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('hot', 'first version');
+    for (let i = 0; i < 30; i++) await m.put(`filler-${i}`, `${i}`);
+    await m.put('hot', 'second version, longer');
+    // Batches of 10: the batch with the first put of "hot" gets the second version's bytes.
+    const { replicator } = await replicate(m, dir, { maxBatchRecords: 10 });
+    await until(() => replicator.applied === m.log.lastTxid, 'catch-up');
+    expect(await readFile(join(dir, 'filestore', 'hot'), 'utf8')).toBe('second version, longer');
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
   it('refuses a source writing in a generation older than the cluster', async () => {
     const m = await master();
     const dir = await replicaDir();
