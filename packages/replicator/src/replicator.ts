@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { mkdir, open } from 'node:fs/promises';
+import { mkdir, open, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { statFile } from '@pfs/filestore';
-import { pullBatch } from '@pfs/rsync-invoker';
+import { hashFile, statFile } from '@pfs/filestore';
+import { pullBatch, syncTree } from '@pfs/rsync-invoker';
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, planBatch } from './batch.ts';
 import { ReplicatorError } from './errors.ts';
@@ -40,6 +40,8 @@ export interface ReplicatorOptions {
   replicaId?: string;
   /** Start following at once (default true); false leaves it to `start()` or `drain()`. */
   follow?: boolean;
+  /** Copy the whole store with one bulk rsync before replaying, when starting from nothing (default true). */
+  bootstrap?: boolean;
 }
 
 export interface AppliedBatch {
@@ -156,7 +158,36 @@ export class Replicator extends EventEmitter {
     }
   }
 
+  /**
+   * A replica starting from nothing first copies the source's whole store with one bulk rsync
+   * (with progress), which costs far less than one transfer per batch; the log replay that
+   * follows then finds most files already in place and only verifies them. An optimisation only:
+   * if it fails, the replay transfers everything itself.
+   */
+  private async bootstrap(source: RecordSource, signal: AbortSignal): Promise<void> {
+    const started = performance.now();
+    try {
+      const result = await syncTree({
+        source: source.filesSource,
+        dest: this.options.fileStoreDir,
+        exclude: ['.pfs-tmp.*', '/.pfs/'],
+        signal,
+        onProgress: (progress) => this.emit('bootstrap-progress', progress),
+      });
+      this.emit('bootstrapped', { durationMs: performance.now() - started, result });
+    } catch (error) {
+      if (!signal.aborted) this.report(error);
+    }
+  }
+
   private async follow(loopSignal: AbortSignal): Promise<void> {
+    if (
+      this.appliedTxid === 0n &&
+      this.options.bootstrap !== false &&
+      (await storeIsEmpty(this.options.fileStoreDir))
+    ) {
+      await this.bootstrap(this.source, loopSignal);
+    }
     let backoffMs = 0;
     while (!loopSignal.aborted) {
       const source = this.source;
@@ -217,8 +248,11 @@ export class Replicator extends EventEmitter {
     let pulled = 0;
     for (;;) {
       if (plan.paths.length === 0) break;
-      await this.pull(source, plan.paths, signal);
-      pulled = plan.paths.length;
+      // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
+      // did) need no transfer; checking is a stat, and a hash only when the size already matches.
+      const needed = await this.pathsToPull(plan.expected);
+      if (needed.length > 0) await this.pull(source, needed, signal);
+      pulled += needed.length;
       const problems = await this.verify(plan.expected);
       if (problems.length === 0 || tolerateMismatch) {
         mismatched = problems.map((p) => p.path);
@@ -276,6 +310,17 @@ export class Replicator extends EventEmitter {
       // verify() fsyncs every received file itself, concurrently: cheaper than rsync's one-by-one.
       fsync: false,
     });
+  }
+
+  private async pathsToPull(expected: ReturnType<typeof planBatch>['expected']): Promise<string[]> {
+    const checks = [...expected].map(async ([path, want]) => {
+      const info = await statFile(this.options.fileStoreDir, path);
+      if (want.kind === 'delete') return info === undefined ? undefined : path;
+      if (info === undefined || info.size !== want.size) return path;
+      const got = await hashFile(this.options.fileStoreDir, path);
+      return got?.sha256 === want.sha256 ? undefined : path;
+    });
+    return (await Promise.all(checks)).filter((p) => p !== undefined);
   }
 
   private async verify(
@@ -360,6 +405,12 @@ async function fsyncParents(root: string, paths: readonly string[]): Promise<voi
       }
     }),
   );
+}
+
+/** A bulk bootstrap (rsync --delete) is only for a store holding nothing but its own metadata. */
+async function storeIsEmpty(root: string): Promise<boolean> {
+  const names = await readdir(root).catch(() => [] as string[]);
+  return names.every((name) => name === '.pfs');
 }
 
 /**

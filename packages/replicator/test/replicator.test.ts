@@ -176,6 +176,25 @@ describe('replicator against a real rsync daemon', () => {
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
+  it('bootstraps an empty replica with one bulk copy, then verifies the log instead of pulling it', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    for (let i = 0; i < 50; i++) await m.put(`boot/${i}`, `file ${i}`);
+    const { replicator } = await replicate(m, dir, { follow: false });
+    const bootstrapped = new Promise((resolve) => replicator.once('bootstrapped', resolve));
+    const pulled: number[] = [];
+    replicator.on('applied', (batch: { paths: number }) => pulled.push(batch.paths));
+    replicator.start();
+    await bootstrapped;
+    await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
+    // Every file was already in place: the replay transferred nothing.
+    expect(pulled.reduce((a, b) => a + b, 0)).toBe(0);
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+    await m.put('boot/late', 'after the bootstrap');
+    await until(() => replicator.applied === m.log.lastTxid, 'follow after bootstrap');
+    expect(await readFile(join(dir, 'filestore', 'boot/late'), 'utf8')).toBe('after the bootstrap');
+  });
+
   it('refuses a source writing in a generation older than the cluster', async () => {
     const m = await master();
     const dir = await replicaDir();
