@@ -2,6 +2,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { measureBootstrap } from './bootstrap.ts';
 import { measureBurst } from './burst.ts';
 import { measureFailover } from './failover.ts';
 import { measureFloors } from './floors.ts';
@@ -28,6 +29,8 @@ const scenarios = {
   'failover-ttl5': () => measureFailover({ rounds: 3, leaseTtlSeconds: 5, signal: 'SIGKILL' }),
   burst: () => measureBurst({ files: 5000, sizeBytes: 4096, connections: 32, watch: false }),
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
+  bootstrap: () => measureBootstrap({ files: 50_000, sizeBytes: 4096 }),
+  'bootstrap-5k': () => measureBootstrap({ files: 5_000, sizeBytes: 4096 }),
   floors: () => measureFloors({ connections: 16, durationMs: 5000, sizeBytes: 4096, files: 5000 }),
   throughput: () => measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: true }),
   'throughput-nowatch': () =>

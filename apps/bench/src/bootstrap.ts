@@ -1,0 +1,83 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { freePort, NodeProcess, startEtcd, waitFor } from '@pfs/testkit';
+
+const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
+
+/**
+ * Bootstrap of a new replica: a master holding `files` files of `sizeBytes` (dropped into its
+ * store before it starts, logged by its reconcile), then a new node joins; the time until its
+ * log has caught up, next to `rsync -a` of the same tree into an empty directory.
+ */
+export async function measureBootstrap(options: { files: number; sizeBytes: number }) {
+  const base = await mkdtemp(join(tmpdir(), 'pfs-bootstrap-'));
+  const etcd = await startEtcd();
+  const nodes: NodeProcess[] = [];
+  try {
+    const cluster = `bootstrap-${Date.now().toString(36)}`;
+    const spec = async (name: string) => ({
+      agentDir: AGENT_DIR,
+      httpPort: await freePort(),
+      rsyncPort: await freePort(),
+      dataDir: join(base, name),
+      etcd: etcd.endpoint,
+      cluster,
+      extraArgs: ['--log-level=warn', '--watch=false'],
+    });
+    const masterSpec = await spec('master');
+    const store = join(masterSpec.dataDir, 'filestore');
+    const body = randomBytes(options.sizeBytes);
+    for (let i = 0; i < options.files; i++) {
+      const dir = join(store, `d${Math.floor(i / 1000)}`);
+      if (i % 1000 === 0) await mkdir(dir, { recursive: true });
+      await writeFile(join(dir, `f${i}`), body);
+    }
+    const master = await NodeProcess.start(masterSpec);
+    nodes.push(master);
+    const logged = await waitFor(
+      'the master to log every file',
+      async () => {
+        const status = (await master.status()).partitions[0]!;
+        return BigInt(status.lastTxid) & 0xffffffffn
+          ? (BigInt(status.lastTxid) & 0xffffffffn) >= BigInt(options.files)
+            ? status.lastTxid
+            : undefined
+          : undefined;
+      },
+      300_000,
+    );
+    const t0 = performance.now();
+    const replica = await NodeProcess.start(await spec('replica'));
+    nodes.push(replica);
+    const startedSeconds = (performance.now() - t0) / 1000;
+    await waitFor(
+      'the new replica to catch up',
+      async () => ((await replica.status()).partitions[0]!.lastTxid === logged ? true : undefined),
+      600_000,
+    );
+    const bootstrapSeconds = (performance.now() - t0) / 1000;
+    const t1 = performance.now();
+    await new Promise<void>((resolve, reject) => {
+      const rsync = spawn('rsync', ['-a', `${store}/`, join(base, 'plain-copy')], { stdio: 'ignore' });
+      rsync.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`rsync exited ${code}`))));
+    });
+    const rsyncSeconds = (performance.now() - t1) / 1000;
+    return {
+      scenario: 'bootstrap',
+      params: options,
+      bootstrapSeconds: Math.round(bootstrapSeconds * 100) / 100,
+      agentStartSeconds: Math.round(startedSeconds * 100) / 100,
+      bulkRsyncSeconds: Math.round(rsyncSeconds * 100) / 100,
+      ratioOfBulkRsync: Math.round((rsyncSeconds / bootstrapSeconds) * 100) / 100,
+    };
+  } finally {
+    await Promise.all(nodes.map((n) => (n.running ? n.stop() : undefined)));
+    await Promise.all(nodes.map((n) => n.destroy()));
+    await etcd.stop();
+    await rm(base, { recursive: true, force: true });
+  }
+}
