@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { mkdir, open, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { hashFile, statFile } from '@pfs/filestore';
+import { statFile } from '@pfs/filestore';
 import { pullBatch, syncTree } from '@pfs/rsync-invoker';
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, planBatch } from './batch.ts';
@@ -71,6 +71,12 @@ export class Replicator extends EventEmitter {
   private loopController: AbortController | undefined;
   private fetchController: AbortController | undefined;
   private closed = false;
+  /**
+   * True while every file in the store is known durable (right after a bootstrap's syncfs):
+   * files found already in place then need no fsync of their own. Any failed batch clears it,
+   * since a transfer it made may have left files that were never synced.
+   */
+  private storeSynced = false;
 
   constructor(options: ReplicatorOptions, log: TxLog, ownsLog: boolean, applied: TxId) {
     super();
@@ -175,6 +181,7 @@ export class Replicator extends EventEmitter {
         signal,
         onProgress: (progress) => this.emit('bootstrap-progress', progress),
       });
+      this.storeSynced = await syncFileSystem(this.options.fileStoreDir);
       this.emit('bootstrapped', { durationMs: performance.now() - started, result });
     } catch (error) {
       if (!signal.aborted) this.report(error);
@@ -251,10 +258,12 @@ export class Replicator extends EventEmitter {
       if (plan.paths.length === 0) break;
       // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
       // did) need no transfer; checking is a stat, and a hash only when the size already matches.
-      const needed = await this.pathsToPull(plan.expected);
+      const { needed, verified } = await this.pathsToPull(plan.expected);
+      // From here until this batch is logged, the store may hold files nobody has synced.
+      if (needed.length > 0) this.storeSynced = false;
       if (needed.length > 0) await this.pull(source, needed, signal);
       pulled += needed.length;
-      const problems = await this.verify(plan.expected);
+      const problems = await this.verify(plan.expected, verified);
       if (problems.length === 0 || tolerateMismatch) {
         mismatched = problems.map((p) => p.path);
         break;
@@ -313,15 +322,26 @@ export class Replicator extends EventEmitter {
     });
   }
 
-  private async pathsToPull(expected: ReturnType<typeof planBatch>['expected']): Promise<string[]> {
+  /** The paths of a batch that are not already as its records say (the rest are verified now). */
+  private async pathsToPull(
+    expected: ReturnType<typeof planBatch>['expected'],
+  ): Promise<{ needed: string[]; verified: Set<string> }> {
+    const verified = new Set<string>();
     const checks = [...expected].map(async ([path, want]) => {
       const info = await statFile(this.options.fileStoreDir, path);
-      if (want.kind === 'delete') return info === undefined ? undefined : path;
+      if (want.kind === 'delete') {
+        if (info !== undefined) return path;
+        verified.add(path);
+        return undefined;
+      }
       if (info === undefined || info.size !== want.size) return path;
-      const got = await hashFile(this.options.fileStoreDir, path);
-      return got?.sha256 === want.sha256 ? undefined : path;
+      const got = await hashAndSync(join(this.options.fileStoreDir, path), false);
+      if (got?.sha256 !== want.sha256) return path;
+      verified.add(path);
+      return undefined;
     });
-    return (await Promise.all(checks)).filter((p) => p !== undefined);
+    const needed = (await Promise.all(checks)).filter((p) => p !== undefined);
+    return { needed, verified };
   }
 
   /**
@@ -331,9 +351,18 @@ export class Replicator extends EventEmitter {
    */
   private async verify(
     expected: ReturnType<typeof planBatch>['expected'],
+    alreadyVerified: ReadonlySet<string> = new Set(),
   ): Promise<{ path: string; why: string }[]> {
-    const bulk = expected.size >= SYNCFS_MIN_PATHS && (await syncFileSystem(this.options.fileStoreDir));
+    const trusted = (path: string) => alreadyVerified.has(path) && this.storeSynced;
+    const toSync = [...expected.keys()].filter((path) => !trusted(path)).length;
+    const bulk = toSync >= SYNCFS_MIN_PATHS && (await syncFileSystem(this.options.fileStoreDir));
     const checks = [...expected].map(async ([path, want]) => {
+      if (alreadyVerified.has(path)) {
+        // Checked just before the transfer and not part of it: only durability is left to do.
+        if (!bulk && !trusted(path) && want.kind === 'put')
+          await syncFile(join(this.options.fileStoreDir, path));
+        return undefined;
+      }
       const shown = JSON.stringify(path);
       if (want.kind === 'delete') {
         return (await statFile(this.options.fileStoreDir, path)) === undefined
@@ -412,6 +441,15 @@ async function fsyncParents(root: string, paths: readonly string[]): Promise<voi
       }
     }),
   );
+}
+
+async function syncFile(file: string): Promise<void> {
+  const handle = await open(file, 'r');
+  try {
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
 }
 
 /** From this many paths in a batch on, one syncfs is cheaper than a fsync per file. */
