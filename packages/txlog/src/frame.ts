@@ -23,6 +23,8 @@ export interface ScannedRecord {
   record: LogRecord;
   /** Byte offset of the frame in the scanned buffer. */
   offset: number;
+  /** Byte offset just past the frame. */
+  end: number;
 }
 
 /** How a scan ended: at the clean end, at a torn tail (truncatable), or at corruption (never truncated). */
@@ -41,10 +43,14 @@ function allZero(buf: Buffer, from: number): boolean {
  * it (or zeros) follows it: a short header, a payload running past the end, or a bad frame that
  * is the last thing in the buffer. A bad frame with data after it is corruption.
  */
-export function scanFrames(buf: Buffer, start: number): { records: ScannedRecord[]; end: ScanEnd } {
+export function scanFrames(
+  buf: Buffer,
+  start: number,
+  maxRecords = Number.POSITIVE_INFINITY,
+): { records: ScannedRecord[]; end: ScanEnd } {
   const records: ScannedRecord[] = [];
   let offset = start;
-  while (offset < buf.length) {
+  while (offset < buf.length && records.length < maxRecords) {
     const remaining = buf.length - offset;
     if (allZero(buf, offset)) return { records, end: { kind: 'torn', offset, reason: 'zero-filled tail' } };
     if (remaining < FRAME_HEAD_BYTES) {
@@ -71,7 +77,7 @@ export function scanFrames(buf: Buffer, start: number): { records: ScannedRecord
     }
     const record = decodeRecord(payload);
     if (typeof record === 'string') return { records, end: { kind: 'corrupt', offset, reason: record } };
-    records.push({ record, offset });
+    records.push({ record, offset, end: frameEnd });
     offset = frameEnd;
   }
   return { records, end: { kind: 'clean', offset } };

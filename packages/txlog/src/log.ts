@@ -74,6 +74,8 @@ export class TxLog {
   private flushing: Promise<void> | undefined;
   private waiters = new Set<Waiter>();
   private closed = false;
+  /** Where the last disk read ended, so that a sequential reader resumes there. */
+  private readCursor: { after: TxId; segment: TxId; offset: number } | undefined;
 
   private constructor(dir: string, options: Required<TxLogOptions>, state: OpenState) {
     this.dir = dir;
@@ -299,14 +301,30 @@ export class TxLog {
     }
     const out: LogRecord[] = [];
     const segments = this.segments.slice();
-    for (let i = segmentIndexFor(segments, after); i < segments.length && out.length < maxRecords; i++) {
-      const scan = await scanSegment(this.dir, segments[i]!);
+    // A follower reading on from where its last page ended continues at the remembered offset
+    // instead of decoding its segment from the start again.
+    const cursor = this.readCursor?.after === after ? this.readCursor : undefined;
+    let i = cursor !== undefined ? segments.indexOf(cursor.segment) : -1;
+    if (i === -1) i = segmentIndexFor(segments, after);
+    let last: { segment: TxId; end: number; txid: TxId } | undefined;
+    for (; i < segments.length && out.length < maxRecords; i++) {
+      const fromOffset = cursor !== undefined && segments[i] === cursor.segment ? cursor.offset : undefined;
+      const scan = await scanSegment(
+        this.dir,
+        segments[i]!,
+        fromOffset,
+        fromOffset === undefined ? undefined : maxRecords - out.length,
+      );
       const isLast = i === segments.length - 1;
-      for (const { record } of scan.records) {
+      for (const { record, end } of scan.records) {
         if (record.txid > this.durableTxid) break;
-        if (record.txid > after) out.push(record);
+        if (record.txid > after) {
+          out.push(record);
+          last = { segment: segments[i]!, end, txid: record.txid };
+        }
         if (out.length >= maxRecords) break;
       }
+      // A scan cut short by maxRecords ends 'clean' where it stopped.
       if (scan.end.kind === 'corrupt' || (scan.end.kind === 'torn' && !isLast)) {
         const lastRead = scan.records.at(-1)?.record.txid ?? ZERO_TXID;
         if (lastRead < this.durableTxid && out.length < maxRecords) {
@@ -318,6 +336,8 @@ export class TxLog {
         }
       }
     }
+    this.readCursor =
+      last === undefined ? undefined : { after: last.txid, segment: last.segment, offset: last.end };
     return out;
   }
 
@@ -379,6 +399,7 @@ export class TxLog {
       this.segments.pop();
     }
     this.adopt(await recover(this.dir, this.tailCacheRecords));
+    this.readCursor = undefined;
     this.writableGeneration = undefined;
     return removed;
   }

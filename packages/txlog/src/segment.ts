@@ -33,7 +33,12 @@ export interface SegmentScan {
   end: ScanEnd;
 }
 
-export async function scanSegment(dir: string, firstTxid: TxId, fromOffset?: number): Promise<SegmentScan> {
+export async function scanSegment(
+  dir: string,
+  firstTxid: TxId,
+  fromOffset?: number,
+  maxRecords?: number,
+): Promise<SegmentScan> {
   const name = segmentFileName(firstTxid);
   const buf = await readFile(join(dir, name));
   if (buf.length < SEGMENT_MAGIC.length || !buf.subarray(0, SEGMENT_MAGIC.length).equals(SEGMENT_MAGIC)) {
@@ -42,7 +47,7 @@ export async function scanSegment(dir: string, firstTxid: TxId, fromOffset?: num
       offset: 0,
     });
   }
-  const { records, end } = scanFrames(buf, fromOffset ?? SEGMENT_MAGIC.length);
+  const { records, end } = scanFrames(buf, fromOffset ?? SEGMENT_MAGIC.length, maxRecords);
   return { name, size: buf.length, records, end };
 }
 
