@@ -1,10 +1,10 @@
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort, NodeProcess, startEtcd, waitFor } from '@pfs/testkit';
+import { timeBulkRsync } from './cluster.ts';
 
 const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
 
@@ -60,12 +60,7 @@ export async function measureBootstrap(options: { files: number; sizeBytes: numb
       600_000,
     );
     const bootstrapSeconds = (performance.now() - t0) / 1000;
-    const t1 = performance.now();
-    await new Promise<void>((resolve, reject) => {
-      const rsync = spawn('rsync', ['-a', `${store}/`, join(base, 'plain-copy')], { stdio: 'ignore' });
-      rsync.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`rsync exited ${code}`))));
-    });
-    const rsyncSeconds = (performance.now() - t1) / 1000;
+    const rsyncSeconds = await timeBulkRsync(store, join(base, 'plain-copy'));
     return {
       scenario: 'bootstrap',
       params: options,

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -76,4 +77,15 @@ export function summarize(values: number[]) {
     p99: round(percentile(sorted, 99)),
     max: round(sorted.at(-1) ?? Number.NaN),
   };
+}
+
+/** Seconds that a plain `rsync -a src/ dest` takes: the bulk floor PFS is compared with. */
+export async function timeBulkRsync(src: string, dest: string): Promise<number> {
+  const started = performance.now();
+  await new Promise<void>((resolve, reject) => {
+    const rsync = spawn('rsync', ['-a', `${src}/`, dest], { stdio: 'ignore' });
+    rsync.once('error', reject);
+    rsync.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`rsync exited ${code}`))));
+  });
+  return (performance.now() - started) / 1000;
 }

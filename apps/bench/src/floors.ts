@@ -4,7 +4,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, sleep } from '@pfs/testkit';
-import { summarize } from './cluster.ts';
+import { summarize, timeBulkRsync } from './cluster.ts';
 
 /**
  * The floors PFS is judged against, measured on this machine in the same run:
@@ -77,12 +77,7 @@ export async function measureFloors(options: {
       const src = join(base, 'src');
       await mkdir(src);
       for (let i = 0; i < options.files; i++) await writeFile(join(src, `f${i}`), body);
-      const t0 = performance.now();
-      await new Promise<void>((resolve, reject) => {
-        const rsync = spawn('rsync', ['-a', `${src}/`, join(base, 'dst')], { stdio: 'ignore' });
-        rsync.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`rsync exited ${code}`))));
-      });
-      const rsyncSeconds = (performance.now() - t0) / 1000;
+      const rsyncSeconds = await timeBulkRsync(src, join(base, 'dst'));
       return {
         scenario: 'floors',
         params: options,
