@@ -74,6 +74,7 @@ export class TxLog {
   private flushing: Promise<void> | undefined;
   private waiters = new Set<Waiter>();
   private closed = false;
+  private truncating = false;
   /** Where the last disk read ended, so that a sequential reader resumes there. */
   private readCursor: { after: TxId; segment: TxId; offset: number } | undefined;
 
@@ -170,6 +171,14 @@ export class TxLog {
 
   private enqueue(record: LogRecord): Promise<LogRecord> {
     if (this.closed) return Promise.reject(new TxlogError('TXLOG_CLOSED', `log ${this.dir} is closed`));
+    if (this.truncating) {
+      return Promise.reject(
+        new TxlogError(
+          'TXLOG_WRITE_FAILED',
+          `log ${this.dir} is being cut back: append again once it is done`,
+        ),
+      );
+    }
     if (record.txid <= this.assignedTxid) {
       return Promise.reject(
         new TxlogError(
@@ -382,6 +391,15 @@ export class TxLog {
    */
   async truncateAfter(txid: TxId): Promise<LogRecord[]> {
     if (this.closed) throw new TxlogError('TXLOG_CLOSED', `log ${this.dir} is closed`);
+    this.truncating = true;
+    try {
+      return await this.cutAfter(txid);
+    } finally {
+      this.truncating = false;
+    }
+  }
+
+  private async cutAfter(txid: TxId): Promise<LogRecord[]> {
     while (this.flushing) await this.flushing;
     if (txid >= this.durableTxid) return [];
     const removed: LogRecord[] = [];

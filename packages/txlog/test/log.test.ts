@@ -226,6 +226,23 @@ describe('TxLog.truncateAfter', () => {
     await reopened.close();
   });
 
+  it('refuses appends while it cuts', async () => {
+    const log = await TxLog.open(await tempDir());
+    await log.startGeneration(1n);
+    for (let i = 0; i < 5; i++) await log.appendChange(put(`a${i}`));
+    const cutting = log.truncateAfter(makeTxId(1, 2));
+    await expect(
+      log.appendRecord({ ...put('late'), txid: makeTxId(2, 1), previousTxid: 0n }),
+    ).rejects.toMatchObject({
+      code: 'TXLOG_WRITE_FAILED',
+    });
+    expect(await cutting).toHaveLength(3);
+    expect((await log.appendRecord({ ...put('after'), txid: makeTxId(2, 1), previousTxid: 0n })).path).toBe(
+      'after',
+    );
+    await log.close();
+  });
+
   it('can cut everything', async () => {
     const log = await TxLog.open(await tempDir());
     await log.startGeneration(1n);
