@@ -7,6 +7,7 @@ import { measureBurst } from './burst.ts';
 import { measureFailover } from './failover.ts';
 import { measureFloors } from './floors.ts';
 import { measureLag } from './lag.ts';
+import { measureLsyncdLag } from './lsyncd.ts';
 import { measureThroughput } from './throughput.ts';
 
 /**
@@ -23,6 +24,8 @@ const scenarios = {
   'lag-200': () => measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2 }),
   'lag-200-nowatch': () =>
     measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
+  'lag-lsyncd': () => measureLsyncdLag({ files: 200, ratePerSecond: 20, sizeBytes: 4096 }),
+  'lag-200-lsyncd': () => measureLsyncdLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096 }),
   'lag-nowatch': () =>
     measureLag({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
   failover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGKILL' }),
