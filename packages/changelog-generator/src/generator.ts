@@ -218,19 +218,41 @@ export class ChangelogGenerator {
   async reconcile(): Promise<number> {
     let appended = 0;
     const seen = new Set<string>();
+    // Up to RECONCILE_CONCURRENCY paths at once, so that their appends share group commits
+    // instead of waiting for one fsync each.
+    const inFlight = new Set<Promise<void>>();
+    let failure: unknown;
+    const check = async (path: string) => {
+      const track = this.observe(path).then(
+        (record) => {
+          if (record) appended++;
+        },
+        (error: unknown) => {
+          failure ??= error;
+        },
+      );
+      const settled = track.finally(() => inFlight.delete(settled));
+      inFlight.add(settled);
+      if (inFlight.size >= RECONCILE_CONCURRENCY) await Promise.race(inFlight);
+    };
     for await (const entry of walkStore(this.root)) {
       if (!this.partitions.has(this.partitionOf(entry.path))) continue;
       seen.add(entry.path);
-      if (await this.observe(entry.path)) appended++;
+      await check(entry.path);
     }
+    await Promise.all(inFlight);
     for (const owned of [...this.partitions.values()]) {
       for (const path of [...owned.index.keys()]) {
-        if (!seen.has(path) && (await this.observe(path))) appended++;
+        if (!seen.has(path)) await check(path);
       }
     }
+    await Promise.all(inFlight);
+    if (failure !== undefined) throw failure;
     return appended;
   }
 }
+
+const RECONCILE_CONCURRENCY = 32;
 
 function applyToIndex(index: Map<string, IndexEntry>, record: LogRecord): void {
   if (record.kind === 'put') {
