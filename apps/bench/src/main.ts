@@ -8,6 +8,7 @@ import { measureFailover } from './failover.ts';
 import { measureFloors } from './floors.ts';
 import { measureLag } from './lag.ts';
 import { measureLsyncdLag } from './lsyncd.ts';
+import { measureScale } from './scale.ts';
 import { measureThroughput } from './throughput.ts';
 
 /**
@@ -34,6 +35,8 @@ const scenarios = {
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
   bootstrap: () => measureBootstrap({ files: 50_000, sizeBytes: 4096 }),
   'bootstrap-5k': () => measureBootstrap({ files: 5_000, sizeBytes: 4096 }),
+  scale: () => measureScale({ files: 1_000_000, sizeBytes: 100 }),
+  'scale-100k': () => measureScale({ files: 100_000, sizeBytes: 100 }),
   floors: () => measureFloors({ connections: 16, durationMs: 5000, sizeBytes: 4096, files: 5000 }),
   throughput: () => measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: true }),
   'throughput-nowatch': () =>
