@@ -9,19 +9,16 @@ export {
   validateStorePath,
 } from './path-rules.ts';
 export {
-  compareStorePaths,
   deleteFile,
   type FileStat,
   hashFile,
   initStore,
-  listStore,
   putFile,
   quarantineFile,
   SENTINEL_FILE,
   type StagedFile,
   type StageOptions,
-  type StoreEntry,
   stageFile,
   statFile,
-  walkStore,
 } from './store.ts';
+export { compareStorePaths, listStore, type StoreEntry, walkStore } from './walk.ts';

@@ -1,0 +1,95 @@
+import { lstat, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { isInternalPath } from './path-rules.ts';
+import type { FileStat } from './store.ts';
+
+/** Walking and listing the store: every regular file, internal files and symlinks skipped. */
+export interface StoreEntry {
+  path: string;
+  stat: FileStat;
+}
+
+/** Every regular file in the store (internal files and symlinks skipped), depth first. */
+export async function* walkStore(root: string, under = ''): AsyncGenerator<StoreEntry> {
+  const dir = under === '' ? root : join(root, under);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  names.sort();
+  for (const name of names) {
+    const path = under === '' ? name : `${under}/${name}`;
+    if (isInternalPath(path)) continue;
+    const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
+    if (info === undefined) continue;
+    if (info.isDirectory()) yield* walkStore(root, path);
+    else if (info.isFile()) {
+      yield { path, stat: { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs } };
+    }
+  }
+}
+
+/** Orders store paths the way walkStore visits them: component by component (pure). */
+export function compareStorePaths(a: string, b: string): number {
+  const x = a.split('/');
+  const y = b.split('/');
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    if (x[i] !== y[i]) {
+      // A directory's contents come where the directory's name sorts among its siblings.
+      return x[i]! < y[i]! ? -1 : 1;
+    }
+  }
+  return x.length - y.length;
+}
+
+/**
+ * One page of the store's files whose paths start with `prefix`, in walk order, after the
+ * cursor `after` (the last path of the previous page). `next` is the cursor of the next page, or
+ * undefined at the end.
+ */
+export async function listStore(
+  root: string,
+  options: { prefix?: string; after?: string; limit: number },
+): Promise<{ entries: StoreEntry[]; next: string | undefined }> {
+  const prefix = options.prefix ?? '';
+  const entries: StoreEntry[] = [];
+  const wanted = (dir: string) => `${dir}/`.startsWith(prefix) || prefix.startsWith(`${dir}/`);
+  async function* walk(under: string): AsyncGenerator<StoreEntry> {
+    let names: string[];
+    try {
+      names = await readdir(under === '' ? root : join(root, under));
+    } catch {
+      return;
+    }
+    names.sort();
+    for (const name of names) {
+      const path = under === '' ? name : `${under}/${name}`;
+      if (isInternalPath(path)) continue;
+      if (
+        options.after !== undefined &&
+        compareStorePaths(path, options.after) <= 0 &&
+        !options.after.startsWith(`${path}/`)
+      ) {
+        continue;
+      }
+      const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
+      if (info === undefined) continue;
+      if (info.isDirectory()) {
+        if (wanted(path)) yield* walk(path);
+      } else if (info.isFile() && path.startsWith(prefix)) {
+        yield {
+          path,
+          stat: { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs },
+        };
+      }
+    }
+  }
+  for await (const entry of walk('')) {
+    if (entries.length === options.limit) return { entries, next: entries.at(-1)!.path };
+    entries.push(entry);
+  }
+  return { entries, next: undefined };
+}
