@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { constants } from 'node:fs';
 import { lstat, mkdir, open, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fsyncDir } from '@pfs/txlog';
@@ -253,26 +253,41 @@ export async function statFile(root: string, path: string): Promise<FileStat | u
   return { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs };
 }
 
-/** sha-256 (lower-case hex) and size of the regular file at `path`, or undefined if there is none. */
+/**
+ * sha-256 (lower-case hex) and size of the regular file at `path`, or undefined if there is none
+ * (a symlink counts as none). With `datasync`, the file is also fdatasync'ed on the way, for
+ * callers that must know its bytes are durable before they rely on them.
+ */
 export async function hashFile(
   root: string,
   path: string,
+  options: { datasync?: boolean } = {},
 ): Promise<{ sha256: string; size: bigint } | undefined> {
-  const target = join(root, path);
-  const info = await lstat(target).catch(() => undefined);
-  if (info === undefined || !info.isFile()) return undefined;
-  const hash = createHash('sha256');
-  let size = 0n;
+  let handle: Awaited<ReturnType<typeof open>>;
   try {
-    for await (const chunk of createReadStream(target)) {
-      hash.update(chunk as Buffer);
-      size += BigInt((chunk as Buffer).length);
-    }
+    handle = await open(join(root, path), constants.O_RDONLY | constants.O_NOFOLLOW);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') return undefined;
     throw error;
   }
-  return { sha256: hash.digest('hex'), size };
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) return undefined;
+    const hash = createHash('sha256');
+    const buffer = Buffer.allocUnsafe(Math.min(Math.max(info.size, 1), 1024 * 1024));
+    let size = 0n;
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+      if (bytesRead === 0) break;
+      hash.update(buffer.subarray(0, bytesRead));
+      size += BigInt(bytesRead);
+    }
+    if (options.datasync) await handle.datasync();
+    return { sha256: hash.digest('hex'), size };
+  } finally {
+    await handle.close();
+  }
 }
 
 /**

@@ -119,6 +119,8 @@ describe('file store', () => {
     expect(await codeOf(deleteFile(root, 'link/victim'))).toBe('PATH_THROUGH_SYMLINK');
     expect(await readFile(join(outside, 'victim'), 'utf8')).toBe('safe');
     expect(await readdir(outside)).toEqual(['victim']);
+    await symlink(join(outside, 'victim'), join(root, 'file-link'));
+    expect(await hashFile(root, 'file-link')).toBeUndefined();
   });
 
   it('names conflicts between files and directories', async () => {

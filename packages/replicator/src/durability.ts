@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { open, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
@@ -47,38 +46,4 @@ export function syncFileSystem(dir: string): Promise<boolean> {
 export async function storeIsEmpty(root: string): Promise<boolean> {
   const names = await readdir(root).catch(() => [] as string[]);
   return names.every((name) => name === '.pfs');
-}
-
-/**
- * sha-256 and size of a received file, which is also fdatasync'ed on the way: the checkpoint may
- * only pass it once its bytes are durable. Undefined when the file is missing.
- */
-export async function hashAndSync(
-  file: string,
-  sync: boolean,
-): Promise<{ sha256: string; size: bigint } | undefined> {
-  let handle: Awaited<ReturnType<typeof open>>;
-  try {
-    handle = await open(file, 'r');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw error;
-  }
-  try {
-    const info = await handle.stat();
-    if (!info.isFile()) return undefined;
-    const hash = createHash('sha256');
-    const buffer = Buffer.allocUnsafe(Math.min(Math.max(info.size, 1), 1024 * 1024));
-    let size = 0n;
-    for (;;) {
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
-      if (bytesRead === 0) break;
-      hash.update(buffer.subarray(0, bytesRead));
-      size += BigInt(bytesRead);
-    }
-    if (sync) await handle.datasync();
-    return { sha256: hash.digest('hex'), size };
-  } finally {
-    await handle.close();
-  }
 }

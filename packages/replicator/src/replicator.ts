@@ -1,18 +1,11 @@
 import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { statFile } from '@pfs/filestore';
+import { hashFile, statFile } from '@pfs/filestore';
 import { pullBatch, syncTree } from '@pfs/rsync-invoker';
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, planBatch } from './batch.ts';
-import {
-  fsyncParents,
-  hashAndSync,
-  SYNCFS_MIN_PATHS,
-  storeIsEmpty,
-  syncFile,
-  syncFileSystem,
-} from './durability.ts';
+import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
 import { ReplicatorError } from './errors.ts';
 import { httpFeedSource, type RecordSource } from './sources.ts';
 
@@ -341,7 +334,7 @@ export class Replicator extends EventEmitter {
         return undefined;
       }
       if (info === undefined || info.size !== want.size) return path;
-      const got = await hashAndSync(join(this.options.fileStoreDir, path), false);
+      const got = await hashFile(this.options.fileStoreDir, path);
       if (got?.sha256 !== want.sha256) return path;
       verified.add(path);
       return undefined;
@@ -375,7 +368,7 @@ export class Replicator extends EventEmitter {
           ? undefined
           : { path, why: `${shown} still exists` };
       }
-      const got = await hashAndSync(join(this.options.fileStoreDir, path), !bulk);
+      const got = await hashFile(this.options.fileStoreDir, path, { datasync: !bulk });
       if (got === undefined) return { path, why: `${shown} is missing` };
       if (got.size !== want.size || got.sha256 !== want.sha256) {
         return {
