@@ -3,8 +3,8 @@ import { open, readdir } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
 /**
- * Making received files durable and checking them (the one file of the replicator that reads
- * the store's bytes): per-file fdatasync for small batches, one syncfs for large ones.
+ * Making received files durable: per-file fdatasync for small batches (filestore's hashFile
+ * does it while verifying), one syncfs for large ones, directory fsyncs for renames.
  */
 export async function fsyncParents(root: string, paths: readonly string[]): Promise<void> {
   const dirs = new Set(paths.map((p) => dirname(join(root, p))));
