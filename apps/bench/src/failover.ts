@@ -3,8 +3,9 @@ import { startCluster, summarize } from './cluster.ts';
 
 /**
  * Failover time: stop the master (SIGKILL, or SIGTERM for a planned handover) and time, on the
- * monotonic clock, until (a) another node reports itself master and (b) it accepts a write
- * (a PUT answered 201, retried every 10 ms against the surviving nodes).
+ * monotonic clock, until (a) another node reports itself master, (b) it accepts a write
+ * (a PUT answered 201, retried every 10 ms against the surviving nodes) and (c) the remaining
+ * replica reports that it follows the new master.
  */
 export async function measureFailover(options: {
   rounds: number;
@@ -13,6 +14,7 @@ export async function measureFailover(options: {
 }) {
   const elected: number[] = [];
   const firstWrite: number[] = [];
+  const followed: number[] = [];
   for (let round = 0; round < options.rounds; round++) {
     const cluster = await startCluster({ leaseTtlSeconds: options.leaseTtlSeconds });
     try {
@@ -25,6 +27,7 @@ export async function measureFailover(options: {
       else void master!.stop();
       let electedAt: number | undefined;
       let wroteAt: number | undefined;
+      let newMaster: string | undefined;
       const deadline = t0 + 30_000;
       while (wroteAt === undefined && performance.now() < deadline) {
         for (const node of rest) {
@@ -40,10 +43,21 @@ export async function measureFailover(options: {
           if (response?.status === 201) {
             wroteAt = performance.now();
             electedAt ??= wroteAt;
+            newMaster = node.id;
             break;
           }
         }
         if (wroteAt === undefined) await sleep(10);
+      }
+      const other = rest.find((n) => n.id !== newMaster);
+      while (newMaster !== undefined && other !== undefined && performance.now() < deadline) {
+        const status = await other.status().catch(() => undefined);
+        const p = status?.partitions[0];
+        if (p?.role === 'replica' && p.following === newMaster) {
+          followed.push(performance.now() - t0);
+          break;
+        }
+        await sleep(5);
       }
       if (electedAt !== undefined) elected.push(electedAt - t0);
       if (wroteAt !== undefined) firstWrite.push(wroteAt - t0);
@@ -56,5 +70,6 @@ export async function measureFailover(options: {
     params: options,
     electedMs: summarize(elected),
     firstAcceptedWriteMs: summarize(firstWrite),
+    otherReplicaFollowingMs: summarize(followed),
   };
 }

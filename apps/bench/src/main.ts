@@ -25,6 +25,9 @@ const scenarios = {
   'lag-200': () => measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2 }),
   'lag-200-nowatch': () =>
     measureLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
+  'lag-1000-nowatch': () =>
+    measureLag({ files: 5000, ratePerSecond: 1000, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
+  'lag-1000-lsyncd': () => measureLsyncdLag({ files: 5000, ratePerSecond: 1000, sizeBytes: 4096 }),
   'lag-lsyncd': () => measureLsyncdLag({ files: 200, ratePerSecond: 20, sizeBytes: 4096 }),
   'lag-200-lsyncd': () => measureLsyncdLag({ files: 1000, ratePerSecond: 200, sizeBytes: 4096 }),
   'lag-nowatch': () =>
@@ -37,10 +40,12 @@ const scenarios = {
   'bootstrap-5k': () => measureBootstrap({ files: 5_000, sizeBytes: 4096 }),
   scale: () => measureScale({ files: 1_000_000, sizeBytes: 100 }),
   'scale-100k': () => measureScale({ files: 100_000, sizeBytes: 100 }),
-  floors: () => measureFloors({ connections: 16, durationMs: 5000, sizeBytes: 4096, files: 5000 }),
-  throughput: () => measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: true }),
+  floors: () => measureFloors({ connections: 32, durationMs: 5000, sizeBytes: 4096, files: 5000 }),
+  throughput: () => measureThroughput({ connections: 32, durationMs: 5000, sizeBytes: 4096, watch: true }),
   'throughput-nowatch': () =>
-    measureThroughput({ connections: 16, durationMs: 5000, sizeBytes: 4096, watch: false }),
+    measureThroughput({ connections: 32, durationMs: 5000, sizeBytes: 4096, watch: false }),
+  'throughput-256k': () =>
+    measureThroughput({ connections: 32, durationMs: 5000, sizeBytes: 256 * 1024, watch: false }),
 } as const;
 
 async function main(): Promise<void> {
@@ -70,11 +75,17 @@ async function main(): Promise<void> {
       if (typeof value !== 'object' || value === null) continue;
       if ('p50' in value) rows.push([key, value]);
       if ('latencyMs' in value) {
-        const v = value as { putsPerSecond: number; megabytesPerSecond: number; latencyMs: unknown };
+        const v = value as {
+          putsPerSecond: number;
+          megabytesPerSecond: number;
+          latencyMs: unknown;
+          ratioOfBare?: number;
+        };
+        const ratio = v.ratioOfBare === undefined ? '' : `, ${v.ratioOfBare} of bare`;
         process.stdout.write(
-          `${name.padEnd(10)} ack=${key.padEnd(17)} ${v.putsPerSecond} PUT/s, ${v.megabytesPerSecond} MB/s\n`,
+          `${name.padEnd(10)} ${key.padEnd(21)} ${v.putsPerSecond} PUT/s, ${v.megabytesPerSecond} MB/s${ratio}\n`,
         );
-        rows.push([`ack=${key} latencyMs`, v.latencyMs]);
+        rows.push([`${key} latencyMs`, v.latencyMs]);
       }
     }
     for (const [metric, stats] of rows) {

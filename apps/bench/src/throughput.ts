@@ -1,9 +1,18 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { sleep } from '@pfs/testkit';
 import { startCluster, summarize } from './cluster.ts';
+import { bulkRsyncSeconds } from './floors.ts';
+import { type PutLoadResult, putLoad, startBareServer } from './load.ts';
 
 /**
- * PUT throughput on a 3-node cluster: `connections` concurrent writers, each PUTting files of
- * `sizeBytes` back to back for `durationMs`, with each ack mode in turn on the same cluster.
+ * PUT throughput, in one run: first the floors alone on the machine (the bare temp-write +
+ * fdatasync + rename server under the same load generator, and bulk `rsync -a` of as many files
+ * as PFS took), then a 3-node cluster with each ack mode in turn. While PFS is loaded the
+ * master's view of its replicas' lag is sampled every 100 ms (do they keep up?), and after the
+ * load the time until both replicas have applied everything is measured.
  */
 export async function measureThroughput(options: {
   connections: number;
@@ -11,42 +20,76 @@ export async function measureThroughput(options: {
   sizeBytes: number;
   watch: boolean;
 }) {
-  const cluster = await startCluster({ leaseTtlSeconds: 2, extraArgs: [`--watch=${options.watch}`] });
+  const base = await mkdtemp(join(tmpdir(), 'pfs-throughput-'));
+  const body = randomBytes(options.sizeBytes);
   try {
-    const master = cluster.nodes[0]!;
-    const results: Record<string, unknown> = {};
-    for (const ack of ['local', 'one'] as const) {
-      const latencies: number[] = [];
-      let failed = 0;
-      const body = randomBytes(options.sizeBytes);
-      const end = performance.now() + options.durationMs;
-      const started = performance.now();
-      await Promise.all(
-        Array.from({ length: options.connections }, async (_, worker) => {
-          for (let n = 0; performance.now() < end; n++) {
-            const t0 = performance.now();
-            const response = await fetch(`${master.url}/v1/files/t-${ack}/${worker}/${n}`, {
-              method: 'PUT',
-              body,
-              headers: { 'x-pfs-ack': ack },
-            });
-            await response.arrayBuffer();
-            if (response.status === 201) latencies.push(performance.now() - t0);
-            else failed++;
-          }
-        }),
-      );
-      const seconds = (performance.now() - started) / 1000;
-      results[ack] = {
-        putsPerSecond: Math.round(latencies.length / seconds),
-        megabytesPerSecond:
-          Math.round(((latencies.length * options.sizeBytes) / 2 ** 20 / seconds) * 10) / 10,
-        failed,
-        latencyMs: summarize(latencies),
-      };
+    const bareServer = await startBareServer(join(base, 'bare'));
+    let bare: PutLoadResult;
+    try {
+      bare = await putLoad({
+        url: bareServer.url,
+        pathOf: (n) => `/${n}`,
+        connections: options.connections,
+        durationMs: options.durationMs,
+        body,
+      });
+    } finally {
+      bareServer.close();
     }
-    return { scenario: 'throughput', params: options, ...results };
+    const results: Record<string, unknown> = {};
+    const cluster = await startCluster({ leaseTtlSeconds: 2, extraArgs: [`--watch=${options.watch}`] });
+    try {
+      const master = cluster.nodes[0]!;
+      for (const ack of ['local', 'one'] as const) {
+        const lagSamples: number[] = [];
+        let loading = true;
+        const sampler = (async () => {
+          while (loading) {
+            const status = await master.status().catch(() => undefined);
+            for (const lag of Object.values(status?.partitions[0]?.replicaLagMs ?? {}))
+              if (typeof lag === 'number') lagSamples.push(lag);
+            await sleep(100);
+          }
+        })();
+        const load = await putLoad({
+          url: master.url,
+          pathOf: (n) => `/v1/files/t-${ack}/${n % 64}/${n}`,
+          connections: options.connections,
+          durationMs: options.durationMs,
+          body,
+          headers: { 'x-pfs-ack': ack },
+        });
+        loading = false;
+        await sampler;
+        const loadEnded = performance.now();
+        const tail = (await master.status()).partitions[0]!.lastTxid;
+        for (const replica of cluster.nodes.slice(1)) {
+          while (BigInt((await replica.status()).partitions[0]!.lastTxid) < BigInt(tail)) await sleep(5);
+        }
+        results[ack] = {
+          ...load,
+          ratioOfBare: Math.round((load.putsPerSecond / bare.putsPerSecond) * 100) / 100,
+          replicaLagWhileLoadedMs: summarize(lagSamples),
+          replicasCaughtUpAfterLoadMs: Math.round(performance.now() - loadEnded),
+        };
+      }
+    } finally {
+      await cluster.close();
+    }
+    const rsyncFiles = Math.min(20_000, Math.max(1000, (results.local as PutLoadResult).latencyMs.count));
+    const rsyncSeconds = await bulkRsyncSeconds(base, rsyncFiles, body);
+    return {
+      scenario: 'throughput',
+      params: options,
+      bare,
+      bulkRsync: {
+        files: rsyncFiles,
+        filesPerSecond: Math.round(rsyncFiles / rsyncSeconds),
+        megabytesPerSecond: Math.round(((rsyncFiles * options.sizeBytes) / 2 ** 20 / rsyncSeconds) * 10) / 10,
+      },
+      ...results,
+    };
   } finally {
-    await cluster.close();
+    await rm(base, { recursive: true, force: true });
   }
 }

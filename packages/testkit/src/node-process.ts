@@ -31,6 +31,8 @@ export interface PartitionStatus {
   lastTxidText: string;
   master: string | null;
   following: string | null;
+  /** On a master: per live replica, how long its oldest unacknowledged record has waited. */
+  replicaLagMs?: Record<string, number | null>;
 }
 
 export interface NodeStatus {
@@ -81,6 +83,7 @@ export class NodeProcess {
     const log = createWriteStream(join(spec.dataDir, 'node.log'), { flags: 'a' });
     const child = spawn(process.execPath, args, {
       cwd: spec.agentDir,
+      env: { UV_THREADPOOL_SIZE: process.env.PFS_UV_THREADPOOL_SIZE ?? '4', ...process.env },
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
     });

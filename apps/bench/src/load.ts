@@ -1,0 +1,96 @@
+import { spawn } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import { freePort, sleep } from '@pfs/testkit';
+import autocannon from 'autocannon';
+
+/**
+ * The one load generator every PUT-throughput figure uses (PFS and the bare server alike):
+ * autocannon, `connections` keep-alive connections, each request to a fresh path.
+ */
+export interface PutLoadResult {
+  putsPerSecond: number;
+  megabytesPerSecond: number;
+  failed: number;
+  latencyMs: { count: number; p50: number; p95: number; p99: number; max: number };
+}
+
+export async function putLoad(options: {
+  url: string;
+  pathOf: (n: number) => string;
+  connections: number;
+  durationMs: number;
+  body: Buffer;
+  headers?: Record<string, string>;
+}): Promise<PutLoadResult> {
+  let n = 0;
+  const result = await autocannon({
+    url: options.url,
+    connections: options.connections,
+    duration: options.durationMs / 1000,
+    requests: [
+      {
+        method: 'PUT',
+        body: options.body,
+        headers: { 'content-type': 'application/octet-stream', ...options.headers },
+        setupRequest: (request) => ({ ...request, path: options.pathOf(n++) }),
+      },
+    ],
+  });
+  const ok = result['2xx'];
+  const seconds = result.duration;
+  return {
+    putsPerSecond: Math.round(ok / seconds),
+    megabytesPerSecond: Math.round(((ok * options.body.length) / 2 ** 20 / seconds) * 10) / 10,
+    failed: result.non2xx + result.errors + result.timeouts,
+    latencyMs: {
+      count: ok,
+      p50: result.latency.p50,
+      // autocannon's histogram has p97.5 rather than p95; it is reported under p95 as the
+      // nearer bound (the table says so).
+      p95: result.latency.p97_5,
+      p99: result.latency.p99,
+      max: result.latency.max,
+    },
+  };
+}
+
+/**
+ * The bare floor: a Node HTTP server that only does temp write + fdatasync + rename per PUT,
+ * in its own process like a PFS agent.
+ */
+const BARE_SERVER = `
+const http = require('node:http');
+const fs = require('node:fs/promises');
+const path = require('node:path');
+const root = process.argv[1];
+let n = 0;
+http.createServer(async (req, res) => {
+  const chunks = [];
+  for await (const c of req) chunks.push(c);
+  const target = path.join(root, String(n++));
+  const tmp = target + '.tmp';
+  const h = await fs.open(tmp, 'w');
+  await h.writeFile(Buffer.concat(chunks));
+  await h.datasync();
+  await h.close();
+  await fs.rename(tmp, target);
+  res.writeHead(201).end();
+}).listen(Number(process.argv[2]), '127.0.0.1');
+`;
+
+export async function startBareServer(dir: string): Promise<{ url: string; close(): void }> {
+  await mkdir(dir, { recursive: true });
+  const port = await freePort();
+  const server = spawn(process.execPath, ['-e', BARE_SERVER, dir, String(port)], { stdio: 'ignore' });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 100; i++) {
+    const up = await fetch(`${url}/`, { method: 'PUT', body: 'x' }).then(
+      () => true,
+      () => false,
+    );
+    if (up) return { url, close: () => server.kill('SIGKILL') };
+    await sleep(50);
+  }
+  server.kill('SIGKILL');
+  throw new Error('bench: the bare PUT server did not start');
+}
