@@ -83,7 +83,6 @@ export class NodeProcess {
     const log = createWriteStream(join(spec.dataDir, 'node.log'), { flags: 'a' });
     const child = spawn(process.execPath, args, {
       cwd: spec.agentDir,
-      env: { UV_THREADPOOL_SIZE: process.env.PFS_UV_THREADPOOL_SIZE ?? '4', ...process.env },
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
