@@ -215,6 +215,21 @@ export class PartitionController {
       this.deps.metrics.batchSeconds.observe(batch.durationMs / 1000);
       this.reportSoon();
     });
+    replicator.on(
+      'bootstrapped',
+      (done: { durationMs: number; hashTailMs: number; syncMs: number; hashed: number }) => {
+        this.deps.logger.info(
+          {
+            partition: this.partition,
+            bootstrapMs: Math.round(done.durationMs),
+            hashTailMs: Math.round(done.hashTailMs),
+            syncMs: Math.round(done.syncMs),
+            hashed: done.hashed,
+          },
+          `partition ${this.partition}: copied the master's store in ${Math.round(done.durationMs)} ms (${done.hashed} files hashed on arrival)`,
+        );
+      },
+    );
     replicator.on('error', (error: Error) => {
       this.deps.metrics.batches.inc({ result: 'error' });
       this.deps.logger.debug(

@@ -5,8 +5,10 @@ import { hashFile, statFile } from '@pfs/filestore';
 import { pullBatch, syncTree } from '@pfs/rsync-invoker';
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, planBatch } from './batch.ts';
+import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
 import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
 import { ReplicatorError } from './errors.ts';
+import { MAX_FEED_RECORDS } from './feed.ts';
 import { httpFeedSource, type RecordSource } from './sources.ts';
 
 /**
@@ -48,7 +50,10 @@ export interface AppliedBatch {
   from: TxId;
   to: TxId;
   records: number;
+  /** Paths transferred. */
   paths: number;
+  /** Paths found as their records say from the bootstrap's digests, without reading them again. */
+  verifiedByBootstrap: number;
   durationMs: number;
 }
 
@@ -57,6 +62,12 @@ export const DEFAULT_POLL_WAIT_MS = 10_000;
 /** How long a batch may grow while reading on for a newer record of a path that did not match. */
 const MAX_EXTENDED_BATCH_RECORDS = 200_000;
 const MAX_BACKOFF_MS = 2000;
+/** Files hashed at once while a bootstrap's bulk copy runs (the libuv pool has 4 threads). */
+const BOOTSTRAP_HASH_CONCURRENCY = 8;
+/** Beyond this many files a bootstrap stops keeping digests (~150 bytes each); the replay reads the rest. */
+const MAX_BOOTSTRAP_DIGESTS = 2_000_000;
+/** During a bootstrap's copy, a syncfs after every this many files (~16 MiB of small files). */
+const BOOTSTRAP_SYNC_EVERY_FILES = 4000;
 
 export class Replicator extends EventEmitter {
   readonly partition: number;
@@ -76,6 +87,8 @@ export class Replicator extends EventEmitter {
    * since a transfer it made may have left files that were never synced.
    */
   private storeSynced = false;
+  /** Set by a bootstrap until the replay has caught up with the source. */
+  private bootstrapDigests: BootstrapDigests | undefined;
 
   constructor(options: ReplicatorOptions, log: TxLog, ownsLog: boolean, applied: TxId) {
     super();
@@ -145,7 +158,12 @@ export class Replicator extends EventEmitter {
           maxRecords: max,
           signal: stop,
         });
-        if (fetched.records.length === 0) return { applied: this.appliedTxid, unverified: [...unverified] };
+        if (fetched.records.length === 0) {
+          // A drained replica is about to write the store as master: what the bootstrap knew
+          // about it stops being true.
+          this.forgetBootstrap();
+          return { applied: this.appliedTxid, unverified: [...unverified] };
+        }
         const mismatched = await this.applyBatch(
           this.source,
           fetched.records,
@@ -166,23 +184,59 @@ export class Replicator extends EventEmitter {
 
   /**
    * A replica starting from nothing first copies the source's whole store with one bulk rsync
-   * (with progress), which costs far less than one transfer per batch; the log replay that
-   * follows then finds most files already in place and only verifies them. An optimisation only:
-   * if it fails, the replay transfers everything itself.
+   * (with progress), which costs far less than one transfer per batch, and hashes each file as
+   * rsync puts it in place; one syncfs then makes the whole copy durable. The log replay that
+   * follows checks each record against those hashes, pulling only what differs (files the
+   * source changed during the copy). An optimisation only: if it fails, the replay transfers
+   * everything itself.
    */
   private async bootstrap(source: RecordSource, signal: AbortSignal): Promise<void> {
     const started = performance.now();
+    const collector = new DigestCollector(this.options.fileStoreDir, new BootstrapDigests(), {
+      concurrency: BOOTSTRAP_HASH_CONCURRENCY,
+      maxEntries: MAX_BOOTSTRAP_DIGESTS,
+    });
+    // Writeback of the copy runs alongside it: a syncfs whenever enough new files are in place
+    // (one at a time), so that the final one only has the tail left to flush.
+    let syncing: Promise<boolean> | undefined;
+    let sinceSync = 0;
+    const onFileInPlace = (path: string) => {
+      collector.add(path);
+      if (++sinceSync < BOOTSTRAP_SYNC_EVERY_FILES || syncing !== undefined) return;
+      sinceSync = 0;
+      syncing = syncFileSystem(this.options.fileStoreDir).finally(() => {
+        syncing = undefined;
+      });
+    };
     try {
       const result = await syncTree({
         source: source.filesSource,
         dest: this.options.fileStoreDir,
         exclude: ['.pfs-tmp.*', '/.pfs/'],
         signal,
+        // One syncfs below instead of rsync's fsync per file.
+        fsync: false,
         onProgress: (progress) => this.emit('bootstrap-progress', progress),
+        onFileInPlace,
       });
+      const copiedAt = performance.now();
+      await collector.finished();
+      await syncing;
+      const hashedAt = performance.now();
       this.storeSynced = await syncFileSystem(this.options.fileStoreDir);
-      this.emit('bootstrapped', { durationMs: performance.now() - started, result });
+      if (this.storeSynced) this.bootstrapDigests = collector.digests;
+      this.emit('bootstrapped', {
+        durationMs: performance.now() - started,
+        // Of which: hashing left after rsync ended, and the syncfs.
+        hashTailMs: hashedAt - copiedAt,
+        syncMs: performance.now() - hashedAt,
+        result,
+        hashed: collector.digests.size,
+      });
     } catch (error) {
+      collector.stop();
+      await collector.finished();
+      await syncing;
       if (!signal.aborted) this.report(error);
     }
   }
@@ -202,13 +256,20 @@ export class Replicator extends EventEmitter {
       this.fetchController = controller;
       const signal = AbortSignal.any([loopSignal, controller.signal]);
       try {
+        // Catching up after a bootstrap, batches mostly check digests: unless told otherwise,
+        // take the largest pages the feed gives.
+        const maxRecords =
+          this.options.maxBatchRecords ??
+          (this.bootstrapDigests === undefined ? DEFAULT_MAX_BATCH_RECORDS : MAX_FEED_RECORDS);
         const fetched = await source.fetch(this.appliedTxid, {
           waitMs: this.options.pollWaitMs ?? DEFAULT_POLL_WAIT_MS,
-          maxRecords: this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS,
+          maxRecords,
           signal,
         });
         this.checkSource(fetched.generation, fetched.lastTxid, source);
         if (fetched.records.length > 0) await this.applyBatch(source, fetched.records, signal);
+        // A short page means caught up: from here on every batch reads what it checks.
+        if (fetched.records.length < maxRecords) this.bootstrapDigests = undefined;
         backoffMs = 0;
       } catch (error) {
         if (signal.aborted) continue;
@@ -253,13 +314,16 @@ export class Replicator extends EventEmitter {
     let plan = planBatch(records);
     let mismatched: string[] = [];
     let pulled = 0;
+    let fromDigests = 0;
     for (;;) {
       if (plan.paths.length === 0) break;
       // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
       // did) need no transfer; checking is a stat, and a hash only when the size already matches.
-      const { needed, verified } = await this.pathsToPull(plan.expected);
+      const { needed, verified, byDigest } = await this.pathsToPull(plan.expected);
+      fromDigests = byDigest;
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
+      this.bootstrapDigests?.forgetTouched(needed);
       if (needed.length > 0) await this.pull(source, needed, signal);
       pulled += needed.length;
       const problems = await this.verify(plan.expected, verified);
@@ -286,7 +350,9 @@ export class Replicator extends EventEmitter {
       records = records.concat(more.records);
       plan = planBatch(records);
     }
-    if (plan.paths.length > 0) await fsyncParents(this.options.fileStoreDir, plan.paths);
+    // Nothing transferred into a store synced as a whole: its directories are durable already.
+    if (plan.paths.length > 0 && !(pulled === 0 && this.storeSynced))
+      await fsyncParents(this.options.fileStoreDir, plan.paths);
     if (signal.aborted) throw signal.reason;
     // A batch whose append or checkpoint failed part-way may have logged some records already.
     const unlogged = records.filter((record) => record.txid > this.log.lastTxid);
@@ -299,6 +365,7 @@ export class Replicator extends EventEmitter {
       to,
       records: records.length,
       paths: pulled,
+      verifiedByBootstrap: fromDigests,
       durationMs: performance.now() - started,
     };
     this.emit('applied', batch);
@@ -324,9 +391,16 @@ export class Replicator extends EventEmitter {
   /** The paths of a batch that are not already as its records say (the rest are verified now). */
   private async pathsToPull(
     expected: ReturnType<typeof planBatch>['expected'],
-  ): Promise<{ needed: string[]; verified: Set<string> }> {
+  ): Promise<{ needed: string[]; verified: Set<string>; byDigest: number }> {
     const verified = new Set<string>();
+    const digests = this.bootstrapDigests;
+    let byDigest = 0;
     const checks = [...expected].map(async ([path, want]) => {
+      if (want.kind === 'put' && digests?.matches(path, want.size, want.sha256)) {
+        verified.add(path);
+        byDigest++;
+        return undefined;
+      }
       const info = await statFile(this.options.fileStoreDir, path);
       if (want.kind === 'delete') {
         if (info !== undefined) return path;
@@ -340,7 +414,7 @@ export class Replicator extends EventEmitter {
       return undefined;
     });
     const needed = (await Promise.all(checks)).filter((p) => p !== undefined);
-    return { needed, verified };
+    return { needed, verified, byDigest };
   }
 
   /**
@@ -381,6 +455,11 @@ export class Replicator extends EventEmitter {
     return (await Promise.all(checks)).filter((p) => p !== undefined);
   }
 
+  private forgetBootstrap(): void {
+    this.bootstrapDigests = undefined;
+    this.storeSynced = false;
+  }
+
   private report(error: unknown): void {
     if (this.listenerCount('error') > 0) this.emit('error', error);
   }
@@ -390,6 +469,7 @@ export class Replicator extends EventEmitter {
    * and rewrites the checkpoint. Following must be paused.
    */
   async rewind(): Promise<void> {
+    this.forgetBootstrap();
     this.appliedTxid = this.log.lastTxid;
     await writeCheckpoint(this.checkpointFile, this.appliedTxid);
   }

@@ -3,7 +3,13 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initStore, walkStore } from '@pfs/filestore';
-import { createReplicator, planBatch, type Replicator, ReplicatorError } from '@pfs/replicator';
+import {
+  type AppliedBatch,
+  createReplicator,
+  planBatch,
+  type Replicator,
+  ReplicatorError,
+} from '@pfs/replicator';
 import { startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { makeTxId, readCheckpoint, TxLog } from '@pfs/txlog';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -181,18 +187,50 @@ describe('replicator against a real rsync daemon', () => {
     const dir = await replicaDir();
     for (let i = 0; i < 50; i++) await m.put(`boot/${i}`, `file ${i}`);
     const { replicator } = await replicate(m, dir, { follow: false });
-    const bootstrapped = new Promise((resolve) => replicator.once('bootstrapped', resolve));
+    const bootstrapped = new Promise<{ hashed: number }>((resolve) =>
+      replicator.once('bootstrapped', resolve),
+    );
     const pulled: number[] = [];
-    replicator.on('applied', (batch: { paths: number }) => pulled.push(batch.paths));
+    const fromDigests: number[] = [];
+    replicator.on('applied', (batch: AppliedBatch) => {
+      pulled.push(batch.paths);
+      fromDigests.push(batch.verifiedByBootstrap);
+    });
     replicator.start();
-    await bootstrapped;
+    expect((await bootstrapped).hashed).toBe(50);
     await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
-    // Every file was already in place: the replay transferred nothing.
+    // Every file was already in place: the replay transferred nothing, and checked every file
+    // against the hashes taken during the copy instead of reading it again.
     expect(pulled.reduce((a, b) => a + b, 0)).toBe(0);
+    expect(fromDigests.reduce((a, b) => a + b, 0)).toBe(50);
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
     await m.put('boot/late', 'after the bootstrap');
     await until(() => replicator.applied === m.log.lastTxid, 'follow after bootstrap');
     expect(await readFile(join(dir, 'filestore', 'boot/late'), 'utf8')).toBe('after the bootstrap');
+  });
+
+  it('does not trust a bootstrap copy that disagrees with the log, and converges once the source logs it', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('same-size', 'one');
+    await m.put('other', 'fine');
+    // Changed on the master's disk behind the log's back, same size: the bulk copy gets "two"
+    // while the log still says "one".
+    await writeFile(join(m.root, 'same-size'), 'two');
+    const { replicator, errors } = await replicate(m, dir, { follow: false });
+    const bootstrapped = new Promise<{ hashed: number }>((resolve) =>
+      replicator.once('bootstrapped', resolve),
+    );
+    replicator.start();
+    expect((await bootstrapped).hashed).toBe(2);
+    await until(
+      () => errors.some((e) => e instanceof ReplicatorError && e.code === 'CONTENT_MISMATCH'),
+      'mismatch refused',
+    );
+    expect(replicator.applied).toBe(0n);
+    await m.put('same-size', 'two');
+    await until(() => replicator.applied === m.log.lastTxid, 'converge');
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
   it('refuses a source writing in a generation older than the cluster', async () => {

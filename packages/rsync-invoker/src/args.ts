@@ -5,6 +5,12 @@ export const DEFAULT_IO_TIMEOUT_SECONDS = 10;
 export const CONNECT_TIMEOUT_SECONDS = 3;
 /** One line per item: the 11-character itemize string, a space, the (escaped) name. */
 export const OUT_FORMAT = '%i %n';
+/**
+ * The same with the bytes transferred in between. Asking for `%b` makes rsync print a file's
+ * line after receiving it instead of before (its "late logging"), which is what lets a whole-tree
+ * sync say when files are in place (see syncTree).
+ */
+export const LATE_OUT_FORMAT = '%i %b %n';
 
 export interface PullArgsInput {
   source: string;
@@ -48,6 +54,8 @@ export interface SyncArgsInput {
   exclude?: readonly string[] | undefined;
   ioTimeoutSeconds?: number | undefined;
   extraArgs?: readonly string[] | undefined;
+  /** Receiver fsyncs each file (default). A caller that syncs the file system afterwards may turn it off. */
+  fsync?: boolean | undefined;
 }
 
 /** The argv of a whole-tree sync (bootstrap of a new replica). */
@@ -60,7 +68,8 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
     '--info=progress2',
     '--no-inc-recursive',
     `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
-    '--fsync',
+    ...(input.fsync === false ? [] : ['--fsync']),
+    `--out-format=${LATE_OUT_FORMAT}`,
     ...transportArgs(kind),
     ...(input.exclude ?? []).map((pattern) => `--exclude=${pattern}`),
     ...(input.extraArgs ?? []),

@@ -30,6 +30,20 @@ export function parseItemizeLine(line: Buffer): ItemizeEntry | undefined {
 }
 
 /**
+ * One line of `--out-format='%i %b %n'` (LATE_OUT_FORMAT): the path of a received regular file,
+ * undefined for any other line (directories, deletions, progress, messages).
+ */
+export function parseReceivedFileLine(line: Buffer): string | undefined {
+  if (line.length < ITEMIZE_WIDTH + 4 || line[ITEMIZE_WIDTH] !== 0x20) return undefined;
+  if (line[0] !== 0x3e /* > */ || line[1] !== 0x66 /* f */) return undefined;
+  let i = ITEMIZE_WIDTH + 1;
+  const digitsStart = i;
+  while (i < line.length && line[i]! >= 0x30 && line[i]! <= 0x39) i++;
+  if (i === digitsStart || line[i] !== 0x20 || i + 1 >= line.length) return undefined;
+  return unescapeRsyncName(line.subarray(i + 1));
+}
+
+/**
  * "file has vanished: "NAME"" (+ " (in module)" through a daemon) on stderr. rsync names the
  * file with the source dir in front (see messagePrefixes), which is stripped to give back the
  * listed relative path.

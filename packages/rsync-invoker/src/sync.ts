@@ -1,4 +1,5 @@
 import { buildSyncArgs } from './args.ts';
+import { parseReceivedFileLine } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
 import { type Progress, parseProgressLine } from './progress.ts';
@@ -16,6 +17,14 @@ export interface SyncTreeOptions {
   extraArgs?: string[];
   /** Called for every progress2 update; an exception from it fails the sync after rsync ends. */
   onProgress?: (progress: Progress) => void;
+  /**
+   * Called with the relative path of each received regular file once it is in place under its
+   * name (renamed from rsync's temp file); the last one only when rsync succeeds. An exception
+   * from it fails the sync after rsync ends.
+   */
+  onFileInPlace?: (path: string) => void;
+  /** rsync's receiver fsyncs every file, one after another (default true). */
+  fsync?: boolean;
 }
 
 export interface SyncResult {
@@ -34,19 +43,32 @@ export interface SyncResult {
 export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   let lastProgress: Progress | undefined;
   let callbackError: { error: unknown } | undefined;
+  const call = <T>(callback: ((value: T) => void) | undefined, value: T) => {
+    if (callbackError !== undefined) return;
+    try {
+      callback?.(value);
+    } catch (error) {
+      // Throwing inside a stream 'data' handler would crash the process; report it at the end.
+      callbackError = { error };
+    }
+  };
+  // rsync's receiver prints a file's late-logged line after receiving its data but before
+  // renaming the temp file into place, and handles files one at a time: the next file's line
+  // (or rsync's successful exit) is what says the previous one is in place.
+  let received: string | undefined;
   // progress2 rewrites its line with \r and ends the last one with \n.
   const stdout = new LineSplitter(
     (line) => {
+      const path = parseReceivedFileLine(line);
+      if (path !== undefined) {
+        if (received !== undefined) call(options.onFileInPlace, received);
+        received = path;
+        return;
+      }
       const progress = parseProgressLine(line.toString('utf8'));
       if (progress === undefined) return;
       lastProgress = progress;
-      if (callbackError !== undefined) return;
-      try {
-        options.onProgress?.(progress);
-      } catch (error) {
-        // Throwing inside a stream 'data' handler would crash the process; report it at the end.
-        callbackError = { error };
-      }
+      call(options.onProgress, progress);
     },
     [0x0d, 0x0a],
   );
@@ -59,6 +81,7 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   });
   stdout.end();
   const { vanished } = checkOutcome(run);
+  if (received !== undefined) call(options.onFileInPlace, received);
   if (callbackError !== undefined) throw callbackError.error;
   return { durationMs: run.durationMs, exitCode: run.exitCode ?? 0, vanished, lastProgress };
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Progress, rsyncVersion, syncTree } from '@pfs/rsync-invoker';
@@ -35,6 +36,35 @@ describe('syncTree', { timeout: 30_000 }, () => {
     const expected = await snapshot(src);
     expected.delete(Buffer.from('skip.tmp').toString('hex'));
     expect(await snapshot(dest)).toEqual(expected);
+  });
+
+  it('says when each received file is in place, exactly once, odd names included', async () => {
+    const src = await tempDir();
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 300; i++) files[`d${i % 7}/f${i}.bin`] = `${i}:`.repeat(i * 50 + 1);
+    files['#odd name\n.txt'] = 'odd';
+    files['-dash\r.bin'] = 'dash';
+    await writeTree(src, files);
+    const daemon = await startRsyncDaemon({ modules: { store: src } });
+    const dest = await tempDir();
+    const seen: string[] = [];
+    const wrong: string[] = [];
+    await syncTree({
+      source: daemon.url('store'),
+      dest,
+      fsync: false,
+      onFileInPlace: (path) => {
+        seen.push(path);
+        // Checked synchronously, inside the callback: the file must already be whole.
+        let content: string | undefined;
+        try {
+          content = readFileSync(join(dest, path), 'utf8');
+        } catch {}
+        if (content !== files[path]) wrong.push(path);
+      },
+    });
+    expect(wrong).toEqual([]);
+    expect(seen.sort()).toEqual(Object.keys(files).sort());
   });
 
   it('works from a local directory and is a no-op the second time', async () => {
