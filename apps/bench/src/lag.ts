@@ -56,6 +56,16 @@ export async function measureLag(options: {
     const deadline = performance.now() + 30_000;
     while (seen.some((m) => m.size < options.files) && performance.now() < deadline) await sleep(10);
     for (const w of watchers) w.close();
+    // How long the replicas' batches took on average (rsync, verification, fsyncs, log append).
+    let batchSeconds = 0;
+    let batches = 0;
+    for (const replica of replicas) {
+      const metrics = await (await fetch(`${replica.url}/metrics`)).text();
+      batchSeconds += Number(
+        /^pfs_replication_batch_seconds_sum(?:\{[^}]*\})? (\S+)$/m.exec(metrics)?.[1] ?? 0,
+      );
+      batches += Number(/^pfs_replication_batch_seconds_count(?:\{[^}]*\})? (\S+)$/m.exec(metrics)?.[1] ?? 0);
+    }
     const lags = seen.flatMap((m) => [...m].map(([name, at]) => at - sentAt.get(name)!));
     const missing = seen.reduce((sum, m) => sum + (options.files - m.size), 0);
     return {
@@ -63,6 +73,8 @@ export async function measureLag(options: {
       params: options,
       ackMs: summarize(ackMs),
       lagMs: summarize(lags),
+      replicaBatches: batches,
+      replicaBatchMeanMs: Math.round((batchSeconds / Math.max(batches, 1)) * 10_000) / 10,
       missing,
     };
   } finally {

@@ -47,6 +47,9 @@ export function rsyncdConf(options: {
     `timeout = 30`,
     // Without TCP_NODELAY every small protocol message waits for a delayed ACK (~40 ms each).
     `socket options = TCP_NODELAY`,
+    // Every pull is a new connection: no reverse DNS lookup of the peer (a slow or dead resolver
+    // would stall each one).
+    `reverse lookup = no`,
     '',
     '[filestore]',
     `  path = ${join(dataDir, 'filestore')}`,

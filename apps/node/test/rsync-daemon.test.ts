@@ -22,10 +22,11 @@ const answers = (port: number) =>
   });
 
 describe("the node's rsync daemon", () => {
-  it('serves read-only filestore and changelog modules with TCP_NODELAY', () => {
+  it('serves read-only filestore and changelog modules with TCP_NODELAY and no reverse DNS lookup', () => {
     const conf = rsyncdConf({ host: '127.0.0.1', port: 1, dataDir: '/d', uid: 0, gid: 0 });
     expect(conf).toContain('read only = yes');
     expect(conf).toContain('socket options = TCP_NODELAY');
+    expect(conf).toContain('reverse lookup = no');
     expect(conf).toMatch(/\[filestore\]\n {2}path = \/d\/filestore\n/);
     expect(conf).toMatch(/\[changelog\]\n {2}path = \/d\/changelog\n/);
     expect(conf).toContain('exclude = .pfs-tmp.*');

@@ -33,6 +33,8 @@ export function buildPullArgs(input: PullArgsInput): string[] {
     '--delete-missing-args',
     '--force',
     '--ignore-times',
+    // Small files, rewritten whole: block checksums of the old copy would only cost CPU.
+    '--whole-file',
     '--times',
     '--perms',
     `--max-delete=${input.maxDelete ?? input.count}`,

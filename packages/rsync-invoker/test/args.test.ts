@@ -39,6 +39,7 @@ describe('buildPullArgs', () => {
       '--delete-missing-args',
       '--force',
       '--ignore-times',
+      '--whole-file',
       '--times',
       '--perms',
       '--max-delete=7',
@@ -65,6 +66,8 @@ describe('buildPullArgs', () => {
       expect.arrayContaining(['--contimeout=3', '--sockopts=TCP_NODELAY', '--timeout=4']),
     );
     expect(daemon.at(-2)).toBe('rsync://127.0.0.1:873/m/');
+    // Whole files, never the delta algorithm against an old copy.
+    expect(daemon).toContain('--whole-file');
     const ssh = buildPullArgs({ source: 'pfs@host:/srv/store', dest: 'd', count: 1 });
     expect(ssh).toContain('--rsh=ssh');
     expect(ssh).not.toContain('--sockopts=TCP_NODELAY');
