@@ -62,8 +62,6 @@ export const DEFAULT_POLL_WAIT_MS = 10_000;
 /** How long a batch may grow while reading on for a newer record of a path that did not match. */
 const MAX_EXTENDED_BATCH_RECORDS = 200_000;
 const MAX_BACKOFF_MS = 2000;
-/** Files hashed at once while a bootstrap's bulk copy runs (the libuv pool has 4 threads). */
-const BOOTSTRAP_HASH_CONCURRENCY = 8;
 /** Beyond this many files a bootstrap stops keeping digests (~150 bytes each); the replay reads the rest. */
 const MAX_BOOTSTRAP_DIGESTS = 2_000_000;
 /** During a bootstrap's copy, a syncfs after every this many files (~16 MiB of small files). */
@@ -193,7 +191,6 @@ export class Replicator extends EventEmitter {
   private async bootstrap(source: RecordSource, signal: AbortSignal): Promise<void> {
     const started = performance.now();
     const collector = new DigestCollector(this.options.fileStoreDir, new BootstrapDigests(), {
-      concurrency: BOOTSTRAP_HASH_CONCURRENCY,
       maxEntries: MAX_BOOTSTRAP_DIGESTS,
     });
     // Writeback of the copy runs alongside it: a syncfs whenever enough new files are in place
