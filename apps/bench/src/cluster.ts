@@ -79,13 +79,26 @@ export function summarize(values: number[]) {
   };
 }
 
-/** Seconds that a plain `rsync -a src/ dest` takes: the bulk floor PFS is compared with. */
-export async function timeBulkRsync(src: string, dest: string): Promise<number> {
+/**
+ * Seconds that a plain `rsync -a src/ dest` takes: the bulk floor PFS is compared with. With
+ * `durable`, a `sync -f` of dest's file system afterwards is included: rsync alone leaves the
+ * copy in the page cache, while a replica must make it durable before it counts as caught up.
+ */
+export async function timeBulkRsync(
+  src: string,
+  dest: string,
+  options: { durable?: boolean } = {},
+): Promise<number> {
   const started = performance.now();
-  await new Promise<void>((resolve, reject) => {
-    const rsync = spawn('rsync', ['-a', `${src}/`, dest], { stdio: 'ignore' });
-    rsync.once('error', reject);
-    rsync.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`rsync exited ${code}`))));
-  });
+  await run('rsync', ['-a', `${src}/`, dest]);
+  if (options.durable) await run('sync', ['-f', dest]);
   return (performance.now() - started) / 1000;
+}
+
+function run(command: string, args: string[]): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const child = spawn(command, args, { stdio: 'ignore' });
+    child.once('error', reject);
+    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${command} exited ${code}`))));
+  });
 }

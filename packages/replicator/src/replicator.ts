@@ -247,6 +247,8 @@ export class Replicator extends EventEmitter {
       await this.bootstrap(this.source, loopSignal);
     }
     let backoffMs = 0;
+    // The next page, asked for while the current one is applied (catching up after a bootstrap).
+    let prefetched: { after: TxId; source: RecordSource; page: Promise<FetchedPage | undefined> } | undefined;
     while (!loopSignal.aborted) {
       const source = this.source;
       const controller = new AbortController();
@@ -258,12 +260,28 @@ export class Replicator extends EventEmitter {
         const maxRecords =
           this.options.maxBatchRecords ??
           (this.bootstrapDigests === undefined ? DEFAULT_MAX_BATCH_RECORDS : MAX_FEED_RECORDS);
-        const fetched = await source.fetch(this.appliedTxid, {
-          waitMs: this.options.pollWaitMs ?? DEFAULT_POLL_WAIT_MS,
-          maxRecords,
-          signal,
-        });
+        // Used only if it starts exactly where the log now ends, from the same source.
+        const ahead =
+          prefetched?.after === this.appliedTxid && prefetched.source === source
+            ? await prefetched.page
+            : undefined;
+        prefetched = undefined;
+        const fetched =
+          ahead ??
+          (await source.fetch(this.appliedTxid, {
+            waitMs: this.options.pollWaitMs ?? DEFAULT_POLL_WAIT_MS,
+            maxRecords,
+            signal,
+          }));
         this.checkSource(fetched.generation, fetched.lastTxid, source);
+        if (this.bootstrapDigests !== undefined && fetched.records.length === maxRecords) {
+          const after = fetched.records.at(-1)!.txid;
+          prefetched = {
+            after,
+            source,
+            page: source.fetch(after, { waitMs: 0, maxRecords, signal }).catch(() => undefined),
+          };
+        }
         if (fetched.records.length > 0) await this.applyBatch(source, fetched.records, signal);
         // A short page means caught up: from here on every batch reads what it checks.
         if (fetched.records.length < maxRecords) this.bootstrapDigests = undefined;
@@ -480,6 +498,8 @@ export class Replicator extends EventEmitter {
     await this.source.close?.();
   }
 }
+
+type FetchedPage = Awaited<ReturnType<RecordSource['fetch']>>;
 
 function toSource(source: ReplicatorOptions['source'], replicaId: string | undefined): RecordSource {
   if ('fetch' in source) return source;
