@@ -1,6 +1,6 @@
 /**
  * What a partition's log says each path holds, kept out of the JavaScript heap: a million paths
- * cost their UTF-8 bytes plus ~80 bytes each in a few typed arrays, instead of a Map entry, a
+ * cost their UTF-8 bytes plus ~75 bytes each in a few typed arrays, instead of a Map entry, a
  * string and an object with three bigints and a 64-character hex string each (~250 bytes), and
  * the garbage collector has no million objects to trace.
  *
