@@ -6,10 +6,11 @@ import { freePort, NodeProcess, startEtcd, waitFor } from '@pfs/testkit';
 
 const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
 
-async function rssMiB(pid: number): Promise<number> {
+/** Resident memory now (VmRSS) or the peak since the process started (VmHWM), in MiB. */
+async function rssMiB(pid: number, field: 'VmRSS' | 'VmHWM' = 'VmRSS'): Promise<number> {
   // The agent runs as `node --import tsx …`: its own pid is the process group leader.
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Math.round(Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024);
+  return Math.round(Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) / 1024);
 }
 
 /**
@@ -53,6 +54,7 @@ export async function measureScale(options: { files: number; sizeBytes: number }
     await waitFor('every file logged', logged, 1_800_000);
     const firstLogSeconds = (performance.now() - t1) / 1000;
     const rssAfterLogging = await rssMiB(node.pid);
+    const peakRssFirstLogging = await rssMiB(node.pid, 'VmHWM');
     await node.stop();
     const t2 = performance.now();
     node = await NodeProcess.start(spec);
@@ -64,15 +66,18 @@ export async function measureScale(options: { files: number; sizeBytes: number }
     );
     const restartSeconds = (performance.now() - t2) / 1000;
     const rssAfterRestart = await rssMiB(node.pid);
+    const peakRssRestart = await rssMiB(node.pid, 'VmHWM');
     return {
       scenario: 'scale',
       params: options,
       writeFilesSeconds: Math.round(writeSeconds * 10) / 10,
       firstStartLogEverythingSeconds: Math.round(firstLogSeconds * 10) / 10,
       rssAfterLoggingMiB: rssAfterLogging,
+      peakRssFirstLoggingMiB: peakRssFirstLogging,
       restartHealthySeconds: Math.round(healthySeconds * 10) / 10,
       restartToMasterSeconds: Math.round(restartSeconds * 10) / 10,
       rssAfterRestartMiB: rssAfterRestart,
+      peakRssRestartMiB: peakRssRestart,
     };
   } finally {
     if (node?.running) await node.stop();

@@ -10,6 +10,7 @@ import {
   walkStore,
 } from '@pfs/filestore';
 import type { LogRecord, TxLog } from '@pfs/txlog';
+import { PathIndex, type SlotMarks } from './path-index.ts';
 import { KeyedLock } from './path-locks.ts';
 
 /**
@@ -34,17 +35,10 @@ export class ChangelogError extends Error {
   }
 }
 
-interface IndexEntry {
-  size: bigint;
-  mtimeNs: bigint;
-  sha256: string;
-  /** Known only for files this process wrote or hashed; a change of ctime forces a re-hash. */
-  ctimeNs?: bigint;
-}
-
 interface Partition {
   log: TxLog;
-  index: Map<string, IndexEntry>;
+  /** ctime is known only for files this process wrote or hashed; a change of ctime forces a re-hash. */
+  index: PathIndex;
 }
 
 export type AppendListener = (partition: number, record: LogRecord) => void;
@@ -68,8 +62,16 @@ export class ChangelogGenerator {
 
   /** Starts logging `partition` into `log`, rebuilding its index by replaying the log. */
   async attach(partition: number, log: TxLog): Promise<void> {
-    const index = new Map<string, IndexEntry>();
-    for await (const record of log.readFrom(0n)) applyToIndex(index, record);
+    const index = new PathIndex();
+    // Pages rather than readFrom's record-by-record iteration: a million-record replay is then a
+    // few hundred awaits instead of a million.
+    let after = 0n;
+    for (;;) {
+      const page = await log.readAfter(after, REPLAY_PAGE_RECORDS);
+      if (page.length === 0) break;
+      for (const record of page) applyToIndex(index, record);
+      after = page.at(-1)!.txid;
+    }
     this.partitions.set(partition, { log, index });
   }
 
@@ -145,7 +147,7 @@ export class ChangelogGenerator {
         mtimeNs: info.mtimeNs,
         sha256: staged.sha256,
       });
-      owned.index.set(staged.path, { ...owned.index.get(staged.path)!, ctimeNs: info.ctimeNs });
+      owned.index.setCtime(owned.index.slotOf(staged.path)!, info.ctimeNs);
       return record;
     });
   }
@@ -168,19 +170,15 @@ export class ChangelogGenerator {
       const partition = this.partitionOf(path);
       const owned = this.partitions.get(partition);
       if (owned === undefined) return undefined;
-      const known = owned.index.get(path);
+      const { index } = owned;
+      const known = index.slotOf(path);
       for (let attempt = 0; attempt < 5; attempt++) {
         const before = await statFile(this.root, path);
         if (before === undefined) {
           if (known === undefined) return undefined;
           return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' });
         }
-        if (
-          known !== undefined &&
-          known.size === before.size &&
-          known.mtimeNs === before.mtimeNs &&
-          (known.ctimeNs === undefined || known.ctimeNs === before.ctimeNs)
-        ) {
+        if (known !== undefined && index.matchesStat(known, before.size, before.mtimeNs, before.ctimeNs)) {
           return undefined;
         }
         const hashed = await hashFile(this.root, path);
@@ -193,8 +191,12 @@ export class ChangelogGenerator {
         ) {
           continue; // still being written: look again
         }
-        if (known !== undefined && known.sha256 === hashed.sha256 && known.size === hashed.size) {
-          owned.index.set(path, { ...known, mtimeNs: after.mtimeNs, ctimeNs: after.ctimeNs });
+        if (
+          known !== undefined &&
+          index.sha256Of(known) === hashed.sha256 &&
+          index.sizeOf(known) === hashed.size
+        ) {
+          index.setTimes(known, after.mtimeNs, after.ctimeNs);
           return undefined;
         }
         const record = await this.append(partition, owned, {
@@ -204,7 +206,7 @@ export class ChangelogGenerator {
           mtimeNs: after.mtimeNs,
           sha256: hashed.sha256,
         });
-        owned.index.set(path, { ...owned.index.get(path)!, ctimeNs: after.ctimeNs });
+        index.setCtime(index.slotOf(path)!, after.ctimeNs);
         return record;
       }
       return undefined;
@@ -217,44 +219,69 @@ export class ChangelogGenerator {
    */
   async reconcile(): Promise<number> {
     let appended = 0;
-    const seen = new Set<string>();
+    // Which indexed paths the walk found, as one bit per slot rather than a set of a million
+    // strings. A partition attached during the walk has no marks: all its paths get checked.
+    const marks = new Map<PathIndex, SlotMarks>();
+    for (const { index } of this.partitions.values()) marks.set(index, index.startMarks());
+    // Marked once observed, so that a file the walk found and observe then indexed counts as seen.
+    const markWalked = (path: string) => {
+      const index = this.partitions.get(this.partitionOf(path))?.index;
+      const slot = index?.slotOf(path);
+      if (slot !== undefined) marks.get(index!)?.mark(slot);
+    };
     // Up to RECONCILE_CONCURRENCY paths at once, so that their appends share group commits
     // instead of waiting for one fsync each.
     const inFlight = new Set<Promise<void>>();
     let failure: unknown;
-    const check = async (path: string) => {
+    const check = async (path: string, walked: boolean) => {
       const track = this.observe(path).then(
         (record) => {
           if (record) appended++;
+          if (walked) markWalked(path);
         },
         (error: unknown) => {
           failure ??= error;
+          if (walked) markWalked(path);
         },
       );
       const settled = track.finally(() => inFlight.delete(settled));
       inFlight.add(settled);
       if (inFlight.size >= RECONCILE_CONCURRENCY) await Promise.race(inFlight);
     };
-    for await (const entry of walkStore(this.root)) {
-      if (!this.partitions.has(this.partitionOf(entry.path))) continue;
-      seen.add(entry.path);
-      await check(entry.path);
-    }
-    await Promise.all(inFlight);
-    for (const owned of [...this.partitions.values()]) {
-      for (const path of [...owned.index.keys()]) {
-        if (!seen.has(path)) await check(path);
+    try {
+      for await (const entry of walkStore(this.root)) {
+        const index = this.partitions.get(this.partitionOf(entry.path))?.index;
+        if (index === undefined) continue;
+        // When the walk's own stat matches the index, observe would only stat again to learn the
+        // same: at a million unchanged files that is half the reconcile's work and garbage.
+        const slot = index.slotOf(entry.path);
+        const { size, mtimeNs, ctimeNs } = entry.stat;
+        if (slot !== undefined && index.matchesStat(slot, size, mtimeNs, ctimeNs)) {
+          marks.get(index)?.mark(slot);
+          continue;
+        }
+        await check(entry.path, true);
       }
+      await Promise.all(inFlight);
+      for (const { index } of [...this.partitions.values()]) {
+        // Collected before checking, like a snapshot: paths set from here on were not missed by
+        // the walk, they were just written.
+        for (const path of index.unmarkedPaths(marks.get(index))) await check(path, false);
+      }
+      await Promise.all(inFlight);
+    } finally {
+      for (const [index, walked] of marks) index.endMarks(walked);
     }
-    await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
     return appended;
   }
 }
 
 const RECONCILE_CONCURRENCY = 32;
+/** Big enough that a replay reads each 8 MiB segment a few times, small enough to die young. */
+const REPLAY_PAGE_RECORDS = 10_000;
 
-function applyToIndex(index: Map<string, IndexEntry>, record: LogRecord): void {
+function applyToIndex(index: PathIndex, record: LogRecord): void {
   if (record.kind === 'put') {
     index.set(record.path, { size: record.size, mtimeNs: record.mtimeNs, sha256: record.sha256 });
   } else if (record.kind === 'delete') {

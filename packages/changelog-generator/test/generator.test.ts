@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
@@ -133,6 +133,31 @@ describe('ChangelogGenerator', () => {
     const fresh = new ChangelogGenerator({ root, partitionCount: 1 });
     await fresh.attach(0, reopened);
     expect(await fresh.reconcile()).toBe(0);
+  });
+
+  it('reconciles many paths across partitions, reusing the slots of deleted ones', async () => {
+    const { root, generator, logs } = await setup(2, [0, 1]);
+    await mkdir(join(root, 'd'));
+    for (let i = 0; i < 200; i++)
+      await generator.commitPut(await stageFile(root, `d/f${i}`, Buffer.from(`${i}`)));
+    for (let i = 0; i < 50; i++) await unlink(join(root, `d/f${i}`));
+    for (let i = 50; i < 60; i++) await writeFile(join(root, `d/f${i}`), `changed ${i}`);
+    for (let i = 200; i < 230; i++) await writeFile(join(root, `d/f${i}`), `new ${i}`);
+    expect(await generator.reconcile()).toBe(90);
+    expect(await generator.reconcile()).toBe(0);
+    const all = [...(await records(logs.get(0)!)), ...(await records(logs.get(1)!))];
+    const last = new Map(all.map((r) => [r.path, r]));
+    for (let i = 0; i < 230; i++) {
+      const record = last.get(`d/f${i}`)!;
+      expect(record.kind).toBe(i < 50 ? 'delete' : 'put');
+      if (i >= 50 && i < 60)
+        expect(record.sha256).toBe(createHash('sha256').update(`changed ${i}`).digest('hex'));
+    }
+    // Deleted paths' slots now hold others; a reconcile must still see every path as it is.
+    for (let i = 0; i < 50; i++) await writeFile(join(root, `d/f${i}`), `back ${i}`);
+    await unlink(join(root, 'd/f229'));
+    expect(await generator.reconcile()).toBe(51);
+    expect(await generator.reconcile()).toBe(0);
   });
 
   it('logs every accepted odd name with its exact bytes', async () => {

@@ -315,9 +315,17 @@ export class TxLog {
     const cursor = this.readCursor?.after === after ? this.readCursor : undefined;
     let i = cursor !== undefined ? segments.indexOf(cursor.segment) : -1;
     if (i === -1) i = segmentIndexFor(segments, after);
+    const firstSegment = i;
     let last: { segment: TxId; end: number; txid: TxId } | undefined;
     for (; i < segments.length && out.length < maxRecords; i++) {
-      const fromOffset = cursor !== undefined && segments[i] === cursor.segment ? cursor.offset : undefined;
+      // Every record of a later segment is after `after`: it is read from its start, and only as far
+      // as this page needs.
+      const fromOffset =
+        cursor !== undefined && segments[i] === cursor.segment
+          ? cursor.offset
+          : i > firstSegment
+            ? SEGMENT_MAGIC.length
+            : undefined;
       const scan = await scanSegment(
         this.dir,
         segments[i]!,

@@ -33,22 +33,90 @@ export interface SegmentScan {
   end: ScanEnd;
 }
 
+/**
+ * Bytes read at a time by a scan that stops after `maxRecords`: a reader paging through a log reads
+ * about what it decodes, instead of the whole segment (8 MiB by default) for every page.
+ */
+export const SCAN_CHUNK_BYTES = 1024 * 1024;
+
 export async function scanSegment(
   dir: string,
   firstTxid: TxId,
   fromOffset?: number,
   maxRecords?: number,
+  chunkBytes = SCAN_CHUNK_BYTES,
 ): Promise<SegmentScan> {
   const name = segmentFileName(firstTxid);
+  if (maxRecords !== undefined) return scanSegmentInChunks(dir, name, fromOffset, maxRecords, chunkBytes);
   const buf = await readFile(join(dir, name));
+  checkMagic(buf, name, dir);
+  const { records, end } = scanFrames(buf, fromOffset ?? SEGMENT_MAGIC.length, maxRecords);
+  return { name, size: buf.length, records, end };
+}
+
+function checkMagic(buf: Buffer, name: string, dir: string): void {
   if (buf.length < SEGMENT_MAGIC.length || !buf.subarray(0, SEGMENT_MAGIC.length).equals(SEGMENT_MAGIC)) {
     throw new TxlogError('TXLOG_CORRUPT', `segment ${name} in ${dir} does not start with the PFS log magic`, {
       segment: name,
       offset: 0,
     });
   }
-  const { records, end } = scanFrames(buf, fromOffset ?? SEGMENT_MAGIC.length, maxRecords);
-  return { name, size: buf.length, records, end };
+}
+
+/**
+ * The same scan as one over the whole file, read SCAN_CHUNK_BYTES at a time. A frame decoded whole
+ * from a chunk decodes the same from the file. Only a torn end depends on what follows it: when a
+ * chunk that is not the end of the file ends torn, the scan goes on from that frame, and if no
+ * frame at all decoded, the rest of the file is read in one piece, which judges it as a whole-file
+ * scan would.
+ */
+async function scanSegmentInChunks(
+  dir: string,
+  name: string,
+  fromOffset: number | undefined,
+  maxRecords: number,
+  firstChunkBytes: number,
+): Promise<SegmentScan> {
+  const handle = await open(join(dir, name), 'r');
+  try {
+    const size = (await handle.stat()).size;
+    const magic = await readAt(handle, 0, Math.min(size, SEGMENT_MAGIC.length));
+    checkMagic(magic, name, dir);
+    const records: ScannedRecord[] = [];
+    let offset = fromOffset ?? SEGMENT_MAGIC.length;
+    let chunkBytes = firstChunkBytes;
+    for (;;) {
+      if (offset >= size || records.length >= maxRecords) {
+        return { name, size, records, end: { kind: 'clean', offset } };
+      }
+      const length = Math.min(chunkBytes, size - offset);
+      const chunk = await readAt(handle, offset, length);
+      const scan = scanFrames(chunk, 0, maxRecords - records.length);
+      for (const r of scan.records) {
+        records.push({ record: r.record, offset: offset + r.offset, end: offset + r.end });
+      }
+      const end = { ...scan.end, offset: offset + scan.end.offset };
+      const wholeRest = offset + length === size;
+      if (scan.end.kind === 'corrupt' || (scan.end.kind === 'torn' && wholeRest)) {
+        return { name, size, records, end };
+      }
+      if (scan.end.kind === 'torn' && scan.records.length === 0) chunkBytes = size - end.offset;
+      offset = end.offset;
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readAt(handle: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  let filled = 0;
+  while (filled < length) {
+    const { bytesRead } = await handle.read(buf, filled, length - filled, position + filled);
+    if (bytesRead === 0) break;
+    filled += bytesRead;
+  }
+  return filled === length ? buf : buf.subarray(0, filled);
 }
 
 /**
