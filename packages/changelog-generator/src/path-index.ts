@@ -75,18 +75,18 @@ export class PathIndex {
   private readonly free: number[] = [];
   /** Slots handed out so far, in use or free; the next new slot is this one. */
   private used = 0;
-  private sizes: BigUint64Array;
-  private mtimes: BigInt64Array;
-  private ctimes: BigInt64Array;
-  private flags: Uint8Array;
-  private hashes: Buffer;
+  private sizes!: BigUint64Array;
+  private mtimes!: BigInt64Array;
+  private ctimes!: BigInt64Array;
+  private flags!: Uint8Array;
+  private hashes!: Buffer;
   /** Path bytes of every slot, back to back; bytes of deleted paths stay until the next compaction. */
   private keys: Buffer;
   private keysEnd = 0;
   private deadKeyBytes = 0;
-  private keyStart: Uint32Array;
-  private keyLength: Uint16Array;
-  private keyHash: Uint32Array;
+  private keyStart!: Uint32Array;
+  private keyLength!: Uint16Array;
+  private keyHash!: Uint32Array;
   private table: Int32Array;
   /** Cells not empty (live or tombstones): what bounds the probe lengths. */
   private tableFilled = 0;
@@ -96,15 +96,7 @@ export class PathIndex {
 
   constructor(initialCapacity = INITIAL_CAPACITY) {
     const capacity = Math.max(1, initialCapacity);
-    const slots = slotArrays(capacity);
-    this.sizes = slots.sizes;
-    this.mtimes = slots.mtimes;
-    this.ctimes = slots.ctimes;
-    this.flags = slots.flags;
-    this.hashes = slots.hashes;
-    this.keyStart = slots.keyStart;
-    this.keyLength = slots.keyLength;
-    this.keyHash = slots.keyHash;
+    this.adopt(slotArrays(capacity));
     this.keys = Buffer.alloc(capacity * 16);
     this.table = new Int32Array(tableSizeFor(capacity));
   }
@@ -328,6 +320,10 @@ export class PathIndex {
     slots.keyStart.set(this.keyStart);
     slots.keyLength.set(this.keyLength);
     slots.keyHash.set(this.keyHash);
+    this.adopt(slots);
+  }
+
+  private adopt(slots: ReturnType<typeof slotArrays>): void {
     this.sizes = slots.sizes;
     this.mtimes = slots.mtimes;
     this.ctimes = slots.ctimes;
