@@ -256,7 +256,13 @@ export class PathIndex {
 
   /** Adds the scratch key (known to be absent) under a new slot. */
   private insert(length: number, hash: number): number {
-    if ((this.tableFilled + 1) * 2 > this.table.length) this.rehash(tableSizeFor(this.count + 1));
+    if ((this.tableFilled + 1) * 2 > this.table.length) {
+      // Same size only when tombstones are at least half the filled cells (the rebuild then
+      // frees a quarter of the table); otherwise double, or a table held at exactly half full
+      // by deletes and inserts would be rebuilt on every insert.
+      const tombstones = this.tableFilled - this.count;
+      this.rehash(tombstones * 2 >= this.tableFilled ? tableSizeFor(this.count + 1) : this.table.length * 2);
+    }
     const slot = this.free.pop() ?? this.used++;
     if (slot >= this.capacity) this.grow();
     for (const marks of this.marks) marks.clear(slot);

@@ -24,13 +24,18 @@ export class BootstrapDigests {
   }
 
   /**
-   * Forgets `paths` and everything below them: a pull may replace or delete a file, and rsync's
-   * --force removes a whole directory that a listed path turns into a file.
+   * Forgets `paths`, everything below them and every parent of them: a pull may replace or
+   * delete a file, rsync's --force removes a whole directory that a listed path turns into a
+   * file, and rsync removes a file that stands where a listed path needs a directory.
    */
   forgetTouched(paths: readonly string[]): void {
     if (paths.length === 0 || this.digests.size === 0) return;
     const touched = new Set(paths);
-    for (const path of touched) this.digests.delete(path);
+    for (const path of touched) {
+      this.digests.delete(path);
+      for (let slash = path.indexOf('/'); slash !== -1; slash = path.indexOf('/', slash + 1))
+        this.digests.delete(path.slice(0, slash));
+    }
     for (const path of this.digests.keys()) {
       for (let slash = path.indexOf('/'); slash !== -1; slash = path.indexOf('/', slash + 1)) {
         if (touched.has(path.slice(0, slash))) {
@@ -139,6 +144,8 @@ export class DigestCollector {
       this.worker.on('message', (results: ([string, string] | null)[]) => this.collect(results));
       // A worker that fails only costs the shortcut: the replay reads those files itself.
       this.worker.on('error', () => this.stop());
+      // Ended some other way than by finished(): nothing more will come back.
+      this.worker.on('exit', () => this.stop());
     }
     this.inFlight.push(this.chunk);
     this.worker.postMessage({ root: this.root, paths: this.chunk });

@@ -9,6 +9,7 @@ import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
 import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
 import { ReplicatorError } from './errors.ts';
 import { MAX_FEED_RECORDS } from './feed.ts';
+import { waitInPlace } from './in-place.ts';
 import { httpFeedSource, type RecordSource } from './sources.ts';
 
 /**
@@ -78,6 +79,8 @@ export class Replicator extends EventEmitter {
   private loop: Promise<void> | undefined;
   private loopController: AbortController | undefined;
   private fetchController: AbortController | undefined;
+  /** The next page asked for ahead of time (catching up after a bootstrap); see follow(). */
+  private prefetchController: AbortController | undefined;
   private closed = false;
   /**
    * True while every file in the store is known durable (right after a bootstrap's syncfs):
@@ -85,6 +88,8 @@ export class Replicator extends EventEmitter {
    * since a transfer it made may have left files that were never synced.
    */
   private storeSynced = false;
+  /** rsync calls whose files are all in place but which are still ending (see pull). */
+  private readonly ending = new Set<Promise<void>>();
   /** Set by a bootstrap until the replay has caught up with the source. */
   private bootstrapDigests: BootstrapDigests | undefined;
 
@@ -123,12 +128,14 @@ export class Replicator extends EventEmitter {
   async pause(): Promise<void> {
     this.loopController?.abort();
     await this.loop;
+    await Promise.all(this.ending);
   }
 
   /** Continues from the applied txid (not a byte offset) with another source; aborts the fetch or rsync in flight. */
   switchSource(source: RecordSource | { feedUrl: string; filesSource: string }): void {
     this.source = toSource(source, this.options.replicaId);
     this.fetchController?.abort();
+    this.prefetchController?.abort();
   }
 
   /**
@@ -160,6 +167,8 @@ export class Replicator extends EventEmitter {
           // A drained replica is about to write the store as master: what the bootstrap knew
           // about it stops being true.
           this.forgetBootstrap();
+          // The node may write the store next: no rsync of this replica may still be running.
+          await Promise.all(this.ending);
           return { applied: this.appliedTxid, unverified: [...unverified] };
         }
         const mismatched = await this.applyBatch(
@@ -197,6 +206,9 @@ export class Replicator extends EventEmitter {
     // (one at a time), so that the final one only has the tail left to flush.
     let syncing: Promise<boolean> | undefined;
     let sinceSync = 0;
+    // Stopping must not wait for a backlog of files to hash.
+    const stopHashing = () => collector.stop();
+    signal.addEventListener('abort', stopHashing, { once: true });
     const onFileInPlace = (path: string) => {
       collector.add(path);
       if (++sinceSync < BOOTSTRAP_SYNC_EVERY_FILES || syncing !== undefined) return;
@@ -235,6 +247,8 @@ export class Replicator extends EventEmitter {
       await collector.finished();
       await syncing;
       if (!signal.aborted) this.report(error);
+    } finally {
+      signal.removeEventListener('abort', stopHashing);
     }
   }
 
@@ -260,11 +274,12 @@ export class Replicator extends EventEmitter {
         const maxRecords =
           this.options.maxBatchRecords ??
           (this.bootstrapDigests === undefined ? DEFAULT_MAX_BATCH_RECORDS : MAX_FEED_RECORDS);
-        // Used only if it starts exactly where the log now ends, from the same source.
-        const ahead =
+        // Used only if it starts exactly where the log now ends, from the source still current.
+        let ahead =
           prefetched?.after === this.appliedTxid && prefetched.source === source
             ? await prefetched.page
             : undefined;
+        if (this.source !== source) ahead = undefined;
         prefetched = undefined;
         const fetched =
           ahead ??
@@ -276,10 +291,14 @@ export class Replicator extends EventEmitter {
         this.checkSource(fetched.generation, fetched.lastTxid, source);
         if (this.bootstrapDigests !== undefined && fetched.records.length === maxRecords) {
           const after = fetched.records.at(-1)!.txid;
+          const ahead = new AbortController();
+          this.prefetchController = ahead;
           prefetched = {
             after,
             source,
-            page: source.fetch(after, { waitMs: 0, maxRecords, signal }).catch(() => undefined),
+            page: source
+              .fetch(after, { waitMs: 0, maxRecords, signal: AbortSignal.any([loopSignal, ahead.signal]) })
+              .catch(() => undefined),
           };
         }
         if (fetched.records.length > 0) await this.applyBatch(source, fetched.records, signal);
@@ -339,7 +358,7 @@ export class Replicator extends EventEmitter {
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
-      if (needed.length > 0) await this.pull(source, needed, signal);
+      if (needed.length > 0) await this.pull(source, needed, signal, plan.expected);
       pulled += needed.length;
       const problems = await this.verify(plan.expected, verified);
       if (problems.length === 0 || tolerateMismatch) {
@@ -388,19 +407,46 @@ export class Replicator extends EventEmitter {
   }
 
   /**
-   * Pulls `paths` with one rsync and resolves when it has exited. (Not earlier: rsync itemizes a
-   * file before it has received it, so no output line says a file is in place, and a second
-   * rsync of the same path while the first still runs could be overtaken by it.)
+   * Pulls `paths` with one rsync and resolves when it has exited, or earlier, once every path is
+   * on disk exactly as `expected` says (waitInPlace): rsync then only has its own 0–40 ms of
+   * ending left, which no longer holds up this batch or the next one's rsync (it touches no file
+   * content any more). The call is kept in `ending` so that pause, drain and stop wait for it.
    */
-  private async pull(source: RecordSource, paths: string[], signal: AbortSignal): Promise<void> {
-    await pullBatch({
+  private async pull(
+    source: RecordSource,
+    paths: string[],
+    signal: AbortSignal,
+    expected: ReturnType<typeof planBatch>['expected'],
+  ): Promise<void> {
+    const received: string[] = [];
+    const run = pullBatch({
       source: source.filesSource,
       dest: this.options.fileStoreDir,
       paths,
       signal,
       // verify() fsyncs every received file itself, concurrently: cheaper than rsync's one-by-one.
       fsync: false,
+      onFileReceived: (path) => received.push(path),
     });
+    const ended = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    const early = await waitInPlace({ root: this.options.fileStoreDir, paths, expected, received, ended });
+    if (!early) {
+      await run;
+      return;
+    }
+    const ending: Promise<void> = run
+      .then(
+        () => undefined,
+        (error: unknown) => {
+          // The files it brought are verified; a failure while ending is only worth a report.
+          if (!signal.aborted) this.report(error);
+        },
+      )
+      .finally(() => this.ending.delete(ending));
+    this.ending.add(ending);
   }
 
   /** The paths of a batch that are not already as its records say (the rest are verified now). */

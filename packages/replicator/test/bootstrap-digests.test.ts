@@ -24,4 +24,11 @@ describe('BootstrapDigests', () => {
     expect(left).toEqual(['ab', 'ab/c', 'x/a/b']);
     expect(digests.size).toBe(3);
   });
+
+  it('forgets the parents of a touched path (rsync removes a file where a directory must go)', () => {
+    const digests = new BootstrapDigests();
+    for (const path of ['p', 'p/q', 'p/q/r', 'pq']) digests.record(path, 1n, SHA_A);
+    digests.forgetTouched(['p/q/r']);
+    expect(['p', 'p/q', 'p/q/r', 'pq'].filter((p) => digests.matches(p, 1n, SHA_A))).toEqual(['pq']);
+  });
 });

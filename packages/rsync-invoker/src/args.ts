@@ -3,12 +3,11 @@ import { normalizeDest, normalizeSource, type SourceKind, sourceKind } from './s
 
 export const DEFAULT_IO_TIMEOUT_SECONDS = 10;
 export const CONNECT_TIMEOUT_SECONDS = 3;
-/** One line per item: the 11-character itemize string, a space, the (escaped) name. */
-export const OUT_FORMAT = '%i %n';
 /**
- * The same with the bytes transferred in between. Asking for `%b` makes rsync print a file's
- * line after receiving it instead of before (its "late logging"), which is what lets a whole-tree
- * sync say when files are in place (see syncTree).
+ * One line per item: the 11-character itemize string, the bytes transferred, the (escaped) name.
+ * Asking for `%b` makes rsync print a file's line after receiving it instead of before (its
+ * "late logging"), which is what lets a caller learn when files are in place (see syncTree and
+ * pullBatch's onFileReceived).
  */
 export const LATE_OUT_FORMAT = '%i %b %n';
 
@@ -41,7 +40,7 @@ export function buildPullArgs(input: PullArgsInput): string[] {
     `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
     ...(input.fsync === false ? [] : ['--fsync']),
     '--itemize-changes',
-    `--out-format=${OUT_FORMAT}`,
+    `--out-format=${LATE_OUT_FORMAT}`,
     ...transportArgs(kind),
     ...(input.extraArgs ?? []),
     '--',

@@ -19,11 +19,23 @@ const ITEMIZE_WIDTH = 11;
  * One line of `--itemize-changes --out-format='%i %n'`: `>f+++++++++ name` for a received file,
  * `*deleting   name` for a deletion, `cd+++++++++ dir/` and the like for the rest. Lines that
  * are not itemize lines (info messages such as "skipping non-regular file") give undefined.
+ * With `withBytes`, the line is of LATE_OUT_FORMAT (`%i %b %n`): a byte count sits before the name.
  */
-export function parseItemizeLine(line: Buffer): ItemizeEntry | undefined {
+export function parseItemizeLine(
+  line: Buffer,
+  options: { withBytes?: boolean } = {},
+): ItemizeEntry | undefined {
   if (line.length < ITEMIZE_WIDTH + 2 || line[ITEMIZE_WIDTH] !== 0x20) return undefined;
   const flags = line.subarray(0, ITEMIZE_WIDTH).toString('latin1');
-  const path = stripSlash(unescapeRsyncName(line.subarray(ITEMIZE_WIDTH + 1)));
+  let nameStart = ITEMIZE_WIDTH + 1;
+  if (options.withBytes) {
+    const digitsStart = nameStart;
+    while (nameStart < line.length && line[nameStart]! >= 0x30 && line[nameStart]! <= 0x39) nameStart++;
+    if (nameStart === digitsStart || line[nameStart] !== 0x20 || nameStart + 1 >= line.length)
+      return undefined;
+    nameStart++;
+  }
+  const path = stripSlash(unescapeRsyncName(line.subarray(nameStart)));
   if (flags === DELETING) return { kind: 'deleted', path };
   if (!/^[<>ch.][fdLDS]/.test(flags)) return undefined;
   return { kind: flags.startsWith('>f') ? 'transferred' : 'other', path };
@@ -34,13 +46,8 @@ export function parseItemizeLine(line: Buffer): ItemizeEntry | undefined {
  * undefined for any other line (directories, deletions, progress, messages).
  */
 export function parseReceivedFileLine(line: Buffer): string | undefined {
-  if (line.length < ITEMIZE_WIDTH + 4 || line[ITEMIZE_WIDTH] !== 0x20) return undefined;
-  if (line[0] !== 0x3e /* > */ || line[1] !== 0x66 /* f */) return undefined;
-  let i = ITEMIZE_WIDTH + 1;
-  const digitsStart = i;
-  while (i < line.length && line[i]! >= 0x30 && line[i]! <= 0x39) i++;
-  if (i === digitsStart || line[i] !== 0x20 || i + 1 >= line.length) return undefined;
-  return unescapeRsyncName(line.subarray(i + 1));
+  const entry = parseItemizeLine(line, { withBytes: true });
+  return entry?.kind === 'transferred' ? entry.path : undefined;
 }
 
 /**

@@ -3,7 +3,7 @@ import { parseItemizeLine, parseSkippedLine, parseVanishedLine } from './itemize
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
 import { runRsync } from './run.ts';
-import { messagePrefixes } from './source.ts';
+import { messagePrefixes, sourceKind } from './source.ts';
 
 export interface PullBatchOptions {
   /** Local dir, `rsync://host:port/module/` daemon URL, or ssh spec `user@host:/path`. */
@@ -27,6 +27,14 @@ export interface PullBatchOptions {
    * journal commit and dominate the cost of a large batch of small files.
    */
   fsync?: boolean;
+  /**
+   * Called with each received file's path once its data has arrived, before rsync renames it
+   * into place (its late-logged line). rsync's receiver takes files one at a time, so a call
+   * also says that the file of the previous call is in place under its name. That holds when
+   * this process's rsync is the receiver (daemon and ssh sources); for a local source, where
+   * rsync's receiver is a child that does not log, the calls come after rsync has succeeded.
+   */
+  onFileReceived?: (path: string) => void;
 }
 
 export interface BatchResult {
@@ -71,10 +79,22 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
     if (list.length < limit) list.push(path);
     else result.truncated = true;
   };
+  let callbackError: { error: unknown } | undefined;
+  const receivedLive = sourceKind(options.source) !== 'local';
+  const report = (path: string) => {
+    if (options.onFileReceived === undefined || callbackError !== undefined) return;
+    try {
+      options.onFileReceived(path);
+    } catch (error) {
+      // Throwing inside a stream 'data' handler would crash the process; report it at the end.
+      callbackError = { error };
+    }
+  };
   const stdout = new LineSplitter((line) => {
-    const entry = parseItemizeLine(line);
+    const entry = parseItemizeLine(line, { withBytes: true });
     if (entry?.kind === 'transferred') {
       keep(result.transferred, entry.path);
+      if (receivedLive) report(entry.path);
     } else if (entry?.kind === 'deleted') {
       keep(result.deleted, entry.path);
     } else if (entry === undefined) {
@@ -108,6 +128,8 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
   stdout.end();
   stderr.end();
   const { vanished } = checkOutcome(run);
+  if (!receivedLive) for (const path of result.transferred) report(path);
+  if (callbackError !== undefined) throw callbackError.error;
   result.durationMs = run.durationMs;
   result.exitCode = run.exitCode ?? 0;
   result.vanished = vanished;

@@ -4,6 +4,7 @@ import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
 import { type Progress, parseProgressLine } from './progress.ts';
 import { runRsync } from './run.ts';
+import { sourceKind } from './source.ts';
 
 export interface SyncTreeOptions {
   source: string;
@@ -19,8 +20,9 @@ export interface SyncTreeOptions {
   onProgress?: (progress: Progress) => void;
   /**
    * Called with the relative path of each received regular file once it is in place under its
-   * name (renamed from rsync's temp file); the last one only when rsync succeeds. An exception
-   * from it fails the sync after rsync ends.
+   * name (renamed from rsync's temp file); the last one only when rsync succeeds. From a local
+   * source (rsync's receiver is then a child that does not log) all calls come after rsync has
+   * succeeded. An exception from it fails the sync after rsync ends.
    */
   onFileInPlace?: (path: string) => void;
   /** rsync's receiver fsyncs every file, one after another (default true). */
@@ -56,12 +58,15 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   // renaming the temp file into place, and handles files one at a time: the next file's line
   // (or rsync's successful exit) is what says the previous one is in place.
   let received: string | undefined;
+  const live = sourceKind(options.source) !== 'local';
+  const afterExit: string[] = [];
   // progress2 rewrites its line with \r and ends the last one with \n.
   const stdout = new LineSplitter(
     (line) => {
       const path = parseReceivedFileLine(line);
       if (path !== undefined) {
-        if (received !== undefined) call(options.onFileInPlace, received);
+        if (!live) afterExit.push(path);
+        else if (received !== undefined) call(options.onFileInPlace, received);
         received = path;
         return;
       }
@@ -81,7 +86,8 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   });
   stdout.end();
   const { vanished } = checkOutcome(run);
-  if (received !== undefined) call(options.onFileInPlace, received);
+  if (!live) for (const path of afterExit) call(options.onFileInPlace, path);
+  else if (received !== undefined) call(options.onFileInPlace, received);
   if (callbackError !== undefined) throw callbackError.error;
   return { durationMs: run.durationMs, exitCode: run.exitCode ?? 0, vanished, lastProgress };
 }

@@ -46,7 +46,7 @@ describe('buildPullArgs', () => {
       '--timeout=10',
       '--fsync',
       '--itemize-changes',
-      '--out-format=%i %n',
+      '--out-format=%i %b %n',
       '--',
       '/srv/a/',
       '/srv/b/',

@@ -64,6 +64,14 @@ describe('itemize output', () => {
     expect(parseItemizeLine(line('skipping non-regular file "x"'))).toBeUndefined();
     expect(parseItemizeLine(line(''))).toBeUndefined();
   });
+
+  it('reads lines with a byte count before the name (late logging)', () => {
+    const late = (text: string) => parseItemizeLine(line(text), { withBytes: true });
+    expect(late('>f+++++++++ 45 12 monkeys.txt')).toEqual({ kind: 'transferred', path: '12 monkeys.txt' });
+    expect(late('*deleting   0 dir/sub/')).toEqual({ kind: 'deleted', path: 'dir/sub' });
+    expect(late('cd+++++++++ 0 dir/')).toEqual({ kind: 'other', path: 'dir' });
+    expect(late('>f+++++++++ name-without-count')).toBeUndefined();
+  });
 });
 
 describe('parseRsyncVersion', () => {

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pullBatch } from '@pfs/rsync-invoker';
@@ -8,7 +8,7 @@ import { hexPath, oddNames, snapshot, tempDir, writeTree } from './helpers.ts';
 
 // One module per test: sub-directory URLs (rsync://…/module/sub/) hit an rsync 3.5.0 bug when
 // the daemon runs without chroot (see the last test).
-const MODULES = ['basic', 'force', 'maxdelete', 'same-second', 'odd-names'] as const;
+const MODULES = ['basic', 'force', 'maxdelete', 'same-second', 'odd-names', 'received'] as const;
 const sources = new Map<string, string>();
 let daemon: RsyncDaemonHandle;
 
@@ -125,6 +125,40 @@ describe('pullBatch from an rsync daemon', { timeout: 30_000 }, () => {
     expect(second.deleted).toHaveLength(names.length);
     expect((await snapshot(dest)).size).toBe(0);
   });
+});
+
+describe('pullBatch reports received files', { timeout: 30_000 }, () => {
+  it.each(['daemon', 'local'] as const)(
+    'from a %s source: once each, and each report means the previous file is whole under its name',
+    async (kind) => {
+      const src = sources.get('received')!;
+      const files: Record<string, string> = {};
+      for (let i = 0; i < 120; i++) files[`r${i % 5}/f${i}`] = `${i};`.repeat(i * 40 + 1);
+      await writeTree(src, files);
+      const dest = await tempDir();
+      const reported: string[] = [];
+      const notWhole: string[] = [];
+      await pullBatch({
+        source: kind === 'daemon' ? daemon.url('received') : src,
+        dest,
+        paths: Object.keys(files),
+        fsync: false,
+        onFileReceived: (path) => {
+          const previous = reported.at(-1);
+          if (previous !== undefined) {
+            let content: string | undefined;
+            try {
+              content = readFileSync(join(dest, previous), 'utf8');
+            } catch {}
+            if (content !== files[previous]) notWhole.push(previous);
+          }
+          reported.push(path);
+        },
+      });
+      expect(notWhole).toEqual([]);
+      expect([...reported].sort()).toEqual(Object.keys(files).sort());
+    },
+  );
 });
 
 describe('pullBatch from a local directory', { timeout: 30_000 }, () => {

@@ -79,7 +79,7 @@ async function scanSegmentInChunks(
 ): Promise<SegmentScan> {
   const handle = await open(join(dir, name), 'r');
   try {
-    const size = (await handle.stat()).size;
+    let size = (await handle.stat()).size;
     const magic = await readAt(handle, 0, Math.min(size, SEGMENT_MAGIC.length));
     checkMagic(magic, name, dir);
     const records: ScannedRecord[] = [];
@@ -91,12 +91,15 @@ async function scanSegmentInChunks(
       }
       const length = Math.min(chunkBytes, size - offset);
       const chunk = await readAt(handle, offset, length);
+      // Cut while being read (a divergence repair truncates without waiting for readers): what
+      // is left is the file.
+      if (chunk.length < length) size = offset + chunk.length;
       const scan = scanFrames(chunk, 0, maxRecords - records.length);
       for (const r of scan.records) {
         records.push({ record: r.record, offset: offset + r.offset, end: offset + r.end });
       }
       const end = { ...scan.end, offset: offset + scan.end.offset };
-      const wholeRest = offset + length === size;
+      const wholeRest = offset + chunk.length === size;
       if (scan.end.kind === 'corrupt' || (scan.end.kind === 'torn' && wholeRest)) {
         return { name, size, records, end };
       }

@@ -1,4 +1,4 @@
-import { readFile, writeFile } from 'node:fs/promises';
+import { open, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TxLog } from '@pfs/txlog';
 import { describe, expect, it } from 'vitest';
@@ -61,6 +61,29 @@ describe('scanSegment in chunks', () => {
     const scan = await scanSegment(dir, 1n << 32n, offsets[5], 7, 64);
     expect(scan.records.map((r) => r.offset)).toEqual(offsets.slice(5, 12));
     expect(scan.end).toEqual({ kind: 'clean', offset: offsets[12] });
+  });
+
+  it('ends where the file now ends when it is cut while being read', async () => {
+    const { dir, offsets } = await segment(30);
+    const file = join(dir, SEGMENT);
+    // Cut the segment right after the scan has taken its size, as a concurrent truncateAfter can.
+    const probe = await open(file, 'r');
+    const proto = Object.getPrototypeOf(probe) as { stat: (...args: unknown[]) => Promise<unknown> };
+    await probe.close();
+    const realStat = proto.stat;
+    proto.stat = async function (this: unknown, ...args: unknown[]) {
+      const info = await realStat.apply(this, args);
+      proto.stat = realStat;
+      await truncate(file, offsets[10]!);
+      return info;
+    };
+    try {
+      const scan = await scanSegment(dir, 1n << 32n, undefined, 1000, 64);
+      expect(scan.records.map((r) => r.offset)).toEqual(offsets.slice(0, 10));
+      expect(scan.end).toEqual({ kind: 'clean', offset: offsets[10] });
+    } finally {
+      proto.stat = realStat;
+    }
   });
 
   it('refuses a file without the magic', async () => {
