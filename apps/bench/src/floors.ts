@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { timeBulkRsync } from './cluster.ts';
-import { putLoad, startBareServer } from './load.ts';
+import { measureBareServer } from './load.ts';
 
 /**
  * The floors PFS is judged against, measured on this machine in the same run:
@@ -20,19 +20,11 @@ export async function measureFloors(options: {
   const base = await mkdtemp(join(tmpdir(), 'pfs-floors-'));
   try {
     const body = randomBytes(options.sizeBytes);
-    const server = await startBareServer(join(base, 'bare'));
-    let bare: Awaited<ReturnType<typeof putLoad>>;
-    try {
-      bare = await putLoad({
-        url: server.url,
-        pathOf: (n) => `/${n}`,
-        connections: options.connections,
-        durationMs: options.durationMs,
-        body,
-      });
-    } finally {
-      server.close();
-    }
+    const bare = await measureBareServer(join(base, 'bare'), {
+      connections: options.connections,
+      durationMs: options.durationMs,
+      body,
+    });
     return {
       scenario: 'floors',
       params: options,

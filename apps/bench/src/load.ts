@@ -78,7 +78,7 @@ http.createServer(async (req, res) => {
 }).listen(Number(process.argv[2]), '127.0.0.1');
 `;
 
-export async function startBareServer(dir: string): Promise<{ url: string; close(): void }> {
+async function startBareServer(dir: string): Promise<{ url: string; close(): void }> {
   await mkdir(dir, { recursive: true });
   const port = await freePort();
   const server = spawn(process.execPath, ['-e', BARE_SERVER, dir, String(port)], { stdio: 'ignore' });
@@ -93,4 +93,17 @@ export async function startBareServer(dir: string): Promise<{ url: string; close
   }
   server.kill('SIGKILL');
   throw new Error('bench: the bare PUT server did not start');
+}
+
+/** The bare server under the same load as PFS gets: the floor of every throughput ratio. */
+export async function measureBareServer(
+  dir: string,
+  load: { connections: number; durationMs: number; body: Buffer },
+): Promise<PutLoadResult> {
+  const server = await startBareServer(dir);
+  try {
+    return await putLoad({ url: server.url, pathOf: (n) => `/${n}`, ...load });
+  } finally {
+    server.close();
+  }
 }

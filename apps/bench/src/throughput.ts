@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { sleep } from '@pfs/testkit';
 import { startCluster, summarize } from './cluster.ts';
 import { bulkRsyncSeconds } from './floors.ts';
-import { type PutLoadResult, putLoad, startBareServer } from './load.ts';
+import { measureBareServer, type PutLoadResult, putLoad } from './load.ts';
 
 /**
  * PUT throughput, in one run: first the floors alone on the machine (the bare temp-write +
@@ -23,19 +23,11 @@ export async function measureThroughput(options: {
   const base = await mkdtemp(join(tmpdir(), 'pfs-throughput-'));
   const body = randomBytes(options.sizeBytes);
   try {
-    const bareServer = await startBareServer(join(base, 'bare'));
-    let bare: PutLoadResult;
-    try {
-      bare = await putLoad({
-        url: bareServer.url,
-        pathOf: (n) => `/${n}`,
-        connections: options.connections,
-        durationMs: options.durationMs,
-        body,
-      });
-    } finally {
-      bareServer.close();
-    }
+    const bare = await measureBareServer(join(base, 'bare'), {
+      connections: options.connections,
+      durationMs: options.durationMs,
+      body,
+    });
     const results: Record<string, unknown> = {};
     const cluster = await startCluster({ leaseTtlSeconds: 2, extraArgs: [`--watch=${options.watch}`] });
     try {
