@@ -55,6 +55,8 @@ export interface AppliedBatch {
   paths: number;
   /** Paths found as their records say from the bootstrap's digests, without reading them again. */
   verifiedByBootstrap: number;
+  /** The batch went on with its files verified in place while its rsync was still ending. */
+  rsyncStillEnding: boolean;
   durationMs: number;
 }
 
@@ -349,6 +351,7 @@ export class Replicator extends EventEmitter {
     let mismatched: string[] = [];
     let pulled = 0;
     let fromDigests = 0;
+    let wentOnEarly = false;
     for (;;) {
       if (plan.paths.length === 0) break;
       // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
@@ -358,7 +361,7 @@ export class Replicator extends EventEmitter {
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
-      if (needed.length > 0) await this.pull(source, needed, signal, plan.expected);
+      if (needed.length > 0) wentOnEarly = await this.pull(source, needed, signal, plan.expected);
       pulled += needed.length;
       const problems = await this.verify(plan.expected, verified);
       if (problems.length === 0 || tolerateMismatch) {
@@ -400,6 +403,7 @@ export class Replicator extends EventEmitter {
       records: records.length,
       paths: pulled,
       verifiedByBootstrap: fromDigests,
+      rsyncStillEnding: wentOnEarly,
       durationMs: performance.now() - started,
     };
     this.emit('applied', batch);
@@ -407,7 +411,7 @@ export class Replicator extends EventEmitter {
   }
 
   /**
-   * Pulls `paths` with one rsync and resolves when it has exited, or earlier, once every path is
+   * Pulls `paths` with one rsync and resolves (false) when it has exited, or earlier (true), once every path is
    * on disk exactly as `expected` says (waitInPlace): rsync then only has its own 0–40 ms of
    * ending left, which no longer holds up this batch or the next one's rsync (it touches no file
    * content any more). The call is kept in `ending` so that pause, drain and stop wait for it.
@@ -417,7 +421,7 @@ export class Replicator extends EventEmitter {
     paths: string[],
     signal: AbortSignal,
     expected: ReturnType<typeof planBatch>['expected'],
-  ): Promise<void> {
+  ): Promise<boolean> {
     const received: string[] = [];
     const run = pullBatch({
       source: source.filesSource,
@@ -435,7 +439,7 @@ export class Replicator extends EventEmitter {
     const early = await waitInPlace({ root: this.options.fileStoreDir, paths, expected, received, ended });
     if (!early) {
       await run;
-      return;
+      return false;
     }
     const ending: Promise<void> = run
       .then(
@@ -447,6 +451,7 @@ export class Replicator extends EventEmitter {
       )
       .finally(() => this.ending.delete(ending));
     this.ending.add(ending);
+    return true;
   }
 
   /** The paths of a batch that are not already as its records say (the rest are verified now). */

@@ -233,6 +233,22 @@ describe('replicator against a real rsync daemon', () => {
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
+  it('goes on with a small batch once its files are in place, before its rsync has ended', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const { replicator } = await replicate(m, dir, { bootstrap: false });
+    const batches: AppliedBatch[] = [];
+    replicator.on('applied', (batch: AppliedBatch) => batches.push(batch));
+    // One file per batch: rsync ends 10–40 ms after its last rename, the check looks every 2 ms.
+    for (let i = 0; i < 10; i++) {
+      await m.put(`early/${i}`, `content ${i}`);
+      await until(() => replicator.applied === m.log.lastTxid, `file ${i}`);
+    }
+    expect(batches.filter((b) => b.rsyncStillEnding).length).toBeGreaterThan(0);
+    await replicator.pause();
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
   it('refuses a source writing in a generation older than the cluster', async () => {
     const m = await master();
     const dir = await replicaDir();
