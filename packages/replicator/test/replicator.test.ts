@@ -272,6 +272,10 @@ describe('replicator against a real rsync daemon', () => {
         stdio: ['ignore', 'pipe', 'inherit'],
       });
     const first = run();
+    // Killed even when the test fails before it would be.
+    cleanups.push(async () => {
+      first.kill('SIGKILL');
+    });
     let applied = 0;
     first.stdout.on('data', (chunk: Buffer) => {
       applied += chunk
