@@ -1,4 +1,5 @@
 import { buildPullArgs, encodeFileList } from './args.ts';
+import { CallbackGuard } from './callbacks.ts';
 import { parseItemizeLine, parseSkippedLine, parseVanishedLine } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
@@ -79,22 +80,13 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
     if (list.length < limit) list.push(path);
     else result.truncated = true;
   };
-  let callbackError: { error: unknown } | undefined;
+  const callbacks = new CallbackGuard();
   const receivedLive = sourceKind(options.source) !== 'local';
-  const report = (path: string) => {
-    if (options.onFileReceived === undefined || callbackError !== undefined) return;
-    try {
-      options.onFileReceived(path);
-    } catch (error) {
-      // Throwing inside a stream 'data' handler would crash the process; report it at the end.
-      callbackError = { error };
-    }
-  };
   const stdout = new LineSplitter((line) => {
     const entry = parseItemizeLine(line, { withBytes: true });
     if (entry?.kind === 'transferred') {
       keep(result.transferred, entry.path);
-      if (receivedLive) report(entry.path);
+      if (receivedLive) callbacks.call(options.onFileReceived, entry.path);
     } else if (entry?.kind === 'deleted') {
       keep(result.deleted, entry.path);
     } else if (entry === undefined) {
@@ -128,8 +120,8 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
   stdout.end();
   stderr.end();
   const { vanished } = checkOutcome(run);
-  if (!receivedLive) for (const path of result.transferred) report(path);
-  if (callbackError !== undefined) throw callbackError.error;
+  if (!receivedLive) for (const path of result.transferred) callbacks.call(options.onFileReceived, path);
+  callbacks.rethrow();
   result.durationMs = run.durationMs;
   result.exitCode = run.exitCode ?? 0;
   result.vanished = vanished;

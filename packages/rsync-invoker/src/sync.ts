@@ -1,4 +1,5 @@
 import { buildSyncArgs } from './args.ts';
+import { CallbackGuard } from './callbacks.ts';
 import { parseReceivedFileLine } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
@@ -44,16 +45,7 @@ export interface SyncResult {
  */
 export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   let lastProgress: Progress | undefined;
-  let callbackError: { error: unknown } | undefined;
-  const call = <T>(callback: ((value: T) => void) | undefined, value: T) => {
-    if (callbackError !== undefined) return;
-    try {
-      callback?.(value);
-    } catch (error) {
-      // Throwing inside a stream 'data' handler would crash the process; report it at the end.
-      callbackError = { error };
-    }
-  };
+  const callbacks = new CallbackGuard();
   // rsync's receiver prints a file's late-logged line after receiving its data but before
   // renaming the temp file into place, and handles files one at a time: the next file's line
   // (or rsync's successful exit) is what says the previous one is in place.
@@ -66,14 +58,14 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
       const path = parseReceivedFileLine(line);
       if (path !== undefined) {
         if (!live) afterExit.push(path);
-        else if (received !== undefined) call(options.onFileInPlace, received);
+        else if (received !== undefined) callbacks.call(options.onFileInPlace, received);
         received = path;
         return;
       }
       const progress = parseProgressLine(line.toString('utf8'));
       if (progress === undefined) return;
       lastProgress = progress;
-      call(options.onProgress, progress);
+      callbacks.call(options.onProgress, progress);
     },
     [0x0d, 0x0a],
   );
@@ -86,8 +78,8 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   });
   stdout.end();
   const { vanished } = checkOutcome(run);
-  if (!live) for (const path of afterExit) call(options.onFileInPlace, path);
-  else if (received !== undefined) call(options.onFileInPlace, received);
-  if (callbackError !== undefined) throw callbackError.error;
+  if (!live) for (const path of afterExit) callbacks.call(options.onFileInPlace, path);
+  else if (received !== undefined) callbacks.call(options.onFileInPlace, received);
+  callbacks.rethrow();
   return { durationMs: run.durationMs, exitCode: run.exitCode ?? 0, vanished, lastProgress };
 }
