@@ -293,13 +293,17 @@ export class Replicator extends EventEmitter {
         this.checkSource(fetched.generation, fetched.lastTxid, source);
         if (this.bootstrapDigests !== undefined && fetched.records.length === maxRecords) {
           const after = fetched.records.at(-1)!.txid;
-          const ahead = new AbortController();
-          this.prefetchController = ahead;
+          const prefetchStop = new AbortController();
+          this.prefetchController = prefetchStop;
           prefetched = {
             after,
             source,
             page: source
-              .fetch(after, { waitMs: 0, maxRecords, signal: AbortSignal.any([loopSignal, ahead.signal]) })
+              .fetch(after, {
+                waitMs: 0,
+                maxRecords,
+                signal: AbortSignal.any([loopSignal, prefetchStop.signal]),
+              })
               .catch(() => undefined),
           };
         }
@@ -411,16 +415,17 @@ export class Replicator extends EventEmitter {
   }
 
   /**
-   * Pulls `paths` with one rsync and resolves (false) when it has exited, or earlier (true), once every path is
-   * on disk exactly as `expected` says (waitInPlace): rsync then only has its own 0–40 ms of
-   * ending left, which no longer holds up this batch or the next one's rsync (it touches no file
-   * content any more). The call is kept in `ending` so that pause, drain and stop wait for it.
+   * Pulls `paths` with one rsync and resolves false when it has exited, or true earlier, once
+   * every path is on disk exactly as `expected` says (waitInPlace): rsync then only has its own
+   * 0–40 ms of ending left, which no longer holds up this batch or the next one's rsync (it
+   * touches no file content any more). The call is kept in `ending` so that pause, drain and
+   * stop wait for it.
    */
   private async pull(
     source: RecordSource,
     paths: string[],
     signal: AbortSignal,
-    expected: ReturnType<typeof planBatch>['expected'],
+    expected: ReadonlyMap<string, Expected>,
   ): Promise<boolean> {
     const received: string[] = [];
     const run = pullBatch({
@@ -456,7 +461,7 @@ export class Replicator extends EventEmitter {
 
   /** The paths of a batch that are not already as its records say (the rest are verified now). */
   private async pathsToPull(
-    expected: ReturnType<typeof planBatch>['expected'],
+    expected: ReadonlyMap<string, Expected>,
   ): Promise<{ needed: string[]; verified: Set<string>; byDigest: number }> {
     const verified = new Set<string>();
     const digests = this.bootstrapDigests;
@@ -493,7 +498,7 @@ export class Replicator extends EventEmitter {
    * where thousands of fsyncs would each wait for a journal commit.
    */
   private async verify(
-    expected: ReturnType<typeof planBatch>['expected'],
+    expected: ReadonlyMap<string, Expected>,
     alreadyVerified: ReadonlySet<string> = new Set(),
   ): Promise<{ path: string; why: string }[]> {
     const trusted = (path: string) => alreadyVerified.has(path) && this.storeSynced;
