@@ -2,16 +2,18 @@ import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { execa } from 'execa';
 
 /**
  * Starts and stops real node agents as child processes (each in its own process group) for the
  * quick demo, the end-to-end tests and the benchmarks, and reads their status over HTTP. Every
  * process it starts, including the rsync daemon each agent leaves running when it is killed, is
- * stopped by PID. The agent is run from `agentDir` (apps/node) with `node --import tsx`.
+ * stopped by PID. The agent runs from its bundle, `agentDir/dist/pfs-node.mjs`, which is rebuilt
+ * first when any of its sources is newer (apps/node's `scripts/build.mjs`; quick when it is not).
  */
 
 export interface NodeSpec {
-  /** Directory of the agent app (apps/node), which has `src/main.ts` and tsx installed. */
+  /** Directory of the agent app (apps/node), which has `scripts/build.mjs` and `dist/pfs-node.mjs`. */
   agentDir: string;
   httpPort: number;
   rsyncPort: number;
@@ -63,14 +65,13 @@ export class NodeProcess {
   }
 
   static async start(spec: NodeSpec): Promise<NodeProcess> {
+    await buildAgent(spec.agentDir);
     await mkdir(spec.dataDir, { recursive: true });
     const args = [
       ...(process.env.PFS_NODE_CPU_PROF
         ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PFS_NODE_CPU_PROF}`]
         : []),
-      '--import',
-      'tsx',
-      'src/main.ts',
+      AGENT_BUNDLE,
       `--http-port=${spec.httpPort}`,
       `--rsync-port=${spec.rsyncPort}`,
       `--data-dir=${spec.dataDir}`,
@@ -182,4 +183,26 @@ export async function waitFor<T>(
   throw new Error(
     `timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (${String(lastError)})` : ''}`,
   );
+}
+
+const AGENT_BUNDLE = 'dist/pfs-node.mjs';
+const builds = new Map<string, Promise<void>>();
+
+/** Brings the agent's bundle up to date, once per agent directory and process. */
+function buildAgent(agentDir: string): Promise<void> {
+  let build = builds.get(agentDir);
+  if (build === undefined) {
+    build = execa(process.execPath, ['scripts/build.mjs'], { cwd: agentDir, reject: false }).then(
+      (result) => {
+        if (result.exitCode !== 0) {
+          builds.delete(agentDir);
+          throw new Error(
+            `building the agent in ${agentDir} failed (exit ${result.exitCode}): ${result.stderr.trim().split('\n').slice(-3).join(' | ')}; run "pnpm --filter node build" to see why`,
+          );
+        }
+      },
+    );
+    builds.set(agentDir, build);
+  }
+  return build;
 }
