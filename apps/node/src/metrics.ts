@@ -48,7 +48,7 @@ export function createMetrics(view: {
     }),
     batchSeconds: new Histogram({
       name: 'pfs_replication_batch_seconds',
-      help: 'Time to apply one batch: rsync, verification, log append, checkpoint',
+      help: 'Time to apply one batch: rsync, verification, directory fsyncs, log append',
       buckets: [0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers: [registry],
     }),

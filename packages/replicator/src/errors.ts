@@ -4,6 +4,7 @@ export type ReplicatorErrorCode =
   | 'NOT_INCREASING'
   | 'STALE_SOURCE'
   | 'CONTENT_MISMATCH'
+  | 'CHECKPOINT_FAILED'
   | 'CLOSED';
 
 export class ReplicatorError extends Error {

@@ -6,6 +6,7 @@ import { pullBatch, syncTree } from '@pfs/rsync-invoker';
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, type Expected, planBatch } from './batch.ts';
 import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
+import { CheckpointWriter } from './checkpoint-writer.ts';
 import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
 import { ReplicatorError } from './errors.ts';
 import { MAX_FEED_RECORDS } from './feed.ts';
@@ -18,7 +19,7 @@ import { httpFeedSource, type RecordSource } from './sources.ts';
  * One batch: fetch records after the applied txid (long poll), pull the files they name with one
  * rsync (deletes included), verify each path's size and sha-256 against the last record naming it,
  * fsync the directories, append the records with the master's txids to the local log (one group
- * fsync), then write the checkpoint. While a batch's rsync runs, new records queue at the source
+ * fsync); the checkpoint follows in the background (see CheckpointWriter). While a batch's rsync runs, new records queue at the source
  * and form the next batch; no timer is involved.
  *
  * Invariants: the checkpoint never passes a txid whose files and record are not both durable; a
@@ -76,7 +77,7 @@ export class Replicator extends EventEmitter {
   private readonly options: ReplicatorOptions;
   private readonly log: TxLog;
   private readonly ownsLog: boolean;
-  private readonly checkpointFile: string;
+  private readonly checkpoint: CheckpointWriter;
   private appliedTxid: TxId;
   private loop: Promise<void> | undefined;
   private loopController: AbortController | undefined;
@@ -102,8 +103,19 @@ export class Replicator extends EventEmitter {
     this.source = toSource(options.source, options.replicaId);
     this.log = log;
     this.ownsLog = ownsLog;
-    this.checkpointFile = join(options.checkpointDir, String(this.partition));
     this.appliedTxid = applied;
+    this.checkpoint = new CheckpointWriter(
+      join(options.checkpointDir, String(this.partition)),
+      applied,
+      (error) =>
+        this.report(
+          new ReplicatorError(
+            'CHECKPOINT_FAILED',
+            `writing the checkpoint of partition ${this.partition} failed (${(error as Error).message}); replication goes on from the log, fix the disk`,
+            { cause: error },
+          ),
+        ),
+    );
     options.signal?.addEventListener('abort', () => void this.stop(), { once: true });
   }
 
@@ -131,6 +143,7 @@ export class Replicator extends EventEmitter {
     this.loopController?.abort();
     await this.loop;
     await Promise.all(this.ending);
+    await this.checkpoint.flush();
   }
 
   /** Continues from the applied txid (not a byte offset) with another source; aborts the fetch or rsync in flight. */
@@ -171,6 +184,7 @@ export class Replicator extends EventEmitter {
           this.forgetBootstrap();
           // The node may write the store next: no rsync of this replica may still be running.
           await Promise.all(this.ending);
+          await this.checkpoint.flush();
           return { applied: this.appliedTxid, unverified: [...unverified] };
         }
         const mismatched = await this.applyBatch(
@@ -399,8 +413,8 @@ export class Replicator extends EventEmitter {
     const unlogged = records.filter((record) => record.txid > this.log.lastTxid);
     await Promise.all(unlogged.map((record) => this.log.appendRecord(record)));
     const to = records.at(-1)!.txid;
-    await writeCheckpoint(this.checkpointFile, to);
     this.appliedTxid = to;
+    this.checkpoint.note(to);
     const batch: AppliedBatch = {
       from,
       to,
@@ -548,7 +562,7 @@ export class Replicator extends EventEmitter {
   async rewind(): Promise<void> {
     this.forgetBootstrap();
     this.appliedTxid = this.log.lastTxid;
-    await writeCheckpoint(this.checkpointFile, this.appliedTxid);
+    await this.checkpoint.reset(this.appliedTxid);
   }
 
   /** Stops following; closes the log if the replicator opened it. Idempotent. */

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initStore, walkStore } from '@pfs/filestore';
@@ -249,6 +249,27 @@ describe('replicator against a real rsync daemon', () => {
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
+  it('goes on replicating when the checkpoint cannot be written, and says so', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const { replicator, errors } = await replicate(m, dir);
+    await m.put('before', 'B');
+    await until(() => replicator.applied === m.log.lastTxid, 'first file');
+    // A directory where the checkpoint file should be: every later write of it fails.
+    const checkpoint = join(dir, 'checkpoint', '0');
+    await until(async () => (await readCheckpoint(checkpoint)) === m.log.lastTxid, 'first checkpoint');
+    await rm(checkpoint);
+    await mkdir(join(checkpoint, 'blocked'), { recursive: true });
+    for (let i = 0; i < 5; i++) await m.put(`after/${i}`, `content ${i}`);
+    await until(() => replicator.applied === m.log.lastTxid, 'files after the checkpoint broke');
+    await until(
+      () => errors.some((e) => e instanceof ReplicatorError && e.code === 'CHECKPOINT_FAILED'),
+      'the failed checkpoint reported',
+    );
+    await replicator.pause();
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
   it('refuses a source writing in a generation older than the cluster', async () => {
     const m = await master();
     const dir = await replicaDir();
@@ -285,9 +306,13 @@ describe('replicator against a real rsync daemon', () => {
       if (applied >= 2) first.kill('SIGKILL');
     });
     await new Promise((resolve) => first.once('exit', resolve));
-    const partial = await readCheckpoint(join(dir, 'checkpoint', '0'));
+    // A restart resumes from the end of the replica's log; the checkpoint is never ahead of it.
+    const killedLog = await TxLog.open(join(dir, 'changelog', '0'));
+    const partial = killedLog.lastTxid;
+    await killedLog.close();
     expect(partial).toBeGreaterThan(0n);
     expect(partial).toBeLessThan(m.log.lastTxid);
+    expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBeLessThanOrEqual(partial);
     for (let i = 60; i < 70; i++) await m.put(`f/${i}`, `late ${i}`);
     const second = run();
     cleanups.push(async () => {

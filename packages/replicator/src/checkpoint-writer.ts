@@ -1,0 +1,62 @@
+import { type TxId, writeCheckpoint } from '@pfs/txlog';
+
+/**
+ * Keeps a partition's checkpoint file following the replica's log, off the batches' critical
+ * path. A batch is applied once its files are durable and its records logged, and a restart
+ * resumes from the log's end, so the checkpoint only ever reports a txid the log already holds
+ * durably: waiting for its own two journal commits (file, then directory) in every batch would
+ * add to the lag and to the disk's load without making anything safer.
+ *
+ * At most one write runs at a time; txids noted meanwhile collapse into the next write.
+ */
+export class CheckpointWriter {
+  private readonly file: string;
+  private readonly onError: (error: unknown) => void;
+  private wanted: TxId;
+  private written: TxId;
+  private running: Promise<void> | undefined;
+
+  constructor(file: string, written: TxId, onError: (error: unknown) => void) {
+    this.file = file;
+    this.wanted = written;
+    this.written = written;
+    this.onError = onError;
+  }
+
+  /** Asks for the checkpoint to say `txid` (already durable in the log); returns at once. */
+  note(txid: TxId): void {
+    this.wanted = txid;
+    this.running ??= this.writeWanted();
+  }
+
+  /** Waits until the checkpoint says the last noted txid (or its write failed and was reported). */
+  async flush(): Promise<void> {
+    while (this.running !== undefined) await this.running;
+    if (this.written !== this.wanted) {
+      this.running = this.writeWanted();
+      await this.running;
+    }
+  }
+
+  /** Writes `txid` now, even below what was written before (after the log was cut back). */
+  async reset(txid: TxId): Promise<void> {
+    while (this.running !== undefined) await this.running;
+    this.wanted = txid;
+    await writeCheckpoint(this.file, txid);
+    this.written = txid;
+  }
+
+  private async writeWanted(): Promise<void> {
+    try {
+      while (this.written !== this.wanted) {
+        const txid = this.wanted;
+        await writeCheckpoint(this.file, txid);
+        this.written = txid;
+      }
+    } catch (error) {
+      this.onError(error);
+    } finally {
+      this.running = undefined;
+    }
+  }
+}
