@@ -56,13 +56,16 @@ export async function putLoad(options: {
 
 /**
  * The bare floor: a Node HTTP server that only does temp write + fdatasync + rename per PUT,
- * in its own process like a PFS agent.
+ * in its own process like a PFS agent. With `durable` it also fsyncs the directory after the
+ * rename, without which a crash may lose an acknowledged file: the least a store that promises
+ * durability has to do per PUT.
  */
 const BARE_SERVER = `
 const http = require('node:http');
 const fs = require('node:fs/promises');
 const path = require('node:path');
 const root = process.argv[1];
+const durable = process.argv[3] === 'durable';
 let n = 0;
 http.createServer(async (req, res) => {
   const chunks = [];
@@ -74,14 +77,23 @@ http.createServer(async (req, res) => {
   await h.datasync();
   await h.close();
   await fs.rename(tmp, target);
+  if (durable) {
+    const d = await fs.open(root, 'r');
+    await d.sync();
+    await d.close();
+  }
   res.writeHead(201).end();
 }).listen(Number(process.argv[2]), '127.0.0.1');
 `;
 
-async function startBareServer(dir: string): Promise<{ url: string; close(): void }> {
+async function startBareServer(dir: string, durable: boolean): Promise<{ url: string; close(): void }> {
   await mkdir(dir, { recursive: true });
   const port = await freePort();
-  const server = spawn(process.execPath, ['-e', BARE_SERVER, dir, String(port)], { stdio: 'ignore' });
+  const server = spawn(
+    process.execPath,
+    ['-e', BARE_SERVER, dir, String(port), durable ? 'durable' : 'plain'],
+    { stdio: 'ignore' },
+  );
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 100; i++) {
     const up = await fetch(`${url}/`, { method: 'PUT', body: 'x' }).then(
@@ -99,8 +111,9 @@ async function startBareServer(dir: string): Promise<{ url: string; close(): voi
 export async function measureBareServer(
   dir: string,
   load: { connections: number; durationMs: number; body: Buffer },
+  options: { durable?: boolean } = {},
 ): Promise<PutLoadResult> {
-  const server = await startBareServer(dir);
+  const server = await startBareServer(dir, options.durable === true);
   try {
     return await putLoad({ url: server.url, pathOf: (n) => `/${n}`, ...load });
   } finally {

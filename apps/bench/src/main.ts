@@ -94,8 +94,11 @@ async function main(): Promise<void> {
           megabytesPerSecond: number;
           latencyMs: unknown;
           ratioOfBare?: number;
+          ratioOfDurableBare?: number;
         };
-        const ratio = v.ratioOfBare === undefined ? '' : `, ${v.ratioOfBare} of bare`;
+        const ratio =
+          (v.ratioOfBare === undefined ? '' : `, ${v.ratioOfBare} of bare`) +
+          (v.ratioOfDurableBare === undefined ? '' : `, ${v.ratioOfDurableBare} of durable bare`);
         process.stdout.write(
           `${name.padEnd(10)} ${key.padEnd(21)} ${v.putsPerSecond} PUT/s, ${v.megabytesPerSecond} MB/s${ratio}\n`,
         );

@@ -9,10 +9,12 @@ import { measureBareServer, type PutLoadResult, putLoad } from './load.ts';
 
 /**
  * PUT throughput, in one run: first the floors alone on the machine (the bare temp-write +
- * fdatasync + rename server under the same load generator, and bulk `rsync -a` of as many files
- * as PFS took), then a 3-node cluster with each ack mode in turn. While PFS is loaded the
- * master's view of its replicas' lag is sampled every 100 ms (do they keep up?), and after the
- * load the time until both replicas have applied everything is measured.
+ * fdatasync + rename server under the same load generator, the same with a directory fsync that
+ * makes the rename durable, and bulk `rsync -a` of as many files as PFS took), then one PFS node
+ * alone (what the replicas' share of the machine costs the master), then a 3-node cluster with
+ * each ack mode in turn. While PFS is loaded the master's view of its replicas' lag is sampled
+ * every 100 ms (do they keep up?), and after the load the time until both replicas have applied
+ * everything is measured.
  */
 export async function measureThroughput(options: {
   connections: number;
@@ -28,7 +30,34 @@ export async function measureThroughput(options: {
       durationMs: options.durationMs,
       body,
     });
+    const bareDurable = await measureBareServer(
+      join(base, 'bare-durable'),
+      { connections: options.connections, durationMs: options.durationMs, body },
+      { durable: true },
+    );
+    const ratios = (load: PutLoadResult) => ({
+      ratioOfBare: Math.round((load.putsPerSecond / bare.putsPerSecond) * 100) / 100,
+      ratioOfDurableBare: Math.round((load.putsPerSecond / bareDurable.putsPerSecond) * 100) / 100,
+    });
     const results: Record<string, unknown> = {};
+    const single = await startCluster({
+      leaseTtlSeconds: 2,
+      size: 1,
+      extraArgs: [`--watch=${options.watch}`],
+    });
+    try {
+      const load = await putLoad({
+        url: single.nodes[0]!.url,
+        pathOf: (n) => `/v1/files/t-single/${n % 64}/${n}`,
+        connections: options.connections,
+        durationMs: options.durationMs,
+        body,
+        headers: { 'x-pfs-ack': 'local' },
+      });
+      results.singleNode = { ...load, ...ratios(load) };
+    } finally {
+      await single.close();
+    }
     const cluster = await startCluster({ leaseTtlSeconds: 2, extraArgs: [`--watch=${options.watch}`] });
     try {
       const master = cluster.nodes[0]!;
@@ -60,7 +89,7 @@ export async function measureThroughput(options: {
         }
         results[ack] = {
           ...load,
-          ratioOfBare: Math.round((load.putsPerSecond / bare.putsPerSecond) * 100) / 100,
+          ...ratios(load),
           replicaLagWhileLoadedMs: summarize(lagSamples),
           replicasCaughtUpAfterLoadMs: Math.round(performance.now() - loadEnded),
         };
@@ -74,6 +103,7 @@ export async function measureThroughput(options: {
       scenario: 'throughput',
       params: options,
       bare,
+      bareDurable,
       bulkRsync: {
         files: rsyncFiles,
         filesPerSecond: Math.round(rsyncFiles / rsyncSeconds),
