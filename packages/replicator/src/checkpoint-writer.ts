@@ -7,7 +7,8 @@ import { type TxId, writeCheckpoint } from '@pfs/txlog';
  * durably: waiting for its own two journal commits (file, then directory) in every batch would
  * add to the lag and to the disk's load without making anything safer.
  *
- * At most one write runs at a time; txids noted meanwhile collapse into the next write.
+ * At most one write runs at a time; txids noted meanwhile collapse into the next write. A failing
+ * write is reported once, and again only after a write has succeeded in between.
  */
 export class CheckpointWriter {
   private readonly file: string;
@@ -15,6 +16,7 @@ export class CheckpointWriter {
   private wanted: TxId;
   private written: TxId;
   private running: Promise<void> | undefined;
+  private failing = false;
 
   constructor(file: string, written: TxId, onError: (error: unknown) => void) {
     this.file = file;
@@ -26,37 +28,53 @@ export class CheckpointWriter {
   /** Asks for the checkpoint to say `txid` (already durable in the log); returns at once. */
   note(txid: TxId): void {
     this.wanted = txid;
-    this.running ??= this.writeWanted();
+    if (this.running === undefined) this.start();
   }
 
-  /** Waits until the checkpoint says the last noted txid (or its write failed and was reported). */
+  /** Waits until the checkpoint says the last noted txid, or its write failed and was reported. */
   async flush(): Promise<void> {
-    while (this.running !== undefined) await this.running;
+    await this.idle();
     if (this.written !== this.wanted) {
-      this.running = this.writeWanted();
-      await this.running;
+      this.start();
+      await this.idle();
     }
   }
 
   /** Writes `txid` now, even below what was written before (after the log was cut back). */
   async reset(txid: TxId): Promise<void> {
-    while (this.running !== undefined) await this.running;
+    await this.idle();
     this.wanted = txid;
     await writeCheckpoint(this.file, txid);
     this.written = txid;
   }
 
+  private start(): void {
+    if (this.written === this.wanted) return;
+    const run: Promise<void> = this.writeWanted().then(() => {
+      if (this.running !== run) return;
+      this.running = undefined;
+      // A txid noted between the write's end and here; after a failure, the next note retries.
+      if (!this.failing) this.start();
+    });
+    this.running = run;
+  }
+
+  private async idle(): Promise<void> {
+    while (this.running !== undefined) await this.running;
+  }
+
+  /** Never rejects: a failure is reported and leaves `written` behind `wanted`. */
   private async writeWanted(): Promise<void> {
     try {
       while (this.written !== this.wanted) {
         const txid = this.wanted;
         await writeCheckpoint(this.file, txid);
         this.written = txid;
+        this.failing = false;
       }
     } catch (error) {
-      this.onError(error);
-    } finally {
-      this.running = undefined;
+      if (!this.failing) this.onError(error);
+      this.failing = true;
     }
   }
 }

@@ -1,0 +1,73 @@
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { readCheckpoint } from '@pfs/txlog';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CheckpointWriter } from '../src/checkpoint-writer.ts';
+import { tempDir, until } from './harness.ts';
+
+const removals: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const remove of removals.splice(0)) await remove();
+});
+
+async function checkpointDir(): Promise<string> {
+  const { dir, remove } = await tempDir('pfs-checkpoint-');
+  removals.push(remove);
+  return dir;
+}
+
+describe('CheckpointWriter', () => {
+  it('collapses txids noted during a write and ends at the last one, flushed or not', async () => {
+    const file = join(await checkpointDir(), 'checkpoint');
+    const errors: unknown[] = [];
+    const writer = new CheckpointWriter(file, 0n, (error) => errors.push(error));
+    // Notes land while a write runs (collapsed into the next) and after one has ended (a new one).
+    for (let txid = 1n; txid <= 60n; txid++) {
+      writer.note(txid);
+      if (txid % 3n === 0n) await new Promise((resolve) => setTimeout(resolve, Number(txid % 4n)));
+      else await new Promise((resolve) => setImmediate(resolve));
+    }
+    await until(async () => (await readCheckpoint(file)) === 60n, 'the last txid written without a flush');
+    writer.note(61n);
+    await writer.flush();
+    expect(await readCheckpoint(file)).toBe(61n);
+    expect(errors).toEqual([]);
+  });
+
+  it('reports a failing write once, keeps going, and writes again once the cause is gone', async () => {
+    const dir = await checkpointDir();
+    const file = join(dir, 'checkpoint');
+    const errors: unknown[] = [];
+    const writer = new CheckpointWriter(file, 0n, (error) => errors.push(error));
+    writer.note(1n);
+    await writer.flush();
+    // A non-empty directory where the file goes: renaming the new checkpoint over it fails.
+    await rm(file);
+    await mkdir(join(file, 'blocked'), { recursive: true });
+    for (let txid = 2n; txid <= 5n; txid++) {
+      writer.note(txid);
+      await writer.flush();
+    }
+    expect(errors).toHaveLength(1);
+    await rm(file, { recursive: true });
+    writer.note(6n);
+    await writer.flush();
+    expect(await readCheckpoint(file)).toBe(6n);
+    // Failing again after a success is news again.
+    await rm(file);
+    await mkdir(join(file, 'blocked'), { recursive: true });
+    writer.note(7n);
+    await writer.flush();
+    expect(errors).toHaveLength(2);
+  });
+
+  it('resets below what it wrote, after a write in flight', async () => {
+    const file = join(await checkpointDir(), 'checkpoint');
+    const writer = new CheckpointWriter(file, 0n, () => {});
+    writer.note(9n);
+    await writer.reset(4n);
+    expect(await readCheckpoint(file)).toBe(4n);
+    await writer.flush();
+    expect(await readCheckpoint(file)).toBe(4n);
+  });
+});
