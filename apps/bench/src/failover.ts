@@ -22,6 +22,10 @@ export async function measureFailover(options: {
       // Something to drain: writes right up to the kill.
       for (let i = 0; i < 20; i++)
         await fetch(`${master!.url}/v1/files/pre-${i}`, { method: 'PUT', body: `${i}` });
+      // A crash lands anywhere in the lease's keepalive cycle (one keepalive per TTL/3): without
+      // this, every round would kill at the same phase of it, a fixed time after the cluster
+      // started, and measure one point of the distribution instead of its spread.
+      await sleep(Math.random() * ((options.leaseTtlSeconds * 1000) / 3));
       const t0 = performance.now();
       if (options.signal === 'SIGKILL') master!.kill('SIGKILL');
       else void master!.stop();

@@ -42,8 +42,8 @@ const scenarios = {
     lagWithLsyncd({ files: 5000, ratePerSecond: 1000, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
   'lag-nowatch': () =>
     lagWithLsyncd({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
-  failover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGKILL' }),
-  'failover-ttl5': () => measureFailover({ rounds: 3, leaseTtlSeconds: 5, signal: 'SIGKILL' }),
+  failover: () => measureFailover({ rounds: 10, leaseTtlSeconds: 2, signal: 'SIGKILL' }),
+  'failover-ttl5': () => measureFailover({ rounds: 5, leaseTtlSeconds: 5, signal: 'SIGKILL' }),
   burst: () => measureBurst({ files: 5000, sizeBytes: 4096, connections: 32, watch: false }),
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
   bootstrap: () => measureBootstrap({ files: 50_000, sizeBytes: 4096 }),
