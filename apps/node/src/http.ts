@@ -1,16 +1,15 @@
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
 import {
   FilestoreError,
-  hashFile,
+  hashHandle,
   listStore,
+  openStoreFile,
   partitionOf,
   SENTINEL_FILE,
   stageFile,
-  statFile,
   validateStorePath,
 } from '@pfs/filestore';
 import { encodeRecords, FEED_CONTENT_TYPE, parseFeedQuery, ReplicatorError, readFeed } from '@pfs/replicator';
@@ -19,6 +18,7 @@ import Fastify, { type FastifyReply, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
 import { listQuarantine } from './divergence.ts';
+import { FileDigestCache } from './file-digests.ts';
 import { parseRange } from './range.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
@@ -80,6 +80,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   app.addContentTypeParser('*', (_request, _payload, done) => done(null));
 
   const fileStore = join(state.config.dataDir, 'filestore');
+  const digests = new FileDigestCache();
 
   /** Refuses a write on a node that is not master of the path's partition: 307 to the master, else 503. */
   const refuseUnlessMaster = (partition: number, path: string, reply: FastifyReply): boolean => {
@@ -309,38 +310,59 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         }
       }
       reply.header('x-pfs-applied-txid', log.lastTxid.toString());
-      const file = join(fileStore, path);
-      const hashed = await hashFile(fileStore, path);
-      const info = await statFile(fileStore, path);
-      if (hashed === undefined || info === undefined) {
+      // One open file answers the request: its hash, its size and the bytes sent all come from
+      // the same inode, even if a put replaces the path meanwhile.
+      const opened = await openStoreFile(fileStore, path);
+      if (opened === undefined) {
         return reply.code(404).send({ code: 'NOT_FOUND', message: `no file ${JSON.stringify(path)}` });
       }
-      const etag = `"${hashed.sha256}"`;
-      reply
-        .header('etag', etag)
-        .header('accept-ranges', 'bytes')
-        .header('last-modified', new Date(Number(info.mtimeNs / 1_000_000n)).toUTCString());
-      if (request.headers['if-none-match'] === etag) return reply.code(304).send();
-      const size = Number(info.size);
-      const range = parseRange(request.headers.range, size);
-      if (range === 'unsatisfiable') {
+      const { handle, stat: info } = opened;
+      let streaming = false;
+      try {
+        let sha256 = digests.get(path, info);
+        state.metrics.readDigests.inc({ source: sha256 === undefined ? 'hashed' : 'cache' });
+        if (sha256 === undefined) {
+          sha256 = (await hashHandle(handle, Number(info.size))).sha256;
+          const after = await handle.stat({ bigint: true });
+          digests.remember(
+            path,
+            info,
+            { size: after.size, mtimeNs: after.mtimeNs, ino: after.ino, ctimeNs: after.ctimeNs },
+            sha256,
+            BigInt(Date.now()) * 1_000_000n,
+          );
+        }
+        const etag = `"${sha256}"`;
+        reply
+          .header('etag', etag)
+          .header('accept-ranges', 'bytes')
+          .header('last-modified', new Date(Number(info.mtimeNs / 1_000_000n)).toUTCString());
+        if (request.headers['if-none-match'] === etag) return reply.code(304).send();
+        const size = Number(info.size);
+        const range = parseRange(request.headers.range, size);
+        if (range === 'unsatisfiable') {
+          return reply
+            .code(416)
+            .header('content-range', `bytes */${size}`)
+            .send({ code: 'BAD_RANGE', message: `the file has ${size} bytes` });
+        }
+        // The stream owns the handle from here: it closes it when it ends or is destroyed.
+        streaming = true;
+        if (range !== undefined) {
+          return reply
+            .code(206)
+            .header('content-type', 'application/octet-stream')
+            .header('content-range', `bytes ${range.start}-${range.end}/${size}`)
+            .header('content-length', String(range.end - range.start + 1))
+            .send(handle.createReadStream({ start: range.start, end: range.end }));
+        }
         return reply
-          .code(416)
-          .header('content-range', `bytes */${size}`)
-          .send({ code: 'BAD_RANGE', message: `the file has ${size} bytes` });
-      }
-      if (range !== undefined) {
-        return reply
-          .code(206)
           .header('content-type', 'application/octet-stream')
-          .header('content-range', `bytes ${range.start}-${range.end}/${size}`)
-          .header('content-length', String(range.end - range.start + 1))
-          .send(createReadStream(file, { start: range.start, end: range.end }));
+          .header('content-length', String(size))
+          .send(size === 0 ? '' : handle.createReadStream({ start: 0, end: size - 1 }));
+      } finally {
+        if (!streaming || info.size === 0n) await handle.close();
       }
-      return reply
-        .header('content-type', 'application/octet-stream')
-        .header('content-length', String(size))
-        .send(createReadStream(file));
     },
   );
 

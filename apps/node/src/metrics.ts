@@ -15,6 +15,7 @@ export interface NodeMetrics {
   batches: Counter<'result'>;
   batchSeconds: Histogram;
   promotions: Counter;
+  readDigests: Counter<'source'>;
 }
 
 const ROLE_VALUE: Record<string, number> = { offline: 0, replica: 1, electing: 1, promoting: 2, master: 2 };
@@ -55,6 +56,12 @@ export function createMetrics(view: {
     promotions: new Counter({
       name: 'pfs_promotions_total',
       help: 'Times this node became master of a partition',
+      registers: [registry],
+    }),
+    readDigests: new Counter({
+      name: 'pfs_read_digests_total',
+      help: 'ETags of GET/HEAD answers by where their sha-256 came from: cache, or hashing the file',
+      labelNames: ['source'],
       registers: [registry],
     }),
   };

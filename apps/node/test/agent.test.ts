@@ -1,6 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -136,6 +136,48 @@ describe('node agent over HTTP', () => {
     await until('delete replicated', async () =>
       (await fetch(`${replica.url}/v1/files/plain.txt`)).status === 404 ? true : undefined,
     );
+  });
+
+  it('answers a GET of an unchanged file with its remembered sha-256, and re-hashes it once changed in place', async () => {
+    const cluster = `agent-${++clusterSeq}`;
+    const master = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+    const digestsBy = async (source: string) => {
+      const text = await (await fetch(`${master.url}/metrics`)).text();
+      return Number(
+        new RegExp(`^pfs_read_digests_total\\{source="${source}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? 0,
+      );
+    };
+    expect(
+      (await fetch(`${master.url}/v1/files/video.bin`, { method: 'PUT', body: 'first take' })).status,
+    ).toBe(201);
+    // Only a file left alone for a while is remembered (timestamps are coarse).
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+    for (let i = 0; i < 3; i++) {
+      const read = await fetch(`${master.url}/v1/files/video.bin`);
+      expect(read.headers.get('etag')).toBe(`"${sha('first take')}"`);
+      expect(await read.text()).toBe('first take');
+    }
+    expect(await digestsBy('hashed')).toBe(1);
+    expect(await digestsBy('cache')).toBe(2);
+    // Same size, same inode, mtime put back: only ctime tells it changed.
+    const file = join(master.config.dataDir, 'filestore', 'video.bin');
+    const { mtime, atime } = await stat(file);
+    await writeFile(file, 'other take');
+    await utimes(file, atime, mtime);
+    const changed = await fetch(`${master.url}/v1/files/video.bin`);
+    expect(changed.headers.get('etag')).toBe(`"${sha('other take')}"`);
+    expect(await changed.text()).toBe('other take');
+    expect(await digestsBy('hashed')).toBe(2);
+    const ranged = await fetch(`${master.url}/v1/files/video.bin`, { headers: { range: 'bytes=6-' } });
+    expect(await ranged.text()).toBe('take');
+    const empty = await fetch(`${master.url}/v1/files/nothing`, { method: 'PUT', body: '' });
+    expect(empty.status).toBe(201);
+    const readEmpty = await fetch(`${master.url}/v1/files/nothing`);
+    expect(readEmpty.status).toBe(200);
+    expect(readEmpty.headers.get('content-length')).toBe('0');
+    expect(await readEmpty.text()).toBe('');
   });
 
   it('serves ETag, ranges, conditional writes, listings and read-your-writes by txid', async () => {

@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { lstat, mkdir, open, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { type FileHandle, lstat, mkdir, open, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fsyncDir } from '@pfs/txlog';
 import { FilestoreError, quote } from './errors.ts';
@@ -254,6 +254,56 @@ export async function statFile(root: string, path: string): Promise<FileStat | u
 }
 
 /**
+ * The regular file at `path`, opened for reading without following a symlink in its last
+ * component, with its stat; undefined if there is none (a symlink or a directory counts as none).
+ * The caller closes the handle.
+ */
+export async function openStoreFile(
+  root: string,
+  path: string,
+): Promise<{ handle: FileHandle; stat: FileStat } | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await open(join(root, path), constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') return undefined;
+    throw error;
+  }
+  try {
+    const info = await handle.stat({ bigint: true });
+    if (info.isFile()) {
+      return {
+        handle,
+        stat: { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs },
+      };
+    }
+  } catch (error) {
+    await handle.close();
+    throw error;
+  }
+  await handle.close();
+  return undefined;
+}
+
+/** sha-256 (lower-case hex) and size of an open file's bytes, read from offset 0. */
+export async function hashHandle(
+  handle: FileHandle,
+  sizeHint: number,
+): Promise<{ sha256: string; size: bigint }> {
+  const hash = createHash('sha256');
+  const buffer = Buffer.allocUnsafe(Math.min(Math.max(sizeHint, 1), 1024 * 1024));
+  let position = 0;
+  for (;;) {
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+    if (bytesRead === 0) break;
+    hash.update(buffer.subarray(0, bytesRead));
+    position += bytesRead;
+  }
+  return { sha256: hash.digest('hex'), size: BigInt(position) };
+}
+
+/**
  * sha-256 (lower-case hex) and size of the regular file at `path`, or undefined if there is none
  * (a symlink counts as none). With `datasync`, the file is also fdatasync'ed on the way, for
  * callers that must know its bytes are durable before they rely on them.
@@ -263,28 +313,13 @@ export async function hashFile(
   path: string,
   options: { datasync?: boolean } = {},
 ): Promise<{ sha256: string; size: bigint } | undefined> {
-  let handle: Awaited<ReturnType<typeof open>>;
+  const opened = await openStoreFile(root, path);
+  if (opened === undefined) return undefined;
+  const { handle, stat: info } = opened;
   try {
-    handle = await open(join(root, path), constants.O_RDONLY | constants.O_NOFOLLOW);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') return undefined;
-    throw error;
-  }
-  try {
-    const info = await handle.stat();
-    if (!info.isFile()) return undefined;
-    const hash = createHash('sha256');
-    const buffer = Buffer.allocUnsafe(Math.min(Math.max(info.size, 1), 1024 * 1024));
-    let size = 0n;
-    for (;;) {
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
-      if (bytesRead === 0) break;
-      hash.update(buffer.subarray(0, bytesRead));
-      size += BigInt(bytesRead);
-    }
+    const hashed = await hashHandle(handle, Number(info.size));
     if (options.datasync) await handle.datasync();
-    return { sha256: hash.digest('hex'), size };
+    return hashed;
   } finally {
     await handle.close();
   }
