@@ -238,6 +238,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         logger,
         onMastershipChange: updateWatcher,
         metrics,
+        revokeRefusingMaster: config.revokeRefusingMaster,
       }),
     );
   }

@@ -8,6 +8,11 @@ import { z } from 'zod';
  * variables, then command-line flags, each overriding the one before. A bad value stops the node
  * at start with the field name and the reason.
  */
+/** A true/false flag, as a JSON boolean or as the strings a command line or environment gives. */
+const booleanFlag = z
+  .union([z.boolean(), z.enum(['true', 'false', '1', '0'])])
+  .transform((v) => v === true || v === 'true' || v === '1');
+
 export const ConfigSchema = z
   .object({
     nodeId: z
@@ -37,11 +42,9 @@ export const ConfigSchema = z
       .default(1024 * 1024 * 1024),
     ackMode: z.enum(['local', 'one', 'all']).default('local'),
     ackTimeoutMs: z.coerce.number().int().min(0).max(600_000).default(5000),
-    watch: z
-      .union([z.boolean(), z.enum(['true', 'false', '1', '0'])])
-      .transform((v) => v === true || v === 'true' || v === '1')
-      .default(true),
+    watch: booleanFlag.default(true),
     watchSettleMs: z.coerce.number().int().min(0).default(100),
+    revokeRefusingMaster: booleanFlag.default(true),
     reconcileIntervalMs: z.coerce.number().int().min(0).default(60_000),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
@@ -77,6 +80,7 @@ const FLAGS = {
   'log-level': { type: 'string' },
   ack: { type: 'string' },
   watch: { type: 'string' },
+  'revoke-refusing-master': { type: 'string' },
   'ack-timeout-ms': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -96,6 +100,7 @@ const FIELD_OF_FLAG: Record<string, string> = {
   'log-level': 'logLevel',
   ack: 'ackMode',
   watch: 'watch',
+  'revoke-refusing-master': 'revokeRefusingMaster',
   'ack-timeout-ms': 'ackTimeoutMs',
 };
 
@@ -113,9 +118,14 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --ack-timeout-ms N    how long a write waits for its ack before answering 504 (default 5000)
   --watch true|false    watch filestore/ for files dropped in by hand (default true; false leaves
                         them to the periodic reconcile scan and saves CPU under heavy API writes)
+  --revoke-refusing-master true|false
+                        when the master's HTTP address refuses connections (its process is gone),
+                        revoke its etcd lease at once instead of waiting out the TTL (default true;
+                        turn off if a firewall may REJECT replicas but not clients)
   --config FILE         JSON file with the same fields (camelCase)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
-PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_WATCH.`;
+PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_WATCH,
+PFS_REVOKE_REFUSING_MASTER.`;
 
 /** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {

@@ -7,12 +7,14 @@ import {
   httpFeedSource,
   type RecordSource,
   type Replicator,
+  type ReplicatorError,
   rsyncLogSource,
 } from '@pfs/replicator';
 import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
 import { cutDivergentSuffix, divergencePoint } from './divergence.ts';
+import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
 
 /**
@@ -35,6 +37,8 @@ export interface ControllerDeps {
   /** Called when this node starts or stops being master of the partition (watcher on/off). */
   onMastershipChange: () => void;
   metrics: NodeMetrics;
+  /** Revoke the lease of a followed master whose HTTP address refuses connections (see checkMasterAlive). */
+  revokeRefusingMaster: boolean;
 }
 
 /** Wait after a master loss for every replica to publish its applied txid before ranking. */
@@ -55,6 +59,7 @@ export class PartitionController {
   private chain: Promise<void> = Promise.resolve();
   private scheduled = false;
   private closed = false;
+  private checkingMaster = false;
   private lastReportAt = 0;
   private reportTimer: NodeJS.Timeout | undefined;
   private readonly stop = new AbortController();
@@ -236,9 +241,45 @@ export class PartitionController {
         { partition: this.partition, err: error },
         `partition ${this.partition}: ${error.message}`,
       );
+      if ((error as ReplicatorError).code === 'SOURCE_UNAVAILABLE') this.checkMasterAlive();
     });
     this.replicator = replicator;
     return replicator;
+  }
+
+  /**
+   * The followed master's feed failed: if its HTTP port now refuses connections, its process is
+   * gone, and its lease is revoked rather than left to run out (up to a TTL later), so that the
+   * election starts at once. A master that is merely unreachable keeps its lease until it
+   * expires. One check at a time.
+   */
+  private checkMasterAlive(): void {
+    if (!this.deps.revokeRefusingMaster || this.checkingMaster || this.role !== 'replica' || this.closed)
+      return;
+    const view = this.deps.coordinator.view;
+    const master = view.partitions.get(this.partition)?.master;
+    const node = master === undefined ? undefined : view.nodes.get(master.nodeId);
+    if (master === undefined || node === undefined || this.following !== `${master.nodeId}@${master.token}`)
+      return;
+    this.checkingMaster = true;
+    void (async () => {
+      try {
+        if (!(await refusesConnections(node.host, node.httpPort))) return;
+        if (await this.deps.coordinator.revokeMasterLease(this.partition, master.token)) {
+          this.deps.logger.warn(
+            { partition: this.partition, master: master.nodeId },
+            `partition ${this.partition}: ${master.nodeId} refuses connections on ${node.host}:${node.httpPort} (its process is gone): revoked its etcd lease instead of waiting for it to expire`,
+          );
+        }
+      } catch (error) {
+        this.deps.logger.debug(
+          { partition: this.partition, err: error },
+          `partition ${this.partition}: checking whether ${master.nodeId} is alive failed: ${(error as Error).message}`,
+        );
+      } finally {
+        this.checkingMaster = false;
+      }
+    })();
   }
 
   /** Publishes the applied txid for the promotion ranking, at most every REPORT_EVERY_MS. */

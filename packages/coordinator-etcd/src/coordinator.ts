@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { ConstantBackoff, noop } from 'cockatiel';
-import { Etcd3, type Lease, type Watcher } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, type Lease, type Watcher } from 'etcd3';
 import { CoordinatorError } from './errors.ts';
 import { clusterPrefix, keys, NODE_ID_PATTERN } from './keys.ts';
 import { applyKey, type ClusterView, emptyView, type MasterInfo, type NodeInfo } from './view.ts';
@@ -311,6 +311,30 @@ export class Coordinator extends EventEmitter {
       'GENERATION_CONFLICT',
       `generation of partition ${args.partition} was changed by another node: re-read the cluster view`,
     );
+  }
+
+  /**
+   * Ends the session of a master whose process is gone, instead of waiting up to a lease TTL for
+   * etcd to notice: revokes the lease under partition `partition`'s master key, but only while
+   * that key is still the mastership `token` names (a later master is never touched) and is not
+   * this node's own. Every key on that lease goes with it (the node's record, its other
+   * masterships), so elections start at once. Safe even if the caller were wrong about the
+   * process being gone: a master that loses its lease is fenced like one whose lease ran out.
+   * Resolves whether this call revoked it.
+   */
+  async revokeMasterLease(partition: number, token: bigint): Promise<boolean> {
+    const current = await this.client.get(keys.master(this.cluster, partition)).exec();
+    const kv = current.kvs[0];
+    if (kv === undefined || kv.create_revision !== String(token)) return false;
+    if (kv.lease === '0' || kv.lease === this.leaseId) return false;
+    try {
+      await this.client.leaseClient.leaseRevoke({ ID: kv.lease });
+      return true;
+    } catch (error) {
+      // Another replica revoked it first, or it ran out meanwhile.
+      if (error instanceof EtcdLeaseInvalidError) return false;
+      throw error;
+    }
   }
 
   /** Gives up mastership (the key goes only if `token` still names it). Never hangs: bounded by the call deadline. */

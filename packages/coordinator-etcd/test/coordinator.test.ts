@@ -123,6 +123,25 @@ describe('Coordinator against a real etcd', () => {
     expect(b.view.partitions.get(0)?.generation).toBe(2n);
   });
 
+  it("revokes a master's lease for another node only while that mastership is current, never its own", async () => {
+    cluster++;
+    const a = await connect('a');
+    const b = await connect('b');
+    const token = (await a.claimMaster(0, info('a')))!;
+    await until(() => b.view.partitions.get(0)?.master?.token === token, 'b sees the master');
+    const lost: string[] = [];
+    a.on('session-lost', (reason: string) => lost.push(reason));
+    expect(await b.revokeMasterLease(0, token + 1000n)).toBe(false);
+    expect(await a.revokeMasterLease(0, token)).toBe(false);
+    expect(a.sessionValid()).toBe(true);
+    expect(await b.revokeMasterLease(0, token)).toBe(true);
+    await until(() => lost.length > 0, 'the master fenced');
+    await until(() => b.view.partitions.get(0)?.master === undefined, 'master key gone with the lease');
+    // Already gone: a second replica doing the same finds nothing to revoke.
+    expect(await b.revokeMasterLease(0, token)).toBe(false);
+    expect(b.sessionValid()).toBe(true);
+  });
+
   it('fences on an etcd-side lease revoke, then opens a new session', async () => {
     cluster++;
     const a = await connect('a');
