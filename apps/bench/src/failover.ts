@@ -11,12 +11,16 @@ export async function measureFailover(options: {
   rounds: number;
   leaseTtlSeconds: number;
   signal: 'SIGKILL' | 'SIGTERM';
+  extraArgs?: string[];
 }) {
   const elected: number[] = [];
   const firstWrite: number[] = [];
   const followed: number[] = [];
   for (let round = 0; round < options.rounds; round++) {
-    const cluster = await startCluster({ leaseTtlSeconds: options.leaseTtlSeconds });
+    const cluster = await startCluster({
+      leaseTtlSeconds: options.leaseTtlSeconds,
+      ...(options.extraArgs === undefined ? {} : { extraArgs: options.extraArgs }),
+    });
     try {
       const [master, ...rest] = cluster.nodes;
       // Something to drain: writes right up to the kill.

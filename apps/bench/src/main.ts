@@ -44,6 +44,13 @@ const scenarios = {
     lagWithLsyncd({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2, watch: false }),
   failover: () => measureFailover({ rounds: 10, leaseTtlSeconds: 2, signal: 'SIGKILL' }),
   'failover-ttl5': () => measureFailover({ rounds: 5, leaseTtlSeconds: 5, signal: 'SIGKILL' }),
+  'failover-revoke': () =>
+    measureFailover({
+      rounds: 10,
+      leaseTtlSeconds: 2,
+      signal: 'SIGKILL',
+      extraArgs: ['--revoke-refusing-master=true'],
+    }),
   burst: () => measureBurst({ files: 5000, sizeBytes: 4096, connections: 32, watch: false }),
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
   bootstrap: () => measureBootstrap({ files: 50_000, sizeBytes: 4096 }),

@@ -44,7 +44,7 @@ export const ConfigSchema = z
     ackTimeoutMs: z.coerce.number().int().min(0).max(600_000).default(5000),
     watch: booleanFlag.default(true),
     watchSettleMs: z.coerce.number().int().min(0).default(100),
-    revokeRefusingMaster: booleanFlag.default(true),
+    revokeRefusingMaster: booleanFlag.default(false),
     reconcileIntervalMs: z.coerce.number().int().min(0).default(60_000),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
@@ -120,8 +120,8 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
                         them to the periodic reconcile scan and saves CPU under heavy API writes)
   --revoke-refusing-master true|false
                         when the master's HTTP address refuses connections (its process is gone),
-                        revoke its etcd lease at once instead of waiting out the TTL (default true;
-                        turn off if a firewall may REJECT replicas but not clients)
+                        revoke its etcd lease at once instead of waiting out the TTL (default false:
+                        see docs/operations.md for what it trades)
   --config FILE         JSON file with the same fields (camelCase)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
 PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_WATCH,

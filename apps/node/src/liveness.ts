@@ -14,7 +14,7 @@ export function refusesConnections(host: string, port: number, timeoutMs = 1000)
       socket.destroy();
       resolve(refused);
     };
-    const timer = setTimeout(() => done(false), timeoutMs);
+    const timer = setTimeout(() => done(false), timeoutMs).unref();
     socket.once('connect', () => done(false));
     socket.once('error', (error: NodeJS.ErrnoException) => done(error.code === 'ECONNREFUSED'));
   });

@@ -318,9 +318,10 @@ export class Coordinator extends EventEmitter {
    * etcd to notice: revokes the lease under partition `partition`'s master key, but only while
    * that key is still the mastership `token` names (a later master is never touched) and is not
    * this node's own. Every key on that lease goes with it (the node's record, its other
-   * masterships), so elections start at once. Safe even if the caller were wrong about the
-   * process being gone: a master that loses its lease is fenced like one whose lease ran out.
-   * Resolves whether this call revoked it.
+   * masterships), so elections start at once. Unlike an expiry, a revocation does not wait for
+   * the holder's own deadline: if the holder were alive after all, it stops taking writes only
+   * when its watch shows the key gone (docs/operations.md says what that trades). Resolves
+   * whether this call revoked it.
    */
   async revokeMasterLease(partition: number, token: bigint): Promise<boolean> {
     const current = await this.client.get(keys.master(this.cluster, partition)).exec();

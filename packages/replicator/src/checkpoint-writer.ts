@@ -40,7 +40,10 @@ export class CheckpointWriter {
     }
   }
 
-  /** Writes `txid` now, even below what was written before (after the log was cut back). */
+  /**
+   * Writes `txid` now, even below what was written before (after the log was cut back). Only
+   * while following is paused: a note() during it would start a second write of the same file.
+   */
   async reset(txid: TxId): Promise<void> {
     await this.idle();
     this.wanted = txid;
