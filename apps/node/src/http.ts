@@ -285,9 +285,13 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     }
   });
 
-  app.get<{ Params: { '*': string }; Querystring: { minTxid?: string; waitMs?: string } }>(
-    '/v1/files/*',
-    async (request, reply) => {
+  // GET and HEAD share one handler; HEAD is declared rather than derived, because fastify's derived
+  // HEAD route would read a stream to its end, or set content-length 0 without one.
+  app.route<{ Params: { '*': string }; Querystring: { minTxid?: string; waitMs?: string } }>({
+    method: ['GET', 'HEAD'],
+    url: '/v1/files/*',
+    exposeHeadRoute: false,
+    handler: async (request, reply) => {
       const target = fileTarget(request.params['*'], reply);
       if (target === undefined) return reply;
       const { path, partition } = target;
@@ -346,25 +350,22 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
             .header('content-range', `bytes */${size}`)
             .send({ code: 'BAD_RANGE', message: `the file has ${size} bytes` });
         }
-        // The stream owns the handle from here: it closes it when it ends or is destroyed.
-        streaming = true;
-        if (range !== undefined) {
-          return reply
-            .code(206)
-            .header('content-type', 'application/octet-stream')
-            .header('content-range', `bytes ${range.start}-${range.end}/${size}`)
-            .header('content-length', String(range.end - range.start + 1))
-            .send(handle.createReadStream({ start: range.start, end: range.end }));
-        }
-        return reply
+        const { start, end } = range ?? { start: 0, end: size - 1 };
+        reply
+          .code(range === undefined ? 200 : 206)
           .header('content-type', 'application/octet-stream')
-          .header('content-length', String(size))
-          .send(size === 0 ? '' : handle.createReadStream({ start: 0, end: size - 1 }));
+          .header('content-length', String(end - start + 1));
+        if (range !== undefined) reply.header('content-range', `bytes ${start}-${end}/${size}`);
+        // HEAD gets the headers only; GET a stream that owns the handle from here on (it closes
+        // it when it ends or is destroyed).
+        if (request.method === 'HEAD' || end < start) return reply.send();
+        streaming = true;
+        return reply.send(handle.createReadStream({ start, end }));
       } finally {
-        if (!streaming || info.size === 0n) await handle.close();
+        if (!streaming) await handle.close();
       }
     },
-  );
+  });
 
   app.get<{ Querystring: { prefix?: string; after?: string; limit?: string } }>(
     '/v1/files',

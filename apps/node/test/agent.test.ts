@@ -222,6 +222,14 @@ describe('node agent over HTTP', () => {
     const head = await fetch(`${master.url}/v1/files/docs/digits`, { method: 'HEAD' });
     expect(head.status).toBe(200);
     expect(head.headers.get('content-length')).toBe('10');
+    expect(head.headers.get('etag')).toBe(`"${written.sha256}"`);
+    const rangedHead = await fetch(`${master.url}/v1/files/docs/digits`, {
+      method: 'HEAD',
+      headers: { range: 'bytes=2-4' },
+    });
+    expect(rangedHead.status).toBe(206);
+    expect(rangedHead.headers.get('content-range')).toBe('bytes 2-4/10');
+    expect(rangedHead.headers.get('content-length')).toBe('3');
     for (const name of ['docs/a', 'docs/b', 'other'])
       await fetch(`${master.url}/v1/files/${name}`, { method: 'PUT', body: name });
     const page1 = (await (await fetch(`${master.url}/v1/files?prefix=docs/&limit=2`)).json()) as {
