@@ -38,12 +38,7 @@ export class FileDigestCache {
   get(path: string, stat: FileStat): string | undefined {
     const entry = this.entries.get(path);
     if (entry === undefined) return undefined;
-    if (
-      entry.ino !== stat.ino ||
-      entry.size !== stat.size ||
-      entry.mtimeNs !== stat.mtimeNs ||
-      entry.ctimeNs !== stat.ctimeNs
-    ) {
+    if (!sameVersion(entry, stat)) {
       this.entries.delete(path);
       return undefined;
     }
@@ -59,14 +54,13 @@ export class FileDigestCache {
    * `nowNs` (wall clock, the timestamps' clock).
    */
   remember(path: string, before: FileStat, after: FileStat, sha256: string, nowNs: bigint): void {
-    const unchanged =
-      before.ino === after.ino &&
-      before.size === after.size &&
-      before.mtimeNs === after.mtimeNs &&
-      before.ctimeNs === after.ctimeNs;
-    if (!unchanged || nowNs - before.ctimeNs < QUIET_NS) return;
+    if (!sameVersion(before, after) || nowNs - before.ctimeNs < QUIET_NS) return;
     this.entries.delete(path);
     this.entries.set(path, { ...before, sha256 });
     if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
   }
+}
+
+function sameVersion(a: FileStat, b: FileStat): boolean {
+  return a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 }

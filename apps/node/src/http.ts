@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
 import {
   FilestoreError,
+  fileStatOf,
   hashHandle,
   listStore,
   openStoreFile,
@@ -327,14 +328,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         state.metrics.readDigests.inc({ source: sha256 === undefined ? 'hashed' : 'cache' });
         if (sha256 === undefined) {
           sha256 = (await hashHandle(handle, Number(info.size))).sha256;
-          const after = await handle.stat({ bigint: true });
-          digests.remember(
-            path,
-            info,
-            { size: after.size, mtimeNs: after.mtimeNs, ino: after.ino, ctimeNs: after.ctimeNs },
-            sha256,
-            BigInt(Date.now()) * 1_000_000n,
-          );
+          const after = fileStatOf(await handle.stat({ bigint: true }));
+          digests.remember(path, info, after, sha256, BigInt(Date.now()) * 1_000_000n);
         }
         const etag = `"${sha256}"`;
         reply

@@ -11,6 +11,7 @@ export {
 export {
   deleteFile,
   type FileStat,
+  fileStatOf,
   hashFile,
   hashHandle,
   initStore,

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { constants } from 'node:fs';
+import { type BigIntStats, constants } from 'node:fs';
 import { type FileHandle, lstat, mkdir, open, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fsyncDir } from '@pfs/txlog';
@@ -241,16 +241,21 @@ export async function deleteFile(root: string, path: string): Promise<void> {
   await fsyncDir(dirname(target));
 }
 
+/** The fields of a bigint stat that say which version of a file it is. */
+export function fileStatOf(info: BigIntStats): FileStat {
+  return { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs };
+}
+
 async function statFileAt(target: string): Promise<FileStat> {
   const info = await stat(target, { bigint: true });
-  return { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs };
+  return fileStatOf(info);
 }
 
 /** Stat of a regular file at `path` (never following a symlink), or undefined if there is none. */
 export async function statFile(root: string, path: string): Promise<FileStat | undefined> {
   const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
   if (info === undefined || !info.isFile()) return undefined;
-  return { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs };
+  return fileStatOf(info);
 }
 
 /**
@@ -273,10 +278,7 @@ export async function openStoreFile(
   try {
     const info = await handle.stat({ bigint: true });
     if (info.isFile()) {
-      return {
-        handle,
-        stat: { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs },
-      };
+      return { handle, stat: fileStatOf(info) };
     }
   } catch (error) {
     await handle.close();

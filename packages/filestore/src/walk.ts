@@ -1,7 +1,7 @@
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isInternalPath } from './path-rules.ts';
-import type { FileStat } from './store.ts';
+import { type FileStat, fileStatOf } from './store.ts';
 
 /** Walking and listing the store: every regular file, internal files and symlinks skipped. */
 export interface StoreEntry {
@@ -27,7 +27,7 @@ export async function* walkStore(root: string, under = ''): AsyncGenerator<Store
     if (info === undefined) continue;
     if (info.isDirectory()) yield* walkStore(root, path);
     else if (info.isFile()) {
-      yield { path, stat: { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs } };
+      yield { path, stat: fileStatOf(info) };
     }
   }
 }
@@ -82,7 +82,7 @@ export async function listStore(
       } else if (info.isFile() && path.startsWith(prefix)) {
         yield {
           path,
-          stat: { size: info.size, mtimeNs: info.mtimeNs, ino: info.ino, ctimeNs: info.ctimeNs },
+          stat: fileStatOf(info),
         };
       }
     }

@@ -19,8 +19,8 @@ import { httpFeedSource, type RecordSource } from './sources.ts';
  * One batch: fetch records after the applied txid (long poll), pull the files they name with one
  * rsync (deletes included), verify each path's size and sha-256 against the last record naming it,
  * fsync the directories, append the records with the master's txids to the local log (one group
- * fsync); the checkpoint follows in the background (see CheckpointWriter). While a batch's rsync runs, new records queue at the source
- * and form the next batch; no timer is involved.
+ * fsync); the checkpoint follows in the background (see CheckpointWriter). While a batch's rsync
+ * runs, new records queue at the source and form the next batch; no timer is involved.
  *
  * Invariants: the checkpoint never passes a txid whose files and record are not both durable; a
  * failed rsync or a hash mismatch retries with backoff and never advances anything.
@@ -409,7 +409,7 @@ export class Replicator extends EventEmitter {
     if (plan.paths.length > 0 && !(pulled === 0 && this.storeSynced))
       await fsyncParents(this.options.fileStoreDir, plan.paths);
     if (signal.aborted) throw signal.reason;
-    // A batch whose append or checkpoint failed part-way may have logged some records already.
+    // A batch whose append failed part-way may have logged some records already.
     const unlogged = records.filter((record) => record.txid > this.log.lastTxid);
     await Promise.all(unlogged.map((record) => this.log.appendRecord(record)));
     const to = records.at(-1)!.txid;
@@ -523,8 +523,7 @@ export class Replicator extends EventEmitter {
     const checks = toCheck.map(async ([path, want]) => {
       if (alreadyVerified.has(path)) {
         // Checked just before the transfer and not part of it: only durability is left to do.
-        if (!bulk && !trusted(path) && want.kind === 'put')
-          await syncFile(join(this.options.fileStoreDir, path));
+        if (!bulk && want.kind === 'put') await syncFile(join(this.options.fileStoreDir, path));
         return undefined;
       }
       const shown = JSON.stringify(path);
