@@ -304,9 +304,11 @@ describe('node agent over HTTP', () => {
     expect(process.getuid?.(), 'this test mounts a tmpfs and must run as root').toBe(0);
     const mountPoint = await mkdtemp(join(tmpdir(), 'pfs-full-'));
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mountPoint]);
+    let started: Agent | undefined;
     try {
       const config = await agentConfig(`full-${++clusterSeq}`, mountPoint);
       const master = await start(config);
+      started = master;
       await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
       expect((await fetch(`${master.url}/v1/files/keep`, { method: 'PUT', body: 'precious' })).status).toBe(
         201,
@@ -321,9 +323,13 @@ describe('node agent over HTTP', () => {
       expect((await fetch(`${master.url}/v1/files/after`, { method: 'PUT', body: 'small' })).status).toBe(
         201,
       );
-      agents.splice(agents.indexOf(master), 1);
-      await master.close();
     } finally {
+      // The agent holds files open on the tmpfs: close it before unmounting, or a failed
+      // assertion above would leave the mount behind.
+      if (started !== undefined) {
+        agents.splice(agents.indexOf(started), 1);
+        await started.close();
+      }
       execFileSync('umount', [mountPoint]);
       await rm(mountPoint, { recursive: true, force: true });
     }
