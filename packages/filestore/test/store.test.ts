@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   compareStorePaths,
   deleteFile,
@@ -123,11 +123,37 @@ describe('file store', () => {
     expect(await hashFile(root, 'file-link')).toBeUndefined();
   });
 
+  it('notices a parent replaced by a symlink after puts went through it', async () => {
+    const root = await store();
+    await putFile(root, 'x/y/first', Buffer.from('1'));
+    const outside = await mkdtemp(join(tmpdir(), 'pfs-outside-'));
+    dirs.push(outside);
+    await rm(join(root, 'x', 'y'), { recursive: true });
+    await symlink(outside, join(root, 'x', 'y'));
+    expect(await codeOf(putFile(root, 'x/y/second', Buffer.from('2')))).toBe('PATH_THROUGH_SYMLINK');
+    expect(await readdir(outside)).toEqual([]);
+  });
+
+  it('works in a store whose own path goes through a symlink', async () => {
+    const real = await store();
+    const alias = join(await mkdtemp(join(tmpdir(), 'pfs-alias-')), 'store');
+    dirs.push(dirname(alias));
+    await symlink(real, alias);
+    await putFile(alias, 'p/q/one', Buffer.from('1'));
+    await putFile(alias, 'p/q/two', Buffer.from('2'));
+    expect((await readdir(join(real, 'p', 'q'))).sort()).toEqual(['one', 'two']);
+  });
+
   it('names conflicts between files and directories', async () => {
     const root = await store();
     await putFile(root, 'a', Buffer.from('file'));
     expect(await codeOf(putFile(root, 'a/b', Buffer.from('x')))).toBe('PATH_CONFLICT');
-    await mkdir(join(root, 'd'));
+    await putFile(root, 'dir/file', Buffer.from('x'));
+    const nested = (await putFile(root, 'dir/file/below', Buffer.from('x')).catch((e) => e)) as Error;
+    expect(nested.message).toBe('cannot write "dir/file/below": "dir/file" is a file, not a directory');
+    await mkdir(join(root, 'd', 'e'), { recursive: true });
+    expect(await codeOf(putFile(root, 'd/e', Buffer.from('x')))).toBe('PATH_IS_DIRECTORY');
+    expect((await readdir(join(root, 'd'))).sort()).toEqual(['e']);
     expect(await codeOf(putFile(root, 'd', Buffer.from('x')))).toBe('PATH_IS_DIRECTORY');
     expect(await codeOf(deleteFile(root, 'd'))).toBe('PATH_IS_DIRECTORY');
     expect(await codeOf(deleteFile(root, 'missing'))).toBe('NOT_FOUND');

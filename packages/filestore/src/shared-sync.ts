@@ -1,0 +1,41 @@
+import { fsyncDir } from '@pfs/txlog';
+
+/**
+ * Group commit for fsyncs of one key (a directory): a caller waits for a sync that *starts after*
+ * it called, so whatever it changed before calling is covered; callers arriving while one sync
+ * runs share the single sync queued behind it. Under 32 concurrent PUTs into one directory this
+ * turns 32 directory fsyncs (each a journal commit) into about two.
+ */
+export function coalescingSync(sync: (key: string) => Promise<void>): (key: string) => Promise<void> {
+  const states = new Map<string, { running: Promise<void>; queued: Promise<void> | undefined }>();
+  const start = (key: string): Promise<void> => {
+    const run = sync(key).finally(() => {
+      const state = states.get(key)!;
+      if (state.queued === undefined) states.delete(key);
+    });
+    return run;
+  };
+  return (key) => {
+    const state = states.get(key);
+    if (state === undefined) {
+      const entry = { running: Promise.resolve(), queued: undefined };
+      states.set(key, entry);
+      entry.running = start(key);
+      return entry.running;
+    }
+    if (state.queued !== undefined) return state.queued;
+    // The running sync may have started before this caller's change: it needs the next one.
+    const queued = state.running
+      .catch(() => {})
+      .then(() => {
+        state.queued = undefined;
+        state.running = start(key);
+        return state.running;
+      });
+    state.queued = queued;
+    return queued;
+  };
+}
+
+/** fsync of a directory, shared by concurrent callers (see coalescingSync). */
+export const syncDirectory = coalescingSync(fsyncDir);
