@@ -1,6 +1,6 @@
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { hashFile } from '@pfs/filestore';
+import { type FileStat, hashHandle, openStoreFile } from '@pfs/filestore';
 import type { Expected } from './batch.ts';
 
 /** How often the files are looked at while rsync is still running. */
@@ -12,9 +12,41 @@ const POLL_MS = 2;
 const MAX_EARLY_PUTS = 64;
 const MAX_EARLY_BYTES = 8n * 1024n * 1024n;
 
+/** Which version of a file a stat describes: a rename, a rewrite or a touch changes it. */
+export function versionOf(stat: FileStat): string {
+  return `${stat.ino}:${stat.size}:${stat.mtimeNs}:${stat.ctimeNs}`;
+}
+
 /**
- * Resolves true as soon as every listed path is on disk as `expected` says while the rsync that
- * brings them may still be ending; false if `ended` (rsync's exit, success or not) comes first.
+ * Checks a put's path against its record and, with `datasync`, makes its bytes durable, in one
+ * open of the file. A file whose version is `knownVersion` (the one waitInPlace hashed moments
+ * ago) is not read again: only this replicator writes the store, and rsync never rewrites a file
+ * it has renamed into place.
+ */
+export async function checkPut(
+  root: string,
+  path: string,
+  want: Extract<Expected, { kind: 'put' }>,
+  options: { datasync: boolean; knownVersion?: string | undefined },
+): Promise<{ size: bigint; sha256: string } | undefined> {
+  const opened = await openStoreFile(root, path);
+  if (opened === undefined) return undefined;
+  try {
+    const got =
+      options.knownVersion === versionOf(opened.stat)
+        ? { size: want.size, sha256: want.sha256 }
+        : await hashHandle(opened.handle, Number(opened.stat.size));
+    if (options.datasync) await opened.handle.datasync();
+    return got;
+  } finally {
+    await opened.handle.close();
+  }
+}
+
+/**
+ * Resolves, as soon as every listed path is on disk as `expected` says while the rsync that brings
+ * them may still be ending, with the version of each put it hashed (see checkPut); undefined if
+ * `ended` (rsync's exit, success or not) comes first.
  *
  * Why: rsync's end costs 0–40 ms after its last rename (its receiver and client wait for each
  * other in 20 ms sleeps), and the next batch would wait for it. A put is checked once rsync has
@@ -30,7 +62,7 @@ export async function waitInPlace(options: {
   expected: ReadonlyMap<string, Expected>;
   received: readonly string[];
   ended: Promise<void>;
-}): Promise<boolean> {
+}): Promise<Map<string, string> | undefined> {
   const puts: [string, Extract<Expected, { kind: 'put' }>][] = [];
   const deletes: string[] = [];
   let bytes = 0n;
@@ -40,9 +72,9 @@ export async function waitInPlace(options: {
       puts.push([path, want]);
       bytes += want.size;
     } else if (want?.kind === 'delete') deletes.push(path);
-    else return false;
+    else return undefined;
   }
-  if (puts.length > MAX_EARLY_PUTS || bytes > MAX_EARLY_BYTES) return false;
+  if (puts.length > MAX_EARLY_PUTS || bytes > MAX_EARLY_BYTES) return undefined;
   let ended = false;
   void options.ended.then(() => {
     ended = true;
@@ -52,11 +84,11 @@ export async function waitInPlace(options: {
   while (!ended) {
     const received = new Set(options.received);
     if (puts.every(([path]) => received.has(path)) && (await allMatch(options.root, puts, matched))) {
-      if (await allGone(options.root, deletes)) return true;
+      if (await allGone(options.root, deletes)) return matched;
     }
     await Promise.race([new Promise((resolve) => setTimeout(resolve, POLL_MS)), options.ended]);
   }
-  return false;
+  return undefined;
 }
 
 async function allMatch(
@@ -67,13 +99,18 @@ async function allMatch(
   for (const [path, want] of puts) {
     const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
     if (!info?.isFile() || info.size !== want.size) return false;
-    const version = `${info.ino}:${info.size}:${info.mtimeNs}`;
-    if (matched.get(path) === version) continue;
-    // Taken before hashing: if the file is replaced meanwhile, the next look sees another
-    // version and hashes again.
-    const got = await hashFile(root, path);
-    if (got?.size !== want.size || got.sha256 !== want.sha256) return false;
-    matched.set(path, version);
+    if (matched.get(path) === versionOf(info)) continue;
+    // The version comes from the open file that is hashed: if the path is replaced meanwhile,
+    // the next look sees another version and hashes again.
+    const opened = await openStoreFile(root, path);
+    if (opened === undefined) return false;
+    try {
+      const got = await hashHandle(opened.handle, Number(opened.stat.size));
+      if (got.size !== want.size || got.sha256 !== want.sha256) return false;
+      matched.set(path, versionOf(opened.stat));
+    } finally {
+      await opened.handle.close();
+    }
   }
   return true;
 }

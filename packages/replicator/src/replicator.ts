@@ -10,7 +10,7 @@ import { CheckpointWriter } from './checkpoint-writer.ts';
 import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
 import { ReplicatorError } from './errors.ts';
 import { MAX_FEED_RECORDS } from './feed.ts';
-import { waitInPlace } from './in-place.ts';
+import { checkPut, waitInPlace } from './in-place.ts';
 import { httpFeedSource, type RecordSource } from './sources.ts';
 
 /**
@@ -370,6 +370,8 @@ export class Replicator extends EventEmitter {
     let pulled = 0;
     let fromDigests = 0;
     let wentOnEarly = false;
+    // Versions of the files the last pull found in place early, hashed already (see checkPut).
+    let inPlace: ReadonlyMap<string, string> | undefined;
     for (;;) {
       if (plan.paths.length === 0) break;
       // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
@@ -379,9 +381,10 @@ export class Replicator extends EventEmitter {
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
-      if (needed.length > 0) wentOnEarly = await this.pull(source, needed, signal, plan.expected);
+      inPlace = needed.length > 0 ? await this.pull(source, needed, signal, plan.expected) : undefined;
+      wentOnEarly = inPlace !== undefined;
       pulled += needed.length;
-      const problems = await this.verify(plan.expected, verified);
+      const problems = await this.verify(plan.expected, verified, inPlace ?? new Map());
       if (problems.length === 0 || tolerateMismatch) {
         mismatched = problems.map((p) => p.path);
         break;
@@ -429,8 +432,9 @@ export class Replicator extends EventEmitter {
   }
 
   /**
-   * Pulls `paths` with one rsync and resolves false when it has exited, or true earlier, once
-   * every path is on disk exactly as `expected` says (waitInPlace): rsync then only has its own
+   * Pulls `paths` with one rsync and resolves undefined when it has exited, or earlier, once
+   * every path is on disk exactly as `expected` says (waitInPlace), with the versions of the
+   * files it hashed to know that (for verify's checkPut): rsync then only has its own
    * 0–40 ms of ending left, which no longer holds up this batch or the next one's rsync (it
    * touches no file content any more). The call is kept in `ending` so that pause, drain and
    * stop wait for it.
@@ -440,7 +444,7 @@ export class Replicator extends EventEmitter {
     paths: string[],
     signal: AbortSignal,
     expected: ReadonlyMap<string, Expected>,
-  ): Promise<boolean> {
+  ): Promise<ReadonlyMap<string, string> | undefined> {
     const received: string[] = [];
     const run = pullBatch({
       source: source.filesSource,
@@ -456,9 +460,9 @@ export class Replicator extends EventEmitter {
       () => undefined,
     );
     const early = await waitInPlace({ root: this.options.fileStoreDir, paths, expected, received, ended });
-    if (!early) {
+    if (early === undefined) {
       await run;
-      return false;
+      return undefined;
     }
     const ending: Promise<void> = run
       .then(
@@ -470,7 +474,7 @@ export class Replicator extends EventEmitter {
       )
       .finally(() => this.ending.delete(ending));
     this.ending.add(ending);
-    return true;
+    return early;
   }
 
   /** The paths of a batch that are not already as its records say (the rest are verified now). */
@@ -514,6 +518,7 @@ export class Replicator extends EventEmitter {
   private async verify(
     expected: ReadonlyMap<string, Expected>,
     alreadyVerified: ReadonlySet<string> = new Set(),
+    inPlace: ReadonlyMap<string, string> = new Map(),
   ): Promise<{ path: string; why: string }[]> {
     const trusted = (path: string) => alreadyVerified.has(path) && this.storeSynced;
     const toSync = [...expected.keys()].filter((path) => !trusted(path)).length;
@@ -532,7 +537,10 @@ export class Replicator extends EventEmitter {
           ? undefined
           : { path, why: `${shown} still exists` };
       }
-      const got = await hashFile(this.options.fileStoreDir, path, { datasync: !bulk });
+      const got = await checkPut(this.options.fileStoreDir, path, want, {
+        datasync: !bulk,
+        knownVersion: inPlace.get(path),
+      });
       if (got === undefined) return { path, why: `${shown} is missing` };
       if (got.size !== want.size || got.sha256 !== want.sha256) {
         return {

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Expected } from '../src/batch.ts';
-import { waitInPlace } from '../src/in-place.ts';
+import { checkPut, versionOf, waitInPlace } from '../src/in-place.ts';
 import { tempDir } from './harness.ts';
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -17,7 +17,7 @@ async function store() {
   return dir;
 }
 
-const put = (content: string): Expected => ({
+const put = (content: string): Extract<Expected, { kind: 'put' }> => ({
   kind: 'put',
   size: BigInt(Buffer.byteLength(content)),
   sha256: createHash('sha256').update(content).digest('hex'),
@@ -49,7 +49,11 @@ describe('waitInPlace', () => {
     received.push('d/b');
     await new Promise((resolve) => setTimeout(resolve, 20));
     await writeFile(join(root, 'd/b'), 'B');
-    expect(await waiting).toBe(true);
+    const versions = await waiting;
+    // The versions it hashed, for verify to trust without reading again.
+    expect([...(versions?.keys() ?? [])].sort()).toEqual(['a', 'd/b']);
+    const info = await lstat(join(root, 'd/b'), { bigint: true });
+    expect(versions?.get('d/b')).toBe(versionOf(info));
     exit();
   });
 
@@ -65,7 +69,7 @@ describe('waitInPlace', () => {
       ended,
     });
     setTimeout(exit, 50);
-    expect(await waiting).toBe(false);
+    expect(await waiting).toBeUndefined();
   });
 
   it('does not trust the line order: a put whose bytes are not there yet holds it back', async () => {
@@ -87,7 +91,7 @@ describe('waitInPlace', () => {
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(settled).toBe(false);
     await writeFile(join(root, 'a'), 'A');
-    expect(await waiting).toBe(true);
+    expect(await waiting).not.toBeUndefined();
     exit();
   });
 
@@ -98,7 +102,7 @@ describe('waitInPlace', () => {
     const expected = new Map(paths.map((p) => [p, put('x')]));
     const { ended, exit } = exitLater();
     setTimeout(exit, 30);
-    expect(await waitInPlace({ root, paths, expected, received: paths, ended })).toBe(false);
+    expect(await waitInPlace({ root, paths, expected, received: paths, ended })).toBeUndefined();
   });
 
   it('waits for deletes to be done and for every put to have its line', async () => {
@@ -122,7 +126,26 @@ describe('waitInPlace', () => {
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(settled).toBe(false); // "gone" is not gone
     await rm(join(root, 'gone'));
-    expect(await waiting).toBe(true);
+    expect(await waiting).not.toBeUndefined();
     exit();
+  });
+});
+
+describe('checkPut', () => {
+  it('trusts the version waitInPlace hashed, and hashes any other version of the path', async () => {
+    const root = await store();
+    await writeFile(join(root, 'f'), 'A');
+    const want = put('A');
+    const hashed = versionOf(await lstat(join(root, 'f'), { bigint: true }));
+    expect(await checkPut(root, 'f', want, { datasync: true, knownVersion: hashed })).toEqual({
+      size: want.size,
+      sha256: want.sha256,
+    });
+    // Replaced by another file (another inode): read and hashed again, so the change is seen.
+    await writeFile(join(root, 'f.new'), 'Z');
+    await rename(join(root, 'f.new'), join(root, 'f'));
+    const got = await checkPut(root, 'f', want, { datasync: true, knownVersion: hashed });
+    expect(got?.sha256).toBe(put('Z').sha256);
+    expect(await checkPut(root, 'missing', want, { datasync: false })).toBeUndefined();
   });
 });
