@@ -269,16 +269,37 @@ export class Replicator extends EventEmitter {
   }
 
   private async follow(loopSignal: AbortSignal): Promise<void> {
+    // The next page, asked for while the current one is applied (catching up after a bootstrap).
+    let prefetched: { after: TxId; source: RecordSource; page: Promise<FetchedPage | undefined> } | undefined;
     if (
       this.appliedTxid === 0n &&
       this.options.bootstrap !== false &&
       (await storeIsEmpty(this.options.fileStoreDir))
     ) {
-      await this.bootstrap(this.source, loopSignal);
+      // The replay's first page is read while the copy runs: the source answers it in the
+      // copy's shadow instead of after it.
+      const source = this.source;
+      const prefetchStop = new AbortController();
+      this.prefetchController = prefetchStop;
+      prefetched = {
+        after: 0n,
+        source,
+        page: source
+          .fetch(0n, {
+            waitMs: 0,
+            maxRecords: this.options.maxBatchRecords ?? MAX_FEED_RECORDS,
+            signal: AbortSignal.any([loopSignal, prefetchStop.signal]),
+          })
+          .catch(() => undefined),
+      };
+      await this.bootstrap(source, loopSignal);
+      // Without the copy's digests, batches are sized for transfers, not for checks.
+      if (this.bootstrapDigests === undefined) {
+        prefetchStop.abort();
+        prefetched = undefined;
+      }
     }
     let backoffMs = 0;
-    // The next page, asked for while the current one is applied (catching up after a bootstrap).
-    let prefetched: { after: TxId; source: RecordSource; page: Promise<FetchedPage | undefined> } | undefined;
     while (!loopSignal.aborted) {
       const source = this.source;
       const controller = new AbortController();

@@ -6,7 +6,9 @@ import { initStore, walkStore } from '@pfs/filestore';
 import {
   type AppliedBatch,
   createReplicator,
+  httpFeedSource,
   planBatch,
+  type RecordSource,
   type Replicator,
   ReplicatorError,
 } from '@pfs/replicator';
@@ -207,6 +209,29 @@ describe('replicator against a real rsync daemon', () => {
     await m.put('boot/late', 'after the bootstrap');
     await until(() => replicator.applied === m.log.lastTxid, 'follow after bootstrap');
     expect(await readFile(join(dir, 'filestore', 'boot/late'), 'utf8')).toBe('after the bootstrap');
+  });
+
+  it("asks for the replay's first page while the bootstrap copy still runs", async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    for (let i = 0; i < 20; i++) await m.put(`early/${i}`, `file ${i}`);
+    const events: string[] = [];
+    const feed = httpFeedSource({ feedUrl: m.feedUrl, filesSource: m.filesSource });
+    const source: RecordSource = {
+      filesSource: feed.filesSource,
+      description: feed.description,
+      fetch(after, options) {
+        events.push(`fetch after ${after}`);
+        return feed.fetch(after, options);
+      },
+    };
+    const { replicator } = await replicate(m, dir, { source, follow: false });
+    replicator.once('bootstrapped', () => events.push('bootstrapped'));
+    replicator.start();
+    await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
+    expect(events.slice(0, 2)).toEqual(['fetch after 0', 'bootstrapped']);
+    // The page read during the copy is the one the replay applied: no second read of it.
+    expect(events.filter((e) => e === 'fetch after 0')).toHaveLength(1);
   });
 
   it('does not trust a bootstrap copy that disagrees with the log, and converges once the source logs it', async () => {
