@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { freePort, sleep } from '@pfs/testkit';
 import autocannon from 'autocannon';
+import { cpuPerOperation, sampleCpu } from './cpu.ts';
 
 /**
  * The one load generator every PUT-throughput figure uses (PFS and the bare server alike):
@@ -12,6 +13,11 @@ export interface PutLoadResult {
   megabytesPerSecond: number;
   failed: number;
   latencyMs: { count: number; p50: number; p95: number; p99: number; max: number };
+  /**
+   * CPU milliseconds per successful PUT while loaded: `box` for the whole machine (load generator
+   * included), one entry per process named in `processes`; `boxBusy` is the busy fraction.
+   */
+  cpuMsPerPut: Record<string, number>;
 }
 
 export async function putLoad(options: {
@@ -21,8 +27,11 @@ export async function putLoad(options: {
   durationMs: number;
   body: Buffer;
   headers?: Record<string, string>;
+  /** Processes whose CPU time to report per PUT, by name. */
+  processes?: Record<string, number>;
 }): Promise<PutLoadResult> {
   let n = 0;
+  const cpuBefore = sampleCpu(options.processes);
   const result = await autocannon({
     url: options.url,
     connections: options.connections,
@@ -36,6 +45,7 @@ export async function putLoad(options: {
       },
     ],
   });
+  const cpuAfter = sampleCpu(options.processes);
   const ok = result['2xx'];
   const seconds = result.duration;
   return {
@@ -51,6 +61,7 @@ export async function putLoad(options: {
       p99: result.latency.p99,
       max: result.latency.max,
     },
+    cpuMsPerPut: cpuPerOperation(cpuBefore, cpuAfter, ok),
   };
 }
 
@@ -86,7 +97,10 @@ http.createServer(async (req, res) => {
 }).listen(Number(process.argv[2]), '127.0.0.1');
 `;
 
-async function startBareServer(dir: string, durable: boolean): Promise<{ url: string; close(): void }> {
+async function startBareServer(
+  dir: string,
+  durable: boolean,
+): Promise<{ url: string; pid: number; close(): void }> {
   await mkdir(dir, { recursive: true });
   const port = await freePort();
   const server = spawn(
@@ -100,7 +114,7 @@ async function startBareServer(dir: string, durable: boolean): Promise<{ url: st
       () => true,
       () => false,
     );
-    if (up) return { url, close: () => server.kill('SIGKILL') };
+    if (up) return { url, pid: server.pid!, close: () => server.kill('SIGKILL') };
     await sleep(50);
   }
   server.kill('SIGKILL');
@@ -115,7 +129,12 @@ export async function measureBareServer(
 ): Promise<PutLoadResult> {
   const server = await startBareServer(dir, options.durable === true);
   try {
-    return await putLoad({ url: server.url, pathOf: (n) => `/${n}`, ...load });
+    return await putLoad({
+      url: server.url,
+      pathOf: (n) => `/${n}`,
+      ...load,
+      processes: { server: server.pid, loadGenerator: process.pid },
+    });
   } finally {
     server.close();
   }

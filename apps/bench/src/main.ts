@@ -102,6 +102,7 @@ async function main(): Promise<void> {
           latencyMs: unknown;
           ratioOfBare?: number;
           ratioOfDurableBare?: number;
+          cpuMsPerPut?: Record<string, number>;
         };
         const ratio =
           (v.ratioOfBare === undefined ? '' : `, ${v.ratioOfBare} of bare`) +
@@ -110,6 +111,13 @@ async function main(): Promise<void> {
           `${name.padEnd(10)} ${key.padEnd(21)} ${v.putsPerSecond} PUT/s, ${v.megabytesPerSecond} MB/s${ratio}\n`,
         );
         rows.push([`${key} latencyMs`, v.latencyMs]);
+        if (v.cpuMsPerPut !== undefined) {
+          const { boxBusy, ...perPut } = v.cpuMsPerPut;
+          const parts = Object.entries(perPut).map(([who, ms]) => `${who} ${ms}`);
+          process.stdout.write(
+            `${name.padEnd(10)} ${key.padEnd(21)} CPU ms per PUT: ${parts.join(', ')} (machine ${Math.round((boxBusy ?? 0) * 100)} % busy)\n`,
+          );
+        }
       }
     }
     for (const [metric, stats] of rows) {

@@ -53,6 +53,7 @@ export async function measureThroughput(options: {
         durationMs: options.durationMs,
         body,
         headers: { 'x-pfs-ack': 'local' },
+        processes: { node: single.nodes[0]!.pid, loadGenerator: process.pid },
       });
       results.singleNode = { ...load, ...ratios(load) };
     } finally {
@@ -79,6 +80,11 @@ export async function measureThroughput(options: {
           durationMs: options.durationMs,
           body,
           headers: { 'x-pfs-ack': ack },
+          processes: {
+            master: master.pid,
+            ...Object.fromEntries(cluster.nodes.slice(1).map((node, i) => [`replica${i + 1}`, node.pid])),
+            loadGenerator: process.pid,
+          },
         });
         loading = false;
         await sampler;
