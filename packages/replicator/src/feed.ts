@@ -16,7 +16,8 @@ import { ReplicatorError } from './errors.ts';
  * (up to `max`), back to back, exactly as in a segment file. With none yet it waits up to `waitMs`
  * for one, then answers with an empty body. Headers: `x-pfs-last-txid` (the log's last durable
  * txid) and `x-pfs-generation` (the generation the server writes in; 0 when it is not master).
- * `after` doubles as the replica's acknowledgement of everything up to it.
+ * With `replica`, `after` doubles as that replica's acknowledgement of everything up to it; a
+ * replica names itself only when `after` is its applied txid (see FetchOptions.acknowledges).
  */
 export const FEED_CONTENT_TYPE = 'application/x-pfs-records';
 export const MAX_FEED_WAIT_MS = 30_000;

@@ -16,6 +16,7 @@ export {
   type ReplicatorOptions,
 } from './replicator.ts';
 export {
+  type FetchOptions,
   type FetchResult,
   httpFeedSource,
   localLogSource,

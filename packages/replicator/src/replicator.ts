@@ -177,6 +177,7 @@ export class Replicator extends EventEmitter {
           waitMs: 0,
           maxRecords: max,
           signal: stop,
+          acknowledges: true,
         });
         if (fetched.records.length === 0) {
           // A drained replica is about to write the store as master: what the bootstrap knew
@@ -324,6 +325,7 @@ export class Replicator extends EventEmitter {
             waitMs: this.options.pollWaitMs ?? DEFAULT_POLL_WAIT_MS,
             maxRecords,
             signal,
+            acknowledges: true,
           }));
         this.checkSource(fetched.generation, fetched.lastTxid, source);
         if (this.bootstrapDigests !== undefined && fetched.records.length === maxRecords) {

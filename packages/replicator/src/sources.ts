@@ -16,15 +16,24 @@ export interface FetchResult {
   lastTxid?: TxId;
 }
 
+export interface FetchOptions {
+  waitMs: number;
+  maxRecords: number;
+  signal: AbortSignal;
+  /**
+   * True only when the replica has applied everything up to `after`: the source may then count
+   * `after` as its acknowledgement (ack modes one and all). A read ahead of what is applied
+   * (the next page, reading on past a mismatch) must not acknowledge anything.
+   */
+  acknowledges?: boolean;
+}
+
 export interface RecordSource {
   /** rsync source of the file bytes: `rsync://host:port/module/` or a local directory. */
   readonly filesSource: string;
   /** For logs and errors. */
   readonly description: string;
-  fetch(
-    after: TxId,
-    options: { waitMs: number; maxRecords: number; signal: AbortSignal },
-  ): Promise<FetchResult>;
+  fetch(after: TxId, options: FetchOptions): Promise<FetchResult>;
   close?(): Promise<void>;
 }
 
@@ -37,12 +46,14 @@ export function httpFeedSource(options: {
   return {
     filesSource: options.filesSource,
     description: options.feedUrl,
-    async fetch(after, { waitMs, maxRecords, signal }) {
+    async fetch(after, { waitMs, maxRecords, signal, acknowledges }) {
       const url = new URL(options.feedUrl);
       url.searchParams.set('after', after.toString());
       url.searchParams.set('waitMs', String(waitMs));
       url.searchParams.set('max', String(maxRecords));
-      if (options.replicaId !== undefined) url.searchParams.set('replica', options.replicaId);
+      // The server counts `after` as this replica's acknowledgement when it names the replica.
+      if (options.replicaId !== undefined && acknowledges === true)
+        url.searchParams.set('replica', options.replicaId);
       let response: Response;
       try {
         response = await fetch(url, {

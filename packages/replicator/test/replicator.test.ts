@@ -184,6 +184,36 @@ describe('replicator against a real rsync daemon', () => {
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
+  it('acknowledges only what it has applied, never a page read ahead of it', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('hot', 'first version');
+    for (let i = 0; i < 30; i++) await m.put(`filler-${i}`, `${i}`);
+    await m.put('hot', 'second version, longer');
+    const feed = httpFeedSource({ feedUrl: m.feedUrl, filesSource: m.filesSource, replicaId: 'r1' });
+    const calls: { after: bigint; acknowledges: boolean; applied: bigint }[] = [];
+    let replicator: Replicator | undefined;
+    const source: RecordSource = {
+      filesSource: feed.filesSource,
+      description: feed.description,
+      fetch(after, options) {
+        calls.push({
+          after,
+          acknowledges: options.acknowledges === true,
+          applied: replicator?.applied ?? 0n,
+        });
+        return feed.fetch(after, options);
+      },
+    };
+    // Batches of 10: the first put of "hot" does not match and the batch reads on past it.
+    ({ replicator } = await replicate(m, dir, { source, maxBatchRecords: 10, bootstrap: false }));
+    await until(() => replicator!.applied === m.log.lastTxid, 'catch-up');
+    expect(calls.some((c) => !c.acknowledges && c.after > c.applied)).toBe(true);
+    expect(calls.filter((c) => c.acknowledges && c.after > c.applied)).toEqual([]);
+    // The follow loop's own requests do acknowledge: that is how the master learns progress.
+    expect(calls.filter((c) => c.acknowledges).length).toBeGreaterThan(1);
+  });
+
   it('bootstraps an empty replica with one bulk copy, then verifies the log instead of pulling it', async () => {
     const m = await master();
     const dir = await replicaDir();
