@@ -24,14 +24,21 @@ export function coalescingSync(sync: (key: string) => Promise<void>): (key: stri
       return entry.running;
     }
     if (state.queued !== undefined) return state.queued;
-    // The running sync may have started before this caller's change: it needs the next one.
-    const queued = state.running
-      .catch(() => {})
-      .then(() => {
+    // The running sync may have started before this caller's change: it needs the next one. If
+    // the running one fails, so do the queued callers: their changes may have been in the
+    // writeback that failed, and a file system reports such an error only once.
+    const queued = state.running.then(
+      () => {
         state.queued = undefined;
         state.running = start(key);
         return state.running;
-      });
+      },
+      (error: unknown) => {
+        state.queued = undefined;
+        if (states.get(key) === state) states.delete(key);
+        throw error;
+      },
+    );
     state.queued = queued;
     return queued;
   };

@@ -82,31 +82,26 @@ function translate(error: unknown, path: string): unknown {
   return error;
 }
 
-/** The resolved store roots, for ensureParents' one-call check. */
-const realRoots = new Map<string, string>();
-
 /**
  * Makes the parent directories of `path`, refusing symlinks and files on the way.
  *
- * One realpath(3) checks every existing parent at once: it equals the plain join only when each
- * component exists and none is a symlink. That is one thread-pool round trip per put instead of
- * one lstat per component, which at thousands of puts a second is a large share of the event
- * loop's time. Anything else (a missing, symlinked or file parent) takes the walk below, which
- * creates what is missing and names what is wrong. A parent that is a file passes realpath; the
- * open inside it then fails with ENOTDIR and stageFile walks again for the precise error.
+ * One realpath(3) checks every existing parent at once: it equals the resolved root joined with
+ * the parents only when each component exists and none is a symlink. That is two concurrent
+ * thread-pool round trips per put instead of one lstat per component after another. Anything
+ * else (a missing, symlinked or file parent) takes the walk below, which creates what is missing
+ * and names what is wrong. A parent that is a file passes realpath; the open inside it then fails
+ * with ENOTDIR and stageFile walks again for the precise error.
  */
 async function ensureParents(root: string, path: string): Promise<void> {
   const parent = dirname(path);
   if (parent === '.') return;
-  let realRoot = realRoots.get(root);
-  if (realRoot === undefined) {
-    realRoot = await realpath(root).catch(() => undefined);
-    if (realRoot !== undefined) realRoots.set(root, realRoot);
-  }
-  if (realRoot !== undefined) {
-    const resolved = await realpath(join(root, parent)).catch(() => undefined);
-    if (resolved === join(realRoot, parent)) return;
-  }
+  // The root is resolved each time, alongside: a symlink on its own path may be retargeted
+  // while the store runs, and a remembered resolution would then vouch for the wrong tree.
+  const [realRoot, resolved] = await Promise.all([
+    realpath(root).catch(() => undefined),
+    realpath(join(root, parent)).catch(() => undefined),
+  ]);
+  if (realRoot !== undefined && resolved === join(realRoot, parent)) return;
   await walkParents(root, path);
 }
 

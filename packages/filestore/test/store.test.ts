@@ -144,6 +144,21 @@ describe('file store', () => {
     expect((await readdir(join(real, 'p', 'q'))).sort()).toEqual(['one', 'two']);
   });
 
+  it('resolves a symlinked store path afresh on every put', async () => {
+    const first = await store();
+    const second = await store();
+    const alias = join(await mkdtemp(join(tmpdir(), 'pfs-alias-')), 'store');
+    dirs.push(dirname(alias));
+    await symlink(first, alias);
+    await putFile(alias, 'a/one', Buffer.from('1'));
+    // The alias now leads to another store, whose "a" is a symlink back into the first one.
+    await rm(alias);
+    await symlink(second, alias);
+    await symlink(join(first, 'a'), join(second, 'a'));
+    expect(await codeOf(putFile(alias, 'a/two', Buffer.from('2')))).toBe('PATH_THROUGH_SYMLINK');
+    expect(await readdir(join(first, 'a'))).toEqual(['one']);
+  });
+
   it('names conflicts between files and directories', async () => {
     const root = await store();
     await putFile(root, 'a', Buffer.from('file'));
