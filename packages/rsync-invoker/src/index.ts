@@ -3,7 +3,14 @@ export { classifyExit, type ExitVerdict } from './classify.ts';
 export { RsyncError, type RsyncErrorCode } from './errors.ts';
 export { parseItemizeLine, unescapeRsyncName } from './itemize.ts';
 export { type Progress, parseProgressLine } from './progress.ts';
-export { type BatchResult, type PullBatchOptions, pullBatch } from './pull.ts';
+export {
+  type BatchResult,
+  type PullBatchOptions,
+  pullBatch,
+  type StartedPull,
+  type StartPullOptions,
+  startPull,
+} from './pull.ts';
 export { type SourceKind, sourceKind } from './source.ts';
 export { type SyncResult, type SyncTreeOptions, syncTree } from './sync.ts';
 export { parseRsyncVersion, rsyncVersion } from './version.ts';

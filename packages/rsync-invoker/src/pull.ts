@@ -1,5 +1,6 @@
 import { buildPullArgs, encodeFileList } from './args.ts';
 import { CallbackGuard } from './callbacks.ts';
+import { RsyncError } from './errors.ts';
 import { parseItemizeLine, parseSkippedLine, parseVanishedLine } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
@@ -60,22 +61,52 @@ export interface BatchResult {
  * and deletes on dest those that do not. One rsync process per batch.
  */
 export async function pullBatch(options: PullBatchOptions): Promise<BatchResult> {
-  const input = encodeFileList(options.paths);
-  const result: BatchResult = {
-    durationMs: 0,
-    exitCode: 0,
-    vanished: false,
-    vanishedPaths: [],
-    transferred: [],
-    deleted: [],
-    skipped: [],
-    truncated: false,
-  };
   // Nothing to do; an aborted signal still goes to runRsync, which rejects before spawning.
-  if (options.paths.length === 0 && !options.signal?.aborted) return result;
+  if (options.paths.length === 0 && !options.signal?.aborted) return emptyResult();
+  const { paths, onFileReceived, ...start } = options;
+  return startPull({ ...start, maxDelete: options.maxDelete ?? paths.length }).run(paths, { onFileReceived });
+}
 
+export type StartPullOptions = Omit<PullBatchOptions, 'paths' | 'onFileReceived' | 'maxDelete'> & {
+  /** The --max-delete of the run, fixed at start; also the most paths `run` accepts. */
+  maxDelete: number;
+};
+
+/** A pull whose rsync is already running, waiting for its list of paths on stdin. */
+export interface StartedPull {
+  /** performance.now() when its rsync was started. */
+  readonly startedAt: number;
+  /** True once its rsync has exited (a refused connection, a timeout, the end of a run). */
+  readonly exited: boolean;
+  /**
+   * Sends the list (at most `maxDelete` paths) and resolves as pullBatch does. Call once.
+   * `signal` aborts this run as pullBatch's does (on top of the signal it was started with).
+   */
+  run(
+    paths: readonly string[],
+    options?: { onFileReceived?: ((path: string) => void) | undefined; signal?: AbortSignal | undefined },
+  ): Promise<BatchResult>;
+  /** Sends an empty list: rsync ends without touching anything. Never rejects. */
+  discard(): Promise<void>;
+}
+
+/**
+ * Starts a pull's rsync before its paths are known. rsync execs, connects to the source and
+ * completes its handshake, then waits for the list on stdin; what is left once `run` sends it is
+ * the transfer itself (~2 ms for a small file from a local daemon, against ~9 ms from a cold
+ * start). An rsync left waiting longer than its --timeout exits on its own: discard it before.
+ */
+export function startPull(options: StartPullOptions): StartedPull {
+  let sendList!: (list: Buffer) => void;
+  const input = new Promise<Buffer>((resolve) => {
+    sendList = resolve;
+  });
+  let used = false;
+  let exited = false;
+  let onFileReceived: ((path: string) => void) | undefined;
+  const result = emptyResult();
   // Bounded: one line per listed path plus implied dirs and, with --force, a dir's contents.
-  const limit = Math.max(10_000, options.paths.length * 4);
+  const limit = Math.max(10_000, options.maxDelete * 4);
   const keep = (list: string[], path: string) => {
     if (list.length < limit) list.push(path);
     else result.truncated = true;
@@ -86,7 +117,7 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
     const entry = parseItemizeLine(line, { withBytes: true });
     if (entry?.kind === 'transferred') {
       keep(result.transferred, entry.path);
-      if (receivedLive) callbacks.call(options.onFileReceived, entry.path);
+      if (receivedLive) callbacks.call(onFileReceived, entry.path);
     } else if (entry?.kind === 'deleted') {
       keep(result.deleted, entry.path);
     } else if (entry === undefined) {
@@ -99,31 +130,92 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
     const path = parseVanishedLine(line, prefixes);
     if (path !== undefined) keep(result.vanishedPaths, path);
   });
-
-  const run = await runRsync({
+  const startedAt = performance.now();
+  // What a run's own signal aborts, once it has one.
+  const kill = new AbortController();
+  const running = runRsync({
     bin: options.rsyncBin ?? 'rsync',
     args: buildPullArgs({
       source: options.source,
       dest: options.dest,
-      count: options.paths.length,
+      count: options.maxDelete,
       maxDelete: options.maxDelete,
       ioTimeoutSeconds: options.ioTimeoutSeconds,
       extraArgs: options.extraArgs,
       fsync: options.fsync,
     }),
     input,
-    signal: options.signal,
+    signal: options.signal === undefined ? kill.signal : AbortSignal.any([options.signal, kill.signal]),
     timeoutMs: options.timeoutMs,
     onStdout: (chunk) => stdout.push(chunk),
     onStderr: (chunk) => stderr.push(chunk),
+  }).finally(() => {
+    exited = true;
   });
-  stdout.end();
-  stderr.end();
-  const { vanished } = checkOutcome(run);
-  if (!receivedLive) for (const path of result.transferred) callbacks.call(options.onFileReceived, path);
-  callbacks.rethrow();
-  result.durationMs = run.durationMs;
-  result.exitCode = run.exitCode ?? 0;
-  result.vanished = vanished;
-  return result;
+  // Observed here so that an rsync that fails before it is used is no unhandled rejection.
+  running.catch(() => {});
+  return {
+    startedAt,
+    get exited() {
+      return exited;
+    },
+    async run(paths, runOptions = {}) {
+      if (used) throw new RsyncError('RSYNC_FAILED', 'a started pull runs one list only', false);
+      used = true;
+      const { signal } = runOptions;
+      const onAbort = () => kill.abort(signal?.reason);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      void running.finally(() => signal?.removeEventListener('abort', onAbort)).catch(() => {});
+      if (signal?.aborted) {
+        // Not one path reaches it: it ends (killed) without transferring anything.
+        kill.abort(signal.reason);
+        sendList(Buffer.alloc(0));
+      }
+      if (paths.length > options.maxDelete) {
+        sendList(Buffer.alloc(0));
+        throw new RsyncError(
+          'RSYNC_FAILED',
+          `${paths.length} paths for a pull started with --max-delete=${options.maxDelete}: start one for this batch`,
+          false,
+        );
+      }
+      let list: Buffer;
+      try {
+        list = encodeFileList(paths);
+      } catch (error) {
+        sendList(Buffer.alloc(0));
+        throw error;
+      }
+      onFileReceived = runOptions.onFileReceived;
+      sendList(list);
+      const run = await running;
+      stdout.end();
+      stderr.end();
+      const { vanished } = checkOutcome(run);
+      if (!receivedLive) for (const path of result.transferred) callbacks.call(onFileReceived, path);
+      callbacks.rethrow();
+      result.durationMs = run.durationMs;
+      result.exitCode = run.exitCode ?? 0;
+      result.vanished = vanished;
+      return result;
+    },
+    async discard() {
+      used = true;
+      sendList(Buffer.alloc(0));
+      await running.catch(() => {});
+    },
+  };
+}
+
+function emptyResult(): BatchResult {
+  return {
+    durationMs: 0,
+    exitCode: 0,
+    vanished: false,
+    vanishedPaths: [],
+    transferred: [],
+    deleted: [],
+    skipped: [],
+    truncated: false,
+  };
 }

@@ -7,8 +7,12 @@ import { NOT_INSTALLED_MESSAGE, RsyncError } from './errors.ts';
 export interface RunRequest {
   bin: string;
   args: readonly string[];
-  /** Written to stdin, then stdin is closed; without it stdin is /dev/null. */
-  input?: Buffer;
+  /**
+   * Written to stdin, then stdin is closed; without it stdin is /dev/null. A promise lets rsync
+   * start (exec, connect, handshake) before its input is known; it then blocks reading stdin.
+   * A rejected promise closes stdin empty.
+   */
+  input?: Buffer | Promise<Buffer>;
   signal?: AbortSignal | undefined;
   timeoutMs?: number | undefined;
   onStdout?: (chunk: Buffer) => void;
@@ -43,7 +47,11 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
   const subprocess = execa(request.bin, request.args, {
     reject: false,
     detached: true,
-    ...(request.input === undefined ? { stdin: 'ignore' as const } : { input: request.input }),
+    ...(request.input === undefined
+      ? { stdin: 'ignore' as const }
+      : Buffer.isBuffer(request.input)
+        ? { input: request.input }
+        : { stdin: 'pipe' as const }),
     // Not buffered by execa: exceeding its maxBuffer would kill rsync. We stream stdout to the
     // caller and keep a bounded tail of stderr ourselves.
     buffer: false,
@@ -62,6 +70,16 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
     throw new RsyncError('RSYNC_FAILED', `could not start ${request.bin}: ${result.shortMessage}`, false, {
       cause: result.cause,
     });
+  }
+
+  if (request.input !== undefined && !Buffer.isBuffer(request.input)) {
+    const stdin = subprocess.stdin!;
+    // rsync may exit before reading (a refused connection): its closed pipe is not our error.
+    stdin.on('error', () => {});
+    request.input.then(
+      (input) => stdin.end(input),
+      () => stdin.end(),
+    );
   }
 
   let stderr = Buffer.alloc(0);

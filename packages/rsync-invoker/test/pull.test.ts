@@ -1,14 +1,14 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pullBatch } from '@pfs/rsync-invoker';
-import { type RsyncDaemonHandle, startRsyncDaemon, stopAll } from '@pfs/testkit';
+import { pullBatch, type RsyncError, startPull } from '@pfs/rsync-invoker';
+import { freePort, type RsyncDaemonHandle, startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hexPath, oddNames, snapshot, tempDir, writeTree } from './helpers.ts';
 
 // One module per test: sub-directory URLs (rsync://…/module/sub/) hit an rsync 3.5.0 bug when
 // the daemon runs without chroot (see the last test).
-const MODULES = ['basic', 'force', 'maxdelete', 'same-second', 'odd-names', 'received'] as const;
+const MODULES = ['basic', 'force', 'maxdelete', 'same-second', 'odd-names', 'received', 'started'] as const;
 const sources = new Map<string, string>();
 let daemon: RsyncDaemonHandle;
 
@@ -159,6 +159,68 @@ describe('pullBatch reports received files', { timeout: 30_000 }, () => {
       expect([...reported].sort()).toEqual(Object.keys(files).sort());
     },
   );
+});
+
+describe('startPull: rsync started before its list', { timeout: 30_000 }, () => {
+  it('waits for its list, then pulls it as pullBatch does', async () => {
+    const { src, url, dest } = await fixture('started');
+    await writeTree(src, { 'a/one.txt': 'one', 'two.txt': 'two' });
+    const started = startPull({ source: url, dest, maxDelete: 64, fsync: false });
+    // Long enough for exec, connect and handshake: it must not have done anything meanwhile.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(started.exited).toBe(false);
+    expect([...(await snapshot(dest)).keys()]).toEqual([]);
+    const received: string[] = [];
+    const result = await started.run(['a/one.txt', 'two.txt'], {
+      onFileReceived: (path) => received.push(path),
+    });
+    expect(result.exitCode).toBe(0);
+    expect([...result.transferred].sort()).toEqual(['a/one.txt', 'two.txt']);
+    expect(received.sort()).toEqual(['a/one.txt', 'two.txt']);
+    expect(await readFile(join(dest, 'a/one.txt'), 'utf8')).toBe('one');
+    expect(started.exited).toBe(true);
+  });
+
+  it('ends without touching anything when discarded', async () => {
+    const { src, url, dest } = await fixture('started');
+    await writeTree(src, { 'kept.txt': 'source' });
+    await writeFile(join(dest, 'only-here.txt'), 'dest');
+    const started = startPull({ source: url, dest, maxDelete: 64 });
+    await started.discard();
+    expect(started.exited).toBe(true);
+    expect([...(await snapshot(dest)).keys()]).toEqual([hexPath('only-here.txt')]);
+  });
+
+  it('refuses more paths than its --max-delete, and ends its rsync', async () => {
+    const { url, dest } = await fixture('started');
+    const started = startPull({ source: url, dest, maxDelete: 2 });
+    const error = (await started.run(['a', 'b', 'c']).catch((e) => e)) as RsyncError;
+    expect(error.code).toBe('RSYNC_FAILED');
+    expect(error.message).toContain('--max-delete=2');
+    await started.discard();
+    expect(started.exited).toBe(true);
+  });
+
+  it("is aborted by its run's signal", async () => {
+    const { src, url, dest } = await fixture('started');
+    await writeTree(src, { 'x.txt': 'x' });
+    const started = startPull({ source: url, dest, maxDelete: 8 });
+    const controller = new AbortController();
+    controller.abort(new Error('fenced'));
+    await expect(started.run(['x.txt'], { signal: controller.signal })).rejects.toMatchObject({
+      code: 'RSYNC_ABORTED',
+    });
+    expect(started.exited).toBe(true);
+  });
+
+  it('says when its rsync is gone before use (nothing listening)', async () => {
+    const dest = await tempDir();
+    const port = await freePort();
+    const started = startPull({ source: `rsync://127.0.0.1:${port}/none/`, dest, maxDelete: 8 });
+    for (let i = 0; i < 100 && !started.exited; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(started.exited).toBe(true);
+    await expect(started.run(['x'])).rejects.toMatchObject({ code: 'RSYNC_SOCKET' });
+  });
 });
 
 describe('pullBatch from a local directory', { timeout: 30_000 }, () => {
