@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, statFile } from '@pfs/filestore';
-import { pullBatch, syncTree } from '@pfs/rsync-invoker';
+import { pullBatch, type StartedPull, startPull, syncTree } from '@pfs/rsync-invoker';
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, type Expected, planBatch } from './batch.ts';
 import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
@@ -58,6 +58,8 @@ export interface AppliedBatch {
   verifiedByBootstrap: number;
   /** The batch went on with its files verified in place while its rsync was still ending. */
   rsyncStillEnding: boolean;
+  /** The batch's rsync was started ahead of it, waiting for its list (see prime). */
+  rsyncStartedAhead: boolean;
   durationMs: number;
 }
 
@@ -70,6 +72,13 @@ const MAX_BACKOFF_MS = 2000;
 const MAX_BOOTSTRAP_DIGESTS = 2_000_000;
 /** During a bootstrap's copy, a syncfs after every this many files (~16 MiB of small files). */
 const BOOTSTRAP_SYNC_EVERY_FILES = 4000;
+/** Batches of at most this many paths use an rsync started ahead of them (its --max-delete). */
+const PRIMED_MAX_PATHS = 64;
+/**
+ * An rsync started ahead and not used within this long is ended: writes have paused, and rsync's
+ * own --timeout (10 s) must never be what ends it.
+ */
+const PRIMED_IDLE_MS = 3000;
 
 export class Replicator extends EventEmitter {
   readonly partition: number;
@@ -95,6 +104,8 @@ export class Replicator extends EventEmitter {
   private readonly ending = new Set<Promise<void>>();
   /** Set by a bootstrap until the replay has caught up with the source. */
   private bootstrapDigests: BootstrapDigests | undefined;
+  /** An rsync started for the next small batch, waiting for its list (see pull). */
+  private primed: { pull: StartedPull; source: RecordSource; idleTimer: NodeJS.Timeout } | undefined;
 
   constructor(options: ReplicatorOptions, log: TxLog, ownsLog: boolean, applied: TxId) {
     super();
@@ -140,8 +151,11 @@ export class Replicator extends EventEmitter {
 
   /** Stops following and waits for the batch in flight to be abandoned or finished. */
   async pause(): Promise<void> {
+    // Before the abort: ended with an empty list, it exits at once instead of being killed.
+    this.retirePrimed();
     this.loopController?.abort();
     await this.loop;
+    this.retirePrimed();
     await Promise.all(this.ending);
     await this.checkpoint.flush();
   }
@@ -151,6 +165,7 @@ export class Replicator extends EventEmitter {
     this.source = toSource(source, this.options.replicaId);
     this.fetchController?.abort();
     this.prefetchController?.abort();
+    this.retirePrimed();
   }
 
   /**
@@ -188,12 +203,9 @@ export class Replicator extends EventEmitter {
           await this.checkpoint.flush();
           return { applied: this.appliedTxid, unverified: [...unverified] };
         }
-        const mismatched = await this.applyBatch(
-          this.source,
-          fetched.records,
-          stop,
-          options.tolerateMismatch === true,
-        );
+        const mismatched = await this.applyBatch(this.source, fetched.records, stop, {
+          tolerateMismatch: options.tolerateMismatch === true,
+        });
         for (const path of mismatched) unverified.add(path);
         backoffMs = 0;
       } catch (error) {
@@ -271,7 +283,15 @@ export class Replicator extends EventEmitter {
 
   private async follow(loopSignal: AbortSignal): Promise<void> {
     // The next page, asked for while the current one is applied (catching up after a bootstrap).
-    let prefetched: { after: TxId; source: RecordSource; page: Promise<FetchedPage | undefined> } | undefined;
+    let prefetched:
+      | {
+          after: TxId;
+          source: RecordSource;
+          page: Promise<FetchedPage | undefined>;
+          /** Read before the bootstrap's copy: a short page is stale (see below). */
+          beforeCopy?: boolean;
+        }
+      | undefined;
     if (
       this.appliedTxid === 0n &&
       this.options.bootstrap !== false &&
@@ -285,6 +305,7 @@ export class Replicator extends EventEmitter {
       prefetched = {
         after: 0n,
         source,
+        beforeCopy: true,
         page: source
           .fetch(0n, {
             waitMs: 0,
@@ -318,6 +339,10 @@ export class Replicator extends EventEmitter {
             ? await prefetched.page
             : undefined;
         if (this.source !== source) ahead = undefined;
+        // A short page read before the copy says nothing about records written during it; taken
+        // as "caught up", it would end the catch-up on the copy's hashes after one page.
+        if (prefetched?.beforeCopy && ahead !== undefined && ahead.records.length < maxRecords)
+          ahead = undefined;
         prefetched = undefined;
         const fetched =
           ahead ??
@@ -344,7 +369,8 @@ export class Replicator extends EventEmitter {
               .catch(() => undefined),
           };
         }
-        if (fetched.records.length > 0) await this.applyBatch(source, fetched.records, signal);
+        if (fetched.records.length > 0)
+          await this.applyBatch(source, fetched.records, signal, { primeNext: true });
         // A short page means caught up: from here on every batch reads what it checks.
         if (fetched.records.length < maxRecords) this.bootstrapDigests = undefined;
         backoffMs = 0;
@@ -382,8 +408,9 @@ export class Replicator extends EventEmitter {
     source: RecordSource,
     fetched: LogRecord[],
     signal: AbortSignal,
-    tolerateMismatch = false,
+    options: { tolerateMismatch?: boolean; primeNext?: boolean } = {},
   ): Promise<string[]> {
+    const tolerateMismatch = options.tolerateMismatch === true;
     const started = performance.now();
     const from = this.appliedTxid;
     checkContinues(from, fetched);
@@ -393,6 +420,7 @@ export class Replicator extends EventEmitter {
     let pulled = 0;
     let fromDigests = 0;
     let wentOnEarly = false;
+    let startedAhead = false;
     // Versions of the files the last pull found in place early, hashed already (see checkPut).
     let inPlace: ReadonlyMap<string, string> | undefined;
     for (;;) {
@@ -404,7 +432,12 @@ export class Replicator extends EventEmitter {
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
-      inPlace = needed.length > 0 ? await this.pull(source, needed, signal, plan.expected) : undefined;
+      const pulledBy =
+        needed.length > 0
+          ? await this.pull(source, needed, signal, plan.expected, options.primeNext === true)
+          : undefined;
+      inPlace = pulledBy?.inPlace;
+      startedAhead ||= pulledBy?.startedAhead === true;
       wentOnEarly = inPlace !== undefined;
       pulled += needed.length;
       const problems = await this.verify(plan.expected, verified, inPlace ?? new Map());
@@ -448,6 +481,7 @@ export class Replicator extends EventEmitter {
       paths: pulled,
       verifiedByBootstrap: fromDigests,
       rsyncStillEnding: wentOnEarly,
+      rsyncStartedAhead: startedAhead,
       durationMs: performance.now() - started,
     };
     this.emit('applied', batch);
@@ -467,25 +501,25 @@ export class Replicator extends EventEmitter {
     paths: string[],
     signal: AbortSignal,
     expected: ReadonlyMap<string, Expected>,
-  ): Promise<ReadonlyMap<string, string> | undefined> {
+    primeNext: boolean,
+  ): Promise<{ inPlace: ReadonlyMap<string, string> | undefined; startedAhead: boolean }> {
     const received: string[] = [];
-    const run = pullBatch({
-      source: source.filesSource,
-      dest: this.options.fileStoreDir,
-      paths,
-      signal,
-      // verify() fsyncs every received file itself, concurrently: cheaper than rsync's one-by-one.
-      fsync: false,
-      onFileReceived: (path) => received.push(path),
-    });
+    const onFileReceived = (path: string) => received.push(path);
+    const started = paths.length <= PRIMED_MAX_PATHS ? this.takePrimed(source) : undefined;
+    const run = started
+      ? started.run(paths, { onFileReceived, signal })
+      : pullBatch({ ...this.pullOptions(source, signal), paths, onFileReceived });
     const ended = run.then(
       () => undefined,
       () => undefined,
     );
     const early = await waitInPlace({ root: this.options.fileStoreDir, paths, expected, received, ended });
+    // The next batch's rsync execs, connects and shakes hands while this one is verified and
+    // logged. Not earlier: the fork and exec would hold up this batch's own list and transfer.
+    if (primeNext) this.prime(source);
     if (early === undefined) {
       await run;
-      return undefined;
+      return { inPlace: undefined, startedAhead: started !== undefined };
     }
     const ending: Promise<void> = run
       .then(
@@ -497,7 +531,56 @@ export class Replicator extends EventEmitter {
       )
       .finally(() => this.ending.delete(ending));
     this.ending.add(ending);
-    return early;
+    return { inPlace: early, startedAhead: started !== undefined };
+  }
+
+  private pullOptions(source: RecordSource, signal: AbortSignal | undefined) {
+    return {
+      source: source.filesSource,
+      dest: this.options.fileStoreDir,
+      signal,
+      // verify() fsyncs every received file itself, concurrently: cheaper than rsync's one-by-one.
+      fsync: false,
+    };
+  }
+
+  /**
+   * Starts an rsync for the next small batch from `source`, unless one is waiting already. Its
+   * exec, connection and handshake (~7 ms of a ~9 ms pull of one small file) then happen before
+   * that batch exists. --max-delete is PRIMED_MAX_PATHS rather than the batch's own count.
+   */
+  private prime(source: RecordSource): void {
+    if (this.primed !== undefined || this.closed || source !== this.source) return;
+    if (this.loopController === undefined || this.loopController.signal.aborted) return;
+    // No signal of its own: it is ended cleanly (retirePrimed), and the batch that uses it passes
+    // its signal to run(). Killing it while it waits would cost rsync's 400 ms SIGTERM delay.
+    const pull = startPull({ ...this.pullOptions(source, undefined), maxDelete: PRIMED_MAX_PATHS });
+    const idleTimer = setTimeout(() => this.retirePrimed(), PRIMED_IDLE_MS);
+    idleTimer.unref();
+    this.primed = { pull, source, idleTimer };
+  }
+
+  /** The waiting rsync, if it is for `source` and still alive; anything else is ended. */
+  private takePrimed(source: RecordSource): StartedPull | undefined {
+    const primed = this.primed;
+    if (primed === undefined) return undefined;
+    if (primed.source !== source || primed.pull.exited) {
+      this.retirePrimed();
+      return undefined;
+    }
+    clearTimeout(primed.idleTimer);
+    this.primed = undefined;
+    return primed.pull;
+  }
+
+  /** Ends the waiting rsync with an empty list (it touches nothing); pause and drain wait for it. */
+  private retirePrimed(): void {
+    const primed = this.primed;
+    if (primed === undefined) return;
+    this.primed = undefined;
+    clearTimeout(primed.idleTimer);
+    const ending = primed.pull.discard().finally(() => this.ending.delete(ending));
+    this.ending.add(ending);
   }
 
   /** The paths of a batch that are not already as its records say (the rest are verified now). */

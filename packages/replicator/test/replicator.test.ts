@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -56,6 +57,34 @@ async function replicate(
   replicator.on('error', (e: Error) => errors.push(e));
   cleanups.push(() => replicator.stop());
   return { replicator, errors };
+}
+
+/** rsync processes (client side) whose destination is this replica's store. */
+function rsyncsInto(dir: string): number {
+  const dest = join(dir, 'filestore');
+  let count = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let cmdline: string[];
+    try {
+      cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+    } catch {
+      continue;
+    }
+    // The client is the process whose parent is not an rsync of the same command line.
+    if (!cmdline[0]?.endsWith('rsync') || !cmdline.some((arg) => arg.startsWith(dest))) continue;
+    const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    const parent = (() => {
+      try {
+        return readFileSync(`/proc/${ppid}/cmdline`, 'utf8');
+      } catch {
+        return '';
+      }
+    })();
+    if (parent.split('\0').join('\0') !== cmdline.join('\0')) count++;
+  }
+  return count;
 }
 
 async function snapshot(root: string): Promise<Map<string, string>> {
@@ -255,13 +284,35 @@ describe('replicator against a real rsync daemon', () => {
         return feed.fetch(after, options);
       },
     };
-    const { replicator } = await replicate(m, dir, { source, follow: false });
+    // Pages of 5: the first one is full, so it is used (a short one could be stale, see below).
+    const { replicator } = await replicate(m, dir, { source, follow: false, maxBatchRecords: 5 });
     replicator.once('bootstrapped', () => events.push('bootstrapped'));
     replicator.start();
     await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
     expect(events.slice(0, 2)).toEqual(['fetch after 0', 'bootstrapped']);
     // The page read during the copy is the one the replay applied: no second read of it.
     expect(events.filter((e) => e === 'fetch after 0')).toHaveLength(1);
+  });
+
+  it('reads a short first page again after the copy: records written during it are on the next', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    for (let i = 0; i < 3; i++) await m.put(`short/${i}`, `file ${i}`);
+    const events: string[] = [];
+    const feed = httpFeedSource({ feedUrl: m.feedUrl, filesSource: m.filesSource });
+    const source: RecordSource = {
+      filesSource: feed.filesSource,
+      description: feed.description,
+      fetch(after, options) {
+        events.push(`fetch after ${after}`);
+        return feed.fetch(after, options);
+      },
+    };
+    const { replicator } = await replicate(m, dir, { source, follow: false, maxBatchRecords: 10 });
+    replicator.once('bootstrapped', () => events.push('bootstrapped'));
+    replicator.start();
+    await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
+    expect(events.slice(0, 3)).toEqual(['fetch after 0', 'bootstrapped', 'fetch after 0']);
   });
 
   it('does not trust a bootstrap copy that disagrees with the log, and converges once the source logs it', async () => {
@@ -302,6 +353,56 @@ describe('replicator against a real rsync daemon', () => {
     expect(batches.filter((b) => b.rsyncStillEnding).length).toBeGreaterThan(0);
     await replicator.pause();
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
+  it("starts the next small batch's rsync ahead of it, and ends it when writes pause", async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const { replicator } = await replicate(m, dir, { bootstrap: false });
+    const batches: AppliedBatch[] = [];
+    replicator.on('applied', (batch: AppliedBatch) => batches.push(batch));
+    for (let i = 0; i < 6; i++) {
+      await m.put(`ahead/${i}`, `content ${i}`);
+      await until(() => replicator.applied === m.log.lastTxid, `file ${i}`);
+    }
+    // The first batch starts its own rsync; each later one finds one waiting.
+    const pulling = batches.filter((b) => b.paths > 0);
+    expect(pulling).toHaveLength(6);
+    expect(pulling[0]!.rsyncStartedAhead).toBe(false);
+    expect(pulling.slice(1).every((b) => b.rsyncStartedAhead)).toBe(true);
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+    // One rsync waits for the next batch (the last batch's may still be ending); with no writes
+    // it is ended after 3 s, long before its own 10 s timeout would end it with an error.
+    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
+    await until(() => rsyncsInto(dir) === 0, 'the waiting rsync ended', 6000);
+    // Writes after the pause start a fresh one again.
+    await m.put('ahead/late', 'late');
+    await until(() => replicator.applied === m.log.lastTxid, 'late file');
+    expect(batches.at(-1)!.rsyncStartedAhead).toBe(false);
+    // Only the waiting one left (the late batch's own rsync has ended).
+    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting again');
+    const paused = performance.now();
+    await replicator.pause();
+    // Ended with an empty list rather than killed (rsync waits 400 ms in its SIGTERM handler).
+    expect(performance.now() - paused).toBeLessThan(400);
+    expect(rsyncsInto(dir)).toBe(0);
+  });
+
+  it('never uses an rsync started for another source', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const { replicator } = await replicate(m, dir, { bootstrap: false });
+    const batches: AppliedBatch[] = [];
+    replicator.on('applied', (batch: AppliedBatch) => batches.push(batch));
+    await m.put('a', 'A');
+    await until(() => replicator.applied === m.log.lastTxid, 'first file');
+    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
+    replicator.switchSource({ feedUrl: m.feedUrl, filesSource: m.filesSource });
+    await m.put('b', 'B');
+    await until(() => replicator.applied === m.log.lastTxid, 'after the switch');
+    expect(batches.at(-1)!.rsyncStartedAhead).toBe(false);
+    await replicator.stop();
+    expect(rsyncsInto(dir)).toBe(0);
   });
 
   it('goes on replicating when the checkpoint cannot be written, and says so', async () => {
