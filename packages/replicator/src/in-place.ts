@@ -19,9 +19,9 @@ export function versionOf(stat: FileStat): string {
 
 /**
  * Checks a put's path against its record and, with `datasync`, makes its bytes durable, in one
- * open of the file. A file whose version is `knownVersion` (the one waitInPlace hashed moments
- * ago) is not read again: only this replicator writes the store, and rsync never rewrites a file
- * it has renamed into place.
+ * open of the file. A file still at `knownVersion` (the one waitInPlace hashed and fdatasynced
+ * moments ago) is neither read nor synced again, one lstat shows it: only this replicator writes
+ * the store, and rsync never rewrites a file it has renamed into place.
  */
 export async function checkPut(
   root: string,
@@ -29,13 +29,16 @@ export async function checkPut(
   want: Extract<Expected, { kind: 'put' }>,
   options: { datasync: boolean; knownVersion?: string | undefined },
 ): Promise<{ size: bigint; sha256: string } | undefined> {
+  if (options.knownVersion !== undefined) {
+    const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
+    if (info?.isFile() && versionOf(info) === options.knownVersion) {
+      return { size: want.size, sha256: want.sha256 };
+    }
+  }
   const opened = await openStoreFile(root, path);
   if (opened === undefined) return undefined;
   try {
-    const got =
-      options.knownVersion === versionOf(opened.stat)
-        ? { size: want.size, sha256: want.sha256 }
-        : await hashHandle(opened.handle, Number(opened.stat.size));
+    const got = await hashHandle(opened.handle, Number(opened.stat.size));
     if (options.datasync) await opened.handle.datasync();
     return got;
   } finally {
@@ -45,8 +48,8 @@ export async function checkPut(
 
 /**
  * Resolves, as soon as every listed path is on disk as `expected` says while the rsync that brings
- * them may still be ending, with the version of each put it hashed (see checkPut); undefined if
- * `ended` (rsync's exit, success or not) comes first.
+ * them may still be ending, with the version of each put it hashed and fdatasynced (see
+ * checkPut); undefined if `ended` (rsync's exit, success or not) comes first.
  *
  * Why: rsync's end costs 0–40 ms after its last rename (its receiver and client wait for each
  * other in 20 ms sleeps), and the next batch would wait for it. A put is checked once rsync has
@@ -91,28 +94,37 @@ export async function waitInPlace(options: {
   return undefined;
 }
 
+/**
+ * Whether every put is in place, looked at concurrently. A file with the record's bytes is also
+ * fdatasynced before it counts: verify would do it next anyway, and here it overlaps with the
+ * wait for the batch's other files.
+ */
 async function allMatch(
   root: string,
   puts: readonly [string, Extract<Expected, { kind: 'put' }>][],
   matched: Map<string, string>,
 ): Promise<boolean> {
-  for (const [path, want] of puts) {
-    const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
-    if (!info?.isFile() || info.size !== want.size) return false;
-    if (matched.get(path) === versionOf(info)) continue;
-    // The version comes from the open file that is hashed: if the path is replaced meanwhile,
-    // the next look sees another version and hashes again.
-    const opened = await openStoreFile(root, path);
-    if (opened === undefined) return false;
-    try {
-      const got = await hashHandle(opened.handle, Number(opened.stat.size));
-      if (got.size !== want.size || got.sha256 !== want.sha256) return false;
-      matched.set(path, versionOf(opened.stat));
-    } finally {
-      await opened.handle.close();
-    }
-  }
-  return true;
+  const found = await Promise.all(
+    puts.map(async ([path, want]) => {
+      const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
+      if (!info?.isFile() || info.size !== want.size) return false;
+      if (matched.get(path) === versionOf(info)) return true;
+      // The version comes from the open file that is hashed: if the path is replaced meanwhile,
+      // the next look sees another version and hashes again.
+      const opened = await openStoreFile(root, path);
+      if (opened === undefined) return false;
+      try {
+        const got = await hashHandle(opened.handle, Number(opened.stat.size));
+        if (got.size !== want.size || got.sha256 !== want.sha256) return false;
+        await opened.handle.datasync();
+        matched.set(path, versionOf(opened.stat));
+        return true;
+      } finally {
+        await opened.handle.close();
+      }
+    }),
+  );
+  return found.every(Boolean);
 }
 
 async function allGone(root: string, paths: readonly string[]): Promise<boolean> {

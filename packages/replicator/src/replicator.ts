@@ -513,7 +513,14 @@ export class Replicator extends EventEmitter {
       () => undefined,
       () => undefined,
     );
-    const early = await waitInPlace({ root: this.options.fileStoreDir, paths, expected, received, ended });
+    let early: Map<string, string> | undefined;
+    try {
+      early = await waitInPlace({ root: this.options.fileStoreDir, paths, expected, received, ended });
+    } catch (error) {
+      // A file could not be read or synced: the batch fails, but not while its rsync still runs.
+      await ended;
+      throw error;
+    }
     // The next batch's rsync execs, connects and shakes hands while this one is verified and
     // logged. Not earlier: the fork and exec would hold up this batch's own list and transfer.
     if (primeNext) this.prime(source);
