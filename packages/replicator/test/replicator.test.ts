@@ -270,10 +270,11 @@ describe('replicator against a real rsync daemon', () => {
     expect(await readFile(join(dir, 'filestore', 'boot/late'), 'utf8')).toBe('after the bootstrap');
   });
 
-  it("asks for the replay's first page while the bootstrap copy still runs", async () => {
+  /** Bootstraps a replica of `files` files, noting in order each feed request and the copy's end. */
+  async function bootstrapOrder(files: number, maxBatchRecords: number): Promise<string[]> {
     const m = await master();
     const dir = await replicaDir();
-    for (let i = 0; i < 20; i++) await m.put(`early/${i}`, `file ${i}`);
+    for (let i = 0; i < files; i++) await m.put(`order/${i}`, `file ${i}`);
     const events: string[] = [];
     const feed = httpFeedSource({ feedUrl: m.feedUrl, filesSource: m.filesSource });
     const source: RecordSource = {
@@ -284,34 +285,23 @@ describe('replicator against a real rsync daemon', () => {
         return feed.fetch(after, options);
       },
     };
-    // Pages of 5: the first one is full, so it is used (a short one could be stale, see below).
-    const { replicator } = await replicate(m, dir, { source, follow: false, maxBatchRecords: 5 });
+    const { replicator } = await replicate(m, dir, { source, follow: false, maxBatchRecords });
     replicator.once('bootstrapped', () => events.push('bootstrapped'));
     replicator.start();
     await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
+    return events;
+  }
+
+  it("asks for the replay's first page while the bootstrap copy still runs", async () => {
+    // Pages of 5 and 20 files: the first page is full, so it is used.
+    const events = await bootstrapOrder(20, 5);
     expect(events.slice(0, 2)).toEqual(['fetch after 0', 'bootstrapped']);
     // The page read during the copy is the one the replay applied: no second read of it.
     expect(events.filter((e) => e === 'fetch after 0')).toHaveLength(1);
   });
 
   it('reads a short first page again after the copy: records written during it are on the next', async () => {
-    const m = await master();
-    const dir = await replicaDir();
-    for (let i = 0; i < 3; i++) await m.put(`short/${i}`, `file ${i}`);
-    const events: string[] = [];
-    const feed = httpFeedSource({ feedUrl: m.feedUrl, filesSource: m.filesSource });
-    const source: RecordSource = {
-      filesSource: feed.filesSource,
-      description: feed.description,
-      fetch(after, options) {
-        events.push(`fetch after ${after}`);
-        return feed.fetch(after, options);
-      },
-    };
-    const { replicator } = await replicate(m, dir, { source, follow: false, maxBatchRecords: 10 });
-    replicator.once('bootstrapped', () => events.push('bootstrapped'));
-    replicator.start();
-    await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
+    const events = await bootstrapOrder(3, 10);
     expect(events.slice(0, 3)).toEqual(['fetch after 0', 'bootstrapped', 'fetch after 0']);
   });
 
