@@ -10,6 +10,7 @@ import { CheckpointWriter } from './checkpoint-writer.ts';
 import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
 import { ReplicatorError } from './errors.ts';
 import { MAX_FEED_RECORDS } from './feed.ts';
+import { gracedAbort } from './graced-abort.ts';
 import { checkPut, waitInPlace } from './in-place.ts';
 import { httpFeedSource, type RecordSource } from './sources.ts';
 
@@ -72,6 +73,8 @@ const MAX_BACKOFF_MS = 2000;
 const MAX_BOOTSTRAP_DIGESTS = 2_000_000;
 /** During a bootstrap's copy, a syncfs after every this many files (~16 MiB of small files). */
 const BOOTSTRAP_SYNC_EVERY_FILES = 4000;
+/** How long an rsync whose files are all in place may take to exit once its batch is aborted. */
+const ENDING_GRACE_MS = 100;
 /** Batches of at most this many paths use an rsync started ahead of them (its --max-delete). */
 const PRIMED_MAX_PATHS = 64;
 /**
@@ -505,10 +508,17 @@ export class Replicator extends EventEmitter {
   ): Promise<{ inPlace: ReadonlyMap<string, string> | undefined; startedAhead: boolean }> {
     const received: string[] = [];
     const onFileReceived = (path: string) => received.push(path);
+    // The batch's signal reaches rsync at once while it transfers. Once every file is verified in
+    // place, rsync only has its exit left (it writes no file any more), and killing it then costs
+    // its SIGTERM handler's 400 ms sleep, which pause and drain would wait for: it gets
+    // ENDING_GRACE_MS to exit on its own first.
+    const abort = gracedAbort(signal, ENDING_GRACE_MS);
     const started = paths.length <= PRIMED_MAX_PATHS ? this.takePrimed(source) : undefined;
-    const run = started
-      ? started.run(paths, { onFileReceived, signal })
-      : pullBatch({ ...this.pullOptions(source, signal), paths, onFileReceived });
+    const run = (
+      started
+        ? started.run(paths, { onFileReceived, signal: abort.signal })
+        : pullBatch({ ...this.pullOptions(source, abort.signal), paths, onFileReceived })
+    ).finally(() => abort.dispose());
     const ended = run.then(
       () => undefined,
       () => undefined,
@@ -528,6 +538,7 @@ export class Replicator extends EventEmitter {
       await run;
       return { inPlace: undefined, startedAhead: started !== undefined };
     }
+    abort.relax();
     const ending: Promise<void> = run
       .then(
         () => undefined,
