@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { sleep } from '@pfs/testkit';
 import { summarize } from './cluster.ts';
+import { warmUpFiles } from './lag.ts';
 
 /**
  * The same paced workload as `lag`, through lsyncd (default.rsync, delay 0) from one plain
@@ -39,16 +40,23 @@ sync { default.rsync, source = "${src}", target = "${dst}", delay = 0 }
       if (file !== undefined && sentAt.has(file) && !seen.has(file)) seen.set(file, performance.now());
     });
     const body = randomBytes(options.sizeBytes);
-    const started = performance.now();
-    for (let n = 0; n < options.files; n++) {
-      const wait = started + (n * 1000) / options.ratePerSecond - performance.now();
-      if (wait > 0) await sleep(wait);
-      const name = `lag-${String(n).padStart(6, '0')}.bin`;
-      sentAt.set(name, performance.now());
-      await writeFile(join(src, name), body);
-    }
-    const deadline = performance.now() + 30_000;
-    while (seen.size < options.files && performance.now() < deadline) await sleep(10);
+    const writePaced = async (prefix: string, count: number) => {
+      const started = performance.now();
+      for (let n = 0; n < count; n++) {
+        const wait = started + (n * 1000) / options.ratePerSecond - performance.now();
+        if (wait > 0) await sleep(wait);
+        const name = `${prefix}-${String(n).padStart(6, '0')}.bin`;
+        sentAt.set(name, performance.now());
+        await writeFile(join(src, name), body);
+      }
+      const deadline = performance.now() + 30_000;
+      while (seen.size < sentAt.size && performance.now() < deadline) await sleep(10);
+    };
+    // The same uncounted warm-up as PFS gets (see measureLag).
+    await writePaced('warm', warmUpFiles(options.ratePerSecond));
+    seen.clear();
+    sentAt.clear();
+    await writePaced('lag', options.files);
     watcher.close();
     return {
       scenario: 'lag-lsyncd',
