@@ -14,6 +14,7 @@ export interface NodeMetrics {
   writeBytes: Counter;
   batches: Counter<'result'>;
   batchSeconds: Histogram;
+  pulls: Counter;
   promotions: Counter;
   readDigests: Counter<'source'>;
 }
@@ -51,6 +52,12 @@ export function createMetrics(view: {
       name: 'pfs_replication_batch_seconds',
       help: 'Time to apply one batch: rsync, verification, directory fsyncs, log append',
       buckets: [0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    }),
+    pulls: new Counter({
+      name: 'pfs_replication_pulls_total',
+      help: 'Batch pulls by how their rsync started: ahead (waiting for the list) or cold',
+      labelNames: ['rsync'],
       registers: [registry],
     }),
     promotions: new Counter({

@@ -218,6 +218,7 @@ export class PartitionController {
     replicator.on('applied', (batch: AppliedBatch) => {
       this.deps.metrics.batches.inc({ result: 'ok' });
       this.deps.metrics.batchSeconds.observe(batch.durationMs / 1000);
+      if (batch.paths > 0) this.deps.metrics.pulls.inc({ rsync: batch.rsyncStartedAhead ? 'ahead' : 'cold' });
       this.reportSoon();
     });
     replicator.on(

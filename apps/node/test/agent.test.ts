@@ -298,6 +298,9 @@ describe('node agent over HTTP', () => {
     expect(onReplica.get('pfs_role{partition="0"}')).toBe(1);
     expect(onReplica.get('pfs_replication_batches_total{result="ok"}')).toBeGreaterThanOrEqual(1);
     expect(onReplica.get('pfs_replication_batch_seconds_count')).toBeGreaterThanOrEqual(1);
+    // One write at a time: the first pull starts its rsync cold, the next ones find one waiting.
+    expect(onReplica.get('pfs_replication_pulls_total{rsync="cold"}')).toBeGreaterThanOrEqual(1);
+    expect(onReplica.get('pfs_replication_pulls_total{rsync="ahead"}')).toBeGreaterThanOrEqual(1);
   });
 
   it('answers 507 when the disk is full, and loses nothing already stored', async () => {
