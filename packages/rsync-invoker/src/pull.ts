@@ -64,7 +64,11 @@ export async function pullBatch(options: PullBatchOptions): Promise<BatchResult>
   // Nothing to do; an aborted signal still goes to runRsync, which rejects before spawning.
   if (options.paths.length === 0 && !options.signal?.aborted) return emptyResult();
   const { paths, onFileReceived, ...start } = options;
-  return startPull({ ...start, maxDelete: options.maxDelete ?? paths.length }).run(paths, { onFileReceived });
+  // Its list is known: any --max-delete the caller asks for applies, even one below the count.
+  return startWithLimit(
+    { ...start, maxDelete: options.maxDelete ?? paths.length },
+    Number.POSITIVE_INFINITY,
+  ).run(paths, { onFileReceived });
 }
 
 export type StartPullOptions = Omit<PullBatchOptions, 'paths' | 'onFileReceived' | 'maxDelete'> & {
@@ -97,6 +101,12 @@ export interface StartedPull {
  * start). An rsync left waiting longer than its --timeout exits on its own: discard it before.
  */
 export function startPull(options: StartPullOptions): StartedPull {
+  // Started before its list, its --max-delete must also bound the list: a path removed as a
+  // directory full of files counts each of them, so more paths than that may delete more.
+  return startWithLimit(options, options.maxDelete);
+}
+
+function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPull {
   let sendList!: (list: Buffer) => void;
   const input = new Promise<Buffer>((resolve) => {
     sendList = resolve;
@@ -106,7 +116,8 @@ export function startPull(options: StartPullOptions): StartedPull {
   let onFileReceived: ((path: string) => void) | undefined;
   const result = emptyResult();
   // Bounded: one line per listed path plus implied dirs and, with --force, a dir's contents.
-  const limit = Math.max(10_000, options.maxDelete * 4);
+  // Sized from the list once run() has it.
+  let limit = 10_000;
   const keep = (list: string[], path: string) => {
     if (list.length < limit) list.push(path);
     else result.truncated = true;
@@ -171,7 +182,8 @@ export function startPull(options: StartPullOptions): StartedPull {
         kill.abort(signal.reason);
         sendList(Buffer.alloc(0));
       }
-      if (paths.length > options.maxDelete) {
+      limit = Math.max(10_000, paths.length * 4);
+      if (paths.length > maxPaths) {
         sendList(Buffer.alloc(0));
         throw new RsyncError(
           'RSYNC_FAILED',

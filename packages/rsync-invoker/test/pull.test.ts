@@ -94,6 +94,18 @@ describe('pullBatch from an rsync daemon', { timeout: 30_000 }, () => {
     expect(existsSync(join(dest, 'big'))).toBe(true);
   });
 
+  it('takes a maxDelete below its path count: copies them all, deletes none', async () => {
+    const { src, url, dest } = await fixture('maxdelete');
+    await writeTree(src, ['zero/a', 'zero/b', 'zero/c']);
+    const result = await pullBatch({
+      source: url,
+      dest,
+      paths: ['zero/a', 'zero/b', 'zero/c'],
+      maxDelete: 0,
+    });
+    expect([...result.transferred].sort()).toEqual(['zero/a', 'zero/b', 'zero/c']);
+  });
+
   it('replicates a same-size rewrite with the same mtime (-I)', async () => {
     const { src, url, dest } = await fixture('same-second');
     const when = new Date('2030-01-01T00:00:00Z');
