@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { mkdir } from 'node:fs/promises';
+import { lstat, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, statFile } from '@pfs/filestore';
 import { pullBatch, type StartedPull, startPull, syncTree } from '@pfs/rsync-invoker';
@@ -108,7 +108,9 @@ export class Replicator extends EventEmitter {
   /** Set by a bootstrap until the replay has caught up with the source. */
   private bootstrapDigests: BootstrapDigests | undefined;
   /** An rsync started for the next small batch, waiting for its list (see pull). */
-  private primed: { pull: StartedPull; source: RecordSource; idleTimer: NodeJS.Timeout } | undefined;
+  private primed:
+    | { pull: StartedPull; source: RecordSource; idleTimer: NodeJS.Timeout; kill: AbortController }
+    | undefined;
 
   constructor(options: ReplicatorOptions, log: TxLog, ownsLog: boolean, applied: TxId) {
     super();
@@ -513,7 +515,12 @@ export class Replicator extends EventEmitter {
     // its SIGTERM handler's 400 ms sleep, which pause and drain would wait for: it gets
     // ENDING_GRACE_MS to exit on its own first.
     const abort = gracedAbort(signal, ENDING_GRACE_MS);
-    const started = paths.length <= PRIMED_MAX_PATHS ? this.takePrimed(source) : undefined;
+    // The waiting rsync's --max-delete is PRIMED_MAX_PATHS, not this batch's count: it may take
+    // only a list whose paths each delete at most one item, i.e. none is a directory here.
+    const started =
+      paths.length <= PRIMED_MAX_PATHS && !(await this.anyDirectory(paths))
+        ? this.takePrimed(source)
+        : undefined;
     const run = (
       started
         ? started.run(paths, { onFileReceived, signal: abort.signal })
@@ -531,13 +538,16 @@ export class Replicator extends EventEmitter {
       await ended;
       throw error;
     }
-    // The next batch's rsync execs, connects and shakes hands while this one is verified and
-    // logged. Not earlier: the fork and exec would hold up this batch's own list and transfer.
-    if (primeNext) this.prime(source);
+    // After a small batch, the next batch's rsync execs, connects and shakes hands while this
+    // one is verified and logged. Not earlier: the fork and exec would hold up this batch's own
+    // list and transfer. Not after a large one: the next is likely large too (a catch-up).
+    const primeNow = primeNext && paths.length <= PRIMED_MAX_PATHS;
     if (early === undefined) {
       await run;
+      if (primeNow) this.prime(source);
       return { inPlace: undefined, startedAhead: started !== undefined };
     }
+    if (primeNow) this.prime(source);
     abort.relax();
     const ending: Promise<void> = run
       .then(
@@ -570,12 +580,26 @@ export class Replicator extends EventEmitter {
   private prime(source: RecordSource): void {
     if (this.primed !== undefined || this.closed || source !== this.source) return;
     if (this.loopController === undefined || this.loopController.signal.aborted) return;
-    // No signal of its own: it is ended cleanly (retirePrimed), and the batch that uses it passes
-    // its signal to run(). Killing it while it waits would cost rsync's 400 ms SIGTERM delay.
-    const pull = startPull({ ...this.pullOptions(source, undefined), maxDelete: PRIMED_MAX_PATHS });
+    // Ended cleanly with an empty list (retirePrimed); `kill` only if that goes unanswered (a
+    // frozen source), since rsync's SIGTERM handler costs 400 ms. A batch that uses it passes its
+    // own signal to run().
+    const kill = new AbortController();
+    const pull = startPull({ ...this.pullOptions(source, kill.signal), maxDelete: PRIMED_MAX_PATHS });
     const idleTimer = setTimeout(() => this.retirePrimed(), PRIMED_IDLE_MS);
     idleTimer.unref();
-    this.primed = { pull, source, idleTimer };
+    this.primed = { pull, source, idleTimer, kill };
+  }
+
+  private async anyDirectory(paths: readonly string[]): Promise<boolean> {
+    const found = await Promise.all(
+      paths.map((path) =>
+        lstat(join(this.options.fileStoreDir, path)).then(
+          (info) => info.isDirectory(),
+          () => false,
+        ),
+      ),
+    );
+    return found.includes(true);
   }
 
   /** The waiting rsync, if it is for `source` and still alive; anything else is ended. */
@@ -597,7 +621,13 @@ export class Replicator extends EventEmitter {
     if (primed === undefined) return;
     this.primed = undefined;
     clearTimeout(primed.idleTimer);
-    const ending = primed.pull.discard().finally(() => this.ending.delete(ending));
+    // A source that froze never answers the empty list: rsync would wait out its --timeout, and
+    // pause (on the way to a failover) with it.
+    const unanswered = setTimeout(() => primed.kill.abort(), ENDING_GRACE_MS);
+    const ending = primed.pull.discard().finally(() => {
+      clearTimeout(unanswered);
+      this.ending.delete(ending);
+    });
     this.ending.add(ending);
   }
 

@@ -59,6 +59,19 @@ async function replicate(
   return { replicator, errors };
 }
 
+/** Processes whose parent is `pid`. */
+function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+    } catch {}
+  }
+  return children;
+}
+
 /** rsync processes (client side) whose destination is this replica's store. */
 function rsyncsInto(dir: string): number {
   const dest = join(dir, 'filestore');
@@ -380,6 +393,52 @@ describe('replicator against a real rsync daemon', () => {
     expect(batches.at(-1)!.rsyncStartedAhead).toBe(false);
     expect(stillEnding).toBe(true);
     expect(rsyncsInto(dir)).toBe(0);
+  });
+
+  it("does not wait out rsync's timeout for a waiting rsync whose source froze", {
+    timeout: 8000,
+  }, async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const { replicator } = await replicate(m, dir, { bootstrap: false });
+    await m.put('before', 'B');
+    await until(() => replicator.applied === m.log.lastTxid, 'first file');
+    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
+    // The daemon's children serve the connections: stopped, they answer nothing (a frozen host).
+    const children = childrenOf(m.daemon.pid);
+    for (const pid of children) process.kill(pid, 'SIGSTOP');
+    try {
+      // rsync would wait out its --timeout (10 s) for an answer to the empty list.
+      await replicator.pause();
+      expect(rsyncsInto(dir)).toBe(0);
+    } finally {
+      for (const pid of children) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {}
+      }
+    }
+  });
+
+  it('never hands a path that is a directory here to the waiting rsync (its --max-delete is not the count)', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const { replicator, errors } = await replicate(m, dir, { bootstrap: false });
+    await m.put('warm', 'W');
+    await until(() => replicator.applied === m.log.lastTxid, 'first file');
+    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
+    // A directory of files on the replica where the master now writes a file: removing it would
+    // delete three items for one listed path, more than the batch's own --max-delete=1.
+    await mkdir(join(dir, 'filestore', 'd'));
+    await writeFile(join(dir, 'filestore', 'd', 'a'), 'a');
+    await writeFile(join(dir, 'filestore', 'd', 'b'), 'b');
+    await m.put('d', 'now a file');
+    // A pull with the batch's own cap refuses at first (the waiting rsync's would have removed
+    // the directory in one go, silently).
+    await until(
+      () => errors.some((e) => /^RSYNC_(PARTIAL|MAX_DELETE)$/.test((e as { code?: string }).code ?? '')),
+      'the deletion refused',
+    );
   });
 
   it('never uses an rsync started for another source', async () => {
