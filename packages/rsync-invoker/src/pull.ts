@@ -78,8 +78,6 @@ export type StartPullOptions = Omit<PullBatchOptions, 'paths' | 'onFileReceived'
 
 /** A pull whose rsync is already running, waiting for its list of paths on stdin. */
 export interface StartedPull {
-  /** performance.now() when its rsync was started. */
-  readonly startedAt: number;
   /** True once its rsync has exited (a refused connection, a timeout, the end of a run). */
   readonly exited: boolean;
   /**
@@ -141,7 +139,6 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
     const path = parseVanishedLine(line, prefixes);
     if (path !== undefined) keep(result.vanishedPaths, path);
   });
-  const startedAt = performance.now();
   // What a run's own signal aborts, once it has one.
   const kill = new AbortController();
   const running = runRsync({
@@ -166,7 +163,6 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
   // Observed here so that an rsync that fails before it is used is no unhandled rejection.
   running.catch(() => {});
   return {
-    startedAt,
     get exited() {
       return exited;
     },
