@@ -1,6 +1,6 @@
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type FileStat, hashHandle, openStoreFile } from '@pfs/filestore';
+import { type FileStat, hashFile, hashHandle, openStoreFile } from '@pfs/filestore';
 import type { Expected } from './batch.ts';
 
 /** How often the files are looked at while rsync is still running. */
@@ -35,15 +35,7 @@ export async function checkPut(
       return { size: want.size, sha256: want.sha256 };
     }
   }
-  const opened = await openStoreFile(root, path);
-  if (opened === undefined) return undefined;
-  try {
-    const got = await hashHandle(opened.handle, Number(opened.stat.size));
-    if (options.datasync) await opened.handle.datasync();
-    return got;
-  } finally {
-    await opened.handle.close();
-  }
+  return hashFile(root, path, { datasync: options.datasync });
 }
 
 /**

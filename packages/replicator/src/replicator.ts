@@ -424,7 +424,6 @@ export class Replicator extends EventEmitter {
     let mismatched: string[] = [];
     let pulled = 0;
     let fromDigests = 0;
-    let wentOnEarly = false;
     let startedAhead = false;
     // Versions of the files the last pull found in place early, hashed already (see checkPut).
     let inPlace: ReadonlyMap<string, string> | undefined;
@@ -432,20 +431,22 @@ export class Replicator extends EventEmitter {
       if (plan.paths.length === 0) break;
       // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
       // did) need no transfer; checking is a stat, and a hash only when the size already matches.
-      const { needed, verified, byDigest } = await this.pathsToPull(plan.expected);
+      const { needed, verified, byDigest, directories } = await this.pathsToPull(plan.expected);
       fromDigests = byDigest;
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
       const pulledBy =
         needed.length > 0
-          ? await this.pull(source, needed, signal, plan.expected, options.primeNext === true)
+          ? await this.pull(source, needed, signal, plan.expected, {
+              primeNext: options.primeNext === true,
+              directories,
+            })
           : undefined;
       inPlace = pulledBy?.inPlace;
       startedAhead ||= pulledBy?.startedAhead === true;
-      wentOnEarly = inPlace !== undefined;
       pulled += needed.length;
-      const problems = await this.verify(plan.expected, verified, inPlace ?? new Map());
+      const problems = await this.verify(plan.expected, verified, inPlace);
       if (problems.length === 0 || tolerateMismatch) {
         mismatched = problems.map((p) => p.path);
         break;
@@ -485,7 +486,7 @@ export class Replicator extends EventEmitter {
       records: records.length,
       paths: pulled,
       verifiedByBootstrap: fromDigests,
-      rsyncStillEnding: wentOnEarly,
+      rsyncStillEnding: inPlace !== undefined,
       rsyncStartedAhead: startedAhead,
       durationMs: performance.now() - started,
     };
@@ -506,7 +507,7 @@ export class Replicator extends EventEmitter {
     paths: string[],
     signal: AbortSignal,
     expected: ReadonlyMap<string, Expected>,
-    primeNext: boolean,
+    options: { primeNext: boolean; directories: boolean },
   ): Promise<{ inPlace: ReadonlyMap<string, string> | undefined; startedAhead: boolean }> {
     const received: string[] = [];
     const onFileReceived = (path: string) => received.push(path);
@@ -518,9 +519,7 @@ export class Replicator extends EventEmitter {
     // The waiting rsync's --max-delete is PRIMED_MAX_PATHS, not this batch's count: it may take
     // only a list whose paths each delete at most one item, i.e. none is a directory here.
     const started =
-      paths.length <= PRIMED_MAX_PATHS && !(await this.anyDirectory(paths))
-        ? this.takePrimed(source)
-        : undefined;
+      paths.length <= PRIMED_MAX_PATHS && !options.directories ? this.takePrimed(source) : undefined;
     const run = (
       started
         ? started.run(paths, { onFileReceived, signal: abort.signal })
@@ -541,7 +540,7 @@ export class Replicator extends EventEmitter {
     // After a small batch, the next batch's rsync execs, connects and shakes hands while this
     // one is verified and logged. Not earlier: the fork and exec would hold up this batch's own
     // list and transfer. Not after a large one: the next is likely large too (a catch-up).
-    const primeNow = primeNext && paths.length <= PRIMED_MAX_PATHS;
+    const primeNow = options.primeNext && paths.length <= PRIMED_MAX_PATHS;
     if (early === undefined) {
       await run;
       if (primeNow) this.prime(source);
@@ -590,18 +589,6 @@ export class Replicator extends EventEmitter {
     this.primed = { pull, source, idleTimer, kill };
   }
 
-  private async anyDirectory(paths: readonly string[]): Promise<boolean> {
-    const found = await Promise.all(
-      paths.map((path) =>
-        lstat(join(this.options.fileStoreDir, path)).then(
-          (info) => info.isDirectory(),
-          () => false,
-        ),
-      ),
-    );
-    return found.includes(true);
-  }
-
   /** The waiting rsync, if it is for `source` and still alive; anything else is ended. */
   private takePrimed(source: RecordSource): StartedPull | undefined {
     const primed = this.primed;
@@ -634,10 +621,12 @@ export class Replicator extends EventEmitter {
   /** The paths of a batch that are not already as its records say (the rest are verified now). */
   private async pathsToPull(
     expected: ReadonlyMap<string, Expected>,
-  ): Promise<{ needed: string[]; verified: Set<string>; byDigest: number }> {
+  ): Promise<{ needed: string[]; verified: Set<string>; byDigest: number; directories: boolean }> {
     const verified = new Set<string>();
     const digests = this.bootstrapDigests;
     let byDigest = 0;
+    // Whether a path to pull is a directory here, for pull's choice of rsync.
+    let directories = false;
     // Digest matches first, synchronously: a catch-up page is 10 000 of them, and a promise each
     // was most of its cost.
     const toCheck: [string, Expected][] = [];
@@ -648,20 +637,27 @@ export class Replicator extends EventEmitter {
       } else toCheck.push([path, want]);
     }
     const checks = toCheck.map(async ([path, want]) => {
-      const info = await statFile(this.options.fileStoreDir, path);
+      const entry = await lstat(join(this.options.fileStoreDir, path), { bigint: true }).catch(
+        () => undefined,
+      );
+      // A regular file, never followed through a symlink: anything else counts as none.
+      const info = entry?.isFile() ? entry : undefined;
       if (want.kind === 'delete') {
         if (info !== undefined) return path;
         verified.add(path);
         return undefined;
       }
-      if (info === undefined || info.size !== want.size) return path;
+      if (info === undefined || info.size !== want.size) {
+        if (entry?.isDirectory()) directories = true;
+        return path;
+      }
       const got = await hashFile(this.options.fileStoreDir, path);
       if (got?.sha256 !== want.sha256) return path;
       verified.add(path);
       return undefined;
     });
     const needed = (await Promise.all(checks)).filter((p) => p !== undefined);
-    return { needed, verified, byDigest };
+    return { needed, verified, byDigest, directories };
   }
 
   /**
