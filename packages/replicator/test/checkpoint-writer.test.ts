@@ -61,6 +61,33 @@ describe('CheckpointWriter', () => {
     expect(errors).toHaveLength(2);
   });
 
+  it('writes at most once per interval while txids keep coming, and at once when flushed', async () => {
+    const file = join(await checkpointDir(), 'checkpoint');
+    const writer = new CheckpointWriter(file, 0n, () => {}, { minIntervalMs: 60_000 });
+    writer.note(1n);
+    await until(async () => (await readCheckpoint(file)) === 1n, 'the first txid written at once');
+    // A batch every few milliseconds: none of these may start a write of its own.
+    for (let txid = 2n; txid <= 20n; txid++) {
+      writer.note(txid);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    expect(await readCheckpoint(file)).toBe(1n);
+    await writer.flush();
+    expect(await readCheckpoint(file)).toBe(20n);
+    // Nothing is left pending after a flush.
+    writer.note(21n);
+    await writer.flush();
+    expect(await readCheckpoint(file)).toBe(21n);
+  });
+
+  it('writes a held-back txid once the interval has passed, without a flush', async () => {
+    const file = join(await checkpointDir(), 'checkpoint');
+    const writer = new CheckpointWriter(file, 0n, () => {}, { minIntervalMs: 200 });
+    writer.note(1n);
+    writer.note(2n);
+    await until(async () => (await readCheckpoint(file)) === 2n, 'the held-back txid written');
+  });
+
   it('resets below what it wrote, after a write in flight', async () => {
     const file = join(await checkpointDir(), 'checkpoint');
     const writer = new CheckpointWriter(file, 0n, () => {});
