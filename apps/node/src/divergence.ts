@@ -89,6 +89,36 @@ export async function cutDivergentSuffix(args: {
   return removed;
 }
 
+/**
+ * Moves a directory a replica found where record `txid` puts a file to
+ * `quarantine/<generation>/files/<path>` and lists it in that generation's manifest (kind
+ * `directory`): nothing the master's log knows of, and nothing to delete.
+ */
+export async function setAsideDirectory(args: {
+  fileStore: string;
+  quarantineDir: string;
+  path: string;
+  txid: TxId;
+}): Promise<string | undefined> {
+  const generation = generationOf(args.txid).toString();
+  const dir = join(args.quarantineDir, generation);
+  const quarantinedAs = await quarantineFile(args.fileStore, join(dir, 'files'), args.path);
+  if (quarantinedAs === undefined) return undefined;
+  const entry: QuarantineEntry = {
+    generation,
+    txid: args.txid.toString(),
+    txidText: formatTxId(args.txid),
+    kind: 'directory',
+    path: args.path,
+    size: '0',
+    sha256: '',
+    quarantinedAs,
+    at: new Date().toISOString(),
+  };
+  await appendFile(join(dir, 'MANIFEST.jsonl'), `${JSON.stringify(entry)}\n`, { flush: true });
+  return quarantinedAs;
+}
+
 /** Every quarantined record, oldest generation first. */
 export async function listQuarantine(quarantineDir: string): Promise<QuarantineEntry[]> {
   const generations = (await readdir(quarantineDir).catch(() => [] as string[]))

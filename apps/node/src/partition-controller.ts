@@ -13,7 +13,7 @@ import {
 import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
-import { cutDivergentSuffix, divergencePoint } from './divergence.ts';
+import { cutDivergentSuffix, divergencePoint, setAsideDirectory } from './divergence.ts';
 import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
 
@@ -214,6 +214,18 @@ export class PartitionController {
       replicaId: this.deps.nodeId,
       follow: false,
       minGeneration: () => this.deps.coordinator.view.partitions.get(this.partition)?.generation ?? 0n,
+      setAside: async (path, txid) => {
+        const quarantinedAs = await setAsideDirectory({
+          fileStore: join(this.deps.dataDir, 'filestore'),
+          quarantineDir: join(this.deps.dataDir, 'quarantine'),
+          path,
+          txid,
+        });
+        this.deps.logger.warn(
+          { partition: this.partition, path, quarantinedAs },
+          `partition ${this.partition}: ${JSON.stringify(path)} was a directory here where the master has a file; it is now in quarantine/`,
+        );
+      },
     });
     replicator.on('applied', (batch: AppliedBatch) => {
       this.deps.metrics.batches.inc({ result: 'ok' });

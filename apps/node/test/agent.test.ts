@@ -1,6 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -46,7 +46,7 @@ async function agentConfig(cluster: string, dataDir?: string) {
 }
 
 async function start(config: Awaited<ReturnType<typeof agentConfig>>): Promise<Agent> {
-  const agent = await startAgent(config, pino({ level: 'silent' }));
+  const agent = await startAgent(config, pino({ level: process.env.PFS_TEST_LOG ?? 'silent' }));
   agents.push(agent);
   return agent;
 }
@@ -364,6 +364,34 @@ describe('node agent over HTTP', () => {
     const del = await fetch(`${replica.url}/v1/files/x.txt`, { method: 'DELETE', redirect: 'manual' });
     expect(del.status).toBe(307);
     await expect(stat(join(replica.config.dataDir, 'filestore', 'x.txt'))).rejects.toThrow();
+  });
+
+  it('sets aside a directory a replica holds where the master puts a file, and lists it in quarantine', async () => {
+    const { master, replica } = await twoNodes();
+    // Past its bootstrap (an empty store's bulk copy), following record by record.
+    expect((await fetch(`${master.url}/v1/files/first`, { method: 'PUT', body: '1' })).status).toBe(201);
+    const first = (await role(master)).lastTxid;
+    await until('replica past its bootstrap', async () =>
+      (await role(replica)).lastTxid === first ? true : undefined,
+    );
+    const local = join(replica.config.dataDir, 'filestore', 'album');
+    await mkdir(local);
+    await writeFile(join(local, 'only-here.jpg'), 'replica-only bytes');
+    const response = await fetch(`${master.url}/v1/files/album`, { method: 'PUT', body: 'a file now' });
+    expect(response.status).toBe(201);
+    const last = (await role(master)).lastTxid;
+    await until('replica caught up', async () =>
+      (await role(replica)).lastTxid === last ? true : undefined,
+    );
+    expect(await (await fetch(`${replica.url}/v1/files/album`)).text()).toBe('a file now');
+    const listed = (await (await fetch(`${replica.url}/v1/quarantine`)).json()) as {
+      entries: { kind: string; path: string; quarantinedAs: string | null }[];
+    };
+    expect(listed.entries).toHaveLength(1);
+    expect(listed.entries[0]).toMatchObject({ kind: 'directory', path: 'album' });
+    expect(await readFile(join(listed.entries[0]!.quarantinedAs!, 'only-here.jpg'), 'utf8')).toBe(
+      'replica-only bytes',
+    );
   });
 
   it('answers bad paths with 400 and a code, storing nothing', async () => {

@@ -1,6 +1,9 @@
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { makeTxId } from '@pfs/txlog';
 import { describe, expect, it } from 'vitest';
-import { divergencePoint } from '../src/divergence.ts';
+import { divergencePoint, listQuarantine, setAsideDirectory } from '../src/divergence.ts';
 
 describe('divergencePoint', () => {
   const history = new Map([
@@ -17,5 +20,36 @@ describe('divergencePoint', () => {
     ['a generation without recorded end', makeTxId(5, 1), 7n, undefined],
   ])('%s', (_, last, current, want) => {
     expect(divergencePoint(last, history, current)).toBe(want);
+  });
+});
+
+describe('setAsideDirectory', () => {
+  it('moves the directory with its contents into quarantine and lists it', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-aside-'));
+    try {
+      const fileStore = join(base, 'filestore');
+      const quarantineDir = join(base, 'quarantine');
+      await mkdir(join(fileStore, 'a', 'd', 'sub'), { recursive: true });
+      await writeFile(join(fileStore, 'a', 'd', 'sub', 'kept'), 'kept');
+      const txid = makeTxId(3, 7);
+      const at = await setAsideDirectory({ fileStore, quarantineDir, path: 'a/d', txid });
+      expect(at).toBe(join(quarantineDir, '3', 'files', 'a', 'd'));
+      expect(await readFile(join(at!, 'sub', 'kept'), 'utf8')).toBe('kept');
+      expect(await readdir(join(fileStore, 'a'))).toEqual([]);
+      const [entry, ...rest] = await listQuarantine(quarantineDir);
+      expect(rest).toEqual([]);
+      expect(entry).toMatchObject({
+        generation: '3',
+        txid: txid.toString(),
+        kind: 'directory',
+        path: 'a/d',
+        quarantinedAs: at,
+      });
+      // Nothing there (any more): nothing moved, nothing listed.
+      expect(await setAsideDirectory({ fileStore, quarantineDir, path: 'a/d', txid })).toBeUndefined();
+      expect(await listQuarantine(quarantineDir)).toHaveLength(1);
+    } finally {
+      await rm(base, { recursive: true, force: true });
+    }
   });
 });

@@ -5,6 +5,7 @@ export type ReplicatorErrorCode =
   | 'STALE_SOURCE'
   | 'CONTENT_MISMATCH'
   | 'CHECKPOINT_FAILED'
+  | 'DIRECTORY_IN_THE_WAY'
   | 'CLOSED';
 
 export class ReplicatorError extends Error {

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { lstat, mkdir } from 'node:fs/promises';
+import { lstat, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, statFile } from '@pfs/filestore';
 import { pullBatch, type StartedPull, startPull, syncTree } from '@pfs/rsync-invoker';
@@ -47,6 +47,13 @@ export interface ReplicatorOptions {
   follow?: boolean;
   /** Copy the whole store with one bulk rsync before replaying, when starting from nothing (default true). */
   bootstrap?: boolean;
+  /**
+   * Moves out of the store a non-empty directory found here at a path where a record puts a
+   * file (`txid` is that record's), keeping its contents. Without it, such a batch fails with
+   * DIRECTORY_IN_THE_WAY until the directory is moved away: rsync would otherwise delete what
+   * is in it, and with --max-delete capping each attempt, a bit more on every retry.
+   */
+  setAside?: (path: string, txid: TxId) => Promise<void>;
 }
 
 export interface AppliedBatch {
@@ -433,6 +440,8 @@ export class Replicator extends EventEmitter {
       // did) need no transfer; checking is a stat, and a hash only when the size already matches.
       const { needed, verified, byDigest, directories } = await this.pathsToPull(plan.expected);
       fromDigests = byDigest;
+      // Before anything is transferred: a directory in a file's way keeps its contents.
+      const emptyDirectories = await this.clearDirectories(directories, plan.expected);
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
@@ -440,7 +449,7 @@ export class Replicator extends EventEmitter {
         needed.length > 0
           ? await this.pull(source, needed, signal, plan.expected, {
               primeNext: options.primeNext === true,
-              directories,
+              directories: emptyDirectories,
             })
           : undefined;
       inPlace = pulledBy?.inPlace;
@@ -618,15 +627,43 @@ export class Replicator extends EventEmitter {
     this.ending.add(ending);
   }
 
+  /**
+   * Sets aside (setAside) each non-empty directory among `directories`, paths where the batch
+   * puts a file; an empty one is left to rsync (--force removes it: one deletion, within the
+   * batch's --max-delete). Resolves whether any directory is left in the way.
+   */
+  private async clearDirectories(
+    directories: readonly string[],
+    expected: ReadonlyMap<string, Expected>,
+  ): Promise<boolean> {
+    let left = false;
+    for (const path of directories) {
+      const entries = await readdir(join(this.options.fileStoreDir, path)).catch(() => undefined);
+      if (entries === undefined) continue;
+      if (entries.length === 0) {
+        left = true;
+        continue;
+      }
+      if (this.options.setAside === undefined) {
+        throw new ReplicatorError(
+          'DIRECTORY_IN_THE_WAY',
+          `${JSON.stringify(path)} is a directory of ${entries.length} item(s) here but a file on the source: move it out of the store (nothing in it is replicated) and replication resumes`,
+        );
+      }
+      await this.options.setAside(path, expected.get(path)!.txid);
+    }
+    return left;
+  }
+
   /** The paths of a batch that are not already as its records say (the rest are verified now). */
   private async pathsToPull(
     expected: ReadonlyMap<string, Expected>,
-  ): Promise<{ needed: string[]; verified: Set<string>; byDigest: number; directories: boolean }> {
+  ): Promise<{ needed: string[]; verified: Set<string>; byDigest: number; directories: string[] }> {
     const verified = new Set<string>();
     const digests = this.bootstrapDigests;
     let byDigest = 0;
-    // Whether a path to pull is a directory here, for pull's choice of rsync.
-    let directories = false;
+    // Paths to pull that are directories here (see clearDirectories).
+    const directories: string[] = [];
     // Digest matches first, synchronously: a catch-up page is 10 000 of them, and a promise each
     // was most of its cost.
     const toCheck: [string, Expected][] = [];
@@ -648,7 +685,7 @@ export class Replicator extends EventEmitter {
         return undefined;
       }
       if (info === undefined || info.size !== want.size) {
-        if (entry?.isDirectory()) directories = true;
+        if (entry?.isDirectory()) directories.push(path);
         return path;
       }
       const got = await hashFile(this.options.fileStoreDir, path);

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initStore, walkStore } from '@pfs/filestore';
@@ -420,25 +420,57 @@ describe('replicator against a real rsync daemon', () => {
     }
   });
 
-  it('never hands a path that is a directory here to the waiting rsync (its --max-delete is not the count)', async () => {
+  it('never deletes a directory found where the master puts a file: it fails until the directory is moved', async () => {
     const m = await master();
     const dir = await replicaDir();
     const { replicator, errors } = await replicate(m, dir, { bootstrap: false });
     await m.put('warm', 'W');
     await until(() => replicator.applied === m.log.lastTxid, 'first file');
     await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
-    // A directory of files on the replica where the master now writes a file: removing it would
-    // delete three items for one listed path, more than the batch's own --max-delete=1.
-    await mkdir(join(dir, 'filestore', 'd'));
-    await writeFile(join(dir, 'filestore', 'd', 'a'), 'a');
-    await writeFile(join(dir, 'filestore', 'd', 'b'), 'b');
+    // A directory of files on the replica where the master now writes a file. rsync would delete
+    // its contents: the waiting rsync (--max-delete=64) in one go, a cold one a bit more on each
+    // retry.
+    const d = join(dir, 'filestore', 'd');
+    await mkdir(d);
+    await writeFile(join(d, 'a'), 'a');
+    await writeFile(join(d, 'b'), 'b');
     await m.put('d', 'now a file');
-    // A pull with the batch's own cap refuses at first (the waiting rsync's would have removed
-    // the directory in one go, silently).
-    await until(
-      () => errors.some((e) => /^RSYNC_(PARTIAL|MAX_DELETE)$/.test((e as { code?: string }).code ?? '')),
-      'the deletion refused',
+    const inTheWay = () => errors.filter((e) => (e as { code?: string }).code === 'DIRECTORY_IN_THE_WAY');
+    await until(() => inTheWay().length >= 3, 'the batch refused three times');
+    expect(inTheWay()[0]!.message).toMatch(
+      /"d" is a directory of 2 item\(s\) here.*move it out of the store/,
     );
+    expect((await readdir(d)).sort()).toEqual(['a', 'b']);
+    expect(replicator.applied).toBeLessThan(m.log.lastTxid);
+    // Moved away by an operator: the file arrives.
+    await rename(d, join(dir, 'moved-d'));
+    await until(() => replicator.applied === m.log.lastTxid, 'the file after the directory moved');
+    expect(await readFile(join(dir, 'filestore', 'd'), 'utf8')).toBe('now a file');
+  });
+
+  it("sets a directory in a file's way aside with its contents, then pulls the file", async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const setAside: [string, bigint][] = [];
+    const { replicator, errors } = await replicate(m, dir, {
+      bootstrap: false,
+      setAside: async (path, txid) => {
+        setAside.push([path, txid]);
+        await rename(join(dir, 'filestore', path), join(dir, 'aside'));
+      },
+    });
+    await mkdir(join(dir, 'filestore', 'd', 'sub'), { recursive: true });
+    await writeFile(join(dir, 'filestore', 'd', 'sub', 'kept'), 'kept');
+    // An empty directory needs no setting aside: rsync replaces it (one deletion).
+    await mkdir(join(dir, 'filestore', 'e'));
+    await m.put('d', 'now a file');
+    await m.put('e', 'another file');
+    await until(() => replicator.applied === m.log.lastTxid, 'both files');
+    expect(setAside).toEqual([['d', makeTxId(1, 1)]]);
+    expect(await readFile(join(dir, 'aside', 'sub', 'kept'), 'utf8')).toBe('kept');
+    expect(await readFile(join(dir, 'filestore', 'd'), 'utf8')).toBe('now a file');
+    expect(await readFile(join(dir, 'filestore', 'e'), 'utf8')).toBe('another file');
+    expect(errors).toEqual([]);
   });
 
   it('never uses an rsync started for another source', async () => {
