@@ -77,6 +77,8 @@ export async function measureBootstrap(options: { files: number; sizeBytes: numb
       bootstrapSeconds: Math.round(bootstrapSeconds * 100) / 100,
       agentStartSeconds: Math.round(startedSeconds * 100) / 100,
       bulkCopySeconds: Math.round(copyMs / 10) / 100,
+      // How many rsyncs shared the copy.
+      bulkCopies: fromLog('copies'),
       // Of the bulk copy: hashing still running after rsync ended, and the one syncfs.
       hashTailSeconds: Math.round(fromLog('hashTailMs') / 10) / 100,
       syncfsSeconds: Math.round(fromLog('syncMs') / 10) / 100,

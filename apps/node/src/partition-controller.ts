@@ -235,7 +235,13 @@ export class PartitionController {
     });
     replicator.on(
       'bootstrapped',
-      (done: { durationMs: number; hashTailMs: number; syncMs: number; hashed: number }) => {
+      (done: {
+        durationMs: number;
+        hashTailMs: number;
+        syncMs: number;
+        hashed: number;
+        results: unknown[];
+      }) => {
         this.deps.logger.info(
           {
             partition: this.partition,
@@ -243,8 +249,9 @@ export class PartitionController {
             hashTailMs: Math.round(done.hashTailMs),
             syncMs: Math.round(done.syncMs),
             hashed: done.hashed,
+            copies: done.results.length,
           },
-          `partition ${this.partition}: copied the master's store in ${Math.round(done.durationMs)} ms (${done.hashed} files hashed on arrival)`,
+          `partition ${this.partition}: copied the master's store in ${Math.round(done.durationMs)} ms with ${done.results.length} rsync(s) (${done.hashed} files hashed on arrival)`,
         );
       },
     );

@@ -2,11 +2,19 @@ import { EventEmitter } from 'node:events';
 import { lstat, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, statFile } from '@pfs/filestore';
-import { pullBatch, type StartedPull, startPull, syncTree } from '@pfs/rsync-invoker';
+import {
+  listTopLevel,
+  pullBatch,
+  type StartedPull,
+  type SyncResult,
+  startPull,
+  syncTree,
+} from '@pfs/rsync-invoker';
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, type Expected, planBatch } from './batch.ts';
 import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
 import { CheckpointWriter } from './checkpoint-writer.ts';
+import { splitCopy } from './copy-plan.ts';
 import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
 import { ReplicatorError } from './errors.ts';
 import { MAX_FEED_RECORDS } from './feed.ts';
@@ -48,6 +56,11 @@ export interface ReplicatorOptions {
   /** Copy the whole store with one bulk rsync before replaying, when starting from nothing (default true). */
   bootstrap?: boolean;
   /**
+   * How many rsyncs share that copy, each taking some of the store's top-level entries (see
+   * splitCopy); default DEFAULT_BOOTSTRAP_COPIES.
+   */
+  bootstrapCopies?: number;
+  /**
    * Moves out of the store a non-empty directory found here at a path where a record puts a
    * file (`txid` is that record's), keeping its contents. Without it, such a batch fails with
    * DIRECTORY_IN_THE_WAY until the directory is moved away: rsync would otherwise delete what
@@ -78,6 +91,11 @@ const MAX_EXTENDED_BATCH_RECORDS = 200_000;
 const MAX_BACKOFF_MS = 2000;
 /** Beyond this many files a bootstrap stops keeping digests (~150 bytes each); the replay reads the rest. */
 const MAX_BOOTSTRAP_DIGESTS = 2_000_000;
+/**
+ * rsyncs sharing a bootstrap's copy. Two keep two cores busy creating files (one receiver is
+ * mostly kernel time on one core); more would mostly add load on the master serving them.
+ */
+const DEFAULT_BOOTSTRAP_COPIES = 2;
 /** During a bootstrap's copy, a syncfs after every this many files (~16 MiB of small files). */
 const BOOTSTRAP_SYNC_EVERY_FILES = 4000;
 /** How long an rsync whose files are all in place may take to exit once its batch is aborted. */
@@ -231,9 +249,9 @@ export class Replicator extends EventEmitter {
   }
 
   /**
-   * A replica starting from nothing first copies the source's whole store with one bulk rsync
-   * (with progress), which costs far less than one transfer per batch, and hashes each file as
-   * rsync puts it in place; one syncfs then makes the whole copy durable. The log replay that
+   * A replica starting from nothing first copies the source's whole store in bulk (with
+   * progress; split among bootstrapCopies rsyncs by top-level entry, see splitCopy), which costs
+   * far less than one transfer per batch, and hashes each file as rsync puts it in place; one syncfs then makes the whole copy durable. The log replay that
    * follows checks each record against those hashes, pulling only what differs (files the
    * source changed during the copy). An optimisation only: if it fails, the replay transfers
    * everything itself.
@@ -258,17 +276,41 @@ export class Replicator extends EventEmitter {
         syncing = undefined;
       });
     };
+    const exclude = ['.pfs-tmp.*', '/.pfs/'];
+    // Stops the other parts of a split copy once one has failed.
+    const copyStop = new AbortController();
+    const copySignal = AbortSignal.any([signal, copyStop.signal]);
     try {
-      const result = await syncTree({
-        source: source.filesSource,
-        dest: this.options.fileStoreDir,
-        exclude: ['.pfs-tmp.*', '/.pfs/'],
-        signal,
-        // One syncfs below instead of rsync's fsync per file.
-        fsync: false,
-        onProgress: (progress) => this.emit('bootstrap-progress', progress),
-        onFileInPlace,
-      });
+      const copies = this.options.bootstrapCopies ?? DEFAULT_BOOTSTRAP_COPIES;
+      const parts =
+        copies > 1
+          ? splitCopy(
+              await listTopLevel({ source: source.filesSource, exclude, signal }).catch(() => undefined),
+              copies,
+            )
+          : undefined;
+      let firstError: unknown;
+      const settled = await Promise.allSettled(
+        (parts ?? [undefined]).map((only, part) =>
+          syncTree({
+            source: source.filesSource,
+            dest: this.options.fileStoreDir,
+            exclude,
+            signal: copySignal,
+            // One syncfs below instead of rsync's fsync per file.
+            fsync: false,
+            onProgress: (progress) => this.emit('bootstrap-progress', { ...progress, part }),
+            onFileInPlace,
+            ...(only === undefined ? {} : { only }),
+          }).catch((error: unknown) => {
+            firstError ??= error;
+            copyStop.abort();
+            throw error;
+          }),
+        ),
+      );
+      if (firstError !== undefined) throw firstError;
+      const results = settled.map((r) => (r as PromiseFulfilledResult<SyncResult>).value);
       const copiedAt = performance.now();
       await collector.finished();
       await syncing;
@@ -280,7 +322,7 @@ export class Replicator extends EventEmitter {
         // Of which: hashing left after rsync ended, and the syncfs.
         hashTailMs: hashedAt - copiedAt,
         syncMs: performance.now() - hashedAt,
-        result,
+        results,
         hashed: collector.digests.size,
       });
     } catch (error) {
@@ -289,6 +331,7 @@ export class Replicator extends EventEmitter {
       await syncing;
       if (!signal.aborted) this.report(error);
     } finally {
+      copyStop.abort();
       signal.removeEventListener('abort', stopHashing);
     }
   }

@@ -261,7 +261,7 @@ describe('replicator against a real rsync daemon', () => {
     const dir = await replicaDir();
     for (let i = 0; i < 50; i++) await m.put(`boot/${i}`, `file ${i}`);
     const { replicator } = await replicate(m, dir, { follow: false });
-    const bootstrapped = new Promise<{ hashed: number }>((resolve) =>
+    const bootstrapped = new Promise<{ hashed: number; results: unknown[] }>((resolve) =>
       replicator.once('bootstrapped', resolve),
     );
     const pulled: number[] = [];
@@ -271,7 +271,10 @@ describe('replicator against a real rsync daemon', () => {
       fromDigests.push(batch.verifiedByBootstrap);
     });
     replicator.start();
-    expect((await bootstrapped).hashed).toBe(50);
+    const done = await bootstrapped;
+    expect(done.hashed).toBe(50);
+    // One top-level entry (boot/): nothing to split, one rsync.
+    expect(done.results).toHaveLength(1);
     await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
     // Every file was already in place: the replay transferred nothing, and checked every file
     // against the hashes taken during the copy instead of reading it again.
@@ -281,6 +284,31 @@ describe('replicator against a real rsync daemon', () => {
     await m.put('boot/late', 'after the bootstrap');
     await until(() => replicator.applied === m.log.lastTxid, 'follow after bootstrap');
     expect(await readFile(join(dir, 'filestore', 'boot/late'), 'utf8')).toBe('after the bootstrap');
+  });
+
+  it('splits the bootstrap copy among two rsyncs by top-level entry, odd names included', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const names = ['#top', 'plain', 'new\nline', ...Array.from({ length: 40 }, (_, i) => `d${i % 5}/f${i}`)];
+    for (const name of names) await m.put(name, `bytes of ${name}`);
+    const { replicator } = await replicate(m, dir, { follow: false });
+    const bootstrapped = new Promise<{ hashed: number; results: unknown[] }>((resolve) =>
+      replicator.once('bootstrapped', resolve),
+    );
+    const parts = new Set<number>();
+    replicator.on('bootstrap-progress', (progress: { part: number }) => parts.add(progress.part));
+    let pulled = 0;
+    replicator.on('applied', (batch: AppliedBatch) => {
+      pulled += batch.paths;
+    });
+    replicator.start();
+    const done = await bootstrapped;
+    expect(done.results).toHaveLength(2);
+    expect([...parts].sort()).toEqual([0, 1]);
+    expect(done.hashed).toBe(names.length);
+    await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
+    expect(pulled).toBe(0);
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
   /** Bootstraps a replica of `files` files, noting in order each feed request and the copy's end. */

@@ -57,6 +57,8 @@ export interface SyncArgsInput {
   extraArgs?: readonly string[] | undefined;
   /** Receiver fsyncs each file (default). A caller that syncs the file system afterwards may turn it off. */
   fsync?: boolean | undefined;
+  /** Only the top-level entries listed on stdin (see encodeFileList), each recursively. */
+  filesFrom?: boolean | undefined;
 }
 
 /** The argv of a whole-tree sync (bootstrap of a new replica). */
@@ -64,6 +66,8 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
   const kind = sourceKind(input.source);
   return [
     '--archive',
+    // --files-from turns off the recursion --archive implies.
+    ...(input.filesFrom === true ? ['--files-from=-', '--from0', '--recursive'] : []),
     '--delete',
     '--numeric-ids',
     '--info=progress2',
@@ -77,6 +81,22 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
     '--',
     normalizeSource(input.source),
     normalizeDest(input.dest),
+  ];
+}
+
+/** The argv of a listing of the top of `source` (see listTopLevel). */
+export function buildListArgs(input: {
+  source: string;
+  exclude?: readonly string[] | undefined;
+  ioTimeoutSeconds?: number | undefined;
+}): string[] {
+  return [
+    '--list-only',
+    `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
+    ...transportArgs(sourceKind(input.source)),
+    ...(input.exclude ?? []).map((pattern) => `--exclude=${pattern}`),
+    '--',
+    normalizeSource(input.source),
   ];
 }
 

@@ -2,6 +2,7 @@ export { buildPullArgs, buildSyncArgs, DEFAULT_IO_TIMEOUT_SECONDS, encodeFileLis
 export { classifyExit, type ExitVerdict } from './classify.ts';
 export { RsyncError, type RsyncErrorCode } from './errors.ts';
 export { parseItemizeLine, unescapeRsyncName } from './itemize.ts';
+export { type ListedEntry, listTopLevel, parseListLine } from './list.ts';
 export { type Progress, parseProgressLine } from './progress.ts';
 export {
   type BatchResult,

@@ -1,4 +1,4 @@
-import { buildSyncArgs } from './args.ts';
+import { buildSyncArgs, encodeFileList } from './args.ts';
 import { CallbackGuard } from './callbacks.ts';
 import { parseReceivedFileLine } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
@@ -28,6 +28,12 @@ export interface SyncTreeOptions {
   onFileInPlace?: (path: string) => void;
   /** rsync's receiver fsyncs every file, one after another (default true). */
   fsync?: boolean;
+  /**
+   * Copies only these top-level entries of the source, each recursively (see listTopLevel), and
+   * deletes extraneous files only inside them: several such copies of disjoint entries into an
+   * empty destination run side by side.
+   */
+  only?: readonly string[];
 }
 
 export interface SyncResult {
@@ -71,7 +77,8 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   );
   const run = await runRsync({
     bin: options.rsyncBin ?? 'rsync',
-    args: buildSyncArgs(options),
+    args: buildSyncArgs({ ...options, filesFrom: options.only !== undefined }),
+    ...(options.only === undefined ? {} : { input: encodeFileList(options.only) }),
     signal: options.signal,
     timeoutMs: options.timeoutMs,
     onStdout: (chunk) => stdout.push(chunk),

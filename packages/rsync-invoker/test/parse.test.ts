@@ -1,5 +1,6 @@
 import {
   parseItemizeLine,
+  parseListLine,
   parseProgressLine,
   parseRsyncVersion,
   unescapeRsyncName,
@@ -71,6 +72,34 @@ describe('itemize output', () => {
     expect(late('*deleting   0 dir/sub/')).toEqual({ kind: 'deleted', path: 'dir/sub' });
     expect(late('cd+++++++++ 0 dir/')).toEqual({ kind: 'other', path: 'dir' });
     expect(late('>f+++++++++ name-without-count')).toBeUndefined();
+  });
+});
+
+describe('parseListLine', () => {
+  it('reads names, odd ones included, and what kind of entry each is', () => {
+    const listed = (text: string) => parseListLine(line(text));
+    expect(listed('drwxr-xr-x          4,096 2026/11/26 00:55:17 .')).toBeUndefined();
+    expect(listed('drwxr-xr-x         20,480 2026/11/26 00:37:31 d0')).toEqual({
+      name: 'd0',
+      kind: 'directory',
+    });
+    expect(listed('-rw-r--r--              0 2026/11/26 00:55:17 #hash')).toEqual({
+      name: '#hash',
+      kind: 'file',
+    });
+    expect(listed('-rw-r--r--      1.234.567 2026/11/26 00:55:17  two  spaces ')).toEqual({
+      name: ' two  spaces ',
+      kind: 'file',
+    });
+    expect(listed('-rw-r--r--              0 2026/11/26 00:55:17 new\\#012line \\#303\\#274')).toEqual({
+      name: 'new\nline ü',
+      kind: 'file',
+    });
+    expect(listed('lrwxrwxrwx              6 2026/11/26 00:55:17 link')).toEqual({
+      name: 'link',
+      kind: 'other',
+    });
+    expect(listed('receiving file list ... done')).toBeUndefined();
   });
 });
 

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type Progress, rsyncVersion, syncTree } from '@pfs/rsync-invoker';
+import { listTopLevel, type Progress, rsyncVersion, syncTree } from '@pfs/rsync-invoker';
 import { startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -65,6 +65,47 @@ describe('syncTree', { timeout: 30_000 }, () => {
     });
     expect(wrong).toEqual([]);
     expect(seen.sort()).toEqual(Object.keys(files).sort());
+  });
+
+  it('lists the top of a source, then copies disjoint parts of it side by side', async () => {
+    const src = await tempDir();
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 120; i++) files[`d${i % 6}/sub${i % 2}/f${i}.bin`] = `${i}`.repeat(i + 1);
+    files['#odd name\n.txt'] = 'odd';
+    files['top.bin'] = 'top';
+    files['skip.tmp'] = 'excluded';
+    await writeTree(src, files);
+    const daemon = await startRsyncDaemon({ modules: { store: src } });
+    const listed = await listTopLevel({ source: daemon.url('store'), exclude: ['*.tmp'] });
+    expect(listed.map((e) => `${e.kind} ${e.name}`).sort()).toEqual([
+      'directory d0',
+      'directory d1',
+      'directory d2',
+      'directory d3',
+      'directory d4',
+      'directory d5',
+      'file #odd name\n.txt',
+      'file top.bin',
+    ]);
+    const dest = await tempDir();
+    const inPlace: string[] = [];
+    const names = listed.map((e) => e.name);
+    await Promise.all(
+      [names.filter((_, i) => i % 2 === 0), names.filter((_, i) => i % 2 === 1)].map((only) =>
+        syncTree({
+          source: daemon.url('store'),
+          dest,
+          exclude: ['*.tmp'],
+          only,
+          onFileInPlace: (path) => inPlace.push(path),
+        }),
+      ),
+    );
+    const expected = await snapshot(src);
+    expected.delete(Buffer.from('skip.tmp').toString('hex'));
+    expect(await snapshot(dest)).toEqual(expected);
+    expect(inPlace).toHaveLength(122);
+    expect(new Set(inPlace).size).toBe(122);
   });
 
   it('works from a local directory and is a no-op the second time', async () => {
