@@ -64,11 +64,26 @@ export class CheckpointWriter {
    * while following is paused: a note() during it would start a second write of the same file.
    */
   async reset(txid: TxId): Promise<void> {
-    this.cancelTimer();
-    await this.idle();
+    // Checked again after every wait, in the same tick as the write starts: a flush resumed
+    // meanwhile, or the end of the write waited for, may have started or held back another.
+    for (;;) {
+      this.cancelTimer();
+      if (this.running === undefined) break;
+      await this.running;
+    }
     this.wanted = txid;
-    await writeCheckpoint(this.file, txid);
-    this.written = txid;
+    const run = writeCheckpoint(this.file, txid).then(() => {
+      this.written = txid;
+    });
+    this.running = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    try {
+      await run;
+    } finally {
+      this.running = undefined;
+    }
   }
 
   private schedule(): void {
@@ -92,7 +107,8 @@ export class CheckpointWriter {
   }
 
   private start(): void {
-    if (this.written === this.wanted) return;
+    // One write at a time: they share the checkpoint's temp file.
+    if (this.written === this.wanted || this.running !== undefined) return;
     this.lastStartedAt = performance.now();
     const run: Promise<void> = this.writeWanted().then(() => {
       if (this.running !== run) return;

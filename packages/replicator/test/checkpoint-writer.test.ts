@@ -1,9 +1,26 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readCheckpoint } from '@pfs/txlog';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { CheckpointWriter } from '../src/checkpoint-writer.ts';
 import { tempDir, until } from './harness.ts';
+
+/** How many checkpoint writes run at once, and the most seen. */
+const writing = vi.hoisted(() => ({ now: 0, max: 0 }));
+vi.mock('@pfs/txlog', async (importOriginal) => {
+  const txlog = await importOriginal<typeof import('@pfs/txlog')>();
+  return {
+    ...txlog,
+    writeCheckpoint: async (...args: Parameters<typeof txlog.writeCheckpoint>) => {
+      writing.max = Math.max(writing.max, ++writing.now);
+      try {
+        await txlog.writeCheckpoint(...args);
+      } finally {
+        writing.now--;
+      }
+    },
+  };
+});
 
 const removals: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -86,6 +103,23 @@ describe('CheckpointWriter', () => {
     writer.note(1n);
     writer.note(2n);
     await until(async () => (await readCheckpoint(file)) === 2n, 'the held-back txid written');
+  });
+
+  it('never runs two writes of the checkpoint at once (they share its temp file)', async () => {
+    const file = join(await checkpointDir(), 'checkpoint');
+    const writer = new CheckpointWriter(file, 0n, () => {}, { minIntervalMs: 60_000 });
+    writer.note(1n);
+    await writer.flush();
+    writing.max = 0;
+    // Held back by the interval; then two flushes at once both find no write running.
+    writer.note(2n);
+    await Promise.all([writer.flush(), writer.flush()]);
+    expect(writing.max).toBe(1);
+    // A reset right after a flush that found a write held back.
+    writer.note(3n);
+    await Promise.all([writer.flush(), writer.reset(1n)]);
+    expect(writing.max).toBe(1);
+    expect(await readCheckpoint(file)).toBe(1n);
   });
 
   it('resets below what it wrote, after a write in flight', async () => {
