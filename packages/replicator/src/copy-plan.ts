@@ -16,6 +16,6 @@ export function splitCopy(
   if (entries.some((entry) => entry.kind === 'other')) return undefined;
   const names = entries.map((entry) => entry.name).sort();
   const parts = Array.from({ length: Math.min(copies, names.length) }, () => [] as string[]);
-  names.forEach((name, i) => parts[i % parts.length]!.push(name));
+  for (const [i, name] of names.entries()) parts[i % parts.length]!.push(name);
   return parts;
 }

@@ -66,8 +66,11 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
   const kind = sourceKind(input.source);
   return [
     '--archive',
-    // --files-from turns off the recursion --archive implies.
-    ...(input.filesFrom === true ? ['--files-from=-', '--from0', '--recursive'] : []),
+    // --files-from turns off the recursion --archive implies. An entry removed at the source
+    // after it was listed is skipped (exit 0), as a whole-tree copy would never have seen it.
+    ...(input.filesFrom === true
+      ? ['--files-from=-', '--from0', '--recursive', '--ignore-missing-args']
+      : []),
     '--delete',
     '--numeric-ids',
     '--info=progress2',

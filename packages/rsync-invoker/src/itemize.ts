@@ -4,10 +4,15 @@
  * bytes as UTF-8 gives back the exact name, whatever locale rsync ran under.
  */
 export function unescapeRsyncName(raw: Buffer): string {
+  return unescapeRsyncBytes(raw).toString('utf8');
+}
+
+/** The bytes of an escaped name, before decoding (see unescapeRsyncName). */
+export function unescapeRsyncBytes(raw: Buffer): Buffer {
   const latin1 = raw
     .toString('latin1')
     .replace(/\\#([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8) & 0xff));
-  return Buffer.from(latin1, 'latin1').toString('utf8');
+  return Buffer.from(latin1, 'latin1');
 }
 
 export type ItemizeEntry = { kind: 'transferred' | 'deleted' | 'other'; path: string };

@@ -1,5 +1,5 @@
 import { buildListArgs } from './args.ts';
-import { unescapeRsyncName } from './itemize.ts';
+import { unescapeRsyncBytes } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
 import { runRsync } from './run.ts';
@@ -18,9 +18,12 @@ const LIST_LINE = /^([-dlcbps])[-rwxsStT]{9}\s+[\d,.']+ \d{4}\/\d{2}\/\d{2} \d{2
 export function parseListLine(line: Buffer): ListedEntry | undefined {
   const match = LIST_LINE.exec(line.toString('latin1'));
   if (!match) return undefined;
-  const name = unescapeRsyncName(line.subarray(match[0].length));
+  const bytes = unescapeRsyncBytes(line.subarray(match[0].length));
+  const name = bytes.toString('utf8');
   if (name === '.' || name === '') return undefined;
   const type = match[1];
+  // A name that is not UTF-8 cannot be listed back to rsync as it is: `other` (copied whole).
+  if (!Buffer.from(name, 'utf8').equals(bytes)) return { name, kind: 'other' };
   return { name, kind: type === '-' ? 'file' : type === 'd' ? 'directory' : 'other' };
 }
 

@@ -99,6 +99,8 @@ describe('parseListLine', () => {
       name: 'link',
       kind: 'other',
     });
+    // Not UTF-8: it could not be listed back to rsync byte for byte.
+    expect(listed('drwxr-xr-x          4,096 2026/11/26 00:55:17 bad\\#377')?.kind).toBe('other');
     expect(listed('receiving file list ... done')).toBeUndefined();
   });
 });

@@ -106,6 +106,10 @@ describe('syncTree', { timeout: 30_000 }, () => {
     expect(await snapshot(dest)).toEqual(expected);
     expect(inPlace).toHaveLength(122);
     expect(new Set(inPlace).size).toBe(122);
+    // An entry removed at the source after it was listed is no failure.
+    const later = await tempDir();
+    await syncTree({ source: daemon.url('store'), dest: later, only: ['d0', 'gone since the listing'] });
+    expect((await snapshot(later)).size).toBeGreaterThan(0);
   });
 
   it('works from a local directory and is a no-op the second time', async () => {
