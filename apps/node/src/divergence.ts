@@ -1,7 +1,7 @@
 import { appendFile, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { quarantineFile } from '@pfs/filestore';
-import { formatTxId, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
+import { formatTxId, fsyncDir, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 
 /**
  * A returning (or fenced) old master may hold records the cluster never agreed to: those past the
@@ -79,10 +79,7 @@ export async function cutDivergentSuffix(args: {
         at,
       } satisfies QuarantineEntry),
     );
-    const dir = join(args.quarantineDir, generation.toString());
-    await mkdir(dir, { recursive: true });
-    if (lines.length > 0)
-      await appendFile(join(dir, 'MANIFEST.jsonl'), `${lines.join('\n')}\n`, { flush: true });
+    if (lines.length > 0) await appendManifest(join(args.quarantineDir, generation.toString()), lines);
     await args.restore([...moved.keys()]);
     removed.push(...(await args.log.truncateAfter(point)));
   }
@@ -102,21 +99,31 @@ export async function setAsideDirectory(args: {
 }): Promise<string | undefined> {
   const generation = generationOf(args.txid).toString();
   const dir = join(args.quarantineDir, generation);
-  const quarantinedAs = await quarantineFile(args.fileStore, join(dir, 'files'), args.path);
-  if (quarantinedAs === undefined) return undefined;
-  const entry: QuarantineEntry = {
-    generation,
-    txid: args.txid.toString(),
-    txidText: formatTxId(args.txid),
-    kind: 'directory',
-    path: args.path,
-    size: '0',
-    sha256: '',
-    quarantinedAs,
-    at: new Date().toISOString(),
-  };
-  await appendFile(join(dir, 'MANIFEST.jsonl'), `${JSON.stringify(entry)}\n`, { flush: true });
-  return quarantinedAs;
+  // Listed before it moves: a crash in between leaves a line whose directory is still in the
+  // store (set aside again, listed again, on the next try), never a moved directory unlisted.
+  return quarantineFile(args.fileStore, join(dir, 'files'), args.path, {
+    beforeMove: async (quarantinedAs) => {
+      const entry: QuarantineEntry = {
+        generation,
+        txid: args.txid.toString(),
+        txidText: formatTxId(args.txid),
+        kind: 'directory',
+        path: args.path,
+        size: '0',
+        sha256: '',
+        quarantinedAs,
+        at: new Date().toISOString(),
+      };
+      await appendManifest(dir, [JSON.stringify(entry)]);
+    },
+  });
+}
+
+/** Appends lines to `<dir>/MANIFEST.jsonl`, durably (the file, and its name in `dir`). */
+async function appendManifest(dir: string, lines: readonly string[]): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await appendFile(join(dir, 'MANIFEST.jsonl'), `${lines.join('\n')}\n`, { flush: true });
+  await fsyncDir(dir);
 }
 
 /** Every quarantined record, oldest generation first. */

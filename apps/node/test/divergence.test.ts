@@ -52,4 +52,24 @@ describe('setAsideDirectory', () => {
       await rm(base, { recursive: true, force: true });
     }
   });
+
+  it('lists the directory before moving it: a move that fails leaves it listed and in the store', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-aside-'));
+    try {
+      const fileStore = join(base, 'filestore');
+      const quarantineDir = join(base, 'quarantine');
+      await mkdir(join(fileStore, 'a', 'd'), { recursive: true });
+      await writeFile(join(fileStore, 'a', 'd', 'kept'), 'kept');
+      // A file where the move needs a directory: it fails after the destination was chosen.
+      await mkdir(join(quarantineDir, '3', 'files'), { recursive: true });
+      await writeFile(join(quarantineDir, '3', 'files', 'a'), 'in the way');
+      await expect(
+        setAsideDirectory({ fileStore, quarantineDir, path: 'a/d', txid: makeTxId(3, 7) }),
+      ).rejects.toThrow();
+      expect(await readFile(join(fileStore, 'a', 'd', 'kept'), 'utf8')).toBe('kept');
+      expect((await listQuarantine(quarantineDir)).map((e) => e.path)).toEqual(['a/d']);
+    } finally {
+      await rm(base, { recursive: true, force: true });
+    }
+  });
 });

@@ -372,12 +372,14 @@ export async function hashFile(
 /**
  * Moves `path` to `<destinationDir>/<path>` (never deletes; an earlier file there is kept and the
  * new one gets a `.1`, `.2`, … suffix). Returns the new location, or undefined when there was
- * nothing to move.
+ * nothing to move. `beforeMove` learns the location first (to record it where a crash between
+ * the two cannot leave a moved entry unrecorded).
  */
 export async function quarantineFile(
   root: string,
   destinationDir: string,
   path: string,
+  options: { beforeMove?: (destination: string) => Promise<void> } = {},
 ): Promise<string | undefined> {
   validateStorePath(path);
   const source = join(root, path);
@@ -386,6 +388,7 @@ export async function quarantineFile(
   for (let n = 1; (await lstat(destination).catch(() => undefined)) !== undefined; n++) {
     destination = `${join(destinationDir, path)}.${n}`;
   }
+  await options.beforeMove?.(destination);
   await mkdir(dirname(destination), { recursive: true });
   await rename(source, destination);
   await fsyncDir(dirname(destination));

@@ -681,7 +681,13 @@ export class Replicator extends EventEmitter {
   ): Promise<boolean> {
     let left = false;
     for (const path of directories) {
-      const entries = await readdir(join(this.options.fileStoreDir, path)).catch(() => undefined);
+      const entries = await readdir(join(this.options.fileStoreDir, path)).catch((error: unknown) => {
+        // Gone or no longer a directory: nothing in the way. Anything else (EACCES, EMFILE) says
+        // nothing about what it holds, so the batch fails rather than let rsync at it.
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+        throw error;
+      });
       if (entries === undefined) continue;
       if (entries.length === 0) {
         left = true;
