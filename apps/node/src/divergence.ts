@@ -91,29 +91,69 @@ export async function cutDivergentSuffix(args: {
  * `quarantine/<generation>/files/<path>` and lists it in that generation's manifest (kind
  * `directory`): nothing the master's log knows of, and nothing to delete.
  */
-export async function setAsideDirectory(args: {
+export function setAsideDirectory(args: {
   fileStore: string;
   quarantineDir: string;
   path: string;
   txid: TxId;
 }): Promise<string | undefined> {
-  const generation = generationOf(args.txid).toString();
-  const dir = join(args.quarantineDir, generation);
-  // Listed before it moves: a crash in between leaves a line whose directory is still in the
-  // store (set aside again, listed again, on the next try), never a moved directory unlisted.
-  return quarantineFile(args.fileStore, join(dir, 'files'), args.path, {
+  return quarantineListed({
+    fileStore: args.fileStore,
+    quarantineDir: args.quarantineDir,
+    entry: {
+      generation: generationOf(args.txid).toString(),
+      txid: args.txid.toString(),
+      txidText: formatTxId(args.txid),
+      kind: 'directory',
+      path: args.path,
+      size: '0',
+      sha256: '',
+    },
+  });
+}
+
+/**
+ * Moves a file whose bytes the node's own log does not record (found after an unclean stop, see
+ * findUnloggedChanges) to `quarantine/<generation>/files/<path>`, listed with kind `unlogged`,
+ * the log's last txid and the file's size and sha-256.
+ */
+export function quarantineUnlogged(args: {
+  fileStore: string;
+  quarantineDir: string;
+  path: string;
+  lastTxid: TxId;
+  size: bigint;
+  sha256: string;
+}): Promise<string | undefined> {
+  return quarantineListed({
+    fileStore: args.fileStore,
+    quarantineDir: args.quarantineDir,
+    entry: {
+      generation: generationOf(args.lastTxid).toString(),
+      txid: args.lastTxid.toString(),
+      txidText: formatTxId(args.lastTxid),
+      kind: 'unlogged',
+      path: args.path,
+      size: args.size.toString(),
+      sha256: args.sha256,
+    },
+  });
+}
+
+/**
+ * Lists an entry in its generation's manifest, then moves it. In that order: a crash in between
+ * leaves a line whose entry is still in the store (found, listed and moved again on the next
+ * try), never a moved entry unlisted.
+ */
+async function quarantineListed(args: {
+  fileStore: string;
+  quarantineDir: string;
+  entry: Omit<QuarantineEntry, 'quarantinedAs' | 'at'>;
+}): Promise<string | undefined> {
+  const dir = join(args.quarantineDir, args.entry.generation);
+  return quarantineFile(args.fileStore, join(dir, 'files'), args.entry.path, {
     beforeMove: async (quarantinedAs) => {
-      const entry: QuarantineEntry = {
-        generation,
-        txid: args.txid.toString(),
-        txidText: formatTxId(args.txid),
-        kind: 'directory',
-        path: args.path,
-        size: '0',
-        sha256: '',
-        quarantinedAs,
-        at: new Date().toISOString(),
-      };
+      const entry: QuarantineEntry = { ...args.entry, quarantinedAs, at: new Date().toISOString() };
       await appendManifest(dir, [JSON.stringify(entry)]);
     },
   });

@@ -1,19 +1,20 @@
 import { join } from 'node:path';
-import type { ChangelogGenerator } from '@pfs/changelog-generator';
+import { type ChangelogGenerator, findUnloggedChanges } from '@pfs/changelog-generator';
 import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
 import {
   type AppliedBatch,
   createReplicator,
   httpFeedSource,
+  MAX_FEED_RECORDS,
   type RecordSource,
   type Replicator,
   type ReplicatorError,
   rsyncLogSource,
 } from '@pfs/replicator';
 import { pullBatch } from '@pfs/rsync-invoker';
-import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
+import { formatTxId, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
-import { cutDivergentSuffix, divergencePoint, setAsideDirectory } from './divergence.ts';
+import { cutDivergentSuffix, divergencePoint, quarantineUnlogged, setAsideDirectory } from './divergence.ts';
 import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
 
@@ -39,8 +40,18 @@ export interface ControllerDeps {
   metrics: NodeMetrics;
   /** Revoke the lease of a followed master whose HTTP address refuses connections (see checkMasterAlive). */
   revokeRefusingMaster: boolean;
+  /**
+   * The node's previous run did not stop cleanly: before following for the first time, compare
+   * the store with the log (see checkStore).
+   */
+  checkStore: boolean;
 }
 
+/**
+ * How far checkStore reads the master's later records: a difference they do not explain in
+ * 100 000 records is set aside and pulled again, which loses nothing either way.
+ */
+const CHECK_STORE_MAX_PAGES = 10;
 /** Wait after a master loss for every replica to publish its applied txid before ranking. */
 const COLLECT_MS = 50;
 /** A lower-ranked candidate waits this long per rank for a better one to claim first. */
@@ -60,11 +71,15 @@ export class PartitionController {
   private scheduled = false;
   private closed = false;
   private checkingMaster = false;
+  /** Whether the store still has to be compared with the log (deps.checkStore) before following. */
+  private storeUnchecked: boolean;
   private lastReportAt = 0;
   private reportTimer: NodeJS.Timeout | undefined;
   private readonly stop = new AbortController();
 
-  constructor(private readonly deps: ControllerDeps) {}
+  constructor(private readonly deps: ControllerDeps) {
+    this.storeUnchecked = deps.checkStore;
+  }
 
   get partition(): number {
     return this.deps.partition;
@@ -168,6 +183,10 @@ export class PartitionController {
     const replicator = await this.ensureReplicator(source);
     await replicator.pause();
     await this.repairDivergence(source.filesSource, replicator);
+    if (this.storeUnchecked) {
+      await this.checkStore(source);
+      this.storeUnchecked = false;
+    }
     replicator.switchSource(source);
     replicator.start();
     this.following = key;
@@ -176,6 +195,76 @@ export class PartitionController {
       { partition: this.partition, master: master.nodeId, from: formatTxId(this.appliedTxid) },
       `partition ${this.partition}: replica of ${master.nodeId} from ${formatTxId(this.appliedTxid)}`,
     );
+  }
+
+  /**
+   * After an unclean stop, sets aside the bytes this node's store holds that its log does not
+   * record, and brings those paths back from the master. A master killed between renaming a
+   * put into place and logging it leaves such a file; the write was never acknowledged, and the
+   * node, now a replica, would otherwise serve it until the path is written again. A difference
+   * the master's later records account for (a replica's batch cut short after its transfer) is
+   * left for the replicator to verify and log.
+   */
+  private async checkStore(source: { feedUrl: string; filesSource: string }): Promise<void> {
+    const fileStore = join(this.deps.dataDir, 'filestore');
+    const log = this.deps.log;
+    const changes = await findUnloggedChanges({
+      root: fileStore,
+      log,
+      belongs: (path) => this.deps.generator.partitionOf(path) === this.partition,
+    });
+    if (changes.length === 0) return;
+    const later = await this.recordsAfter(source, log.lastTxid);
+    const unexplained = changes.filter((change) => {
+      const record = later.get(change.path);
+      if (record === undefined) return true;
+      if (change.onDisk === undefined) return record.kind !== 'delete';
+      return !(
+        record.kind === 'put' &&
+        record.size === change.onDisk.size &&
+        record.sha256 === change.onDisk.sha256
+      );
+    });
+    if (unexplained.length === 0) return;
+    for (const change of unexplained) {
+      if (change.onDisk === undefined) continue;
+      await quarantineUnlogged({
+        fileStore,
+        quarantineDir: join(this.deps.dataDir, 'quarantine'),
+        path: change.path,
+        lastTxid: log.lastTxid,
+        ...change.onDisk,
+      });
+    }
+    await pullBatch({ source: source.filesSource, dest: fileStore, paths: unexplained.map((c) => c.path) });
+    this.deps.logger.warn(
+      {
+        partition: this.partition,
+        paths: unexplained.map((c) => c.path).slice(0, 20),
+        count: unexplained.length,
+      },
+      `partition ${this.partition}: ${unexplained.length} path(s) in the store were not as this node's log says after an unclean stop; their bytes are in quarantine/ and the master's are back`,
+    );
+  }
+
+  /** The last record per path the master has after `after` (at most a few pages' worth). */
+  private async recordsAfter(
+    source: { feedUrl: string; filesSource: string },
+    after: TxId,
+  ): Promise<Map<string, LogRecord>> {
+    const feed = httpFeedSource(source);
+    const last = new Map<string, LogRecord>();
+    for (let page = 0; page < CHECK_STORE_MAX_PAGES; page++) {
+      const fetched = await feed.fetch(after, {
+        waitMs: 0,
+        maxRecords: MAX_FEED_RECORDS,
+        signal: this.stop.signal,
+      });
+      for (const record of fetched.records) last.set(record.path, record);
+      if (fetched.records.length < MAX_FEED_RECORDS) break;
+      after = fetched.records.at(-1)!.txid;
+    }
+    return last;
   }
 
   /** Cuts and quarantines what this node logged that the cluster never agreed to (docs/protocol.md). */
@@ -460,6 +549,8 @@ export class PartitionController {
     });
     stillMine();
     this.role = 'master';
+    // The reconcile below logs whatever the store holds: nothing left to compare before following.
+    this.storeUnchecked = false;
     this.deps.metrics.promotions.inc();
     this.deps.onMastershipChange();
     // No watcher saw what was dropped into the store while this node was a replica.

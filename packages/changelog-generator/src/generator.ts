@@ -62,17 +62,7 @@ export class ChangelogGenerator {
 
   /** Starts logging `partition` into `log`, rebuilding its index by replaying the log. */
   async attach(partition: number, log: TxLog): Promise<void> {
-    const index = new PathIndex();
-    // Pages rather than readFrom's record-by-record iteration: a million-record replay is then a
-    // few hundred awaits instead of a million.
-    let after = 0n;
-    for (;;) {
-      const page = await log.readAfter(after, REPLAY_PAGE_RECORDS);
-      if (page.length === 0) break;
-      for (const record of page) applyToIndex(index, record);
-      after = page.at(-1)!.txid;
-    }
-    this.partitions.set(partition, { log, index });
+    this.partitions.set(partition, { log, index: await replayIntoIndex(log) });
   }
 
   /** Stops logging `partition` (e.g. on losing mastership); waits for changes in flight. */
@@ -280,6 +270,21 @@ export class ChangelogGenerator {
 const RECONCILE_CONCURRENCY = 32;
 /** Big enough that a replay reads each 8 MiB segment a few times, small enough to die young. */
 const REPLAY_PAGE_RECORDS = 10_000;
+
+/** What `log` says each path holds: its last record's size, mtime and sha-256. */
+export async function replayIntoIndex(log: TxLog): Promise<PathIndex> {
+  const index = new PathIndex();
+  // Pages rather than readFrom's record-by-record iteration: a million-record replay is then a
+  // few hundred awaits instead of a million.
+  let after = 0n;
+  for (;;) {
+    const page = await log.readAfter(after, REPLAY_PAGE_RECORDS);
+    if (page.length === 0) break;
+    for (const record of page) applyToIndex(index, record);
+    after = page.at(-1)!.txid;
+  }
+  return index;
+}
 
 function applyToIndex(index: PathIndex, record: LogRecord): void {
   if (record.kind === 'put') {

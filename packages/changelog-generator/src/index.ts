@@ -6,3 +6,4 @@ export {
   ChangelogGenerator,
   type ChangelogGeneratorOptions,
 } from './generator.ts';
+export { findUnloggedChanges, type UnloggedChange } from './store-check.ts';

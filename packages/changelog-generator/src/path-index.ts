@@ -197,6 +197,10 @@ export class PathIndex {
     );
   }
 
+  mtimeOf(slot: number): bigint {
+    return this.mtimes[slot]!;
+  }
+
   sizeOf(slot: number): bigint {
     return this.sizes[slot]!;
   }

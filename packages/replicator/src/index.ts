@@ -5,6 +5,7 @@ export {
   encodeRecords,
   FEED_CONTENT_TYPE,
   type FeedQuery,
+  MAX_FEED_RECORDS,
   parseFeedQuery,
   readFeed,
 } from './feed.ts';

@@ -1,0 +1,55 @@
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, rm, unlink, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ChangelogGenerator, findUnloggedChanges } from '@pfs/changelog-generator';
+import { initStore, stageFile } from '@pfs/filestore';
+import { TxLog } from '@pfs/txlog';
+import { afterEach, describe, expect, it } from 'vitest';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+
+describe('findUnloggedChanges', () => {
+  it('names files the log does not record, bytes that are not their record, and recorded files that are gone', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-check-'));
+    const root = join(base, 'filestore');
+    await initStore(root);
+    const log = await TxLog.open(join(base, 'changelog'));
+    cleanups.push(async () => {
+      await log.close();
+      await rm(base, { recursive: true, force: true });
+    });
+    await log.startGeneration(1n);
+    const generator = new ChangelogGenerator({ root, partitionCount: 1 });
+    await generator.attach(0, log);
+    for (const path of ['same', 'touched', 'rewritten', 'same-size', 'gone', 'dir/deep'])
+      await generator.commitPut(await stageFile(root, path, Buffer.from(`v1 of ${path}`)));
+    // As a node killed between a rename and its record leaves them:
+    await writeFile(join(root, 'rewritten'), 'v2, never logged');
+    // Same size, other bytes, and the record's mtime put back: only the hash tells.
+    const logged = (await generator.commitPut(await stageFile(root, 'same-size', Buffer.from('AAAA'))))
+      .mtimeNs;
+    await writeFile(join(root, 'same-size'), 'BBBB');
+    const seconds = Number(logged / 1_000_000n) / 1000;
+    await utimes(join(root, 'same-size'), seconds, seconds);
+    // Rewritten with the same bytes: a new mtime, but nothing changed.
+    await writeFile(join(root, 'touched'), 'v1 of touched');
+    await writeFile(join(root, 'stray'), 'never logged');
+    await unlink(join(root, 'gone'));
+    await mkdir(join(root, 'other'));
+    await writeFile(join(root, 'other', 'x'), 'belongs elsewhere');
+
+    const changes = await findUnloggedChanges({ root, log, belongs: (path) => !path.startsWith('other/') });
+    expect(changes.sort((a, b) => a.path.localeCompare(b.path))).toEqual([
+      { path: 'gone', onDisk: undefined },
+      { path: 'rewritten', onDisk: { size: 16n, sha256: sha('v2, never logged') } },
+      { path: 'same-size', onDisk: { size: 4n, sha256: sha('BBBB') } },
+      { path: 'stray', onDisk: { size: 12n, sha256: sha('never logged') } },
+    ]);
+  });
+});
