@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { Coordinator } from '@pfs/coordinator-etcd';
 import { initStore } from '@pfs/filestore';
 import { rsyncVersion } from '@pfs/rsync-invoker';
-import { formatTxId, fsyncDir, TxLog } from '@pfs/txlog';
+import { formatTxId, TxLog } from '@pfs/txlog';
 import type { StoreWatcher } from '@pfs/watcher';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
@@ -38,8 +38,6 @@ export class AgentStartError extends Error {
 }
 
 const HANDOVER_TIMEOUT_MS = 1000;
-/** In `run/`: the node stopped gracefully (see start). */
-const CLEAN_STOP_MARKER = 'stopped-cleanly';
 
 export async function startAgent(config: NodeConfig, logger: Logger): Promise<Agent> {
   const cleanups: (() => Promise<void>)[] = [];
@@ -60,15 +58,6 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     await mkdir(join(config.dataDir, dir), { recursive: true });
   }
   await initStore(fileStore);
-  // Present only from a graceful stop to the next start. Missing (a kill, a crash, a power loss,
-  // or the first start), the store may hold bytes the logs do not record: see checkStore.
-  const cleanStopMarker = join(config.dataDir, 'run', CLEAN_STOP_MARKER);
-  const stoppedCleanly = await rm(cleanStopMarker).then(
-    () => true,
-    () => false,
-  );
-  // Durably gone before anything is written, or a power loss could bring it back.
-  if (stoppedCleanly) await fsyncDir(join(config.dataDir, 'run'));
   const version = await rsyncVersion(config.rsyncBin);
   logger.info({ rsync: version }, `rsync ${version}`);
 
@@ -250,7 +239,6 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         onMastershipChange: updateWatcher,
         metrics,
         revokeRefusingMaster: config.revokeRefusingMaster,
-        checkStore: !stoppedCleanly,
       }),
     );
   }
@@ -285,20 +273,10 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
             }, HANDOVER_TIMEOUT_MS),
           ),
         );
-        let clean = true;
         for (const cleanup of cleanups.reverse()) {
           const started = performance.now();
-          await cleanup().catch((error: Error) => {
-            clean = false;
-            logger.warn({ err: error }, `shutdown: ${error.message}`);
-          });
+          await cleanup().catch((error: Error) => logger.warn({ err: error }, `shutdown: ${error.message}`));
           logger.debug(`shutdown step done in ${Math.round(performance.now() - started)} ms`);
-        }
-        // Last: every log is closed and no rsync or put is left running.
-        if (clean) {
-          await writeFile(cleanStopMarker, `${new Date().toISOString()}\n`, { flush: true })
-            .then(() => fsyncDir(join(config.dataDir, 'run')))
-            .catch((error: Error) => logger.warn({ err: error }, `shutdown: ${error.message}`));
         }
       })();
       return closing;

@@ -1,4 +1,5 @@
-import { join } from 'node:path';
+import { rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { type ChangelogGenerator, findUnloggedChanges } from '@pfs/changelog-generator';
 import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
 import {
@@ -12,7 +13,7 @@ import {
   rsyncLogSource,
 } from '@pfs/replicator';
 import { pullBatch } from '@pfs/rsync-invoker';
-import { formatTxId, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
+import { formatTxId, fsyncDir, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
 import { cutDivergentSuffix, divergencePoint, quarantineUnlogged, setAsideDirectory } from './divergence.ts';
 import { refusesConnections } from './liveness.ts';
@@ -40,11 +41,6 @@ export interface ControllerDeps {
   metrics: NodeMetrics;
   /** Revoke the lease of a followed master whose HTTP address refuses connections (see checkMasterAlive). */
   revokeRefusingMaster: boolean;
-  /**
-   * The node's previous run did not stop cleanly: before following for the first time, compare
-   * the store with the log (see checkStore).
-   */
-  checkStore: boolean;
 }
 
 /**
@@ -71,14 +67,20 @@ export class PartitionController {
   private scheduled = false;
   private closed = false;
   private checkingMaster = false;
-  /** Whether the store still has to be compared with the log (deps.checkStore) before following. */
-  private storeUnchecked: boolean;
+  /**
+   * Whether this node may have mastered the partition since its store was last compared with its
+   * log (see checkStore): read from `run/mastered-<p>` at the first follow, set by a promotion.
+   */
+  private mayHoldUnlogged: boolean | undefined;
   private lastReportAt = 0;
   private reportTimer: NodeJS.Timeout | undefined;
   private readonly stop = new AbortController();
 
-  constructor(private readonly deps: ControllerDeps) {
-    this.storeUnchecked = deps.checkStore;
+  constructor(private readonly deps: ControllerDeps) {}
+
+  /** `run/mastered-<p>`: present from a promotion until the next completed checkStore. */
+  private get masteredMarker(): string {
+    return join(this.deps.dataDir, 'run', `mastered-${this.partition}`);
   }
 
   get partition(): number {
@@ -183,9 +185,15 @@ export class PartitionController {
     const replicator = await this.ensureReplicator(source);
     await replicator.pause();
     await this.repairDivergence(source.filesSource, replicator);
-    if (this.storeUnchecked) {
+    this.mayHoldUnlogged ??= await stat(this.masteredMarker).then(
+      () => true,
+      () => false,
+    );
+    if (this.mayHoldUnlogged) {
       await this.checkStore(source);
-      this.storeUnchecked = false;
+      await rm(this.masteredMarker, { force: true });
+      await fsyncDir(dirname(this.masteredMarker));
+      this.mayHoldUnlogged = false;
     }
     replicator.switchSource(source);
     replicator.start();
@@ -198,23 +206,26 @@ export class PartitionController {
   }
 
   /**
-   * After an unclean stop, sets aside the bytes this node's store holds that its log does not
-   * record, and brings those paths back from the master. A master killed between renaming a
-   * put into place and logging it leaves such a file; the write was never acknowledged, and the
-   * node, now a replica, would otherwise serve it until the path is written again. A difference
-   * the master's later records account for (a replica's batch cut short after its transfer) is
-   * left for the replicator to verify and log.
+   * On a node that has mastered the partition, before it follows another master: sets aside the
+   * bytes its store holds that its log does not record, and brings those paths back from the
+   * master. A master killed (or whose log append failed) between renaming a put into place and
+   * logging it leaves such a file; the write was never acknowledged, and the node, now a
+   * replica, would otherwise serve it until the path is written again. A difference the
+   * master's later records account for (the node drained or replicated past its log after it
+   * stopped being master) is left for the replicator to verify and log.
    */
   private async checkStore(source: { feedUrl: string; filesSource: string }): Promise<void> {
     const fileStore = join(this.deps.dataDir, 'filestore');
     const log = this.deps.log;
+    // The master first: unreachable, this fails before the walk rather than after it.
+    const later = await this.recordsAfter(source, log.lastTxid);
     const changes = await findUnloggedChanges({
       root: fileStore,
       log,
       belongs: (path) => this.deps.generator.partitionOf(path) === this.partition,
+      signal: this.stop.signal,
     });
     if (changes.length === 0) return;
-    const later = await this.recordsAfter(source, log.lastTxid);
     const unexplained = changes.filter((change) => {
       const record = later.get(change.path);
       if (record === undefined) return true;
@@ -243,7 +254,7 @@ export class PartitionController {
         paths: unexplained.map((c) => c.path).slice(0, 20),
         count: unexplained.length,
       },
-      `partition ${this.partition}: ${unexplained.length} path(s) in the store were not as this node's log says after an unclean stop; their bytes are in quarantine/ and the master's are back`,
+      `partition ${this.partition}: ${unexplained.length} path(s) in the store were not as this node's log says; their bytes are in quarantine/ and the master's are back`,
     );
   }
 
@@ -536,6 +547,11 @@ export class PartitionController {
     const generation = await coordinator.bumpGeneration({ partition: this.partition, lastTxid, token });
     stillMine();
     await log.startGeneration(generation);
+    // Durable before the first put can rename a file into place: from here until a checkStore,
+    // this node's store may hold bytes its log does not record.
+    this.mayHoldUnlogged = true;
+    await writeFile(this.masteredMarker, `${generation}\n`, { flush: true });
+    await fsyncDir(dirname(this.masteredMarker));
     await this.deps.generator.attach(this.partition, log);
     stillMine();
     // Bytes the old master had on disk without a matching record: log what is really there.
@@ -549,8 +565,6 @@ export class PartitionController {
     });
     stillMine();
     this.role = 'master';
-    // The reconcile below logs whatever the store holds: nothing left to compare before following.
-    this.storeUnchecked = false;
     this.deps.metrics.promotions.inc();
     this.deps.onMastershipChange();
     // No watcher saw what was dropped into the store while this node was a replica.

@@ -20,14 +20,19 @@ export async function findUnloggedChanges(options: {
   root: string;
   log: TxLog;
   belongs: (path: string) => boolean;
+  signal?: AbortSignal;
 }): Promise<UnloggedChange[]> {
   const index = await replayIntoIndex(options.log);
   const marks = index.startMarks();
   const changes: UnloggedChange[] = [];
   try {
     for await (const entry of walkStore(options.root)) {
+      options.signal?.throwIfAborted();
       if (!options.belongs(entry.path)) continue;
       const slot = index.slotOf(entry.path);
+      // Unrecorded and named like rsync's temp file: another partition's rsync may be writing
+      // it right now, whatever partition its name falls in.
+      if (slot === undefined && isRsyncTempName(entry.path)) continue;
       if (slot !== undefined) {
         marks.mark(slot);
         // ctime is not in records: size and mtime only.
@@ -48,4 +53,9 @@ export async function findUnloggedChanges(options: {
     index.endMarks(marks);
   }
   return changes;
+}
+
+/** rsync's temp file for `name`: `.name.XXXXXX` beside it. */
+function isRsyncTempName(path: string): boolean {
+  return /^\..+\.[A-Za-z0-9]{6}$/.test(path.slice(path.lastIndexOf('/') + 1));
 }

@@ -40,6 +40,8 @@ describe('findUnloggedChanges', () => {
     // Rewritten with the same bytes: a new mtime, but nothing changed.
     await writeFile(join(root, 'touched'), 'v1 of touched');
     await writeFile(join(root, 'stray'), 'never logged');
+    // An rsync of another partition writing beside it.
+    await writeFile(join(root, '.incoming.bin.a1B2c3'), 'half a file');
     await unlink(join(root, 'gone'));
     await mkdir(join(root, 'other'));
     await writeFile(join(root, 'other', 'x'), 'belongs elsewhere');
