@@ -191,6 +191,10 @@ export class PartitionController {
     );
     if (this.mayHoldUnlogged) {
       await this.checkStore(source);
+      // Differences were explained by this master's records: if another took over meanwhile,
+      // the check is done again against it (the view change has scheduled that follow).
+      const now = this.deps.coordinator.view.partitions.get(this.partition)?.master;
+      if (now?.nodeId !== master.nodeId || now.token !== master.token) return;
       await rm(this.masteredMarker, { force: true });
       await fsyncDir(dirname(this.masteredMarker));
       this.mayHoldUnlogged = false;
