@@ -113,7 +113,7 @@ export function setAsideDirectory(args: {
 }
 
 /**
- * Moves a file whose bytes the node's own log does not record (found after an unclean stop, see
+ * Moves a file whose bytes the node's own log does not record (found on a former master, see
  * findUnloggedChanges) to `quarantine/<generation>/files/<path>`, listed with kind `unlogged`,
  * the log's last txid and the file's size and sha-256.
  */

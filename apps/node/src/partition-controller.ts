@@ -1,4 +1,4 @@
-import { rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type ChangelogGenerator, findUnloggedChanges } from '@pfs/changelog-generator';
 import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
@@ -242,7 +242,20 @@ export class PartitionController {
     });
     if (unexplained.length === 0) return;
     for (const change of unexplained) {
-      if (change.onDisk === undefined) continue;
+      if (change.onDisk === undefined) {
+        // A directory where the log had a file (another partition's files may be in it): rsync's
+        // --force would delete it to bring the file back, so it goes aside, whole.
+        const entry = await lstat(join(fileStore, change.path)).catch(() => undefined);
+        if (entry?.isDirectory()) {
+          await setAsideDirectory({
+            fileStore,
+            quarantineDir: join(this.deps.dataDir, 'quarantine'),
+            path: change.path,
+            txid: log.lastTxid,
+          });
+        }
+        continue;
+      }
       await quarantineUnlogged({
         fileStore,
         quarantineDir: join(this.deps.dataDir, 'quarantine'),
@@ -522,6 +535,12 @@ export class PartitionController {
       if (this.token !== token || !coordinator.sessionValid())
         throw new Error('mastership lost during promotion');
     };
+    // Durable before the drain, which may keep bytes that match no record, and before the first
+    // put can rename a file into place: from here until a checkStore, this node's store may hold
+    // bytes its log does not record.
+    this.mayHoldUnlogged = true;
+    await writeFile(this.masteredMarker, `${token}\n`, { flush: true });
+    await fsyncDir(dirname(this.masteredMarker));
     const finalTxid = this.lastServingMaster?.finalTxid;
     const sources = finalTxid !== undefined && this.appliedTxid >= finalTxid ? [] : this.drainSources();
     let unverified: string[] = [];
@@ -551,11 +570,6 @@ export class PartitionController {
     const generation = await coordinator.bumpGeneration({ partition: this.partition, lastTxid, token });
     stillMine();
     await log.startGeneration(generation);
-    // Durable before the first put can rename a file into place: from here until a checkStore,
-    // this node's store may hold bytes its log does not record.
-    this.mayHoldUnlogged = true;
-    await writeFile(this.masteredMarker, `${generation}\n`, { flush: true });
-    await fsyncDir(dirname(this.masteredMarker));
     await this.deps.generator.attach(this.partition, log);
     stillMine();
     // Bytes the old master had on disk without a matching record: log what is really there.

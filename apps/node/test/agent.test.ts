@@ -446,6 +446,7 @@ describe('node agent over HTTP', () => {
     for (const [path, body] of [
       ['photo.jpg', 'the acknowledged photo'],
       ['gone.txt', 'acknowledged too'],
+      ['was-a-file', 'a file in the log'],
     ])
       expect((await fetch(`${master.url}/v1/files/${path}`, { method: 'PUT', body })).status).toBe(201);
     await caughtUp(master, replica);
@@ -462,6 +463,10 @@ describe('node agent over HTTP', () => {
     await writeFile(join(store, 'photo.jpg'), 'bytes nobody acknowledged');
     await writeFile(join(store, 'stray.bin'), 'never logged anywhere');
     await rm(join(store, 'gone.txt'));
+    // Deleted without its record, and a directory made there since: nothing in it is deleted.
+    await rm(join(store, 'was-a-file'));
+    await mkdir(join(store, 'was-a-file'));
+    await writeFile(join(store, 'was-a-file', 'inside'), 'kept');
     // A file the new master wrote since, already here with its bytes (as a drain past the log
     // leaves it): explained by the new master's later record, it stays where it is.
     const late = await fetch(`${replica.url}/v1/files/late.txt`, { method: 'PUT', body: 'late' });
@@ -477,9 +482,14 @@ describe('node agent over HTTP', () => {
       entries: { kind: string; path: string; quarantinedAs: string | null }[];
     };
     expect(listed.entries.map((e) => `${e.kind} ${e.path}`).sort()).toEqual([
+      'directory was-a-file',
       'unlogged photo.jpg',
       'unlogged stray.bin',
+      'unlogged was-a-file/inside',
     ]);
+    expect(await readFile(join(store, 'was-a-file'), 'utf8')).toBe('a file in the log');
+    const inside = listed.entries.find((e) => e.path === 'was-a-file/inside')!.quarantinedAs!;
+    expect(await readFile(inside, 'utf8')).toBe('kept');
     const aside = listed.entries.find((e) => e.path === 'photo.jpg')!.quarantinedAs!;
     expect(await readFile(aside, 'utf8')).toBe('bytes nobody acknowledged');
     // Checked: the next restart follows at once.

@@ -30,9 +30,12 @@ export async function findUnloggedChanges(options: {
       options.signal?.throwIfAborted();
       if (!options.belongs(entry.path)) continue;
       const slot = index.slotOf(entry.path);
-      // Unrecorded and named like rsync's temp file: another partition's rsync may be writing
-      // it right now, whatever partition its name falls in.
-      if (slot === undefined && isRsyncTempName(entry.path)) continue;
+      // Unrecorded and named like the temp file of a path of another partition: that
+      // partition's rsync may be writing it right now.
+      if (slot === undefined) {
+        const target = rsyncTargetOf(entry.path);
+        if (target !== undefined && !options.belongs(target)) continue;
+      }
       if (slot !== undefined) {
         marks.mark(slot);
         // ctime is not in records: size and mtime only.
@@ -55,7 +58,9 @@ export async function findUnloggedChanges(options: {
   return changes;
 }
 
-/** rsync's temp file for `name`: `.name.XXXXXX` beside it. */
-function isRsyncTempName(path: string): boolean {
-  return /^\..+\.[A-Za-z0-9]{6}$/.test(path.slice(path.lastIndexOf('/') + 1));
+/** The path whose rsync temp file (`.name.XXXXXX` beside it) `path` could be, if any. */
+function rsyncTargetOf(path: string): string | undefined {
+  const slash = path.lastIndexOf('/');
+  const match = /^\.(.+)\.[A-Za-z0-9]{6}$/.exec(path.slice(slash + 1));
+  return match ? path.slice(0, slash + 1) + match[1] : undefined;
 }

@@ -40,14 +40,21 @@ describe('findUnloggedChanges', () => {
     // Rewritten with the same bytes: a new mtime, but nothing changed.
     await writeFile(join(root, 'touched'), 'v1 of touched');
     await writeFile(join(root, 'stray'), 'never logged');
-    // An rsync of another partition writing beside it.
-    await writeFile(join(root, '.incoming.bin.a1B2c3'), 'half a file');
+    // Another partition's rsync writing its temp file for theirs.bin, which is not ours; and a
+    // file of ours whose name only looks like one.
+    await writeFile(join(root, '.theirs.bin.a1B2c3'), 'half a file');
+    await writeFile(join(root, '.env.sample'), 'looks like a temp file');
     await unlink(join(root, 'gone'));
     await mkdir(join(root, 'other'));
     await writeFile(join(root, 'other', 'x'), 'belongs elsewhere');
 
-    const changes = await findUnloggedChanges({ root, log, belongs: (path) => !path.startsWith('other/') });
+    const changes = await findUnloggedChanges({
+      root,
+      log,
+      belongs: (path) => !path.startsWith('other/') && path !== 'theirs.bin',
+    });
     expect(changes.sort((a, b) => a.path.localeCompare(b.path))).toEqual([
+      { path: '.env.sample', onDisk: { size: 22n, sha256: sha('looks like a temp file') } },
       { path: 'gone', onDisk: undefined },
       { path: 'rewritten', onDisk: { size: 16n, sha256: sha('v2, never logged') } },
       { path: 'same-size', onDisk: { size: 4n, sha256: sha('BBBB') } },
