@@ -607,7 +607,10 @@ export class PartitionController {
   async handOver(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<void> {
     // A node on its way out must not win the election its own resignation starts.
     this.closed = true;
-    await this.chain;
+    // Nothing to hand over: whatever runs (a store check's walk, a follow) is only in the way of
+    // the stop. Checks cut short keep their mark and run again on the next start.
+    if (this.role !== 'master' && this.role !== 'promoting') this.stop.abort();
+    await this.chain.catch(() => {});
     const token = this.token;
     if (this.role !== 'master' || token === undefined) return;
     this.role = 'offline';
