@@ -67,6 +67,8 @@ export class PartitionController {
   private scheduled = false;
   private closed = false;
   private checkingMaster = false;
+  /** Evaluations failed in a row (see retryDelayMs). */
+  private failures = 0;
   /**
    * Whether this node may have mastered the partition since its store was last compared with its
    * log (see checkStore): read from `run/mastered-<p>` at the first follow, set by a promotion.
@@ -114,12 +116,15 @@ export class PartitionController {
       if (this.closed) return;
       try {
         await this.evaluate(this.deps.coordinator.view);
+        this.failures = 0;
       } catch (error) {
         this.deps.logger.warn(
           { partition: this.partition, err: error },
           `partition ${this.partition}: ${(error as Error).message}`,
         );
-        setTimeout(() => this.schedule(), 200).unref();
+        // A view change schedules at once whatever this waits: the backoff only spaces out
+        // attempts that keep failing the same way (each may walk the store, see checkStore).
+        setTimeout(() => this.schedule(), retryDelayMs(++this.failures)).unref();
       }
     });
   }
@@ -646,6 +651,11 @@ export class PartitionController {
     await this.chain.catch(() => {});
     await this.replicator?.pause();
   }
+}
+
+/** Wait before re-evaluating after the `failures`-th failure in a row: 200 ms, doubling to 5 s. */
+export function retryDelayMs(failures: number): number {
+  return Math.min(5000, 200 * 2 ** Math.max(0, Math.min(failures - 1, 5)));
 }
 
 function sleep(ms: number): Promise<void> {

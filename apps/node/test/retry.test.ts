@@ -1,0 +1,10 @@
+import { describe, expect, it } from 'vitest';
+import { retryDelayMs } from '../src/partition-controller.ts';
+
+describe('retryDelayMs', () => {
+  it('retries a first failure soon and spaces out failures that keep coming, up to 5 s', () => {
+    expect([1, 2, 3, 4, 5, 6, 7, 50].map(retryDelayMs)).toEqual([
+      200, 400, 800, 1600, 3200, 5000, 5000, 5000,
+    ]);
+  });
+});
