@@ -215,6 +215,16 @@ export class PathIndex {
   }
 
   /** Paths whose slots `marks` has not marked (all of them without marks), as of now. */
+  /** The latest mtime of any path, or undefined when there is none. */
+  newestMtime(): bigint | undefined {
+    let newest: bigint | undefined;
+    for (let slot = 0; slot < this.used; slot++) {
+      if (this.flags[slot]! & LIVE && (newest === undefined || this.mtimes[slot]! > newest))
+        newest = this.mtimes[slot]!;
+    }
+    return newest;
+  }
+
   unmarkedPaths(marks: SlotMarks | undefined): string[] {
     const paths: string[] = [];
     for (let slot = 0; slot < this.used; slot++) {

@@ -13,7 +13,8 @@ export interface UnloggedChange {
  * Compares the store with what `log` says of every path that `belongs` to it: a file the log
  * does not record, one whose size and sha-256 are not its last record's, or a recorded file that
  * is gone. A file whose size and mtime are its record's is taken as unchanged without reading
- * it (a record's mtime is the file's own, and rsync keeps it). This finds what a node killed
+ * it (a record's mtime is the file's own, and rsync keeps it), unless it was recorded within a
+ * second of the newest record. This finds what a node killed
  * between renaming a file into place and logging it left behind (docs/architecture.md).
  */
 export async function findUnloggedChanges(options: {
@@ -23,6 +24,10 @@ export async function findUnloggedChanges(options: {
   signal?: AbortSignal;
 }): Promise<UnloggedChange[]> {
   const index = await replayIntoIndex(options.log);
+  // Timestamps advance by clock ticks: a same-size rewrite right after its record can keep the
+  // record's mtime. Files recorded that recently (where an unlogged rename can only be) are
+  // hashed whatever their stat says.
+  const trustedBefore = (index.newestMtime() ?? 0n) - RECENT_NS;
   const marks = index.startMarks();
   const changes: UnloggedChange[] = [];
   try {
@@ -39,7 +44,12 @@ export async function findUnloggedChanges(options: {
       if (slot !== undefined) {
         marks.mark(slot);
         // ctime is not in records: size and mtime only.
-        if (index.sizeOf(slot) === entry.stat.size && index.mtimeOf(slot) === entry.stat.mtimeNs) continue;
+        if (
+          index.sizeOf(slot) === entry.stat.size &&
+          index.mtimeOf(slot) === entry.stat.mtimeNs &&
+          entry.stat.mtimeNs < trustedBefore
+        )
+          continue;
       }
       const hashed = await hashFile(options.root, entry.path);
       // Gone since the walk saw it: the unmarked check below does not see it either.
@@ -57,6 +67,9 @@ export async function findUnloggedChanges(options: {
   }
   return changes;
 }
+
+/** Files recorded with an mtime this close to the newest one are always hashed. */
+const RECENT_NS = 1_000_000_000n;
 
 /** The path whose rsync temp file (`.name.XXXXXX` beside it) `path` could be, if any. */
 function rsyncTargetOf(path: string): string | undefined {

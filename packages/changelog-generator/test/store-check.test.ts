@@ -1,5 +1,6 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, rm, unlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChangelogGenerator, findUnloggedChanges } from '@pfs/changelog-generator';
@@ -31,12 +32,14 @@ describe('findUnloggedChanges', () => {
       await generator.commitPut(await stageFile(root, path, Buffer.from(`v1 of ${path}`)));
     // As a node killed between a rename and its record leaves them:
     await writeFile(join(root, 'rewritten'), 'v2, never logged');
-    // Same size, other bytes, and the record's mtime put back: only the hash tells.
+    // Same size, other bytes, in the same clock tick as its record (its exact mtime put back):
+    // only the hash tells.
     const logged = (await generator.commitPut(await stageFile(root, 'same-size', Buffer.from('AAAA'))))
       .mtimeNs;
     await writeFile(join(root, 'same-size'), 'BBBB');
-    const seconds = Number(logged / 1_000_000n) / 1000;
-    await utimes(join(root, 'same-size'), seconds, seconds);
+    const at = `@${logged / 1_000_000_000n}.${String(logged % 1_000_000_000n).padStart(9, '0')}`;
+    execFileSync('touch', ['-m', '-d', at, join(root, 'same-size')]);
+    expect((await stat(join(root, 'same-size'), { bigint: true })).mtimeNs).toBe(logged);
     // Rewritten with the same bytes: a new mtime, but nothing changed.
     await writeFile(join(root, 'touched'), 'v1 of touched');
     await writeFile(join(root, 'stray'), 'never logged');
