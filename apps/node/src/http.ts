@@ -297,6 +297,15 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       if (target === undefined) return reply;
       const { path, partition } = target;
       const log = state.logs[partition]!;
+      if (state.controllers[partition]!.readsRefused) {
+        return reply
+          .code(503)
+          .header('retry-after', '1')
+          .send({
+            code: 'STORE_CHECK',
+            message: `this node was master of partition ${partition} and is checking its store against its log: read from another node or retry`,
+          });
+      }
       // Read-your-writes: wait until this node has applied the txid the client wrote.
       if (request.query.minTxid !== undefined) {
         let minTxid: bigint;

@@ -1,4 +1,5 @@
-import { lstat, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { lstat, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type ChangelogGenerator, findUnloggedChanges } from '@pfs/changelog-generator';
 import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
@@ -71,14 +72,24 @@ export class PartitionController {
   private failures = 0;
   /**
    * Whether this node may have mastered the partition since its store was last compared with its
-   * log (see checkStore): read from `run/mastered-<p>` at the first follow, set by a promotion.
+   * log (see checkStore): `run/mastered-<p>` at start, then set by a promotion.
    */
-  private mayHoldUnlogged: boolean | undefined;
+  private mayHoldUnlogged: boolean;
   private lastReportAt = 0;
   private reportTimer: NodeJS.Timeout | undefined;
   private readonly stop = new AbortController();
 
-  constructor(private readonly deps: ControllerDeps) {}
+  constructor(private readonly deps: ControllerDeps) {
+    this.mayHoldUnlogged = existsSync(this.masteredMarker);
+  }
+
+  /**
+   * True while this node's files of the partition may include bytes no master acknowledged (a
+   * former master before its checkStore): reads are refused rather than served from them.
+   */
+  get readsRefused(): boolean {
+    return this.mayHoldUnlogged && this.role !== 'master';
+  }
 
   /** `run/mastered-<p>`: present from a promotion until the next completed checkStore. */
   private get masteredMarker(): string {
@@ -190,10 +201,6 @@ export class PartitionController {
     const replicator = await this.ensureReplicator(source);
     await replicator.pause();
     await this.repairDivergence(source.filesSource, replicator);
-    this.mayHoldUnlogged ??= await stat(this.masteredMarker).then(
-      () => true,
-      () => false,
-    );
     if (this.mayHoldUnlogged) {
       await this.checkStore(source);
       // Differences were explained by this master's records: if another took over meanwhile,
