@@ -87,15 +87,17 @@ export async function cutDivergentSuffix(args: {
 }
 
 /**
- * Moves a directory a replica found where record `txid` puts a file to
- * `quarantine/<generation>/files/<path>` and lists it in that generation's manifest (kind
- * `directory`): nothing the master's log knows of, and nothing to delete.
+ * Moves what a replica found in the way of record `txid` to
+ * `quarantine/<generation>/files/<path>` and lists it in that generation's manifest: a
+ * directory where the record puts a file (kind `directory`), or a file where it needs a
+ * directory (kind `file`). Nothing the master has there, and nothing to delete.
  */
-export function setAsideDirectory(args: {
+export function setAsideInTheWay(args: {
   fileStore: string;
   quarantineDir: string;
   path: string;
   txid: TxId;
+  kind: 'directory' | 'file';
 }): Promise<string | undefined> {
   return quarantineListed({
     fileStore: args.fileStore,
@@ -104,7 +106,7 @@ export function setAsideDirectory(args: {
       generation: generationOf(args.txid).toString(),
       txid: args.txid.toString(),
       txidText: formatTxId(args.txid),
-      kind: 'directory',
+      kind: args.kind,
       path: args.path,
       size: '0',
       sha256: '',

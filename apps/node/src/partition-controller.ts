@@ -16,7 +16,7 @@ import {
 import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, fsyncDir, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
-import { cutDivergentSuffix, divergencePoint, quarantineUnlogged, setAsideDirectory } from './divergence.ts';
+import { cutDivergentSuffix, divergencePoint, quarantineUnlogged, setAsideInTheWay } from './divergence.ts';
 import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
 
@@ -259,11 +259,12 @@ export class PartitionController {
         // --force would delete it to bring the file back, so it goes aside, whole.
         const entry = await lstat(join(fileStore, change.path)).catch(() => undefined);
         if (entry?.isDirectory()) {
-          await setAsideDirectory({
+          await setAsideInTheWay({
             fileStore,
             quarantineDir: join(this.deps.dataDir, 'quarantine'),
             path: change.path,
             txid: log.lastTxid,
+            kind: 'directory',
           });
         }
         continue;
@@ -344,15 +345,20 @@ export class PartitionController {
       follow: false,
       minGeneration: () => this.deps.coordinator.view.partitions.get(this.partition)?.generation ?? 0n,
       setAside: async (path, txid) => {
-        const quarantinedAs = await setAsideDirectory({
-          fileStore: join(this.deps.dataDir, 'filestore'),
+        const fileStore = join(this.deps.dataDir, 'filestore');
+        const kind = (await lstat(join(fileStore, path)).catch(() => undefined))?.isDirectory()
+          ? 'directory'
+          : 'file';
+        const quarantinedAs = await setAsideInTheWay({
+          fileStore,
           quarantineDir: join(this.deps.dataDir, 'quarantine'),
           path,
           txid,
+          kind,
         });
         this.deps.logger.warn(
           { partition: this.partition, path, quarantinedAs },
-          `partition ${this.partition}: ${JSON.stringify(path)} was a directory here where the master has a file; it is now in quarantine/`,
+          `partition ${this.partition}: ${JSON.stringify(path)} was a ${kind} here in the way of the master's ${kind === 'directory' ? 'file' : 'directory'}; it is now in quarantine/`,
         );
       },
     });

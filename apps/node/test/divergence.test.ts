@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTxId } from '@pfs/txlog';
 import { describe, expect, it } from 'vitest';
-import { divergencePoint, listQuarantine, setAsideDirectory } from '../src/divergence.ts';
+import { divergencePoint, listQuarantine, setAsideInTheWay } from '../src/divergence.ts';
 
 describe('divergencePoint', () => {
   const history = new Map([
@@ -23,7 +23,7 @@ describe('divergencePoint', () => {
   });
 });
 
-describe('setAsideDirectory', () => {
+describe('setAsideInTheWay', () => {
   it('moves the directory with its contents into quarantine and lists it', async () => {
     const base = await mkdtemp(join(tmpdir(), 'pfs-aside-'));
     try {
@@ -32,7 +32,7 @@ describe('setAsideDirectory', () => {
       await mkdir(join(fileStore, 'a', 'd', 'sub'), { recursive: true });
       await writeFile(join(fileStore, 'a', 'd', 'sub', 'kept'), 'kept');
       const txid = makeTxId(3, 7);
-      const at = await setAsideDirectory({ fileStore, quarantineDir, path: 'a/d', txid });
+      const at = await setAsideInTheWay({ fileStore, quarantineDir, path: 'a/d', txid, kind: 'directory' });
       expect(at).toBe(join(quarantineDir, '3', 'files', 'a', 'd'));
       expect(await readFile(join(at!, 'sub', 'kept'), 'utf8')).toBe('kept');
       expect(await readdir(join(fileStore, 'a'))).toEqual([]);
@@ -46,7 +46,9 @@ describe('setAsideDirectory', () => {
         quarantinedAs: at,
       });
       // Nothing there (any more): nothing moved, nothing listed.
-      expect(await setAsideDirectory({ fileStore, quarantineDir, path: 'a/d', txid })).toBeUndefined();
+      expect(
+        await setAsideInTheWay({ fileStore, quarantineDir, path: 'a/d', txid, kind: 'directory' }),
+      ).toBeUndefined();
       expect(await listQuarantine(quarantineDir)).toHaveLength(1);
     } finally {
       await rm(base, { recursive: true, force: true });
@@ -64,7 +66,7 @@ describe('setAsideDirectory', () => {
       await mkdir(join(quarantineDir, '3', 'files'), { recursive: true });
       await writeFile(join(quarantineDir, '3', 'files', 'a'), 'in the way');
       await expect(
-        setAsideDirectory({ fileStore, quarantineDir, path: 'a/d', txid: makeTxId(3, 7) }),
+        setAsideInTheWay({ fileStore, quarantineDir, path: 'a/d', txid: makeTxId(3, 7), kind: 'directory' }),
       ).rejects.toThrow();
       expect(await readFile(join(fileStore, 'a', 'd', 'kept'), 'utf8')).toBe('kept');
       expect((await listQuarantine(quarantineDir)).map((e) => e.path)).toEqual(['a/d']);

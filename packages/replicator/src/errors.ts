@@ -6,6 +6,7 @@ export type ReplicatorErrorCode =
   | 'CONTENT_MISMATCH'
   | 'CHECKPOINT_FAILED'
   | 'DIRECTORY_IN_THE_WAY'
+  | 'FILE_IN_THE_WAY'
   | 'CLOSED';
 
 export class ReplicatorError extends Error {

@@ -61,10 +61,11 @@ export interface ReplicatorOptions {
    */
   bootstrapCopies?: number;
   /**
-   * Moves out of the store a non-empty directory found here at a path where a record puts a
-   * file (`txid` is that record's), keeping its contents. Without it, such a batch fails with
-   * DIRECTORY_IN_THE_WAY until the directory is moved away: rsync would otherwise delete what
-   * is in it, and with --max-delete capping each attempt, a bit more on every retry.
+   * Moves out of the store what is in the way of record `txid`: a non-empty directory found
+   * here at a path where it puts a file, or a file found where it needs a directory, keeping its
+   * contents. Without it, such a batch fails with DIRECTORY_IN_THE_WAY or FILE_IN_THE_WAY until
+   * the entry is moved away: rsync would otherwise delete it (a directory's contents
+   * --max-delete items per retry).
    */
   setAside?: (path: string, txid: TxId) => Promise<void>;
 }
@@ -481,10 +482,12 @@ export class Replicator extends EventEmitter {
       if (plan.paths.length === 0) break;
       // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
       // did) need no transfer; checking is a stat, and a hash only when the size already matches.
-      const { needed, verified, byDigest, directories } = await this.pathsToPull(plan.expected);
+      const { needed, verified, byDigest, directories, underFiles } = await this.pathsToPull(plan.expected);
       fromDigests = byDigest;
-      // Before anything is transferred: a directory in a file's way keeps its contents.
+      // Before anything is transferred: a directory in a file's way keeps its contents, and a
+      // file in a directory's way is kept too.
       const emptyDirectories = await this.clearDirectories(directories, plan.expected);
+      await this.clearFilesInTheWay(underFiles, plan.expected);
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
@@ -704,15 +707,52 @@ export class Replicator extends EventEmitter {
     return left;
   }
 
-  /** The paths of a batch that are not already as its records say (the rest are verified now). */
-  private async pathsToPull(
+  /**
+   * For each path in `underFiles`, a put below a component that is a regular file here: sets
+   * that file aside (setAside), unless the batch deletes it anyway. rsync would otherwise
+   * replace it with the directory the put needs (--force), deleting a file the master does not
+   * have at that path.
+   */
+  private async clearFilesInTheWay(
+    underFiles: readonly string[],
     expected: ReadonlyMap<string, Expected>,
-  ): Promise<{ needed: string[]; verified: Set<string>; byDigest: number; directories: string[] }> {
+  ): Promise<void> {
+    const done = new Set<string>();
+    for (const path of underFiles) {
+      const parts = path.split('/');
+      for (let depth = 1; depth < parts.length; depth++) {
+        const ancestor = parts.slice(0, depth).join('/');
+        const entry = await lstat(join(this.options.fileStoreDir, ancestor)).catch(() => undefined);
+        if (entry === undefined || entry.isDirectory()) continue;
+        if (done.has(ancestor) || expected.get(ancestor)?.kind === 'delete') break;
+        if (this.options.setAside === undefined) {
+          throw new ReplicatorError(
+            'FILE_IN_THE_WAY',
+            `${JSON.stringify(ancestor)} is a file here but a directory on the source (it holds ${JSON.stringify(path)}): move it out of the store and replication resumes`,
+          );
+        }
+        await this.options.setAside(ancestor, expected.get(path)!.txid);
+        done.add(ancestor);
+        break;
+      }
+    }
+  }
+
+  /** The paths of a batch that are not already as its records say (the rest are verified now). */
+  private async pathsToPull(expected: ReadonlyMap<string, Expected>): Promise<{
+    needed: string[];
+    verified: Set<string>;
+    byDigest: number;
+    directories: string[];
+    underFiles: string[];
+  }> {
     const verified = new Set<string>();
     const digests = this.bootstrapDigests;
     let byDigest = 0;
     // Paths to pull that are directories here (see clearDirectories).
     const directories: string[] = [];
+    // Paths to put below a component that is a file here.
+    const underFiles: string[] = [];
     // Digest matches first, synchronously: a catch-up page is 10 000 of them, and a promise each
     // was most of its cost.
     const toCheck: [string, Expected][] = [];
@@ -724,7 +764,12 @@ export class Replicator extends EventEmitter {
     }
     const checks = toCheck.map(async ([path, want]) => {
       const entry = await lstat(join(this.options.fileStoreDir, path), { bigint: true }).catch(
-        () => undefined,
+        (error: unknown) => {
+          // A file here where the path needs a directory (see clearFilesInTheWay).
+          if ((error as NodeJS.ErrnoException).code === 'ENOTDIR' && want.kind === 'put')
+            underFiles.push(path);
+          return undefined;
+        },
       );
       // A regular file, never followed through a symlink: anything else counts as none.
       const info = entry?.isFile() ? entry : undefined;
@@ -743,7 +788,7 @@ export class Replicator extends EventEmitter {
       return undefined;
     });
     const needed = (await Promise.all(checks)).filter((p) => p !== undefined);
-    return { needed, verified, byDigest, directories };
+    return { needed, verified, byDigest, directories, underFiles };
   }
 
   /**

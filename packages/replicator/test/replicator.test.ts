@@ -501,6 +501,57 @@ describe('replicator against a real rsync daemon', () => {
     expect(errors).toEqual([]);
   });
 
+  it('keeps a file found where the master needs a directory: set aside, or the batch fails until it is moved', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const { replicator, errors } = await replicate(m, dir, { bootstrap: false });
+    await writeFile(join(dir, 'filestore', 'album'), 'a file only this replica has');
+    await m.put('album/1.jpg', 'one');
+    const inTheWay = () => errors.filter((e) => (e as { code?: string }).code === 'FILE_IN_THE_WAY');
+    await until(() => inTheWay().length >= 2, 'the batch refused twice');
+    expect(inTheWay()[0]!.message).toMatch(/"album" is a file here but a directory on the source/);
+    expect(await readFile(join(dir, 'filestore', 'album'), 'utf8')).toBe('a file only this replica has');
+    await rename(join(dir, 'filestore', 'album'), join(dir, 'moved-album'));
+    await until(() => replicator.applied === m.log.lastTxid, 'the file once the other was moved');
+    expect(await readFile(join(dir, 'filestore', 'album', '1.jpg'), 'utf8')).toBe('one');
+
+    const other = await replicaDir();
+    const setAside: string[] = [];
+    const second = await replicate(m, other, {
+      bootstrap: false,
+      setAside: async (path) => {
+        setAside.push(path);
+        await rename(join(other, 'filestore', path), join(other, 'aside'));
+      },
+    });
+    await writeFile(join(other, 'filestore', 'album'), 'in the way');
+    await until(() => second.replicator.applied === m.log.lastTxid, 'the second replica');
+    expect(setAside).toEqual(['album']);
+    expect(await readFile(join(other, 'aside'), 'utf8')).toBe('in the way');
+    expect(await readFile(join(other, 'filestore', 'album', '1.jpg'), 'utf8')).toBe('one');
+  });
+
+  it('sets nothing aside when the batch itself deletes the file a directory replaces', async () => {
+    const m = await master();
+    await m.put('x', 'a file first');
+    await m.remove('x');
+    await m.put('x/y', 'then a directory');
+    const dir = await replicaDir();
+    // This replica still has the file: the batch deletes it before putting x/y.
+    await writeFile(join(dir, 'filestore', 'x'), 'a file first');
+    const setAside: string[] = [];
+    const { replicator, errors } = await replicate(m, dir, {
+      bootstrap: false,
+      setAside: async (path) => {
+        setAside.push(path);
+      },
+    });
+    await until(() => replicator.applied === m.log.lastTxid, 'the batch');
+    expect(setAside).toEqual([]);
+    expect(errors).toEqual([]);
+    expect(await readFile(join(dir, 'filestore', 'x', 'y'), 'utf8')).toBe('then a directory');
+  });
+
   it('never uses an rsync started for another source', async () => {
     const m = await master();
     const dir = await replicaDir();
