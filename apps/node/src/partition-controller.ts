@@ -344,13 +344,9 @@ export class PartitionController {
       replicaId: this.deps.nodeId,
       follow: false,
       minGeneration: () => this.deps.coordinator.view.partitions.get(this.partition)?.generation ?? 0n,
-      setAside: async (path, txid) => {
-        const fileStore = join(this.deps.dataDir, 'filestore');
-        const kind = (await lstat(join(fileStore, path)).catch(() => undefined))?.isDirectory()
-          ? 'directory'
-          : 'file';
+      setAside: async (path, txid, kind) => {
         const quarantinedAs = await setAsideInTheWay({
-          fileStore,
+          fileStore: join(this.deps.dataDir, 'filestore'),
           quarantineDir: join(this.deps.dataDir, 'quarantine'),
           path,
           txid,

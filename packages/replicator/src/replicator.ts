@@ -67,7 +67,7 @@ export interface ReplicatorOptions {
    * the entry is moved away: rsync would otherwise delete it (a directory's contents
    * --max-delete items per retry).
    */
-  setAside?: (path: string, txid: TxId) => Promise<void>;
+  setAside?: (path: string, txid: TxId, kind: 'directory' | 'file') => Promise<void>;
 }
 
 export interface AppliedBatch {
@@ -252,10 +252,10 @@ export class Replicator extends EventEmitter {
   /**
    * A replica starting from nothing first copies the source's whole store in bulk (with
    * progress; split among bootstrapCopies rsyncs by top-level entry, see splitCopy), which costs
-   * far less than one transfer per batch, and hashes each file as rsync puts it in place; one syncfs then makes the whole copy durable. The log replay that
-   * follows checks each record against those hashes, pulling only what differs (files the
-   * source changed during the copy). An optimisation only: if it fails, the replay transfers
-   * everything itself.
+   * far less than one transfer per batch, and hashes each file as rsync puts it in place; one
+   * syncfs then makes the whole copy durable. The log replay that follows checks each record
+   * against those hashes, pulling only what differs (files the source changed during the copy).
+   * An optimisation only: if it fails, the replay transfers everything itself.
    */
   private async bootstrap(source: RecordSource, signal: AbortSignal): Promise<void> {
     const started = performance.now();
@@ -702,7 +702,7 @@ export class Replicator extends EventEmitter {
           `${JSON.stringify(path)} is a directory of ${entries.length} item(s) here but a file on the source: move it out of the store (nothing in it is replicated) and replication resumes`,
         );
       }
-      await this.options.setAside(path, expected.get(path)!.txid);
+      await this.options.setAside(path, expected.get(path)!.txid, 'directory');
     }
     return left;
   }
@@ -731,7 +731,7 @@ export class Replicator extends EventEmitter {
             `${JSON.stringify(ancestor)} is a file here but a directory on the source (it holds ${JSON.stringify(path)}): move it out of the store and replication resumes`,
           );
         }
-        await this.options.setAside(ancestor, expected.get(path)!.txid);
+        await this.options.setAside(ancestor, expected.get(path)!.txid, 'file');
         done.add(ancestor);
         break;
       }

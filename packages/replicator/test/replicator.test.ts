@@ -479,11 +479,11 @@ describe('replicator against a real rsync daemon', () => {
   it("sets a directory in a file's way aside with its contents, then pulls the file", async () => {
     const m = await master();
     const dir = await replicaDir();
-    const setAside: [string, bigint][] = [];
+    const setAside: [string, bigint, string][] = [];
     const { replicator, errors } = await replicate(m, dir, {
       bootstrap: false,
-      setAside: async (path, txid) => {
-        setAside.push([path, txid]);
+      setAside: async (path, txid, kind) => {
+        setAside.push([path, txid, kind]);
         await rename(join(dir, 'filestore', path), join(dir, 'aside'));
       },
     });
@@ -494,7 +494,7 @@ describe('replicator against a real rsync daemon', () => {
     await m.put('d', 'now a file');
     await m.put('e', 'another file');
     await until(() => replicator.applied === m.log.lastTxid, 'both files');
-    expect(setAside).toEqual([['d', makeTxId(1, 1)]]);
+    expect(setAside).toEqual([['d', makeTxId(1, 1), 'directory']]);
     expect(await readFile(join(dir, 'aside', 'sub', 'kept'), 'utf8')).toBe('kept');
     expect(await readFile(join(dir, 'filestore', 'd'), 'utf8')).toBe('now a file');
     expect(await readFile(join(dir, 'filestore', 'e'), 'utf8')).toBe('another file');
@@ -519,14 +519,14 @@ describe('replicator against a real rsync daemon', () => {
     const setAside: string[] = [];
     const second = await replicate(m, other, {
       bootstrap: false,
-      setAside: async (path) => {
-        setAside.push(path);
+      setAside: async (path, _txid, kind) => {
+        setAside.push(`${kind} ${path}`);
         await rename(join(other, 'filestore', path), join(other, 'aside'));
       },
     });
     await writeFile(join(other, 'filestore', 'album'), 'in the way');
     await until(() => second.replicator.applied === m.log.lastTxid, 'the second replica');
-    expect(setAside).toEqual(['album']);
+    expect(setAside).toEqual(['file album']);
     expect(await readFile(join(other, 'aside'), 'utf8')).toBe('in the way');
     expect(await readFile(join(other, 'filestore', 'album', '1.jpg'), 'utf8')).toBe('one');
   });
