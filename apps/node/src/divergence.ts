@@ -99,19 +99,7 @@ export function setAsideInTheWay(args: {
   txid: TxId;
   kind: 'directory' | 'file';
 }): Promise<string | undefined> {
-  return quarantineListed({
-    fileStore: args.fileStore,
-    quarantineDir: args.quarantineDir,
-    entry: {
-      generation: generationOf(args.txid).toString(),
-      txid: args.txid.toString(),
-      txidText: formatTxId(args.txid),
-      kind: args.kind,
-      path: args.path,
-      size: '0',
-      sha256: '',
-    },
-  });
+  return quarantineListed({ ...args, size: 0n, sha256: '' });
 }
 
 /**
@@ -127,35 +115,39 @@ export function quarantineUnlogged(args: {
   size: bigint;
   sha256: string;
 }): Promise<string | undefined> {
-  return quarantineListed({
-    fileStore: args.fileStore,
-    quarantineDir: args.quarantineDir,
-    entry: {
-      generation: generationOf(args.lastTxid).toString(),
-      txid: args.lastTxid.toString(),
-      txidText: formatTxId(args.lastTxid),
-      kind: 'unlogged',
-      path: args.path,
-      size: args.size.toString(),
-      sha256: args.sha256,
-    },
-  });
+  const { lastTxid, ...rest } = args;
+  return quarantineListed({ ...rest, txid: lastTxid, kind: 'unlogged' });
 }
 
 /**
- * Lists an entry in its generation's manifest, then moves it. In that order: a crash in between
- * leaves a line whose entry is still in the store (found, listed and moved again on the next
- * try), never a moved entry unlisted.
+ * Lists an entry in the manifest of `txid`'s generation, then moves it. In that order: a crash in
+ * between leaves a line whose entry is still in the store (found, listed and moved again on the
+ * next try), never a moved entry unlisted.
  */
 async function quarantineListed(args: {
   fileStore: string;
   quarantineDir: string;
-  entry: Omit<QuarantineEntry, 'quarantinedAs' | 'at'>;
+  path: string;
+  txid: TxId;
+  kind: string;
+  size: bigint;
+  sha256: string;
 }): Promise<string | undefined> {
-  const dir = join(args.quarantineDir, args.entry.generation);
-  return quarantineFile(args.fileStore, join(dir, 'files'), args.entry.path, {
+  const generation = generationOf(args.txid).toString();
+  const dir = join(args.quarantineDir, generation);
+  return quarantineFile(args.fileStore, join(dir, 'files'), args.path, {
     beforeMove: async (quarantinedAs) => {
-      const entry: QuarantineEntry = { ...args.entry, quarantinedAs, at: new Date().toISOString() };
+      const entry: QuarantineEntry = {
+        generation,
+        txid: args.txid.toString(),
+        txidText: formatTxId(args.txid),
+        kind: args.kind,
+        path: args.path,
+        size: args.size.toString(),
+        sha256: args.sha256,
+        quarantinedAs,
+        at: new Date().toISOString(),
+      };
       await appendManifest(dir, [JSON.stringify(entry)]);
     },
   });
