@@ -214,7 +214,6 @@ export class PathIndex {
     return this.keys.toString('utf8', start, start + this.keyLength[slot]!);
   }
 
-  /** Paths whose slots `marks` has not marked (all of them without marks), as of now. */
   /** The latest mtime of any path, or undefined when there is none. */
   newestMtime(): bigint | undefined {
     let newest: bigint | undefined;
@@ -225,6 +224,7 @@ export class PathIndex {
     return newest;
   }
 
+  /** Paths whose slots `marks` has not marked (all of them without marks), as of now. */
   unmarkedPaths(marks: SlotMarks | undefined): string[] {
     const paths: string[] = [];
     for (let slot = 0; slot < this.used; slot++) {

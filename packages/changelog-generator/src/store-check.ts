@@ -14,8 +14,8 @@ export interface UnloggedChange {
  * does not record, one whose size and sha-256 are not its last record's, or a recorded file that
  * is gone. A file whose size and mtime are its record's is taken as unchanged without reading
  * it (a record's mtime is the file's own, and rsync keeps it), unless it was recorded within a
- * second of the newest record. This finds what a node killed
- * between renaming a file into place and logging it left behind (docs/architecture.md).
+ * second of the newest record. This finds what a node killed between renaming a file into place
+ * and logging it left behind (docs/architecture.md).
  */
 export async function findUnloggedChanges(options: {
   root: string;
@@ -35,13 +35,12 @@ export async function findUnloggedChanges(options: {
       options.signal?.throwIfAborted();
       if (!options.belongs(entry.path)) continue;
       const slot = index.slotOf(entry.path);
-      // Unrecorded and named like the temp file of a path of another partition: that
-      // partition's rsync may be writing it right now.
       if (slot === undefined) {
+        // Unrecorded and named like the temp file of a path of another partition: that
+        // partition's rsync may be writing it right now.
         const target = rsyncTargetOf(entry.path);
         if (target !== undefined && !options.belongs(target)) continue;
-      }
-      if (slot !== undefined) {
+      } else {
         marks.mark(slot);
         // ctime is not in records: size and mtime only.
         if (

@@ -13,7 +13,7 @@ import { type TxId, writeCheckpoint } from '@pfs/txlog';
  * Txids noted meanwhile collapse into the next write; `flush` writes at once. A failing write is
  * reported once, and again only after a write has succeeded in between.
  */
-export const DEFAULT_CHECKPOINT_INTERVAL_MS = 1000;
+const DEFAULT_CHECKPOINT_INTERVAL_MS = 1000;
 
 export class CheckpointWriter {
   private readonly file: string;
