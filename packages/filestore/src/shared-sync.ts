@@ -8,20 +8,17 @@ import { fsyncDir } from '@pfs/txlog';
  */
 export function coalescingSync(sync: (key: string) => Promise<void>): (key: string) => Promise<void> {
   const states = new Map<string, { running: Promise<void>; queued: Promise<void> | undefined }>();
-  const start = (key: string): Promise<void> => {
-    const run = sync(key).finally(() => {
-      const state = states.get(key)!;
-      if (state.queued === undefined) states.delete(key);
+  // Its state is set before the sync can settle (settling is always asynchronous).
+  const start = (key: string): Promise<void> =>
+    sync(key).finally(() => {
+      if (states.get(key)!.queued === undefined) states.delete(key);
     });
-    return run;
-  };
   return (key) => {
     const state = states.get(key);
     if (state === undefined) {
-      const entry = { running: Promise.resolve(), queued: undefined };
-      states.set(key, entry);
-      entry.running = start(key);
-      return entry.running;
+      const running = start(key);
+      states.set(key, { running, queued: undefined });
+      return running;
     }
     if (state.queued !== undefined) return state.queued;
     // The running sync may have started before this caller's change: it needs the next one. If
