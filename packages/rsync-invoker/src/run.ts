@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { execa } from 'execa';
 import { NOT_INSTALLED_MESSAGE, RsyncError } from './errors.ts';
+import { type LaunchError, launch, type ProcessExit } from './launcher.ts';
 
 /** The only place that starts processes. Everything around it is pure and unit-tested. */
 export interface RunRequest {
@@ -35,74 +35,50 @@ const POLL_MS = 20;
 /**
  * Runs rsync as the leader of its own process group and resolves with how it ended.
  *
- * rsync forks (generator/receiver, and ssh for remote sources), and execa's kill, timeout and
- * cancelSignal reach only the direct child, orphaning the others, which would keep writing
- * after a fence. So abort and timeout are handled here: SIGTERM to the whole group, SIGKILL to
- * the group after KILL_AFTER_MS, and the promise settles only once no member is left.
- * Rejects with RSYNC_ABORTED, RSYNC_TIMEOUT or RSYNC_NOT_INSTALLED; exit codes are for the caller.
+ * rsync forks (generator/receiver, and ssh for remote sources): a signal to rsync alone would
+ * orphan the others, which would keep writing after a fence. So abort and timeout signal the
+ * whole group: SIGTERM, SIGKILL after KILL_AFTER_MS, and the promise settles only once no member
+ * is left. The process is started by the launcher (launcher.ts), not from this process.
+ * Rejects with RSYNC_ABORTED, RSYNC_TIMEOUT, RSYNC_NOT_INSTALLED or RSYNC_FAILED (it could not
+ * start, or its launcher died under it); exit codes are for the caller.
  */
 export async function runRsync(request: RunRequest): Promise<RunResult> {
   if (request.signal?.aborted) throw stopped('aborted', request, undefined);
   const started = performance.now();
-  const subprocess = execa(request.bin, request.args, {
-    reject: false,
-    detached: true,
-    ...(request.input === undefined
-      ? { stdin: 'ignore' as const }
-      : Buffer.isBuffer(request.input)
-        ? { input: request.input }
-        : { stdin: 'pipe' as const }),
-    // Not buffered by execa: exceeding its maxBuffer would kill rsync. We stream stdout to the
-    // caller and keep a bounded tail of stderr ourselves.
-    buffer: false,
-    encoding: 'buffer',
-    stripFinalNewline: true,
+  let stderr = Buffer.alloc(0);
+  const launched = launch({
+    bin: request.bin,
+    args: request.args,
+    stdin: request.input !== undefined,
+    onStdout: (chunk) => request.onStdout?.(chunk),
+    onStderr: (chunk) => {
+      request.onStderr?.(chunk);
+      stderr = Buffer.concat([stderr, chunk]);
+      if (stderr.length > STDERR_TAIL_BYTES) stderr = stderr.subarray(stderr.length - STDERR_TAIL_BYTES);
+    },
   });
-  const pid = subprocess.pid;
-  if (pid === undefined) {
-    const result = await subprocess;
-    const errno = (result.cause as NodeJS.ErrnoException | undefined)?.code ?? result.code;
-    if (errno === 'ENOENT') {
-      throw new RsyncError('RSYNC_NOT_INSTALLED', `${NOT_INSTALLED_MESSAGE} [${request.bin}]`, false, {
-        cause: result.cause,
-      });
-    }
-    throw new RsyncError('RSYNC_FAILED', `could not start ${request.bin}: ${result.shortMessage}`, false, {
-      cause: result.cause,
-    });
-  }
-
-  if (request.input !== undefined && !Buffer.isBuffer(request.input)) {
-    const stdin = subprocess.stdin!;
-    // rsync may exit before reading (a refused connection): its closed pipe is not our error.
-    stdin.on('error', () => {});
-    request.input.then(
-      (input) => stdin.end(input),
-      () => stdin.end(),
+  if (request.input !== undefined) {
+    // A rejected promise closes stdin empty.
+    Promise.resolve(request.input).then(
+      (input) => launched.endStdin(input),
+      () => launched.endStdin(),
     );
   }
 
-  let stderr = Buffer.alloc(0);
-  subprocess.stdout.on('data', (chunk: Buffer) => request.onStdout?.(chunk));
-  subprocess.stderr.on('data', (chunk: Buffer) => {
-    request.onStderr?.(chunk);
-    stderr = Buffer.concat([stderr, chunk]);
-    if (stderr.length > STDERR_TAIL_BYTES) stderr = stderr.subarray(stderr.length - STDERR_TAIL_BYTES);
-  });
-
+  let pid: number | undefined;
   let reason: 'aborted' | 'timeout' | undefined;
-  let leaderExited = false;
+  let ended = false;
   let escalation: NodeJS.Timeout | undefined;
-  // Set on 'exit', before the promise settles, so that a late abort does not signal a finished run.
-  subprocess.once('exit', () => {
-    leaderExited = true;
-  });
   const terminate = (why: 'aborted' | 'timeout') => {
-    if (reason !== undefined || leaderExited) return;
+    if (reason !== undefined || ended) return;
     reason = why;
-    signalGroup(pid, 'SIGTERM');
+    // Before the pid is known, the group is signalled as soon as it is.
+    if (pid !== undefined) signalTerminate(pid);
+  };
+  const signalTerminate = (group: number) => {
+    signalGroup(group, 'SIGTERM');
     // rsync's SIGTERM handler sleeps 400 ms before it signals its own children.
-    escalation = setTimeout(() => signalGroup(pid, 'SIGKILL'), KILL_AFTER_MS);
+    escalation = setTimeout(() => signalGroup(group, 'SIGKILL'), KILL_AFTER_MS);
   };
   const onAbort = () => terminate('aborted');
   request.signal?.addEventListener('abort', onAbort, { once: true });
@@ -110,15 +86,36 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
     request.timeoutMs === undefined ? undefined : setTimeout(() => terminate('timeout'), request.timeoutMs);
 
   try {
-    const result = await subprocess;
-    leaderExited = true;
+    try {
+      pid = await launched.pid;
+    } catch (error) {
+      ended = true;
+      if (reason !== undefined) throw stopped(reason, request, undefined);
+      throw notStarted(request, error as LaunchError);
+    }
+    if (reason !== undefined) signalTerminate(pid);
+    let exit: ProcessExit;
+    try {
+      exit = await launched.exited;
+    } catch (error) {
+      // The launcher died: nothing reports on this group any more; waitGroupGone kills what
+      // is left of it.
+      ended = true;
+      await waitGroupGone(pid);
+      if (reason !== undefined) throw stopped(reason, request, tail(stderr));
+      throw new RsyncError('RSYNC_FAILED', `rsync was killed because ${(error as Error).message}`, true, {
+        cause: error,
+        stderr: tail(stderr),
+      });
+    }
+    ended = true;
     if (reason !== undefined) {
       await waitGroupGone(pid);
       throw stopped(reason, request, tail(stderr));
     }
     return {
-      exitCode: result.exitCode,
-      signal: result.signal,
+      exitCode: exit.exitCode,
+      signal: exit.signal,
       stderr: tail(stderr),
       durationMs: performance.now() - started,
     };
@@ -127,6 +124,22 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
     clearTimeout(escalation);
     request.signal?.removeEventListener('abort', onAbort);
   }
+}
+
+function notStarted(request: RunRequest, error: LaunchError): RsyncError {
+  if (error.code === 'ENOENT') {
+    return new RsyncError('RSYNC_NOT_INSTALLED', `${NOT_INSTALLED_MESSAGE} [${request.bin}]`, false, {
+      cause: error,
+    });
+  }
+  return new RsyncError(
+    'RSYNC_FAILED',
+    `could not start ${request.bin}: ${error.message}`,
+    error.code === 'LAUNCHER_LOST',
+    {
+      cause: error,
+    },
+  );
 }
 
 function signalGroup(pgid: number, signal: NodeJS.Signals): void {

@@ -1,44 +1,9 @@
-import { createServer, type Server, type Socket } from 'node:net';
 import { pullBatch, type RsyncError, rsyncVersion, syncTree } from '@pfs/rsync-invoker';
 import { freePort, groupAlive, startRsyncDaemon, stopAll } from '@pfs/testkit';
-import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
-import { pidsMatching, tempDir, writeTree } from './helpers.ts';
+import { pidsMatching, rsyncGroup, silentServer, tempDir, writeTree } from './helpers.ts';
 
 afterAll(stopAll);
-
-/** A TCP server that accepts and never says a word: rsync waits for the daemon greeting. */
-async function silentServer(): Promise<{ port: number; close(): Promise<void> }> {
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => {});
-    socket.on('close', () => sockets.delete(socket));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  return {
-    port,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
-}
-
-/** Waits until an rsync whose command line mentions `needle` runs; returns its process group. */
-async function rsyncGroup(needle: string): Promise<number> {
-  for (let i = 0; i < 200; i++) {
-    const [pid] = await pidsMatching(needle);
-    if (pid !== undefined) {
-      const { stdout } = await execa('ps', ['-o', 'pgid=', '-p', String(pid)]);
-      return Number(stdout.trim());
-    }
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  throw new Error(`no rsync process mentioning ${needle} appeared`);
-}
 
 describe('typed errors from real rsync runs', { timeout: 30_000 }, () => {
   it('unknown module → RSYNC_START_FAILED (exit 5, retryable)', async () => {

@@ -1,4 +1,5 @@
 import { lstat, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeTempDir, removeTempDir } from '@pfs/testkit';
@@ -69,4 +70,37 @@ export async function oddNames(): Promise<string[]> {
 export async function pidsMatching(needle: string): Promise<number[]> {
   const { stdout } = await execa('pgrep', ['-f', '--', needle], { reject: false });
   return stdout.split('\n').filter(Boolean).map(Number);
+}
+
+/** A TCP server that accepts and never says a word: rsync waits for the daemon greeting. */
+export async function silentServer(): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  return {
+    port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Waits until an rsync whose command line mentions `needle` runs; returns its process group. */
+export async function rsyncGroup(needle: string): Promise<number> {
+  for (let i = 0; i < 200; i++) {
+    const [pid] = await pidsMatching(needle);
+    if (pid !== undefined) {
+      const { stdout } = await execa('ps', ['-o', 'pgid=', '-p', String(pid)]);
+      return Number(stdout.trim());
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error(`no rsync process mentioning ${needle} appeared`);
 }

@@ -1,0 +1,235 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+
+/**
+ * Starts rsync processes from a small resident helper process instead of from this one.
+ *
+ * Why: Node starts a child with fork + exec, and a fork copies the page tables of the whole
+ * process, whose pages the parent then faults on while the child execs; the parent's event loop
+ * is blocked until the exec is done. Measured in a replicating agent (~125 MB resident, one rsync
+ * per batch): 4–5.4 ms of blocked event loop and 2.2 ms of CPU per start, plus ~1 ms in execa.
+ * The helper is a bare `node -e` with nothing loaded, so its forks are cheap and the agent only
+ * exchanges a few IPC messages per run. docs/architecture.md has the figures.
+ *
+ * Ownership: each process is started detached (the leader of its own process group) so the
+ * caller can signal the whole group by pid. When this process goes away, however it dies, the
+ * helper's IPC channel closes and it SIGKILLs every group it started, then exits: an agent that
+ * was SIGKILLed leaves no rsync writing into its store.
+ */
+
+/** How the helper runs; plain CommonJS with no imports outside Node, started with `node -e`. */
+const HELPER_SOURCE = `'use strict';
+const { spawn } = require('node:child_process');
+const running = new Map();
+function post(message) {
+  if (process.connected) process.send(message);
+}
+function killAll() {
+  for (const child of running.values()) {
+    try { process.kill(-child.pid, 'SIGKILL'); } catch {}
+  }
+}
+process.on('disconnect', () => { killAll(); process.exit(0); });
+process.on('message', (message) => {
+  if (message.t === 'end') {
+    const child = running.get(message.id);
+    if (child !== undefined && child.stdin !== null) child.stdin.end(message.data);
+    return;
+  }
+  let child;
+  try {
+    child = spawn(message.bin, message.args, {
+      detached: true,
+      stdio: [message.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
+  } catch (error) {
+    post({ t: 'fail', id: message.id, code: error.code, message: error.message });
+    return;
+  }
+  if (child.pid === undefined) {
+    child.once('error', (error) => post({ t: 'fail', id: message.id, code: error.code, message: error.message }));
+    return;
+  }
+  running.set(message.id, child);
+  // rsync may exit without reading its input (a refused connection).
+  if (child.stdin !== null) child.stdin.on('error', () => {});
+  child.on('error', () => {});
+  post({ t: 'pid', id: message.id, pid: child.pid });
+  child.stdout.on('data', (data) => post({ t: 'out', id: message.id, data }));
+  child.stderr.on('data', (data) => post({ t: 'err', id: message.id, data }));
+  // 'close' comes after both pipes ended, so every output message precedes it.
+  child.on('close', (code, signal) => {
+    running.delete(message.id);
+    post({ t: 'exit', id: message.id, code, signal });
+  });
+});
+`;
+
+type HelperMessage =
+  | { t: 'pid'; id: number; pid: number }
+  | { t: 'fail'; id: number; code: string | undefined; message: string }
+  | { t: 'out' | 'err'; id: number; data: Buffer }
+  | { t: 'exit'; id: number; code: number | null; signal: NodeJS.Signals | null };
+
+export interface LaunchRequest {
+  bin: string;
+  args: readonly string[];
+  /** Whether stdin is a pipe that `endStdin` writes to and closes; otherwise it is /dev/null. */
+  stdin: boolean;
+  onStdout(chunk: Buffer): void;
+  onStderr(chunk: Buffer): void;
+}
+
+export interface ProcessExit {
+  /** Undefined when a signal ended it. */
+  exitCode: number | undefined;
+  signal: string | undefined;
+}
+
+export interface LaunchedProcess {
+  /** The pid, which is also its process group id; rejects with LaunchError if it never ran. */
+  readonly pid: Promise<number>;
+  /** Once it has exited and its stdout and stderr have all been delivered. */
+  readonly exited: Promise<ProcessExit>;
+  /** Writes `data`, if any, to stdin and closes it. */
+  endStdin(data?: Buffer): void;
+}
+
+/**
+ * `code` is the errno of a start that failed (`ENOENT`: no such binary), or `LAUNCHER_LOST`
+ * when the helper went away before the process ended; its group may then still be running.
+ */
+export class LaunchError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'LaunchError';
+    this.code = code;
+  }
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(error: Error): void;
+}
+
+/** Promise.withResolvers, which Node 20 lacks; the promise never surfaces as unhandled. */
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (error: Error) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+interface Run {
+  request: LaunchRequest;
+  started: Deferred<number>;
+  exited: Deferred<ProcessExit>;
+}
+
+let helper: ChildProcess | undefined;
+let helperStderr = '';
+const runs = new Map<number, Run>();
+let nextId = 1;
+
+function startHelper(): ChildProcess {
+  // NODE_OPTIONS could load a loader or a profiler into the helper and make it large again.
+  const { NODE_OPTIONS: _, ...env } = process.env;
+  const child = spawn(process.execPath, ['--max-semi-space-size=1', '-e', HELPER_SOURCE], {
+    stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    serialization: 'advanced',
+    // Not in the caller's process group: a Ctrl-C on a terminal must not end it before the
+    // caller's own graceful stop has ended its runs.
+    detached: true,
+    env,
+  });
+  helperStderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    helperStderr = (helperStderr + chunk.toString('utf8')).slice(-2000);
+  });
+  child.on('message', (message: HelperMessage) => onMessage(message));
+  const lost = (cause: unknown) => {
+    if (helper !== child) return;
+    helper = undefined;
+    const failure = new LaunchError(
+      'LAUNCHER_LOST',
+      `the rsync launcher process exited (${String(cause)}${helperStderr === '' ? '' : `: ${helperStderr.trim().split('\n').at(-1)}`}); the next run starts a new one`,
+      { cause },
+    );
+    for (const run of runs.values()) {
+      run.started.reject(failure);
+      run.exited.reject(failure);
+    }
+    runs.clear();
+  };
+  child.on('exit', (code, signal) => lost(signal ?? `code ${code}`));
+  child.on('error', (error) => lost(error));
+  // Idle, it must not keep this process alive: its channel is referenced only while runs are
+  // active (launch, settle).
+  child.unref();
+  (child.stderr as { unref?: () => void } | null)?.unref?.();
+  return child;
+}
+
+function onMessage(message: HelperMessage): void {
+  const run = runs.get(message.id);
+  if (run === undefined) return;
+  switch (message.t) {
+    case 'pid':
+      run.started.resolve(message.pid);
+      break;
+    case 'out':
+      run.request.onStdout(message.data);
+      break;
+    case 'err':
+      run.request.onStderr(message.data);
+      break;
+    case 'fail':
+      settle(message.id);
+      run.started.reject(new LaunchError(message.code ?? 'ESPAWN', message.message));
+      run.exited.reject(new LaunchError(message.code ?? 'ESPAWN', message.message));
+      break;
+    case 'exit':
+      settle(message.id);
+      run.exited.resolve({ exitCode: message.code ?? undefined, signal: message.signal ?? undefined });
+      break;
+  }
+}
+
+function settle(id: number): void {
+  runs.delete(id);
+  if (runs.size === 0) helper?.channel?.unref();
+}
+
+function send(message: object): void {
+  const to = helper;
+  to?.send(message, (error) => {
+    // The channel broke: make sure the helper is gone, so that its 'exit' settles every run
+    // with LAUNCHER_LOST.
+    if (error !== null && error !== undefined) to.kill('SIGKILL');
+  });
+}
+
+/** Starts `request.bin` through the helper, starting the helper first if there is none. */
+export function launch(request: LaunchRequest): LaunchedProcess {
+  helper ??= startHelper();
+  const id = nextId++;
+  const run: Run = { request, started: deferred(), exited: deferred() };
+  runs.set(id, run);
+  helper.channel?.ref();
+  send({ t: 'run', id, bin: request.bin, args: request.args, stdin: request.stdin });
+  return {
+    pid: run.started.promise,
+    exited: run.exited.promise,
+    endStdin: (data) => send({ t: 'end', id, data }),
+  };
+}
+
+/** The helper's pid, if one runs (tests). */
+export function launcherPid(): number | undefined {
+  return helper?.pid;
+}

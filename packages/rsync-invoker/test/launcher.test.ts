@@ -1,0 +1,147 @@
+import { fileURLToPath } from 'node:url';
+import { pullBatch, type RsyncError, rsyncVersion } from '@pfs/rsync-invoker';
+import { groupAlive } from '@pfs/testkit';
+import { execa } from 'execa';
+import { describe, expect, it } from 'vitest';
+import { launcherPid } from '../src/launcher.ts';
+import { pidsMatching, rsyncGroup, silentServer, tempDir } from './helpers.ts';
+
+const INDEX = fileURLToPath(new URL('../src/index.ts', import.meta.url));
+const LAUNCHER = fileURLToPath(new URL('../src/launcher.ts', import.meta.url));
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Polls `check` for up to `withinMs`; rsync's own --timeout (10 s) must not be what ends it. */
+async function until(what: string, check: () => boolean | Promise<boolean>, withinMs = 5000): Promise<void> {
+  for (let i = 0; i < withinMs / 20; i++) {
+    if (await check()) return;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error(`timed out waiting until ${what}`);
+}
+
+/** Runs an ES module snippet in a fresh Node process that loads this package's TypeScript. */
+function runScript(source: string, args: string[] = []) {
+  return execa(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', source, ...args], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    reject: false,
+    timeout: 20_000,
+  });
+}
+
+describe('the process launcher', { timeout: 30_000 }, () => {
+  it('runs rsync from a helper process, not from this one', async () => {
+    await rsyncVersion('rsync');
+    const helper = launcherPid();
+    expect(helper).toBeTypeOf('number');
+    expect(helper).not.toBe(process.pid);
+    const silent = await silentServer();
+    const pulling = pullBatch({
+      source: `rsync://127.0.0.1:${silent.port}/m/`,
+      dest: await tempDir(),
+      paths: ['a'],
+      timeoutMs: 500,
+    });
+    const pgid = await rsyncGroup(`127.0.0.1:${silent.port}/`);
+    const { stdout } = await execa('ps', ['-o', 'ppid=', '-p', String(pgid)]);
+    expect(Number(stdout.trim())).toBe(helper);
+    await expect(pulling).rejects.toMatchObject({ code: 'RSYNC_TIMEOUT' });
+    await silent.close();
+  });
+
+  it('kills an rsync whose abort came while it was being started', async () => {
+    const silent = await silentServer();
+    const controller = new AbortController();
+    const pulling = pullBatch({
+      source: `rsync://127.0.0.1:${silent.port}/m/`,
+      dest: await tempDir(),
+      paths: ['a'],
+      signal: controller.signal,
+    });
+    // The launcher has not answered with a pid yet.
+    controller.abort(new Error('fenced'));
+    // Unkilled, this rsync would wait for the silent daemon until its own --timeout (10 s).
+    const outcome = await Promise.race([
+      pulling.catch((error: unknown) => error),
+      new Promise((resolve) => setTimeout(resolve, 5000, 'still running')),
+    ]);
+    expect(outcome).toMatchObject({ code: 'RSYNC_ABORTED' });
+    await until(
+      'no rsync of this run is left',
+      async () => (await pidsMatching(`^rsync .*127.0.0.1:${silent.port}/`)).length === 0,
+    );
+    await silent.close();
+  });
+
+  it('kills a run whose launcher died, says so, and starts a new launcher for the next run', async () => {
+    const silent = await silentServer();
+    const pulling = pullBatch({
+      source: `rsync://127.0.0.1:${silent.port}/m/`,
+      dest: await tempDir(),
+      paths: ['a'],
+    });
+    const pgid = await rsyncGroup(`127.0.0.1:${silent.port}/`);
+    const helper = launcherPid()!;
+    process.kill(helper, 'SIGKILL');
+    const error = (await pulling.catch((e: unknown) => e)) as RsyncError;
+    expect(error).toMatchObject({ name: 'RsyncError', code: 'RSYNC_FAILED', retryable: true });
+    expect(error.message).toMatch(/launcher process exited/);
+    expect(error.message).not.toContain('\n');
+    expect(groupAlive(pgid)).toBe(false);
+    await expect(rsyncVersion('rsync')).resolves.toMatch(/^\d/);
+    expect(launcherPid()).not.toBe(helper);
+    await silent.close();
+  });
+
+  it('kills the rsyncs it started when the process that asked for them dies', async () => {
+    const silent = await silentServer();
+    const dest = await tempDir();
+    const child = execa(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        `import { pullBatch } from ${JSON.stringify(INDEX)};
+         import { launcherPid } from ${JSON.stringify(LAUNCHER)};
+         void pullBatch({ source: process.argv[1], dest: process.argv[2], paths: ['a'] }).catch(() => {});
+         console.log(launcherPid());
+         setInterval(() => {}, 1000);`,
+        `rsync://127.0.0.1:${silent.port}/m/`,
+        dest,
+      ],
+      { cwd: fileURLToPath(new URL('..', import.meta.url)), reject: false },
+    );
+    const helper = await new Promise<number>((resolve) => {
+      child.stdout.once('data', (chunk: Buffer) => resolve(Number(chunk.toString().trim())));
+    });
+    // The script's own command line names the URL too: match rsync's.
+    const pgid = await rsyncGroup(`^rsync .*127.0.0.1:${silent.port}/`);
+    child.kill('SIGKILL');
+    await child;
+    await until('the rsync group is gone', () => !groupAlive(pgid));
+    await until('the launcher has exited', () => !alive(helper));
+    expect(await pidsMatching(`127.0.0.1:${silent.port}/`)).toEqual([]);
+    await silent.close();
+  });
+
+  it('does not keep an idle process alive', async () => {
+    const result = await runScript(
+      `import { rsyncVersion } from ${JSON.stringify(INDEX)};
+       const version = await rsyncVersion('rsync');
+       console.log('ran rsync', version);`,
+    );
+    expect(result.timedOut).toBe(false);
+    expect(result.stderr).toBe('');
+    expect(result.stdout).toMatch(/^ran rsync \d/);
+    expect(result.exitCode).toBe(0);
+  });
+});
