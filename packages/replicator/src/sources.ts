@@ -1,4 +1,6 @@
 import { mkdir } from 'node:fs/promises';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { syncTree } from '@pfs/rsync-invoker';
 import { type LogRecord, type TxId, TxLog } from '@pfs/txlog';
 import { ReplicatorError } from './errors.ts';
@@ -54,11 +56,9 @@ export function httpFeedSource(options: {
       // The server counts `after` as this replica's acknowledgement when it names the replica.
       if (options.replicaId !== undefined && acknowledges === true)
         url.searchParams.set('replica', options.replicaId);
-      let response: Response;
+      let response: FeedResponse;
       try {
-        response = await fetch(url, {
-          signal: AbortSignal.any([signal, AbortSignal.timeout(waitMs + 10_000)]),
-        });
+        response = await getFeed(url, signal, waitMs + 10_000);
       } catch (error) {
         if (signal.aborted) throw error;
         throw new ReplicatorError(
@@ -69,22 +69,83 @@ export function httpFeedSource(options: {
           },
         );
       }
-      const body = Buffer.from(await response.arrayBuffer());
-      if (response.status !== 200 || response.headers.get('content-type') !== FEED_CONTENT_TYPE) {
+      const { body } = response;
+      if (response.status !== 200 || response.header('content-type') !== FEED_CONTENT_TYPE) {
         throw new ReplicatorError(
           'SOURCE_UNAVAILABLE',
           `feed ${options.feedUrl} answered ${response.status}: ${body.toString('utf8', 0, 200)}`,
         );
       }
-      const generation = response.headers.get('x-pfs-generation');
-      const lastTxid = response.headers.get('x-pfs-last-txid');
+      const generation = response.header('x-pfs-generation');
+      const lastTxid = response.header('x-pfs-last-txid');
       return {
         records: decodeRecords(body),
-        ...(generation === null ? {} : { generation: BigInt(generation) }),
-        ...(lastTxid === null ? {} : { lastTxid: BigInt(lastTxid) }),
+        ...(generation === undefined ? {} : { generation: BigInt(generation) }),
+        ...(lastTxid === undefined ? {} : { lastTxid: BigInt(lastTxid) }),
       };
     },
   };
+}
+
+interface FeedResponse {
+  status: number;
+  header(name: string): string | undefined;
+  body: Buffer;
+}
+
+/**
+ * Keep-alive connections shared by every feed source of this process: a replica long-polls its
+ * master back to back, one request per batch. node:http rather than fetch: measured on loopback,
+ * a request costs ~0.06 ms of CPU this way against ~0.3 ms through fetch, once per batch.
+ * Idle pooled sockets do not keep the process alive (the agent unrefs them).
+ */
+const feedAgents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) };
+
+/**
+ * GETs `url`; `idleTimeoutMs` bounds the silence on the connection. A request sent on a pooled
+ * connection that the server closed meanwhile (its keep-alive timeout) is retried once on a new
+ * one: nothing reached the server.
+ */
+async function getFeed(url: URL, signal: AbortSignal, idleTimeoutMs: number): Promise<FeedResponse> {
+  try {
+    return await getOnce(url, signal, idleTimeoutMs);
+  } catch (error) {
+    if (!(error as { reusedSocket?: boolean }).reusedSocket || signal.aborted) throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== 'ECONNRESET' && code !== 'EPIPE') throw error;
+    return getOnce(url, signal, idleTimeoutMs);
+  }
+}
+
+function getOnce(url: URL, signal: AbortSignal, idleTimeoutMs: number): Promise<FeedResponse> {
+  const secure = url.protocol === 'https:';
+  const send = secure ? httpsRequest : httpRequest;
+  return new Promise((resolve, reject) => {
+    const request = send(url, {
+      agent: secure ? feedAgents.https : feedAgents.http,
+      signal,
+      timeout: idleTimeoutMs,
+    });
+    request.on('timeout', () => request.destroy(new Error(`no answer within ${idleTimeoutMs} ms`)));
+    request.on('error', (error) => reject(Object.assign(error, { reusedSocket: request.reusedSocket })));
+    request.on('response', (response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (chunk: Buffer) => chunks.push(chunk));
+      response.on('error', reject);
+      response.on('end', () => {
+        const { headers } = response;
+        resolve({
+          status: response.statusCode ?? 0,
+          header: (name) => {
+            const value = headers[name];
+            return Array.isArray(value) ? value.join(', ') : value;
+          },
+          body: Buffer.concat(chunks),
+        });
+      });
+    });
+    request.end();
+  });
 }
 
 /** Reads a TxLog in this process (tests, or a replicator embedded next to its master). */
