@@ -102,31 +102,27 @@ interface FeedResponse {
 const feedAgents = { http: new HttpAgent({ keepAlive: true }), https: new HttpsAgent({ keepAlive: true }) };
 
 /**
- * GETs `url`; `idleTimeoutMs` bounds the silence on the connection. A request sent on a pooled
- * connection that the server closed meanwhile (its keep-alive timeout) is retried once on a new
- * one: nothing reached the server.
+ * GETs `url`, within `timeoutMs` in all. A request sent on a pooled connection that the server
+ * closed meanwhile (its keep-alive timeout) is sent once more on a new one. The feed's GET may be
+ * repeated: at worst the server counts the same acknowledgement twice.
  */
-async function getFeed(url: URL, signal: AbortSignal, idleTimeoutMs: number): Promise<FeedResponse> {
+async function getFeed(url: URL, signal: AbortSignal, timeoutMs: number): Promise<FeedResponse> {
+  const bounded = AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]);
   try {
-    return await getOnce(url, signal, idleTimeoutMs);
+    return await getOnce(url, bounded);
   } catch (error) {
-    if (!(error as { reusedSocket?: boolean }).reusedSocket || signal.aborted) throw error;
+    if (!(error as { reusedSocket?: boolean }).reusedSocket || bounded.aborted) throw error;
     const code = (error as NodeJS.ErrnoException).code;
     if (code !== 'ECONNRESET' && code !== 'EPIPE') throw error;
-    return getOnce(url, signal, idleTimeoutMs);
+    return getOnce(url, bounded);
   }
 }
 
-function getOnce(url: URL, signal: AbortSignal, idleTimeoutMs: number): Promise<FeedResponse> {
+function getOnce(url: URL, signal: AbortSignal): Promise<FeedResponse> {
   const secure = url.protocol === 'https:';
   const send = secure ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
-    const request = send(url, {
-      agent: secure ? feedAgents.https : feedAgents.http,
-      signal,
-      timeout: idleTimeoutMs,
-    });
-    request.on('timeout', () => request.destroy(new Error(`no answer within ${idleTimeoutMs} ms`)));
+    const request = send(url, { agent: secure ? feedAgents.https : feedAgents.http, signal });
     request.on('error', (error) => reject(Object.assign(error, { reusedSocket: request.reusedSocket })));
     request.on('response', (response) => {
       const chunks: Buffer[] = [];

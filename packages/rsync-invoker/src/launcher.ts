@@ -20,15 +20,30 @@ import { type ChildProcess, spawn } from 'node:child_process';
 const HELPER_SOURCE = `'use strict';
 const { spawn } = require('node:child_process');
 const running = new Map();
-function post(message) {
-  if (process.connected) process.send(message);
-}
 function killAll() {
   for (const child of running.values()) {
     try { process.kill(-child.pid, 'SIGKILL'); } catch {}
   }
 }
-process.on('disconnect', () => { killAll(); process.exit(0); });
+function shutdown() {
+  killAll();
+  process.exit(0);
+}
+function post(message) {
+  if (!process.connected) return;
+  // A send that fails means the caller is gone, as a disconnect does.
+  process.send(message, (error) => { if (error) shutdown(); });
+}
+process.on('disconnect', shutdown);
+process.on('uncaughtException', (error) => {
+  process.stderr.write(String(error && error.stack || error) + '\\n');
+  killAll();
+  process.exit(70);
+});
+// Signals meant for a whole process group or cgroup (a terminal's Ctrl-C, a service manager's
+// SIGTERM) must not end the runs under the caller's graceful stop: the caller ends them, and
+// this process ends when the caller's channel closes.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => {});
 process.on('message', (message) => {
   if (message.t === 'end') {
     const child = running.get(message.id);
@@ -92,6 +107,12 @@ export interface LaunchedProcess {
   readonly exited: Promise<ProcessExit>;
   /** Writes `data`, if any, to stdin and closes it. */
   endStdin(data?: Buffer): void;
+  /**
+   * SIGKILLs the helper that was asked to start this process, for a helper that does not answer
+   * (stopped, or stuck): every run it had fails with LAUNCHER_LOST, and the next run starts a
+   * new helper.
+   */
+  killLauncher(): void;
 }
 
 /**
@@ -166,10 +187,17 @@ function startHelper(): ChildProcess {
     }
     runs.clear();
   };
-  child.on('exit', (code, signal) => lost(signal ?? `code ${code}`));
-  child.on('error', (error) => lost(error));
+  // Not 'exit': it can come before the last messages are read from the channel, and a run that
+  // ended would be reported lost. The channel closes once everything in it was delivered.
+  child.on('disconnect', () =>
+    lost(child.signalCode ?? (child.exitCode === null ? 'its channel closed' : `code ${child.exitCode}`)),
+  );
+  // Only a helper that never started has no channel to close.
+  child.on('error', (error) => {
+    if (child.pid === undefined) lost(error);
+  });
   // Idle, it must not keep this process alive: its channel is referenced only while runs are
-  // active (launch, settle).
+  // active (launch, settle), and it is what reports the helper's end.
   child.unref();
   (child.stderr as { unref?: () => void } | null)?.unref?.();
   return child;
@@ -222,7 +250,11 @@ export function launch(request: LaunchRequest): LaunchedProcess {
   runs.set(id, run);
   helper.channel?.ref();
   send({ t: 'run', id, bin: request.bin, args: request.args, stdin: request.stdin });
+  const owner = helper;
   return {
+    killLauncher: () => {
+      if (owner.exitCode === null && owner.signalCode === null) owner.kill('SIGKILL');
+    },
     pid: run.started.promise,
     exited: run.exited.promise,
     endStdin: (data) => send({ t: 'end', id, data }),

@@ -72,8 +72,15 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
   const terminate = (why: 'aborted' | 'timeout') => {
     if (reason !== undefined || ended) return;
     reason = why;
-    // Before the pid is known, the group is signalled as soon as it is.
-    if (pid !== undefined) signalTerminate(pid);
+    if (pid !== undefined) {
+      signalTerminate(pid);
+      return;
+    }
+    // The group is signalled as soon as its pid comes. A launcher that does not answer within
+    // KILL_AFTER_MS is killed: this run then fails without waiting for it.
+    escalation = setTimeout(() => {
+      if (pid === undefined) launched.killLauncher();
+    }, KILL_AFTER_MS);
   };
   const signalTerminate = (group: number) => {
     signalGroup(group, 'SIGTERM');
@@ -93,7 +100,10 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
       if (reason !== undefined) throw stopped(reason, request, undefined);
       throw notStarted(request, error as LaunchError);
     }
-    if (reason !== undefined) signalTerminate(pid);
+    if (reason !== undefined) {
+      clearTimeout(escalation);
+      signalTerminate(pid);
+    }
     let exit: ProcessExit;
     try {
       exit = await launched.exited;

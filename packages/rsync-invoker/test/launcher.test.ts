@@ -2,7 +2,7 @@ import { fileURLToPath } from 'node:url';
 import { pullBatch, type RsyncError, rsyncVersion } from '@pfs/rsync-invoker';
 import { groupAlive } from '@pfs/testkit';
 import { execa } from 'execa';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 import { launcherPid } from '../src/launcher.ts';
 import { pidsMatching, rsyncGroup, silentServer, tempDir } from './helpers.ts';
 
@@ -131,6 +131,74 @@ describe('the process launcher', { timeout: 30_000 }, () => {
     await until('the launcher has exited', () => !alive(helper));
     expect(await pidsMatching(`127.0.0.1:${silent.port}/`)).toEqual([]);
     await silent.close();
+  });
+
+  it('kills what it started when the process that asked dies while that floods its output', async () => {
+    const child = execa(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        `import { launch, launcherPid } from ${JSON.stringify(LAUNCHER)};
+         const run = launch({ bin: 'sh', args: ['-c', 'trap "" PIPE; while :; do echo pfs-flood; done'], stdin: false, onStdout() {}, onStderr() {} });
+         console.log(launcherPid(), await run.pid);
+         setInterval(() => {}, 1000);`,
+      ],
+      { cwd: fileURLToPath(new URL('..', import.meta.url)), reject: false },
+    );
+    const [helper, pgid] = await new Promise<number[]>((resolve) => {
+      child.stdout.once('data', (chunk: Buffer) => resolve(chunk.toString().trim().split(' ').map(Number)));
+    });
+    onTestFinished(() => {
+      if (groupAlive(pgid!)) process.kill(-pgid!, 'SIGKILL');
+    });
+    expect(groupAlive(pgid!)).toBe(true);
+    // It ignores SIGPIPE: the launcher's end alone would not end it.
+    child.kill('SIGKILL');
+    await child;
+    await until('the flooding group is gone', () => !groupAlive(pgid!));
+    await until('the launcher has exited', () => !alive(helper!));
+  });
+
+  it('settles a run whose launcher died even when nothing else keeps the process alive', async () => {
+    const silent = await silentServer();
+    const result = await runScript(
+      `import { pullBatch } from ${JSON.stringify(INDEX)};
+       import { launcherPid } from ${JSON.stringify(LAUNCHER)};
+       const pulling = pullBatch({ source: process.argv[1], dest: process.argv[2], paths: ['a'] });
+       setTimeout(() => process.kill(launcherPid(), 'SIGKILL'), 300);
+       const error = await pulling.catch((e) => e);
+       console.log('settled', error.code);`,
+      [`rsync://127.0.0.1:${silent.port}/m/`, await tempDir()],
+    );
+    expect(result.stdout).toBe('settled RSYNC_FAILED');
+    expect(result.exitCode).toBe(0);
+    await until(
+      'no rsync of that run is left',
+      async () => (await pidsMatching(`^rsync .*127.0.0.1:${silent.port}/`)).length === 0,
+    );
+    await silent.close();
+  });
+
+  it('gives up on a launcher that does not answer: the run times out and the next one works', async () => {
+    await rsyncVersion('rsync');
+    const helper = launcherPid()!;
+    process.kill(helper, 'SIGSTOP');
+    try {
+      const pulling = pullBatch({ source: '/nowhere/', dest: await tempDir(), paths: ['a'], timeoutMs: 200 });
+      const outcome = await Promise.race([
+        pulling.catch((error: unknown) => error),
+        new Promise((resolve) => setTimeout(resolve, 5000, 'still waiting')),
+      ]);
+      expect(outcome).toMatchObject({ code: 'RSYNC_TIMEOUT' });
+      await until('the stopped launcher is gone', () => !alive(helper));
+    } finally {
+      if (alive(helper)) process.kill(helper, 'SIGCONT');
+    }
+    await expect(rsyncVersion('rsync')).resolves.toMatch(/^\d/);
+    expect(launcherPid()).not.toBe(helper);
   });
 
   it('does not keep an idle process alive', async () => {
