@@ -9,14 +9,8 @@ import { pidsMatching, rsyncGroup, silentServer, tempDir } from './helpers.ts';
 const INDEX = fileURLToPath(new URL('../src/index.ts', import.meta.url));
 const LAUNCHER = fileURLToPath(new URL('../src/launcher.ts', import.meta.url));
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+/** The launcher leads a process group of its own. */
+const alive = (launcher: number) => groupAlive(launcher);
 
 /** Polls `check` for up to `withinMs`; rsync's own --timeout (10 s) must not be what ends it. */
 async function until(what: string, check: () => boolean | Promise<boolean>, withinMs = 5000): Promise<void> {
@@ -27,12 +21,22 @@ async function until(what: string, check: () => boolean | Promise<boolean>, with
   throw new Error(`timed out waiting until ${what}`);
 }
 
-/** Runs an ES module snippet in a fresh Node process that loads this package's TypeScript. */
-function runScript(source: string, args: string[] = []) {
+/** Starts an ES module snippet in a fresh Node process that loads this package's TypeScript. */
+function startScript(source: string, args: string[] = [], options: { timeout?: number } = {}) {
   return execa(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', source, ...args], {
     cwd: fileURLToPath(new URL('..', import.meta.url)),
     reject: false,
-    timeout: 20_000,
+    ...options,
+  });
+}
+
+/** Runs a snippet to its end; one that never ends is killed after 20 s. */
+const runScript = (source: string, args: string[] = []) => startScript(source, args, { timeout: 20_000 });
+
+/** The numbers a script prints on its first line of output. */
+function firstNumbers(script: ReturnType<typeof startScript>): Promise<number[]> {
+  return new Promise((resolve) => {
+    script.stdout.once('data', (chunk: Buffer) => resolve(chunk.toString().trim().split(' ').map(Number)));
   });
 }
 
@@ -103,26 +107,15 @@ describe('the process launcher', { timeout: 30_000 }, () => {
   it('kills the rsyncs it started when the process that asked for them dies', async () => {
     const silent = await silentServer();
     const dest = await tempDir();
-    const child = execa(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        '--input-type=module',
-        '-e',
-        `import { pullBatch } from ${JSON.stringify(INDEX)};
-         import { launcherPid } from ${JSON.stringify(LAUNCHER)};
-         void pullBatch({ source: process.argv[1], dest: process.argv[2], paths: ['a'] }).catch(() => {});
-         console.log(launcherPid());
-         setInterval(() => {}, 1000);`,
-        `rsync://127.0.0.1:${silent.port}/m/`,
-        dest,
-      ],
-      { cwd: fileURLToPath(new URL('..', import.meta.url)), reject: false },
+    const child = startScript(
+      `import { pullBatch } from ${JSON.stringify(INDEX)};
+       import { launcherPid } from ${JSON.stringify(LAUNCHER)};
+       void pullBatch({ source: process.argv[1], dest: process.argv[2], paths: ['a'] }).catch(() => {});
+       console.log(launcherPid());
+       setInterval(() => {}, 1000);`,
+      [`rsync://127.0.0.1:${silent.port}/m/`, dest],
     );
-    const helper = await new Promise<number>((resolve) => {
-      child.stdout.once('data', (chunk: Buffer) => resolve(Number(chunk.toString().trim())));
-    });
+    const [helper] = (await firstNumbers(child)) as [number];
     // The script's own command line names the URL too: match rsync's.
     const pgid = await rsyncGroup(`^rsync .*127.0.0.1:${silent.port}/`);
     child.kill('SIGKILL');
@@ -134,32 +127,22 @@ describe('the process launcher', { timeout: 30_000 }, () => {
   });
 
   it('kills what it started when the process that asked dies while that floods its output', async () => {
-    const child = execa(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        '--input-type=module',
-        '-e',
-        `import { launch, launcherPid } from ${JSON.stringify(LAUNCHER)};
-         const run = launch({ bin: 'sh', args: ['-c', 'trap "" PIPE; while :; do echo pfs-flood; done'], stdin: false, onStdout() {}, onStderr() {} });
-         console.log(launcherPid(), await run.pid);
-         setInterval(() => {}, 1000);`,
-      ],
-      { cwd: fileURLToPath(new URL('..', import.meta.url)), reject: false },
+    const child = startScript(
+      `import { launch, launcherPid } from ${JSON.stringify(LAUNCHER)};
+       const run = launch({ bin: 'sh', args: ['-c', 'trap "" PIPE; while :; do echo pfs-flood; done'], stdin: false, onStdout() {}, onStderr() {} });
+       console.log(launcherPid(), await run.pid);
+       setInterval(() => {}, 1000);`,
     );
-    const [helper, pgid] = await new Promise<number[]>((resolve) => {
-      child.stdout.once('data', (chunk: Buffer) => resolve(chunk.toString().trim().split(' ').map(Number)));
-    });
+    const [helper, pgid] = (await firstNumbers(child)) as [number, number];
     onTestFinished(() => {
-      if (groupAlive(pgid!)) process.kill(-pgid!, 'SIGKILL');
+      if (groupAlive(pgid)) process.kill(-pgid, 'SIGKILL');
     });
-    expect(groupAlive(pgid!)).toBe(true);
+    expect(groupAlive(pgid)).toBe(true);
     // It ignores SIGPIPE: the launcher's end alone would not end it.
     child.kill('SIGKILL');
     await child;
-    await until('the flooding group is gone', () => !groupAlive(pgid!));
-    await until('the launcher has exited', () => !alive(helper!));
+    await until('the flooding group is gone', () => !groupAlive(pgid));
+    await until('the launcher has exited', () => !alive(helper));
   });
 
   it('settles a run whose launcher died even when nothing else keeps the process alive', async () => {
