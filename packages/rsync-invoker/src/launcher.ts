@@ -36,8 +36,8 @@ function post(message) {
 }
 process.on('disconnect', shutdown);
 process.on('uncaughtException', (error) => {
-  process.stderr.write(String(error && error.stack || error) + '\\n');
   killAll();
+  process.stderr.write(String(error && error.stack || error) + '\\n');
   process.exit(70);
 });
 // Signals meant for a whole process group or cgroup (a terminal's Ctrl-C, a service manager's
@@ -178,7 +178,7 @@ function startHelper(): ChildProcess {
     helper = undefined;
     const failure = new LaunchError(
       'LAUNCHER_LOST',
-      `the rsync launcher process exited (${String(cause)}${helperStderr === '' ? '' : `: ${helperStderr.trim().split('\n').at(-1)}`}); the next run starts a new one`,
+      `the rsync launcher process${child.pid === undefined ? '' : ` ${child.pid}`} exited (${String(cause)}${helperStderr === '' ? '' : `: ${helperStderr.trim().split('\n').at(-1)}`}); the next run starts a new one`,
       { cause },
     );
     for (const run of runs.values()) {
@@ -189,9 +189,7 @@ function startHelper(): ChildProcess {
   };
   // Not 'exit': it can come before the last messages are read from the channel, and a run that
   // ended would be reported lost. The channel closes once everything in it was delivered.
-  child.on('disconnect', () =>
-    lost(child.signalCode ?? (child.exitCode === null ? 'its channel closed' : `code ${child.exitCode}`)),
-  );
+  child.on('disconnect', () => lost('its channel closed'));
   // Only a helper that never started has no channel to close.
   child.on('error', (error) => {
     if (child.pid === undefined) lost(error);

@@ -77,10 +77,16 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
       return;
     }
     // The group is signalled as soon as its pid comes. A launcher that does not answer within
-    // KILL_AFTER_MS is killed: this run then fails without waiting for it.
-    escalation = setTimeout(() => {
-      if (pid === undefined) launched.killLauncher();
-    }, KILL_AFTER_MS);
+    // KILL_AFTER_MS is killed, failing every run it has: this one then ends without it. The
+    // check waits one turn of the event loop, so that a pid this process was too busy to read
+    // yet is read first.
+    escalation = setTimeout(
+      () =>
+        setImmediate(() => {
+          if (pid === undefined) launched.killLauncher();
+        }),
+      KILL_AFTER_MS,
+    );
   };
   const signalTerminate = (group: number) => {
     signalGroup(group, 'SIGTERM');

@@ -96,7 +96,7 @@ describe('the process launcher', { timeout: 30_000 }, () => {
     process.kill(helper, 'SIGKILL');
     const error = (await pulling.catch((e: unknown) => e)) as RsyncError;
     expect(error).toMatchObject({ name: 'RsyncError', code: 'RSYNC_FAILED', retryable: true });
-    expect(error.message).toMatch(/launcher process exited/);
+    expect(error.message).toMatch(new RegExp(`launcher process ${helper} exited`));
     expect(error.message).not.toContain('\n');
     expect(groupAlive(pgid)).toBe(false);
     await expect(rsyncVersion('rsync')).resolves.toMatch(/^\d/);
@@ -135,7 +135,7 @@ describe('the process launcher', { timeout: 30_000 }, () => {
     );
     const [helper, pgid] = (await firstNumbers(child)) as [number, number];
     onTestFinished(() => {
-      if (groupAlive(pgid)) process.kill(-pgid, 'SIGKILL');
+      for (const group of [pgid, helper]) if (groupAlive(group)) process.kill(-group, 'SIGKILL');
     });
     expect(groupAlive(pgid)).toBe(true);
     // It ignores SIGPIPE: the launcher's end alone would not end it.
@@ -182,6 +182,24 @@ describe('the process launcher', { timeout: 30_000 }, () => {
     }
     await expect(rsyncVersion('rsync')).resolves.toMatch(/^\d/);
     expect(launcherPid()).not.toBe(helper);
+  });
+
+  it('outlives signals meant for a whole process group or service: the runs go on', async () => {
+    const silent = await silentServer();
+    const pulling = pullBatch({
+      source: `rsync://127.0.0.1:${silent.port}/m/`,
+      dest: await tempDir(),
+      paths: ['a'],
+      timeoutMs: 1500,
+    });
+    await rsyncGroup(`^rsync .*127.0.0.1:${silent.port}/`);
+    const helper = launcherPid()!;
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.kill(helper, signal);
+    // Ended by its own timeout, not by a lost launcher.
+    await expect(pulling).rejects.toMatchObject({ code: 'RSYNC_TIMEOUT' });
+    expect(launcherPid()).toBe(helper);
+    expect(alive(helper)).toBe(true);
+    await silent.close();
   });
 
   it('does not keep an idle process alive', async () => {
