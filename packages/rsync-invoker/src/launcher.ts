@@ -25,9 +25,16 @@ function killAll() {
     try { process.kill(-child.pid, 'SIGKILL'); } catch {}
   }
 }
+// Waits (briefly) for the killed to be reaped here: exiting at once would leave them as zombies
+// for whichever process adopts them.
+let stopping = false;
 function shutdown() {
+  if (stopping) return;
+  stopping = true;
   killAll();
-  process.exit(0);
+  if (running.size === 0) process.exit(0);
+  setInterval(() => { if (running.size === 0) process.exit(0); }, 5);
+  setTimeout(() => process.exit(0), 1000);
 }
 function post(message) {
   if (!process.connected) return;
