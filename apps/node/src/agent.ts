@@ -15,6 +15,7 @@ import { createMetrics } from './metrics.ts';
 import { PartitionController } from './partition-controller.ts';
 import { ackSatisfied, ReplicaAcks } from './replica-acks.ts';
 import { type RsyncDaemon, startRsyncDaemon } from './rsync-daemon.ts';
+import { StoreChecks } from './store-checks.ts';
 
 /**
  * The node agent: opens the partition logs, runs the rsync daemon and the HTTP server, registers
@@ -225,6 +226,17 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     await watcher?.close();
   });
 
+  const storeChecks = new StoreChecks({
+    root: fileStore,
+    partitionOf: (path) => generator.partitionOf(path),
+    onWalk: (partitions) => {
+      metrics.storeCheckWalks.inc();
+      logger.info(
+        { partitions },
+        `store checked against the logs of partition(s) ${partitions.join(', ')} in one walk`,
+      );
+    },
+  });
   for (let p = 0; p < config.partitions; p++) {
     controllers.push(
       new PartitionController({
@@ -239,11 +251,13 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         onMastershipChange: updateWatcher,
         metrics,
         revokeRefusingMaster: config.revokeRefusingMaster,
+        storeChecks,
       }),
     );
   }
   cleanups.push(async () => {
     await Promise.all(controllers.map((c) => c.close()));
+    storeChecks.close();
   });
   coord.on('change', () => {
     for (const controller of controllers) controller.schedule();

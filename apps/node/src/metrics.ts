@@ -16,6 +16,7 @@ export interface NodeMetrics {
   batchSeconds: Histogram;
   pulls: Counter;
   promotions: Counter;
+  storeCheckWalks: Counter;
   readDigests: Counter<'source'>;
 }
 
@@ -63,6 +64,11 @@ export function createMetrics(view: {
     promotions: new Counter({
       name: 'pfs_promotions_total',
       help: 'Times this node became master of a partition',
+      registers: [registry],
+    }),
+    storeCheckWalks: new Counter({
+      name: 'pfs_store_check_walks_total',
+      help: 'Walks of the store that checked it against the logs of partitions this node had mastered',
       registers: [registry],
     }),
     readDigests: new Counter({

@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { lstat, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { type ChangelogGenerator, findUnloggedChanges } from '@pfs/changelog-generator';
+import type { ChangelogGenerator } from '@pfs/changelog-generator';
 import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
 import {
   type AppliedBatch,
@@ -19,6 +19,7 @@ import type { Logger } from 'pino';
 import { cutDivergentSuffix, divergencePoint, quarantineUnlogged, setAsideInTheWay } from './divergence.ts';
 import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
+import type { StoreChecks } from './store-checks.ts';
 
 /**
  * Role of this node for one partition, driven by the cluster view:
@@ -42,6 +43,8 @@ export interface ControllerDeps {
   metrics: NodeMetrics;
   /** Revoke the lease of a followed master whose HTTP address refuses connections (see checkMasterAlive). */
   revokeRefusingMaster: boolean;
+  /** The node's store checks, shared by its partitions (see checkStore). */
+  storeChecks: StoreChecks;
 }
 
 /**
@@ -81,6 +84,7 @@ export class PartitionController {
 
   constructor(private readonly deps: ControllerDeps) {
     this.mayHoldUnlogged = existsSync(this.masteredMarker);
+    if (this.mayHoldUnlogged) deps.storeChecks.expect(deps.partition);
   }
 
   /**
@@ -235,12 +239,7 @@ export class PartitionController {
     const log = this.deps.log;
     // The master first: unreachable, this fails before the walk rather than after it.
     const later = await this.recordsAfter(source, log.lastTxid);
-    const changes = await findUnloggedChanges({
-      root: fileStore,
-      log,
-      belongs: (path) => this.deps.generator.partitionOf(path) === this.partition,
-      signal: this.stop.signal,
-    });
+    const changes = await this.deps.storeChecks.check(this.partition, log, this.stop.signal);
     if (changes.length === 0) return;
     const unexplained = changes.filter((change) => {
       const record = later.get(change.path);

@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { partitionOf } from '@pfs/filestore';
 import { decodeRecords } from '@pfs/replicator';
 import { type EtcdHandle, freePort, startEtcd, stopAll } from '@pfs/testkit';
 import { TxLog } from '@pfs/txlog';
@@ -504,6 +505,53 @@ describe('node agent over HTTP', () => {
     expect(await readFile(aside, 'utf8')).toBe('bytes nobody acknowledged');
     // Checked: the next restart follows at once.
     await expect(stat(marker)).rejects.toThrow();
+  });
+
+  it('checks its store once for all the partitions an old master had, when it comes back', async () => {
+    const cluster = `agent-${++clusterSeq}`;
+    const config = async (dataDir?: string) => ({ ...(await agentConfig(cluster, dataDir)), partitions: 3 });
+    const partitions = async (agent: Agent) =>
+      (
+        (await (await fetch(`${agent.url}/v1/status`)).json()) as {
+          partitions: { role: string; lastTxid: string }[];
+        }
+      ).partitions;
+    const allAre = (agent: Agent, role: string) => async () =>
+      (await partitions(agent)).every((p) => p.role === role) ? true : undefined;
+    const master = await start(await config());
+    await until('master of every partition', allAre(master, 'master'));
+    const replica = await start(await config());
+    await until('replica of every partition', allAre(replica, 'replica'));
+    // One acknowledged file in each partition.
+    const names = [0, 1, 2].map((p) => {
+      for (let i = 0; ; i++) if (partitionOf(`f${i}`, 3) === p) return `f${i}`;
+    });
+    for (const name of names)
+      expect(
+        (await fetch(`${master.url}/v1/files/${name}`, { method: 'PUT', body: `acknowledged ${name}` }))
+          .status,
+      ).toBe(201);
+    const sameAs = (a: Agent, b: Agent) => async () => {
+      const [x, y] = [await partitions(a), await partitions(b)];
+      return x.every((p, i) => p.lastTxid === y[i]!.lastTxid) ? true : undefined;
+    };
+    await until('replica caught up', sameAs(master, replica));
+    const dataDir = await stopForRestart(master);
+    await until('the replica master of every partition', allAre(replica, 'master'));
+    for (const name of names) await writeFile(join(dataDir, 'filestore', name), `unlogged ${name}`);
+    const again = await start({ ...(await config(dataDir)), httpPort: master.config.httpPort });
+    await until('the old master following every partition', allAre(again, 'replica'));
+    await until('the old master caught up', sameAs(replica, again));
+    for (const name of names)
+      expect(await readFile(join(dataDir, 'filestore', name), 'utf8')).toBe(`acknowledged ${name}`);
+    const listed = (await (await fetch(`${again.url}/v1/quarantine`)).json()) as {
+      entries: { kind: string; path: string }[];
+    };
+    expect(listed.entries.map((e) => `${e.kind} ${e.path}`).sort()).toEqual(
+      names.map((n) => `unlogged ${n}`).sort(),
+    );
+    const metrics = await (await fetch(`${again.url}/metrics`)).text();
+    expect(metrics).toMatch(/^pfs_store_check_walks_total 1$/m);
   });
 
   it('acks a write with ack=one or all only once the replica has it, and answers 504 without losing it', async () => {

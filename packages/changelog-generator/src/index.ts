@@ -6,4 +6,9 @@ export {
   ChangelogGenerator,
   type ChangelogGeneratorOptions,
 } from './generator.ts';
-export { findUnloggedChanges, type UnloggedChange } from './store-check.ts';
+export {
+  findUnloggedChanges,
+  findUnloggedChangesOf,
+  type LogToCheck,
+  type UnloggedChange,
+} from './store-check.ts';

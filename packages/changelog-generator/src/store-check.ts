@@ -1,6 +1,7 @@
-import { hashFile, walkStore } from '@pfs/filestore';
+import { hashFile, type StoreEntry, walkStore } from '@pfs/filestore';
 import type { TxLog } from '@pfs/txlog';
 import { replayIntoIndex } from './generator.ts';
+import type { PathIndex, SlotMarks } from './path-index.ts';
 
 /** A path whose bytes on disk are not what the log's last record for it says. */
 export interface UnloggedChange {
@@ -23,48 +24,129 @@ export async function findUnloggedChanges(options: {
   belongs: (path: string) => boolean;
   signal?: AbortSignal;
 }): Promise<UnloggedChange[]> {
-  const index = await replayIntoIndex(options.log);
-  // Timestamps advance by clock ticks: a same-size rewrite right after its record can keep the
-  // record's mtime. Files recorded that recently (where an unlogged rename can only be) are
-  // hashed whatever their stat says.
-  const trustedBefore = (index.newestMtime() ?? 0n) - RECENT_NS;
-  const marks = index.startMarks();
-  const changes: UnloggedChange[] = [];
+  const found = await findUnloggedChangesOf({
+    root: options.root,
+    logs: new Map([
+      [0, { log: options.log, ...(options.signal === undefined ? {} : { signal: options.signal }) }],
+    ]),
+    logOf: (path) => (options.belongs(path) ? 0 : undefined),
+  });
+  return found.get(0)!;
+}
+
+/** One log to compare the store with; its signal ends its part of a shared walk. */
+export interface LogToCheck {
+  log: TxLog;
+  signal?: AbortSignal;
+}
+
+/**
+ * findUnloggedChanges for several logs in one walk of the store: each path is compared with the
+ * log that `logOf` names for it (none: skipped). Resolves with the changes of every log whose
+ * signal has not aborted; the walk stops, rejecting, once every signal has.
+ */
+export async function findUnloggedChangesOf<K>(options: {
+  root: string;
+  logs: ReadonlyMap<K, LogToCheck>;
+  logOf: (path: string) => K | undefined;
+}): Promise<Map<K, UnloggedChange[]>> {
+  if (options.logs.size === 0) return new Map();
+  const comparisons = new Map<K, LogComparison>();
+  const all: LogComparison[] = [];
   try {
-    for await (const entry of walkStore(options.root)) {
-      options.signal?.throwIfAborted();
-      if (!options.belongs(entry.path)) continue;
-      const slot = index.slotOf(entry.path);
-      if (slot === undefined) {
-        // Unrecorded and named like the temp file of a path of another partition: that
-        // partition's rsync may be writing it right now.
-        const target = rsyncTargetOf(entry.path);
-        if (target !== undefined && !options.belongs(target)) continue;
-      } else {
-        marks.mark(slot);
-        // ctime is not in records: size and mtime only.
-        if (
-          index.sizeOf(slot) === entry.stat.size &&
-          index.mtimeOf(slot) === entry.stat.mtimeNs &&
-          entry.stat.mtimeNs < trustedBefore
-        )
-          continue;
-      }
-      const hashed = await hashFile(options.root, entry.path);
-      // Gone since the walk saw it: the unmarked check below does not see it either.
-      if (hashed === undefined) {
-        if (slot !== undefined) changes.push({ path: entry.path, onDisk: undefined });
-        continue;
-      }
-      if (slot !== undefined && index.sizeOf(slot) === hashed.size && index.sha256Of(slot) === hashed.sha256)
-        continue;
-      changes.push({ path: entry.path, onDisk: hashed });
+    for (const [key, { log, signal }] of options.logs) {
+      const comparison = new LogComparison(await replayIntoIndex(log), signal);
+      all.push(comparison);
+      comparisons.set(key, comparison);
     }
-    for (const path of index.unmarkedPaths(marks)) changes.push({ path, onDisk: undefined });
+    // Drops the aborted; with none left, the walk ends with the last one's reason.
+    const live = () => {
+      for (const [key, comparison] of comparisons) {
+        if (!comparison.aborted) continue;
+        comparisons.delete(key);
+        if (comparisons.size === 0) comparison.throwIfAborted();
+      }
+    };
+    live();
+    for await (const entry of walkStore(options.root)) {
+      live();
+      const key = options.logOf(entry.path);
+      const comparison = key === undefined ? undefined : comparisons.get(key);
+      if (comparison === undefined) continue;
+      // Unrecorded and named like the temp file of another log's path: that partition's rsync
+      // may be writing it right now.
+      const target = comparison.recorded(entry.path) ? undefined : rsyncTargetOf(entry.path);
+      if (target !== undefined && options.logOf(target) !== key) continue;
+      await comparison.visit(options.root, entry);
+    }
+    live();
+    return new Map([...comparisons].map(([key, comparison]) => [key, comparison.finish()]));
   } finally {
-    index.endMarks(marks);
+    for (const comparison of all) comparison.end();
   }
-  return changes;
+}
+
+/** The state of one log's comparison during a walk. */
+class LogComparison {
+  private readonly trustedBefore: bigint;
+  private readonly marks: SlotMarks;
+  private readonly changes: UnloggedChange[] = [];
+
+  constructor(
+    private readonly index: PathIndex,
+    private readonly signal: AbortSignal | undefined,
+  ) {
+    // Timestamps advance by clock ticks: a same-size rewrite right after its record can keep the
+    // record's mtime. Files recorded that recently (where an unlogged rename can only be) are
+    // hashed whatever their stat says.
+    this.trustedBefore = (index.newestMtime() ?? 0n) - RECENT_NS;
+    this.marks = index.startMarks();
+  }
+
+  get aborted(): boolean {
+    return this.signal?.aborted === true;
+  }
+
+  throwIfAborted(): void {
+    this.signal?.throwIfAborted();
+  }
+
+  recorded(path: string): boolean {
+    return this.index.slotOf(path) !== undefined;
+  }
+
+  async visit(root: string, entry: StoreEntry): Promise<void> {
+    const { index } = this;
+    const slot = index.slotOf(entry.path);
+    if (slot !== undefined) {
+      this.marks.mark(slot);
+      // ctime is not in records: size and mtime only.
+      if (
+        index.sizeOf(slot) === entry.stat.size &&
+        index.mtimeOf(slot) === entry.stat.mtimeNs &&
+        entry.stat.mtimeNs < this.trustedBefore
+      )
+        return;
+    }
+    const hashed = await hashFile(root, entry.path);
+    // Gone since the walk saw it: the unmarked check in finish does not see it either.
+    if (hashed === undefined) {
+      if (slot !== undefined) this.changes.push({ path: entry.path, onDisk: undefined });
+      return;
+    }
+    if (slot !== undefined && index.sizeOf(slot) === hashed.size && index.sha256Of(slot) === hashed.sha256)
+      return;
+    this.changes.push({ path: entry.path, onDisk: hashed });
+  }
+
+  finish(): UnloggedChange[] {
+    for (const path of this.index.unmarkedPaths(this.marks)) this.changes.push({ path, onDisk: undefined });
+    return this.changes;
+  }
+
+  end(): void {
+    this.index.endMarks(this.marks);
+  }
 }
 
 /** Files recorded with an mtime this close to the newest one are always hashed. */

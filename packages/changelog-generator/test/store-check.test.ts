@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ChangelogGenerator, findUnloggedChanges } from '@pfs/changelog-generator';
+import { ChangelogGenerator, findUnloggedChanges, findUnloggedChangesOf } from '@pfs/changelog-generator';
 import { initStore, stageFile } from '@pfs/filestore';
 import { TxLog } from '@pfs/txlog';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -63,5 +63,68 @@ describe('findUnloggedChanges', () => {
       { path: 'same-size', onDisk: { size: 4n, sha256: sha('BBBB') } },
       { path: 'stray', onDisk: { size: 12n, sha256: sha('never logged') } },
     ]);
+  });
+
+  it('checks several logs in one walk, each against its own paths, and drops a log whose check was aborted', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-check-'));
+    const root = join(base, 'filestore');
+    await initStore(root);
+    const logs = [
+      await TxLog.open(join(base, 'changelog', '0')),
+      await TxLog.open(join(base, 'changelog', '1')),
+    ];
+    cleanups.push(async () => {
+      for (const log of logs) await log.close();
+      await rm(base, { recursive: true, force: true });
+    });
+    const generator = new ChangelogGenerator({ root, partitionCount: 2 });
+    for (const [p, log] of logs.entries()) {
+      await log.startGeneration(1n);
+      await generator.attach(p, log);
+    }
+    // Three names for each partition, found by trying; the third is never logged.
+    const names: string[][] = [[], []];
+    for (let i = 0; names[0]!.length < 3 || names[1]!.length < 3; i++) {
+      const p = generator.partitionOf(`f${i}`);
+      if (names[p]!.length < 3) names[p]!.push(`f${i}`);
+    }
+    const [[kept0, rewritten0, stray0], [kept1, gone1, stray1]] = names as [string[], string[]];
+    for (const name of [kept0!, rewritten0!, kept1!, gone1!])
+      await generator.commitPut(await stageFile(root, name, Buffer.from(`v1 of ${name}`)));
+    await writeFile(join(root, rewritten0!), 'never logged');
+    await writeFile(join(root, stray0!), 'never logged either');
+    await unlink(join(root, gone1!));
+    // Partition 1's rsync writing its temp file for kept1, under a name that is partition 0's.
+    let temp = '';
+    for (let i = 0; temp === '' || generator.partitionOf(temp) !== 0; i++)
+      temp = `.${kept1}.t${String(i).padStart(5, '0')}`;
+    await writeFile(join(root, temp), 'half a file');
+    await writeFile(join(root, stray1!), 'partition 1 never logged this');
+
+    const logOf = (path: string) => generator.partitionOf(path);
+    const both = await findUnloggedChangesOf({
+      root,
+      logs: new Map(logs.map((log, p) => [p, { log }])),
+      logOf,
+    });
+    const paths = (changes: { path: string }[] | undefined) => changes?.map((c) => c.path).sort();
+    expect(paths(both.get(0))).toEqual([rewritten0, stray0].sort());
+    expect(paths(both.get(1))).toEqual([gone1, stray1].sort());
+
+    const aborted = new AbortController();
+    aborted.abort(new Error('partition 0 is master again'));
+    const one = await findUnloggedChangesOf({
+      root,
+      logs: new Map([
+        [0, { log: logs[0]!, signal: aborted.signal }],
+        [1, { log: logs[1]! }],
+      ]),
+      logOf,
+    });
+    expect([...one.keys()]).toEqual([1]);
+    expect(paths(one.get(1))).toEqual(paths(both.get(1)));
+    await expect(
+      findUnloggedChangesOf({ root, logs: new Map([[0, { log: logs[0]!, signal: aborted.signal }]]), logOf }),
+    ).rejects.toThrow('partition 0 is master again');
   });
 });
