@@ -257,7 +257,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   }
   cleanups.push(async () => {
     await Promise.all(controllers.map((c) => c.close()));
-    storeChecks.close();
+    await storeChecks.close();
   });
   coord.on('change', () => {
     for (const controller of controllers) controller.schedule();

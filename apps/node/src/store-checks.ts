@@ -3,7 +3,7 @@ import type { TxLog } from '@pfs/txlog';
 
 /** How long a walk waits for the checks of other partitions to join it. */
 const GATHER_MS = 100;
-/** How long it waits at most for the partitions expected to ask (see `expect`). */
+/** How long after the node's start a walk waits at most for the partitions expected to ask. */
 const EXPECTED_WAIT_MS = 2000;
 
 interface Waiting extends LogToCheck {
@@ -17,37 +17,40 @@ interface Waiting extends LogToCheck {
  * store once for every partition that asks at about the same time. All partitions share one
  * store directory, so a node that had mastered many of them and restarts after a crash would
  * otherwise walk the whole store once per partition, all at once. A check asked for while a
- * walk runs waits for the next one.
+ * walk runs waits for the next one. One partition's failure (its log unreadable, a file that
+ * cannot be read) fails only its own check.
  */
 export class StoreChecks {
   private readonly waiting = new Map<number, Waiting>();
-  /** Partitions known to need a check soon, that have not asked yet. */
+  /** Partitions that started with their mark and have not asked yet (see `expect`). */
   private readonly expected = new Set<number>();
-  private scheduled: NodeJS.Timeout | undefined;
-  private scheduledFor = 0;
-  private walking = false;
+  private readonly expectedUntil = performance.now() + EXPECTED_WAIT_MS;
+  private scheduled: { timer: NodeJS.Timeout; at: number } | undefined;
+  private walking: Promise<void> | undefined;
+  private closed = false;
 
   constructor(
     private readonly options: {
       root: string;
       partitionOf: (path: string) => number;
-      /** After each completed walk, with the partitions it checked. */
+      /** After each walk, with the partitions whose checks it completed. */
       onWalk?: (partitions: number[]) => void;
       find?: typeof findUnloggedChangesOf;
     },
   ) {}
 
   /**
-   * Says that `partition` will ask for a check soon (it starts with its marker, after a
-   * restart): the first walk waits for it, up to EXPECTED_WAIT_MS, instead of GATHER_MS.
+   * Says that `partition` will ask for a check soon (it starts with its mark): until
+   * EXPECTED_WAIT_MS after this object was made, a walk waits for it rather than GATHER_MS.
    */
   expect(partition: number): void {
-    this.expected.add(partition);
+    if (performance.now() < this.expectedUntil) this.expected.add(partition);
   }
 
   /** What differs in the store from `log`, for the paths of `partition`. */
   check(partition: number, log: TxLog, signal: AbortSignal): Promise<UnloggedChange[]> {
     signal.throwIfAborted();
+    if (this.closed) return Promise.reject(new Error('the node is stopping: no store check'));
     this.expected.delete(partition);
     return new Promise((resolve, reject) => {
       const onAbort = () => {
@@ -77,29 +80,32 @@ export class StoreChecks {
   }
 
   private schedule(): void {
-    if (this.walking || this.waiting.size === 0) return;
-    const delay = this.expected.size > 0 ? EXPECTED_WAIT_MS : GATHER_MS;
+    if (this.closed || this.walking !== undefined || this.waiting.size === 0) return;
+    const now = performance.now();
+    const waitForExpected = this.expected.size > 0 && now < this.expectedUntil;
+    const at = waitForExpected ? this.expectedUntil : now + GATHER_MS;
     if (this.scheduled !== undefined) {
-      // The last expected partition has asked: no need to wait longer than for any other.
-      if (delay >= this.scheduledFor) return;
-      clearTimeout(this.scheduled);
+      // Only ever sooner: the last expected partition has asked.
+      if (at >= this.scheduled.at) return;
+      clearTimeout(this.scheduled.timer);
     }
-    this.scheduledFor = delay;
-    this.scheduled = setTimeout(() => {
+    const timer = setTimeout(() => {
       this.scheduled = undefined;
-      this.expected.clear();
-      void this.walk();
-    }, delay);
+      this.walking = this.walk().finally(() => {
+        this.walking = undefined;
+        this.schedule();
+      });
+    }, at - now);
+    this.scheduled = { timer, at };
   }
 
   private async walk(): Promise<void> {
     const batch = new Map([...this.waiting].filter(([, check]) => !check.signal.aborted));
     this.waiting.clear();
     if (batch.size === 0) return;
-    this.walking = true;
     try {
       const find = this.options.find ?? findUnloggedChangesOf;
-      const found = await find({
+      const outcomes = await find({
         root: this.options.root,
         logs: batch,
         logOf: (path) => {
@@ -107,23 +113,34 @@ export class StoreChecks {
           return batch.has(partition) ? partition : undefined;
         },
       });
-      this.options.onWalk?.([...found.keys()]);
+      const completed: number[] = [];
       for (const [partition, check] of batch) {
-        const changes = found.get(partition);
-        // Missing only if its signal aborted, which has rejected it already.
-        if (changes !== undefined) check.resolve(changes);
+        const outcome = outcomes.get(partition);
+        if (outcome === undefined)
+          check.reject(new Error(`the store walk returned nothing for partition ${partition}`));
+        else if ('error' in outcome) check.reject(outcome.error);
+        else {
+          completed.push(partition);
+          check.resolve(outcome.changes);
+        }
       }
+      if (completed.length > 0) this.options.onWalk?.(completed);
     } catch (error) {
       for (const check of batch.values()) check.reject(error);
-    } finally {
-      this.walking = false;
-      this.schedule();
     }
   }
 
-  /** Cancels a walk that has not started (the node is stopping). */
-  close(): void {
-    clearTimeout(this.scheduled);
+  /**
+   * Ends the checks not yet walked and waits for a walk in progress (the partitions' own
+   * signals, aborted as they close, end their parts of it).
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.scheduled?.timer);
     this.scheduled = undefined;
+    for (const check of this.waiting.values())
+      check.reject(new Error('the node is stopping: no store check'));
+    this.waiting.clear();
+    await this.walking;
   }
 }

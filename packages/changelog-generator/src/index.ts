@@ -9,6 +9,7 @@ export {
 export {
   findUnloggedChanges,
   findUnloggedChangesOf,
+  type LogCheckOutcome,
   type LogToCheck,
   type UnloggedChange,
 } from './store-check.ts';

@@ -31,7 +31,9 @@ export async function findUnloggedChanges(options: {
     ]),
     logOf: (path) => (options.belongs(path) ? 0 : undefined),
   });
-  return found.get(0)!;
+  const outcome = found.get(0)!;
+  if ('error' in outcome) throw outcome.error;
+  return outcome.changes;
 }
 
 /** One log to compare the store with; its signal ends its part of a shared walk. */
@@ -40,47 +42,67 @@ export interface LogToCheck {
   signal?: AbortSignal;
 }
 
+/** How one log's part of a shared walk ended. */
+export type LogCheckOutcome = { changes: UnloggedChange[] } | { error: unknown };
+
 /**
  * findUnloggedChanges for several logs in one walk of the store: each path is compared with the
- * log that `logOf` names for it (none: skipped). Resolves with the changes of every log whose
- * signal has not aborted; the walk stops, rejecting, once every signal has.
+ * log that `logOf` names for it (none: skipped). Resolves with an outcome per log: its changes,
+ * or what ended its part — its signal's reason, a log that cannot be replayed, a file that
+ * cannot be hashed. One log's error ends only its own part; only a failing walk rejects.
  */
 export async function findUnloggedChangesOf<K>(options: {
   root: string;
   logs: ReadonlyMap<K, LogToCheck>;
   logOf: (path: string) => K | undefined;
-}): Promise<Map<K, UnloggedChange[]>> {
-  if (options.logs.size === 0) return new Map();
+}): Promise<Map<K, LogCheckOutcome>> {
+  const outcomes = new Map<K, LogCheckOutcome>();
   const comparisons = new Map<K, LogComparison>();
   const all: LogComparison[] = [];
+  const fail = (key: K, error: unknown) => {
+    comparisons.delete(key);
+    outcomes.set(key, { error });
+  };
+  const dropAborted = () => {
+    for (const [key, comparison] of comparisons)
+      if (comparison.signal?.aborted) fail(key, comparison.signal.reason);
+  };
   try {
     for (const [key, { log, signal }] of options.logs) {
-      const comparison = new LogComparison(await replayIntoIndex(log), signal);
-      all.push(comparison);
-      comparisons.set(key, comparison);
-    }
-    // Drops the aborted; with none left, the walk ends with the last one's reason.
-    const live = () => {
-      for (const [key, comparison] of comparisons) {
-        if (!comparison.aborted) continue;
-        comparisons.delete(key);
-        if (comparisons.size === 0) comparison.throwIfAborted();
+      if (signal?.aborted) {
+        outcomes.set(key, { error: signal.reason });
+        continue;
       }
-    };
-    live();
-    for await (const entry of walkStore(options.root)) {
-      live();
-      const key = options.logOf(entry.path);
-      const comparison = key === undefined ? undefined : comparisons.get(key);
-      if (comparison === undefined) continue;
-      // Unrecorded and named like the temp file of another log's path: that partition's rsync
-      // may be writing it right now.
-      const target = comparison.recorded(entry.path) ? undefined : rsyncTargetOf(entry.path);
-      if (target !== undefined && options.logOf(target) !== key) continue;
-      await comparison.visit(options.root, entry);
+      try {
+        const comparison = new LogComparison(await replayIntoIndex(log), signal);
+        all.push(comparison);
+        comparisons.set(key, comparison);
+      } catch (error) {
+        outcomes.set(key, { error });
+      }
     }
-    live();
-    return new Map([...comparisons].map(([key, comparison]) => [key, comparison.finish()]));
+    dropAborted();
+    if (comparisons.size > 0) {
+      for await (const entry of walkStore(options.root)) {
+        dropAborted();
+        if (comparisons.size === 0) break;
+        const key = options.logOf(entry.path);
+        const comparison = key === undefined ? undefined : comparisons.get(key);
+        if (comparison === undefined) continue;
+        // Unrecorded and named like the temp file of another log's path: that partition's rsync
+        // may be writing it right now.
+        const target = comparison.recorded(entry.path) ? undefined : rsyncTargetOf(entry.path);
+        if (target !== undefined && options.logOf(target) !== key) continue;
+        try {
+          await comparison.visit(options.root, entry);
+        } catch (error) {
+          fail(key!, error);
+        }
+      }
+    }
+    dropAborted();
+    for (const [key, comparison] of comparisons) outcomes.set(key, { changes: comparison.finish() });
+    return outcomes;
   } finally {
     for (const comparison of all) comparison.end();
   }
@@ -94,21 +116,13 @@ class LogComparison {
 
   constructor(
     private readonly index: PathIndex,
-    private readonly signal: AbortSignal | undefined,
+    readonly signal: AbortSignal | undefined,
   ) {
     // Timestamps advance by clock ticks: a same-size rewrite right after its record can keep the
     // record's mtime. Files recorded that recently (where an unlogged rename can only be) are
     // hashed whatever their stat says.
     this.trustedBefore = (index.newestMtime() ?? 0n) - RECENT_NS;
     this.marks = index.startMarks();
-  }
-
-  get aborted(): boolean {
-    return this.signal?.aborted === true;
-  }
-
-  throwIfAborted(): void {
-    this.signal?.throwIfAborted();
   }
 
   recorded(path: string): boolean {

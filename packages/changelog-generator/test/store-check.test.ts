@@ -3,7 +3,12 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ChangelogGenerator, findUnloggedChanges, findUnloggedChangesOf } from '@pfs/changelog-generator';
+import {
+  ChangelogGenerator,
+  findUnloggedChanges,
+  findUnloggedChangesOf,
+  type LogCheckOutcome,
+} from '@pfs/changelog-generator';
 import { initStore, stageFile } from '@pfs/filestore';
 import { TxLog } from '@pfs/txlog';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -107,24 +112,31 @@ describe('findUnloggedChanges', () => {
       logs: new Map(logs.map((log, p) => [p, { log }])),
       logOf,
     });
-    const paths = (changes: { path: string }[] | undefined) => changes?.map((c) => c.path).sort();
+    const paths = (outcome: LogCheckOutcome | undefined) =>
+      outcome !== undefined && 'changes' in outcome ? outcome.changes.map((c) => c.path).sort() : outcome;
     expect(paths(both.get(0))).toEqual([rewritten0, stray0].sort());
     expect(paths(both.get(1))).toEqual([gone1, stray1].sort());
 
+    // A part that ends early ends only itself: an aborted one, one whose log cannot be read.
     const aborted = new AbortController();
     aborted.abort(new Error('partition 0 is master again'));
-    const one = await findUnloggedChangesOf({
+    const unreadable = Object.create(logs[0]!, {
+      readAfter: { value: () => Promise.reject(new Error('log 2 is corrupt')) },
+    }) as TxLog;
+    const some = await findUnloggedChangesOf({
       root,
       logs: new Map([
         [0, { log: logs[0]!, signal: aborted.signal }],
         [1, { log: logs[1]! }],
+        [2, { log: unreadable }],
       ]),
-      logOf,
+      logOf: (path) => (generator.partitionOf(path) === 0 ? 2 : 1),
     });
-    expect([...one.keys()]).toEqual([1]);
-    expect(paths(one.get(1))).toEqual(paths(both.get(1)));
+    expect(some.get(0)).toEqual({ error: new Error('partition 0 is master again') });
+    expect(some.get(2)).toEqual({ error: new Error('log 2 is corrupt') });
+    expect(paths(some.get(1))).toEqual(paths(both.get(1)));
     await expect(
-      findUnloggedChangesOf({ root, logs: new Map([[0, { log: logs[0]!, signal: aborted.signal }]]), logOf }),
+      findUnloggedChanges({ root, log: logs[0]!, belongs: () => true, signal: aborted.signal }),
     ).rejects.toThrow('partition 0 is master again');
   });
 });
