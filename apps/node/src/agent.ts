@@ -231,6 +231,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     partitionOf: (path) => generator.partitionOf(path),
     onWalk: (partitions) => {
       metrics.storeCheckWalks.inc();
+      if (partitions.length === 0) return;
       logger.info(
         { partitions },
         `store checked against the logs of partition(s) ${partitions.join(', ')} in one walk`,

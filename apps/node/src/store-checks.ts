@@ -3,8 +3,10 @@ import type { TxLog } from '@pfs/txlog';
 
 /** How long a walk waits for the checks of other partitions to join it. */
 const GATHER_MS = 100;
-/** How long after the node's start a walk waits at most for the partitions expected to ask. */
+/** How long a walk waits at most for the partitions expected to ask. */
 const EXPECTED_WAIT_MS = 2000;
+/** How long after the node's start a partition is expected to ask at all. */
+const EXPECTATIONS_LIFETIME_MS = 10_000;
 
 interface Waiting extends LogToCheck {
   signal: AbortSignal;
@@ -24,7 +26,7 @@ export class StoreChecks {
   private readonly waiting = new Map<number, Waiting>();
   /** Partitions that started with their mark and have not asked yet (see `expect`). */
   private readonly expected = new Set<number>();
-  private readonly expectedUntil = performance.now() + EXPECTED_WAIT_MS;
+  private readonly expectedUntil: number;
   private scheduled: { timer: NodeJS.Timeout; at: number } | undefined;
   private walking: Promise<void> | undefined;
   private closed = false;
@@ -36,12 +38,28 @@ export class StoreChecks {
       /** After each walk, with the partitions whose checks it completed. */
       onWalk?: (partitions: number[]) => void;
       find?: typeof findUnloggedChangesOf;
+      /** Tests: GATHER_MS, EXPECTED_WAIT_MS, EXPECTATIONS_LIFETIME_MS. */
+      timing?: { gatherMs: number; expectedWaitMs: number; expectationsLifetimeMs: number };
     },
-  ) {}
+  ) {
+    this.expectedUntil = performance.now() + this.timing.expectationsLifetimeMs;
+  }
+
+  private get timing() {
+    return (
+      this.options.timing ?? {
+        gatherMs: GATHER_MS,
+        expectedWaitMs: EXPECTED_WAIT_MS,
+        expectationsLifetimeMs: EXPECTATIONS_LIFETIME_MS,
+      }
+    );
+  }
 
   /**
-   * Says that `partition` will ask for a check soon (it starts with its mark): until
-   * EXPECTED_WAIT_MS after this object was made, a walk waits for it rather than GATHER_MS.
+   * Says that `partition` will ask for a check soon (it starts with its mark): a walk then waits
+   * for it, up to EXPECTED_WAIT_MS after the walk's first check rather than GATHER_MS. An
+   * expectation lapses EXPECTATIONS_LIFETIME_MS after this object was made (a partition elected
+   * master again never asks).
    */
   expect(partition: number): void {
     if (performance.now() < this.expectedUntil) this.expected.add(partition);
@@ -82,8 +100,9 @@ export class StoreChecks {
   private schedule(): void {
     if (this.closed || this.walking !== undefined || this.waiting.size === 0) return;
     const now = performance.now();
+    const { gatherMs, expectedWaitMs } = this.timing;
     const waitForExpected = this.expected.size > 0 && now < this.expectedUntil;
-    const at = waitForExpected ? this.expectedUntil : now + GATHER_MS;
+    const at = waitForExpected ? Math.min(now + expectedWaitMs, this.expectedUntil) : now + gatherMs;
     if (this.scheduled !== undefined) {
       // Only ever sooner: the last expected partition has asked.
       if (at >= this.scheduled.at) return;
@@ -91,6 +110,8 @@ export class StoreChecks {
     }
     const timer = setTimeout(() => {
       this.scheduled = undefined;
+      // Waited for: those that have not asked by now are not coming soon.
+      this.expected.clear();
       this.walking = this.walk().finally(() => {
         this.walking = undefined;
         this.schedule();
@@ -124,7 +145,7 @@ export class StoreChecks {
           check.resolve(outcome.changes);
         }
       }
-      if (completed.length > 0) this.options.onWalk?.(completed);
+      this.options.onWalk?.(completed);
     } catch (error) {
       for (const check of batch.values()) check.reject(error);
     }

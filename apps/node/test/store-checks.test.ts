@@ -87,34 +87,60 @@ describe('StoreChecks', () => {
     await checks.close();
   });
 
-  it('waits for the partitions expected to ask, but not past its deadline', async () => {
+  it('waits for the partitions expected to ask, but only so long', async () => {
     const { walks, find } = fakeWalks();
-    const checks = new StoreChecks({ root: '/nowhere', partitionOf: () => 0, find });
+    const timing = { gatherMs: 100, expectedWaitMs: 600, expectationsLifetimeMs: 5000 };
+    const checks = new StoreChecks({ root: '/nowhere', partitionOf: () => 0, find, timing });
     checks.expect(0);
     checks.expect(1);
+    checks.expect(2);
     const zero = checks.check(0, log('log 0'), running());
     await sleep(300);
-    // Partition 1 has not asked yet: no walk.
+    // Partitions 1 and 2 have not asked yet: no walk.
     expect(walks).toHaveLength(0);
     const one = checks.check(1, log('log 1'), running());
+    // Partition 2 never asks: the walk goes without it once it has waited for it.
     await until(() => walks.length === 1);
     expect([...walks[0]!.logs.keys()]).toEqual([0, 1]);
     walks[0]!.finish();
     expect(await Promise.all([zero, one])).toEqual([changeOf(0), changeOf(1)]);
-
-    // One that never asks holds the first walk only until the deadline, and no later one.
-    const late = new StoreChecks({ root: '/nowhere', partitionOf: () => 0, find });
-    late.expect(5);
-    const alone = late.check(4, log('log 4'), running());
-    await until(() => walks.length === 2);
-    walks[1]!.finish();
-    expect(await alone).toEqual(changeOf(4));
-    const next = late.check(6, log('log 6'), running());
+    // ... and is no longer waited for.
+    const next = checks.check(3, log('log 3'), running());
     await sleep(300);
-    expect(walks).toHaveLength(3);
-    walks[2]!.finish();
-    expect(await next).toEqual(changeOf(6));
-    await Promise.all([checks.close(), late.close()]);
+    expect(walks).toHaveLength(2);
+    walks[1]!.finish();
+    expect(await next).toEqual(changeOf(3));
+    await checks.close();
+  });
+
+  it('no longer waits for an expected partition once the start is long past', async () => {
+    const { walks, find } = fakeWalks();
+    const timing = { gatherMs: 100, expectedWaitMs: 5000, expectationsLifetimeMs: 300 };
+    const checks = new StoreChecks({ root: '/nowhere', partitionOf: () => 0, find, timing });
+    checks.expect(5);
+    await sleep(400);
+    const late = checks.check(4, log('log 4'), running());
+    await sleep(1000);
+    expect(walks).toHaveLength(1);
+    walks[0]!.finish();
+    expect(await late).toEqual(changeOf(4));
+    await checks.close();
+  });
+
+  it('waits for a walk in progress when it closes', async () => {
+    const { walks, find } = fakeWalks();
+    const checks = new StoreChecks({ root: '/nowhere', partitionOf: () => 0, find });
+    const walked = checks.check(0, log('log 0'), running());
+    await until(() => walks.length === 1);
+    let closed = false;
+    const closing = checks.close().then(() => {
+      closed = true;
+    });
+    await sleep(50);
+    expect(closed).toBe(false);
+    walks[0]!.finish();
+    await closing;
+    expect(await walked).toEqual(changeOf(0));
   });
 
   it('ends the checks not walked yet when it closes, and refuses new ones', async () => {

@@ -9,9 +9,19 @@ import {
   findUnloggedChangesOf,
   type LogCheckOutcome,
 } from '@pfs/changelog-generator';
-import { initStore, stageFile } from '@pfs/filestore';
+import { hashFile, initStore, stageFile } from '@pfs/filestore';
 import { TxLog } from '@pfs/txlog';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+
+// hashFile as it is, unless a test makes it fail or act for one path.
+vi.mock('@pfs/filestore', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('@pfs/filestore')>();
+  return { ...actual, hashFile: vi.fn(actual.hashFile) };
+});
+const realHashFile = (await vi.importActual<typeof import('@pfs/filestore')>('@pfs/filestore')).hashFile;
+afterEach(() => {
+  vi.mocked(hashFile).mockImplementation(realHashFile);
+});
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -138,5 +148,31 @@ describe('findUnloggedChanges', () => {
     await expect(
       findUnloggedChanges({ root, log: logs[0]!, belongs: () => true, signal: aborted.signal }),
     ).rejects.toThrow('partition 0 is master again');
+
+    // A file that cannot be read fails its own log's part only.
+    vi.mocked(hashFile).mockImplementation(async (at, path, options) => {
+      if (path === stray0) throw Object.assign(new Error(`EIO reading ${path}`), { code: 'EIO' });
+      return realHashFile(at, path, options);
+    });
+    const unread = await findUnloggedChangesOf({
+      root,
+      logs: new Map(logs.map((log, p) => [p, { log }])),
+      logOf,
+    });
+    expect(unread.get(0)).toEqual({
+      error: expect.objectContaining({ code: 'EIO', message: `EIO reading ${stray0}` }),
+    });
+    expect(paths(unread.get(1))).toEqual(paths(both.get(1)));
+
+    // An abort while the walk's last file is hashed still ends the check.
+    await writeFile(join(root, 'zz-last'), 'unrecorded, hashed last');
+    const late = new AbortController();
+    vi.mocked(hashFile).mockImplementation(async (at, path, options) => {
+      if (path === 'zz-last') late.abort(new Error('stopped at the end'));
+      return realHashFile(at, path, options);
+    });
+    await expect(
+      findUnloggedChanges({ root, log: logs[0]!, belongs: () => true, signal: late.signal }),
+    ).rejects.toThrow('stopped at the end');
   });
 });
