@@ -9,6 +9,7 @@ import { measureFloors } from './floors.ts';
 import { measureLag } from './lag.ts';
 import { measureLsyncdLag } from './lsyncd.ts';
 import { measureScale } from './scale.ts';
+import { measureStoreCheck } from './store-check.ts';
 import { measureThroughput } from './throughput.ts';
 
 /**
@@ -56,6 +57,7 @@ const scenarios = {
   bootstrap: () => measureBootstrap({ files: 50_000, sizeBytes: 4096 }),
   'bootstrap-5k': () => measureBootstrap({ files: 5_000, sizeBytes: 4096 }),
   scale: () => measureScale({ files: 1_000_000, sizeBytes: 100 }),
+  'store-check': () => measureStoreCheck({ files: 50_000, partitions: 8, rounds: 3 }),
   'scale-100k': () => measureScale({ files: 100_000, sizeBytes: 100 }),
   floors: () => measureFloors({ connections: 32, durationMs: 5000, sizeBytes: 4096, files: 5000 }),
   throughput: () => measureThroughput({ connections: 32, durationMs: 5000, sizeBytes: 4096, watch: true }),
