@@ -1,3 +1,4 @@
+import { type BigIntStats, type Dirent, lstatSync } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isInternalPath } from './path-rules.ts';
@@ -9,26 +10,50 @@ export interface StoreEntry {
   stat: FileStat;
 }
 
-/** Every regular file in the store (internal files and symlinks skipped), depth first. */
+/** How many entries the walk looks at between two turns of the event loop. */
+const ENTRIES_PER_TURN = 256;
+
+/**
+ * Every regular file in the store (internal files and symlinks skipped), depth first.
+ *
+ * Directory entries come typed from readdir, so only files are stat'ed, and synchronously: a
+ * store walk is a stat per file (reconcile after a promotion, a former master's check), and on
+ * a local file system a promise-based lstat costs ~32 µs of CPU for its thread-pool round trip
+ * against ~4 µs for lstatSync, and ~45 µs of wall time one after the other. The walk still
+ * yields to the event loop every ENTRIES_PER_TURN entries (~1 ms), so a large directory does not
+ * hold up requests or lease keepalives.
+ */
 export async function* walkStore(root: string, under = ''): AsyncGenerator<StoreEntry> {
   const dir = under === '' ? root : join(root, under);
-  let names: string[];
+  let entries: Dirent[];
   try {
-    names = await readdir(dir);
+    entries = await readdir(dir, { withFileTypes: true });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw error;
   }
-  names.sort();
-  for (const name of names) {
-    const path = under === '' ? name : `${under}/${name}`;
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  let looked = 0;
+  for (const entry of entries) {
+    if (++looked % ENTRIES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
+    const path = under === '' ? entry.name : `${under}/${entry.name}`;
     if (isInternalPath(path)) continue;
-    const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
-    if (info === undefined) continue;
-    if (info.isDirectory()) yield* walkStore(root, path);
-    else if (info.isFile()) {
-      yield { path, stat: fileStatOf(info) };
+    if (entry.isDirectory()) {
+      yield* walkStore(root, path);
+      continue;
     }
+    if (!entry.isFile()) continue;
+    // Gone, or no longer a file, since readdir: skipped, as if the walk had come a moment later.
+    const info = statIfThere(join(root, path));
+    if (info?.isFile()) yield { path, stat: fileStatOf(info) };
+  }
+}
+
+function statIfThere(path: string): BigIntStats | undefined {
+  try {
+    return lstatSync(path, { bigint: true, throwIfNoEntry: false });
+  } catch {
+    return undefined;
   }
 }
 
