@@ -1,4 +1,4 @@
-import { type BigIntStats, type Dirent, lstatSync } from 'node:fs';
+import { type BigIntStats, lstatSync } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isInternalPath } from './path-rules.ts';
@@ -16,36 +16,36 @@ const ENTRIES_PER_TURN = 256;
 /**
  * Every regular file in the store (internal files and symlinks skipped), depth first.
  *
- * Directory entries come typed from readdir, so only files are stat'ed, and synchronously: a
- * store walk is a stat per file (reconcile after a promotion, a former master's check), and on
- * a local file system a promise-based lstat costs ~32 µs of CPU for its thread-pool round trip
- * against ~4 µs for lstatSync, and ~45 µs of wall time one after the other. The walk still
- * yields to the event loop every ENTRIES_PER_TURN entries (~1 ms), so a large directory does not
- * hold up requests or lease keepalives.
+ * Entries are stat'ed synchronously: a store walk is a stat per file (reconcile after a
+ * promotion, a former master's check), and on a local file system a promise-based lstat costs
+ * ~32 µs of CPU for its thread-pool round trip against ~4 µs for lstatSync, and ~45 µs of wall
+ * time one after the other. The walk yields to the event loop every ENTRIES_PER_TURN entries
+ * (~1 ms), so a large directory does not hold up requests or lease keepalives. Each entry is
+ * stat'ed right before it is yielded or descended into, not typed by readdir ahead of time: a
+ * directory replaced by a symlink meanwhile is then skipped rather than followed.
  */
 export async function* walkStore(root: string, under = ''): AsyncGenerator<StoreEntry> {
   const dir = under === '' ? root : join(root, under);
-  let entries: Dirent[];
+  let names: string[];
   try {
-    entries = await readdir(dir, { withFileTypes: true });
+    names = await readdir(dir);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    // Gone, or replaced by a file, since its parent was read: nothing to walk there.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return;
     throw error;
   }
-  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  names.sort();
   let looked = 0;
-  for (const entry of entries) {
+  for (const name of names) {
     if (++looked % ENTRIES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
-    const path = under === '' ? entry.name : `${under}/${entry.name}`;
+    const path = under === '' ? name : `${under}/${name}`;
     if (isInternalPath(path)) continue;
-    if (entry.isDirectory()) {
-      yield* walkStore(root, path);
-      continue;
-    }
-    if (!entry.isFile()) continue;
-    // Gone, or no longer a file, since readdir: skipped, as if the walk had come a moment later.
+    // Gone since readdir: skipped, as if the walk had come a moment later.
     const info = statIfThere(join(root, path));
-    if (info?.isFile()) yield { path, stat: fileStatOf(info) };
+    if (info === undefined) continue;
+    if (info.isDirectory()) yield* walkStore(root, path);
+    else if (info.isFile()) yield { path, stat: fileStatOf(info) };
   }
 }
 

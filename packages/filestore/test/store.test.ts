@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -183,6 +184,35 @@ describe('file store', () => {
     const seen = [];
     for await (const entry of walkStore(root)) seen.push(entry.path);
     expect(seen).toEqual(['x']);
+  });
+
+  it('walks regular files only, in order, whatever changes behind it', async () => {
+    const root = await store();
+    const outside = await mkdtemp(join(tmpdir(), 'pfs-outside-'));
+    dirs.push(outside);
+    await writeFile(join(outside, 'secret'), 'not in the store');
+    // More entries than the walk takes between two turns of the event loop.
+    const many = Array.from({ length: 600 }, (_, i) => `many/f${String(i).padStart(3, '0')}`);
+    for (const name of ['a/x', 'b/y', 'c/z', 'd/w', ...many]) await putFile(root, name, Buffer.from(name));
+    await symlink(join(outside, 'secret'), join(root, 'link-to-file'));
+    await symlink(outside, join(root, 'link-to-dir'));
+    execFileSync('mkfifo', [join(root, 'fifo')]);
+    const walked: string[] = [];
+    for await (const entry of walkStore(root)) {
+      walked.push(entry.path);
+      if (entry.path === 'a/x') {
+        // Behind the walk: a directory becomes a symlink out of the store, another a file.
+        await rm(join(root, 'b'), { recursive: true });
+        await symlink(outside, join(root, 'b'));
+        await rm(join(root, 'c'), { recursive: true });
+        await writeFile(join(root, 'c'), 'now a file');
+      }
+    }
+    expect(walked).toEqual(['a/x', 'c', 'd/w', ...many]);
+    // A directory that is a file by the time the walk gets to it has nothing in it.
+    const underFile = [];
+    for await (const entry of walkStore(root, 'c')) underFile.push(entry.path);
+    expect(underFile).toEqual([]);
   });
 
   it('quarantines by moving, never deleting', async () => {
