@@ -40,6 +40,16 @@ async function until(check: () => boolean): Promise<void> {
   while (!check()) await sleep(5);
 }
 
+/** Whether `check` holds within `ms` (polled). */
+async function within(ms: number, check: () => boolean): Promise<boolean> {
+  const deadline = performance.now() + ms;
+  while (!check()) {
+    if (performance.now() > deadline) return false;
+    await sleep(5);
+  }
+  return true;
+}
+
 describe('StoreChecks', () => {
   it('walks once for the partitions that ask together, and again for one that asks during a walk', async () => {
     const { walks, find } = fakeWalks();
@@ -89,7 +99,7 @@ describe('StoreChecks', () => {
 
   it('waits for the partitions expected to ask, but only so long', async () => {
     const { walks, find } = fakeWalks();
-    const timing = { gatherMs: 100, expectedWaitMs: 600, expectationsLifetimeMs: 5000 };
+    const timing = { gatherMs: 100, expectedWaitMs: 1500, expectationsLifetimeMs: 10_000 };
     const checks = new StoreChecks({ root: '/nowhere', partitionOf: () => 0, find, timing });
     checks.expect(0);
     checks.expect(1);
@@ -106,8 +116,7 @@ describe('StoreChecks', () => {
     expect(await Promise.all([zero, one])).toEqual([changeOf(0), changeOf(1)]);
     // ... and is no longer waited for.
     const next = checks.check(3, log('log 3'), running());
-    await sleep(300);
-    expect(walks).toHaveLength(2);
+    expect(await within(1000, () => walks.length === 2)).toBe(true);
     walks[1]!.finish();
     expect(await next).toEqual(changeOf(3));
     await checks.close();
@@ -120,8 +129,7 @@ describe('StoreChecks', () => {
     checks.expect(5);
     await sleep(400);
     const late = checks.check(4, log('log 4'), running());
-    await sleep(1000);
-    expect(walks).toHaveLength(1);
+    expect(await within(2500, () => walks.length === 1)).toBe(true);
     walks[0]!.finish();
     expect(await late).toEqual(changeOf(4));
     await checks.close();
