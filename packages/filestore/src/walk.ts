@@ -1,5 +1,5 @@
 import { type BigIntStats, lstatSync } from 'node:fs';
-import { lstat, readdir } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isInternalPath } from './path-rules.ts';
 import { type FileStat, fileStatOf } from './store.ts';
@@ -82,6 +82,7 @@ export async function listStore(
   const prefix = options.prefix ?? '';
   const entries: StoreEntry[] = [];
   const wanted = (dir: string) => `${dir}/`.startsWith(prefix) || prefix.startsWith(`${dir}/`);
+  let looked = 0;
   async function* walk(under: string): AsyncGenerator<StoreEntry> {
     let names: string[];
     try {
@@ -91,6 +92,7 @@ export async function listStore(
     }
     names.sort();
     for (const name of names) {
+      if (++looked % ENTRIES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
       const path = under === '' ? name : `${under}/${name}`;
       if (isInternalPath(path)) continue;
       if (
@@ -100,7 +102,8 @@ export async function listStore(
       ) {
         continue;
       }
-      const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
+      // Synchronously, as in walkStore.
+      const info = statIfThere(join(root, path));
       if (info === undefined) continue;
       if (info.isDirectory()) {
         if (wanted(path)) yield* walk(path);
