@@ -6,9 +6,11 @@ import { type ChildProcess, spawn } from 'node:child_process';
  * Why: Node starts a child with fork + exec, and a fork copies the page tables of the whole
  * process, whose pages the parent then faults on while the child execs; the parent's event loop
  * is blocked until the exec is done. Measured in a replicating agent (~125 MB resident, one rsync
- * per batch): 4–5.4 ms of blocked event loop and 2.2 ms of CPU per start, plus ~1 ms in execa.
- * The helper is a bare `node -e` with nothing loaded, so its forks are cheap and the agent only
- * exchanges a few IPC messages per run. docs/architecture.md has the figures.
+ * per batch, through execa): 4–5.4 ms of blocked event loop and 2.2 ms of CPU per start. The
+ * helper is a bare `node -e` with nothing loaded; the agent only exchanges a few IPC messages per
+ * run (~0.4 ms) and is never blocked. The machine's CPU per start stays about the same (the
+ * helper's spawn costs ~1.5 ms): what improves is the agent's event loop. docs/architecture.md
+ * has the figures.
  *
  * Ownership: each process is started detached (the leader of its own process group) so the
  * caller can signal the whole group by pid. When this process goes away, however it dies, the

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { NOT_INSTALLED_MESSAGE, RsyncError } from './errors.ts';
 import { type LaunchError, launch, type ProcessExit } from './launcher.ts';
 
-/** The only place that starts processes. Everything around it is pure and unit-tested. */
+/** The only place that runs rsync (through launcher.ts). Everything around it is pure and unit-tested. */
 export interface RunRequest {
   bin: string;
   args: readonly string[];
