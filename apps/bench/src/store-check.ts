@@ -68,6 +68,7 @@ export async function measureStoreCheck(options: { files: number; partitions: nu
     const separateSeconds = median(results.separate.map((r) => r.seconds));
     const sharedSeconds = median(results.shared.map((r) => r.seconds));
     return {
+      params: options,
       files: options.files,
       partitions: options.partitions,
       walkPerPartitionSeconds: round2(separateSeconds),

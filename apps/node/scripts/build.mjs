@@ -1,8 +1,7 @@
 #!/usr/bin/env node
 // Bundles the agent (src/main.ts and the @pfs/* packages it uses) into dist/pfs-node.mjs, so that
 // a running agent neither loads tsx nor compiles TypeScript: it starts faster and holds ~40 MiB
-// less, which also makes each fork of it (one per rsync run) cheaper. Third-party packages stay
-// external and load from node_modules as they are.
+// less. Third-party packages stay external and load from node_modules as they are.
 //
 // Cheap when nothing changed: the inputs of the last build are kept next to the bundle, and the
 // build is skipped while none of them is newer than it. `--force` rebuilds anyway.

@@ -593,8 +593,9 @@ export class Replicator extends EventEmitter {
       throw error;
     }
     // After a small batch, the next batch's rsync execs, connects and shakes hands while this
-    // one is verified and logged. Not earlier: the fork and exec would hold up this batch's own
-    // list and transfer. Not after a large one: the next is likely large too (a catch-up).
+    // one is verified and logged. Not earlier: its start competed with this batch's own list and
+    // transfer (measured when the agent still forked rsync itself). Not after a large one: the
+    // next is likely large too (a catch-up).
     const primeNow = options.primeNext && paths.length <= PRIMED_MAX_PATHS;
     if (early === undefined) {
       await run;
