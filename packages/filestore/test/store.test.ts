@@ -198,8 +198,13 @@ describe('file store', () => {
     await symlink(outside, join(root, 'link-to-dir'));
     execFileSync('mkfifo', [join(root, 'fifo')]);
     const walked: string[] = [];
+    // The walk lets the event loop turn within a large directory.
+    let turned = false;
+    let turnedBy: string | undefined;
     for await (const entry of walkStore(root)) {
       walked.push(entry.path);
+      if (entry.path === 'many/f000') setImmediate(() => (turned = true));
+      if (turned && turnedBy === undefined) turnedBy = entry.path;
       if (entry.path === 'a/x') {
         // Behind the walk: a directory becomes a symlink out of the store, another a file.
         await rm(join(root, 'b'), { recursive: true });
@@ -209,6 +214,8 @@ describe('file store', () => {
       }
     }
     expect(walked).toEqual(['a/x', 'c', 'd/w', ...many]);
+    expect(many.indexOf(turnedBy!)).toBeGreaterThan(0);
+    expect(many.indexOf(turnedBy!)).toBeLessThan(300);
     // A directory that is a file by the time the walk gets to it has nothing in it.
     const underFile = [];
     for await (const entry of walkStore(root, 'c')) underFile.push(entry.path);
