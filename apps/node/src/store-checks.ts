@@ -27,6 +27,7 @@ export class StoreChecks {
   /** Partitions that started with their mark and have not asked yet (see `expect`). */
   private readonly expected = new Set<number>();
   private readonly expectedUntil: number;
+  private readonly timing: { gatherMs: number; expectedWaitMs: number; expectationsLifetimeMs: number };
   private scheduled: { timer: NodeJS.Timeout; at: number } | undefined;
   private walking: Promise<void> | undefined;
   private closed = false;
@@ -42,17 +43,12 @@ export class StoreChecks {
       timing?: { gatherMs: number; expectedWaitMs: number; expectationsLifetimeMs: number };
     },
   ) {
+    this.timing = options.timing ?? {
+      gatherMs: GATHER_MS,
+      expectedWaitMs: EXPECTED_WAIT_MS,
+      expectationsLifetimeMs: EXPECTATIONS_LIFETIME_MS,
+    };
     this.expectedUntil = performance.now() + this.timing.expectationsLifetimeMs;
-  }
-
-  private get timing() {
-    return (
-      this.options.timing ?? {
-        gatherMs: GATHER_MS,
-        expectedWaitMs: EXPECTED_WAIT_MS,
-        expectationsLifetimeMs: EXPECTATIONS_LIFETIME_MS,
-      }
-    );
   }
 
   /**

@@ -223,11 +223,13 @@ function onMessage(message: HelperMessage): void {
     case 'err':
       run.request.onStderr(message.data);
       break;
-    case 'fail':
+    case 'fail': {
       settle(message.id);
-      run.started.reject(new LaunchError(message.code ?? 'ESPAWN', message.message));
-      run.exited.reject(new LaunchError(message.code ?? 'ESPAWN', message.message));
+      const failure = new LaunchError(message.code ?? 'ESPAWN', message.message);
+      run.started.reject(failure);
+      run.exited.reject(failure);
       break;
+    }
     case 'exit':
       settle(message.id);
       run.exited.resolve({ exitCode: message.code ?? undefined, signal: message.signal ?? undefined });
@@ -243,8 +245,8 @@ function settle(id: number): void {
 function send(message: object): void {
   const to = helper;
   to?.send(message, (error) => {
-    // The channel broke: make sure the helper is gone, so that its 'exit' settles every run
-    // with LAUNCHER_LOST.
+    // The channel broke: make sure the helper is gone, so that its channel's close settles every
+    // run with LAUNCHER_LOST.
     if (error !== null && error !== undefined) to.kill('SIGKILL');
   });
 }

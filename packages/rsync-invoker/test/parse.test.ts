@@ -79,26 +79,14 @@ describe('parseListLine', () => {
   it('reads names, odd ones included, and what kind of entry each is', () => {
     const listed = (text: string) => parseListLine(line(text));
     expect(listed('drwxr-xr-x          4,096 2026/11/26 00:55:17 .')).toBeUndefined();
-    expect(listed('drwxr-xr-x         20,480 2026/11/26 00:37:31 d0')).toEqual({
-      name: 'd0',
-      kind: 'directory',
-    });
-    expect(listed('-rw-r--r--              0 2026/11/26 00:55:17 #hash')).toEqual({
-      name: '#hash',
-      kind: 'file',
-    });
-    expect(listed('-rw-r--r--      1.234.567 2026/11/26 00:55:17  two  spaces ')).toEqual({
-      name: ' two  spaces ',
-      kind: 'file',
-    });
-    expect(listed('-rw-r--r--              0 2026/11/26 00:55:17 new\\#012line \\#303\\#274')).toEqual({
-      name: 'new\nline ü',
-      kind: 'file',
-    });
-    expect(listed('lrwxrwxrwx              6 2026/11/26 00:55:17 link')).toEqual({
-      name: 'link',
-      kind: 'other',
-    });
+    for (const [text, name, kind] of [
+      ['drwxr-xr-x         20,480 2026/11/26 00:37:31 d0', 'd0', 'directory'],
+      ['-rw-r--r--              0 2026/11/26 00:55:17 #hash', '#hash', 'file'],
+      ['-rw-r--r--      1.234.567 2026/11/26 00:55:17  two  spaces ', ' two  spaces ', 'file'],
+      ['-rw-r--r--              0 2026/11/26 00:55:17 new\\#012line \\#303\\#274', 'new\nline ü', 'file'],
+      ['lrwxrwxrwx              6 2026/11/26 00:55:17 link', 'link', 'other'],
+    ])
+      expect(listed(text!)).toEqual({ name, kind });
     // Not UTF-8: it could not be listed back to rsync byte for byte.
     expect(listed('drwxr-xr-x          4,096 2026/11/26 00:55:17 bad\\#377')?.kind).toBe('other');
     expect(listed('receiving file list ... done')).toBeUndefined();
