@@ -1,5 +1,6 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import {
   freePort,
@@ -38,6 +39,16 @@ describe('helpers', () => {
   it('freePort returns a bindable port and temp dirs come and go', async () => {
     const port = await freePort();
     expect(port).toBeGreaterThan(0);
+    // Outside the range the kernel hands to outgoing connections, which could take it first.
+    const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
+      .trim()
+      .split(/\s+/)
+      .map(Number);
+    expect(port).toBeGreaterThanOrEqual(20_000);
+    expect(port).toBeLessThan(low!);
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen({ host: '127.0.0.1', port, exclusive: true }, resolve));
+    await new Promise((resolve) => taken.close(resolve));
     const dir = await makeTempDir('pfs-testkit-test');
     expect((await stat(dir)).isDirectory()).toBe(true);
     await removeTempDir(dir);
