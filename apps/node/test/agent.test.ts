@@ -41,6 +41,9 @@ async function agentConfig(cluster: string, dataDir?: string) {
       `--etcd=${etcd.endpoint}`,
       `--cluster=${cluster}`,
       '--log-level=silent',
+      // Acked writes wait for a replica, which a loaded machine may slow down by seconds; the
+      // 504 is tested with a short timeout of its own.
+      '--ack-timeout-ms=60000',
     ],
     {},
   );
@@ -280,11 +283,12 @@ describe('node agent over HTTP', () => {
   it('exposes Prometheus metrics that parse, with role, generation, writes and batches', async () => {
     const { master, replica } = await twoNodes();
     for (let i = 0; i < 3; i++) {
-      await fetch(`${master.url}/v1/files/m${i}`, {
+      const put = await fetch(`${master.url}/v1/files/m${i}`, {
         method: 'PUT',
         body: 'abcd',
         headers: { 'x-pfs-ack': 'one' },
       });
+      expect(put.status).toBe(201);
     }
     const scrape = async (agent: Agent) => {
       const response = await fetch(`${agent.url}/metrics`);

@@ -26,7 +26,7 @@ async function clusterOnLongLease(extraArgs: string[] = []) {
       etcd: etcd.endpoint,
       cluster,
       leaseTtlSeconds: 60,
-      extraArgs: ['--log-level=info', ...extraArgs],
+      extraArgs: ['--log-level=info', '--ack-timeout-ms=60000', ...extraArgs],
     });
     cleanups.push(() => node.destroy());
     return node;

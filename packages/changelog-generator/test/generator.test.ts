@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
@@ -77,9 +77,12 @@ describe('ChangelogGenerator', () => {
     cleanups.push(() => watcher.close());
     await watcher.ready;
     const log = logs.get(0)!;
-    await writeFile(join(root, 'dropped.txt'), 'v1');
+    // Each version lands in one system call (renamed in from beside the store, then overwritten
+    // in place by longer content): a truncating write could be seen empty and logged in between.
+    await writeFile(`${root}.staged`, 'v1');
+    await rename(`${root}.staged`, join(root, 'dropped.txt'));
     await until(async () => (await records(log)).length === 1, 'put');
-    await writeFile(join(root, 'dropped.txt'), 'version 2');
+    await writeFile(join(root, 'dropped.txt'), 'version 2', { flag: 'r+' });
     await until(async () => (await records(log)).length === 2, 'second put');
     await unlink(join(root, 'dropped.txt'));
     await until(async () => (await records(log)).length === 3, 'delete');

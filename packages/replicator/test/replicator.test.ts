@@ -72,21 +72,27 @@ function childrenOf(pid: number): number[] {
   return children;
 }
 
-/** rsync processes (client side) whose destination is this replica's store. */
-function rsyncsInto(dir: string): number {
+/**
+ * rsync processes (client side) whose destination is this replica's store; with `waiting`, only
+ * those started ahead for the next batch (their --max-delete is the replicator's 64, where a
+ * one-file batch's own rsync has 1).
+ */
+function rsyncsInto(dir: string, options: { waiting?: boolean } = {}): number {
   const dest = join(dir, 'filestore');
   let count = 0;
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     let cmdline: string[];
+    let stat: string;
     try {
       cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
     } catch {
-      continue;
+      continue; // exited meanwhile
     }
     // The client is the process whose parent is not an rsync of the same command line.
     if (!cmdline[0]?.endsWith('rsync') || !cmdline.some((arg) => arg.startsWith(dest))) continue;
-    const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    if (options.waiting === true && !cmdline.includes('--max-delete=64')) continue;
     const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
     const parent = (() => {
       try {
@@ -98,6 +104,20 @@ function rsyncsInto(dir: string): number {
     if (parent.split('\0').join('\0') !== cmdline.join('\0')) count++;
   }
   return count;
+}
+
+/**
+ * After a one-file batch, until its own rsync has ended and the one started ahead for the next
+ * batch is the only rsync into `dir`, connected to the master's daemon.
+ */
+async function untilOnlyWaitingRsync(m: TestMaster, dir: string): Promise<void> {
+  await until(
+    () =>
+      rsyncsInto(dir) === 1 &&
+      rsyncsInto(dir, { waiting: true }) === 1 &&
+      childrenOf(m.daemon.pid).length === 1,
+    'one rsync waiting',
+  );
 }
 
 async function snapshot(root: string): Promise<Map<string, string>> {
@@ -377,7 +397,9 @@ describe('replicator against a real rsync daemon', () => {
     const batches: AppliedBatch[] = [];
     replicator.on('applied', (batch: AppliedBatch) => batches.push(batch));
     // One file per batch: rsync ends 10–40 ms after its last rename, the check looks every 2 ms.
-    for (let i = 0; i < 10; i++) {
+    // Whether the check or rsync's exit is seen first depends on the machine's load, so files are
+    // written until one batch has gone on early.
+    for (let i = 0; i < 30 && !batches.some((b) => b.rsyncStillEnding); i++) {
       await m.put(`early/${i}`, `content ${i}`);
       await until(() => replicator.applied === m.log.lastTxid, `file ${i}`);
     }
@@ -403,9 +425,14 @@ describe('replicator against a real rsync daemon', () => {
     expect(pulling.slice(1).every((b) => b.rsyncStartedAhead)).toBe(true);
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
     // One rsync waits for the next batch (the last batch's may still be ending); with no writes
-    // it is ended after 3 s, long before its own 10 s timeout would end it with an error.
-    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
-    await until(() => rsyncsInto(dir) === 0, 'the waiting rsync ended', 6000);
+    // it is ended 3 s (PRIMED_IDLE_MS) after it was started, long before its own 10 s timeout
+    // would end it with an error. It is started before its batch is reported applied.
+    const lastAppliedAt = performance.now();
+    await until(
+      () => performance.now() - lastAppliedAt > 3000 && rsyncsInto(dir) === 0,
+      'the waiting rsync ended',
+      6000,
+    );
     // Writes after the pause start a fresh one again.
     const firstLate = batches.length;
     // Paused the moment a batch is applied while its rsync, gone on early, is still ending and
@@ -436,7 +463,7 @@ describe('replicator against a real rsync daemon', () => {
     const { replicator } = await replicate(m, dir, { bootstrap: false });
     await m.put('before', 'B');
     await until(() => replicator.applied === m.log.lastTxid, 'first file');
-    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
+    await untilOnlyWaitingRsync(m, dir);
     // The daemon's children serve the connections: stopped, they answer nothing (a frozen host).
     const children = childrenOf(m.daemon.pid);
     for (const pid of children) process.kill(pid, 'SIGSTOP');
@@ -459,7 +486,7 @@ describe('replicator against a real rsync daemon', () => {
     const { replicator, errors } = await replicate(m, dir, { bootstrap: false });
     await m.put('warm', 'W');
     await until(() => replicator.applied === m.log.lastTxid, 'first file');
-    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
+    await untilOnlyWaitingRsync(m, dir);
     // A directory of files on the replica where the master now writes a file. rsync would delete
     // its contents: the waiting rsync (--max-delete=64) in one go, a cold one a bit more on each
     // retry.
@@ -566,7 +593,7 @@ describe('replicator against a real rsync daemon', () => {
     replicator.on('applied', (batch: AppliedBatch) => batches.push(batch));
     await m.put('a', 'A');
     await until(() => replicator.applied === m.log.lastTxid, 'first file');
-    await until(() => rsyncsInto(dir) === 1, 'one rsync waiting');
+    await untilOnlyWaitingRsync(m, dir);
     replicator.switchSource({ feedUrl: m.feedUrl, filesSource: m.filesSource });
     await m.put('b', 'B');
     await until(() => replicator.applied === m.log.lastTxid, 'after the switch');
@@ -613,12 +640,13 @@ describe('replicator against a real rsync daemon', () => {
     const dir = await replicaDir();
     for (let i = 0; i < 60; i++) await m.put(`f/${i}`, `content ${i}`.repeat(50));
     const script = fileURLToPath(new URL('./fixtures/run-replicator.ts', import.meta.url));
-    const run = () =>
-      spawn(process.execPath, ['--import', 'tsx', script, m.feedUrl, m.filesSource, dir], {
+    const run = (...extra: string[]) =>
+      spawn(process.execPath, ['--import', 'tsx', script, m.feedUrl, m.filesSource, dir, ...extra], {
         cwd: fileURLToPath(new URL('..', import.meta.url)),
         stdio: ['ignore', 'pipe', 'inherit'],
       });
-    const first = run();
+    // SIGKILLed by itself right after its second batch of 7 records.
+    const first = run('2');
     // Killed even when the test fails before it would be.
     cleanups.push(async () => {
       first.kill('SIGKILL');
@@ -629,9 +657,11 @@ describe('replicator against a real rsync daemon', () => {
         .toString()
         .split('\n')
         .filter((l) => l.startsWith('applied')).length;
-      if (applied >= 2) first.kill('SIGKILL');
     });
-    await new Promise((resolve) => first.once('exit', resolve));
+    // 'close', not 'exit': its output is read by then.
+    const killedBy = await new Promise((resolve) => first.once('close', (_code, signal) => resolve(signal)));
+    expect(killedBy).toBe('SIGKILL');
+    expect(applied).toBe(2);
     // A restart resumes from the end of the replica's log; the checkpoint is never ahead of it.
     const killedLog = await TxLog.open(join(dir, 'changelog', '0'));
     const partial = killedLog.lastTxid;

@@ -104,7 +104,7 @@ describe('httpFeedSource', () => {
       maxRecords: 10,
       signal: controller.signal,
     });
-    await expect.poll(() => held.queries.length).toBe(1);
+    await expect.poll(() => held.queries.length, { timeout: 10_000 }).toBe(1);
     controller.abort(new Error('switching source'));
     await expect(waiting).rejects.toMatchObject({ name: 'AbortError' });
   });

@@ -123,8 +123,14 @@ describe('watchStore and chokidar throttling', () => {
       await rm(root, { recursive: true, force: true });
     });
     await watcher.ready;
-    for (let round = 0; round < 5; round++) {
-      await writeFile(join(root, 'hot'), `round ${round}`);
+    // Each version lands in one system call (renamed in, then overwritten in place with content of
+    // the same length): a truncating write could be seen empty first and reported twice.
+    // Staged beside the watched directory, on the same file system.
+    await writeFile(`${root}.staged`, 'round 0');
+    await rename(`${root}.staged`, join(root, 'hot'));
+    await until(() => events.length > 0, 'event 0');
+    for (let round = 1; round < 5; round++) {
+      await writeFile(join(root, 'hot'), `round ${round}`, { flag: 'r+' });
       await until(() => events.length > round, `event ${round}`);
     }
     // Every rewrite reached the listener even though some came within 50 ms of the one before.
