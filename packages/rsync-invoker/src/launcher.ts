@@ -43,6 +43,31 @@ function post(message) {
   // A send that fails means the caller is gone, as a disconnect does.
   process.send(message, (error) => { if (error) shutdown(); });
 }
+// A bulk copy prints two lines per file, and each message costs both processes more than the
+// lines in it: a busy stream's output goes at most once a millisecond, joined. A chunk after a
+// quiet spell goes at once, so a small pull's lines are not held up.
+function relay(type, id) {
+  let pending = [];
+  let timer;
+  let lastSent = -Infinity;
+  const flush = () => {
+    if (timer !== undefined) clearTimeout(timer);
+    timer = undefined;
+    if (pending.length === 0) return;
+    const data = pending.length === 1 ? pending[0] : Buffer.concat(pending);
+    pending = [];
+    lastSent = performance.now();
+    post({ t: type, id, data });
+  };
+  const push = (chunk) => {
+    pending.push(chunk);
+    if (timer !== undefined) return;
+    const wait = lastSent + 1 - performance.now();
+    if (wait <= 0) flush();
+    else timer = setTimeout(flush, wait);
+  };
+  return { push, flush };
+}
 process.on('disconnect', shutdown);
 process.on('uncaughtException', (error) => {
   killAll();
@@ -78,11 +103,15 @@ process.on('message', (message) => {
   if (child.stdin !== null) child.stdin.on('error', () => {});
   child.on('error', () => {});
   post({ t: 'pid', id: message.id, pid: child.pid });
-  child.stdout.on('data', (data) => post({ t: 'out', id: message.id, data }));
-  child.stderr.on('data', (data) => post({ t: 'err', id: message.id, data }));
+  const stdout = relay('out', message.id);
+  const stderr = relay('err', message.id);
+  child.stdout.on('data', stdout.push);
+  child.stderr.on('data', stderr.push);
   // 'close' comes after both pipes ended, so every output message precedes it.
   child.on('close', (code, signal) => {
     running.delete(message.id);
+    stdout.flush();
+    stderr.flush();
     post({ t: 'exit', id: message.id, code, signal });
   });
 });

@@ -14,12 +14,22 @@ export class LineSplitter {
   ) {}
 
   push(chunk: Buffer): void {
+    // Where each separator next occurs, found with the native indexOf and kept until passed:
+    // a bulk copy prints two lines per file, and a byte-by-byte loop in JS cost more than
+    // anything else done with them.
+    const next = this.separators.map(() => -2);
     let start = 0;
-    for (let i = 0; i < chunk.length; i++) {
-      if (!this.separators.includes(chunk[i]!)) continue;
-      this.append(chunk.subarray(start, i));
+    for (;;) {
+      let end = -1;
+      for (let s = 0; s < next.length; s++) {
+        if (next[s] !== -1 && next[s]! < start) next[s] = chunk.indexOf(this.separators[s]!, start);
+        const at = next[s]!;
+        if (at !== -1 && (end === -1 || at < end)) end = at;
+      }
+      if (end === -1) break;
+      this.append(chunk.subarray(start, end));
       this.emit();
-      start = i + 1;
+      start = end + 1;
     }
     this.append(chunk.subarray(start));
   }

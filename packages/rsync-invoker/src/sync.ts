@@ -17,7 +17,10 @@ export interface SyncTreeOptions {
   ioTimeoutSeconds?: number;
   rsyncBin?: string;
   extraArgs?: string[];
-  /** Called for every progress2 update; an exception from it fails the sync after rsync ends. */
+  /**
+   * Called with the newest progress2 update of each piece of rsync's output (not once per file);
+   * an exception from it fails the sync after rsync ends.
+   */
   onProgress?: (progress: Progress) => void;
   /**
    * Called with the relative path of each received regular file once it is in place under its
@@ -58,7 +61,9 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   let received: string | undefined;
   const live = sourceKind(options.source) !== 'local';
   const afterExit: string[] = [];
-  // progress2 rewrites its line with \r and ends the last one with \n.
+  // progress2 rewrites its line with \r and ends the last one with \n. It prints one after each
+  // file; only the newest of each piece of output is read, since each line holds the totals.
+  let newestProgressLine: Buffer | undefined;
   const stdout = new LineSplitter(
     (line) => {
       const path = parseReceivedFileLine(line);
@@ -68,22 +73,31 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
         received = path;
         return;
       }
-      const progress = parseProgressLine(line.toString('utf8'));
-      if (progress === undefined) return;
-      lastProgress = progress;
-      callbacks.call(options.onProgress, progress);
+      if (line.includes(0x25 /* % */)) newestProgressLine = line;
     },
     [0x0d, 0x0a],
   );
+  const reportProgress = () => {
+    if (newestProgressLine === undefined) return;
+    const progress = parseProgressLine(newestProgressLine.toString('utf8'));
+    newestProgressLine = undefined;
+    if (progress === undefined) return;
+    lastProgress = progress;
+    callbacks.call(options.onProgress, progress);
+  };
   const run = await runRsync({
     bin: options.rsyncBin ?? 'rsync',
     args: buildSyncArgs({ ...options, filesFrom: options.only !== undefined }),
     ...(options.only === undefined ? {} : { input: encodeFileList(options.only) }),
     signal: options.signal,
     timeoutMs: options.timeoutMs,
-    onStdout: (chunk) => stdout.push(chunk),
+    onStdout: (chunk) => {
+      stdout.push(chunk);
+      reportProgress();
+    },
   });
   stdout.end();
+  reportProgress();
   const { vanished } = checkOutcome(run);
   if (!live) for (const path of afterExit) callbacks.call(options.onFileInPlace, path);
   else if (received !== undefined) callbacks.call(options.onFileInPlace, received);
