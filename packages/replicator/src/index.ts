@@ -11,6 +11,8 @@ export {
 } from './feed.ts';
 export {
   type AppliedBatch,
+  type BootstrapDone,
+  type BootstrapProgress,
   createReplicator,
   DEFAULT_POLL_WAIT_MS,
   Replicator,

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { hashFile, statFile } from '@pfs/filestore';
 import {
   listTopLevel,
+  type Progress,
   pullBatch,
   type StartedPull,
   type SyncResult,
@@ -83,6 +84,20 @@ export interface AppliedBatch {
   /** The batch's rsync was started ahead of it, waiting for its list (see prime). */
   rsyncStartedAhead: boolean;
   durationMs: number;
+}
+
+/** A 'bootstrap-progress' event: rsync's progress2 totals for one of the rsyncs sharing the copy. */
+export type BootstrapProgress = Progress & { part: number };
+
+/** A 'bootstrapped' event: the bulk copy is in place and durable. */
+export interface BootstrapDone {
+  durationMs: number;
+  /** Of durationMs: hashing left after the rsyncs ended, and the final syncfs. */
+  hashTailMs: number;
+  syncMs: number;
+  results: SyncResult[];
+  /** Files hashed as they arrived, which the replay will not read again. */
+  hashed: number;
 }
 
 export const DEFAULT_MAX_BATCH_RECORDS = 1000;
@@ -300,7 +315,8 @@ export class Replicator extends EventEmitter {
             signal: copySignal,
             // One syncfs below instead of rsync's fsync per file.
             fsync: false,
-            onProgress: (progress) => this.emit('bootstrap-progress', { ...progress, part }),
+            onProgress: (progress) =>
+              this.emit('bootstrap-progress', { ...progress, part } satisfies BootstrapProgress),
             onFileInPlace,
             ...(only === undefined ? {} : { only }),
           }).catch((error: unknown) => {
@@ -320,16 +336,17 @@ export class Replicator extends EventEmitter {
       if (this.storeSynced) this.bootstrapDigests = collector.digests;
       this.emit('bootstrapped', {
         durationMs: performance.now() - started,
-        // Of which: hashing left after rsync ended, and the syncfs.
         hashTailMs: hashedAt - copiedAt,
         syncMs: performance.now() - hashedAt,
         results,
         hashed: collector.digests.size,
-      });
+      } satisfies BootstrapDone);
     } catch (error) {
       collector.stop();
       await collector.finished();
       await syncing;
+      // Failed, or stopped by pause or stop: the replay transfers whatever the copy left out.
+      this.emit('bootstrap-abandoned', error);
       if (!signal.aborted) this.report(error);
     } finally {
       copyStop.abort();

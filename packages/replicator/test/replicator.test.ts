@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { initStore, walkStore } from '@pfs/filestore';
 import {
   type AppliedBatch,
+  type BootstrapProgress,
   createReplicator,
   httpFeedSource,
   planBatch,
@@ -352,6 +353,33 @@ describe('replicator against a real rsync daemon', () => {
     await until(() => replicator.applied === m.log.lastTxid, 'replay after bootstrap');
     return events;
   }
+
+  it('says when it abandons a bootstrap copy paused half-way, and its replay brings the rest', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    for (let i = 0; i < 200; i++) await m.put(`many/f${i}`, `file ${i} `.repeat(200));
+    const { replicator } = await replicate(m, dir, { follow: false });
+    const abandoned = new Promise<unknown>((resolve) => replicator.once('bootstrap-abandoned', resolve));
+    let bootstrapped = false;
+    replicator.once('bootstrapped', () => {
+      bootstrapped = true;
+    });
+    let paused: Promise<void> | undefined;
+    // rsync reports progress after each file it received, before its exit is known.
+    replicator.once('bootstrap-progress', (progress: BootstrapProgress) => {
+      expect(progress).toMatchObject({ part: 0, bytes: expect.any(Number), percent: expect.any(Number) });
+      paused = replicator.pause();
+    });
+    replicator.start();
+    expect(await abandoned).toMatchObject({ code: 'RSYNC_ABORTED' });
+    await paused;
+    expect(bootstrapped).toBe(false);
+    expect(replicator.applied).toBe(0n);
+    replicator.start();
+    await until(() => replicator.applied === m.log.lastTxid, 'replay after the abandoned copy');
+    expect(bootstrapped).toBe(false);
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
 
   it("asks for the replay's first page while the bootstrap copy still runs", async () => {
     // Pages of 5 and 20 files: the first page is full, so it is used.
