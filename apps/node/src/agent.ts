@@ -132,6 +132,8 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
           lastTxidText: formatTxId(logs[c.partition]!.lastTxid),
           master: coordinator?.view.partitions.get(c.partition)?.master?.nodeId ?? null,
           following: c.followingNode ?? null,
+          // A new replica's bulk copy of the master's store, while it runs.
+          bootstrap: c.bootstrapProgress(performance.now()) ?? null,
           replicaAcks: Object.fromEntries([...acks.of(c.partition)].map(([k, v]) => [k, v.toString()])),
           // On a master: how long each live replica's oldest unacknowledged record has waited.
           replicaLagMs:

@@ -3,6 +3,7 @@ import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
+import { type BootstrapSummary, describeBootstrap } from './bootstrap-progress.ts';
 import { encodePath } from './http.ts';
 
 /**
@@ -160,6 +161,7 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
           lastTxid: string;
           reported: Record<string, string>;
           replicaLagMs?: Record<string, number | null>;
+          bootstrap?: BootstrapSummary | null;
         }[];
         nodes: { id: string; url: string }[];
       };
@@ -177,9 +179,21 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
           masters.set(p.master, await fetchStatus(url).catch(() => status));
         }
       }
+      // A new replica's bulk copy is known only to that node: ask every live one.
+      const others = await Promise.all(
+        status.nodes.map(async (n) => ({
+          id: n.id,
+          status: await fetchStatus(n.url).catch(() => undefined),
+        })),
+      );
+      const copying = others.flatMap(({ id, status: of }) =>
+        (of?.partitions ?? []).flatMap((p) =>
+          p.bootstrap ? [{ node: id, partition: p.partition, progress: p.bootstrap }] : [],
+        ),
+      );
       const lagMsOf = (partition: number, master: string | null, id: string) =>
         masters.get(master ?? '')?.partitions.find((q) => q.partition === partition)?.replicaLagMs?.[id];
-      out.print({ ...status, masters: Object.fromEntries(masters) }, () => {
+      out.print({ ...status, masters: Object.fromEntries(masters), copying }, () => {
         const rows = [['PARTITION', 'GEN', 'MASTER', 'NODE', 'APPLIED', 'LAG (records)', 'LAG (ms)']];
         for (const p of status.partitions) {
           const masterApplied = BigInt(p.reported[p.master ?? ''] ?? p.lastTxid);
@@ -201,7 +215,11 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
             ]);
           }
         }
-        return `${table(rows)}\n\n${status.nodes.length} live node(s): ${status.nodes.map((n) => `${n.id} ${n.url}`).join(', ')}`;
+        const copies = copying.map(
+          (c) =>
+            `\n${c.node} is copying partition ${c.partition} from its master: ${describeBootstrap(c.progress)}`,
+        );
+        return `${table(rows)}\n\n${status.nodes.length} live node(s): ${status.nodes.map((n) => `${n.id} ${n.url}`).join(', ')}${copies.join('')}`;
       });
       return;
     }

@@ -5,6 +5,8 @@ import type { ChangelogGenerator } from '@pfs/changelog-generator';
 import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
 import {
   type AppliedBatch,
+  type BootstrapDone,
+  type BootstrapProgress,
   createReplicator,
   httpFeedSource,
   MAX_FEED_RECORDS,
@@ -16,6 +18,7 @@ import {
 import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, fsyncDir, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
+import { type BootstrapSummary, BootstrapTracker, describeBootstrap } from './bootstrap-progress.ts';
 import { cutDivergentSuffix, divergencePoint, quarantineUnlogged, setAsideInTheWay } from './divergence.ts';
 import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
@@ -57,12 +60,16 @@ const COLLECT_MS = 50;
 /** A lower-ranked candidate waits this long per rank for a better one to claim first. */
 const STANDBY_PER_RANK_MS = 750;
 const REPORT_EVERY_MS = 200;
+/** A new replica's bulk copy is logged at its first progress update, then at most this often. */
+const BOOTSTRAP_LOG_EVERY_MS = 5000;
 
 export class PartitionController {
   role: Role = 'offline';
   generation = 0n;
   token: bigint | undefined;
   private replicator: Replicator | undefined;
+  /** A bulk copy in progress (a new replica's bootstrap), for status and the log. */
+  private bootstrap: BootstrapTracker | undefined;
   private following: string | undefined;
   private lastServingMaster:
     | { nodeId: string; host: string; rsyncPort: number; httpPort: number; finalTxid?: TxId }
@@ -111,6 +118,11 @@ export class PartitionController {
 
   get appliedTxid(): TxId {
     return this.deps.log.lastTxid;
+  }
+
+  /** The bulk copy of a new replica, while it runs. */
+  bootstrapProgress(now: number): BootstrapSummary | undefined {
+    return this.bootstrap?.summary(now);
   }
 
   /** True only while this node may accept a write for the partition: checked on every write. */
@@ -363,28 +375,44 @@ export class PartitionController {
       if (batch.paths > 0) this.deps.metrics.pulls.inc({ rsync: batch.rsyncStartedAhead ? 'ahead' : 'cold' });
       this.reportSoon();
     });
-    replicator.on(
-      'bootstrapped',
-      (done: {
-        durationMs: number;
-        hashTailMs: number;
-        syncMs: number;
-        hashed: number;
-        results: unknown[];
-      }) => {
-        this.deps.logger.info(
-          {
-            partition: this.partition,
-            bootstrapMs: Math.round(done.durationMs),
-            hashTailMs: Math.round(done.hashTailMs),
-            syncMs: Math.round(done.syncMs),
-            hashed: done.hashed,
-            copies: done.results.length,
-          },
-          `partition ${this.partition}: copied the master's store in ${Math.round(done.durationMs)} ms with ${done.results.length} rsync(s) (${done.hashed} files hashed on arrival)`,
-        );
-      },
-    );
+    replicator.on('bootstrap-progress', (progress: BootstrapProgress) => {
+      const now = performance.now();
+      this.bootstrap ??= new BootstrapTracker(now, BOOTSTRAP_LOG_EVERY_MS);
+      this.bootstrap.note(progress);
+      if (!this.bootstrap.logDue(now)) return;
+      const summary = this.bootstrap.summary(now);
+      this.deps.logger.info(
+        { partition: this.partition, bootstrap: summary },
+        `partition ${this.partition}: copying the master's store: ${describeBootstrap(summary)}`,
+      );
+    });
+    replicator.on('bootstrapped', (done: BootstrapDone) => {
+      const summary = this.bootstrap?.summary(performance.now());
+      this.bootstrap = undefined;
+      this.deps.logger.info(
+        {
+          partition: this.partition,
+          bootstrapMs: Math.round(done.durationMs),
+          hashTailMs: Math.round(done.hashTailMs),
+          syncMs: Math.round(done.syncMs),
+          hashed: done.hashed,
+          copies: done.results.length,
+          files: summary?.files ?? 0,
+          bytes: summary?.bytes ?? 0,
+        },
+        `partition ${this.partition}: copied the master's store in ${Math.round(done.durationMs)} ms with ${done.results.length} rsync(s) (${done.hashed} files hashed on arrival)`,
+      );
+    });
+    replicator.on('bootstrap-abandoned', (error: Error) => {
+      const summary = this.bootstrap?.summary(performance.now());
+      this.bootstrap = undefined;
+      // Aborted: this node paused the partition (a master change, a stop); not worth a warning.
+      const aborted = (error as { code?: string }).code === 'RSYNC_ABORTED';
+      this.deps.logger[aborted ? 'info' : 'warn'](
+        { partition: this.partition, err: error, bootstrap: summary },
+        `partition ${this.partition}: the bulk copy of the master's store ${aborted ? 'was stopped' : `failed (${error.message})`}; the log replay transfers what it lacks`,
+      );
+    });
     replicator.on('error', (error: Error) => {
       this.deps.metrics.batches.inc({ result: 'error' });
       this.deps.logger.debug(

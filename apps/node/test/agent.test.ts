@@ -5,6 +5,7 @@ import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { partitionOf } from '@pfs/filestore';
 import { decodeRecords } from '@pfs/replicator';
@@ -380,6 +381,49 @@ describe('node agent over HTTP', () => {
     const del = await fetch(`${replica.url}/v1/files/x.txt`, { method: 'DELETE', redirect: 'manual' });
     expect(del.status).toBe(307);
     await expect(stat(join(replica.config.dataDir, 'filestore', 'x.txt'))).rejects.toThrow();
+  });
+
+  it("logs a new replica's bulk copy of the master's store as it goes, and shows it in status only while it runs", async () => {
+    const cluster = `agent-${++clusterSeq}`;
+    const master = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    for (let i = 0; i < 100; i++) {
+      const put = await fetch(`${master.url}/v1/files/copy/${i}`, {
+        method: 'PUT',
+        body: `file ${i} `.repeat(100),
+      });
+      expect(put.status).toBe(201);
+    }
+    const logged: { msg: string; bootstrap?: unknown; files?: number; bytes?: number }[] = [];
+    const capture = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString().split('\n')) if (line !== '') logged.push(JSON.parse(line));
+        done();
+      },
+    });
+    const replica = await startAgent(await agentConfig(cluster), pino({ level: 'info' }, capture));
+    agents.push(replica);
+    await caughtUp(master, replica);
+    const copying = logged.filter((l) => l.msg.includes("copying the master's store"));
+    expect(copying.length).toBeGreaterThan(0);
+    expect(copying[0]!.msg).toMatch(
+      /^partition 0: copying the master's store: \d+ files, [\d.]+ MB in [\d.]+ s \(rsync at \d+ %\)$/,
+    );
+    expect(copying[0]!.bootstrap).toMatchObject({
+      files: expect.any(Number),
+      bytes: expect.any(Number),
+      parts: [{ percent: expect.any(Number), files: expect.any(Number), bytes: expect.any(Number) }],
+    });
+    // The last progress update counts every file and byte.
+    const copied = logged.find((l) => l.msg.includes("copied the master's store"));
+    const bytes = Array.from({ length: 100 }, (_, i) => `file ${i} `.repeat(100).length).reduce(
+      (a, b) => a + b,
+    );
+    expect(copied).toMatchObject({ files: 100, bytes });
+    const status = (await (await fetch(`${replica.url}/v1/status`)).json()) as {
+      partitions: { bootstrap: unknown }[];
+    };
+    expect(status.partitions[0]!.bootstrap).toBeNull();
   });
 
   it('sets aside a directory a replica holds where the master puts a file, and lists it in quarantine', async () => {
