@@ -44,11 +44,14 @@ function post(message) {
   process.send(message, (error) => { if (error) shutdown(); });
 }
 // A bulk copy prints two lines per file, and each message costs both processes more than the
-// lines in it: a busy stream's output goes at most once a millisecond, joined. A chunk after a
-// quiet spell goes at once, so a small pull's lines are not held up.
+// lines in it: past its first IMMEDIATE_CHUNKS pieces, a stream's output goes at most once a
+// millisecond, joined. A small pull (whose late-logged lines say when its files are in place)
+// never gets that far, so none of its lines is held up.
+const IMMEDIATE_CHUNKS = 256;
 function relay(type, id) {
   let pending = [];
   let timer;
+  let sent = 0;
   let lastSent = -Infinity;
   const flush = () => {
     if (timer !== undefined) clearTimeout(timer);
@@ -56,13 +59,14 @@ function relay(type, id) {
     if (pending.length === 0) return;
     const data = pending.length === 1 ? pending[0] : Buffer.concat(pending);
     pending = [];
+    sent++;
     lastSent = performance.now();
     post({ t: type, id, data });
   };
   const push = (chunk) => {
     pending.push(chunk);
     if (timer !== undefined) return;
-    const wait = lastSent + 1 - performance.now();
+    const wait = sent < IMMEDIATE_CHUNKS ? 0 : lastSent + 1 - performance.now();
     if (wait <= 0) flush();
     else timer = setTimeout(flush, wait);
   };

@@ -62,8 +62,9 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
   const live = sourceKind(options.source) !== 'local';
   const afterExit: string[] = [];
   // progress2 rewrites its line with \r and ends the last one with \n. It prints one after each
-  // file; only the newest of each piece of output is read, since each line holds the totals.
-  let newestProgressLine: Buffer | undefined;
+  // file; only the newest of each piece of output is parsed, since each line holds the totals.
+  // Other lines may hold a '%' too (a directory's itemized line): the newest that parses wins.
+  let progressLines: Buffer[] = [];
   const stdout = new LineSplitter(
     (line) => {
       const path = parseReceivedFileLine(line);
@@ -73,17 +74,20 @@ export async function syncTree(options: SyncTreeOptions): Promise<SyncResult> {
         received = path;
         return;
       }
-      if (line.includes(0x25 /* % */)) newestProgressLine = line;
+      if (line.includes(0x25 /* % */)) progressLines.push(line);
     },
     [0x0d, 0x0a],
   );
   const reportProgress = () => {
-    if (newestProgressLine === undefined) return;
-    const progress = parseProgressLine(newestProgressLine.toString('utf8'));
-    newestProgressLine = undefined;
-    if (progress === undefined) return;
-    lastProgress = progress;
-    callbacks.call(options.onProgress, progress);
+    const lines = progressLines;
+    progressLines = [];
+    for (let i = lines.length - 1; i >= 0; i--) {
+      const progress = parseProgressLine(lines[i]!.toString('utf8'));
+      if (progress === undefined) continue;
+      lastProgress = progress;
+      callbacks.call(options.onProgress, progress);
+      return;
+    }
   };
   const run = await runRsync({
     bin: options.rsyncBin ?? 'rsync',

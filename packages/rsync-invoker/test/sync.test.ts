@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { chmod, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { listTopLevel, type Progress, rsyncVersion, syncTree } from '@pfs/rsync-invoker';
 import { startRsyncDaemon, stopAll } from '@pfs/testkit';
@@ -36,6 +36,29 @@ describe('syncTree', { timeout: 30_000 }, () => {
     const expected = await snapshot(src);
     expected.delete(Buffer.from('skip.tmp').toString('hex'));
     expect(await snapshot(dest)).toEqual(expected);
+  });
+
+  it("reports the newest progress line of a piece of output, even when a later line holds a '%'", async () => {
+    // A stand-in for rsync printing, in one write, its last progress line and then the itemized
+    // line of a directory whose name holds a '%'.
+    const dir = await tempDir();
+    const fake = join(dir, 'fake-rsync');
+    await writeFile(
+      fake,
+      "#!/bin/sh\nprintf '      1,000 100%%    1.00MB/s    0:00:01 (xfr#1, to-chk=0/2)\\ncd+++++++++ 0 a%%20b/\\n'\n",
+    );
+    await chmod(fake, 0o755);
+    const events: Progress[] = [];
+    const result = await syncTree({
+      source: 'rsync://127.0.0.1:1/unused/',
+      dest: await tempDir(),
+      rsyncBin: fake,
+      onProgress: (p) => events.push(p),
+    });
+    expect(events).toEqual([
+      expect.objectContaining({ bytes: 1000, percent: 100, transferredFiles: 1, total: 2 }),
+    ]);
+    expect(result.lastProgress).toEqual(events[0]);
   });
 
   it('says when each received file is in place, exactly once, odd names included', async () => {
