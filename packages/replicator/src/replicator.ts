@@ -274,6 +274,8 @@ export class Replicator extends EventEmitter {
    */
   private async bootstrap(source: RecordSource, signal: AbortSignal): Promise<void> {
     const started = performance.now();
+    // Before anything is printed: listing a large store takes a while.
+    this.emit('bootstrap-started');
     const collector = new DigestCollector(this.options.fileStoreDir, new BootstrapDigests(), {
       maxEntries: MAX_BOOTSTRAP_DIGESTS,
     });

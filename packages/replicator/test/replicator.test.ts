@@ -364,9 +364,14 @@ describe('replicator against a real rsync daemon', () => {
     replicator.once('bootstrapped', () => {
       bootstrapped = true;
     });
+    let started = false;
+    replicator.once('bootstrap-started', () => {
+      started = true;
+    });
     let paused: Promise<void> | undefined;
     // rsync reports progress after each file it received, before its exit is known.
     replicator.once('bootstrap-progress', (progress: BootstrapProgress) => {
+      expect(started).toBe(true);
       expect(progress).toMatchObject({ part: 0, bytes: expect.any(Number), percent: expect.any(Number) });
       paused = replicator.pause();
     });
