@@ -50,10 +50,15 @@ export class BootstrapTracker {
   }
 }
 
-/** One line for the log: "12 000 files, 48.3 MB in 2.1 s (rsyncs at 40 %, 45 %)". */
+/**
+ * One line for the log: "12000 files, 48.3 MB in 2.1 s (rsyncs at 40 %, 45 %)", or "listing
+ * the store" before any rsync has reported.
+ */
 export function describeBootstrap(summary: BootstrapSummary): string {
   const megabytes = (summary.bytes / 1e6).toFixed(1);
+  const seconds = (summary.elapsedMs / 1000).toFixed(1);
+  if (summary.parts.length === 0) return `listing the store, ${seconds} s so far`;
   const percents = summary.parts.map((p) => `${p.percent} %`).join(', ');
   const rsyncs = summary.parts.length === 1 ? 'rsync at' : 'rsyncs at';
-  return `${summary.files} files, ${megabytes} MB in ${(summary.elapsedMs / 1000).toFixed(1)} s (${rsyncs} ${percents})`;
+  return `${summary.files} files, ${megabytes} MB in ${seconds} s (${rsyncs} ${percents})`;
 }

@@ -31,11 +31,15 @@ class CliError extends Error {
 
 type Out = { json: boolean; print: (value: unknown, table?: () => string) => void };
 
+/** How long `pfs status` waits for the node it was pointed at, and for each other live node. */
+const ASKED_NODE_TIMEOUT_MS = 10_000;
+const OTHER_NODE_TIMEOUT_MS = 3_000;
+
 async function request(
   node: string,
   method: string,
   path: string,
-  init: { body?: () => RequestInit['body']; headers?: Record<string, string> } = {},
+  init: { body?: () => RequestInit['body']; headers?: Record<string, string>; signal?: AbortSignal } = {},
 ): Promise<Response> {
   let url = `${node}${path}`;
   for (let hop = 0; hop < 4; hop++) {
@@ -46,6 +50,7 @@ async function request(
         redirect: 'manual',
         ...(init.headers ? { headers: init.headers } : {}),
         ...(init.body ? { body: init.body(), duplex: 'half' } : {}),
+        ...(init.signal ? { signal: init.signal } : {}),
       } as RequestInit);
     } catch (error) {
       throw new CliError(
@@ -154,6 +159,7 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
     }
     case 'status': {
       type Status = {
+        nodeId: string;
         partitions: {
           partition: number;
           master: string | null;
@@ -165,35 +171,42 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
         }[];
         nodes: { id: string; url: string }[];
       };
-      const fetchStatus = async (url: string) => {
-        const response = await request(url, 'GET', '/v1/status');
+      const fetchStatus = async (url: string, timeoutMs: number) => {
+        const response = await request(url, 'GET', '/v1/status', { signal: AbortSignal.timeout(timeoutMs) });
         if (response.status !== 200) throw await failure(response);
         return (await response.json()) as Status;
       };
-      const status = await fetchStatus(node);
-      // Lag in milliseconds is known only to each partition's master: ask it.
+      const status = await fetchStatus(node, ASKED_NODE_TIMEOUT_MS);
+      // Lag in milliseconds is known only to each partition's master, and a new replica's bulk
+      // copy only to that node: every other live node is asked too, once and all at once, each
+      // for a short while (a frozen node may still hold its lease, and would hold this up).
+      const answers = new Map<string, Status | undefined>(
+        await Promise.all(
+          status.nodes.map(
+            async (n) =>
+              [
+                n.id,
+                n.id === status.nodeId
+                  ? status
+                  : await fetchStatus(n.url, OTHER_NODE_TIMEOUT_MS).catch(() => undefined),
+              ] as const,
+          ),
+        ),
+      );
+      const unanswered = [...answers].filter(([, answer]) => answer === undefined).map(([id]) => id);
       const masters = new Map<string, Status>();
       for (const p of status.partitions) {
-        const url = status.nodes.find((n) => n.id === p.master)?.url;
-        if (p.master !== null && url !== undefined && !masters.has(p.master)) {
-          masters.set(p.master, await fetchStatus(url).catch(() => status));
-        }
+        const answer = p.master === null ? undefined : answers.get(p.master);
+        if (answer !== undefined) masters.set(p.master!, answer);
       }
-      // A new replica's bulk copy is known only to that node: ask every live one.
-      const others = await Promise.all(
-        status.nodes.map(async (n) => ({
-          id: n.id,
-          status: await fetchStatus(n.url).catch(() => undefined),
-        })),
-      );
-      const copying = others.flatMap(({ id, status: of }) =>
-        (of?.partitions ?? []).flatMap((p) =>
+      const copying = [...answers].flatMap(([id, answer]) =>
+        (answer?.partitions ?? []).flatMap((p) =>
           p.bootstrap ? [{ node: id, partition: p.partition, progress: p.bootstrap }] : [],
         ),
       );
       const lagMsOf = (partition: number, master: string | null, id: string) =>
         masters.get(master ?? '')?.partitions.find((q) => q.partition === partition)?.replicaLagMs?.[id];
-      out.print({ ...status, masters: Object.fromEntries(masters), copying }, () => {
+      out.print({ ...status, masters: Object.fromEntries(masters), copying, unanswered }, () => {
         const rows = [['PARTITION', 'GEN', 'MASTER', 'NODE', 'APPLIED', 'LAG (records)', 'LAG (ms)']];
         for (const p of status.partitions) {
           const masterApplied = BigInt(p.reported[p.master ?? ''] ?? p.lastTxid);
@@ -219,7 +232,11 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
           (c) =>
             `\n${c.node} is copying partition ${c.partition} from its master: ${describeBootstrap(c.progress)}`,
         );
-        return `${table(rows)}\n\n${status.nodes.length} live node(s): ${status.nodes.map((n) => `${n.id} ${n.url}`).join(', ')}${copies.join('')}`;
+        const silent = unanswered.map(
+          (id) =>
+            `\n${id} did not answer within ${OTHER_NODE_TIMEOUT_MS / 1000} s: its lag and copies are unknown`,
+        );
+        return `${table(rows)}\n\n${status.nodes.length} live node(s): ${status.nodes.map((n) => `${n.id} ${n.url}`).join(', ')}${copies.join('')}${silent.join('')}`;
       });
       return;
     }

@@ -375,6 +375,13 @@ export class PartitionController {
       if (batch.paths > 0) this.deps.metrics.pulls.inc({ rsync: batch.rsyncStartedAhead ? 'ahead' : 'cold' });
       this.reportSoon();
     });
+    replicator.on('bootstrap-started', () => {
+      this.bootstrap = new BootstrapTracker(performance.now(), BOOTSTRAP_LOG_EVERY_MS);
+      this.deps.logger.info(
+        { partition: this.partition },
+        `partition ${this.partition}: this store is empty: starting a bulk copy of the master's store`,
+      );
+    });
     replicator.on('bootstrap-progress', (progress: BootstrapProgress) => {
       const now = performance.now();
       this.bootstrap ??= new BootstrapTracker(now, BOOTSTRAP_LOG_EVERY_MS);

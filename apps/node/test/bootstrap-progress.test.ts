@@ -59,5 +59,8 @@ describe('describeBootstrap', () => {
     expect(
       describeBootstrap({ elapsedMs: 0, files: 0, bytes: 0, parts: [{ percent: 0, files: 0, bytes: 0 }] }),
     ).toBe('0 files, 0.0 MB in 0.0 s (rsync at 0 %)');
+    expect(describeBootstrap(new BootstrapTracker(0, 5000).summary(1_250))).toBe(
+      'listing the store, 1.3 s so far',
+    );
   });
 });

@@ -6,12 +6,21 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 const servers: Server[] = [];
 afterEach(async () => {
-  await Promise.all(servers.splice(0).map((s) => new Promise((resolve) => s.close(resolve))));
+  await Promise.all(
+    servers.splice(0).map((s) => {
+      s.closeAllConnections();
+      return new Promise((resolve) => s.close(resolve));
+    }),
+  );
 });
 
-/** A stand-in node answering only `GET /v1/status` with what `status(url)` returns. */
-async function fakeNode(status: (url: string) => unknown): Promise<string> {
+/**
+ * A stand-in node answering only `GET /v1/status` with what `status(url)` returns; with no
+ * `status`, a frozen node that accepts connections and never answers.
+ */
+async function fakeNode(status?: (url: string) => unknown): Promise<string> {
   const server = createServer((request, response) => {
+    if (status === undefined) return;
     if (request.url !== '/v1/status') {
       response.writeHead(404).end();
       return;
@@ -35,7 +44,7 @@ function cli(...args: string[]): Promise<{ code: number; stdout: string; stderr:
 }
 
 describe('pfs status', () => {
-  it('asks every live node for a bulk copy in progress, not only the node it was pointed at', async () => {
+  it('asks every live node for a bulk copy in progress, and does not wait long for one that does not answer', async () => {
     const progress = {
       elapsedMs: 2100,
       files: 1200,
@@ -52,16 +61,21 @@ describe('pfs status', () => {
       replicaLagMs: {},
       bootstrap,
     });
-    let urls: { a: string; b: string } | undefined;
+    let urls: { a: string; b: string; c: string } | undefined;
     const nodes = () => [
       { id: 'a', url: urls!.a, rsyncPort: 1 },
       { id: 'b', url: urls!.b, rsyncPort: 2 },
+      { id: 'c', url: urls!.c, rsyncPort: 3 },
     ];
     const a = await fakeNode(() => ({ nodeId: 'a', partitions: [partition(null)], nodes: nodes() }));
     const b = await fakeNode(() => ({ nodeId: 'b', partitions: [partition(progress)], nodes: nodes() }));
-    urls = { a, b };
+    const c = await fakeNode();
+    urls = { a, b, c };
     const result = await cli('--node', a, 'status');
     expect(result.code, result.stderr).toBe(0);
-    expect(JSON.parse(result.stdout).copying).toEqual([{ node: 'b', partition: 0, progress }]);
+    const printed = JSON.parse(result.stdout);
+    expect(printed.copying).toEqual([{ node: 'b', partition: 0, progress }]);
+    expect(printed.unanswered).toEqual(['c']);
+    expect(Object.keys(printed.masters)).toEqual(['a']);
   });
 });
