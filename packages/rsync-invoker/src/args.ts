@@ -21,6 +21,12 @@ export interface PullArgsInput {
   extraArgs?: readonly string[] | undefined;
   /** Receiver fsyncs each file (default). A caller that fsyncs the files itself may turn it off. */
   fsync?: boolean | undefined;
+  /**
+   * rsync --temp-dir: where the receiver writes each file before renaming it into place (on the
+   * destination's file system). rsync removes its temp file when it is stopped cleanly but not
+   * when it is SIGKILLed; kept out of the destination, such a leftover is never taken for data.
+   */
+  tempDir?: string | undefined;
 }
 
 /** The argv of a batch pull; the list itself goes to stdin (see encodeFileList). */
@@ -39,6 +45,7 @@ export function buildPullArgs(input: PullArgsInput): string[] {
     `--max-delete=${input.maxDelete ?? input.count}`,
     `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
     ...(input.fsync === false ? [] : ['--fsync']),
+    ...(input.tempDir === undefined ? [] : [`--temp-dir=${input.tempDir}`]),
     '--itemize-changes',
     `--out-format=${LATE_OUT_FORMAT}`,
     ...transportArgs(kind),
@@ -59,6 +66,8 @@ export interface SyncArgsInput {
   fsync?: boolean | undefined;
   /** Only the top-level entries listed on stdin (see encodeFileList), each recursively. */
   filesFrom?: boolean | undefined;
+  /** As for a pull (PullArgsInput.tempDir). */
+  tempDir?: string | undefined;
 }
 
 /** The argv of a whole-tree sync (bootstrap of a new replica). */
@@ -77,6 +86,7 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
     '--no-inc-recursive',
     `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
     ...(input.fsync === false ? [] : ['--fsync']),
+    ...(input.tempDir === undefined ? [] : [`--temp-dir=${input.tempDir}`]),
     `--out-format=${LATE_OUT_FORMAT}`,
     ...transportArgs(kind),
     ...(input.exclude ?? []).map((pattern) => `--exclude=${pattern}`),

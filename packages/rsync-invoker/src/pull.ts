@@ -29,6 +29,8 @@ export interface PullBatchOptions {
    * journal commit and dominate the cost of a large batch of small files.
    */
   fsync?: boolean;
+  /** rsync --temp-dir (see PullArgsInput.tempDir): an absolute directory on dest's file system. */
+  tempDir?: string;
   /**
    * Called with each received file's path once its data has arrived, before rsync renames it
    * into place (its late-logged line). rsync's receiver takes files one at a time, so a call
@@ -151,6 +153,7 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
       ioTimeoutSeconds: options.ioTimeoutSeconds,
       extraArgs: options.extraArgs,
       fsync: options.fsync,
+      tempDir: options.tempDir,
     }),
     input,
     signal: options.signal === undefined ? kill.signal : AbortSignal.any([options.signal, kill.signal]),

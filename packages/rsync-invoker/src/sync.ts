@@ -31,6 +31,8 @@ export interface SyncTreeOptions {
   onFileInPlace?: (path: string) => void;
   /** rsync's receiver fsyncs every file, one after another (default true). */
   fsync?: boolean;
+  /** rsync --temp-dir (see PullBatchOptions.tempDir). */
+  tempDir?: string;
   /**
    * Copies only these top-level entries of the source, each recursively (see listTopLevel), and
    * deletes extraneous files only inside them: several such copies of disjoint entries into an

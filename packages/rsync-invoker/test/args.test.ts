@@ -31,6 +31,16 @@ describe('buildPullArgs', () => {
     expect(buildPullArgs({ source: '/a', dest: '/b', count: 1, fsync: true })).toContain('--fsync');
   });
 
+  it('writes temp files into the temp dir it is given, before the paths', () => {
+    const args = buildPullArgs({ source: '/a', dest: '/b', count: 1, tempDir: '/b/.pfs/rsync-tmp/0' });
+    expect(args.indexOf('--temp-dir=/b/.pfs/rsync-tmp/0')).toBeLessThan(args.indexOf('--'));
+    expect(
+      buildPullArgs({ source: '/a', dest: '/b', count: 1 }).some((a) => a.startsWith('--temp-dir')),
+    ).toBe(false);
+    const sync = buildSyncArgs({ source: '/a', dest: '/b', tempDir: '/b/.pfs/rsync-tmp/0' });
+    expect(sync.indexOf('--temp-dir=/b/.pfs/rsync-tmp/0')).toBeLessThan(sync.indexOf('--'));
+  });
+
   it('has the batch flags, max-delete = list length, and ends with -- source dest', () => {
     const args = buildPullArgs({ source: '/srv/a', dest: '/srv/b', count: 7 });
     expect(args).toEqual([

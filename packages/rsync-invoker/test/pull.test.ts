@@ -1,14 +1,23 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pullBatch, type RsyncError, startPull } from '@pfs/rsync-invoker';
 import { freePort, type RsyncDaemonHandle, startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hexPath, oddNames, snapshot, tempDir, writeTree } from './helpers.ts';
+import { hexPath, oddNames, rsyncGroup, snapshot, tempDir, writeTree } from './helpers.ts';
 
 // One module per test: sub-directory URLs (rsync://…/module/sub/) hit an rsync 3.5.0 bug when
 // the daemon runs without chroot (see the last test).
-const MODULES = ['basic', 'force', 'maxdelete', 'same-second', 'odd-names', 'received', 'started'] as const;
+const MODULES = [
+  'basic',
+  'force',
+  'maxdelete',
+  'same-second',
+  'odd-names',
+  'received',
+  'started',
+  'killed',
+] as const;
 const sources = new Map<string, string>();
 let daemon: RsyncDaemonHandle;
 
@@ -104,6 +113,30 @@ describe('pullBatch from an rsync daemon', { timeout: 30_000 }, () => {
       maxDelete: 0,
     });
     expect([...result.transferred].sort()).toEqual(['zero/a', 'zero/b', 'zero/c']);
+  });
+
+  it('leaves the temp file of a SIGKILLed rsync in its temp dir, never in dest', async () => {
+    const { src, url, dest } = await fixture('killed');
+    await writeFile(join(src, 'large.bin'), Buffer.alloc(8 * 1024 * 1024, 7));
+    const temp = join(await tempDir(), 'rsync-tmp');
+    await mkdir(temp);
+    // 1 MB/s: the transfer is still running when it is killed.
+    const pulling = pullBatch({
+      source: url,
+      dest,
+      paths: ['large.bin'],
+      tempDir: temp,
+      extraArgs: ['--bwlimit=1m'],
+    });
+    const group = await rsyncGroup(`--temp-dir=${temp}`);
+    for (let i = 0; i < 500 && (await readdir(temp)).length === 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    expect(await readdir(temp)).toEqual([expect.stringMatching(/^large\.bin\..{6}$/)]);
+    process.kill(-group, 'SIGKILL');
+    await expect(pulling).rejects.toMatchObject({ code: 'RSYNC_KILLED', retryable: true });
+    // Without --temp-dir, rsync's ".large.bin.XXXXXX" is left in dest, looking like data.
+    expect(await readdir(dest)).toEqual([]);
+    expect(await readdir(temp)).toHaveLength(1);
   });
 
   it('replicates a same-size rewrite with the same mtime (-I)', async () => {
