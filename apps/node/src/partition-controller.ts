@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { lstat, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ChangelogGenerator } from '@pfs/changelog-generator';
 import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
@@ -14,6 +14,7 @@ import {
   type Replicator,
   type ReplicatorError,
   rsyncLogSource,
+  rsyncTempDirOf,
 } from '@pfs/replicator';
 import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, fsyncDir, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
@@ -288,7 +289,10 @@ export class PartitionController {
         ...change.onDisk,
       });
     }
-    await pullBatch({ source: source.filesSource, dest: fileStore, paths: unexplained.map((c) => c.path) });
+    await this.pullPaused(
+      source.filesSource,
+      unexplained.map((c) => c.path),
+    );
     this.deps.logger.warn(
       {
         partition: this.partition,
@@ -331,7 +335,7 @@ export class PartitionController {
       fileStore,
       quarantineDir: join(this.deps.dataDir, 'quarantine'),
       restore: async (paths) => {
-        if (paths.length > 0) await pullBatch({ source: filesSource, dest: fileStore, paths });
+        if (paths.length > 0) await this.pullPaused(filesSource, paths);
       },
     });
     if (removed.length === 0) return;
@@ -340,6 +344,18 @@ export class PartitionController {
       { partition: this.partition, records: removed.length, from: formatTxId(removed[0]!.txid) },
       `partition ${this.partition}: cut ${removed.length} divergent record(s) from ${formatTxId(removed[0]!.txid)}; their files are in quarantine/`,
     );
+  }
+
+  /**
+   * Pulls `paths` from the master into the store while the partition's replicator is paused
+   * (store check, divergence repair), with its rsync temp dir: a SIGKILLed rsync's temp file
+   * stays out of the store.
+   */
+  private async pullPaused(filesSource: string, paths: readonly string[]): Promise<void> {
+    const fileStore = join(this.deps.dataDir, 'filestore');
+    const tempDir = rsyncTempDirOf(fileStore, this.partition);
+    await mkdir(tempDir, { recursive: true });
+    await pullBatch({ source: filesSource, dest: fileStore, paths, tempDir });
   }
 
   private async ensureReplicator(

@@ -17,6 +17,7 @@ export {
   DEFAULT_POLL_WAIT_MS,
   Replicator,
   type ReplicatorOptions,
+  rsyncTempDirOf,
 } from './replicator.ts';
 export {
   type FetchOptions,

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
-import { lstat, mkdir, readdir } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { hashFile, statFile } from '@pfs/filestore';
+import { hashFile, STORE_META_DIR, statFile } from '@pfs/filestore';
 import {
   listTopLevel,
   type Progress,
@@ -100,6 +100,15 @@ export interface BootstrapDone {
   hashed: number;
 }
 
+/**
+ * The directory in which rsyncs pulling partition `partition` into the store at `fileStoreDir`
+ * write their temp files (rsync --temp-dir, see Replicator.rsyncTempDir); other pulls of the
+ * partition's files into the store, made while its replicator is paused, use it too.
+ */
+export function rsyncTempDirOf(fileStoreDir: string, partition: number): string {
+  return join(fileStoreDir, STORE_META_DIR, 'rsync-tmp', String(partition));
+}
+
 export const DEFAULT_MAX_BATCH_RECORDS = 1000;
 export const DEFAULT_POLL_WAIT_MS = 10_000;
 /** How long a batch may grow while reading on for a newer record of a path that did not match. */
@@ -148,6 +157,13 @@ export class Replicator extends EventEmitter {
   private readonly ending = new Set<Promise<void>>();
   /** Set by a bootstrap until the replay has caught up with the source. */
   private bootstrapDigests: BootstrapDigests | undefined;
+  /**
+   * Where this replicator's rsyncs write each file before renaming it into place: a SIGKILLed
+   * rsync (its 1 s grace run out, or its agent killed) leaves its temp file behind, and in the
+   * store it would be taken for a file nobody logged. One directory per partition, since the
+   * partitions share one store; emptied whenever none of this replicator's rsyncs runs.
+   */
+  private readonly rsyncTempDir: string;
   /** An rsync started for the next small batch, waiting for its list (see pull). */
   private primed:
     | { pull: StartedPull; source: RecordSource; idleTimer: NodeJS.Timeout; kill: AbortController }
@@ -157,6 +173,7 @@ export class Replicator extends EventEmitter {
     super();
     this.options = options;
     this.partition = options.partition ?? 0;
+    this.rsyncTempDir = rsyncTempDirOf(options.fileStoreDir, this.partition);
     this.source = toSource(options.source, options.replicaId);
     this.log = log;
     this.ownsLog = ownsLog;
@@ -228,6 +245,7 @@ export class Replicator extends EventEmitter {
     options: { tolerateMismatch?: boolean } = {},
   ): Promise<{ applied: TxId; unverified: string[] }> {
     await this.pause();
+    await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
     const stop = signal ?? new AbortController().signal;
     const unverified = new Set<string>();
     let backoffMs = 0;
@@ -317,6 +335,7 @@ export class Replicator extends EventEmitter {
             signal: copySignal,
             // One syncfs below instead of rsync's fsync per file.
             fsync: false,
+            tempDir: this.rsyncTempDir,
             onProgress: (progress) =>
               this.emit('bootstrap-progress', { ...progress, part } satisfies BootstrapProgress),
             onFileInPlace,
@@ -356,7 +375,16 @@ export class Replicator extends EventEmitter {
     }
   }
 
+  /** Empties rsyncTempDir, creating it if need be; only while none of this replicator's rsyncs runs. */
+  private async clearRsyncTemp(): Promise<void> {
+    await Promise.all(this.ending);
+    await rm(this.rsyncTempDir, { recursive: true, force: true });
+    await mkdir(this.rsyncTempDir, { recursive: true });
+  }
+
   private async follow(loopSignal: AbortSignal): Promise<void> {
+    // Should it fail, every pull fails and says why (rsync cannot use its temp dir).
+    await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
     // The next page, asked for while the current one is applied (catching up after a bootstrap).
     let prefetched:
       | {
@@ -643,6 +671,7 @@ export class Replicator extends EventEmitter {
       signal,
       // verify() fsyncs every received file itself, concurrently: cheaper than rsync's one-by-one.
       fsync: false,
+      tempDir: this.rsyncTempDir,
     };
   }
 

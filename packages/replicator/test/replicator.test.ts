@@ -13,6 +13,7 @@ import {
   type RecordSource,
   type Replicator,
   ReplicatorError,
+  rsyncTempDirOf,
 } from '@pfs/replicator';
 import { startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { makeTxId, readCheckpoint, TxLog } from '@pfs/txlog';
@@ -616,6 +617,34 @@ describe('replicator against a real rsync daemon', () => {
     expect(setAside).toEqual([]);
     expect(errors).toEqual([]);
     expect(await readFile(join(dir, 'filestore', 'x', 'y'), 'utf8')).toBe('then a directory');
+  });
+
+  it("keeps rsync's temp files out of the store, and clears those a killed rsync left", async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const temp = rsyncTempDirOf(join(dir, 'filestore'), 0);
+    // What a SIGKILLed rsync leaves: its temp file, named after the file it was receiving.
+    await mkdir(temp, { recursive: true });
+    await writeFile(join(temp, 'photo.jpg.Xy12Ab'), 'half a photo');
+    const { replicator } = await replicate(m, dir, { bootstrap: false });
+    await m.put('photo.jpg', 'a whole photo');
+    await until(() => replicator.applied === m.log.lastTxid, 'first file');
+    expect(await readdir(temp)).toEqual([]);
+    // Every rsync into the store writes its temp files there, the one waiting for the next batch too.
+    await untilOnlyWaitingRsync(m, dir);
+    const cmdlines = readdirSync('/proc')
+      .filter((entry) => /^\d+$/.test(entry))
+      .map((entry) => {
+        try {
+          return readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+        } catch {
+          return [];
+        }
+      })
+      .filter((cmdline) => cmdline[0]?.endsWith('rsync') && cmdline.includes(join(dir, 'filestore/')));
+    expect(cmdlines.length).toBeGreaterThan(0);
+    for (const cmdline of cmdlines) expect(cmdline).toContain(`--temp-dir=${temp}`);
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
   it('never uses an rsync started for another source', async () => {
