@@ -81,7 +81,22 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   });
   cleanups.push(() => daemon.stop());
 
-  const generator = new ChangelogGenerator({ root: fileStore, partitionCount: config.partitions });
+  // A write's temp file last modified before this agent started is one a killed agent left (a
+  // write in progress here keeps its mtime after this start): the store walks remove it.
+  const startedAt = Date.now();
+  const staleTempFiles = {
+    before: startedAt,
+    onRemoved: (path: string, size: bigint) =>
+      logger.info(
+        { path, size: size.toString() },
+        `removed ${JSON.stringify(path)}, the temp file of a write a stopped process left`,
+      ),
+  };
+  const generator = new ChangelogGenerator({
+    root: fileStore,
+    partitionCount: config.partitions,
+    staleTempFiles,
+  });
   const incarnation = `${config.nodeId}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const acks = new ReplicaAcks();
   generator.onAppend((partition, record) => acks.noteAppended(partition, record.txid, performance.now()));
@@ -230,6 +245,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
 
   const storeChecks = new StoreChecks({
     root: fileStore,
+    staleTempFiles,
     partitionOf: (path) => generator.partitionOf(path),
     onWalk: (partitions) => {
       metrics.storeCheckWalks.inc();

@@ -1,4 +1,5 @@
 import { findUnloggedChangesOf, type LogToCheck, type UnloggedChange } from '@pfs/changelog-generator';
+import type { WalkOptions } from '@pfs/filestore';
 import type { TxLog } from '@pfs/txlog';
 
 /** How long a walk waits for the checks of other partitions to join it. */
@@ -39,6 +40,8 @@ export class StoreChecks {
       /** After each walk, with the partitions whose checks it completed. */
       onWalk?: (partitions: number[]) => void;
       find?: typeof findUnloggedChangesOf;
+      /** Passed to each walk (see findUnloggedChangesOf). */
+      staleTempFiles?: WalkOptions['staleTempFiles'];
       /** Tests: GATHER_MS, EXPECTED_WAIT_MS, EXPECTATIONS_LIFETIME_MS. */
       timing?: { gatherMs: number; expectedWaitMs: number; expectationsLifetimeMs: number };
     },
@@ -124,6 +127,7 @@ export class StoreChecks {
       const find = this.options.find ?? findUnloggedChangesOf;
       const outcomes = await find({
         root: this.options.root,
+        ...(this.options.staleTempFiles === undefined ? {} : { staleTempFiles: this.options.staleTempFiles }),
         logs: batch,
         logOf: (path) => {
           const partition = this.options.partitionOf(path);

@@ -426,6 +426,40 @@ describe('node agent over HTTP', () => {
     expect(status.partitions[0]!.bootstrap).toBeNull();
   });
 
+  it("removes the temp files of writes a killed agent left, on promotion and in a former master's check", async () => {
+    const { cluster, master, replica } = await twoNodes();
+    expect(
+      (await fetch(`${master.url}/v1/files/album/kept.jpg`, { method: 'PUT', body: 'kept' })).status,
+    ).toBe(201);
+    await caughtUp(master, replica);
+    // What an agent killed during a PUT leaves: the temp file beside the target, an hour old here.
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    const leaveTemp = async (dataDir: string) => {
+      const path = join(dataDir, 'filestore', 'album', '.pfs-tmp.0123456789ab');
+      await writeFile(path, 'half an upload');
+      await utimes(path, hourAgo, hourAgo);
+      return path;
+    };
+    const onReplica = await leaveTemp(replica.config.dataDir);
+    const dataDir = await stopForRestart(master);
+    const onMaster = await leaveTemp(dataDir);
+    // The replica's promotion walks its store (the reconcile).
+    await until('the replica promoted', async () =>
+      (await role(replica)).role === 'master' ? true : undefined,
+    );
+    await until("the promoted node's temp file removed", async () =>
+      (await stat(onReplica).catch(() => undefined)) === undefined ? true : undefined,
+    );
+    // The former master walks its store against its log when it comes back.
+    const again = await start({ ...(await agentConfig(cluster, dataDir)), httpPort: master.config.httpPort });
+    await caughtUp(replica, again, 'the old master following');
+    await until("the former master's temp file removed", async () =>
+      (await stat(onMaster).catch(() => undefined)) === undefined ? true : undefined,
+    );
+    for (const agent of [replica, again])
+      expect(await (await fetch(`${agent.url}/v1/files/album/kept.jpg`)).text()).toBe('kept');
+  });
+
   it('sets aside a directory a replica holds where the master puts a file, and lists it in quarantine', async () => {
     const { master, replica } = await twoNodes();
     // Past its bootstrap (an empty store's bulk copy), following record by record.

@@ -7,6 +7,7 @@ import {
   partitionOf,
   type StagedFile,
   statFile,
+  type WalkOptions,
   walkStore,
 } from '@pfs/filestore';
 import type { LogRecord, TxLog } from '@pfs/txlog';
@@ -46,6 +47,8 @@ export type AppendListener = (partition: number, record: LogRecord) => void;
 export interface ChangelogGeneratorOptions {
   root: string;
   partitionCount: number;
+  /** Passed to the reconcile's walk of the store: temp files of writes a killed process left. */
+  staleTempFiles?: WalkOptions['staleTempFiles'];
 }
 
 export class ChangelogGenerator {
@@ -54,10 +57,12 @@ export class ChangelogGenerator {
   private readonly partitions = new Map<number, Partition>();
   private readonly locks = new KeyedLock();
   private readonly listeners = new Set<AppendListener>();
+  private readonly walkOptions: WalkOptions;
 
   constructor(options: ChangelogGeneratorOptions) {
     this.root = options.root;
     this.partitionCount = options.partitionCount;
+    this.walkOptions = options.staleTempFiles === undefined ? {} : { staleTempFiles: options.staleTempFiles };
   }
 
   /** Starts logging `partition` into `log`, rebuilding its index by replaying the log. */
@@ -239,7 +244,7 @@ export class ChangelogGenerator {
       if (inFlight.size >= RECONCILE_CONCURRENCY) await Promise.race(inFlight);
     };
     try {
-      for await (const entry of walkStore(this.root)) {
+      for await (const entry of walkStore(this.root, '', this.walkOptions)) {
         const index = this.partitions.get(this.partitionOf(entry.path))?.index;
         if (index === undefined) continue;
         // When the walk's own stat matches the index, observe would only stat again to learn the

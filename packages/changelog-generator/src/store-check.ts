@@ -1,4 +1,4 @@
-import { hashFile, type StoreEntry, walkStore } from '@pfs/filestore';
+import { hashFile, type StoreEntry, type WalkOptions, walkStore } from '@pfs/filestore';
 import type { TxLog } from '@pfs/txlog';
 import { replayIntoIndex } from './generator.ts';
 import type { PathIndex, SlotMarks } from './path-index.ts';
@@ -55,6 +55,8 @@ export async function findUnloggedChangesOf<K>(options: {
   root: string;
   logs: ReadonlyMap<K, LogToCheck>;
   logOf: (path: string) => K | undefined;
+  /** Passed to the walk of the store: temp files of writes a killed process left. */
+  staleTempFiles?: WalkOptions['staleTempFiles'];
 }): Promise<Map<K, LogCheckOutcome>> {
   const outcomes = new Map<K, LogCheckOutcome>();
   const comparisons = new Map<K, LogComparison>();
@@ -83,7 +85,9 @@ export async function findUnloggedChangesOf<K>(options: {
     }
     dropAborted();
     if (comparisons.size > 0) {
-      for await (const entry of walkStore(options.root)) {
+      const walkOptions =
+        options.staleTempFiles === undefined ? {} : { staleTempFiles: options.staleTempFiles };
+      for await (const entry of walkStore(options.root, '', walkOptions)) {
         dropAborted();
         if (comparisons.size === 0) break;
         const key = options.logOf(entry.path);

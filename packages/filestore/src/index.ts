@@ -24,4 +24,4 @@ export {
   stageFile,
   statFile,
 } from './store.ts';
-export { compareStorePaths, listStore, type StoreEntry, walkStore } from './walk.ts';
+export { compareStorePaths, listStore, type StoreEntry, type WalkOptions, walkStore } from './walk.ts';

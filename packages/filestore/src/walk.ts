@@ -1,13 +1,23 @@
-import { type BigIntStats, lstatSync } from 'node:fs';
+import { type BigIntStats, lstatSync, unlinkSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isInternalPath } from './path-rules.ts';
+import { isInternalPath, TEMP_PREFIX } from './path-rules.ts';
 import { type FileStat, fileStatOf } from './store.ts';
 
 /** Walking and listing the store: every regular file, internal files and symlinks skipped. */
 export interface StoreEntry {
   path: string;
   stat: FileStat;
+}
+
+export interface WalkOptions {
+  /**
+   * Removes each temp file of a write (`.pfs-tmp.*`) last modified before `before` (ms since
+   * the epoch) that the walk passes, and tells `onRemoved`: a write in progress keeps its temp
+   * file's mtime at or after its own start, so with the writing process's start time, what is
+   * older is what a killed process left.
+   */
+  staleTempFiles?: { before: number; onRemoved?: (path: string, size: bigint) => void };
 }
 
 /** How many entries the walk looks at between two turns of the event loop. */
@@ -24,7 +34,11 @@ const ENTRIES_PER_TURN = 256;
  * stat'ed right before it is yielded or descended into, not typed by readdir ahead of time: a
  * directory replaced by a symlink meanwhile is then skipped rather than followed.
  */
-export async function* walkStore(root: string, under = ''): AsyncGenerator<StoreEntry> {
+export async function* walkStore(
+  root: string,
+  under = '',
+  options: WalkOptions = {},
+): AsyncGenerator<StoreEntry> {
   const dir = under === '' ? root : join(root, under);
   let names: string[];
   try {
@@ -40,13 +54,28 @@ export async function* walkStore(root: string, under = ''): AsyncGenerator<Store
   for (const name of names) {
     if (++looked % ENTRIES_PER_TURN === 0) await new Promise((resolve) => setImmediate(resolve));
     const path = under === '' ? name : `${under}/${name}`;
-    if (isInternalPath(path)) continue;
+    if (isInternalPath(path)) {
+      if (options.staleTempFiles !== undefined && name.startsWith(TEMP_PREFIX))
+        removeIfStale(root, path, options.staleTempFiles);
+      continue;
+    }
     // Gone since readdir: skipped, as if the walk had come a moment later.
     const info = statIfThere(join(root, path));
     if (info === undefined) continue;
-    if (info.isDirectory()) yield* walkStore(root, path);
+    if (info.isDirectory()) yield* walkStore(root, path, options);
     else if (info.isFile()) yield { path, stat: fileStatOf(info) };
   }
+}
+
+function removeIfStale(root: string, path: string, stale: NonNullable<WalkOptions['staleTempFiles']>): void {
+  const info = statIfThere(join(root, path));
+  if (info === undefined || !info.isFile() || Number(info.mtimeMs) >= stale.before) return;
+  try {
+    unlinkSync(join(root, path));
+  } catch {
+    return; // gone meanwhile, or not ours to remove: the next walk tries again
+  }
+  stale.onRemoved?.(path, info.size);
 }
 
 function statIfThere(path: string): BigIntStats | undefined {

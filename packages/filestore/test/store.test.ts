@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import {
@@ -184,6 +184,38 @@ describe('file store', () => {
     const seen = [];
     for await (const entry of walkStore(root)) seen.push(entry.path);
     expect(seen).toEqual(['x']);
+  });
+
+  it('removes, when asked, the temp files of writes older than a time, and only those', async () => {
+    const root = await store();
+    await putFile(root, 'album/kept.jpg', Buffer.from('data'));
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    for (const path of ['.pfs-tmp.old1', 'album/.pfs-tmp.old2']) {
+      await writeFile(join(root, path), 'half a write');
+      await utimes(join(root, path), hourAgo, hourAgo);
+    }
+    await writeFile(join(root, 'album/.pfs-tmp.current'), 'a write in progress');
+    // Internal files that are not temp files stay, however old.
+    await utimes(join(root, SENTINEL_FILE), hourAgo, hourAgo);
+    const removed: [string, bigint][] = [];
+    const seen: string[] = [];
+    const before = Date.now() - 60_000;
+    for await (const entry of walkStore(root, '', {
+      staleTempFiles: { before, onRemoved: (path, size) => removed.push([path, size]) },
+    }))
+      seen.push(entry.path);
+    expect(seen).toEqual(['album/kept.jpg']);
+    expect(removed.sort()).toEqual([
+      ['.pfs-tmp.old1', 12n],
+      ['album/.pfs-tmp.old2', 12n],
+    ]);
+    expect((await readdir(join(root, 'album'))).sort()).toEqual(['.pfs-tmp.current', 'kept.jpg']);
+    expect(await readFile(join(root, SENTINEL_FILE), 'utf8')).toContain('pfs');
+    // Without the option, a walk removes nothing.
+    await writeFile(join(root, '.pfs-tmp.old3'), 'x');
+    await utimes(join(root, '.pfs-tmp.old3'), hourAgo, hourAgo);
+    for await (const _ of walkStore(root));
+    expect(await readdir(root)).toContain('.pfs-tmp.old3');
   });
 
   it('walks regular files only, in order, whatever changes behind it', async () => {
