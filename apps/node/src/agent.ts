@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { Coordinator } from '@pfs/coordinator-etcd';
 import { initStore } from '@pfs/filestore';
+import { StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
 import { formatTxId, TxLog } from '@pfs/txlog';
 import type { StoreWatcher } from '@pfs/watcher';
@@ -243,6 +244,8 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     await watcher?.close();
   });
 
+  // The partitions share one store: one bulk copy into it at most, and no batch meanwhile.
+  const storeGate = new StoreGate();
   const storeChecks = new StoreChecks({
     root: fileStore,
     staleTempFiles,
@@ -271,6 +274,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         metrics,
         revokeRefusingMaster: config.revokeRefusingMaster,
         storeChecks,
+        storeGate,
       }),
     );
   }

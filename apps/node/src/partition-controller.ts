@@ -15,6 +15,7 @@ import {
   type ReplicatorError,
   rsyncLogSource,
   rsyncTempDirOf,
+  type StoreGate,
 } from '@pfs/replicator';
 import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, fsyncDir, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
@@ -49,6 +50,8 @@ export interface ControllerDeps {
   revokeRefusingMaster: boolean;
   /** The node's store checks, shared by its partitions (see checkStore). */
   storeChecks: StoreChecks;
+  /** Shared by the node's partitions, whose replicators write into one store (see StoreGate). */
+  storeGate: StoreGate;
 }
 
 /**
@@ -355,7 +358,9 @@ export class PartitionController {
     const fileStore = join(this.deps.dataDir, 'filestore');
     const tempDir = rsyncTempDirOf(fileStore, this.partition);
     await mkdir(tempDir, { recursive: true });
-    await pullBatch({ source: filesSource, dest: fileStore, paths, tempDir });
+    await this.deps.storeGate.shared(() =>
+      pullBatch({ source: filesSource, dest: fileStore, paths, tempDir }),
+    );
   }
 
   private async ensureReplicator(
@@ -369,6 +374,7 @@ export class PartitionController {
       checkpointDir: join(this.deps.dataDir, 'checkpoint'),
       partition: this.partition,
       replicaId: this.deps.nodeId,
+      storeGate: this.deps.storeGate,
       follow: false,
       minGeneration: () => this.deps.coordinator.view.partitions.get(this.partition)?.generation ?? 0n,
       setAside: async (path, txid, kind) => {

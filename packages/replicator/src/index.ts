@@ -27,3 +27,4 @@ export {
   type RecordSource,
   rsyncLogSource,
 } from './sources.ts';
+export { StoreGate } from './store-gate.ts';

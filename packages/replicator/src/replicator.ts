@@ -22,6 +22,7 @@ import { MAX_FEED_RECORDS } from './feed.ts';
 import { gracedAbort } from './graced-abort.ts';
 import { checkPut, waitInPlace } from './in-place.ts';
 import { httpFeedSource, type RecordSource } from './sources.ts';
+import { StoreGate } from './store-gate.ts';
 
 /**
  * Follows a master's partition log and applies it here, in order.
@@ -56,6 +57,11 @@ export interface ReplicatorOptions {
   follow?: boolean;
   /** Copy the whole store with one bulk rsync before replaying, when starting from nothing (default true). */
   bootstrap?: boolean;
+  /**
+   * Shared by the replicators of partitions that share one store (a node's): only one of them
+   * bulk-copies it, and batches wait while it does (see StoreGate). Default: one of its own.
+   */
+  storeGate?: StoreGate;
   /**
    * How many rsyncs share that copy, each taking some of the store's top-level entries (see
    * splitCopy); default DEFAULT_BOOTSTRAP_COPIES.
@@ -164,6 +170,7 @@ export class Replicator extends EventEmitter {
    * partitions share one store; emptied whenever none of this replicator's rsyncs runs.
    */
   private readonly rsyncTempDir: string;
+  private readonly gate: StoreGate;
   /** An rsync started for the next small batch, waiting for its list (see pull). */
   private primed:
     | { pull: StartedPull; source: RecordSource; idleTimer: NodeJS.Timeout; kill: AbortController }
@@ -174,6 +181,7 @@ export class Replicator extends EventEmitter {
     this.options = options;
     this.partition = options.partition ?? 0;
     this.rsyncTempDir = rsyncTempDirOf(options.fileStoreDir, this.partition);
+    this.gate = options.storeGate ?? new StoreGate();
     this.source = toSource(options.source, options.replicaId);
     this.log = log;
     this.ownsLog = ownsLog;
@@ -336,6 +344,9 @@ export class Replicator extends EventEmitter {
             // One syncfs below instead of rsync's fsync per file.
             fsync: false,
             tempDir: this.rsyncTempDir,
+            // The store was empty (checked under the gate): nothing to delete but what another
+            // writer (a partition this node masters) put there meanwhile.
+            deleteExtraneous: false,
             onProgress: (progress) =>
               this.emit('bootstrap-progress', { ...progress, part } satisfies BootstrapProgress),
             onFileInPlace,
@@ -395,11 +406,10 @@ export class Replicator extends EventEmitter {
           beforeCopy?: boolean;
         }
       | undefined;
-    if (
-      this.appliedTxid === 0n &&
-      this.options.bootstrap !== false &&
-      (await storeIsEmpty(this.options.fileStoreDir))
-    ) {
+    // One bulk copy per store: decided and made alone, so that of the partitions sharing the
+    // store only the first finds it empty, and no batch writes into it meanwhile.
+    const bootstrapAlone = async () => {
+      if (!(await storeIsEmpty(this.options.fileStoreDir))) return;
       // The replay's first page is read while the copy runs: the source answers it in the
       // copy's shadow instead of after it.
       const source = this.source;
@@ -422,6 +432,14 @@ export class Replicator extends EventEmitter {
       if (this.bootstrapDigests === undefined) {
         prefetchStop.abort();
         prefetched = undefined;
+      }
+    };
+    if (this.appliedTxid === 0n && this.options.bootstrap !== false) {
+      try {
+        await this.gate.exclusive(bootstrapAlone, loopSignal);
+      } catch (error) {
+        // Paused or stopped while waiting for the store; the loop below ends at once.
+        if (!loopSignal.aborted) throw error;
       }
     }
     let backoffMs = 0;
@@ -506,12 +524,24 @@ export class Replicator extends EventEmitter {
     }
   }
 
-  /** Applies one batch; returns the paths that did not verify (only when `tolerateMismatch`). */
-  private async applyBatch(
+  /**
+   * Applies one batch; returns the paths that did not verify (only when `tolerateMismatch`).
+   * Not while a bulk copy into the same store runs (see StoreGate).
+   */
+  private applyBatch(
     source: RecordSource,
     fetched: LogRecord[],
     signal: AbortSignal,
     options: { tolerateMismatch?: boolean; primeNext?: boolean } = {},
+  ): Promise<string[]> {
+    return this.gate.shared(() => this.applyBatchToStore(source, fetched, signal, options), signal);
+  }
+
+  private async applyBatchToStore(
+    source: RecordSource,
+    fetched: LogRecord[],
+    signal: AbortSignal,
+    options: { tolerateMismatch?: boolean; primeNext?: boolean },
   ): Promise<string[]> {
     const tolerateMismatch = options.tolerateMismatch === true;
     const started = performance.now();

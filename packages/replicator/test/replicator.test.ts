@@ -14,6 +14,7 @@ import {
   type Replicator,
   ReplicatorError,
   rsyncTempDirOf,
+  StoreGate,
 } from '@pfs/replicator';
 import { startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { makeTxId, readCheckpoint, TxLog } from '@pfs/txlog';
@@ -385,6 +386,49 @@ describe('replicator against a real rsync daemon', () => {
     await until(() => replicator.applied === m.log.lastTxid, 'replay after the abandoned copy');
     expect(bootstrapped).toBe(false);
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
+  it('makes one bulk copy into a store two partitions share, and applies no batch while it runs', async () => {
+    const m0 = await master();
+    const m1 = await master();
+    for (let i = 0; i < 30; i++) {
+      await m0.put(`zero/${i}`, `partition 0, file ${i}`);
+      await m1.put(`one/${i}`, `partition 1, file ${i}`);
+    }
+    const dir = await replicaDir();
+    const storeGate = new StoreGate();
+    const started: number[] = [];
+    const events: string[] = [];
+    const follow = async (m: TestMaster, partition: number) => {
+      const replicator = await createReplicator({
+        source: { feedUrl: m.feedUrl, filesSource: m.filesSource },
+        fileStoreDir: join(dir, 'filestore'),
+        changeLogDir: join(dir, 'changelog', String(partition)),
+        checkpointDir: join(dir, 'checkpoint'),
+        partition,
+        storeGate,
+        follow: false,
+        pollWaitMs: 2000,
+      });
+      cleanups.push(() => replicator.stop());
+      replicator.on('bootstrap-started', () => started.push(partition));
+      replicator.on('bootstrapped', () => events.push(`${partition} copied`));
+      replicator.on('applied', () => events.push(`${partition} applied`));
+      return replicator;
+    };
+    const r0 = await follow(m0, 0);
+    const r1 = await follow(m1, 1);
+    r0.start();
+    r1.start();
+    await until(() => r0.applied === m0.log.lastTxid && r1.applied === m1.log.lastTxid, 'both caught up');
+    // Both found the store empty; the first to get it alone copied, the other then replayed.
+    expect(started).toHaveLength(1);
+    const copier = started[0]!;
+    const copied = events.indexOf(`${copier} copied`);
+    expect(copied).toBeGreaterThanOrEqual(0);
+    expect(events.slice(0, copied).filter((e) => e.endsWith('applied'))).toEqual([]);
+    const expected = new Map([...(await snapshot(m0.root)), ...(await snapshot(m1.root))]);
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(expected);
   });
 
   it("asks for the replay's first page while the bootstrap copy still runs", async () => {

@@ -68,6 +68,8 @@ export interface SyncArgsInput {
   filesFrom?: boolean | undefined;
   /** As for a pull (PullArgsInput.tempDir). */
   tempDir?: string | undefined;
+  /** --delete: remove what dest has and the source does not (default true). */
+  deleteExtraneous?: boolean | undefined;
 }
 
 /** The argv of a whole-tree sync (bootstrap of a new replica). */
@@ -80,7 +82,7 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
     ...(input.filesFrom === true
       ? ['--files-from=-', '--from0', '--recursive', '--ignore-missing-args']
       : []),
-    '--delete',
+    ...(input.deleteExtraneous === false ? [] : ['--delete']),
     '--numeric-ids',
     '--info=progress2',
     '--no-inc-recursive',

@@ -34,6 +34,11 @@ export interface SyncTreeOptions {
   /** rsync --temp-dir (see PullBatchOptions.tempDir). */
   tempDir?: string;
   /**
+   * Deletes what dest has and the source does not (default true). A copy into an empty
+   * destination that others may write into meanwhile must not.
+   */
+  deleteExtraneous?: boolean;
+  /**
    * Copies only these top-level entries of the source, each recursively (see listTopLevel), and
    * deletes extraneous files only inside them: several such copies of disjoint entries into an
    * empty destination run side by side.

@@ -41,6 +41,11 @@ describe('buildPullArgs', () => {
     expect(sync.indexOf('--temp-dir=/b/.pfs/rsync-tmp/0')).toBeLessThan(sync.indexOf('--'));
   });
 
+  it('deletes extraneous files in a sync unless told not to', () => {
+    expect(buildSyncArgs({ source: '/a', dest: '/b' })).toContain('--delete');
+    expect(buildSyncArgs({ source: '/a', dest: '/b', deleteExtraneous: false })).not.toContain('--delete');
+  });
+
   it('has the batch flags, max-delete = list length, and ends with -- source dest', () => {
     const args = buildPullArgs({ source: '/srv/a', dest: '/srv/b', count: 7 });
     expect(args).toEqual([
