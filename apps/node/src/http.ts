@@ -85,7 +85,19 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
 
   /** Refuses a write on a node that is not master of the path's partition: 307 to the master, else 503. */
   const refuseUnlessMaster = (partition: number, path: string, reply: FastifyReply): boolean => {
-    if (state.controllers[partition]!.writable()) return false;
+    if (state.controllers[partition]!.writable()) {
+      // A bulk copy into this store overwrites nothing and deletes nothing, but it would bring
+      // back a file deleted here after its source had it: writes wait for it to end.
+      if (!state.controllers.some((c) => c.bootstrapProgress(performance.now()) !== undefined)) return false;
+      reply
+        .code(503)
+        .header('retry-after', '1')
+        .send({
+          code: 'STORE_COPY',
+          message: `this node is copying its store from another master (it joined empty): writes to partition ${partition} resume when the copy ends, retry shortly`,
+        });
+      return true;
+    }
     const master = state.masterOf(partition);
     if (master !== undefined && master.nodeId !== state.config.nodeId) {
       reply

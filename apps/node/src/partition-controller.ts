@@ -358,8 +358,12 @@ export class PartitionController {
     const fileStore = join(this.deps.dataDir, 'filestore');
     const tempDir = rsyncTempDirOf(fileStore, this.partition);
     await mkdir(tempDir, { recursive: true });
-    await this.deps.storeGate.shared(() =>
-      pullBatch({ source: filesSource, dest: fileStore, paths, tempDir }),
+    // Part of a failover or of a return: it does not wait out a bulk copy of another partition.
+    const signal = this.stop.signal;
+    await this.deps.storeGate.shared(
+      () => pullBatch({ source: filesSource, dest: fileStore, paths, tempDir, signal }),
+      signal,
+      { preempt: true },
     );
   }
 

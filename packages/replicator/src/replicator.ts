@@ -277,6 +277,8 @@ export class Replicator extends EventEmitter {
         }
         const mismatched = await this.applyBatch(this.source, fetched.records, stop, {
           tolerateMismatch: options.tolerateMismatch === true,
+          // A drain leads to a promotion: it does not wait out another partition's bulk copy.
+          preempt: true,
         });
         for (const path of mismatched) unverified.add(path);
         backoffMs = 0;
@@ -347,6 +349,8 @@ export class Replicator extends EventEmitter {
             // The store was empty (checked under the gate): nothing to delete but what another
             // writer (a partition this node masters) put there meanwhile.
             deleteExtraneous: false,
+            // Nor overwrite anything: a file already here was written meanwhile by this node.
+            ignoreExisting: true,
             onProgress: (progress) =>
               this.emit('bootstrap-progress', { ...progress, part } satisfies BootstrapProgress),
             onFileInPlace,
@@ -408,6 +412,9 @@ export class Replicator extends EventEmitter {
       | undefined;
     // One bulk copy per store: decided and made alone, so that of the partitions sharing the
     // store only the first finds it empty, and no batch writes into it meanwhile.
+    // A drain of another partition (a failover) cuts the copy short rather than wait for it.
+    const copyPreempted = new AbortController();
+    const copySignal = AbortSignal.any([loopSignal, copyPreempted.signal]);
     const bootstrapAlone = async () => {
       if (!(await storeIsEmpty(this.options.fileStoreDir))) return;
       // The replay's first page is read while the copy runs: the source answers it in the
@@ -427,16 +434,24 @@ export class Replicator extends EventEmitter {
           })
           .catch(() => undefined),
       };
-      await this.bootstrap(source, loopSignal);
+      await this.bootstrap(source, copySignal);
       // Without the copy's digests, batches are sized for transfers, not for checks.
       if (this.bootstrapDigests === undefined) {
         prefetchStop.abort();
         prefetched = undefined;
       }
     };
-    if (this.appliedTxid === 0n && this.options.bootstrap !== false) {
+    // Checked first without the gate too: waiting for every batch of the store to end is only
+    // worth it for a copy that may happen.
+    if (
+      this.appliedTxid === 0n &&
+      this.options.bootstrap !== false &&
+      (await storeIsEmpty(this.options.fileStoreDir))
+    ) {
       try {
-        await this.gate.exclusive(bootstrapAlone, loopSignal);
+        await this.gate.exclusive(bootstrapAlone, loopSignal, {
+          onPreempt: () => copyPreempted.abort(new Error('a drain of another partition needs the store')),
+        });
       } catch (error) {
         // Paused or stopped while waiting for the store; the loop below ends at once.
         if (!loopSignal.aborted) throw error;
@@ -532,9 +547,11 @@ export class Replicator extends EventEmitter {
     source: RecordSource,
     fetched: LogRecord[],
     signal: AbortSignal,
-    options: { tolerateMismatch?: boolean; primeNext?: boolean } = {},
+    options: { tolerateMismatch?: boolean; primeNext?: boolean; preempt?: boolean } = {},
   ): Promise<string[]> {
-    return this.gate.shared(() => this.applyBatchToStore(source, fetched, signal, options), signal);
+    return this.gate.shared(() => this.applyBatchToStore(source, fetched, signal, options), signal, {
+      preempt: options.preempt === true,
+    });
   }
 
   private async applyBatchToStore(

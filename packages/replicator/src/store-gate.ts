@@ -9,34 +9,52 @@
 export class StoreGate {
   private sharedHolders = 0;
   private exclusiveHeld = false;
+  /** How to cut the exclusive section short, if its holder said (see `exclusive`). */
+  private preemptHolder: (() => void) | undefined;
   private readonly waiting: { exclusive: boolean; grant: () => void }[] = [];
 
-  shared<T>(run: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    return this.hold(false, run, signal);
+  /**
+   * With `preempt`, a wait that finds an exclusive section held asks its holder to end it early
+   * (a drain on the way to a failover must not wait out a bulk copy, which is an optimisation).
+   */
+  shared<T>(run: () => Promise<T>, signal?: AbortSignal, options: { preempt?: boolean } = {}): Promise<T> {
+    if (options.preempt === true && this.exclusiveHeld) this.preemptHolder?.();
+    return this.hold(false, run, signal, undefined, options.preempt === true);
   }
 
-  exclusive<T>(run: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    return this.hold(true, run, signal);
+  /** `onPreempt` is called when a preempting shared section waits for this one. */
+  exclusive<T>(
+    run: () => Promise<T>,
+    signal?: AbortSignal,
+    options: { onPreempt?: () => void } = {},
+  ): Promise<T> {
+    return this.hold(true, run, signal, options.onPreempt);
   }
 
   private async hold<T>(
     exclusive: boolean,
     run: () => Promise<T>,
     signal: AbortSignal | undefined,
+    onPreempt?: () => void,
+    first = false,
   ): Promise<T> {
-    await this.acquire(exclusive, signal);
+    await this.acquire(exclusive, signal, first);
+    if (exclusive) this.preemptHolder = onPreempt;
     try {
       return await run();
     } finally {
-      if (exclusive) this.exclusiveHeld = false;
-      else this.sharedHolders--;
+      if (exclusive) {
+        this.exclusiveHeld = false;
+        this.preemptHolder = undefined;
+      } else this.sharedHolders--;
       this.grantWaiting();
     }
   }
 
-  private acquire(exclusive: boolean, signal: AbortSignal | undefined): Promise<void> {
+  /** `first`: ahead of everything waiting (a preempting section does not wait for a copy to start). */
+  private acquire(exclusive: boolean, signal: AbortSignal | undefined, first: boolean): Promise<void> {
     if (signal?.aborted) return Promise.reject(signal.reason);
-    if (this.waiting.length === 0 && this.free(exclusive)) {
+    if ((first || this.waiting.length === 0) && this.free(exclusive)) {
       this.take(exclusive);
       return Promise.resolve();
     }
@@ -57,7 +75,8 @@ export class StoreGate {
         },
       };
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.waiting.push(waiter);
+      if (first) this.waiting.unshift(waiter);
+      else this.waiting.push(waiter);
     });
   }
 

@@ -431,6 +431,64 @@ describe('replicator against a real rsync daemon', () => {
     expect(await snapshot(join(dir, 'filestore'))).toEqual(expected);
   });
 
+  it("cuts another partition's bulk copy short for a drain, rather than wait for it", async () => {
+    const m0 = await master();
+    const m1 = await master();
+    for (let i = 0; i < 100; i++) await m0.put(`zero/${i}`, `partition 0, file ${i} `.repeat(50));
+    for (let i = 0; i < 5; i++) await m1.put(`one/${i}`, `partition 1, file ${i}`);
+    const dir = await replicaDir();
+    const storeGate = new StoreGate();
+    const open = async (m: TestMaster, partition: number) => {
+      const replicator = await createReplicator({
+        source: { feedUrl: m.feedUrl, filesSource: m.filesSource },
+        fileStoreDir: join(dir, 'filestore'),
+        changeLogDir: join(dir, 'changelog', String(partition)),
+        checkpointDir: join(dir, 'checkpoint'),
+        partition,
+        storeGate,
+        follow: false,
+        pollWaitMs: 2000,
+      });
+      cleanups.push(() => replicator.stop());
+      return replicator;
+    };
+    const r0 = await open(m0, 0);
+    const r1 = await open(m1, 1);
+    const events: string[] = [];
+    r0.once('bootstrap-abandoned', (error: { code?: string }) =>
+      events.push(`copy abandoned: ${error.code}`),
+    );
+    // The copy freezes once it has begun: its source stops answering (rsync would wait 10 s).
+    const frozen: number[] = [];
+    const copying = new Promise<void>((resolve) =>
+      r0.once('bootstrap-progress', () => {
+        for (const pid of childrenOf(m0.daemon.pid)) {
+          process.kill(pid, 'SIGSTOP');
+          frozen.push(pid);
+        }
+        resolve();
+      }),
+    );
+    cleanups.push(async () => {
+      for (const pid of frozen) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {}
+      }
+    });
+    r0.start();
+    await copying;
+    const drained = await r1.drain();
+    events.push('drained');
+    expect(drained.applied).toBe(m1.log.lastTxid);
+    expect(events).toEqual(['copy abandoned: RSYNC_ABORTED', 'drained']);
+    for (const pid of frozen) process.kill(pid, 'SIGCONT');
+    // The copy is not made again (the store is no longer empty): the replay brings the rest.
+    await until(() => r0.applied === m0.log.lastTxid, 'partition 0 caught up');
+    const expected = new Map([...(await snapshot(m0.root)), ...(await snapshot(m1.root))]);
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(expected);
+  });
+
   it("asks for the replay's first page while the bootstrap copy still runs", async () => {
     // Pages of 5 and 20 files: the first page is full, so it is used.
     const events = await bootstrapOrder(20, 5);

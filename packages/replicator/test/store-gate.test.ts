@@ -84,6 +84,56 @@ describe('StoreGate', () => {
     expect(await gate.exclusive(async () => 'alone')).toBe('alone');
   });
 
+  it('asks an exclusive holder to end early when a preempting shared section waits, and only then', async () => {
+    const gate = new StoreGate();
+    const events: string[] = [];
+    const copy = held(events, 'copy');
+    let preempted = 0;
+    const copying = gate.exclusive(copy.run, undefined, { onPreempt: () => preempted++ });
+    await turn();
+    const batch = gate.shared(async () => {
+      events.push('batch');
+    });
+    await turn();
+    expect(preempted).toBe(0);
+    const drain = gate.shared(
+      async () => {
+        events.push('drain');
+      },
+      undefined,
+      { preempt: true },
+    );
+    expect(preempted).toBe(1);
+    copy.release();
+    await Promise.all([copying, batch, drain]);
+    // The drain goes first among those waiting.
+    expect(events).toEqual(['copy in', 'copy out', 'drain', 'batch']);
+    // Nothing held: nothing to preempt.
+    await gate.shared(async () => undefined, undefined, { preempt: true });
+    expect(preempted).toBe(1);
+  });
+
+  it('lets a preempting shared section go ahead of an exclusive one still waiting', async () => {
+    const gate = new StoreGate();
+    const events: string[] = [];
+    const batch = held(events, 'batch');
+    const running = gate.shared(batch.run);
+    const copy = gate.exclusive(async () => {
+      events.push('copy');
+    });
+    await turn();
+    await gate.shared(
+      async () => {
+        events.push('drain');
+      },
+      undefined,
+      { preempt: true },
+    );
+    batch.release();
+    await Promise.all([running, copy]);
+    expect(events).toEqual(['batch in', 'drain', 'batch out', 'copy']);
+  });
+
   it('gives the section back when its run throws', async () => {
     const gate = new StoreGate();
     await expect(

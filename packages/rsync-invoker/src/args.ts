@@ -70,6 +70,8 @@ export interface SyncArgsInput {
   tempDir?: string | undefined;
   /** --delete: remove what dest has and the source does not (default true). */
   deleteExtraneous?: boolean | undefined;
+  /** --ignore-existing: leave alone every file dest already has. */
+  ignoreExisting?: boolean | undefined;
 }
 
 /** The argv of a whole-tree sync (bootstrap of a new replica). */
@@ -83,6 +85,7 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
       ? ['--files-from=-', '--from0', '--recursive', '--ignore-missing-args']
       : []),
     ...(input.deleteExtraneous === false ? [] : ['--delete']),
+    ...(input.ignoreExisting === true ? ['--ignore-existing'] : []),
     '--numeric-ids',
     '--info=progress2',
     '--no-inc-recursive',

@@ -38,6 +38,8 @@ export interface SyncTreeOptions {
    * destination that others may write into meanwhile must not.
    */
   deleteExtraneous?: boolean;
+  /** Leaves alone every file dest already has (rsync --ignore-existing). */
+  ignoreExisting?: boolean;
   /**
    * Copies only these top-level entries of the source, each recursively (see listTopLevel), and
    * deletes extraneous files only inside them: several such copies of disjoint entries into an

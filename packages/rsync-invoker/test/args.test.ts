@@ -44,6 +44,8 @@ describe('buildPullArgs', () => {
   it('deletes extraneous files in a sync unless told not to', () => {
     expect(buildSyncArgs({ source: '/a', dest: '/b' })).toContain('--delete');
     expect(buildSyncArgs({ source: '/a', dest: '/b', deleteExtraneous: false })).not.toContain('--delete');
+    expect(buildSyncArgs({ source: '/a', dest: '/b' })).not.toContain('--ignore-existing');
+    expect(buildSyncArgs({ source: '/a', dest: '/b', ignoreExisting: true })).toContain('--ignore-existing');
   });
 
   it('has the batch flags, max-delete = list length, and ends with -- source dest', () => {
