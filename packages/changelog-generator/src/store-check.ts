@@ -93,10 +93,6 @@ export async function findUnloggedChangesOf<K>(options: {
         const key = options.logOf(entry.path);
         const comparison = key === undefined ? undefined : comparisons.get(key);
         if (comparison === undefined) continue;
-        // Unrecorded and named like the temp file of another log's path: that partition's rsync
-        // may be writing it right now.
-        const target = comparison.recorded(entry.path) ? undefined : rsyncTargetOf(entry.path);
-        if (target !== undefined && options.logOf(target) !== key) continue;
         try {
           await comparison.visit(options.root, entry);
         } catch (error) {
@@ -169,10 +165,3 @@ class LogComparison {
 
 /** Files recorded with an mtime this close to the newest one are always hashed. */
 const RECENT_NS = 1_000_000_000n;
-
-/** The path whose rsync temp file (`.name.XXXXXX` beside it) `path` could be, if any. */
-function rsyncTargetOf(path: string): string | undefined {
-  const slash = path.lastIndexOf('/');
-  const match = /^\.(.+)\.[A-Za-z0-9]{6}$/.exec(path.slice(slash + 1));
-  return match ? path.slice(0, slash + 1) + match[1] : undefined;
-}

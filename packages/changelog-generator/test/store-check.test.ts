@@ -58,8 +58,9 @@ describe('findUnloggedChanges', () => {
     // Rewritten with the same bytes: a new mtime, but nothing changed.
     await writeFile(join(root, 'touched'), 'v1 of touched');
     await writeFile(join(root, 'stray'), 'never logged');
-    // Another partition's rsync writing its temp file for theirs.bin, which is not ours; and a
-    // file of ours whose name only looks like one.
+    // Named like rsync's temp file for theirs.bin, which is not ours: no rsync writes its temp
+    // files into the store (they go to .pfs/rsync-tmp/), so it is an unlogged file like any
+    // other; and another whose name only looks like one.
     await writeFile(join(root, '.theirs.bin.a1B2c3'), 'half a file');
     await writeFile(join(root, '.env.sample'), 'looks like a temp file');
     await unlink(join(root, 'gone'));
@@ -73,6 +74,7 @@ describe('findUnloggedChanges', () => {
     });
     expect(changes.sort((a, b) => a.path.localeCompare(b.path))).toEqual([
       { path: '.env.sample', onDisk: { size: 22n, sha256: sha('looks like a temp file') } },
+      { path: '.theirs.bin.a1B2c3', onDisk: { size: 11n, sha256: sha('half a file') } },
       { path: 'gone', onDisk: undefined },
       { path: 'rewritten', onDisk: { size: 16n, sha256: sha('v2, never logged') } },
       { path: 'same-size', onDisk: { size: 4n, sha256: sha('BBBB') } },
@@ -109,11 +111,6 @@ describe('findUnloggedChanges', () => {
     await writeFile(join(root, rewritten0!), 'never logged');
     await writeFile(join(root, stray0!), 'never logged either');
     await unlink(join(root, gone1!));
-    // Partition 1's rsync writing its temp file for kept1, under a name that is partition 0's.
-    let temp = '';
-    for (let i = 0; temp === '' || generator.partitionOf(temp) !== 0; i++)
-      temp = `.${kept1}.t${String(i).padStart(5, '0')}`;
-    await writeFile(join(root, temp), 'half a file');
     await writeFile(join(root, stray1!), 'partition 1 never logged this');
 
     const logOf = (path: string) => generator.partitionOf(path);
