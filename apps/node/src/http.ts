@@ -88,7 +88,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     if (state.controllers[partition]!.writable()) {
       // A bulk copy into this store overwrites nothing and deletes nothing, but it would bring
       // back a file deleted here after its source had it: writes wait for it to end.
-      if (!state.controllers.some((c) => c.bootstrapProgress(performance.now()) !== undefined)) return false;
+      if (!state.controllers.some((c) => c.copyingStore)) return false;
       reply
         .code(503)
         .header('retry-after', '1')

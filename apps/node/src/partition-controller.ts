@@ -129,6 +129,11 @@ export class PartitionController {
     return this.bootstrap?.summary(now);
   }
 
+  /** Whether this partition's replicator is bulk-copying the node's store right now. */
+  get copyingStore(): boolean {
+    return this.bootstrap !== undefined;
+  }
+
   /** True only while this node may accept a write for the partition: checked on every write. */
   writable(): boolean {
     return (
@@ -408,12 +413,14 @@ export class PartitionController {
         `partition ${this.partition}: this store is empty: starting a bulk copy of the master's store`,
       );
     });
+    // 'bootstrap-started' always comes first and sets the tracker.
     replicator.on('bootstrap-progress', (progress: BootstrapProgress) => {
+      const tracker = this.bootstrap;
+      if (tracker === undefined) return;
+      tracker.note(progress);
       const now = performance.now();
-      this.bootstrap ??= new BootstrapTracker(now, BOOTSTRAP_LOG_EVERY_MS);
-      this.bootstrap.note(progress);
-      if (!this.bootstrap.logDue(now)) return;
-      const summary = this.bootstrap.summary(now);
+      if (!tracker.logDue(now)) return;
+      const summary = tracker.summary(now);
       this.deps.logger.info(
         { partition: this.partition, bootstrap: summary },
         `partition ${this.partition}: copying the master's store: ${describeBootstrap(summary)}`,

@@ -127,7 +127,7 @@ export class StoreChecks {
       const find = this.options.find ?? findUnloggedChangesOf;
       const outcomes = await find({
         root: this.options.root,
-        ...(this.options.staleTempFiles === undefined ? {} : { staleTempFiles: this.options.staleTempFiles }),
+        staleTempFiles: this.options.staleTempFiles,
         logs: batch,
         logOf: (path) => {
           const partition = this.options.partitionOf(path);

@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentState } from '../src/agent-state.ts';
-import type { BootstrapSummary } from '../src/bootstrap-progress.ts';
 import { buildHttpServer } from '../src/http.ts';
 
 const dirs: string[] = [];
@@ -20,7 +19,6 @@ async function server(copy: { running: boolean }) {
   const dataDir = await mkdtemp(join(tmpdir(), 'pfs-store-copy-'));
   dirs.push(dataDir);
   const deletes: string[] = [];
-  const progress: BootstrapSummary = { elapsedMs: 10, files: 0, bytes: 0, parts: [] };
   const state = {
     config: {
       dataDir,
@@ -30,7 +28,14 @@ async function server(copy: { running: boolean }) {
       maxFileBytes: 1024,
       nodeId: 'n1',
     },
-    controllers: [{ writable: () => true, bootstrapProgress: () => (copy.running ? progress : undefined) }],
+    controllers: [
+      {
+        writable: () => true,
+        get copyingStore() {
+          return copy.running;
+        },
+      },
+    ],
     generator: {
       commitDelete: async (path: string) => {
         deletes.push(path);

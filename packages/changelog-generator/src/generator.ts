@@ -62,7 +62,7 @@ export class ChangelogGenerator {
   constructor(options: ChangelogGeneratorOptions) {
     this.root = options.root;
     this.partitionCount = options.partitionCount;
-    this.walkOptions = options.staleTempFiles === undefined ? {} : { staleTempFiles: options.staleTempFiles };
+    this.walkOptions = { staleTempFiles: options.staleTempFiles };
   }
 
   /** Starts logging `partition` into `log`, rebuilding its index by replaying the log. */

@@ -85,9 +85,7 @@ export async function findUnloggedChangesOf<K>(options: {
     }
     dropAborted();
     if (comparisons.size > 0) {
-      const walkOptions =
-        options.staleTempFiles === undefined ? {} : { staleTempFiles: options.staleTempFiles };
-      for await (const entry of walkStore(options.root, '', walkOptions)) {
+      for await (const entry of walkStore(options.root, '', { staleTempFiles: options.staleTempFiles })) {
         dropAborted();
         if (comparisons.size === 0) break;
         const key = options.logOf(entry.path);

@@ -17,7 +17,7 @@ export interface WalkOptions {
    * file's mtime at or after its own start, so with the writing process's start time, what is
    * older is what a killed process left.
    */
-  staleTempFiles?: { before: number; onRemoved?: (path: string, size: bigint) => void };
+  staleTempFiles?: { before: number; onRemoved?: (path: string, size: bigint) => void } | undefined;
 }
 
 /** How many entries the walk looks at between two turns of the event loop. */
