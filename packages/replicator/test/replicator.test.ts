@@ -62,6 +62,16 @@ async function replicate(
   return { replicator, errors };
 }
 
+/** Partition `partition` of the store at `dir`, from `m`, sharing the store through `storeGate`; not started. */
+function replicatePartition(m: TestMaster, dir: string, partition: number, storeGate: StoreGate) {
+  return replicate(m, dir, {
+    changeLogDir: join(dir, 'changelog', String(partition)),
+    partition,
+    storeGate,
+    follow: false,
+  });
+}
+
 /** Processes whose parent is `pid`. */
 function childrenOf(pid: number): number[] {
   const children: number[] = [];
@@ -400,17 +410,7 @@ describe('replicator against a real rsync daemon', () => {
     const started: number[] = [];
     const events: string[] = [];
     const follow = async (m: TestMaster, partition: number) => {
-      const replicator = await createReplicator({
-        source: { feedUrl: m.feedUrl, filesSource: m.filesSource },
-        fileStoreDir: join(dir, 'filestore'),
-        changeLogDir: join(dir, 'changelog', String(partition)),
-        checkpointDir: join(dir, 'checkpoint'),
-        partition,
-        storeGate,
-        follow: false,
-        pollWaitMs: 2000,
-      });
-      cleanups.push(() => replicator.stop());
+      const { replicator } = await replicatePartition(m, dir, partition, storeGate);
       replicator.on('bootstrap-started', () => started.push(partition));
       replicator.on('bootstrapped', () => events.push(`${partition} copied`));
       replicator.on('applied', () => events.push(`${partition} applied`));
@@ -438,22 +438,8 @@ describe('replicator against a real rsync daemon', () => {
     for (let i = 0; i < 5; i++) await m1.put(`one/${i}`, `partition 1, file ${i}`);
     const dir = await replicaDir();
     const storeGate = new StoreGate();
-    const open = async (m: TestMaster, partition: number) => {
-      const replicator = await createReplicator({
-        source: { feedUrl: m.feedUrl, filesSource: m.filesSource },
-        fileStoreDir: join(dir, 'filestore'),
-        changeLogDir: join(dir, 'changelog', String(partition)),
-        checkpointDir: join(dir, 'checkpoint'),
-        partition,
-        storeGate,
-        follow: false,
-        pollWaitMs: 2000,
-      });
-      cleanups.push(() => replicator.stop());
-      return replicator;
-    };
-    const r0 = await open(m0, 0);
-    const r1 = await open(m1, 1);
+    const { replicator: r0 } = await replicatePartition(m0, dir, 0, storeGate);
+    const { replicator: r1 } = await replicatePartition(m1, dir, 1, storeGate);
     const events: string[] = [];
     r0.once('bootstrap-abandoned', (error: { code?: string }) =>
       events.push(`copy abandoned: ${error.code}`),

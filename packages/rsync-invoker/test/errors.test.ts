@@ -43,7 +43,7 @@ describe('typed errors from real rsync runs', { timeout: 30_000 }, () => {
   it('abort kills the whole process group and rejects with RSYNC_ABORTED', async () => {
     const silent = await silentServer();
     const controller = new AbortController();
-    const url = `rsync://127.0.0.1:${silent.port}/m/`;
+    const { url } = silent;
     const pulling = pullBatch({
       source: url,
       dest: await tempDir(),
@@ -61,7 +61,7 @@ describe('typed errors from real rsync runs', { timeout: 30_000 }, () => {
 
   it('timeoutMs kills the group and rejects with RSYNC_TIMEOUT; syncTree too', async () => {
     const silent = await silentServer();
-    const url = `rsync://127.0.0.1:${silent.port}/m/`;
+    const { url } = silent;
     const started = performance.now();
     await expect(
       pullBatch({ source: url, dest: await tempDir(), paths: ['a'], timeoutMs: 300 }),
@@ -76,7 +76,7 @@ describe('typed errors from real rsync runs', { timeout: 30_000 }, () => {
 
   it('a silent daemon trips --timeout → RSYNC_TIMEOUT (exit 30)', async () => {
     const silent = await silentServer();
-    const url = `rsync://127.0.0.1:${silent.port}/m/`;
+    const { url } = silent;
     await expect(
       pullBatch({ source: url, dest: await tempDir(), paths: ['a'], ioTimeoutSeconds: 1 }),
     ).rejects.toMatchObject({ code: 'RSYNC_TIMEOUT', exitCode: 30 });

@@ -72,8 +72,11 @@ export async function pidsMatching(needle: string): Promise<number[]> {
   return stdout.split('\n').filter(Boolean).map(Number);
 }
 
-/** A TCP server that accepts and never says a word: rsync waits for the daemon greeting. */
-export async function silentServer(): Promise<{ port: number; close(): Promise<void> }> {
+/**
+ * A TCP server that accepts and never says a word: rsync waits for the daemon greeting. `url` is
+ * a module on it.
+ */
+export async function silentServer(): Promise<{ port: number; url: string; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
     sockets.add(socket);
@@ -84,6 +87,7 @@ export async function silentServer(): Promise<{ port: number; close(): Promise<v
   const port = (server.address() as { port: number }).port;
   return {
     port,
+    url: `rsync://127.0.0.1:${port}/m/`,
     close: () =>
       new Promise<void>((resolve) => {
         for (const socket of sockets) socket.destroy();

@@ -50,7 +50,7 @@ describe('the process launcher', { timeout: 30_000 }, () => {
     // rsync waits for the silent daemon until it is aborted, after its parent has been read.
     const controller = new AbortController();
     const pulling = pullBatch({
-      source: `rsync://127.0.0.1:${silent.port}/m/`,
+      source: silent.url,
       dest: await tempDir(),
       paths: ['a'],
       signal: controller.signal,
@@ -67,7 +67,7 @@ describe('the process launcher', { timeout: 30_000 }, () => {
     const silent = await silentServer();
     const controller = new AbortController();
     const pulling = pullBatch({
-      source: `rsync://127.0.0.1:${silent.port}/m/`,
+      source: silent.url,
       dest: await tempDir(),
       paths: ['a'],
       signal: controller.signal,
@@ -90,7 +90,7 @@ describe('the process launcher', { timeout: 30_000 }, () => {
   it('kills a run whose launcher died, says so, and starts a new launcher for the next run', async () => {
     const silent = await silentServer();
     const pulling = pullBatch({
-      source: `rsync://127.0.0.1:${silent.port}/m/`,
+      source: silent.url,
       dest: await tempDir(),
       paths: ['a'],
     });
@@ -116,7 +116,7 @@ describe('the process launcher', { timeout: 30_000 }, () => {
        void pullBatch({ source: process.argv[1], dest: process.argv[2], paths: ['a'] }).catch(() => {});
        console.log(launcherPid());
        setInterval(() => {}, 1000);`,
-      [`rsync://127.0.0.1:${silent.port}/m/`, dest],
+      [silent.url, dest],
     );
     const [helper] = (await firstNumbers(child)) as [number];
     // The script's own command line names the URL too: match rsync's.
@@ -157,7 +157,7 @@ describe('the process launcher', { timeout: 30_000 }, () => {
        setTimeout(() => process.kill(launcherPid(), 'SIGKILL'), 300);
        const error = await pulling.catch((e) => e);
        console.log('settled', error.code);`,
-      [`rsync://127.0.0.1:${silent.port}/m/`, await tempDir()],
+      [silent.url, await tempDir()],
     );
     expect(result.stdout).toBe('settled RSYNC_FAILED');
     expect(result.exitCode).toBe(0);
@@ -190,7 +190,7 @@ describe('the process launcher', { timeout: 30_000 }, () => {
   it('outlives signals meant for a whole process group or service: the runs go on', async () => {
     const silent = await silentServer();
     const pulling = pullBatch({
-      source: `rsync://127.0.0.1:${silent.port}/m/`,
+      source: silent.url,
       dest: await tempDir(),
       paths: ['a'],
       timeoutMs: 1500,
