@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { Coordinator } from '@pfs/coordinator-etcd';
 import { initStore } from '@pfs/filestore';
-import { StoreGate } from '@pfs/replicator';
+import { discardBulkCopyStaging, StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
 import { formatTxId, TxLog } from '@pfs/txlog';
 import type { StoreWatcher } from '@pfs/watcher';
@@ -60,6 +60,12 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     await mkdir(join(config.dataDir, dir), { recursive: true });
   }
   await initStore(fileStore);
+  // A bulk copy this node's previous run was killed during left its staging directory (under
+  // .pfs/, where nothing looks): removed in the background, it only takes space.
+  const { removed: stagingRemoved } = await discardBulkCopyStaging(fileStore);
+  stagingRemoved.catch((error: Error) =>
+    logger.warn({ err: error }, `removing an unfinished bulk copy failed: ${error.message}`),
+  );
   const version = await rsyncVersion(config.rsyncBin);
   logger.info({ rsync: version }, `rsync ${version}`);
 

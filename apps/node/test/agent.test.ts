@@ -426,6 +426,28 @@ describe('node agent over HTTP', () => {
     expect(status.partitions[0]!.bootstrap).toBeNull();
   });
 
+  it('throws away at start a bulk copy its last run was killed during, none of it reaching the store', async () => {
+    const cluster = `agent-${++clusterSeq}`;
+    const config = await agentConfig(cluster);
+    // A node killed while it made a new replica's bulk copy: its staging directory, with a file
+    // copied whole and rsync's temp file of the one it was receiving.
+    const staging = join(config.dataDir, 'filestore', '.pfs', 'bulk-copy');
+    await mkdir(join(staging, 'album'), { recursive: true });
+    await writeFile(join(staging, 'album', 'a.jpg'), 'copied whole');
+    await writeFile(join(staging, 'album', '.b.jpg.Xy12Ab'), 'half of b.jpg');
+    // Alone, it becomes master without a drain and reconciles its store with its log.
+    const node = await start(config);
+    await until('master', async () => ((await role(node)).role === 'master' ? true : undefined));
+    await until('the staging directory removed', async () =>
+      (await readdir(join(config.dataDir, 'filestore', '.pfs'))).some((name) => name.startsWith('bulk-copy'))
+        ? undefined
+        : true,
+    );
+    expect(await readdir(join(config.dataDir, 'filestore'))).toEqual(['.pfs']);
+    for (const path of ['album/a.jpg', 'album/.b.jpg.Xy12Ab'])
+      expect((await fetch(`${node.url}/v1/files/${path}`)).status, path).toBe(404);
+  });
+
   it("removes the temp files of writes a killed agent left, on promotion and in a former master's check", async () => {
     const { cluster, master, replica } = await twoNodes();
     expect(

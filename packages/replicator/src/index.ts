@@ -1,4 +1,5 @@
 export { type BatchPlan, planBatch } from './batch.ts';
+export { discardBulkCopyStaging } from './bulk-copy-staging.ts';
 export { ReplicatorError, type ReplicatorErrorCode } from './errors.ts';
 export {
   decodeRecords,

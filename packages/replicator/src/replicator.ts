@@ -14,6 +14,12 @@ import {
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, type Expected, planBatch } from './batch.ts';
 import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
+import {
+  bulkCopyStagingOf,
+  discardBulkCopyStaging,
+  freshBulkCopyStaging,
+  moveIntoStore,
+} from './bulk-copy-staging.ts';
 import { CheckpointWriter } from './checkpoint-writer.ts';
 import { splitCopy } from './copy-plan.ts';
 import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
@@ -129,6 +135,8 @@ const MAX_BOOTSTRAP_DIGESTS = 2_000_000;
 const DEFAULT_BOOTSTRAP_COPIES = 2;
 /** During a bootstrap's copy, a syncfs after every this many files (~16 MiB of small files). */
 const BOOTSTRAP_SYNC_EVERY_FILES = 4000;
+/** How long stop() waits for a bulk copy's staging directory to be removed. */
+const STOP_WAITS_FOR_REMOVAL_MS = 1000;
 /** How long an rsync whose files are all in place may take to exit once its batch is aborted. */
 const ENDING_GRACE_MS = 100;
 /** Batches of at most this many paths use an rsync started ahead of them (its --max-delete). */
@@ -161,6 +169,8 @@ export class Replicator extends EventEmitter {
   private storeSynced = false;
   /** rsync calls whose files are all in place but which are still ending (see pull). */
   private readonly ending = new Set<Promise<void>>();
+  /** Removals of bulk copies' staging directories (see discardStaging). */
+  private readonly discarding = new Set<Promise<void>>();
   /** Set by a bootstrap until the replay has caught up with the source. */
   private bootstrapDigests: BootstrapDigests | undefined;
   /**
@@ -299,12 +309,28 @@ export class Replicator extends EventEmitter {
    * syncfs then makes the whole copy durable. The log replay that follows checks each record
    * against those hashes, pulling only what differs (files the source changed during the copy).
    * An optimisation only: if it fails, the replay transfers everything itself.
+   *
+   * The copy is received into a staging directory under `.pfs/` and moved into the store once
+   * complete (bulk-copy-staging.ts): rsync's temp files stay beside their targets, which is what
+   * keeps 50 000 creations fast, and one a SIGKILLed rsync leaves is thrown away with the rest of
+   * a copy that did not complete.
    */
   private async bootstrap(source: RecordSource, signal: AbortSignal): Promise<void> {
     const started = performance.now();
+    const store = this.options.fileStoreDir;
+    let staging: string;
+    try {
+      const fresh = await freshBulkCopyStaging(store);
+      staging = fresh.staging;
+      this.removingStaging(fresh.removed);
+    } catch (error) {
+      // No copy then: the replay transfers everything.
+      this.report(error);
+      return;
+    }
     // Before anything is printed: listing a large store takes a while.
     this.emit('bootstrap-started');
-    const collector = new DigestCollector(this.options.fileStoreDir, new BootstrapDigests(), {
+    const collector = new DigestCollector(staging, new BootstrapDigests(), {
       maxEntries: MAX_BOOTSTRAP_DIGESTS,
     });
     // Writeback of the copy runs alongside it: a syncfs whenever enough new files are in place
@@ -318,7 +344,7 @@ export class Replicator extends EventEmitter {
       collector.add(path);
       if (++sinceSync < BOOTSTRAP_SYNC_EVERY_FILES || syncing !== undefined) return;
       sinceSync = 0;
-      syncing = syncFileSystem(this.options.fileStoreDir).finally(() => {
+      syncing = syncFileSystem(store).finally(() => {
         syncing = undefined;
       });
     };
@@ -340,17 +366,13 @@ export class Replicator extends EventEmitter {
         (parts ?? [undefined]).map((only, part) =>
           syncTree({
             source: source.filesSource,
-            dest: this.options.fileStoreDir,
+            dest: staging,
             exclude,
             signal: copySignal,
             // One syncfs below instead of rsync's fsync per file.
             fsync: false,
-            tempDir: this.rsyncTempDir,
-            // The store was empty (checked under the gate): nothing to delete but what another
-            // writer (a partition this node masters) put there meanwhile.
+            // The staging directory starts empty; the move into the store deletes nothing.
             deleteExtraneous: false,
-            // Nor overwrite anything: a file already here was written meanwhile by this node.
-            ignoreExisting: true,
             onProgress: (progress) =>
               this.emit('bootstrap-progress', { ...progress, part } satisfies BootstrapProgress),
             onFileInPlace,
@@ -368,7 +390,12 @@ export class Replicator extends EventEmitter {
       await collector.finished();
       await syncing;
       const hashedAt = performance.now();
-      this.storeSynced = await syncFileSystem(this.options.fileStoreDir);
+      // Nothing already in the store is replaced: it was written meanwhile by this node (as
+      // master of another partition), after the copy's source had listed the path.
+      const kept = await moveIntoStore(staging, store);
+      collector.digests.forgetTouched(kept);
+      await this.discardStaging();
+      this.storeSynced = await syncFileSystem(store);
       if (this.storeSynced) this.bootstrapDigests = collector.digests;
       this.emit('bootstrapped', {
         durationMs: performance.now() - started,
@@ -381,13 +408,34 @@ export class Replicator extends EventEmitter {
       collector.stop();
       await collector.finished();
       await syncing;
-      // Failed, or stopped by pause or stop: the replay transfers whatever the copy left out.
+      await this.discardStaging();
+      // Failed, or stopped by pause or stop: the replay transfers everything.
       this.emit('bootstrap-abandoned', error);
       if (!signal.aborted) this.report(error);
     } finally {
       copyStop.abort();
       signal.removeEventListener('abort', stopHashing);
     }
+  }
+
+  /**
+   * Sets a bulk copy's staging directory aside, and removes it in the background (a partial copy
+   * of a large store takes a while to delete, and under `.pfs/` it harms nothing meanwhile).
+   * Only while no copy writes into it: under the store gate, or after the copy's rsyncs ended.
+   */
+  private async discardStaging(): Promise<void> {
+    try {
+      this.removingStaging((await discardBulkCopyStaging(this.options.fileStoreDir)).removed);
+    } catch (error) {
+      this.report(error);
+    }
+  }
+
+  private removingStaging(removed: Promise<void>): void {
+    const removal: Promise<void> = removed
+      .catch((error: unknown) => this.report(error))
+      .finally(() => this.discarding.delete(removal));
+    this.discarding.add(removal);
   }
 
   /** Empties rsyncTempDir, creating it if need be; only while none of this replicator's rsyncs runs. */
@@ -400,6 +448,10 @@ export class Replicator extends EventEmitter {
   private async follow(loopSignal: AbortSignal): Promise<void> {
     // Should it fail, every pull fails and says why (rsync cannot use its temp dir).
     await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
+    // A copy an earlier run was killed during left its staging directory: it only takes space.
+    if (await lstat(bulkCopyStagingOf(this.options.fileStoreDir)).catch(() => undefined)) {
+      await this.gate.exclusive(() => this.discardStaging(), loopSignal).catch(() => undefined);
+    }
     // The next page, asked for while the current one is applied (catching up after a bootstrap).
     let prefetched:
       | {
@@ -954,6 +1006,11 @@ export class Replicator extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     await this.pause();
+    // A removal of a large staging directory is not waited for beyond this: the next start
+    // finishes it.
+    const waited = new AbortController();
+    await Promise.race([Promise.all(this.discarding), sleep(STOP_WAITS_FOR_REMOVAL_MS, waited.signal)]);
+    waited.abort();
     if (this.ownsLog) await this.log.close();
     await this.source.close?.();
   }

@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initStore, walkStore } from '@pfs/filestore';
 import {
   type AppliedBatch,
+  type BootstrapDone,
   type BootstrapProgress,
   createReplicator,
   httpFeedSource,
@@ -19,6 +20,7 @@ import {
 import { startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { makeTxId, readCheckpoint, TxLog } from '@pfs/txlog';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { bulkCopyStagingOf } from '../src/bulk-copy-staging.ts';
 import { allRecords, startTestMaster, type TestMaster, tempDir, until } from './harness.ts';
 
 const oddNames: { accept: string[] } = JSON.parse(
@@ -91,8 +93,13 @@ function childrenOf(pid: number): number[] {
  * one-file batch's own rsync has 1).
  */
 function rsyncsInto(dir: string, options: { waiting?: boolean } = {}): number {
+  return rsyncPidsInto(dir, options).length;
+}
+
+/** The pids of the processes rsyncsInto counts. */
+function rsyncPidsInto(dir: string, options: { waiting?: boolean } = {}): number[] {
   const dest = join(dir, 'filestore');
-  let count = 0;
+  const pids: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     let cmdline: string[];
@@ -114,9 +121,19 @@ function rsyncsInto(dir: string, options: { waiting?: boolean } = {}): number {
         return '';
       }
     })();
-    if (parent.split('\0').join('\0') !== cmdline.join('\0')) count++;
+    if (parent.split('\0').join('\0') !== cmdline.join('\0')) pids.push(Number(entry));
   }
-  return count;
+  return pids;
+}
+
+/** The process group of `pid`, or undefined once it has exited. */
+function groupOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[2]);
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -366,7 +383,7 @@ describe('replicator against a real rsync daemon', () => {
     return events;
   }
 
-  it('says when it abandons a bootstrap copy paused half-way, and its replay brings the rest', async () => {
+  it('says when it abandons a bootstrap copy paused half-way, and copies again when started again', async () => {
     const m = await master();
     const dir = await replicaDir();
     for (let i = 0; i < 200; i++) await m.put(`many/f${i}`, `file ${i} `.repeat(200));
@@ -392,10 +409,87 @@ describe('replicator against a real rsync daemon', () => {
     await paused;
     expect(bootstrapped).toBe(false);
     expect(replicator.applied).toBe(0n);
+    // Nothing of the abandoned copy reached the store: it is still empty, and copied afresh.
+    expect(readdirSync(join(dir, 'filestore'))).toEqual(['.pfs']);
     replicator.start();
-    await until(() => replicator.applied === m.log.lastTxid, 'replay after the abandoned copy');
-    expect(bootstrapped).toBe(false);
+    await until(() => replicator.applied === m.log.lastTxid, 'replay after the second copy');
+    expect(bootstrapped).toBe(true);
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
+  it('leaves nothing of a bulk copy killed half-way in the store, and its replay brings everything', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const store = join(dir, 'filestore');
+    // 12 MB: more than the socket buffers hold, so that freezing the source stops the copy.
+    for (let i = 0; i < 300; i++) await m.put(`many/f${i}`, `file ${i} `.repeat(4500));
+    const { replicator } = await replicate(m, dir, { follow: false, bootstrapCopies: 1 });
+    const frozen: number[] = [];
+    cleanups.push(async () => {
+      for (const pid of frozen) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {}
+      }
+    });
+    let killed = false;
+    replicator.on('bootstrap-progress', (progress: BootstrapProgress) => {
+      if (killed || (progress.transferredFiles ?? 0) < 3) return;
+      killed = true;
+      // The source stops answering and the copy's rsync is SIGKILLed (an OOM killer, a lost
+      // grace period): the file it was receiving stays under rsync's temp name. One is planted
+      // as well, in case it had none open at that instant.
+      for (const pid of childrenOf(m.daemon.pid)) {
+        process.kill(pid, 'SIGSTOP');
+        frozen.push(pid);
+      }
+      writeFileSync(join(bulkCopyStagingOf(store), 'many', '.f299.Qx12Ab'), 'half a file');
+      for (const pid of rsyncPidsInto(dir)) {
+        const group = groupOf(pid);
+        if (group !== undefined) process.kill(-group, 'SIGKILL');
+      }
+    });
+    let inStoreWhenAbandoned: string[] | undefined;
+    const abandoned = new Promise<unknown>((resolve) =>
+      replicator.once('bootstrap-abandoned', (error) => {
+        inStoreWhenAbandoned = readdirSync(store);
+        resolve(error);
+      }),
+    );
+    replicator.start();
+    expect(await abandoned).toMatchObject({ code: 'RSYNC_KILLED' });
+    expect(inStoreWhenAbandoned).toEqual(['.pfs']);
+    for (const pid of frozen) process.kill(pid, 'SIGKILL');
+    await until(() => replicator.applied === m.log.lastTxid, 'replay after the killed copy');
+    expect(await snapshot(store)).toEqual(await snapshot(m.root));
+    await until(
+      () => readdirSync(join(store, '.pfs')).every((name) => !name.startsWith('bulk-copy')),
+      'the staging directory removed',
+    );
+  });
+
+  it('keeps what this node wrote into the store during a bulk copy, and checks that path in the replay', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const store = join(dir, 'filestore');
+    for (let i = 0; i < 200; i++) await m.put(`many/f${i}`, `file ${i} `.repeat(200));
+    const { replicator } = await replicate(m, dir, { follow: false });
+    // Written into the store while the copy runs, as a PUT of this node as master would be.
+    let written = false;
+    replicator.on('bootstrap-progress', () => {
+      if (written) return;
+      written = true;
+      mkdirSync(join(store, 'many'), { recursive: true });
+      writeFileSync(join(store, 'many', 'f150'), 'written here during the copy');
+    });
+    const bootstrapped = new Promise<BootstrapDone>((resolve) => replicator.once('bootstrapped', resolve));
+    replicator.start();
+    await bootstrapped;
+    expect(readFileSync(join(store, 'many', 'f150'), 'utf8')).toBe('written here during the copy');
+    // The copy's hash of its own many/f150 no longer says what the store holds: the replay
+    // finds the difference and pulls the record's bytes.
+    await until(() => replicator.applied === m.log.lastTxid, 'replay after the copy');
+    expect(await snapshot(store)).toEqual(await snapshot(m.root));
   });
 
   it('makes one bulk copy into a store two partitions share, and applies no batch while it runs', async () => {

@@ -66,12 +66,8 @@ export interface SyncArgsInput {
   fsync?: boolean | undefined;
   /** Only the top-level entries listed on stdin (see encodeFileList), each recursively. */
   filesFrom?: boolean | undefined;
-  /** As for a pull (PullArgsInput.tempDir). */
-  tempDir?: string | undefined;
   /** --delete: remove what dest has and the source does not (default true). */
   deleteExtraneous?: boolean | undefined;
-  /** --ignore-existing: leave alone every file dest already has. */
-  ignoreExisting?: boolean | undefined;
 }
 
 /** The argv of a whole-tree sync (bootstrap of a new replica). */
@@ -85,13 +81,11 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
       ? ['--files-from=-', '--from0', '--recursive', '--ignore-missing-args']
       : []),
     ...(input.deleteExtraneous === false ? [] : ['--delete']),
-    ...(input.ignoreExisting === true ? ['--ignore-existing'] : []),
     '--numeric-ids',
     '--info=progress2',
     '--no-inc-recursive',
     `--timeout=${input.ioTimeoutSeconds ?? DEFAULT_IO_TIMEOUT_SECONDS}`,
     ...(input.fsync === false ? [] : ['--fsync']),
-    ...(input.tempDir === undefined ? [] : [`--temp-dir=${input.tempDir}`]),
     `--out-format=${LATE_OUT_FORMAT}`,
     ...transportArgs(kind),
     ...(input.exclude ?? []).map((pattern) => `--exclude=${pattern}`),

@@ -31,15 +31,11 @@ export interface SyncTreeOptions {
   onFileInPlace?: (path: string) => void;
   /** rsync's receiver fsyncs every file, one after another (default true). */
   fsync?: boolean;
-  /** rsync --temp-dir (see PullBatchOptions.tempDir). */
-  tempDir?: string;
   /**
    * Deletes what dest has and the source does not (default true). A copy into an empty
    * destination that others may write into meanwhile must not.
    */
   deleteExtraneous?: boolean;
-  /** Leaves alone every file dest already has (rsync --ignore-existing). */
-  ignoreExisting?: boolean;
   /**
    * Copies only these top-level entries of the source, each recursively (see listTopLevel), and
    * deletes extraneous files only inside them: several such copies of disjoint entries into an

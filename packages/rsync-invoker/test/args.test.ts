@@ -37,15 +37,11 @@ describe('buildPullArgs', () => {
     expect(
       buildPullArgs({ source: '/a', dest: '/b', count: 1 }).some((a) => a.startsWith('--temp-dir')),
     ).toBe(false);
-    const sync = buildSyncArgs({ source: '/a', dest: '/b', tempDir: '/b/.pfs/rsync-tmp/0' });
-    expect(sync.indexOf('--temp-dir=/b/.pfs/rsync-tmp/0')).toBeLessThan(sync.indexOf('--'));
   });
 
   it('deletes extraneous files in a sync unless told not to', () => {
     expect(buildSyncArgs({ source: '/a', dest: '/b' })).toContain('--delete');
     expect(buildSyncArgs({ source: '/a', dest: '/b', deleteExtraneous: false })).not.toContain('--delete');
-    expect(buildSyncArgs({ source: '/a', dest: '/b' })).not.toContain('--ignore-existing');
-    expect(buildSyncArgs({ source: '/a', dest: '/b', ignoreExisting: true })).toContain('--ignore-existing');
   });
 
   it('has the batch flags, max-delete = list length, and ends with -- source dest', () => {
