@@ -133,6 +133,9 @@ const MAX_BOOTSTRAP_DIGESTS = 2_000_000;
  * mostly kernel time on one core); more would mostly add load on the master serving them.
  */
 const DEFAULT_BOOTSTRAP_COPIES = 2;
+/** How many times a bulk copy that failed is made, and the pause before the next (times the attempt). */
+const BOOTSTRAP_ATTEMPTS = 3;
+const BOOTSTRAP_RETRY_MS = 1000;
 /** During a bootstrap's copy, a syncfs after every this many files (~16 MiB of small files). */
 const BOOTSTRAP_SYNC_EVERY_FILES = 4000;
 /** How long stop() waits for a bulk copy's staging directory to be removed. */
@@ -315,7 +318,7 @@ export class Replicator extends EventEmitter {
    * keeps 50 000 creations fast, and one a SIGKILLed rsync leaves is thrown away with the rest of
    * a copy that did not complete.
    */
-  private async bootstrap(source: RecordSource, signal: AbortSignal): Promise<void> {
+  private async bootstrap(source: RecordSource, signal: AbortSignal): Promise<'copied' | 'abandoned'> {
     const started = performance.now();
     const store = this.options.fileStoreDir;
     let staging: string;
@@ -326,7 +329,7 @@ export class Replicator extends EventEmitter {
     } catch (error) {
       // No copy then: the replay transfers everything.
       this.report(error);
-      return;
+      return 'abandoned';
     }
     // Before anything is printed: listing a large store takes a while.
     this.emit('bootstrap-started');
@@ -404,14 +407,17 @@ export class Replicator extends EventEmitter {
         results,
         hashed: collector.digests.size,
       } satisfies BootstrapDone);
+      return 'copied';
     } catch (error) {
       collector.stop();
       await collector.finished();
       await syncing;
       await this.discardStaging();
-      // Failed, or stopped by pause or stop: the replay transfers everything.
+      // Failed, or stopped by pause or stop: made again (see follow), or the replay transfers
+      // everything.
       this.emit('bootstrap-abandoned', error);
       if (!signal.aborted) this.report(error);
+      return 'abandoned';
     } finally {
       copyStop.abort();
       signal.removeEventListener('abort', stopHashing);
@@ -433,7 +439,9 @@ export class Replicator extends EventEmitter {
 
   private removingStaging(removed: Promise<void>): void {
     const removal: Promise<void> = removed
-      .catch((error: unknown) => this.report(error))
+      .catch((error: unknown) => {
+        if (!this.closed) this.report(error);
+      })
       .finally(() => this.discarding.delete(removal));
     this.discarding.add(removal);
   }
@@ -467,8 +475,8 @@ export class Replicator extends EventEmitter {
     // A drain of another partition (a failover) cuts the copy short rather than wait for it.
     const copyPreempted = new AbortController();
     const copySignal = AbortSignal.any([loopSignal, copyPreempted.signal]);
-    const bootstrapAlone = async () => {
-      if (!(await storeIsEmpty(this.options.fileStoreDir))) return;
+    const bootstrapAlone = async (): Promise<'copied' | 'abandoned' | 'not empty'> => {
+      if (!(await storeIsEmpty(this.options.fileStoreDir))) return 'not empty';
       // The replay's first page is read while the copy runs: the source answers it in the
       // copy's shadow instead of after it.
       const source = this.source;
@@ -486,12 +494,13 @@ export class Replicator extends EventEmitter {
           })
           .catch(() => undefined),
       };
-      await this.bootstrap(source, copySignal);
+      const outcome = await this.bootstrap(source, copySignal);
       // Without the copy's digests, batches are sized for transfers, not for checks.
       if (this.bootstrapDigests === undefined) {
         prefetchStop.abort();
         prefetched = undefined;
       }
+      return outcome;
     };
     // Checked first without the gate too: waiting for every batch of the store to end is only
     // worth it for a copy that may happen.
@@ -500,13 +509,23 @@ export class Replicator extends EventEmitter {
       this.options.bootstrap !== false &&
       (await storeIsEmpty(this.options.fileStoreDir))
     ) {
-      try {
-        await this.gate.exclusive(bootstrapAlone, loopSignal, {
-          onPreempt: () => copyPreempted.abort(new Error('a drain of another partition needs the store')),
-        });
-      } catch (error) {
-        // Paused or stopped while waiting for the store; the loop below ends at once.
-        if (!loopSignal.aborted) throw error;
+      // A copy that failed (its source went away, an rsync error) left nothing in the store: it
+      // is made again while the store is still empty, from the current source, rather than leave
+      // the replay to transfer every file one batch at a time. Not after a drain cut it short:
+      // the drain has written into the store.
+      for (let attempt = 1; ; attempt++) {
+        let outcome: Awaited<ReturnType<typeof bootstrapAlone>>;
+        try {
+          outcome = await this.gate.exclusive(bootstrapAlone, loopSignal, {
+            onPreempt: () => copyPreempted.abort(new Error('a drain of another partition needs the store')),
+          });
+        } catch (error) {
+          // Paused or stopped while waiting for the store; the loop below ends at once.
+          if (!loopSignal.aborted) throw error;
+          break;
+        }
+        if (outcome !== 'abandoned' || attempt >= BOOTSTRAP_ATTEMPTS || copySignal.aborted) break;
+        await sleep(attempt * BOOTSTRAP_RETRY_MS, loopSignal);
       }
     }
     let backoffMs = 0;

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -42,16 +42,21 @@ describe('moveIntoStore', () => {
       top: 'copy',
       'written-meanwhile': 'copy',
       'file-here/x': 'copy',
+      'dir-here': 'copy',
     });
+    await symlink('new/1', join(staging, 'link'));
     // Written into the store while the copy ran (this node as master of another partition).
     await write(store, {
       'shared/theirs': 'written here',
       'written-meanwhile': 'written here',
       'file-here': 'a file',
+      'dir-here/y': 'a file in a directory',
     });
     const inode = (await stat(join(staging, 'new'))).ino;
     const kept = await moveIntoStore(staging, store);
-    expect(kept.sort()).toEqual(['file-here', 'shared/theirs', 'written-meanwhile']);
+    expect(kept.sort()).toEqual(['dir-here', 'file-here', 'shared/theirs', 'written-meanwhile']);
+    // A symlink moves as the link itself (the store's walks skip it).
+    expect(await readlink(join(store, 'link'))).toBe('new/1');
     // A directory the store lacked moved whole, in one rename.
     expect((await stat(join(store, 'new'))).ino).toBe(inode);
     for (const [path, text] of Object.entries({
@@ -62,19 +67,23 @@ describe('moveIntoStore', () => {
       'shared/theirs': 'written here',
       'written-meanwhile': 'written here',
       'file-here': 'a file',
+      'dir-here/y': 'a file in a directory',
     })) {
       expect(await readFile(join(store, path), 'utf8'), path).toBe(text);
     }
     // What is left in staging is what was not moved.
-    expect((await readdir(staging)).sort()).toEqual(['file-here', 'shared', 'written-meanwhile']);
+    expect((await readdir(staging)).sort()).toEqual(['dir-here', 'file-here', 'shared', 'written-meanwhile']);
   });
 });
 
 describe('discardBulkCopyStaging', () => {
   it('sets the staging directory aside at once and removes it and earlier ones in the background', async () => {
     const store = await storeDir();
+    // One an earlier removal did not finish.
+    await write(join(store, '.pfs', 'bulk-copy.discarded.1.2.abc'), { 'x/y': 'left over' });
     const first = await freshBulkCopyStaging(store);
     await first.removed;
+    expect(await readdir(join(store, '.pfs'))).toEqual(['bulk-copy']);
     await write(first.staging, { 'a/.b.Xy12Ab': 'half a file', 'a/c': 'whole' });
     const { removed } = await discardBulkCopyStaging(store);
     expect(existsSync(bulkCopyStagingOf(store))).toBe(false);

@@ -126,6 +126,17 @@ function rsyncPidsInto(dir: string, options: { waiting?: boolean } = {}): number
   return pids;
 }
 
+/** Sends `signal` to `pid` (a group if negative); false if it has exited meanwhile. */
+function signalIfAlive(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ESRCH') return false;
+    throw error;
+  }
+}
+
 /** The process group of `pid`, or undefined once it has exited. */
 function groupOf(pid: number): number | undefined {
   try {
@@ -417,55 +428,71 @@ describe('replicator against a real rsync daemon', () => {
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
-  it('leaves nothing of a bulk copy killed half-way in the store, and its replay brings everything', async () => {
+  it('leaves nothing of a bulk copy killed half-way in the store, and makes the copy again', async () => {
     const m = await master();
-    const dir = await replicaDir();
-    const store = join(dir, 'filestore');
-    // 12 MB: more than the socket buffers hold, so that freezing the source stops the copy.
-    for (let i = 0; i < 300; i++) await m.put(`many/f${i}`, `file ${i} `.repeat(4500));
-    const { replicator } = await replicate(m, dir, { follow: false, bootstrapCopies: 1 });
-    const frozen: number[] = [];
-    cleanups.push(async () => {
-      for (const pid of frozen) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {}
+    for (let i = 0; i < 10; i++) await m.put(`many/f${i}`, `file ${i} `.repeat(2000));
+    // Last in the copy, and more than the socket buffers hold: once the source is frozen, the
+    // copy cannot end.
+    await m.put('zz-large', Buffer.alloc(32 * 1024 * 1024, 7));
+    // The kill must come while the copy runs: on a loaded machine it may have ended first, and
+    // then the scenario is tried again with a new replica.
+    for (let tries = 1; ; tries++) {
+      const dir = await replicaDir();
+      const store = join(dir, 'filestore');
+      const { replicator } = await replicate(m, dir, { follow: false, bootstrapCopies: 1 });
+      const frozen: number[] = [];
+      cleanups.push(async () => {
+        for (const pid of frozen) signalIfAlive(pid, 'SIGKILL');
+      });
+      let killed = false;
+      replicator.on('bootstrap-progress', (progress: BootstrapProgress) => {
+        if (killed || (progress.transferredFiles ?? 0) < 3) return;
+        killed = true;
+        // The source stops answering and the copy's rsync is SIGKILLed (an OOM killer, a lost
+        // grace period): the file it was receiving stays under rsync's temp name. One is
+        // planted as well, in case it had none open at that instant.
+        for (const pid of childrenOf(m.daemon.pid)) {
+          if (signalIfAlive(pid, 'SIGSTOP')) frozen.push(pid);
+        }
+        writeFileSync(join(bulkCopyStagingOf(store), 'many', '.f9.Qx12Ab'), 'half a file');
+        for (const pid of rsyncPidsInto(dir)) {
+          const group = groupOf(pid);
+          if (group !== undefined) signalIfAlive(-group, 'SIGKILL');
+        }
+      });
+      let inStoreWhenAbandoned: string[] | undefined;
+      const first = new Promise<unknown>((resolve) => {
+        replicator.once('bootstrap-abandoned', (error) => {
+          inStoreWhenAbandoned = readdirSync(store);
+          resolve(error);
+        });
+        replicator.once('bootstrapped', () => resolve('copied before the kill'));
+      });
+      const copiedAgain = new Promise<void>((resolve) =>
+        replicator.on('bootstrapped', () => {
+          if (inStoreWhenAbandoned !== undefined) resolve();
+        }),
+      );
+      replicator.start();
+      const outcome = await first;
+      if (outcome === 'copied before the kill' && tries < 3) {
+        await replicator.stop();
+        for (const pid of frozen.splice(0)) signalIfAlive(pid, 'SIGKILL');
+        continue;
       }
-    });
-    let killed = false;
-    replicator.on('bootstrap-progress', (progress: BootstrapProgress) => {
-      if (killed || (progress.transferredFiles ?? 0) < 3) return;
-      killed = true;
-      // The source stops answering and the copy's rsync is SIGKILLed (an OOM killer, a lost
-      // grace period): the file it was receiving stays under rsync's temp name. One is planted
-      // as well, in case it had none open at that instant.
-      for (const pid of childrenOf(m.daemon.pid)) {
-        process.kill(pid, 'SIGSTOP');
-        frozen.push(pid);
-      }
-      writeFileSync(join(bulkCopyStagingOf(store), 'many', '.f299.Qx12Ab'), 'half a file');
-      for (const pid of rsyncPidsInto(dir)) {
-        const group = groupOf(pid);
-        if (group !== undefined) process.kill(-group, 'SIGKILL');
-      }
-    });
-    let inStoreWhenAbandoned: string[] | undefined;
-    const abandoned = new Promise<unknown>((resolve) =>
-      replicator.once('bootstrap-abandoned', (error) => {
-        inStoreWhenAbandoned = readdirSync(store);
-        resolve(error);
-      }),
-    );
-    replicator.start();
-    expect(await abandoned).toMatchObject({ code: 'RSYNC_KILLED' });
-    expect(inStoreWhenAbandoned).toEqual(['.pfs']);
-    for (const pid of frozen) process.kill(pid, 'SIGKILL');
-    await until(() => replicator.applied === m.log.lastTxid, 'replay after the killed copy');
-    expect(await snapshot(store)).toEqual(await snapshot(m.root));
-    await until(
-      () => readdirSync(join(store, '.pfs')).every((name) => !name.startsWith('bulk-copy')),
-      'the staging directory removed',
-    );
+      expect(outcome).toMatchObject({ code: 'RSYNC_KILLED' });
+      expect(inStoreWhenAbandoned).toEqual(['.pfs']);
+      for (const pid of frozen) signalIfAlive(pid, 'SIGKILL');
+      // The store is still empty: the copy is made again, and nothing of the first reaches it.
+      await copiedAgain;
+      await until(() => replicator.applied === m.log.lastTxid, 'replay after the second copy');
+      expect(await snapshot(store)).toEqual(await snapshot(m.root));
+      await until(
+        () => readdirSync(join(store, '.pfs')).every((name) => !name.startsWith('bulk-copy')),
+        'the staging directories removed',
+      );
+      return;
+    }
   });
 
   it('keeps what this node wrote into the store during a bulk copy, and checks that path in the replay', async () => {
@@ -543,8 +570,7 @@ describe('replicator against a real rsync daemon', () => {
     const copying = new Promise<void>((resolve) =>
       r0.once('bootstrap-progress', () => {
         for (const pid of childrenOf(m0.daemon.pid)) {
-          process.kill(pid, 'SIGSTOP');
-          frozen.push(pid);
+          if (signalIfAlive(pid, 'SIGSTOP')) frozen.push(pid);
         }
         resolve();
       }),
@@ -562,7 +588,7 @@ describe('replicator against a real rsync daemon', () => {
     events.push('drained');
     expect(drained.applied).toBe(m1.log.lastTxid);
     expect(events).toEqual(['copy abandoned: RSYNC_ABORTED', 'drained']);
-    for (const pid of frozen) process.kill(pid, 'SIGCONT');
+    for (const pid of frozen) signalIfAlive(pid, 'SIGCONT');
     // The copy is not made again (the store is no longer empty): the replay brings the rest.
     await until(() => r0.applied === m0.log.lastTxid, 'partition 0 caught up');
     const expected = new Map([...(await snapshot(m0.root)), ...(await snapshot(m1.root))]);
