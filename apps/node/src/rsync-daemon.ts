@@ -54,7 +54,9 @@ export function rsyncdConf(options: {
     '[filestore]',
     `  path = ${join(dataDir, 'filestore')}`,
     `  comment = PFS file store (read only)`,
-    `  exclude = .pfs-tmp.*`,
+    // The store's own files (rsync temp files, a bulk copy being received) and writes in
+    // progress are never served, whoever asks.
+    `  exclude = /.pfs/ .pfs-tmp.*`,
     '',
     '[changelog]',
     `  path = ${join(dataDir, 'changelog')}`,

@@ -1,4 +1,5 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,7 +30,33 @@ describe("the node's rsync daemon", () => {
     expect(conf).toContain('reverse lookup = no');
     expect(conf).toMatch(/\[filestore\]\n {2}path = \/d\/filestore\n/);
     expect(conf).toMatch(/\[changelog\]\n {2}path = \/d\/changelog\n/);
-    expect(conf).toContain('exclude = .pfs-tmp.*');
+    expect(conf).toContain('exclude = /.pfs/ .pfs-tmp.*');
+  });
+
+  it("never serves the store's own .pfs/ directory nor writes in progress", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pfs-rsyncd-'));
+    dirs.push(dataDir);
+    const store = join(dataDir, 'filestore');
+    await mkdir(join(store, '.pfs', 'bulk-copy', 'a'), { recursive: true });
+    await writeFile(join(store, '.pfs', 'bulk-copy', 'a', '.b.Xy12Ab'), 'half a file');
+    await mkdir(join(store, 'a', '.pfs'), { recursive: true });
+    await writeFile(join(store, 'a', '.pfs', 'kept'), 'a user file under a nested .pfs');
+    await writeFile(join(store, 'a', '.pfs-tmp.0123456789ab'), 'a write in progress');
+    await writeFile(join(store, 'a', 'b'), 'a user file');
+    const port = await freePort();
+    const daemon = await startRsyncDaemon({ host: '127.0.0.1', port, dataDir, rsyncBin: 'rsync' });
+    try {
+      const copy = join(dataDir, 'copy');
+      execFileSync('rsync', ['-a', `rsync://127.0.0.1:${port}/filestore/`, `${copy}/`]);
+      expect((await readdir(copy, { recursive: true })).sort()).toEqual([
+        'a',
+        'a/.pfs',
+        'a/.pfs/kept',
+        'a/b',
+      ]);
+    } finally {
+      await daemon.stop();
+    }
   });
 
   it('is restarted when it dies, and stopped for good by stop()', async () => {
