@@ -179,9 +179,9 @@ export async function runStory(options: StoryOptions): Promise<StoryResult> {
         }
         return undefined;
       });
-      say(`  ${promoted.id} is master`);
     });
     const n2 = promoted!;
+    say(`  ${n2.id} is master`);
     const n3 = n2 === nodes[1] ? nodes[2]! : nodes[1]!;
     const [newMaster, follower] = [n2.id, n3.id];
     const generation = (await n2.status()).partitions[0]!.generation;
