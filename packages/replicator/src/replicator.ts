@@ -114,7 +114,8 @@ export interface BootstrapDone {
 
 /**
  * The directory in which rsyncs pulling partition `partition` into the store at `fileStoreDir`
- * write their temp files (rsync --temp-dir, see Replicator.rsyncTempDir); other pulls of the
+ * write their temp files (rsync --temp-dir, see Replicator.rsyncTempDir; a bulk copy writes
+ * into a staging directory instead, see bulk-copy-staging.ts); other pulls of the
  * partition's files into the store, made while its replicator is paused, use it too.
  */
 export function rsyncTempDirOf(fileStoreDir: string, partition: number): string {
@@ -177,10 +178,11 @@ export class Replicator extends EventEmitter {
   /** Set by a bootstrap until the replay has caught up with the source. */
   private bootstrapDigests: BootstrapDigests | undefined;
   /**
-   * Where this replicator's rsyncs write each file before renaming it into place: a SIGKILLed
-   * rsync (its 1 s grace run out, or its agent killed) leaves its temp file behind, and in the
-   * store it would be taken for a file nobody logged. One directory per partition, since the
-   * partitions share one store; emptied whenever none of this replicator's rsyncs runs.
+   * Where this replicator's rsyncs (but a bulk copy's, see bootstrap) write each file before
+   * renaming it into place: a SIGKILLed rsync (its 1 s grace run out, or its agent killed)
+   * leaves its temp file behind, and in the store it would be taken for a file nobody logged.
+   * One directory per partition, since the partitions share one store; emptied whenever none of
+   * this replicator's rsyncs runs.
    */
   private readonly rsyncTempDir: string;
   private readonly gate: StoreGate;
@@ -311,7 +313,8 @@ export class Replicator extends EventEmitter {
    * far less than one transfer per batch, and hashes each file as rsync puts it in place; one
    * syncfs then makes the whole copy durable. The log replay that follows checks each record
    * against those hashes, pulling only what differs (files the source changed during the copy).
-   * An optimisation only: if it fails, the replay transfers everything itself.
+   * An optimisation only: if it fails, it is made again (see follow) or the replay transfers
+   * everything itself.
    *
    * The copy is received into a staging directory under `.pfs/` and moved into the store once
    * complete (bulk-copy-staging.ts): rsync's temp files stay beside their targets, which is what
