@@ -444,13 +444,22 @@ describe('replicator against a real rsync daemon', () => {
       cleanups.push(async () => {
         for (const pid of frozen) signalIfAlive(pid, 'SIGKILL');
       });
+      // Watched for from here rather than from rsync's progress output, which may come in one
+      // piece at the end: the large file's temp name shows that rsync is receiving it.
       let killed = false;
-      replicator.on('bootstrap-progress', (progress: BootstrapProgress) => {
-        if (killed || (progress.transferredFiles ?? 0) < 3) return;
+      const watch = setInterval(() => {
+        let names: string[];
+        try {
+          names = readdirSync(bulkCopyStagingOf(store));
+        } catch {
+          return;
+        }
+        if (killed || !names.some((name) => name.startsWith('.zz-large.'))) return;
         killed = true;
+        clearInterval(watch);
         // The source stops answering and the copy's rsync is SIGKILLed (an OOM killer, a lost
-        // grace period): the file it was receiving stays under rsync's temp name. One is
-        // planted as well, in case it had none open at that instant.
+        // grace period): the file it was receiving stays under rsync's temp name. Another is
+        // planted, as one left in a directory below.
         for (const pid of childrenOf(m.daemon.pid)) {
           if (signalIfAlive(pid, 'SIGSTOP')) frozen.push(pid);
         }
@@ -459,7 +468,8 @@ describe('replicator against a real rsync daemon', () => {
           const group = groupOf(pid);
           if (group !== undefined) signalIfAlive(-group, 'SIGKILL');
         }
-      });
+      }, 1);
+      cleanups.push(async () => clearInterval(watch));
       let inStoreWhenAbandoned: string[] | undefined;
       const first = new Promise<unknown>((resolve) => {
         replicator.once('bootstrap-abandoned', (error) => {
@@ -475,7 +485,8 @@ describe('replicator against a real rsync daemon', () => {
       );
       replicator.start();
       const outcome = await first;
-      if (outcome === 'copied before the kill' && tries < 3) {
+      if (outcome === 'copied before the kill' && tries < 5) {
+        clearInterval(watch);
         await replicator.stop();
         for (const pid of frozen.splice(0)) signalIfAlive(pid, 'SIGKILL');
         continue;

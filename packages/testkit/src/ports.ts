@@ -1,5 +1,7 @@
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 /**
  * A TCP port that was free on 127.0.0.1 a moment ago, chosen below the kernel's ephemeral range
@@ -13,10 +15,68 @@ export async function freePort(): Promise<number> {
   if (low - 1 > BELOW_EPHEMERAL_FROM) {
     for (let attempt = 0; attempt < 50; attempt++) {
       const port = BELOW_EPHEMERAL_FROM + Math.floor(Math.random() * (low - BELOW_EPHEMERAL_FROM));
-      if (await bindable(port)) return port;
+      if (reserve(port) && (await bindable(port))) return port;
     }
   }
   return listenOn(0);
+}
+
+/**
+ * Test files run side by side in several processes, each choosing ports at random and binding
+ * them only later (an agent picks its ports, then starts): two of them could pick the same one.
+ * A port handed out is reserved with a file `<tmpdir>/pfs-test-ports/<port>` created exclusively
+ * (holding the pid), so no other process hands it out while this one lives; the files go when it
+ * exits. A reservation whose process is gone, or older than RESERVATION_MAX_AGE_MS, is taken over.
+ */
+function reserve(port: number): boolean {
+  const dir = reservationsDir();
+  const file = join(dir, String(port));
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(file, `${process.pid}\n`, { flag: 'wx' });
+      if (reservations.size === 0) process.once('exit', releaseReservations);
+      reservations.add(file);
+      return true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') return true; // no reservations here: bind decides
+      if (!stale(file)) return false;
+      try {
+        unlinkSync(file);
+      } catch {}
+    }
+  }
+  return false;
+}
+
+/** `PFS_TEST_PORTS_DIR` (read at each call) or `<tmpdir>/pfs-test-ports`. */
+function reservationsDir(): string {
+  return process.env.PFS_TEST_PORTS_DIR ?? join(tmpdir(), 'pfs-test-ports');
+}
+const RESERVATION_MAX_AGE_MS = 30 * 60_000;
+const reservations = new Set<string>();
+
+function stale(file: string): boolean {
+  try {
+    const pid = Number(readFileSync(file, 'utf8'));
+    if (Date.now() - statSync(file).mtimeMs > RESERVATION_MAX_AGE_MS) return true;
+    if (pid === process.pid) return false;
+    process.kill(pid, 0);
+    return false;
+  } catch (error) {
+    // Its process is gone (ESRCH), or the file is (ENOENT): free to take.
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === 'ESRCH' || code === 'ENOENT';
+  }
+}
+
+function releaseReservations(): void {
+  for (const file of reservations) {
+    try {
+      unlinkSync(file);
+    } catch {}
+  }
+  reservations.clear();
 }
 
 /** Where freePort's own range starts (above the well-known and most registered ports). */

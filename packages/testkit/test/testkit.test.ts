@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -54,6 +54,38 @@ describe('helpers', () => {
     await removeTempDir(dir);
     await removeTempDir(dir);
     expect(existsSync(dir)).toBe(false);
+  });
+});
+
+describe('freePort reservations', () => {
+  it("never hands out a port another live process holds, and takes over a dead one's", async () => {
+    const dir = await makeTempDir('pfs-ports-test');
+    const before = process.env.PFS_TEST_PORTS_DIR;
+    process.env.PFS_TEST_PORTS_DIR = dir;
+    try {
+      const [low] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
+        .trim()
+        .split(/\s+/)
+        .map(Number);
+      const reserveAll = (pid: number) => {
+        for (let port = 20_000; port < low!; port++) writeFileSync(join(dir, String(port)), `${pid}\n`);
+      };
+      // Every port of its range held by a live process (PID 1): the kernel's choice instead.
+      reserveAll(1);
+      for (let i = 0; i < 3; i++) expect(await freePort()).toBeGreaterThanOrEqual(low!);
+      // Held by a process that has exited: taken over, and then held by this one.
+      const exited = execa('true');
+      const gone = exited.pid!;
+      await exited;
+      reserveAll(gone);
+      const port = await freePort();
+      expect(port).toBeLessThan(low!);
+      expect(readFileSync(join(dir, String(port)), 'utf8')).toBe(`${process.pid}\n`);
+    } finally {
+      if (before === undefined) delete process.env.PFS_TEST_PORTS_DIR;
+      else process.env.PFS_TEST_PORTS_DIR = before;
+      await removeTempDir(dir);
+    }
   });
 });
 
