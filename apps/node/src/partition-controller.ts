@@ -450,7 +450,7 @@ export class PartitionController {
       const aborted = (error as { code?: string }).code === 'RSYNC_ABORTED';
       this.deps.logger[aborted ? 'info' : 'warn'](
         { partition: this.partition, err: error, bootstrap: summary },
-        `partition ${this.partition}: the bulk copy of the master's store ${aborted ? 'was stopped' : `failed (${error.message})`}; the log replay transfers what it lacks`,
+        `partition ${this.partition}: the bulk copy of the master's store ${aborted ? 'was stopped' : `failed (${error.message})`}; it is made again while the store is empty, else the log replay transfers every file`,
       );
     });
     replicator.on('error', (error: Error) => {
