@@ -14,12 +14,7 @@ import {
 import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
 import { checkContinues, type Expected, planBatch } from './batch.ts';
 import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
-import {
-  bulkCopyStagingOf,
-  discardBulkCopyStaging,
-  freshBulkCopyStaging,
-  moveIntoStore,
-} from './bulk-copy-staging.ts';
+import { discardBulkCopyStaging, freshBulkCopyStaging, moveIntoStore } from './bulk-copy-staging.ts';
 import { CheckpointWriter } from './checkpoint-writer.ts';
 import { splitCopy } from './copy-plan.ts';
 import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
@@ -459,10 +454,6 @@ export class Replicator extends EventEmitter {
   private async follow(loopSignal: AbortSignal): Promise<void> {
     // Should it fail, every pull fails and says why (rsync cannot use its temp dir).
     await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
-    // A copy an earlier run was killed during left its staging directory: it only takes space.
-    if (await lstat(bulkCopyStagingOf(this.options.fileStoreDir)).catch(() => undefined)) {
-      await this.gate.exclusive(() => this.discardStaging(), loopSignal).catch(() => undefined);
-    }
     // The next page, asked for while the current one is applied (catching up after a bootstrap).
     let prefetched:
       | {
