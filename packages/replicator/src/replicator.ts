@@ -372,8 +372,6 @@ export class Replicator extends EventEmitter {
             signal: copySignal,
             // One syncfs below instead of rsync's fsync per file.
             fsync: false,
-            // The staging directory starts empty; the move into the store deletes nothing.
-            deleteExtraneous: false,
             onProgress: (progress) =>
               this.emit('bootstrap-progress', { ...progress, part } satisfies BootstrapProgress),
             onFileInPlace,

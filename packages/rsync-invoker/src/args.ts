@@ -66,8 +66,6 @@ export interface SyncArgsInput {
   fsync?: boolean | undefined;
   /** Only the top-level entries listed on stdin (see encodeFileList), each recursively. */
   filesFrom?: boolean | undefined;
-  /** --delete: remove what dest has and the source does not (default true). */
-  deleteExtraneous?: boolean | undefined;
 }
 
 /** The argv of a whole-tree sync (bootstrap of a new replica). */
@@ -80,7 +78,7 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
     ...(input.filesFrom === true
       ? ['--files-from=-', '--from0', '--recursive', '--ignore-missing-args']
       : []),
-    ...(input.deleteExtraneous === false ? [] : ['--delete']),
+    '--delete',
     '--numeric-ids',
     '--info=progress2',
     '--no-inc-recursive',

@@ -32,11 +32,6 @@ export interface SyncTreeOptions {
   /** rsync's receiver fsyncs every file, one after another (default true). */
   fsync?: boolean;
   /**
-   * Deletes what dest has and the source does not (default true). A copy into an empty
-   * destination that others may write into meanwhile must not.
-   */
-  deleteExtraneous?: boolean;
-  /**
    * Copies only these top-level entries of the source, each recursively (see listTopLevel), and
    * deletes extraneous files only inside them: several such copies of disjoint entries into an
    * empty destination run side by side.

@@ -39,11 +39,6 @@ describe('buildPullArgs', () => {
     ).toBe(false);
   });
 
-  it('deletes extraneous files in a sync unless told not to', () => {
-    expect(buildSyncArgs({ source: '/a', dest: '/b' })).toContain('--delete');
-    expect(buildSyncArgs({ source: '/a', dest: '/b', deleteExtraneous: false })).not.toContain('--delete');
-  });
-
   it('has the batch flags, max-delete = list length, and ends with -- source dest', () => {
     const args = buildPullArgs({ source: '/srv/a', dest: '/srv/b', count: 7 });
     expect(args).toEqual([
