@@ -160,10 +160,11 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     ack: { mode: AckMode; timeoutMs: number },
     status: number,
   ) => {
-    if (!state.controllers[partition]!.writable()) {
-      // Fenced while this write committed: it is logged here, but the next master may not have
-      // drained it. Say so rather than acknowledge it.
-      return reply
+    // Fenced while this write committed or waited for its replicas, and no replica has it: it
+    // is logged here, but the next master may not have drained it. Say so rather than
+    // acknowledge it, or promise that it replicates.
+    const outcomeUnknown = () =>
+      reply
         .code(503)
         .header('retry-after', '1')
         .send({
@@ -171,13 +172,14 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           code: 'OUTCOME_UNKNOWN',
           message: `mastership of partition ${partition} was lost while ${formatTxId(record.txid)} committed: read the path back from the new master before relying on it`,
         });
-    }
+    if (!state.controllers[partition]!.writable()) return outcomeUnknown();
     state.metrics.writes.inc({ op: record.kind });
     if (record.kind === 'put') state.metrics.writeBytes.inc(Number(record.size));
     const result = { ...writeResult(record, partition), ack: ack.mode };
     if (ack.mode === 'local' || (await state.waitForAcks(partition, record.txid, ack.mode, ack.timeoutMs))) {
       return reply.code(status).send(result);
     }
+    if (!state.controllers[partition]!.writable()) return outcomeUnknown();
     return reply.code(504).send({
       ...result,
       code: 'ACK_TIMEOUT',

@@ -13,9 +13,14 @@ afterEach(async () => {
 
 /**
  * The HTTP API over a stand-in node that masters partition 0 and may be bulk-copying its store;
- * `deletes` records what reached the changelog generator.
+ * `deletes` records what reached the changelog generator, which logs each as record `txid`.
+ * `node.writable` says whether it still masters the partition; `waitForAcks` stands for its
+ * replicas' acknowledgements.
  */
-async function server(copy: { running: boolean }) {
+async function server(
+  copy: { running: boolean },
+  node: { writable: boolean; waitForAcks?: () => Promise<boolean> } = { writable: true },
+) {
   const dataDir = await mkdtemp(join(tmpdir(), 'pfs-store-copy-'));
   dirs.push(dataDir);
   const deletes: string[] = [];
@@ -30,7 +35,7 @@ async function server(copy: { running: boolean }) {
     },
     controllers: [
       {
-        writable: () => true,
+        writable: () => node.writable,
         get copyingStore() {
           return copy.running;
         },
@@ -39,9 +44,12 @@ async function server(copy: { running: boolean }) {
     generator: {
       commitDelete: async (path: string) => {
         deletes.push(path);
-        throw new Error('stand-in generator');
+        if (node.waitForAcks === undefined) throw new Error('stand-in generator');
+        return { txid: (1n << 32n) | 7n, kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' };
       },
     },
+    waitForAcks: async () => (await node.waitForAcks?.()) ?? false,
+    metrics: { writes: { inc: () => {} }, writeBytes: { inc: () => {} } },
     masterOf: () => ({ nodeId: 'n1', host: '127.0.0.1', httpPort: 1 }),
   } as unknown as AgentState;
   const app = await buildHttpServer(state, pino({ level: 'silent' }));
@@ -67,6 +75,43 @@ describe('writes on a master whose node is bulk-copying its store', () => {
       copy.running = false;
       await app.inject({ method: 'DELETE', url: '/v1/files/a.txt' });
       expect(deletes).toEqual(['a.txt']);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a write waiting for its replicas', () => {
+  it('is answered OUTCOME_UNKNOWN, not ACK_TIMEOUT, when mastership was lost meanwhile', async () => {
+    const node = {
+      writable: true,
+      // No replica acknowledged it, and the node was fenced while it waited.
+      waitForAcks: async () => {
+        node.writable = false;
+        return false;
+      },
+    };
+    const { app, deletes } = await server({ running: false }, node);
+    try {
+      const answer = await app.inject({
+        method: 'DELETE',
+        url: '/v1/files/a.txt',
+        headers: { 'x-pfs-ack': 'one' },
+      });
+      expect(deletes).toEqual(['a.txt']);
+      expect(answer.statusCode).toBe(503);
+      expect(answer.json()).toMatchObject({ code: 'OUTCOME_UNKNOWN', txid: '4294967303' });
+      expect(answer.json().message).toMatch(/read the path back from the new master/);
+      // Still master: the replicas are only late.
+      node.writable = true;
+      node.waitForAcks = async () => false;
+      const late = await app.inject({
+        method: 'DELETE',
+        url: '/v1/files/b.txt',
+        headers: { 'x-pfs-ack': 'one' },
+      });
+      expect(late.statusCode).toBe(504);
+      expect(late.json()).toMatchObject({ code: 'ACK_TIMEOUT' });
     } finally {
       await app.close();
     }
