@@ -109,6 +109,8 @@ export async function listStore(
   options: { prefix?: string; after?: string; limit: number },
 ): Promise<{ entries: StoreEntry[]; next: string | undefined }> {
   const prefix = options.prefix ?? '';
+  // A fractional limit would never equal a count, and the page would be the whole store.
+  const limit = Math.max(1, Math.floor(options.limit));
   const entries: StoreEntry[] = [];
   const wanted = (dir: string) => `${dir}/`.startsWith(prefix) || prefix.startsWith(`${dir}/`);
   let looked = 0;
@@ -145,7 +147,7 @@ export async function listStore(
     }
   }
   for await (const entry of walk('')) {
-    if (entries.length === options.limit) return { entries, next: entries.at(-1)!.path };
+    if (entries.length >= limit) return { entries, next: entries.at(-1)!.path };
     entries.push(entry);
   }
   return { entries, next: undefined };

@@ -309,4 +309,13 @@ describe('listStore', () => {
       'photos/2025/z.jpg',
     ]);
   });
+
+  it('takes a fractional or non-positive limit as a whole number of at least one', async () => {
+    const root = await store();
+    for (const name of ['a', 'b', 'c']) await putFile(root, name, Buffer.from(name));
+    const fractional = await listStore(root, { limit: 1.5 });
+    expect(fractional).toMatchObject({ next: 'a' });
+    expect(fractional.entries.map((e) => e.path)).toEqual(['a']);
+    expect((await listStore(root, { limit: 0 })).entries.map((e) => e.path)).toEqual(['a']);
+  });
 });

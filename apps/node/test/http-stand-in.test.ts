@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -53,7 +53,7 @@ async function server(
     masterOf: () => ({ nodeId: 'n1', host: '127.0.0.1', httpPort: 1 }),
   } as unknown as AgentState;
   const app = await buildHttpServer(state, pino({ level: 'silent' }));
-  return { app, deletes };
+  return { app, deletes, dataDir };
 }
 
 describe('writes on a master whose node is bulk-copying its store', () => {
@@ -112,6 +112,27 @@ describe('a write waiting for its replicas', () => {
       });
       expect(late.statusCode).toBe(504);
       expect(late.json()).toMatchObject({ code: 'ACK_TIMEOUT' });
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('listing', () => {
+  it('refuses a limit that is not a whole number, with 400 BAD_LIMIT', async () => {
+    const { app, dataDir } = await server({ running: false });
+    try {
+      await mkdir(join(dataDir, 'filestore'), { recursive: true });
+      for (const name of ['a', 'b', 'c']) await writeFile(join(dataDir, 'filestore', name), name);
+      for (const limit of ['1.5', 'abc', '-1', '']) {
+        const refused = await app.inject({ method: 'GET', url: `/v1/files?limit=${limit}` });
+        expect(refused.statusCode).toBe(400);
+        expect(refused.json()).toMatchObject({ code: 'BAD_LIMIT' });
+        expect(refused.json().message).toMatch(/whole number of entries, 1 to 10000/);
+      }
+      const page = await app.inject({ method: 'GET', url: '/v1/files?limit=2' });
+      expect(page.json()).toMatchObject({ next: 'b' });
+      expect(page.json().entries.map((e: { path: string }) => e.path)).toEqual(['a', 'b']);
     } finally {
       await app.close();
     }
