@@ -38,7 +38,7 @@ export const ConfigSchema = z
     maxFileBytes: z.coerce
       .number()
       .int()
-      .min(0)
+      .min(1)
       .default(1024 * 1024 * 1024),
     ackMode: z.enum(['local', 'one', 'all']).default('local'),
     ackTimeoutMs: z.coerce.number().int().min(0).max(600_000).default(5000),
@@ -48,15 +48,23 @@ export const ConfigSchema = z
     reconcileIntervalMs: z.coerce.number().int().min(0).default(60_000),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
-  .transform((c) => {
+  .transform((c, ctx) => {
     const nodeId = c.nodeId ?? `${c.host === '127.0.0.1' ? 'localhost' : c.host}_${c.httpPort}`;
-    return {
-      ...c,
-      nodeId,
-      rsyncPort: c.rsyncPort ?? c.httpPort + 10_000,
-      dataDir: resolve(c.dataDir ?? `/tmp/${nodeId}`),
-    };
+    const rsyncPort = c.rsyncPort ?? c.httpPort + 10_000;
+    if (rsyncPort > 65535) {
+      ctx.issues.push({
+        code: 'custom',
+        input: c.httpPort,
+        path: ['rsyncPort'],
+        message: `the default, http port + 10000 = ${rsyncPort}, is above 65535: set rsyncPort (--rsync-port)`,
+      });
+      return z.NEVER;
+    }
+    return { ...c, nodeId, rsyncPort, dataDir: resolve(c.dataDir ?? `/tmp/${nodeId}`) };
   });
+
+/** The fields a config file may set: the schema's, which are not always the flags' camelCase. */
+const CONFIG_FIELDS = Object.keys(ConfigSchema.in.shape);
 
 export type NodeConfig = z.output<typeof ConfigSchema>;
 
@@ -122,7 +130,10 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
                         when the master's HTTP address refuses connections (its process is gone),
                         revoke its etcd lease at once instead of waiting out the TTL (default false:
                         see docs/operations.md for what it trades)
-  --config FILE         JSON file with the same fields (camelCase)
+  --config FILE         JSON file of fields nodeId, host, httpPort, rsyncPort, dataDir, etcd,
+                        cluster, partitions, leaseTtlSeconds, rsyncBin, maxFileBytes, ackMode,
+                        ackTimeoutMs, watch, watchSettleMs, revokeRefusingMaster,
+                        reconcileIntervalMs, logLevel (an unknown field stops the node)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
 PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_WATCH,
 PFS_REVOKE_REFUSING_MASTER.`;
@@ -146,6 +157,12 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
         `config file ${file} is unreadable (${(error as Error).message}): fix or remove it`,
       );
     }
+  }
+  const unknown = Object.keys(fromFile).filter((key) => !CONFIG_FIELDS.includes(key));
+  if (unknown.length > 0) {
+    throw new ConfigError(
+      `config file ${file} has unknown field ${JSON.stringify(unknown[0])}: use ${CONFIG_FIELDS.join(', ')}`,
+    );
   }
   const fromEnv: Record<string, unknown> = {};
   for (const [flag, field] of Object.entries(FIELD_OF_FLAG)) {

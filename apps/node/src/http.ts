@@ -390,12 +390,10 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     async (request, reply) => {
       const asked = request.query.limit ?? '1000';
       if (!/^\d{1,9}$/.test(asked)) {
-        return reply
-          .code(400)
-          .send({
-            code: 'BAD_LIMIT',
-            message: `limit must be a whole number of entries, 1 to 10000, not ${JSON.stringify(asked)}`,
-          });
+        return reply.code(400).send({
+          code: 'BAD_LIMIT',
+          message: `limit must be a whole number of entries, 1 to 10000, not ${JSON.stringify(asked)}`,
+        });
       }
       const limit = Math.min(Math.max(Number(asked), 1), 10_000);
       const page = await listStore(fileStore, {

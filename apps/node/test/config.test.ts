@@ -1,5 +1,8 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/config.ts';
+import { ConfigSchema, loadConfig, USAGE } from '../src/config.ts';
 
 describe('node config', () => {
   it('defaults like the seed: id from the port, data dir under /tmp', () => {
@@ -40,7 +43,43 @@ describe('node config', () => {
     [['--bogus'], /Unknown option '--bogus'.*: see --help$/],
     [['--ack', 'most'], /^bad config value for ackMode: /],
     [['--watch', 'maybe'], /^bad config value for watch: /],
+    [['--max-file-bytes', '0'], /^bad config value for maxFileBytes: /],
+    [
+      ['--http-port', '60000'],
+      /^bad config value for rsyncPort: the default, http port \+ 10000 = 70000, is above 65535: set rsyncPort \(--rsync-port\)$/,
+    ],
   ])('names the field and the reason for %j', (argv, message) => {
     expect(() => loadConfig(argv, {})).toThrow(message);
+  });
+
+  it('takes a high http port with an rsync port of its own', () => {
+    expect(loadConfig(['--http-port', '60000', '--rsync-port', '60001'], {})).toMatchObject({
+      httpPort: 60000,
+      rsyncPort: 60001,
+    });
+  });
+
+  it('reads a config file of the schema fields, and stops at a field it does not know', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
+    try {
+      const file = join(dir, 'node.json');
+      await writeFile(file, JSON.stringify({ leaseTtlSeconds: 5, ackMode: 'all', httpPort: 12005 }));
+      expect(loadConfig(['--config', file], {})).toMatchObject({
+        leaseTtlSeconds: 5,
+        ackMode: 'all',
+        httpPort: 12005,
+      });
+      // The flags' camelCase is not always the field's: --lease-ttl sets leaseTtlSeconds.
+      await writeFile(file, JSON.stringify({ leaseTtl: 5, ackMode: 'all' }));
+      expect(() => loadConfig(['--config', file], {})).toThrow(
+        new RegExp(`^config file ${file} has unknown field "leaseTtl": use nodeId, host, .*leaseTtlSeconds`),
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('lists every config file field in its usage', () => {
+    for (const field of Object.keys(ConfigSchema.in.shape)) expect(USAGE).toContain(field);
   });
 });
