@@ -3,7 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { Coordinator } from '@pfs/coordinator-etcd';
-import { initStore } from '@pfs/filestore';
+import { initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
 import { discardBulkCopyStaging, StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
 import { formatTxId, TxLog } from '@pfs/txlog';
@@ -59,16 +59,8 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   for (const dir of ['filestore', 'changelog', 'checkpoint', 'quarantine', 'run']) {
     await mkdir(join(config.dataDir, dir), { recursive: true });
   }
-  await initStore(fileStore);
-  // A bulk copy this node's previous run was killed during left its staging directory (under
-  // .pfs/, where nothing looks): removed in the background, it only takes space.
-  const { removed: stagingRemoved } = await discardBulkCopyStaging(fileStore);
-  stagingRemoved.catch((error: Error) =>
-    logger.warn({ err: error }, `removing an unfinished bulk copy failed: ${error.message}`),
-  );
-  const version = await rsyncVersion(config.rsyncBin);
-  logger.info({ rsync: version }, `rsync ${version}`);
-
+  // Checked before initStore makes one: a store without its sentinel is new, or not mounted.
+  const storeWasInPlace = storeIsInPlace(fileStore);
   const logs: TxLog[] = [];
   for (let p = 0; p < config.partitions; p++) {
     const log = await TxLog.open(join(config.dataDir, 'changelog', String(p)));
@@ -78,6 +70,24 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     logs.push(log);
     cleanups.push(() => log.close());
   }
+  // Logged files and no sentinel: a fresh sentinel would vouch for an empty mount point, whose
+  // reconcile would log every file as deleted, and whose feed would hand that to the replicas.
+  const logged = logs.findIndex((log) => log.lastTxid > 0n);
+  if (!storeWasInPlace && logged !== -1) {
+    throw new AgentStartError(
+      'STORE_MISSING',
+      `${fileStore} has no ${SENTINEL_FILE} but partition ${logged}'s log holds records: the store looks unmounted or replaced; mount it (or put the sentinel back if this is the right store), or remove ${join(config.dataDir, 'changelog')} and ${join(config.dataDir, 'checkpoint')} to rejoin as a new replica`,
+    );
+  }
+  await initStore(fileStore);
+  // A bulk copy this node's previous run was killed during left its staging directory (under
+  // .pfs/, where nothing looks): removed in the background, it only takes space.
+  const { removed: stagingRemoved } = await discardBulkCopyStaging(fileStore);
+  stagingRemoved.catch((error: Error) =>
+    logger.warn({ err: error }, `removing an unfinished bulk copy failed: ${error.message}`),
+  );
+  const version = await rsyncVersion(config.rsyncBin);
+  logger.info({ rsync: version }, `rsync ${version}`);
 
   const daemon: RsyncDaemon = await startRsyncDaemon({
     host: config.host,

@@ -1,15 +1,14 @@
-import { stat } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
 import {
+  assertStoreInPlace,
   FilestoreError,
   fileStatOf,
   hashHandle,
   listStore,
   openStoreFile,
   partitionOf,
-  SENTINEL_FILE,
   stageFile,
   validateStorePath,
 } from '@pfs/filestore';
@@ -34,6 +33,7 @@ const STATUS_OF_CODE: Record<string, number> = {
   NOT_FOUND: 404,
   FILE_TOO_LARGE: 413,
   DISK_FULL: 507,
+  STORE_MISSING: 503,
   CONTENT_MISMATCH: 400,
   NOT_MASTER: 503,
   BAD_FEED: 400,
@@ -217,11 +217,10 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       if (query.replica !== undefined) state.noteReplicaAck(partition, query.replica, query.after);
       // Replicas delete what the master lacks: never send them records while this store looks
       // empty or unmounted (its sentinel is gone).
-      if (!(await storeLooksMounted(fileStore))) {
-        return reply.code(503).send({
-          code: 'STORE_MISSING',
-          message: `${fileStore} has no ${SENTINEL_FILE}: mount the store or restore the sentinel`,
-        });
+      try {
+        assertStoreInPlace(fileStore);
+      } catch (error) {
+        return sendError(reply, error);
       }
       const aborted = new AbortController();
       request.raw.once('close', () => aborted.abort());
@@ -447,13 +446,6 @@ async function dropUnreadBody(raw: IncomingMessage, reply: FastifyReply): Promis
     raw.resume();
   });
   if (!drained) reply.header('connection', 'close');
-}
-
-async function storeLooksMounted(fileStore: string): Promise<boolean> {
-  return stat(join(fileStore, SENTINEL_FILE)).then(
-    () => true,
-    () => false,
-  );
 }
 
 /** Percent-encodes each path component for a URL. */

@@ -1,6 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -896,6 +896,31 @@ describe('node agent over HTTP', () => {
     } finally {
       blocker.close();
     }
+  });
+
+  it('will not start on a store without its sentinel while its log holds records (an unmounted store)', async () => {
+    const cluster = `unmounted-${++clusterSeq}`;
+    const master = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    expect((await fetch(`${master.url}/v1/files/kept.txt`, { method: 'PUT', body: 'kept' })).status).toBe(
+      201,
+    );
+    const dataDir = await stopForRestart(master);
+    const store = join(dataDir, 'filestore');
+    // The store's own file system unmounted: an empty directory in its place.
+    await rename(store, join(dataDir, 'mounted'));
+    await mkdir(store);
+    const config = { ...(await agentConfig(cluster, dataDir)), httpPort: master.config.httpPort };
+    await expect(start(config)).rejects.toThrow(
+      `${store} has no .pfs/sentinel but partition 0's log holds records: the store looks unmounted or replaced; mount it (or put the sentinel back if this is the right store), or remove ${join(dataDir, 'changelog')} and ${join(dataDir, 'checkpoint')} to rejoin as a new replica`,
+    );
+    // Nothing was made in the empty mount point, and the store is whole once mounted again.
+    expect(await readdir(store)).toEqual([]);
+    await rm(store, { recursive: true });
+    await rename(join(dataDir, 'mounted'), store);
+    const again = await start(config);
+    await until('master again', async () => ((await role(again)).role === 'master' ? true : undefined));
+    expect(await (await fetch(`${again.url}/v1/files/kept.txt`)).text()).toBe('kept');
   });
 
   it('says when etcd is unreachable and leaves nothing running', async () => {

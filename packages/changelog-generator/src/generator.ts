@@ -1,6 +1,7 @@
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
+  assertStoreInPlace,
   deleteFile,
   FilestoreError,
   hashFile,
@@ -117,6 +118,9 @@ export class ChangelogGenerator {
       let owned: Partition;
       try {
         [partition, owned] = this.owner(staged.path);
+        // A put into an unmounted store would be hidden, and then logged as deleted, once the
+        // real store is mounted again.
+        assertStoreInPlace(this.root);
         // Checked under the path lock, so no other put can slip in between check and rename.
         if (
           options.ifAbsent &&
@@ -151,6 +155,7 @@ export class ChangelogGenerator {
   commitDelete(path: string): Promise<LogRecord> {
     return this.locks.run(path, async () => {
       const [partition, owned] = this.owner(path);
+      assertStoreInPlace(this.root);
       await deleteFile(this.root, path);
       return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' });
     });
@@ -171,6 +176,8 @@ export class ChangelogGenerator {
         const before = await statFile(this.root, path);
         if (before === undefined) {
           if (known === undefined) return undefined;
+          // Every file of an unmounted store is missing: that is no delete.
+          assertStoreInPlace(this.root);
           return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' });
         }
         if (known !== undefined && index.matchesStat(known, before.size, before.mtimeNs, before.ctimeNs)) {
@@ -258,6 +265,8 @@ export class ChangelogGenerator {
         await check(entry.path, true);
       }
       await Promise.all(inFlight);
+      // The walk of an unmounted store finds nothing: stop before checking every indexed path.
+      assertStoreInPlace(this.root);
       for (const { index } of [...this.partitions.values()]) {
         // Collected before checking, like a snapshot: paths set from here on were not missed by
         // the walk, they were just written.

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
@@ -136,6 +136,43 @@ describe('ChangelogGenerator', () => {
     const fresh = new ChangelogGenerator({ root, partitionCount: 1 });
     await fresh.attach(0, reopened);
     expect(await fresh.reconcile()).toBe(0);
+  });
+
+  it('logs no delete while the store is unmounted (its sentinel gone), and refuses writes into it', async () => {
+    const { base, root, generator, logs } = await setup();
+    for (const name of ['a', 'd/b'])
+      await generator.commitPut(await stageFile(root, name, Buffer.from(name)));
+    // The store's file system unmounted: an empty mount point where the store was.
+    await rename(root, join(base, 'mounted'));
+    await mkdir(root);
+    await expect(generator.reconcile()).rejects.toMatchObject({ code: 'STORE_MISSING' });
+    await expect(generator.observe('a')).rejects.toThrow(
+      `${root} has no .pfs/sentinel: the store looks unmounted or replaced; mount it, or put the sentinel back if this is the right store`,
+    );
+    const staged = await stageFile(root, 'c', Buffer.from('c'));
+    await expect(generator.commitPut(staged)).rejects.toMatchObject({ code: 'STORE_MISSING' });
+    await expect(generator.commitDelete('a')).rejects.toMatchObject({ code: 'STORE_MISSING' });
+    expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual(['put a', 'put d/b']);
+    // Mounted again: nothing was lost, so nothing to log.
+    await rm(root, { recursive: true });
+    await rename(join(base, 'mounted'), root);
+    expect(await generator.reconcile()).toBe(0);
+  });
+
+  it('logs no delete for a path it cannot stat (ELOOP), only for one that is gone', async () => {
+    const { root, generator, logs } = await setup();
+    for (const name of ['d/x', 'gone'])
+      await generator.commitPut(await stageFile(root, name, Buffer.from(name)));
+    await rm(join(root, 'd'), { recursive: true });
+    await symlink('d', join(root, 'd')); // every lookup through d/ loops
+    await unlink(join(root, 'gone'));
+    await expect(generator.observe('d/x')).rejects.toMatchObject({ code: 'ELOOP' });
+    expect(await generator.observe('gone')).toMatchObject({ kind: 'delete', path: 'gone' });
+    expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual([
+      'put d/x',
+      'put gone',
+      'delete gone',
+    ]);
   });
 
   it('reconciles many paths across partitions, reusing the slots of deleted ones', async () => {

@@ -17,6 +17,7 @@ export type FilestoreErrorCode =
   | 'FILE_TOO_LARGE'
   | 'CONTENT_MISMATCH'
   | 'DISK_FULL'
+  | 'STORE_MISSING'
   | 'ABORTED';
 
 export class FilestoreError extends Error {

@@ -9,6 +9,7 @@ export {
   validateStorePath,
 } from './path-rules.ts';
 export {
+  assertStoreInPlace,
   deleteFile,
   type FileStat,
   fileStatOf,
@@ -23,5 +24,6 @@ export {
   type StageOptions,
   stageFile,
   statFile,
+  storeIsInPlace,
 } from './store.ts';
 export { compareStorePaths, listStore, type StoreEntry, type WalkOptions, walkStore } from './walk.ts';

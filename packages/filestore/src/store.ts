@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { type BigIntStats, constants } from 'node:fs';
+import { type BigIntStats, constants, lstatSync } from 'node:fs';
 import {
   type FileHandle,
   lstat,
@@ -47,6 +47,36 @@ export interface StageOptions {
   maxBytes?: number;
   /** Refuse the write unless the content hashes to this (lower-case hex sha-256). */
   expectedSha256?: string;
+}
+
+/**
+ * Throws STORE_MISSING unless the store's sentinel is in place. An unmounted store (an empty
+ * mount point) or one moved away looks like a store whose files were all deleted: whatever
+ * would log a delete, or a write that the real store would then hide, checks this first.
+ * Synchronous: one lstat of a cached entry, cheaper than a thread-pool round trip.
+ */
+export function assertStoreInPlace(root: string): void {
+  let info: ReturnType<typeof lstatSync>;
+  try {
+    info = lstatSync(join(root, SENTINEL_FILE), { throwIfNoEntry: false });
+  } catch {
+    info = undefined; // ENOTDIR, EACCES, EIO: no usable store either
+  }
+  if (info?.isFile()) return;
+  throw new FilestoreError(
+    'STORE_MISSING',
+    `${root} has no ${SENTINEL_FILE}: the store looks unmounted or replaced; mount it, or put the sentinel back if this is the right store`,
+  );
+}
+
+/** Whether the store's sentinel is in place (see assertStoreInPlace). */
+export function storeIsInPlace(root: string): boolean {
+  try {
+    assertStoreInPlace(root);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Creates the store root and its sentinel (checked by replicas before they delete anything). */
@@ -293,9 +323,15 @@ async function statFileAt(target: string): Promise<FileStat> {
   return fileStatOf(info);
 }
 
-/** Stat of a regular file at `path` (never following a symlink), or undefined if there is none. */
+/**
+ * Stat of a regular file at `path` (never following a symlink), or undefined if there is none.
+ * Any other failure (EACCES, EIO) throws: callers log a delete for a path that is not there.
+ */
 export async function statFile(root: string, path: string): Promise<FileStat | undefined> {
-  const info = await lstat(join(root, path), { bigint: true }).catch(() => undefined);
+  const info = await lstat(join(root, path), { bigint: true }).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
+    throw error;
+  });
   if (info === undefined || !info.isFile()) return undefined;
   return fileStatOf(info);
 }

@@ -78,11 +78,16 @@ function removeIfStale(root: string, path: string, stale: NonNullable<WalkOption
   stale.onRemoved?.(path, info.size);
 }
 
+/**
+ * The entry's lstat, or undefined if it is gone. Any other failure (EACCES, EIO) throws: skipped,
+ * the file would look deleted to a reconcile and be logged so.
+ */
 function statIfThere(path: string): BigIntStats | undefined {
   try {
     return lstatSync(path, { bigint: true, throwIfNoEntry: false });
-  } catch {
-    return undefined;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
+    throw error;
   }
 }
 
