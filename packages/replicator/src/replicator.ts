@@ -263,6 +263,7 @@ export class Replicator extends EventEmitter {
     options: { tolerateMismatch?: boolean } = {},
   ): Promise<{ applied: TxId; unverified: string[] }> {
     await this.pause();
+    await this.adoptLogEnd();
     await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
     const stop = signal ?? new AbortController().signal;
     const unverified = new Set<string>();
@@ -450,6 +451,7 @@ export class Replicator extends EventEmitter {
   }
 
   private async follow(loopSignal: AbortSignal): Promise<void> {
+    await this.adoptLogEnd();
     // Should it fail, every pull fails and says why (rsync cannot use its temp dir).
     await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
     // The next page, asked for while the current one is applied (catching up after a bootstrap).
@@ -991,6 +993,21 @@ export class Replicator extends EventEmitter {
       return undefined;
     });
     return (await Promise.all(checks)).filter((p) => p !== undefined);
+  }
+
+  /**
+   * Takes the log's end as the applied txid when the log is past it: this node wrote there as
+   * master since (a promotion's marker, then its own records, none of which pass through here).
+   * Done before following or draining, so that a fenced master does not fetch its own term again
+   * from its successor (acknowledging far behind, checking old records against newer bytes), and
+   * the bulk copy's hashes, no longer true of a store this node wrote, are dropped.
+   */
+  private async adoptLogEnd(): Promise<void> {
+    const end = this.log.lastTxid;
+    if (end <= this.appliedTxid) return;
+    this.forgetBootstrap();
+    this.appliedTxid = end;
+    await this.checkpoint.reset(end);
   }
 
   private forgetBootstrap(): void {

@@ -3,7 +3,8 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { initStore, walkStore } from '@pfs/filestore';
+import { ChangelogGenerator } from '@pfs/changelog-generator';
+import { initStore, stageFile, walkStore } from '@pfs/filestore';
 import {
   type AppliedBatch,
   type BootstrapDone,
@@ -17,7 +18,7 @@ import {
   rsyncTempDirOf,
   StoreGate,
 } from '@pfs/replicator';
-import { startRsyncDaemon, stopAll } from '@pfs/testkit';
+import { sleep, startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { makeTxId, readCheckpoint, TxLog } from '@pfs/txlog';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { bulkCopyStagingOf } from '../src/bulk-copy-staging.ts';
@@ -965,6 +966,51 @@ describe('replicator against a real rsync daemon', () => {
     expect(await allRecords(replicaLog)).toEqual(await allRecords(m.log));
     await replicaLog.close();
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
+  it("follows from its log's end after this node wrote as master, not from where it had stopped", async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    for (let i = 0; i < 3; i++) await m.put(`before/${i}`, `${i}`);
+    const log = await TxLog.open(join(dir, 'changelog', '0'));
+    cleanups.push(() => log.close());
+    const { replicator } = await replicate(m, dir, { log });
+    await until(() => replicator.applied === m.log.lastTxid, 'replica to catch up');
+    const stoppedAt = replicator.applied;
+    // Promoted: its replicator paused, it opens generation 2 and writes as master; then fenced,
+    // it follows its successor, which drained all of it and goes on in generation 3.
+    await replicator.pause();
+    const generator = new ChangelogGenerator({ root: join(dir, 'filestore'), partitionCount: 1 });
+    await generator.attach(0, log);
+    await log.startGeneration(2n);
+    for (let i = 0; i < 3; i++)
+      await generator.commitPut(
+        await stageFile(join(dir, 'filestore'), `as-master/${i}`, Buffer.from(`${i}`)),
+      );
+    await generator.detach(0);
+    const asked: bigint[] = [];
+    const successor: RecordSource = {
+      filesSource: m.filesSource,
+      description: 'the successor',
+      async fetch(after, options) {
+        asked.push(after);
+        await sleep(Math.min(options.waitMs, 20));
+        return { records: [], generation: 3n, lastTxid: log.lastTxid };
+      },
+    };
+    replicator.switchSource(successor);
+    replicator.start();
+    await until(() => asked.length > 0, 'a fetch from the successor');
+    expect(asked[0]).toBe(log.lastTxid);
+    expect(asked[0]).toBeGreaterThan(stoppedAt);
+    expect(replicator.applied).toBe(log.lastTxid);
+    await replicator.pause();
+    expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(log.lastTxid);
+    // A drain starts there too.
+    await log.startGeneration(4n);
+    asked.length = 0;
+    expect(await (replicator as Replicator).drain()).toEqual({ applied: log.lastTxid, unverified: [] });
+    expect(asked).toEqual([log.lastTxid]);
   });
 
   it('drains what a source has and resolves, without waiting for more', async () => {
