@@ -85,6 +85,14 @@ export class PartitionController {
   /** Evaluations failed in a row (see retryDelayMs). */
   private failures = 0;
   /**
+   * Promotions failed in a row, and when this node may stand for election again: a node whose
+   * promotion fails the same way each time (a damaged log, a full disk) would otherwise claim
+   * first at every vote, being best-ranked, and keep the partition without a master.
+   */
+  private promotionFailures = 0;
+  private electAfter = 0;
+  private electTimer: NodeJS.Timeout | undefined;
+  /**
    * Whether this node may have mastered the partition since its store was last compared with its
    * log (see checkStore): `run/mastered-<p>` at start, then set by a promotion.
    */
@@ -213,6 +221,15 @@ export class PartitionController {
       return;
     }
     if (!this.deps.coordinator.sessionValid()) return;
+    const wait = this.electAfter - Date.now();
+    if (wait > 0) {
+      this.role = 'offline';
+      this.electTimer ??= setTimeout(() => {
+        this.electTimer = undefined;
+        this.schedule();
+      }, wait).unref();
+      return;
+    }
     await this.elect();
   }
 
@@ -550,6 +567,12 @@ export class PartitionController {
         return;
       }
     }
+    // Stopping since the vote began: claiming now would bump the generation for nothing, or
+    // worse, with a drain its aborted signal cuts short.
+    if (this.closed) {
+      this.role = 'offline';
+      return;
+    }
     const generation = coordinator.view.partitions.get(this.partition)?.generation ?? 0n;
     const token = await coordinator.claimMaster(this.partition, {
       nodeId,
@@ -565,45 +588,56 @@ export class PartitionController {
     this.role = 'promoting';
     try {
       await this.promote(token);
+      this.promotionFailures = 0;
     } catch (error) {
+      const delay = promotionRetryDelayMs(++this.promotionFailures);
+      this.electAfter = Date.now() + delay;
       this.deps.logger.warn(
-        { partition: this.partition, err: error },
-        `partition ${this.partition}: promotion failed: ${(error as Error).message}`,
+        { partition: this.partition, err: error, retryMs: delay },
+        `partition ${this.partition}: promotion failed: ${(error as Error).message}; not standing for election for ${delay} ms`,
       );
       await this.deps.generator.detach(this.partition);
+      // Should the resign fail, the claim is given back when the wait above ends (evaluate).
       await coordinator.resignMaster(this.partition, token).catch(() => {});
       if (this.token === token) {
         this.token = undefined;
         this.role = 'offline';
       }
       this.deps.onMastershipChange();
+      this.schedule();
     }
   }
 
-  private drainSources(): RecordSource[] {
-    const sources: RecordSource[] = [];
+  /**
+   * Where to drain from: the old master's daemon first, then each live peer that reported more
+   * than this node has, best first, with what it reported.
+   */
+  private drainSources(): { source: RecordSource; reported?: TxId }[] {
+    const sources: { source: RecordSource; reported?: TxId }[] = [];
     const old = this.lastServingMaster;
     if (old !== undefined && old.nodeId !== this.deps.nodeId) {
-      sources.push(
-        rsyncLogSource({
+      sources.push({
+        source: rsyncLogSource({
           logSource: `rsync://${old.host}:${old.rsyncPort}/changelog/${this.partition}/`,
           filesSource: `rsync://${old.host}:${old.rsyncPort}/filestore/`,
           mirrorDir: join(this.deps.dataDir, 'drain', String(this.partition)),
         }),
-      );
+      });
     }
     const view = this.deps.coordinator.view;
     const reports = view.partitions.get(this.partition)?.replicas ?? new Map<string, bigint>();
     for (const peer of rankCandidates(view, this.partition)) {
       const node = view.nodes.get(peer);
+      const reported = reports.get(peer) ?? 0n;
       if (peer === this.deps.nodeId || node === undefined) continue;
-      if ((reports.get(peer) ?? 0n) <= this.appliedTxid) continue;
-      sources.push(
-        httpFeedSource({
+      if (reported <= this.appliedTxid) continue;
+      sources.push({
+        source: httpFeedSource({
           feedUrl: `http://${node.host}:${node.httpPort}/v1/partitions/${this.partition}/records`,
           filesSource: `rsync://${node.host}:${node.rsyncPort}/filestore/`,
         }),
-      );
+        reported,
+      });
     }
     return sources;
   }
@@ -615,6 +649,8 @@ export class PartitionController {
     const stillMine = () => {
       if (this.token !== token || !coordinator.sessionValid())
         throw new Error('mastership lost during promotion');
+      // The drains' signal: aborted, they end at once, and a bump would skip what they lacked.
+      if (this.stop.signal.aborted) throw new Error('the node is stopping');
     };
     // Durable before the drain, which may keep bytes that match no record, and before the first
     // put can rename a file into place: from here until a checkStore, this node's store may hold
@@ -626,25 +662,40 @@ export class PartitionController {
     const sources = finalTxid !== undefined && this.appliedTxid >= finalTxid ? [] : this.drainSources();
     let unverified: string[] = [];
     if (sources.length > 0) {
-      const replicator = await this.ensureReplicator(sources[0]!);
-      for (const source of sources) {
+      const replicator = await this.ensureReplicator(sources[0]!.source);
+      const unverifiedPaths = new Set<string>();
+      for (const { source, reported } of sources) {
+        // A peer that reported no more than is here now has nothing to add (the old master's
+        // daemon, drained first, normally had it all).
+        if (reported !== undefined && reported <= replicator.applied) continue;
         replicator.switchSource(source);
         try {
           const drained = await replicator.drain(this.stop.signal, { tolerateMismatch: true });
-          unverified = drained.unverified;
+          for (const path of drained.unverified) unverifiedPaths.add(path);
           logger.info(
-            { partition: this.partition, source: source.description, unverified: unverified.length },
+            { partition: this.partition, source: source.description, unverified: drained.unverified.length },
             `partition ${this.partition}: drained to ${formatTxId(drained.applied)} from ${source.description}`,
           );
-          break;
         } catch (error) {
+          stillMine();
+          // A live peer holding records this node lacks (acknowledged ack=one writes among
+          // them) would have them cut when it follows: give the vote back, and let it (better
+          // ranked) or a later attempt take over. After repeated failures, go on without it
+          // rather than leave the partition without a master.
+          const lacking = reported !== undefined && reported > replicator.applied;
+          if (lacking && this.promotionFailures < MAX_PROMOTIONS_WAITING_FOR_A_PEER) {
+            throw new Error(
+              `cannot drain ${source.description}, which has up to ${formatTxId(reported)}: ${(error as Error).message}`,
+            );
+          }
           logger.warn(
             { partition: this.partition, err: error },
-            `partition ${this.partition}: cannot drain ${source.description}: ${(error as Error).message}`,
+            `partition ${this.partition}: cannot drain ${source.description}: ${(error as Error).message}${lacking ? `; going on without its records past ${formatTxId(replicator.applied)}` : ''}`,
           );
         }
         stillMine();
       }
+      unverified = [...unverifiedPaths];
     }
     stillMine();
     const lastTxid = log.lastTxid;
@@ -724,9 +775,18 @@ export class PartitionController {
     this.closed = true;
     this.stop.abort();
     clearTimeout(this.reportTimer);
+    clearTimeout(this.electTimer);
     await this.chain.catch(() => {});
     await this.replicator?.pause();
   }
+}
+
+/** Promotions in a row that give the vote back when a better-informed live peer cannot be drained. */
+const MAX_PROMOTIONS_WAITING_FOR_A_PEER = 3;
+
+/** How long a node whose promotion failed stays out of elections: 2, 4, 8, 16, then 30 s. */
+export function promotionRetryDelayMs(failures: number): number {
+  return Math.min(30_000, 1000 * 2 ** Math.max(1, Math.min(failures, 5)));
 }
 
 /** Wait before re-evaluating after the `failures`-th failure in a row: 200 ms, doubling to 5 s. */

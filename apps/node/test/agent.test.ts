@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import { Coordinator } from '@pfs/coordinator-etcd';
 import { partitionOf } from '@pfs/filestore';
 import { decodeRecords } from '@pfs/replicator';
 import { type EtcdHandle, freePort, startEtcd, stopAll } from '@pfs/testkit';
@@ -895,6 +896,121 @@ describe('node agent over HTTP', () => {
       );
     } finally {
       blocker.close();
+    }
+  });
+
+  it('keeps a node whose promotion keeps failing out of elections, so another replica takes over', async () => {
+    const cluster = `failing-promotion-${++clusterSeq}`;
+    const master = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    // The replica that ranks first (smallest id, as caught up as the other) cannot promote:
+    // its mark of a partition it masters cannot be written.
+    const [first, second] = [await agentConfig(cluster), await agentConfig(cluster)].sort((a, b) =>
+      a.nodeId < b.nodeId ? -1 : 1,
+    );
+    const failing = await start(first!);
+    const healthy = await start(second!);
+    for (const replica of [failing, healthy])
+      await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
+    expect((await fetch(`${master.url}/v1/files/before`, { method: 'PUT', body: 'b' })).status).toBe(201);
+    await caughtUp(master, failing);
+    await caughtUp(master, healthy);
+    await mkdir(join(failing.config.dataDir, 'run', 'mastered-0'));
+    await stopForRestart(master);
+    // Without a pause after each failure, the failing node claims again at once at every vote,
+    // and the other, waiting its turn, never does.
+    await until(
+      'the healthy replica to take over',
+      async () => ((await role(healthy)).role === 'master' ? true : undefined),
+      20_000,
+    );
+    expect((await fetch(`${healthy.url}/v1/files/after`, { method: 'PUT', body: 'a' })).status).toBe(201);
+  });
+
+  it('does not claim a partition it was voting for once it is told to stop', async () => {
+    const cluster = `stopping-voter-${++clusterSeq}`;
+    const master = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    const replica = await start(await agentConfig(cluster));
+    await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
+    expect((await fetch(`${master.url}/v1/files/x`, { method: 'PUT', body: 'x' })).status).toBe(201);
+    const applied = BigInt(await caughtUp(master, replica));
+    // A better-ranked candidate that never claims: the replica waits its turn (750 ms) first.
+    const phantom = await Coordinator.connect({
+      endpoints: [etcd.endpoint],
+      cluster,
+      node: {
+        id: 'a-phantom',
+        host: '127.0.0.1',
+        httpPort: 1,
+        rsyncPort: 1,
+        pid: process.pid,
+        startedAt: new Date().toISOString(),
+      },
+      ttlSeconds: 5,
+    });
+    try {
+      await phantom.reportApplied(0, applied);
+      const generation = phantom.view.partitions.get(0)!.generation;
+      await stopForRestart(master);
+      await until('the replica voting', async () =>
+        (await role(replica)).role === 'electing' ? true : undefined,
+      );
+      await stopForRestart(replica);
+      // Nothing claimed, nothing bumped.
+      await new Promise((r) => setTimeout(r, 200));
+      expect(phantom.view.partitions.get(0)?.master).toBeUndefined();
+      expect(phantom.view.partitions.get(0)!.generation).toBe(generation);
+    } finally {
+      await phantom.close();
+    }
+  });
+
+  it('gives the vote back rather than promote without the records a live peer reported and cannot give', async () => {
+    const cluster = `undrainable-peer-${++clusterSeq}`;
+    const master = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    const logged: string[] = [];
+    const capture = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString().split('\n')) if (line !== '') logged.push(JSON.parse(line).msg);
+        done();
+      },
+    });
+    const replica = await startAgent(await agentConfig(cluster), pino({ level: 'info' }, capture));
+    agents.push(replica);
+    await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
+    expect((await fetch(`${master.url}/v1/files/x`, { method: 'PUT', body: 'x' })).status).toBe(201);
+    const applied = BigInt(await caughtUp(master, replica));
+    // A live peer that says it has one more record, at an address that refuses connections.
+    const phantom = await Coordinator.connect({
+      endpoints: [etcd.endpoint],
+      cluster,
+      node: {
+        id: 'a-phantom',
+        host: '127.0.0.1',
+        httpPort: await freePort(),
+        rsyncPort: await freePort(),
+        pid: process.pid,
+        startedAt: new Date().toISOString(),
+      },
+      ttlSeconds: 5,
+    });
+    try {
+      await phantom.reportApplied(0, applied + 1n);
+      const generation = phantom.view.partitions.get(0)!.generation;
+      await stopForRestart(master);
+      await until('a failed promotion', async () =>
+        logged.some((m) => m.startsWith('partition 0: promotion failed: cannot drain http://127.0.0.1:'))
+          ? true
+          : undefined,
+      );
+      const failed = logged.find((m) => m.startsWith('partition 0: promotion failed'))!;
+      expect(failed).toMatch(/, which has up to 1:\d+: .*; not standing for election for 2000 ms$/);
+      expect(phantom.view.partitions.get(0)!.generation).toBe(generation);
+      expect((await role(replica)).role).not.toBe('master');
+    } finally {
+      await phantom.close();
     }
   });
 
