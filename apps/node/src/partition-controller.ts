@@ -90,6 +90,8 @@ export class PartitionController {
    * first at every vote, being best-ranked, and keep the partition without a master.
    */
   private promotionFailures = 0;
+  /** Per error code of the replicator: when it was last logged at warn, and how often since. */
+  private readonly replicationWarnings = new Map<string, { at: number; unlogged: number }>();
   private electAfter = 0;
   private electTimer: NodeJS.Timeout | undefined;
   /**
@@ -472,10 +474,26 @@ export class PartitionController {
     });
     replicator.on('error', (error: Error) => {
       this.deps.metrics.batches.inc({ result: 'error' });
-      this.deps.logger.debug(
-        { partition: this.partition, err: error },
-        `partition ${this.partition}: ${error.message}`,
-      );
+      // A replica stuck retrying (a full disk, a file it cannot verify) must show in the log,
+      // but a batch retried every few hundred ms must not flood it: each kind of error is
+      // logged at warn at most every 10 s, with how many of it went unlogged meanwhile.
+      const code = (error as { code?: string }).code ?? 'ERROR';
+      const now = performance.now();
+      const last = this.replicationWarnings.get(code);
+      if (last === undefined || now - last.at >= REPLICATION_WARNING_INTERVAL_MS) {
+        const repeats = last?.unlogged ?? 0;
+        this.replicationWarnings.set(code, { at: now, unlogged: 0 });
+        this.deps.logger.warn(
+          { partition: this.partition, err: error, ...(repeats > 0 ? { repeats } : {}) },
+          `partition ${this.partition}: ${error.message}${repeats > 0 ? ` (and ${repeats} more like it since the last)` : ''}`,
+        );
+      } else {
+        last.unlogged++;
+        this.deps.logger.debug(
+          { partition: this.partition, err: error },
+          `partition ${this.partition}: ${error.message}`,
+        );
+      }
       if ((error as ReplicatorError).code === 'SOURCE_UNAVAILABLE') this.checkMasterAlive();
     });
     this.replicator = replicator;
@@ -780,6 +798,8 @@ export class PartitionController {
     await this.replicator?.pause();
   }
 }
+
+const REPLICATION_WARNING_INTERVAL_MS = 10_000;
 
 /** Promotions in a row that give the vote back when a better-informed live peer cannot be drained. */
 const MAX_PROMOTIONS_WAITING_FOR_A_PEER = 3;

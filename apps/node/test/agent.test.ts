@@ -1014,6 +1014,47 @@ describe('node agent over HTTP', () => {
     }
   });
 
+  it('logs a replica that keeps failing at warn, once per kind of error and not at every retry', async () => {
+    const cluster = `failing-replica-${++clusterSeq}`;
+    const master = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    const warnings: string[] = [];
+    const capture = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        for (const line of chunk.toString().split('\n')) {
+          if (line === '') continue;
+          const entry = JSON.parse(line) as { level: number; msg: string };
+          if (entry.level === 40) warnings.push(entry.msg);
+        }
+        done();
+      },
+    });
+    const replica = await startAgent(await agentConfig(cluster), pino({ level: 'info' }, capture));
+    agents.push(replica);
+    await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
+    // Every pull now fails: rsync cannot use its temp dir.
+    const tempDir = join(replica.config.dataDir, 'filestore', '.pfs', 'rsync-tmp', '0');
+    await rm(tempDir, { recursive: true });
+    await writeFile(tempDir, 'in the way');
+    expect((await fetch(`${master.url}/v1/files/x`, { method: 'PUT', body: 'x' })).status).toBe(201);
+    const failedBatches = async () =>
+      Number(
+        /^pfs_replication_batches_total\{result="error"\} (\d+)$/m.exec(
+          await (await fetch(`${replica.url}/metrics`)).text(),
+        )?.[1] ?? 0,
+      );
+    // The rsync started ahead may have opened its temp dir already: a later batch fails.
+    let written = 0;
+    await until('three failed batches', async () => {
+      if ((await failedBatches()) >= 3) return true;
+      const path = `/v1/files/y${++written}`;
+      expect((await fetch(`${master.url}${path}`, { method: 'PUT', body: 'y' })).status).toBe(201);
+      return undefined;
+    });
+    const aboutPulls = warnings.filter((m) => m.startsWith('partition 0: rsync'));
+    expect(aboutPulls).toHaveLength(1);
+  });
+
   it('will not start on a store without its sentinel while its log holds records (an unmounted store)', async () => {
     const cluster = `unmounted-${++clusterSeq}`;
     const master = await start(await agentConfig(cluster));
