@@ -75,6 +75,12 @@ export class TxLog {
   private waiters = new Set<Waiter>();
   private closed = false;
   private truncating = false;
+  /**
+   * Set when a failed write could not be taken back: the segment may end in a partial frame, or
+   * in whole frames of records whose appends failed, after which (segments are O_APPEND) any
+   * further frame would land. Appends fail from then on; reopening cuts the tail.
+   */
+  private unwritable: Error | undefined;
   /** Where the last disk read ended, so that a sequential reader resumes there. */
   private readCursor: { after: TxId; segment: TxId; offset: number } | undefined;
 
@@ -171,6 +177,15 @@ export class TxLog {
 
   private enqueue(record: LogRecord): Promise<LogRecord> {
     if (this.closed) return Promise.reject(new TxlogError('TXLOG_CLOSED', `log ${this.dir} is closed`));
+    if (this.unwritable !== undefined) {
+      return Promise.reject(
+        new TxlogError(
+          'TXLOG_WRITE_FAILED',
+          `log ${this.dir} cannot be appended to since a failed write could not be taken back (${this.unwritable.message}): fix the disk and restart the node, which cuts the log's torn tail`,
+          { cause: this.unwritable },
+        ),
+      );
+    }
     if (this.truncating) {
       return Promise.reject(
         new TxlogError(
@@ -272,7 +287,9 @@ export class TxLog {
       await handle.datasync();
     } catch (error) {
       // Leave no partial frame behind, so the handle stays usable after ENOSPC and the like.
-      await handle.truncate(start).catch(() => {});
+      await handle.truncate(start).catch((truncateError: Error) => {
+        this.unwritable = truncateError;
+      });
       throw error;
     }
     this.segmentBytes = start + bytes;

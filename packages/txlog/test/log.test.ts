@@ -1,7 +1,17 @@
-import { appendFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  appendFile,
+  type FileHandle,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatTxId, makeTxId, readCheckpoint, TxLog, type TxlogError, writeCheckpoint } from '@pfs/txlog';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { put, tempDir } from './helpers.ts';
 
 async function collect(log: TxLog, after = 0n) {
@@ -186,6 +196,39 @@ describe('TxLog', () => {
       '1:1 a',
       '1:2 b',
     ]);
+    await reopened.close();
+  });
+
+  it('refuses appends once a failed write could not be taken back, and reopens cleanly', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir);
+    await log.startGeneration(1n);
+    await log.appendChange(put('a'));
+    const probe = await open(join(dir, 'probe'), 'w');
+    const fileHandle = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    const eio = (call: string) => Object.assign(new Error(`EIO: i/o error, ${call}`), { code: 'EIO' });
+    const datasync = vi.spyOn(fileHandle, 'datasync').mockRejectedValueOnce(eio('fdatasync'));
+    const truncate = vi.spyOn(fileHandle, 'truncate').mockRejectedValueOnce(eio('ftruncate'));
+    try {
+      // Its frame is written whole, then the fdatasync fails, and so does cutting it off again.
+      await expect(log.appendChange(put('b'))).rejects.toMatchObject({ code: 'TXLOG_WRITE_FAILED' });
+      expect(truncate).toHaveBeenCalled();
+    } finally {
+      datasync.mockRestore();
+      truncate.mockRestore();
+    }
+    // Another frame after it would repeat its txid (or follow a partial frame).
+    await expect(log.appendChange(put('c'))).rejects.toThrow(
+      /cannot be appended to since a failed write could not be taken back \(EIO: i\/o error, ftruncate\): fix the disk and restart the node/,
+    );
+    await log.close();
+    const reopened = await TxLog.open(dir);
+    const txids = (await collect(reopened)).map((r) => r.txid);
+    expect(txids).toEqual([...txids].sort((x, y) => (x < y ? -1 : 1)));
+    expect(new Set(txids).size).toBe(txids.length);
+    await reopened.startGeneration(2n);
+    expect((await reopened.appendChange(put('d'))).txid).toBe(makeTxId(2, 1));
     await reopened.close();
   });
 
