@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { open, readdir } from 'node:fs/promises';
+import { open, readdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
 /**
@@ -19,6 +19,21 @@ export async function fsyncParents(root: string, paths: readonly string[]): Prom
       }
     }),
   );
+}
+
+/**
+ * Runs `check` (a read or fdatasync of a received file) and, should it fail, removes the file
+ * before rethrowing. After a failed fdatasync Linux marks the pages clean and reports the error
+ * once: a retry would read the cached bytes, find them right and sync nothing, and the log would
+ * then claim bytes that never reached the disk. Removed, the file is pulled again.
+ */
+export async function removeOnFailure<T>(file: string, check: () => Promise<T>): Promise<T> {
+  try {
+    return await check();
+  } catch (error) {
+    await unlink(file).catch(() => {});
+    throw error;
+  }
 }
 
 export async function syncFile(file: string): Promise<void> {

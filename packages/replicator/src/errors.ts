@@ -7,6 +7,7 @@ export type ReplicatorErrorCode =
   | 'CHECKPOINT_FAILED'
   | 'DIRECTORY_IN_THE_WAY'
   | 'FILE_IN_THE_WAY'
+  | 'SYNC_FAILED'
   | 'CLOSED';
 
 export class ReplicatorError extends Error {

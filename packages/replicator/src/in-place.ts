@@ -2,6 +2,7 @@ import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type FileStat, hashFile, hashHandle, openStoreFile } from '@pfs/filestore';
 import type { Expected } from './batch.ts';
+import { removeOnFailure } from './durability.ts';
 
 /** How often the files are looked at while rsync is still running. */
 const POLL_MS = 2;
@@ -108,7 +109,7 @@ async function allMatch(
       try {
         const got = await hashHandle(opened.handle, Number(opened.stat.size));
         if (got.size !== want.size || got.sha256 !== want.sha256) return false;
-        await opened.handle.datasync();
+        await removeOnFailure(join(root, path), () => opened.handle.datasync());
         matched.set(path, versionOf(opened.stat));
         return true;
       } finally {

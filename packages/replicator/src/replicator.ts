@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, STORE_META_DIR, statFile } from '@pfs/filestore';
 import {
@@ -17,7 +17,14 @@ import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
 import { discardBulkCopyStaging, freshBulkCopyStaging, moveIntoStore } from './bulk-copy-staging.ts';
 import { CheckpointWriter } from './checkpoint-writer.ts';
 import { splitCopy } from './copy-plan.ts';
-import { fsyncParents, SYNCFS_MIN_PATHS, storeIsEmpty, syncFile, syncFileSystem } from './durability.ts';
+import {
+  fsyncParents,
+  removeOnFailure,
+  SYNCFS_MIN_PATHS,
+  storeIsEmpty,
+  syncFile,
+  syncFileSystem,
+} from './durability.ts';
 import { ReplicatorError } from './errors.ts';
 import { MAX_FEED_RECORDS } from './feed.ts';
 import { gracedAbort } from './graced-abort.ts';
@@ -338,6 +345,7 @@ export class Replicator extends EventEmitter {
     // Writeback of the copy runs alongside it: a syncfs whenever enough new files are in place
     // (one at a time), so that the final one only has the tail left to flush.
     let syncing: Promise<boolean> | undefined;
+    let syncFailed = false;
     let sinceSync = 0;
     // Stopping must not wait for a backlog of files to hash.
     const stopHashing = () => collector.stop();
@@ -346,9 +354,14 @@ export class Replicator extends EventEmitter {
       collector.add(path);
       if (++sinceSync < BOOTSTRAP_SYNC_EVERY_FILES || syncing !== undefined) return;
       sinceSync = 0;
-      syncing = syncFileSystem(store).finally(() => {
-        syncing = undefined;
-      });
+      syncing = syncFileSystem(store)
+        .then((synced) => {
+          if (!synced) syncFailed = true;
+          return synced;
+        })
+        .finally(() => {
+          syncing = undefined;
+        });
     };
     const exclude = ['.pfs-tmp.*', '/.pfs/'];
     // Stops the other parts of a split copy once one has failed.
@@ -390,6 +403,14 @@ export class Replicator extends EventEmitter {
       await collector.finished();
       await syncing;
       const hashedAt = performance.now();
+      // Durable before it moves in: after a syncfs that failed (a writeback error is reported
+      // once), the copy's bytes may not be on disk whatever later syncs say, so it is made again.
+      if (syncFailed || !(await syncFileSystem(store))) {
+        throw new ReplicatorError(
+          'SYNC_FAILED',
+          `syncfs of ${store} failed during the bulk copy: the copy is made again; check the disk`,
+        );
+      }
       // Nothing already in the store is replaced: it was written meanwhile by this node (as
       // master of another partition), after the copy's source had listed the path.
       const kept = await moveIntoStore(staging, store);
@@ -964,13 +985,27 @@ export class Replicator extends EventEmitter {
   ): Promise<{ path: string; why: string }[]> {
     const trusted = (path: string) => alreadyVerified.has(path) && this.storeSynced;
     const toSync = [...expected.keys()].filter((path) => !trusted(path)).length;
-    const bulk = toSync >= SYNCFS_MIN_PATHS && (await syncFileSystem(this.options.fileStoreDir));
     // Trusted paths (verified before the transfer, in a store synced as a whole) need nothing.
     const toCheck = [...expected].filter(([path]) => !trusted(path));
+    const bulk = toSync >= SYNCFS_MIN_PATHS;
+    if (bulk && !(await syncFileSystem(this.options.fileStoreDir))) {
+      // A writeback error is reported once: per-file syncs now would pass on bytes that may
+      // not be on disk. The batch's files are pulled again.
+      await Promise.all(
+        toCheck.map(([path, want]) =>
+          want.kind === 'put' ? unlink(join(this.options.fileStoreDir, path)).catch(() => {}) : undefined,
+        ),
+      );
+      throw new ReplicatorError(
+        'SYNC_FAILED',
+        `syncfs of ${this.options.fileStoreDir} failed: the batch's files are pulled again; check the disk`,
+      );
+    }
     const checks = toCheck.map(async ([path, want]) => {
+      const file = join(this.options.fileStoreDir, path);
       if (alreadyVerified.has(path)) {
         // Checked just before the transfer and not part of it: only durability is left to do.
-        if (!bulk && want.kind === 'put') await syncFile(join(this.options.fileStoreDir, path));
+        if (!bulk && want.kind === 'put') await removeOnFailure(file, () => syncFile(file));
         return undefined;
       }
       const shown = JSON.stringify(path);
@@ -979,10 +1014,12 @@ export class Replicator extends EventEmitter {
           ? undefined
           : { path, why: `${shown} still exists` };
       }
-      const got = await checkPut(this.options.fileStoreDir, path, want, {
-        datasync: !bulk,
-        knownVersion: inPlace.get(path),
-      });
+      const got = await removeOnFailure(file, () =>
+        checkPut(this.options.fileStoreDir, path, want, {
+          datasync: !bulk,
+          knownVersion: inPlace.get(path),
+        }),
+      );
       if (got === undefined) return { path, why: `${shown} is missing` };
       if (got.size !== want.size || got.sha256 !== want.sha256) {
         return {

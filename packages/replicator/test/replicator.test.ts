@@ -1,6 +1,16 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import {
+  type FileHandle,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  writeFile,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ChangelogGenerator } from '@pfs/changelog-generator';
@@ -20,7 +30,7 @@ import {
 } from '@pfs/replicator';
 import { sleep, startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { makeTxId, readCheckpoint, TxLog } from '@pfs/txlog';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { bulkCopyStagingOf } from '../src/bulk-copy-staging.ts';
 import { allRecords, startTestMaster, type TestMaster, tempDir, until } from './harness.ts';
 
@@ -1011,6 +1021,75 @@ describe('replicator against a real rsync daemon', () => {
     asked.length = 0;
     expect(await (replicator as Replicator).drain()).toEqual({ applied: log.lastTxid, unverified: [] });
     expect(asked).toEqual([log.lastTxid]);
+  });
+
+  it('pulls a file again whose fdatasync failed, rather than pass it on the retry from the page cache', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const store = join(dir, 'filestore');
+    const probe = await open(join(dir, 'probe'), 'w');
+    const fileHandle = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    const datasync = fileHandle.datasync;
+    // The first fdatasync of the replica's x fails, as after a writeback error: Linux then marks
+    // its pages clean, so a later fdatasync succeeds and a read finds the right bytes in memory.
+    let failed = false;
+    const spy = vi.spyOn(fileHandle, 'datasync').mockImplementation(async function (this: FileHandle) {
+      if (!failed) {
+        const own = await this.stat({ bigint: true });
+        const target = await lstat(join(store, 'x'), { bigint: true }).catch(() => undefined);
+        if (target?.ino === own.ino && target.dev === own.dev) {
+          failed = true;
+          throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+        }
+      }
+      return datasync.call(this);
+    });
+    cleanups.push(async () => spy.mockRestore());
+    // Batches, not a bulk copy (which syncs the whole file system once).
+    const { replicator, errors } = await replicate(m, dir, { bootstrap: false });
+    const batches: AppliedBatch[] = [];
+    replicator.on('applied', (batch: AppliedBatch) => batches.push(batch));
+    const record = await m.put('x', 'bytes that must reach the disk');
+    await until(() => replicator.applied === m.log.lastTxid, 'replica to catch up');
+    expect(failed).toBe(true);
+    expect(errors.map((e) => e.message)).toContain('EIO: i/o error, fdatasync');
+    // The batch that logged x transferred it again.
+    expect(batches.find((b) => b.from < record.txid && b.to >= record.txid)).toMatchObject({ paths: 1 });
+    expect(await readFile(join(store, 'x'), 'utf8')).toBe('bytes that must reach the disk');
+  });
+
+  it('throws away a bulk copy whose syncfs failed, and batches whose syncfs failed pull their files again', async () => {
+    const m = await master();
+    for (let i = 0; i < 70; i++) await m.put(`f${i}`, `${i}`);
+    const dir = await replicaDir();
+    // A `sync` that fails, as `sync -f` does after a writeback error on the file system.
+    const bin = join(dir, 'bin');
+    await mkdir(bin);
+    await writeFile(join(bin, 'sync'), '#!/bin/sh\nexit 1\n', { mode: 0o755 });
+    const path = process.env.PATH;
+    process.env.PATH = `${bin}:${path}`;
+    cleanups.push(async () => {
+      process.env.PATH = path;
+    });
+    const { replicator, errors } = await replicate(m, dir);
+    const abandoned: Error[] = [];
+    replicator.on('bootstrap-abandoned', (error: Error) => abandoned.push(error));
+    await until(() => abandoned.length >= 1, 'the copy to be thrown away');
+    expect(abandoned[0]).toMatchObject({ code: 'SYNC_FAILED' });
+    expect(abandoned[0]!.message).toMatch(
+      /syncfs of .* failed during the bulk copy: the copy is made again; check the disk$/,
+    );
+    expect((await readdir(join(dir, 'filestore'))).sort()).toEqual(['.pfs']);
+    // Its batches of 70 files (a syncfs each) keep failing the same way, and log nothing.
+    await until(
+      () => errors.filter((e) => (e as ReplicatorError).code === 'SYNC_FAILED').length >= 4,
+      'batches failing',
+    );
+    expect(replicator.applied).toBe(0n);
+    process.env.PATH = path;
+    await until(() => replicator.applied === m.log.lastTxid, 'catch-up once syncfs works');
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
   it('drains what a source has and resolves, without waiting for more', async () => {
