@@ -10,7 +10,12 @@ export async function fsyncParents(root: string, paths: readonly string[]): Prom
   const dirs = new Set(paths.map((p) => dirname(join(root, p))));
   await Promise.all(
     [...dirs].map(async (dir) => {
-      const handle = await open(dir, 'r').catch(() => undefined);
+      // Gone (the batch deleted it): nothing to make durable. Any other failure (EMFILE,
+      // EACCES) fails the batch rather than log records whose renames may not be durable.
+      const handle = await open(dir, 'r').catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
+        throw error;
+      });
       if (handle === undefined) return;
       try {
         await handle.sync();
