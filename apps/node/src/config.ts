@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { MAX_PATH_BYTES } from '@pfs/filestore';
 import { z } from 'zod';
 
 /**
@@ -12,6 +13,12 @@ import { z } from 'zod';
 const booleanFlag = z
   .union([z.boolean(), z.enum(['true', 'false', '1', '0'])])
   .transform((v) => v === true || v === 'true' || v === '1');
+
+/**
+ * Longest data dir: `<dataDir>/filestore/.pfs/bulk-copy/`, a store path of MAX_PATH_BYTES and a
+ * temp name beside its last component all have to fit in Linux's 4095-byte path.
+ */
+export const MAX_DATA_DIR_BYTES = 2048;
 
 export const ConfigSchema = z
   .object({
@@ -60,7 +67,17 @@ export const ConfigSchema = z
       });
       return z.NEVER;
     }
-    return { ...c, nodeId, rsyncPort, dataDir: resolve(c.dataDir ?? `/tmp/${nodeId}`) };
+    const dataDir = resolve(c.dataDir ?? `/tmp/${nodeId}`);
+    if (Buffer.byteLength(dataDir) > MAX_DATA_DIR_BYTES) {
+      ctx.issues.push({
+        code: 'custom',
+        input: dataDir,
+        path: ['dataDir'],
+        message: `it is ${Buffer.byteLength(dataDir)} bytes long; with store paths of up to ${MAX_PATH_BYTES} bytes under it, file names would pass Linux's 4095-byte limit: use a data dir of at most ${MAX_DATA_DIR_BYTES} bytes`,
+      });
+      return z.NEVER;
+    }
+    return { ...c, nodeId, rsyncPort, dataDir };
   });
 
 /** The fields a config file may set: the schema's, which are not always the flags' camelCase. */

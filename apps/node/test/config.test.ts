@@ -45,6 +45,10 @@ describe('node config', () => {
     [['--watch', 'maybe'], /^bad config value for watch: /],
     [['--max-file-bytes', '0'], /^bad config value for maxFileBytes: /],
     [
+      ['--data-dir', `/${'d'.repeat(250)}`.repeat(9)],
+      /^bad config value for dataDir: it is 2259 bytes long; with store paths of up to 1024 bytes under it, file names would pass Linux's 4095-byte limit: use a data dir of at most 2048 bytes$/,
+    ],
+    [
       ['--http-port', '60000'],
       /^bad config value for rsyncPort: the default, http port \+ 10000 = 70000, is above 65535: set rsyncPort \(--rsync-port\)$/,
     ],

@@ -5,6 +5,7 @@ import {
   deleteFile,
   FilestoreError,
   hashFile,
+  MAX_PATH_BYTES,
   partitionOf,
   type StagedFile,
   statFile,
@@ -166,6 +167,17 @@ export class ChangelogGenerator {
    * or undefined when there was nothing to log or the partition is not this node's.
    */
   observe(path: string): Promise<LogRecord | undefined> {
+    // A file dropped in by hand under a longer path than the API takes: logged, it would stop
+    // every replica whose store directory is longer than this node's (see MAX_PATH_BYTES).
+    if (Buffer.byteLength(path) > MAX_PATH_BYTES) {
+      return Promise.reject(
+        new FilestoreError(
+          'PATH_TOO_LONG',
+          `${JSON.stringify(path.slice(0, 60))}… is over ${MAX_PATH_BYTES} bytes, so it is not logged or replicated: rename it`,
+          { path },
+        ),
+      );
+    }
     return this.locks.run(path, async () => {
       const partition = this.partitionOf(path);
       const owned = this.partitions.get(partition);

@@ -159,6 +159,18 @@ describe('ChangelogGenerator', () => {
     expect(await generator.reconcile()).toBe(0);
   });
 
+  it('does not log a file dropped in under a path longer than the API takes', async () => {
+    const { root, generator, logs } = await setup();
+    const dir = join(root, ...Array.from({ length: 5 }, () => 'd'.repeat(250)));
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'long'), 'too deep to replicate everywhere');
+    await writeFile(join(root, 'short'), 'fine');
+    await expect(generator.reconcile()).rejects.toThrow(
+      /… is over 1024 bytes, so it is not logged or replicated: rename it$/,
+    );
+    expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual(['put short']);
+  });
+
   it('logs no delete for a path it cannot stat (ELOOP), only for one that is gone', async () => {
     const { root, generator, logs } = await setup();
     for (const name of ['d/x', 'gone'])

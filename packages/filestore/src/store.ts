@@ -103,6 +103,13 @@ function translate(error: unknown, path: string): unknown {
       },
     );
   }
+  if (code === 'ENAMETOOLONG') {
+    return new FilestoreError(
+      'PATH_TOO_LONG',
+      `${quote(path)} with this node's store directory is too long for the file system: use a shorter path`,
+      { path, cause: error },
+    );
+  }
   if (code === 'ENOTDIR') {
     return new FilestoreError('PATH_CONFLICT', `cannot write ${quote(path)}: a parent of it is a file`, {
       path,

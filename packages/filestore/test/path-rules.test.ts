@@ -36,6 +36,14 @@ describe('validateStorePath', () => {
     }
   });
 
+  it('takes paths of up to 1024 bytes, which fit under any data dir a node accepts', () => {
+    const path = (bytes: number) => `${'d'.repeat(200)}/`.repeat(4) + 'f'.repeat(bytes - 804);
+    expect(validateStorePath(path(1024))).toBe(path(1024));
+    expect(() => validateStorePath(path(1025))).toThrow(
+      /^bad path ".*": it is over 1024 bytes: use a shorter path$/,
+    );
+  });
+
   it('gives a one-line message naming the cause and the fix', () => {
     for (const { path } of oddNames.reject) {
       try {

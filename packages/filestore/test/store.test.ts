@@ -175,6 +175,18 @@ describe('file store', () => {
     expect(await codeOf(deleteFile(root, 'missing'))).toBe('NOT_FOUND');
   });
 
+  it('names a path too long for the file system under its store directory', async () => {
+    // A store directory of ~3300 bytes: with a 1000-byte path, over Linux's 4095.
+    const root = join(await store(), ...Array.from({ length: 13 }, (_, i) => `${i}`.padEnd(250, 'r')));
+    await mkdir(root, { recursive: true });
+    const path = `${'d'.repeat(250)}/`.repeat(3) + 'f'.repeat(240);
+    const error = (await putFile(root, path, Buffer.from('x')).catch((e) => e)) as FilestoreError;
+    expect(error.code).toBe('PATH_TOO_LONG');
+    expect(error.message).toMatch(
+      / with this node's store directory is too long for the file system: use a shorter path$/,
+    );
+  });
+
   it('keeps its sentinel and hides internal files from the walk', async () => {
     const root = await store();
     await initStore(root);
