@@ -49,6 +49,7 @@ export const ConfigSchema = z
       .default(1024 * 1024 * 1024),
     ackMode: z.enum(['local', 'one', 'all']).default('local'),
     ackTimeoutMs: z.coerce.number().int().min(0).max(600_000).default(5000),
+    bodyIdleTimeoutMs: z.coerce.number().int().min(100).max(3_600_000).default(30_000),
     watch: booleanFlag.default(true),
     watchSettleMs: z.coerce.number().int().min(0).default(100),
     revokeRefusingMaster: booleanFlag.default(false),
@@ -107,6 +108,7 @@ const FLAGS = {
   watch: { type: 'string' },
   'revoke-refusing-master': { type: 'string' },
   'ack-timeout-ms': { type: 'string' },
+  'body-idle-timeout-ms': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -127,6 +129,7 @@ const FIELD_OF_FLAG: Record<string, string> = {
   watch: 'watch',
   'revoke-refusing-master': 'revokeRefusingMaster',
   'ack-timeout-ms': 'ackTimeoutMs',
+  'body-idle-timeout-ms': 'bodyIdleTimeoutMs',
 };
 
 export const USAGE = `usage: pnpm --filter node start -- [options]
@@ -141,6 +144,8 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --lease-ttl SECONDS   etcd lease TTL (default 2)
   --ack MODE            default ack of writes: local (fsynced here), one (and on a replica), all
   --ack-timeout-ms N    how long a write waits for its ack before answering 504 (default 5000)
+  --body-idle-timeout-ms N
+                        drop a PUT whose body sends nothing for this long (default 30000)
   --watch true|false    watch filestore/ for files dropped in by hand (default true; false leaves
                         them to the periodic reconcile scan and saves CPU under heavy API writes)
   --revoke-refusing-master true|false
@@ -149,11 +154,11 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
                         see docs/operations.md for what it trades)
   --config FILE         JSON file of fields nodeId, host, httpPort, rsyncPort, dataDir, etcd,
                         cluster, partitions, leaseTtlSeconds, rsyncBin, maxFileBytes, ackMode,
-                        ackTimeoutMs, watch, watchSettleMs, revokeRefusingMaster,
+                        ackTimeoutMs, bodyIdleTimeoutMs, watch, watchSettleMs, revokeRefusingMaster,
                         reconcileIntervalMs, logLevel (an unknown field stops the node)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
-PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_WATCH,
-PFS_REVOKE_REFUSING_MASTER.`;
+PFS_CLUSTER, PFS_PARTITIONS, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS,
+PFS_BODY_IDLE_TIMEOUT_MS, PFS_WATCH, PFS_REVOKE_REFUSING_MASTER.`;
 
 /** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {

@@ -264,7 +264,21 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     let staged: Awaited<ReturnType<typeof stageFile>> | undefined;
     try {
       // Not destroyed when staging stops early (limit, disk full): the answer still has to go out.
-      staged = await stageFile(fileStore, path, request.raw.iterator({ destroyOnReturn: false }), {
+      // A client gone silent mid-upload (its host lost, a cable pulled) never closes the
+      // connection: without a limit its temp file and handle would stay until the node stops.
+      const body = withIdleLimit(
+        request.raw.iterator({ destroyOnReturn: false }),
+        state.config.bodyIdleTimeoutMs,
+        () =>
+          request.raw.destroy(
+            new FilestoreError(
+              'ABORTED',
+              `no bytes of the body of ${JSON.stringify(path)} for ${state.config.bodyIdleTimeoutMs} ms: the upload was dropped; send it again`,
+              { path },
+            ),
+          ),
+      );
+      staged = await stageFile(fileStore, path, body, {
         maxBytes: state.config.maxFileBytes,
         ...(typeof expected === 'string' ? { expectedSha256: expected } : {}),
       });
@@ -412,6 +426,27 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   );
 
   return app;
+}
+
+/**
+ * Yields `source`'s chunks, calling `onIdle` when the next one has not come within `idleMs` of
+ * being asked for. Time spent by the consumer on a chunk does not count.
+ */
+export async function* withIdleLimit<T>(
+  source: AsyncIterable<T>,
+  idleMs: number,
+  onIdle: () => void,
+): AsyncGenerator<T> {
+  let timer = setTimeout(onIdle, idleMs);
+  try {
+    for await (const chunk of source) {
+      clearTimeout(timer);
+      yield chunk;
+      timer = setTimeout(onIdle, idleMs);
+    }
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;

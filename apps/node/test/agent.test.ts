@@ -2,7 +2,7 @@ import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -1053,6 +1053,37 @@ describe('node agent over HTTP', () => {
     });
     const aboutPulls = warnings.filter((m) => m.startsWith('partition 0: rsync'));
     expect(aboutPulls).toHaveLength(1);
+  });
+
+  it('drops an upload whose body goes silent, and keeps no temp file of it', async () => {
+    const cluster = `silent-upload-${++clusterSeq}`;
+    const master = await start({ ...(await agentConfig(cluster)), bodyIdleTimeoutMs: 300 });
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    const store = join(master.config.dataDir, 'filestore');
+    // Ten of a hundred announced bytes, then nothing, the connection left open.
+    const socket = connect(master.config.httpPort, '127.0.0.1');
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    // Closed by the node, or here if the test fails first.
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    let closedHere = false;
+    const guard = setTimeout(() => {
+      closedHere = true;
+      socket.destroy();
+    }, 20_000);
+    socket.write('PUT /v1/files/stalled HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789');
+    await until('the temp file', async () =>
+      (await readdir(store)).some((n) => n.startsWith('.pfs-tmp.')) ? true : undefined,
+    );
+    await closed;
+    clearTimeout(guard);
+    expect(closedHere).toBe(false);
+    // Removed as the write unwinds, just after the connection closed.
+    await until('no temp file', async () =>
+      (await readdir(store)).every((n) => n === '.pfs') ? true : undefined,
+    );
+    expect((await fetch(`${master.url}/v1/files/stalled`)).status).toBe(404);
+    // The node goes on taking writes.
+    expect((await fetch(`${master.url}/v1/files/after`, { method: 'PUT', body: 'a' })).status).toBe(201);
   });
 
   it('will not start on a store without its sentinel while its log holds records (an unmounted store)', async () => {

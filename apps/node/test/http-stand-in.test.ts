@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentState } from '../src/agent-state.ts';
-import { buildHttpServer } from '../src/http.ts';
+import { buildHttpServer, withIdleLimit } from '../src/http.ts';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -31,6 +31,7 @@ async function server(
       ackMode: 'local',
       ackTimeoutMs: 1000,
       maxFileBytes: 1024,
+      bodyIdleTimeoutMs: 30_000,
       nodeId: 'n1',
     },
     controllers: [
@@ -136,5 +137,33 @@ describe('listing', () => {
     } finally {
       await app.close();
     }
+  });
+});
+
+describe('withIdleLimit', () => {
+  const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+  async function* chunks(gapsMs: number[]) {
+    for (const [i, gap] of gapsMs.entries()) {
+      await pause(gap);
+      yield i;
+    }
+  }
+
+  it('counts only the time the source takes, not the time spent on each chunk', async () => {
+    let idle = 0;
+    const got: number[] = [];
+    for await (const chunk of withIdleLimit(chunks([5, 5, 5]), 60, () => idle++)) {
+      got.push(chunk);
+      await pause(100);
+    }
+    expect(got).toEqual([0, 1, 2]);
+    expect(idle).toBe(0);
+  });
+
+  it('calls onIdle when the next chunk is late', async () => {
+    let idle = 0;
+    for await (const _ of withIdleLimit(chunks([5, 150]), 60, () => idle++)) {
+    }
+    expect(idle).toBe(1);
   });
 });
