@@ -8,6 +8,7 @@ export type ReplicatorErrorCode =
   | 'DIRECTORY_IN_THE_WAY'
   | 'FILE_IN_THE_WAY'
   | 'SYNC_FAILED'
+  | 'UNSETTLED'
   | 'CLOSED';
 
 export class ReplicatorError extends Error {

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { lstat, mkdir, readdir, rm, unlink } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, STORE_META_DIR, statFile } from '@pfs/filestore';
 import {
@@ -188,15 +188,32 @@ export class Replicator extends EventEmitter {
    */
   private readonly rsyncTempDir: string;
   private readonly gate: StoreGate;
+  /**
+   * Paths a pull may have written whose batch is not logged (it failed or was cut short), with
+   * the source they came from; kept in `unsettledFile` too, so that a restart knows them. Their
+   * bytes may be those of records the next master never had (the old one died with them): before
+   * this replica applies anything from another source, they are made that source's (settle).
+   */
+  private readonly unsettled = new Set<string>();
+  private unsettledFrom: RecordSource | undefined;
+  private readonly unsettledFile: string;
   /** An rsync started for the next small batch, waiting for its list (see pull). */
   private primed:
     | { pull: StartedPull; source: RecordSource; idleTimer: NodeJS.Timeout; kill: AbortController }
     | undefined;
 
-  constructor(options: ReplicatorOptions, log: TxLog, ownsLog: boolean, applied: TxId) {
+  constructor(
+    options: ReplicatorOptions,
+    log: TxLog,
+    ownsLog: boolean,
+    applied: TxId,
+    unsettled: readonly string[] = [],
+  ) {
     super();
     this.options = options;
     this.partition = options.partition ?? 0;
+    this.unsettledFile = unsettledFileOf(options.checkpointDir, this.partition);
+    for (const path of unsettled) this.unsettled.add(path);
     this.rsyncTempDir = rsyncTempDirOf(options.fileStoreDir, this.partition);
     this.gate = options.storeGate ?? new StoreGate();
     this.source = toSource(options.source, options.replicaId);
@@ -273,6 +290,7 @@ export class Replicator extends EventEmitter {
     await this.adoptLogEnd();
     await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
     const stop = signal ?? new AbortController().signal;
+    await this.settle(this.source, stop);
     const unverified = new Set<string>();
     let backoffMs = 0;
     for (let attempt = 0; ; attempt++) {
@@ -550,6 +568,7 @@ export class Replicator extends EventEmitter {
       this.fetchController = controller;
       const signal = AbortSignal.any([loopSignal, controller.signal]);
       try {
+        if (this.unsettled.size > 0 && this.unsettledFrom !== source) await this.settle(source, signal);
         // Catching up after a bootstrap, batches mostly check digests: unless told otherwise,
         // take the largest pages the feed gives.
         const maxRecords =
@@ -671,6 +690,7 @@ export class Replicator extends EventEmitter {
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
+      if (needed.length > 0) await this.noteUnsettled(needed, source);
       const pulledBy =
         needed.length > 0
           ? await this.pull(source, needed, signal, plan.expected, {
@@ -712,6 +732,7 @@ export class Replicator extends EventEmitter {
     // A batch whose append failed part-way may have logged some records already.
     const unlogged = records.filter((record) => record.txid > this.log.lastTxid);
     await Promise.all(unlogged.map((record) => this.log.appendRecord(record)));
+    if (this.unsettled.size > 0) await this.noteSettled(plan.paths);
     const to = records.at(-1)!.txid;
     this.appliedTxid = to;
     this.checkpoint.note(to);
@@ -1033,6 +1054,58 @@ export class Replicator extends EventEmitter {
   }
 
   /**
+   * Records that a pull is about to write `paths` from `source`. The file is written without
+   * fsync: a process killed mid-pull leaves it in the page cache, and on ext4 its creation is
+   * journalled before the renames rsync makes after it.
+   */
+  private async noteUnsettled(paths: readonly string[], source: RecordSource): Promise<void> {
+    const before = this.unsettled.size;
+    // Paths from two sources: whichever comes next is another for some of them.
+    this.unsettledFrom = before === 0 || this.unsettledFrom === source ? source : undefined;
+    for (const path of paths) this.unsettled.add(path);
+    if (this.unsettled.size === before) return;
+    await writeFile(this.unsettledFile, [...this.unsettled].join('\0'));
+  }
+
+  private async noteSettled(paths: readonly string[]): Promise<void> {
+    for (const path of paths) this.unsettled.delete(path);
+    if (this.unsettled.size > 0) await writeFile(this.unsettledFile, [...this.unsettled].join('\0'));
+    else {
+      this.unsettledFrom = undefined;
+      await rm(this.unsettledFile, { force: true });
+    }
+  }
+
+  /**
+   * Makes the unsettled paths what `source` holds now (pulled, or deleted where it has none),
+   * before anything from it is applied: what an earlier source's cut-short pull left there may
+   * be bytes of records `source` never had. Its later records are then checked against them as
+   * usual. A failure is reported and the paths stay unsettled for the next source or start.
+   */
+  private async settle(source: RecordSource, signal: AbortSignal): Promise<void> {
+    if (this.unsettled.size === 0) return;
+    const paths = [...this.unsettled];
+    try {
+      await this.gate.shared(() => pullBatch({ ...this.pullOptions(source, signal), paths }), signal, {
+        preempt: true,
+      });
+      this.bootstrapDigests?.forgetTouched(paths);
+      await fsyncParents(this.options.fileStoreDir, paths);
+      await this.noteSettled(paths);
+    } catch (error) {
+      if (signal.aborted) throw error;
+      this.unsettledFrom = source;
+      this.report(
+        new ReplicatorError(
+          'UNSETTLED',
+          `${paths.length} path(s) a cut-short pull left (${JSON.stringify(paths[0])}…) could not be made ${source.description}'s: ${(error as Error).message}; they may hold bytes no log records`,
+          { cause: error },
+        ),
+      );
+    }
+  }
+
+  /**
    * Takes the log's end as the applied txid when the log is past it: this node wrote there as
    * master since (a promotion's marker, then its own records, none of which pass through here).
    * Done before following or draining, so that a fenced master does not fetch its own term again
@@ -1101,9 +1174,21 @@ export async function createReplicator(options: ReplicatorOptions): Promise<Repl
   // resume from; a checkpoint behind it only means a crash came between the two writes.
   const applied = log.lastTxid;
   if (checkpoint !== applied) await writeCheckpoint(checkpointFile, applied);
-  const replicator = new Replicator(options, log, options.log === undefined, applied);
+  const unsettled = await readFile(
+    unsettledFileOf(options.checkpointDir, options.partition ?? 0),
+    'utf8',
+  ).then(
+    (text) => text.split('\0').filter((path) => path !== ''),
+    () => [] as string[],
+  );
+  const replicator = new Replicator(options, log, options.log === undefined, applied, unsettled);
   if (options.follow !== false) replicator.start();
   return replicator;
+}
+
+/** Where a replicator keeps its unsettled paths (NUL-separated), beside its checkpoint. */
+function unsettledFileOf(checkpointDir: string, partition: number): string {
+  return join(checkpointDir, `${partition}.unsettled`);
 }
 
 function nextBackoff(previousMs: number, error: unknown): number {

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import {
   type FileHandle,
@@ -1090,6 +1090,52 @@ describe('replicator against a real rsync daemon', () => {
     process.env.PATH = path;
     await until(() => replicator.applied === m.log.lastTxid, 'catch-up once syncfs works');
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
+  it("makes what a cut-short pull left the next master's, even across a restart, before following it", async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('kept', 'logged everywhere');
+    const first = await replicate(m, dir, { bootstrap: false });
+    await until(() => first.replicator.applied === m.log.lastTxid, 'replica to catch up');
+    const applied = first.replicator.applied;
+    // The next master's store: all that was logged so far, and nothing after.
+    const { dir: next, remove } = await tempDir('pfs-next-master-');
+    cleanups.push(remove);
+    execFileSync('cp', ['-a', `${m.root}/.`, next]);
+    const nextDaemon = await startRsyncDaemon({ modules: { filestore: next } });
+    cleanups.push(() => nextDaemon.stop());
+    // A record whose pull lands bytes but never passes (the file no longer matches it), and
+    // which the next master never gets: the old one dies with it.
+    await first.replicator.pause();
+    await m.put('lost', 'logged on the old master only');
+    await writeFile(join(m.root, 'lost'), 'and changed there since');
+    first.replicator.start();
+    await until(
+      () => first.errors.some((e) => (e as ReplicatorError).code === 'CONTENT_MISMATCH'),
+      'the pull to fail',
+    );
+    await first.replicator.stop();
+    const store = join(dir, 'filestore');
+    expect(await readFile(join(store, 'lost'), 'utf8')).toBe('and changed there since');
+    expect(first.replicator.applied).toBe(applied);
+    expect(await readFile(join(dir, 'checkpoint', '0.unsettled'), 'utf8')).toBe('lost');
+    // Restarted, following the next master, which has nothing new.
+    const successor: RecordSource = {
+      filesSource: nextDaemon.url('filestore'),
+      description: 'the next master',
+      async fetch(_after, options) {
+        await sleep(Math.min(options.waitMs, 20));
+        return { records: [], generation: 2n, lastTxid: applied };
+      },
+    };
+    await replicate(m, dir, { bootstrap: false, source: successor });
+    await until(async () => !(await readdir(store)).includes('lost'), 'the lost bytes gone');
+    expect(await readFile(join(store, 'kept'), 'utf8')).toBe('logged everywhere');
+    await until(
+      async () => !(await readdir(join(dir, 'checkpoint'))).includes('0.unsettled'),
+      'nothing left unsettled',
+    );
   });
 
   it('drains what a source has and resolves, without waiting for more', async () => {
