@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { lstat, mkdir, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
+import { rmSync, writeFileSync } from 'node:fs';
+import { lstat, mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashFile, STORE_META_DIR, statFile } from '@pfs/filestore';
 import {
@@ -690,7 +691,7 @@ export class Replicator extends EventEmitter {
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       this.bootstrapDigests?.forgetTouched(needed);
-      if (needed.length > 0) await this.noteUnsettled(needed, source);
+      if (needed.length > 0) this.noteUnsettled(needed, source);
       const pulledBy =
         needed.length > 0
           ? await this.pull(source, needed, signal, plan.expected, {
@@ -732,7 +733,7 @@ export class Replicator extends EventEmitter {
     // A batch whose append failed part-way may have logged some records already.
     const unlogged = records.filter((record) => record.txid > this.log.lastTxid);
     await Promise.all(unlogged.map((record) => this.log.appendRecord(record)));
-    if (this.unsettled.size > 0) await this.noteSettled(plan.paths);
+    if (this.unsettled.size > 0) this.noteSettled(plan.paths);
     const to = records.at(-1)!.txid;
     this.appliedTxid = to;
     this.checkpoint.note(to);
@@ -1056,23 +1057,24 @@ export class Replicator extends EventEmitter {
   /**
    * Records that a pull is about to write `paths` from `source`. The file is written without
    * fsync: a process killed mid-pull leaves it in the page cache, and on ext4 its creation is
-   * journalled before the renames rsync makes after it.
+   * journalled before the renames rsync makes after it. Synchronously: it is on every batch's
+   * path, and a small write to the page cache costs less than a thread-pool round trip.
    */
-  private async noteUnsettled(paths: readonly string[], source: RecordSource): Promise<void> {
+  private noteUnsettled(paths: readonly string[], source: RecordSource): void {
     const before = this.unsettled.size;
     // Paths from two sources: whichever comes next is another for some of them.
     this.unsettledFrom = before === 0 || this.unsettledFrom === source ? source : undefined;
     for (const path of paths) this.unsettled.add(path);
     if (this.unsettled.size === before) return;
-    await writeFile(this.unsettledFile, [...this.unsettled].join('\0'));
+    writeFileSync(this.unsettledFile, [...this.unsettled].join('\0'));
   }
 
-  private async noteSettled(paths: readonly string[]): Promise<void> {
+  private noteSettled(paths: readonly string[]): void {
     for (const path of paths) this.unsettled.delete(path);
-    if (this.unsettled.size > 0) await writeFile(this.unsettledFile, [...this.unsettled].join('\0'));
+    if (this.unsettled.size > 0) writeFileSync(this.unsettledFile, [...this.unsettled].join('\0'));
     else {
       this.unsettledFrom = undefined;
-      await rm(this.unsettledFile, { force: true });
+      rmSync(this.unsettledFile, { force: true });
     }
   }
 
@@ -1091,7 +1093,7 @@ export class Replicator extends EventEmitter {
       });
       this.bootstrapDigests?.forgetTouched(paths);
       await fsyncParents(this.options.fileStoreDir, paths);
-      await this.noteSettled(paths);
+      this.noteSettled(paths);
     } catch (error) {
       if (signal.aborted) throw error;
       this.unsettledFrom = source;
