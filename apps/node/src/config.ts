@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { MAX_PATH_BYTES } from '@pfs/filestore';
+import { MAX_NEW_PATH_BYTES } from '@pfs/filestore';
 import { z } from 'zod';
 
 /**
@@ -15,7 +15,7 @@ const booleanFlag = z
   .transform((v) => v === true || v === 'true' || v === '1');
 
 /**
- * Longest data dir: `<dataDir>/filestore/.pfs/bulk-copy/`, a store path of MAX_PATH_BYTES and a
+ * Longest data dir: `<dataDir>/filestore/.pfs/bulk-copy/`, a store path of MAX_NEW_PATH_BYTES and a
  * temp name beside its last component all have to fit in Linux's 4095-byte path.
  */
 export const MAX_DATA_DIR_BYTES = 2048;
@@ -74,7 +74,7 @@ export const ConfigSchema = z
         code: 'custom',
         input: dataDir,
         path: ['dataDir'],
-        message: `it is ${Buffer.byteLength(dataDir)} bytes long; with store paths of up to ${MAX_PATH_BYTES} bytes under it, file names would pass Linux's 4095-byte limit: use a data dir of at most ${MAX_DATA_DIR_BYTES} bytes`,
+        message: `it is ${Buffer.byteLength(dataDir)} bytes long; with store paths of up to ${MAX_NEW_PATH_BYTES} bytes under it, file names would pass Linux's 4095-byte limit: use a data dir of at most ${MAX_DATA_DIR_BYTES} bytes`,
       });
       return z.NEVER;
     }

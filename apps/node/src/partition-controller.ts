@@ -223,7 +223,7 @@ export class PartitionController {
       return;
     }
     if (!this.deps.coordinator.sessionValid()) return;
-    const wait = this.electAfter - Date.now();
+    const wait = this.electAfter - performance.now();
     if (wait > 0) {
       this.role = 'offline';
       this.electTimer ??= setTimeout(() => {
@@ -257,6 +257,8 @@ export class PartitionController {
     }
     replicator.switchSource(source);
     replicator.start();
+    // Following a master again: failed promotions of an earlier failover no longer count.
+    this.promotionFailures = 0;
     this.following = key;
     this.role = 'replica';
     this.deps.logger.info(
@@ -608,11 +610,14 @@ export class PartitionController {
       await this.promote(token);
       this.promotionFailures = 0;
     } catch (error) {
-      const delay = promotionRetryDelayMs(++this.promotionFailures);
-      this.electAfter = Date.now() + delay;
+      // Only a failure of this node's own (its disk, its log, a peer it could not drain) keeps
+      // it out of the next votes; losing the lease or being stopped says nothing about it.
+      const own = !(error instanceof PromotionInterrupted);
+      const delay = own ? promotionRetryDelayMs(++this.promotionFailures) : 0;
+      this.electAfter = performance.now() + delay;
       this.deps.logger.warn(
         { partition: this.partition, err: error, retryMs: delay },
-        `partition ${this.partition}: promotion failed: ${(error as Error).message}; not standing for election for ${delay} ms`,
+        `partition ${this.partition}: promotion failed: ${(error as Error).message}${own ? `; not standing for election for ${delay} ms` : ''}`,
       );
       await this.deps.generator.detach(this.partition);
       // Should the resign fail, the claim is given back when the wait above ends (evaluate).
@@ -666,9 +671,9 @@ export class PartitionController {
     // Fencing may strike at any await below; never act on a mastership we no longer hold.
     const stillMine = () => {
       if (this.token !== token || !coordinator.sessionValid())
-        throw new Error('mastership lost during promotion');
+        throw new PromotionInterrupted('mastership lost during promotion');
       // The drains' signal: aborted, they end at once, and a bump would skip what they lacked.
-      if (this.stop.signal.aborted) throw new Error('the node is stopping');
+      if (this.stop.signal.aborted) throw new PromotionInterrupted('the node is stopping');
     };
     // Durable before the drain, which may keep bytes that match no record, and before the first
     // put can rename a file into place: from here until a checkStore, this node's store may hold
@@ -800,6 +805,9 @@ export class PartitionController {
 }
 
 const REPLICATION_WARNING_INTERVAL_MS = 10_000;
+
+/** A promotion cut short by the loss of the claim or by the node stopping, not by a fault of its own. */
+class PromotionInterrupted extends Error {}
 
 /** Promotions in a row that give the vote back when a better-informed live peer cannot be drained. */
 const MAX_PROMOTIONS_WAITING_FOR_A_PEER = 3;

@@ -5,7 +5,7 @@ import {
   deleteFile,
   FilestoreError,
   hashFile,
-  MAX_PATH_BYTES,
+  MAX_NEW_PATH_BYTES,
   partitionOf,
   type StagedFile,
   statFile,
@@ -168,12 +168,12 @@ export class ChangelogGenerator {
    */
   observe(path: string): Promise<LogRecord | undefined> {
     // A file dropped in by hand under a longer path than the API takes: logged, it would stop
-    // every replica whose store directory is longer than this node's (see MAX_PATH_BYTES).
-    if (Buffer.byteLength(path) > MAX_PATH_BYTES) {
+    // every replica whose store directory is longer than this node's (see MAX_NEW_PATH_BYTES).
+    if (Buffer.byteLength(path) > MAX_NEW_PATH_BYTES) {
       return Promise.reject(
         new FilestoreError(
           'PATH_TOO_LONG',
-          `${JSON.stringify(path.slice(0, 60))}… is over ${MAX_PATH_BYTES} bytes, so it is not logged or replicated: rename it`,
+          `${JSON.stringify(path.slice(0, 60))}… is over ${MAX_NEW_PATH_BYTES} bytes, so it is not logged or replicated: rename it`,
           { path },
         ),
       );

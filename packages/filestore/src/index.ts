@@ -3,9 +3,11 @@ export { partitionOf } from './partition.ts';
 export {
   isInternalPath,
   MAX_COMPONENT_BYTES,
+  MAX_NEW_PATH_BYTES,
   MAX_PATH_BYTES,
   STORE_META_DIR,
   TEMP_PREFIX,
+  validateNewStorePath,
   validateStorePath,
 } from './path-rules.ts';
 export {

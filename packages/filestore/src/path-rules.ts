@@ -3,18 +3,22 @@ import { FilestoreError, quote } from './errors.ts';
 /**
  * Rules for a path inside the store (pure). A valid path is relative, already normalised
  * (no `.`/`..`/empty components, no trailing `/`), well-formed UTF-8 without NUL, each component
- * at most 255 bytes and the whole at most 1024 bytes. Names are never normalised (NFC/NFD or case):
- * two spellings are two files. Two names are reserved for the store itself: the top-level `.pfs`
+ * at most 255 bytes and the whole at most 4096 bytes (1024 for a new file, validateNewStorePath).
+ * Names are never normalised (NFC/NFD or case): two spellings are two files. Two names are reserved for the store itself: the top-level `.pfs`
  * directory and any component starting with `.pfs-tmp.` (temp files of writes in progress).
  */
 export const MAX_COMPONENT_BYTES = 255;
+/** Longest path the store handles at all: reads, deletes, replication, quarantine. */
+export const MAX_PATH_BYTES = 4096;
 /**
- * Linux caps an absolute path at 4095 bytes, store directory included: a path the master could
- * hold under its short store directory could be one that no replica with a longer one ever can,
- * and that replica would stop at it for good. 1024 bytes (as S3 keys) leaves any node up to ~3000
- * bytes for its directory, which the node checks at start (MAX_DATA_DIR_BYTES).
+ * Longest path a new file may get (a put, a file dropped in and logged). Linux caps an absolute
+ * path at 4095 bytes, store directory included: a path the master could hold under its short
+ * store directory could be one that no replica with a longer one ever can, and that replica would
+ * stop at it for good. 1024 bytes (as S3 keys) leaves any node up to ~3000 bytes for its
+ * directory, which the node checks at start. Longer paths already stored (up to MAX_PATH_BYTES)
+ * are still read, deleted and replicated.
  */
-export const MAX_PATH_BYTES = 1024;
+export const MAX_NEW_PATH_BYTES = 1024;
 export const TEMP_PREFIX = '.pfs-tmp.';
 export const STORE_META_DIR = '.pfs';
 
@@ -57,6 +61,19 @@ export function validateStorePath(path: string): string {
     fail(
       'PATH_RESERVED',
       `the top-level "${STORE_META_DIR}" directory is reserved for the store: use another name`,
+    );
+  }
+  return path;
+}
+
+/** validateStorePath, and short enough for a new file (MAX_NEW_PATH_BYTES). */
+export function validateNewStorePath(path: string): string {
+  validateStorePath(path);
+  if (Buffer.byteLength(path, 'utf8') > MAX_NEW_PATH_BYTES) {
+    throw new FilestoreError(
+      'PATH_TOO_LONG',
+      `bad path ${quote(path)}: it is over ${MAX_NEW_PATH_BYTES} bytes: use a shorter path`,
+      { path },
     );
   }
   return path;

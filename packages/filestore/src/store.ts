@@ -15,7 +15,7 @@ import {
 import { dirname, join } from 'node:path';
 import { fsyncDir } from '@pfs/txlog';
 import { FilestoreError, quote } from './errors.ts';
-import { STORE_META_DIR, TEMP_PREFIX, validateStorePath } from './path-rules.ts';
+import { STORE_META_DIR, TEMP_PREFIX, validateNewStorePath, validateStorePath } from './path-rules.ts';
 import { syncDirectory } from './shared-sync.ts';
 
 /**
@@ -189,7 +189,7 @@ export async function stageFile(
   source: AsyncIterable<Uint8Array> | Uint8Array,
   options: StageOptions = {},
 ): Promise<StagedFile> {
-  validateStorePath(path);
+  validateNewStorePath(path);
   const target = join(root, path);
   const temp = join(dirname(target), `${TEMP_PREFIX}${randomBytes(6).toString('hex')}`);
   const hash = createHash('sha256');

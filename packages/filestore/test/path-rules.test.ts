@@ -1,4 +1,10 @@
-import { type FilestoreError, isInternalPath, partitionOf, validateStorePath } from '@pfs/filestore';
+import {
+  type FilestoreError,
+  isInternalPath,
+  partitionOf,
+  validateNewStorePath,
+  validateStorePath,
+} from '@pfs/filestore';
 import { describe, expect, it } from 'vitest';
 import { oddNames } from './odd-names.ts';
 
@@ -36,12 +42,15 @@ describe('validateStorePath', () => {
     }
   });
 
-  it('takes paths of up to 1024 bytes, which fit under any data dir a node accepts', () => {
+  it('takes new paths of up to 1024 bytes, which fit under any data dir a node accepts', () => {
     const path = (bytes: number) => `${'d'.repeat(200)}/`.repeat(4) + 'f'.repeat(bytes - 804);
-    expect(validateStorePath(path(1024))).toBe(path(1024));
-    expect(() => validateStorePath(path(1025))).toThrow(
+    expect(validateNewStorePath(path(1024))).toBe(path(1024));
+    expect(() => validateNewStorePath(path(1025))).toThrow(
       /^bad path ".*": it is over 1024 bytes: use a shorter path$/,
     );
+    // Longer ones stored before (up to 4096 bytes) are still read, deleted and replicated.
+    const stored = `${'d'.repeat(200)}/`.repeat(20) + 'f'.repeat(76);
+    expect(validateStorePath(stored)).toBe(stored);
   });
 
   it('gives a one-line message naming the cause and the fix', () => {

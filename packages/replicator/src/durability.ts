@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { open, readdir, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { storeIsInPlace } from '@pfs/filestore';
 
 /**
  * Making received files durable: per-file fdatasync for small batches (filestore's hashFile
@@ -32,10 +33,15 @@ export async function fsyncParents(root: string, paths: readonly string[]): Prom
  * once: a retry would read the cached bytes, find them right and sync nothing, and the log would
  * then claim bytes that never reached the disk. Removed, the file is pulled again.
  */
-export async function removeOnFailure<T>(file: string, check: () => Promise<T>): Promise<T> {
+export async function removeOnFailure<T>(
+  file: string,
+  check: () => Promise<T>,
+  beforeRemoving?: () => void,
+): Promise<T> {
   try {
     return await check();
   } catch (error) {
+    beforeRemoving?.();
     await unlink(file).catch(() => {});
     throw error;
   }
@@ -53,17 +59,26 @@ export async function syncFile(file: string): Promise<void> {
 /** From this many paths in a batch on, one syncfs is cheaper than a fsync per file. */
 export const SYNCFS_MIN_PATHS = 64;
 
-/** syncfs(2) of the file system holding `dir`, through coreutils `sync -f`; false if that failed. */
-export function syncFileSystem(dir: string): Promise<boolean> {
+/**
+ * syncfs(2) of the file system holding `dir`, through coreutils `sync -f`: 'synced'; 'failed'
+ * when it reported an error (a writeback error: bytes written before may not be on disk);
+ * 'unavailable' when it could not run at all (no `sync` binary, no fork), which says nothing
+ * about the disk, so callers fall back to per-file syncs.
+ */
+export function syncFileSystem(dir: string): Promise<'synced' | 'failed' | 'unavailable'> {
   return new Promise((resolve) => {
     const child = spawn('sync', ['-f', dir], { stdio: 'ignore' });
-    child.once('error', () => resolve(false));
-    child.once('exit', (code) => resolve(code === 0));
+    child.once('error', () => resolve('unavailable'));
+    child.once('exit', (code) => resolve(code === 0 ? 'synced' : 'failed'));
   });
 }
 
-/** A bulk bootstrap (rsync --delete) is only for a store holding nothing but its own metadata. */
+/**
+ * A bulk bootstrap is only for a store holding nothing but its own metadata. A directory
+ * without the store's sentinel is no empty store: most likely an empty mount point.
+ */
 export async function storeIsEmpty(root: string): Promise<boolean> {
+  if (!storeIsInPlace(root)) return false;
   const names = await readdir(root).catch(() => [] as string[]);
   return names.every((name) => name === '.pfs');
 }

@@ -9,6 +9,7 @@ export type ReplicatorErrorCode =
   | 'FILE_IN_THE_WAY'
   | 'SYNC_FAILED'
   | 'UNSETTLED'
+  | 'STORE_MISSING'
   | 'CLOSED';
 
 export class ReplicatorError extends Error {

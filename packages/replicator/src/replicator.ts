@@ -1,8 +1,16 @@
 import { EventEmitter } from 'node:events';
-import { rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, rmSync, writeFileSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { hashFile, STORE_META_DIR, statFile } from '@pfs/filestore';
+import {
+  assertStoreInPlace,
+  hashFile,
+  initStore,
+  SENTINEL_FILE,
+  STORE_META_DIR,
+  statFile,
+  storeIsInPlace,
+} from '@pfs/filestore';
 import {
   listTopLevel,
   type Progress,
@@ -198,6 +206,8 @@ export class Replicator extends EventEmitter {
   private readonly unsettled = new Set<string>();
   private unsettledFrom: RecordSource | undefined;
   private readonly unsettledFile: string;
+  /** When settle last failed or left paths over (performance.now()), to space out retries. */
+  private settleFailedAt = Number.NEGATIVE_INFINITY;
   /** An rsync started for the next small batch, waiting for its list (see pull). */
   private primed:
     | { pull: StartedPull; source: RecordSource; idleTimer: NodeJS.Timeout; kill: AbortController }
@@ -250,9 +260,13 @@ export class Replicator extends EventEmitter {
     if (this.loop !== undefined || this.closed) return;
     const controller = new AbortController();
     this.loopController = controller;
-    this.loop = this.follow(controller.signal).finally(() => {
-      this.loop = undefined;
-    });
+    this.loop = this.follow(controller.signal)
+      // Nothing awaits the loop while it runs: a failure outside its retries is reported rather
+      // than left to end the process as an unhandled rejection.
+      .catch((error: unknown) => this.report(error))
+      .finally(() => {
+        this.loop = undefined;
+      });
   }
 
   /** Stops following and waits for the batch in flight to be abandoned or finished. */
@@ -291,7 +305,6 @@ export class Replicator extends EventEmitter {
     await this.adoptLogEnd();
     await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
     const stop = signal ?? new AbortController().signal;
-    await this.settle(this.source, stop);
     const unverified = new Set<string>();
     let backoffMs = 0;
     for (let attempt = 0; ; attempt++) {
@@ -303,6 +316,9 @@ export class Replicator extends EventEmitter {
           signal: stop,
           acknowledges: true,
         });
+        // After the fetch: a dead source fails it first, without a settle waiting out rsync's
+        // connection timeout on top.
+        await this.settle(this.source, stop);
         if (fetched.records.length === 0) {
           // A drained replica is about to write the store as master: what the bootstrap knew
           // about it stops being true.
@@ -363,7 +379,7 @@ export class Replicator extends EventEmitter {
     });
     // Writeback of the copy runs alongside it: a syncfs whenever enough new files are in place
     // (one at a time), so that the final one only has the tail left to flush.
-    let syncing: Promise<boolean> | undefined;
+    let syncing: Promise<'synced' | 'failed' | 'unavailable'> | undefined;
     let syncFailed = false;
     let sinceSync = 0;
     // Stopping must not wait for a backlog of files to hash.
@@ -375,7 +391,7 @@ export class Replicator extends EventEmitter {
       sinceSync = 0;
       syncing = syncFileSystem(store)
         .then((synced) => {
-          if (!synced) syncFailed = true;
+          if (synced === 'failed') syncFailed = true;
           return synced;
         })
         .finally(() => {
@@ -424,7 +440,7 @@ export class Replicator extends EventEmitter {
       const hashedAt = performance.now();
       // Durable before it moves in: after a syncfs that failed (a writeback error is reported
       // once), the copy's bytes may not be on disk whatever later syncs say, so it is made again.
-      if (syncFailed || !(await syncFileSystem(store))) {
+      if (syncFailed || (await syncFileSystem(store)) === 'failed') {
         throw new ReplicatorError(
           'SYNC_FAILED',
           `syncfs of ${store} failed during the bulk copy: the copy is made again; check the disk`,
@@ -435,7 +451,8 @@ export class Replicator extends EventEmitter {
       const kept = await moveIntoStore(staging, store);
       collector.digests.forgetTouched(kept);
       await this.discardStaging();
-      this.storeSynced = await syncFileSystem(store);
+      // Without `sync` the copy's hashes are not trusted: the replay reads and syncs each file.
+      this.storeSynced = (await syncFileSystem(store)) === 'synced';
       if (this.storeSynced) this.bootstrapDigests = collector.digests;
       this.emit('bootstrapped', {
         durationMs: performance.now() - started,
@@ -569,7 +586,6 @@ export class Replicator extends EventEmitter {
       this.fetchController = controller;
       const signal = AbortSignal.any([loopSignal, controller.signal]);
       try {
-        if (this.unsettled.size > 0 && this.unsettledFrom !== source) await this.settle(source, signal);
         // Catching up after a bootstrap, batches mostly check digests: unless told otherwise,
         // take the largest pages the feed gives.
         const maxRecords =
@@ -595,6 +611,7 @@ export class Replicator extends EventEmitter {
             acknowledges: true,
           }));
         this.checkSource(fetched.generation, fetched.lastTxid, source);
+        await this.settle(source, signal);
         if (this.bootstrapDigests !== undefined && fetched.records.length === maxRecords) {
           const after = fetched.records.at(-1)!.txid;
           const prefetchStop = new AbortController();
@@ -666,6 +683,8 @@ export class Replicator extends EventEmitter {
     signal: AbortSignal,
     options: { tolerateMismatch?: boolean; primeNext?: boolean },
   ): Promise<string[]> {
+    // An unmounted store (an empty mount point) must not receive files its log then records.
+    assertStoreInPlace(this.options.fileStoreDir);
     const tolerateMismatch = options.tolerateMismatch === true;
     const started = performance.now();
     const from = this.appliedTxid;
@@ -1009,10 +1028,16 @@ export class Replicator extends EventEmitter {
     const toSync = [...expected.keys()].filter((path) => !trusted(path)).length;
     // Trusted paths (verified before the transfer, in a store synced as a whole) need nothing.
     const toCheck = [...expected].filter(([path]) => !trusted(path));
-    const bulk = toSync >= SYNCFS_MIN_PATHS;
-    if (bulk && !(await syncFileSystem(this.options.fileStoreDir))) {
+    const synced = toSync >= SYNCFS_MIN_PATHS ? await syncFileSystem(this.options.fileStoreDir) : undefined;
+    // Without `sync`, each file gets its own fdatasync below.
+    const bulk = synced === 'synced';
+    if (synced === 'failed') {
       // A writeback error is reported once: per-file syncs now would pass on bytes that may
-      // not be on disk. The batch's files are pulled again.
+      // not be on disk. The batch's files are pulled again (from whichever source comes next).
+      this.noteUnsettled(
+        toCheck.filter(([, want]) => want.kind === 'put').map(([path]) => path),
+        this.source,
+      );
       await Promise.all(
         toCheck.map(([path, want]) =>
           want.kind === 'put' ? unlink(join(this.options.fileStoreDir, path)).catch(() => {}) : undefined,
@@ -1027,7 +1052,12 @@ export class Replicator extends EventEmitter {
       const file = join(this.options.fileStoreDir, path);
       if (alreadyVerified.has(path)) {
         // Checked just before the transfer and not part of it: only durability is left to do.
-        if (!bulk && want.kind === 'put') await removeOnFailure(file, () => syncFile(file));
+        if (!bulk && want.kind === 'put')
+          await removeOnFailure(
+            file,
+            () => syncFile(file),
+            () => this.noteUnsettled([path], this.source),
+          );
         return undefined;
       }
       const shown = JSON.stringify(path);
@@ -1036,11 +1066,14 @@ export class Replicator extends EventEmitter {
           ? undefined
           : { path, why: `${shown} still exists` };
       }
-      const got = await removeOnFailure(file, () =>
-        checkPut(this.options.fileStoreDir, path, want, {
-          datasync: !bulk,
-          knownVersion: inPlace.get(path),
-        }),
+      const got = await removeOnFailure(
+        file,
+        () =>
+          checkPut(this.options.fileStoreDir, path, want, {
+            datasync: !bulk,
+            knownVersion: inPlace.get(path),
+          }),
+        () => this.noteUnsettled([path], this.source),
       );
       if (got === undefined) return { path, why: `${shown} is missing` };
       if (got.size !== want.size || got.sha256 !== want.sha256) {
@@ -1082,25 +1115,46 @@ export class Replicator extends EventEmitter {
    * Makes the unsettled paths what `source` holds now (pulled, or deleted where it has none),
    * before anything from it is applied: what an earlier source's cut-short pull left there may
    * be bytes of records `source` never had. Its later records are then checked against them as
-   * usual. A failure is reported and the paths stay unsettled for the next source or start.
+   * usual. Only from a source they did not come from, at most every SETTLE_RETRY_MS after a
+   * failure (reported; following goes on meanwhile). A path with a directory at it, or a file
+   * where it needs a directory, is left for a later try: the pull (rsync --force) would delete
+   * what is in the way, maybe another partition's logged file, where a batch sets it aside.
    */
   private async settle(source: RecordSource, signal: AbortSignal): Promise<void> {
-    if (this.unsettled.size === 0) return;
-    const paths = [...this.unsettled];
+    if (this.unsettled.size === 0 || this.unsettledFrom === source) return;
+    if (performance.now() - this.settleFailedAt < SETTLE_RETRY_MS) return;
+    const root = this.options.fileStoreDir;
+    const paths = [...this.unsettled].filter((path) => nothingInTheWay(root, path));
+    if (paths.length === 0) return;
     try {
-      await this.gate.shared(() => pullBatch({ ...this.pullOptions(source, signal), paths }), signal, {
-        preempt: true,
-      });
+      assertStoreInPlace(root);
+      await this.gate.shared(
+        async () => {
+          await pullBatch({ ...this.pullOptions(source, signal), paths });
+          // Durable before they count as settled: no later batch may touch them again.
+          this.storeSynced = false;
+          await Promise.all(
+            paths.map((path) =>
+              syncFile(join(root, path)).catch((error: NodeJS.ErrnoException) => {
+                if (error.code !== 'ENOENT') throw error;
+              }),
+            ),
+          );
+          await fsyncParents(root, paths);
+        },
+        signal,
+        { preempt: true },
+      );
       this.bootstrapDigests?.forgetTouched(paths);
-      await fsyncParents(this.options.fileStoreDir, paths);
       this.noteSettled(paths);
+      if (this.unsettled.size > 0) this.settleFailedAt = performance.now();
     } catch (error) {
       if (signal.aborted) throw error;
-      this.unsettledFrom = source;
+      this.settleFailedAt = performance.now();
       this.report(
         new ReplicatorError(
           'UNSETTLED',
-          `${paths.length} path(s) a cut-short pull left (${JSON.stringify(paths[0])}…) could not be made ${source.description}'s: ${(error as Error).message}; they may hold bytes no log records`,
+          `${paths.length} path(s) a cut-short pull left (${JSON.stringify(paths[0])}…) could not be made ${source.description}'s: ${(error as Error).message}; they may hold bytes no log records until this succeeds`,
           { cause: error },
         ),
       );
@@ -1119,7 +1173,19 @@ export class Replicator extends EventEmitter {
     if (end <= this.appliedTxid) return;
     this.forgetBootstrap();
     this.appliedTxid = end;
-    await this.checkpoint.reset(end);
+    // The log is what a restart resumes from: a checkpoint that cannot be written is reported,
+    // as in every batch, and following goes on.
+    await this.checkpoint
+      .reset(end)
+      .catch((error: unknown) =>
+        this.report(
+          new ReplicatorError(
+            'CHECKPOINT_FAILED',
+            `writing the checkpoint of partition ${this.partition} failed (${(error as Error).message}); replication goes on from the log, fix the disk`,
+            { cause: error },
+          ),
+        ),
+      );
   }
 
   private forgetBootstrap(): void {
@@ -1169,6 +1235,18 @@ export async function createReplicator(options: ReplicatorOptions): Promise<Repl
     throw new TypeError('createReplicator needs `log` or `changeLogDir`');
   }
   const log = options.log ?? (await TxLog.open(options.changeLogDir!));
+  // A store is made with its sentinel; one without it while the log holds records is not
+  // mounted, or not this replica's: following would write into whatever is there.
+  if (!storeIsInPlace(options.fileStoreDir)) {
+    if (log.lastTxid > 0n) {
+      if (options.log === undefined) await log.close();
+      throw new ReplicatorError(
+        'STORE_MISSING',
+        `${options.fileStoreDir} has no ${SENTINEL_FILE} but the log holds records: mount the store, or remove the log and checkpoint to start this replica afresh`,
+      );
+    }
+    await initStore(options.fileStoreDir);
+  }
   const checkpointFile = join(options.checkpointDir, String(options.partition ?? 0));
   await mkdir(options.checkpointDir, { recursive: true });
   const checkpoint = await readCheckpoint(checkpointFile);
@@ -1186,6 +1264,28 @@ export async function createReplicator(options: ReplicatorOptions): Promise<Repl
   const replicator = new Replicator(options, log, options.log === undefined, applied, unsettled);
   if (options.follow !== false) replicator.start();
   return replicator;
+}
+
+const SETTLE_RETRY_MS = 10_000;
+
+/** No directory at `path`, and no file where one of its parents should be a directory. */
+function nothingInTheWay(root: string, path: string): boolean {
+  try {
+    const info = lstatSync(join(root, path), { throwIfNoEntry: false });
+    return info === undefined ? parentsAreDirectories(root, path) : !info.isDirectory();
+  } catch {
+    return false; // ENOTDIR: a parent is a file
+  }
+}
+
+function parentsAreDirectories(root: string, path: string): boolean {
+  const parts = path.split('/').slice(0, -1);
+  for (let i = 1; i <= parts.length; i++) {
+    const info = lstatSync(join(root, ...parts.slice(0, i)), { throwIfNoEntry: false });
+    if (info === undefined) return true; // made by the pull
+    if (!info.isDirectory()) return false;
+  }
+  return true;
 }
 
 /** Where a replicator keeps its unsettled paths (NUL-separated), beside its checkpoint. */

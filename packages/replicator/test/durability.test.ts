@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { fsyncParents } from '../src/durability.ts';
+import { fsyncParents, syncFileSystem } from '../src/durability.ts';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -20,5 +20,26 @@ describe('fsyncParents', () => {
     // A directory whose fsync cannot be done must not pass for one that was.
     await symlink('loop', join(root, 'loop'));
     await expect(fsyncParents(root, ['loop/x'])).rejects.toMatchObject({ code: 'ELOOP' });
+  });
+});
+
+describe('syncFileSystem', () => {
+  it('tells a sync that reported an error from one that could not run at all', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-syncfs-'));
+    dirs.push(dir);
+    expect(await syncFileSystem(dir)).toBe('synced');
+    const path = process.env.PATH;
+    try {
+      // No `sync` to run: nothing is known about the disk, and callers sync file by file.
+      process.env.PATH = join(dir, 'empty');
+      expect(await syncFileSystem(dir)).toBe('unavailable');
+      // One that fails, as `sync -f` does after a writeback error.
+      await mkdir(join(dir, 'bin'));
+      await writeFile(join(dir, 'bin', 'sync'), '#!/bin/sh\nexit 1\n', { mode: 0o755 });
+      process.env.PATH = join(dir, 'bin');
+      expect(await syncFileSystem(dir)).toBe('failed');
+    } finally {
+      process.env.PATH = path;
+    }
   });
 });

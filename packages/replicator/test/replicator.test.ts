@@ -1138,6 +1138,38 @@ describe('replicator against a real rsync daemon', () => {
     );
   });
 
+  it('writes nothing into a store that is not mounted, and goes on once it is', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    const store = join(dir, 'filestore');
+    await m.put('a', 'A');
+    const { replicator, errors } = await replicate(m, dir, { bootstrap: false });
+    await until(() => replicator.applied === m.log.lastTxid, 'replica to catch up');
+    // Unmounted: an empty mount point where the store was.
+    await rename(store, join(dir, 'mounted'));
+    await mkdir(store);
+    await m.put('b', 'B');
+    await until(
+      () => errors.some((e) => (e as { code?: string }).code === 'STORE_MISSING'),
+      'a refused batch',
+    );
+    expect(await readdir(store)).toEqual([]);
+    const before = replicator.applied;
+    expect(before).toBeLessThan(m.log.lastTxid);
+    await rm(store, { recursive: true });
+    await rename(join(dir, 'mounted'), store);
+    await until(() => replicator.applied === m.log.lastTxid, 'catch-up once mounted');
+    expect(await readFile(join(store, 'b'), 'utf8')).toBe('B');
+    await replicator.stop();
+    // Started on it unmounted, with records in its log: refused, and nothing made there.
+    await rename(store, join(dir, 'mounted'));
+    await mkdir(store);
+    await expect(replicate(m, dir, { bootstrap: false })).rejects.toThrow(
+      `${store} has no .pfs/sentinel but the log holds records: mount the store, or remove the log and checkpoint to start this replica afresh`,
+    );
+    expect(await readdir(store)).toEqual([]);
+  });
+
   it('drains what a source has and resolves, without waiting for more', async () => {
     const m = await master();
     const dir = await replicaDir();
