@@ -108,6 +108,40 @@ async function stopForRestart(agent: Agent): Promise<string> {
   return agent.config.dataDir;
 }
 
+/** A logger for one agent whose entries the test reads (`entries`, in order). */
+function capturingLogger() {
+  const entries: { level: number; msg: string; [field: string]: unknown }[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split('\n')) if (line !== '') entries.push(JSON.parse(line));
+      done();
+    },
+  });
+  return { logger: pino({ level: 'info' }, stream), entries };
+}
+
+/**
+ * A node registered in `cluster` (id `a-phantom`, ranked before any `localhost_…` as caught up)
+ * that reports `applied` for partition 0 and never claims; its addresses refuse connections.
+ */
+async function phantomNode(cluster: string, applied: bigint): Promise<Coordinator> {
+  const phantom = await Coordinator.connect({
+    endpoints: [etcd.endpoint],
+    cluster,
+    node: {
+      id: 'a-phantom',
+      host: '127.0.0.1',
+      httpPort: await freePort(),
+      rsyncPort: await freePort(),
+      pid: process.pid,
+      startedAt: new Date().toISOString(),
+    },
+    ttlSeconds: 5,
+  });
+  await phantom.reportApplied(0, applied);
+  return phantom;
+}
+
 async function twoNodes() {
   const cluster = `agent-${++clusterSeq}`;
   const master = await start(await agentConfig(cluster));
@@ -395,14 +429,8 @@ describe('node agent over HTTP', () => {
       });
       expect(put.status).toBe(201);
     }
-    const logged: { msg: string; bootstrap?: unknown; files?: number; bytes?: number }[] = [];
-    const capture = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        for (const line of chunk.toString().split('\n')) if (line !== '') logged.push(JSON.parse(line));
-        done();
-      },
-    });
-    const replica = await startAgent(await agentConfig(cluster), pino({ level: 'info' }, capture));
+    const { logger, entries: logged } = capturingLogger();
+    const replica = await startAgent(await agentConfig(cluster), logger);
     agents.push(replica);
     await caughtUp(master, replica);
     const copying = logged.filter((l) => l.msg.includes("copying the master's store"));
@@ -936,21 +964,8 @@ describe('node agent over HTTP', () => {
     expect((await fetch(`${master.url}/v1/files/x`, { method: 'PUT', body: 'x' })).status).toBe(201);
     const applied = BigInt(await caughtUp(master, replica));
     // A better-ranked candidate that never claims: the replica waits its turn (750 ms) first.
-    const phantom = await Coordinator.connect({
-      endpoints: [etcd.endpoint],
-      cluster,
-      node: {
-        id: 'a-phantom',
-        host: '127.0.0.1',
-        httpPort: 1,
-        rsyncPort: 1,
-        pid: process.pid,
-        startedAt: new Date().toISOString(),
-      },
-      ttlSeconds: 5,
-    });
+    const phantom = await phantomNode(cluster, applied);
     try {
-      await phantom.reportApplied(0, applied);
       const generation = phantom.view.partitions.get(0)!.generation;
       await stopForRestart(master);
       await until('the replica voting', async () =>
@@ -970,43 +985,23 @@ describe('node agent over HTTP', () => {
     const cluster = `undrainable-peer-${++clusterSeq}`;
     const master = await start(await agentConfig(cluster));
     await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
-    const logged: string[] = [];
-    const capture = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        for (const line of chunk.toString().split('\n')) if (line !== '') logged.push(JSON.parse(line).msg);
-        done();
-      },
-    });
-    const replica = await startAgent(await agentConfig(cluster), pino({ level: 'info' }, capture));
+    const { logger, entries } = capturingLogger();
+    const replica = await startAgent(await agentConfig(cluster), logger);
     agents.push(replica);
     await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
     expect((await fetch(`${master.url}/v1/files/x`, { method: 'PUT', body: 'x' })).status).toBe(201);
     const applied = BigInt(await caughtUp(master, replica));
     // A live peer that says it has one more record, at an address that refuses connections.
-    const phantom = await Coordinator.connect({
-      endpoints: [etcd.endpoint],
-      cluster,
-      node: {
-        id: 'a-phantom',
-        host: '127.0.0.1',
-        httpPort: await freePort(),
-        rsyncPort: await freePort(),
-        pid: process.pid,
-        startedAt: new Date().toISOString(),
-      },
-      ttlSeconds: 5,
-    });
+    const phantom = await phantomNode(cluster, applied + 1n);
     try {
-      await phantom.reportApplied(0, applied + 1n);
       const generation = phantom.view.partitions.get(0)!.generation;
       await stopForRestart(master);
-      await until('a failed promotion', async () =>
-        logged.some((m) => m.startsWith('partition 0: promotion failed: cannot drain http://127.0.0.1:'))
-          ? true
-          : undefined,
+      const failed = await until('a failed promotion', async () =>
+        entries.find((e) =>
+          e.msg.startsWith('partition 0: promotion failed: cannot drain http://127.0.0.1:'),
+        ),
       );
-      const failed = logged.find((m) => m.startsWith('partition 0: promotion failed'))!;
-      expect(failed).toMatch(/, which has up to 1:\d+: .*; not standing for election for 2000 ms$/);
+      expect(failed.msg).toMatch(/, which has up to 1:\d+: .*; not standing for election for 2000 ms$/);
       expect(phantom.view.partitions.get(0)!.generation).toBe(generation);
       expect((await role(replica)).role).not.toBe('master');
     } finally {
@@ -1018,18 +1013,8 @@ describe('node agent over HTTP', () => {
     const cluster = `failing-replica-${++clusterSeq}`;
     const master = await start(await agentConfig(cluster));
     await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
-    const warnings: string[] = [];
-    const capture = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        for (const line of chunk.toString().split('\n')) {
-          if (line === '') continue;
-          const entry = JSON.parse(line) as { level: number; msg: string };
-          if (entry.level === 40) warnings.push(entry.msg);
-        }
-        done();
-      },
-    });
-    const replica = await startAgent(await agentConfig(cluster), pino({ level: 'info' }, capture));
+    const { logger, entries } = capturingLogger();
+    const replica = await startAgent(await agentConfig(cluster), logger);
     agents.push(replica);
     await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
     // Every pull now fails: rsync cannot use its temp dir.
@@ -1051,7 +1036,7 @@ describe('node agent over HTTP', () => {
       expect((await fetch(`${master.url}${path}`, { method: 'PUT', body: 'y' })).status).toBe(201);
       return undefined;
     });
-    const aboutPulls = warnings.filter((m) => m.startsWith('partition 0: rsync'));
+    const aboutPulls = entries.filter((e) => e.level === 40 && e.msg.startsWith('partition 0: rsync'));
     expect(aboutPulls).toHaveLength(1);
   });
 
