@@ -142,6 +142,18 @@ async function phantomNode(cluster: string, applied: bigint): Promise<Coordinato
   return phantom;
 }
 
+/** A master and a replica of a new cluster, the replica logging into `entries`. */
+async function masterAndLoggedReplica(name: string) {
+  const cluster = `${name}-${++clusterSeq}`;
+  const master = await start(await agentConfig(cluster));
+  await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+  const { logger, entries } = capturingLogger();
+  const replica = await startAgent(await agentConfig(cluster), logger);
+  agents.push(replica);
+  await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
+  return { cluster, master, replica, entries };
+}
+
 async function twoNodes() {
   const cluster = `agent-${++clusterSeq}`;
   const master = await start(await agentConfig(cluster));
@@ -982,13 +994,7 @@ describe('node agent over HTTP', () => {
   });
 
   it('gives the vote back rather than promote without the records a live peer reported and cannot give', async () => {
-    const cluster = `undrainable-peer-${++clusterSeq}`;
-    const master = await start(await agentConfig(cluster));
-    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
-    const { logger, entries } = capturingLogger();
-    const replica = await startAgent(await agentConfig(cluster), logger);
-    agents.push(replica);
-    await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
+    const { cluster, master, replica, entries } = await masterAndLoggedReplica('undrainable-peer');
     expect((await fetch(`${master.url}/v1/files/x`, { method: 'PUT', body: 'x' })).status).toBe(201);
     const applied = BigInt(await caughtUp(master, replica));
     // A live peer that says it has one more record, at an address that refuses connections.
@@ -1010,13 +1016,7 @@ describe('node agent over HTTP', () => {
   });
 
   it('logs a replica that keeps failing at warn, once per kind of error and not at every retry', async () => {
-    const cluster = `failing-replica-${++clusterSeq}`;
-    const master = await start(await agentConfig(cluster));
-    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
-    const { logger, entries } = capturingLogger();
-    const replica = await startAgent(await agentConfig(cluster), logger);
-    agents.push(replica);
-    await until('replica', async () => ((await role(replica)).role === 'replica' ? true : undefined));
+    const { master, replica, entries } = await masterAndLoggedReplica('failing-replica');
     // Every pull now fails: rsync cannot use its temp dir.
     const tempDir = join(replica.config.dataDir, 'filestore', '.pfs', 'rsync-tmp', '0');
     await rm(tempDir, { recursive: true });
