@@ -612,7 +612,11 @@ export class PartitionController {
     } catch (error) {
       // Only a failure of this node's own (its disk, its log, a peer it could not drain) keeps
       // it out of the next votes; losing the lease or being stopped says nothing about it.
-      const own = !(error instanceof PromotionInterrupted);
+      const own =
+        !(error instanceof PromotionInterrupted) &&
+        !LOST_CLAIM_CODES.has((error as { code?: string }).code ?? '') &&
+        this.token === token &&
+        coordinator.sessionValid();
       const delay = own ? promotionRetryDelayMs(++this.promotionFailures) : 0;
       this.electAfter = performance.now() + delay;
       this.deps.logger.warn(
@@ -728,7 +732,17 @@ export class PartitionController {
     await this.deps.generator.attach(this.partition, log);
     stillMine();
     // Bytes the old master had on disk without a matching record: log what is really there.
-    for (const path of unverified) await this.deps.generator.observe(path);
+    for (const path of unverified) {
+      // One path it cannot log (unreadable, too long) must not undo a promotion already bumped.
+      await this.deps.generator
+        .observe(path)
+        .catch((error: Error) =>
+          logger.warn(
+            { partition: this.partition, path, err: error },
+            `partition ${this.partition}: cannot log what the old master left at ${JSON.stringify(path)}: ${error.message}`,
+          ),
+        );
+    }
     this.generation = generation;
     await coordinator.updateMaster(this.partition, token, {
       nodeId: this.deps.nodeId,
@@ -808,6 +822,9 @@ const REPLICATION_WARNING_INTERVAL_MS = 10_000;
 
 /** A promotion cut short by the loss of the claim or by the node stopping, not by a fault of its own. */
 class PromotionInterrupted extends Error {}
+
+/** Coordinator errors that mean the claim was lost (to etcd, or to another node), not a fault here. */
+const LOST_CLAIM_CODES = new Set(['NOT_MASTER', 'GENERATION_CONFLICT', 'SESSION_LOST']);
 
 /** Promotions in a row that give the vote back when a better-informed live peer cannot be drained. */
 const MAX_PROMOTIONS_WAITING_FOR_A_PEER = 3;

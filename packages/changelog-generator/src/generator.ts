@@ -167,9 +167,11 @@ export class ChangelogGenerator {
    * or undefined when there was nothing to log or the partition is not this node's.
    */
   observe(path: string): Promise<LogRecord | undefined> {
-    // A file dropped in by hand under a longer path than the API takes: logged, it would stop
+    // A new file dropped in by hand under a longer path than the API takes: logged, it would stop
     // every replica whose store directory is longer than this node's (see MAX_NEW_PATH_BYTES).
-    if (Buffer.byteLength(path) > MAX_NEW_PATH_BYTES) {
+    // One logged before that limit is still followed (changed, deleted).
+    const owned = this.partitions.get(this.partitionOf(path));
+    if (Buffer.byteLength(path) > MAX_NEW_PATH_BYTES && owned?.index.slotOf(path) === undefined) {
       return Promise.reject(
         new FilestoreError(
           'PATH_TOO_LONG',

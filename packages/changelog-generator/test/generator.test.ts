@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { initStore, stageFile } from '@pfs/filestore';
 import { type LogRecord, TxLog } from '@pfs/txlog';
@@ -169,6 +169,25 @@ describe('ChangelogGenerator', () => {
       /… is over 1024 bytes, so it is not logged or replicated: rename it$/,
     );
     expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual(['put short']);
+  });
+
+  it('still follows a file logged under a longer path before that limit', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-gen-'));
+    cleanups.push(() => rm(base, { recursive: true, force: true }));
+    const root = join(base, 'filestore');
+    await initStore(root);
+    const path = `${Array.from({ length: 5 }, () => 'd'.repeat(250)).join('/')}/old`;
+    await mkdir(join(root, dirname(path)), { recursive: true });
+    await writeFile(join(root, path), 'stored before the limit');
+    const log = await TxLog.open(join(base, 'changelog', '0'));
+    cleanups.push(() => log.close());
+    await log.startGeneration(1n);
+    const sha256 = createHash('sha256').update('stored before the limit').digest('hex');
+    await log.appendChange({ kind: 'put', path, size: 23n, mtimeNs: 0n, sha256 });
+    const generator = new ChangelogGenerator({ root, partitionCount: 1 });
+    await generator.attach(0, log);
+    await unlink(join(root, path));
+    expect(await generator.observe(path)).toMatchObject({ kind: 'delete', path });
   });
 
   it('logs no delete for a path it cannot stat (ELOOP), only for one that is gone', async () => {

@@ -67,7 +67,14 @@ export const SYNCFS_MIN_PATHS = 64;
  */
 export function syncFileSystem(dir: string): Promise<'synced' | 'failed' | 'unavailable'> {
   return new Promise((resolve) => {
-    const child = spawn('sync', ['-f', dir], { stdio: 'ignore' });
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn('sync', ['-f', dir], { stdio: 'ignore' });
+    } catch {
+      // spawn throws, rather than emit 'error', for failures such as ENOMEM from fork.
+      resolve('unavailable');
+      return;
+    }
     child.once('error', () => resolve('unavailable'));
     child.once('exit', (code) => resolve(code === 0 ? 'synced' : 'failed'));
   });

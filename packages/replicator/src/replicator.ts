@@ -206,8 +206,11 @@ export class Replicator extends EventEmitter {
   private readonly unsettled = new Set<string>();
   private unsettledFrom: RecordSource | undefined;
   private readonly unsettledFile: string;
-  /** When settle last failed or left paths over (performance.now()), to space out retries. */
-  private settleFailedAt = Number.NEGATIVE_INFINITY;
+  /**
+   * The source settle last failed with or left paths over, and when (performance.now()): it is
+   * tried again with that source only after SETTLE_RETRY_MS; any other source is tried at once.
+   */
+  private settleFailed: { source: RecordSource; at: number } | undefined;
   /** An rsync started for the next small batch, waiting for its list (see pull). */
   private primed:
     | { pull: StartedPull; source: RecordSource; idleTimer: NodeJS.Timeout; kill: AbortController }
@@ -721,7 +724,7 @@ export class Replicator extends EventEmitter {
       inPlace = pulledBy?.inPlace;
       startedAhead ||= pulledBy?.startedAhead === true;
       pulled += needed.length;
-      const problems = await this.verify(plan.expected, verified, inPlace);
+      const problems = await this.verify(source, plan.expected, verified, inPlace);
       if (problems.length === 0 || tolerateMismatch) {
         mismatched = problems.map((p) => p.path);
         break;
@@ -1020,6 +1023,7 @@ export class Replicator extends EventEmitter {
    * where thousands of fsyncs would each wait for a journal commit.
    */
   private async verify(
+    source: RecordSource,
     expected: ReadonlyMap<string, Expected>,
     alreadyVerified: ReadonlySet<string> = new Set(),
     inPlace: ReadonlyMap<string, string> = new Map(),
@@ -1036,7 +1040,7 @@ export class Replicator extends EventEmitter {
       // not be on disk. The batch's files are pulled again (from whichever source comes next).
       this.noteUnsettled(
         toCheck.filter(([, want]) => want.kind === 'put').map(([path]) => path),
-        this.source,
+        source,
       );
       await Promise.all(
         toCheck.map(([path, want]) =>
@@ -1056,7 +1060,7 @@ export class Replicator extends EventEmitter {
           await removeOnFailure(
             file,
             () => syncFile(file),
-            () => this.noteUnsettled([path], this.source),
+            () => this.noteUnsettled([path], source),
           );
         return undefined;
       }
@@ -1073,7 +1077,7 @@ export class Replicator extends EventEmitter {
             datasync: !bulk,
             knownVersion: inPlace.get(path),
           }),
-        () => this.noteUnsettled([path], this.source),
+        () => this.noteUnsettled([path], source),
       );
       if (got === undefined) return { path, why: `${shown} is missing` };
       if (got.size !== want.size || got.sha256 !== want.sha256) {
@@ -1098,6 +1102,8 @@ export class Replicator extends EventEmitter {
     // Paths from two sources: whichever comes next is another for some of them.
     this.unsettledFrom = before === 0 || this.unsettledFrom === source ? source : undefined;
     for (const path of paths) this.unsettled.add(path);
+    // Whatever the copy's hashes said of them, these files are being (or were) replaced or removed.
+    this.bootstrapDigests?.forgetTouched(paths);
     if (this.unsettled.size === before) return;
     writeFileSync(this.unsettledFile, [...this.unsettled].join('\0'));
   }
@@ -1122,7 +1128,8 @@ export class Replicator extends EventEmitter {
    */
   private async settle(source: RecordSource, signal: AbortSignal): Promise<void> {
     if (this.unsettled.size === 0 || this.unsettledFrom === source) return;
-    if (performance.now() - this.settleFailedAt < SETTLE_RETRY_MS) return;
+    const failed = this.settleFailed;
+    if (failed?.source === source && performance.now() - failed.at < SETTLE_RETRY_MS) return;
     const root = this.options.fileStoreDir;
     const paths = [...this.unsettled].filter((path) => nothingInTheWay(root, path));
     if (paths.length === 0) return;
@@ -1147,10 +1154,10 @@ export class Replicator extends EventEmitter {
       );
       this.bootstrapDigests?.forgetTouched(paths);
       this.noteSettled(paths);
-      if (this.unsettled.size > 0) this.settleFailedAt = performance.now();
+      this.settleFailed = this.unsettled.size > 0 ? { source, at: performance.now() } : undefined;
     } catch (error) {
       if (signal.aborted) throw error;
-      this.settleFailedAt = performance.now();
+      this.settleFailed = { source, at: performance.now() };
       this.report(
         new ReplicatorError(
           'UNSETTLED',
