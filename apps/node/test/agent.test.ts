@@ -322,8 +322,8 @@ describe('node agent over HTTP', () => {
       body: big,
       headers: { 'x-pfs-ack': 'all' },
     });
-    expect(response.status).toBe(201);
-    expect(((await response.json()) as { sha256: string }).sha256).toBe(expected);
+    const answer = (await response.json()) as { sha256: string };
+    expect({ status: response.status, answer }).toMatchObject({ status: 201, answer: { sha256: expected } });
     const copy = Buffer.from(await (await fetch(`${replica.url}/v1/files/big.bin`)).arrayBuffer());
     expect(createHash('sha256').update(copy).digest('hex')).toBe(expected);
   });

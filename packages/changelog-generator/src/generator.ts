@@ -187,6 +187,7 @@ export class ChangelogGenerator {
       const { index } = owned;
       const known = index.slotOf(path);
       for (let attempt = 0; attempt < 5; attempt++) {
+        const readFrom = Date.now();
         const before = await statFile(this.root, path);
         if (before === undefined) {
           if (known === undefined) return undefined;
@@ -206,6 +207,15 @@ export class ChangelogGenerator {
           after.size !== before.size
         ) {
           continue; // still being written: look again
+        }
+        // File timestamps are coarse (a clock tick, a few ms): a rewrite in place of the same
+        // size within the tick the read began in leaves size and mtime as they were, and the
+        // hash would mix two versions, which replicas could then never match. A file modified
+        // that recently is looked at again once that tick is surely over.
+        const mtimeMs = Number(after.mtimeNs / 1_000_000n);
+        if (mtimeMs > readFrom - SAME_TICK_MS && mtimeMs <= Date.now() + SAME_TICK_MS) {
+          await new Promise((resolve) => setTimeout(resolve, SAME_TICK_MS));
+          continue;
         }
         if (
           known !== undefined &&
@@ -296,6 +306,8 @@ export class ChangelogGenerator {
 }
 
 const RECONCILE_CONCURRENCY = 32;
+/** Longer than the file system's timestamp granularity (jiffies: 4 ms at HZ=250, 10 at HZ=100). */
+const SAME_TICK_MS = 25;
 /** Big enough that a replay reads each 8 MiB segment a few times, small enough to die young. */
 const REPLAY_PAGE_RECORDS = 10_000;
 

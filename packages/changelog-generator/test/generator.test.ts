@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -188,6 +188,23 @@ describe('ChangelogGenerator', () => {
     await generator.attach(0, log);
     await unlink(join(root, path));
     expect(await generator.observe(path)).toMatchObject({ kind: 'delete', path });
+  });
+
+  it('hashes again a file rewritten in place within the clock tick its read began in', async () => {
+    const { root, generator } = await setup();
+    const file = join(root, 'same-tick');
+    writeFileSync(file, 'A'.repeat(1000));
+    const stamp = new Date();
+    utimesSync(file, stamp, stamp);
+    const observed = generator.observe('same-tick');
+    // Rewritten in place, same size, its timestamps as they were: what a second write within
+    // one tick of the file system's clock looks like to a stat.
+    setTimeout(() => {
+      writeFileSync(file, 'B'.repeat(1000));
+      utimesSync(file, stamp, stamp);
+    }, 5);
+    const record = await observed;
+    expect(record?.sha256).toBe(createHash('sha256').update('B'.repeat(1000)).digest('hex'));
   });
 
   it('logs no delete for a path it cannot stat (ELOOP), only for one that is gone', async () => {
