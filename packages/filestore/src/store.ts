@@ -50,33 +50,26 @@ export interface StageOptions {
 }
 
 /**
- * Throws STORE_MISSING unless the store's sentinel is in place. An unmounted store (an empty
- * mount point) or one moved away looks like a store whose files were all deleted: whatever
- * would log a delete, or a write that the real store would then hide, checks this first.
- * Synchronous: one lstat of a cached entry, cheaper than a thread-pool round trip.
+ * Whether the store's sentinel is in place. An unmounted store (an empty mount point) or one
+ * moved away looks like a store whose files were all deleted: whatever would log a delete, or a
+ * write that the real store would then hide, checks this first. Synchronous: one lstat of a
+ * cached entry, cheaper than a thread-pool round trip.
  */
-export function assertStoreInPlace(root: string): void {
-  let info: ReturnType<typeof lstatSync>;
+export function storeIsInPlace(root: string): boolean {
   try {
-    info = lstatSync(join(root, SENTINEL_FILE), { throwIfNoEntry: false });
+    return lstatSync(join(root, SENTINEL_FILE), { throwIfNoEntry: false })?.isFile() === true;
   } catch {
-    info = undefined; // ENOTDIR, EACCES, EIO: no usable store either
+    return false; // ENOTDIR, EACCES, EIO: no usable store either
   }
-  if (info?.isFile()) return;
+}
+
+/** Throws STORE_MISSING unless the store's sentinel is in place (see storeIsInPlace). */
+export function assertStoreInPlace(root: string): void {
+  if (storeIsInPlace(root)) return;
   throw new FilestoreError(
     'STORE_MISSING',
     `${root} has no ${SENTINEL_FILE}: the store looks unmounted or replaced; mount it, or put the sentinel back if this is the right store`,
   );
-}
-
-/** Whether the store's sentinel is in place (see assertStoreInPlace). */
-export function storeIsInPlace(root: string): boolean {
-  try {
-    assertStoreInPlace(root);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Creates the store root and its sentinel (checked by replicas before they delete anything). */
