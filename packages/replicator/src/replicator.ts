@@ -712,7 +712,7 @@ export class Replicator extends EventEmitter {
       await this.clearFilesInTheWay(underFiles, plan.expected);
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
-      this.bootstrapDigests?.forgetTouched(needed);
+      // Also drops what the bulk copy's hashes said of them.
       if (needed.length > 0) this.noteUnsettled(needed, source);
       const pulledBy =
         needed.length > 0
@@ -1104,17 +1104,19 @@ export class Replicator extends EventEmitter {
     for (const path of paths) this.unsettled.add(path);
     // Whatever the copy's hashes said of them, these files are being (or were) replaced or removed.
     this.bootstrapDigests?.forgetTouched(paths);
-    if (this.unsettled.size === before) return;
-    writeFileSync(this.unsettledFile, [...this.unsettled].join('\0'));
+    if (this.unsettled.size > before) this.saveUnsettled();
   }
 
   private noteSettled(paths: readonly string[]): void {
     for (const path of paths) this.unsettled.delete(path);
+    if (this.unsettled.size === 0) this.unsettledFrom = undefined;
+    this.saveUnsettled();
+  }
+
+  /** Writes the unsettled paths, NUL-separated, or removes the file when there are none. */
+  private saveUnsettled(): void {
     if (this.unsettled.size > 0) writeFileSync(this.unsettledFile, [...this.unsettled].join('\0'));
-    else {
-      this.unsettledFrom = undefined;
-      rmSync(this.unsettledFile, { force: true });
-    }
+    else rmSync(this.unsettledFile, { force: true });
   }
 
   /**
