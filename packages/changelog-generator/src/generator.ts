@@ -167,25 +167,22 @@ export class ChangelogGenerator {
    * or undefined when there was nothing to log or the partition is not this node's.
    */
   observe(path: string): Promise<LogRecord | undefined> {
-    // A new file dropped in by hand under a longer path than the API takes: logged, it would stop
-    // every replica whose store directory is longer than this node's (see MAX_NEW_PATH_BYTES).
-    // One logged before that limit is still followed (changed, deleted).
-    const owned = this.partitions.get(this.partitionOf(path));
-    if (Buffer.byteLength(path) > MAX_NEW_PATH_BYTES && owned?.index.slotOf(path) === undefined) {
-      return Promise.reject(
-        new FilestoreError(
-          'PATH_TOO_LONG',
-          `${JSON.stringify(path.slice(0, 60))}… is over ${MAX_NEW_PATH_BYTES} bytes, so it is not logged or replicated: rename it`,
-          { path },
-        ),
-      );
-    }
     return this.locks.run(path, async () => {
       const partition = this.partitionOf(path);
       const owned = this.partitions.get(partition);
       if (owned === undefined) return undefined;
       const { index } = owned;
       const known = index.slotOf(path);
+      // A new file dropped in by hand under a longer path than the API takes: logged, it would
+      // stop every replica whose store directory is longer than this node's (see
+      // MAX_NEW_PATH_BYTES). One logged before that limit is still followed (changed, deleted).
+      if (known === undefined && Buffer.byteLength(path) > MAX_NEW_PATH_BYTES) {
+        throw new FilestoreError(
+          'PATH_TOO_LONG',
+          `${JSON.stringify(path.slice(0, 60))}… is over ${MAX_NEW_PATH_BYTES} bytes, so it is not logged or replicated: rename it`,
+          { path },
+        );
+      }
       for (let attempt = 0; attempt < 5; attempt++) {
         const readFrom = Date.now();
         const before = await statFile(this.root, path);
