@@ -1,23 +1,17 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, readlink, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   bulkCopyStagingOf,
   discardBulkCopyStaging,
   freshBulkCopyStaging,
   moveIntoStore,
 } from '../src/bulk-copy-staging.ts';
-import { tempDir } from './harness.ts';
-
-const removals: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const remove of removals.splice(0)) await remove();
-});
+import { testDir } from './harness.ts';
 
 async function storeDir(): Promise<string> {
-  const { dir, remove } = await tempDir('pfs-staging-');
-  removals.push(remove);
+  const dir = await testDir('pfs-staging-');
   const store = join(dir, 'filestore');
   await mkdir(join(store, '.pfs'), { recursive: true });
   return store;

@@ -1,9 +1,9 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readCheckpoint } from '@pfs/txlog';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { CheckpointWriter } from '../src/checkpoint-writer.ts';
-import { tempDir, until } from './harness.ts';
+import { testDir, until } from './harness.ts';
 
 /** How many checkpoint writes run at once, and the most seen. */
 const writing = vi.hoisted(() => ({ now: 0, max: 0 }));
@@ -22,15 +22,8 @@ vi.mock('@pfs/txlog', async (importOriginal) => {
   };
 });
 
-const removals: (() => Promise<void>)[] = [];
-afterEach(async () => {
-  for (const remove of removals.splice(0)) await remove();
-});
-
-async function checkpointDir(): Promise<string> {
-  const { dir, remove } = await tempDir('pfs-checkpoint-');
-  removals.push(remove);
-  return dir;
+function checkpointDir(): Promise<string> {
+  return testDir('pfs-checkpoint-');
 }
 
 describe('CheckpointWriter', () => {

@@ -1,18 +1,12 @@
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { fsyncParents, syncFileSystem } from '../src/durability.ts';
-
-const dirs: string[] = [];
-afterEach(async () => {
-  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
-});
+import { testDir } from './harness.ts';
 
 describe('fsyncParents', () => {
   it('skips a directory that is gone, and fails on one it cannot open', async () => {
-    const root = await mkdtemp(join(tmpdir(), 'pfs-durability-'));
-    dirs.push(root);
+    const root = await testDir('pfs-durability-');
     await mkdir(join(root, 'here'));
     await writeFile(join(root, 'here', 'x'), 'x');
     await writeFile(join(root, 'file'), 'f');
@@ -25,8 +19,7 @@ describe('fsyncParents', () => {
 
 describe('syncFileSystem', () => {
   it('tells a sync that reported an error from one that could not run at all', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-syncfs-'));
-    dirs.push(dir);
+    const dir = await testDir('pfs-syncfs-');
     expect(await syncFileSystem(dir)).toBe('synced');
     const path = process.env.PATH;
     try {

@@ -7,6 +7,7 @@ import { initStore, stageFile } from '@pfs/filestore';
 import { encodeRecords, FEED_CONTENT_TYPE, parseFeedQuery, readFeed } from '@pfs/replicator';
 import { type RsyncDaemonHandle, startRsyncDaemon } from '@pfs/testkit';
 import { type LogRecord, TxLog } from '@pfs/txlog';
+import { onTestFinished } from 'vitest';
 
 /** A master without the agent: a store, a log, a generator, its feed over HTTP and a real rsync daemon. */
 export interface TestMaster {
@@ -24,6 +25,13 @@ export interface TestMaster {
 export async function tempDir(prefix: string): Promise<{ dir: string; remove: () => Promise<void> }> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** A temp dir removed once the test that made it has finished, passed or not. */
+export async function testDir(prefix: string): Promise<string> {
+  const { dir, remove } = await tempDir(prefix);
+  onTestFinished(remove);
+  return dir;
 }
 
 export async function startTestMaster(generation = 1n): Promise<TestMaster> {
