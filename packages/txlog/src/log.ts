@@ -447,6 +447,29 @@ export class TxLog {
     return removed;
   }
 
+  /**
+   * Removes every record and segment, keeping nothing aside: the node no longer holds the
+   * partition. Segments go newest first, so a crash part-way leaves a shorter valid log.
+   */
+  async clear(): Promise<void> {
+    if (this.closed) throw new TxlogError('TXLOG_CLOSED', `log ${this.dir} is closed`);
+    this.truncating = true;
+    try {
+      while (this.flushing) await this.flushing;
+      await this.handle?.close();
+      this.handle = undefined;
+      while (this.segments.length > 0) {
+        await removeSegment(this.dir, this.segments.at(-1)!);
+        this.segments.pop();
+      }
+      this.adopt(await recover(this.dir, this.tailCacheRecords));
+      this.readCursor = undefined;
+      this.writableGeneration = undefined;
+    } finally {
+      this.truncating = false;
+    }
+  }
+
   /** Waits for appends in flight, then closes the segment. Safe to call twice. */
   async close(): Promise<void> {
     if (this.closed) return;

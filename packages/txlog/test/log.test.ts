@@ -297,6 +297,25 @@ describe('TxLog.truncateAfter', () => {
   });
 });
 
+describe('TxLog.clear', () => {
+  it('removes every segment without keeping the bytes, and takes records from zero again', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir, { segmentSizeBytes: 400, tailCacheRecords: 3 });
+    await log.startGeneration(1n);
+    for (let i = 0; i < 20; i++) await log.appendChange(put(`p${i}`, i));
+    expect((await readdir(dir)).length).toBeGreaterThan(1);
+    await log.clear();
+    expect(log.lastTxid).toBe(0n);
+    expect(await collect(log)).toEqual([]);
+    expect(await readdir(dir)).toEqual([]);
+    await log.appendRecord({ ...put('again'), txid: makeTxId(3, 1), previousTxid: 0n });
+    await log.close();
+    const reopened = await TxLog.open(dir, { segmentSizeBytes: 400, tailCacheRecords: 3 });
+    expect((await collect(reopened)).map((r) => r.path)).toEqual(['again']);
+    await reopened.close();
+  });
+});
+
 describe('checkpoint', () => {
   it('starts at zero, round-trips, and survives a crash between write and rename', async () => {
     const dir = await tempDir();
