@@ -4,7 +4,15 @@ import { ConstantBackoff, noop } from 'cockatiel';
 import { Etcd3, EtcdLeaseInvalidError, type Lease, type Watcher } from 'etcd3';
 import { CoordinatorError } from './errors.ts';
 import { clusterPrefix, keys, NODE_ID_PATTERN } from './keys.ts';
-import { applyKey, type ClusterView, emptyView, type MasterInfo, type NodeInfo } from './view.ts';
+import {
+  applyKey,
+  type ClusterSettings,
+  ClusterSettingsSchema,
+  type ClusterView,
+  emptyView,
+  type MasterInfo,
+  type NodeInfo,
+} from './view.ts';
 
 /**
  * The one file that talks to etcd (through etcd3). A Coordinator holds one session (one lease) at
@@ -26,6 +34,11 @@ export interface CoordinatorOptions {
   callTimeoutMs?: number;
   /** Safety margin taken off the lease validity, for clock-rate and scheduling slack. */
   fenceMarginMs?: number;
+  /**
+   * What this node assumes of the cluster. The first node to connect records it; a node whose
+   * settings differ from the recorded ones is refused (SETTINGS_MISMATCH) before it registers.
+   */
+  settings?: ClusterSettings;
 }
 
 export const DEFAULT_CALL_TIMEOUT_MS = 1500;
@@ -38,7 +51,8 @@ export class Coordinator extends EventEmitter {
   readonly nodeId: string;
   view: ClusterView = emptyView();
   private readonly client: Etcd3;
-  private readonly options: Required<CoordinatorOptions>;
+  private readonly options: Required<Omit<CoordinatorOptions, 'settings'>> &
+    Pick<CoordinatorOptions, 'settings'>;
   private lease: Lease | undefined;
   private leaseId: string | undefined;
   private validUntil = 0;
@@ -48,7 +62,7 @@ export class Coordinator extends EventEmitter {
   private changeQueued = false;
   private resessionTimer: NodeJS.Timeout | undefined;
 
-  private constructor(options: Required<CoordinatorOptions>) {
+  private constructor(options: Coordinator['options']) {
     super();
     this.options = options;
     this.cluster = options.cluster;
@@ -82,6 +96,7 @@ export class Coordinator extends EventEmitter {
       ...options,
     });
     try {
+      if (options.settings !== undefined) await coordinator.agreeSettings(options.settings);
       await coordinator.startSession();
       await coordinator.startWatch();
     } catch (error) {
@@ -100,6 +115,36 @@ export class Coordinator extends EventEmitter {
   /** Milliseconds the session is still surely valid (0 when it is not). */
   sessionRemainingMs(): number {
     return this.leaseId === undefined ? 0 : Math.max(0, this.validUntil - performance.now());
+  }
+
+  /** Records `settings` as the cluster's if it has none yet, else checks them against the recorded ones. */
+  private async agreeSettings(settings: ClusterSettings): Promise<void> {
+    const key = keys.settings(this.cluster);
+    const result = await this.client
+      .if(key, 'Create', '==', 0)
+      .then(this.client.put(key).value(JSON.stringify(settings)))
+      .else(this.client.get(key))
+      .commit();
+    if (result.succeeded) return;
+    const text = result.responses[0]?.response_range?.kvs[0]?.value.toString() ?? '';
+    let recorded: ClusterSettings | undefined;
+    try {
+      recorded = ClusterSettingsSchema.parse(JSON.parse(text));
+    } catch {
+      throw new CoordinatorError(
+        'SETTINGS_MISMATCH',
+        `etcd key ${key} holds ${JSON.stringify(text.slice(0, 200))}, not cluster settings: fix or delete that key, or use another --cluster`,
+      );
+    }
+    if (
+      recorded.partitions === settings.partitions &&
+      recorded.replicationFactor === settings.replicationFactor
+    )
+      return;
+    throw new CoordinatorError(
+      'SETTINGS_MISMATCH',
+      `cluster ${JSON.stringify(this.cluster)} has ${describeSettings(recorded)} (etcd key ${key}) but this node was started with ${describeSettings(settings)}: start it with --partitions ${recorded.partitions} --replication-factor ${recorded.replicationFactor}, or use another --cluster`,
+    );
   }
 
   private async startSession(): Promise<void> {
@@ -353,6 +398,14 @@ export class Coordinator extends EventEmitter {
       .lease(leaseId);
   }
 
+  /** Removes this node's applied-txid key of `partition`: it no longer holds the partition. */
+  async withdrawReplica(partition: number): Promise<void> {
+    await this.client
+      .delete()
+      .key(keys.replica(this.cluster, partition, this.nodeId))
+      .exec();
+  }
+
   /** Stops the watchdog and the watch, revokes the lease (bounded) and closes the client. Idempotent. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -368,6 +421,11 @@ export class Coordinator extends EventEmitter {
     if (lease !== undefined) await lease.revoke().catch(() => lease.release());
     this.client.close();
   }
+}
+
+function describeSettings(settings: ClusterSettings): string {
+  const factor = settings.replicationFactor === 0 ? 'every node' : String(settings.replicationFactor);
+  return `${settings.partitions} partition(s), replication factor ${factor}`;
 }
 
 function unreachable(endpoints: string[], error: unknown): CoordinatorError {

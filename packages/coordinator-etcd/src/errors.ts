@@ -4,6 +4,7 @@ export type CoordinatorErrorCode =
   | 'NOT_MASTER'
   | 'GENERATION_CONFLICT'
   | 'BAD_VALUE'
+  | 'SETTINGS_MISMATCH'
   | 'CLOSED';
 
 export class CoordinatorError extends Error {

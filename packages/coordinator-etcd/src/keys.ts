@@ -5,7 +5,9 @@
  *                                       the fencing token of that mastership
  *   partitions/<p>/generation           current generation, decimal
  *   partitions/<p>/history/<gen>        last txid (decimal) of ended generation <gen>, gen zero-padded to 10
- *   partitions/<p>/replicas/<id>        applied txid (decimal) of a replica, on its lease
+ *   partitions/<p>/replicas/<id>        applied txid (decimal) of a replica, on its lease; present
+ *                                       while the node follows or holds the partition
+ *   config                              ClusterSettings JSON, written once by the cluster's first node
  */
 export type ParsedKey =
   | { kind: 'node'; nodeId: string }
@@ -19,6 +21,7 @@ export function clusterPrefix(cluster: string): string {
 }
 
 export const keys = {
+  settings: (cluster: string) => `${clusterPrefix(cluster)}config`,
   node: (cluster: string, nodeId: string) => `${clusterPrefix(cluster)}nodes/${nodeId}`,
   master: (cluster: string, partition: number) => `${clusterPrefix(cluster)}partitions/${partition}/master`,
   generation: (cluster: string, partition: number) =>

@@ -12,6 +12,17 @@ export const NodeInfoSchema = z.object({
 });
 export type NodeInfo = z.infer<typeof NodeInfoSchema>;
 
+/**
+ * What every node of a cluster must agree on (the `config` key): the partition count decides
+ * which partition a path is in, and the replication factor which nodes hold it.
+ */
+export const ClusterSettingsSchema = z.object({
+  partitions: z.number().int().min(1),
+  /** 0: every node holds every partition. */
+  replicationFactor: z.number().int().min(0),
+});
+export type ClusterSettings = z.infer<typeof ClusterSettingsSchema>;
+
 export const MasterInfoSchema = z.object({
   nodeId: z.string(),
   /** Unique per process incarnation, so a restarted node is never mistaken for its old self. */
@@ -105,12 +116,14 @@ export function applyKey(
 }
 
 /**
- * Promotion order for a partition without a master: live nodes, most applied txid first, ties by
- * smallest node id (so in the quick demo localhost_12002 wins over localhost_12003).
+ * Promotion order for a partition without a master: live nodes (those of `among`, when given),
+ * most applied txid first, ties by smallest node id (so in the quick demo localhost_12002 wins
+ * over localhost_12003).
  */
-export function rankCandidates(view: ClusterView, partition: number): string[] {
+export function rankCandidates(view: ClusterView, partition: number, among?: readonly string[]): string[] {
   const replicas = view.partitions.get(partition)?.replicas ?? new Map<string, bigint>();
-  return [...view.nodes.keys()].sort((a, b) => {
+  const live = [...view.nodes.keys()].filter((id) => among === undefined || among.includes(id));
+  return live.sort((a, b) => {
     const applied = (replicas.get(b) ?? 0n) - (replicas.get(a) ?? 0n);
     if (applied !== 0n) return applied > 0n ? 1 : -1;
     return a < b ? -1 : a > b ? 1 : 0;

@@ -207,6 +207,49 @@ describe('Coordinator against a real etcd', () => {
     );
   });
 
+  it("records the first node's cluster settings and refuses a node whose settings differ, before it registers", async () => {
+    cluster++;
+    const name = `c${cluster}`;
+    const withSettings = (id: string, partitions: number, replicationFactor: number) =>
+      Coordinator.connect({
+        endpoints: [etcd.endpoint],
+        cluster: name,
+        ttlSeconds: 2,
+        settings: { partitions, replicationFactor },
+        node: { id, host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: 1, startedAt: 'n' },
+      });
+    const first = await withSettings('a', 4, 2);
+    open.push(first);
+    expect(JSON.parse(etcdctl('get', '--print-value-only', keys.settings(name)))).toEqual({
+      partitions: 4,
+      replicationFactor: 2,
+    });
+    const same = await withSettings('b', 4, 2);
+    open.push(same);
+    const error = (await withSettings('c', 8, 2).catch((e) => e)) as CoordinatorError;
+    expect(error.code).toBe('SETTINGS_MISMATCH');
+    expect(error.message).toBe(
+      `cluster "${name}" has 4 partition(s), replication factor 2 (etcd key /pfs/${name}/config) but this node was started with 8 partition(s), replication factor 2: start it with --partitions 4 --replication-factor 2, or use another --cluster`,
+    );
+    await expect(withSettings('c', 4, 0)).rejects.toMatchObject({ code: 'SETTINGS_MISMATCH' });
+    // The refused node never appeared in the view.
+    await until(() => same.view.nodes.has('a') && same.view.nodes.has('b'), 'both nodes');
+    expect(same.view.nodes.has('c')).toBe(false);
+    etcdctl('put', keys.settings(name), 'garbage');
+    await expect(withSettings('d', 4, 2)).rejects.toThrow(
+      `etcd key /pfs/${name}/config holds "garbage", not cluster settings: fix or delete that key, or use another --cluster`,
+    );
+  });
+
+  it('withdraws a replica key', async () => {
+    cluster++;
+    const a = await connect('a');
+    await a.reportApplied(3, 42n);
+    await until(() => a.view.partitions.get(3)?.replicas.get('a') === 42n, 'the report');
+    await a.withdrawReplica(3);
+    await until(() => a.view.partitions.get(3)?.replicas.has('a') === false, 'the withdrawal');
+  });
+
   it('refuses a bad node id or TTL', async () => {
     const base = {
       endpoints: [etcd.endpoint],

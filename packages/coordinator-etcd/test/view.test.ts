@@ -1,4 +1,4 @@
-import { keys, rankCandidates } from '@pfs/coordinator-etcd';
+import { keys, partitionMembers, placeReplicas, rankCandidates } from '@pfs/coordinator-etcd';
 import { describe, expect, it } from 'vitest';
 import { applyKey, emptyView } from '../src/view.ts';
 
@@ -35,5 +35,68 @@ describe('cluster view', () => {
     expect(p.master).toBeUndefined();
     applyKey(view, 'c', '/pfs/other/nodes/x', node('x'), 1n);
     expect(view.nodes.size).toBe(0);
+  });
+});
+
+describe('placement', () => {
+  const nodes = Array.from({ length: 6 }, (_, i) => `node-${i}`);
+
+  it('places each partition on R distinct live nodes, the same whatever order they are listed in', () => {
+    for (let p = 0; p < 64; p++) {
+      const placed = placeReplicas(p, nodes, 3);
+      expect(placed).toHaveLength(3);
+      expect(new Set(placed).size).toBe(3);
+      expect(placeReplicas(p, [...nodes].reverse(), 3)).toEqual(placed);
+    }
+  });
+
+  it('places on every node with factor 0, and on all there are when fewer than R', () => {
+    expect(placeReplicas(5, nodes, 0).sort()).toEqual(nodes);
+    expect(placeReplicas(5, nodes.slice(0, 2), 3).sort()).toEqual(nodes.slice(0, 2));
+    expect(placeReplicas(5, [], 3)).toEqual([]);
+  });
+
+  it('spreads partitions evenly across nodes', () => {
+    const held = new Map<string, number>();
+    for (let p = 0; p < 600; p++) {
+      for (const id of placeReplicas(p, nodes, 2)) held.set(id, (held.get(id) ?? 0) + 1);
+    }
+    // 600 × 2 / 6 = 200 each; rendezvous hashing keeps each within a few tens of that.
+    for (const id of nodes) expect(held.get(id)).toBeGreaterThan(150);
+    for (const id of nodes) expect(held.get(id)).toBeLessThan(250);
+  });
+
+  it('moves only what a joining node wins, and only what a leaving node held', () => {
+    const before = new Map<number, string[]>();
+    for (let p = 0; p < 300; p++) before.set(p, placeReplicas(p, nodes, 2));
+    const joined = [...nodes, 'node-6'];
+    let moved = 0;
+    for (let p = 0; p < 300; p++) {
+      const after = placeReplicas(p, joined, 2);
+      const lost = before.get(p)!.filter((id) => !after.includes(id));
+      // Whatever left the partition's set left it for the new node.
+      if (lost.length > 0) expect(after).toContain('node-6');
+      moved += lost.length;
+    }
+    // About 2/7 of 300 partitions gain the new node.
+    expect(moved).toBeGreaterThan(50);
+    expect(moved).toBeLessThan(125);
+    const left = nodes.filter((id) => id !== 'node-2');
+    for (let p = 0; p < 300; p++) {
+      const kept = before.get(p)!.filter((id) => id !== 'node-2');
+      expect(placeReplicas(p, left, 2)).toEqual(expect.arrayContaining(kept));
+    }
+  });
+
+  it("counts as members the placed live nodes and the live nodes still holding a partition's key", () => {
+    const view = emptyView();
+    for (const id of nodes) applyKey(view, 'c', keys.node('c', id), node(id), 1n);
+    const placed = placeReplicas(7, nodes, 2);
+    const holder = nodes.find((id) => !placed.includes(id))!;
+    applyKey(view, 'c', keys.replica('c', 7, holder), '5', 1n);
+    // A dead node's key does not count.
+    applyKey(view, 'c', keys.replica('c', 7, 'gone'), '9', 1n);
+    expect(partitionMembers(view, 7, 2).sort()).toEqual([...placed, holder].sort());
+    expect(rankCandidates(view, 7, partitionMembers(view, 7, 2))[0]).toBe(holder);
   });
 });
