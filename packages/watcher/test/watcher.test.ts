@@ -59,7 +59,9 @@ describe('watchStore', () => {
   });
 
   it('settles a burst of writes to one path into one event after the writes', async () => {
-    const { root, events } = await setup(80);
+    // A settle window far above the gaps between the writes, even on a loaded machine (with
+    // 80 ms, a full test suite's load once stretched a gap past it and split the burst in two).
+    const { root, events } = await setup(500);
     for (let i = 0; i < 10; i++) await appendFile(join(root, 'burst'), `chunk ${i}\n`);
     await until(() => has(events, 'add', 'burst'), 'add burst');
     await new Promise((r) => setTimeout(r, 200));
