@@ -107,11 +107,11 @@ export function compareStorePaths(a: string, b: string): number {
 /**
  * One page of the store's files whose paths start with `prefix`, in walk order, after the
  * cursor `after` (the last path of the previous page). `next` is the cursor of the next page, or
- * undefined at the end.
+ * undefined at the end. With `include`, only the files it accepts count.
  */
 export async function listStore(
   root: string,
-  options: { prefix?: string; after?: string; limit: number },
+  options: { prefix?: string; after?: string; limit: number; include?: (path: string) => boolean },
 ): Promise<{ entries: StoreEntry[]; next: string | undefined }> {
   const prefix = options.prefix ?? '';
   // A fractional limit would never equal a count, and the page would be the whole store.
@@ -143,7 +143,7 @@ export async function listStore(
       if (info === undefined) continue;
       if (info.isDirectory()) {
         if (wanted(path)) yield* walk(path);
-      } else if (info.isFile() && path.startsWith(prefix)) {
+      } else if (info.isFile() && path.startsWith(prefix) && (options.include?.(path) ?? true)) {
         yield {
           path,
           stat: fileStatOf(info),

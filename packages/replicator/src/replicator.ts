@@ -633,6 +633,8 @@ export class Replicator extends EventEmitter {
         }
         if (fetched.records.length > 0)
           await this.applyBatch(source, fetched.records, signal, { primeNext: true });
+        if (fetched.lastTxid !== undefined && this.appliedTxid >= fetched.lastTxid)
+          this.emit('caught-up', this.appliedTxid);
         // A short page means caught up: from here on every batch reads what it checks.
         if (fetched.records.length < maxRecords) this.bootstrapDigests = undefined;
         backoffMs = 0;
