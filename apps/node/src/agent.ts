@@ -14,14 +14,16 @@ import type { NodeConfig } from './config.ts';
 import { buildHttpServer } from './http.ts';
 import { createMetrics } from './metrics.ts';
 import { PartitionController } from './partition-controller.ts';
+import { PartitionPlacement } from './placement.ts';
 import { ackSatisfied, ReplicaAcks } from './replica-acks.ts';
 import { type RsyncDaemon, startRsyncDaemon } from './rsync-daemon.ts';
 import { StoreChecks } from './store-checks.ts';
 
 /**
  * The node agent: opens the partition logs, runs the rsync daemon and the HTTP server, registers
- * with etcd, and drives one PartitionController per partition. Every node replicates every
- * partition; the masters are spread by the election (see docs/architecture.md).
+ * with etcd, and drives one PartitionController per partition. Which partitions it holds follows
+ * the placement (every partition with the default replication factor), and the masters are
+ * spread by the election (see docs/architecture.md).
  */
 export interface Agent {
   readonly config: NodeConfig;
@@ -120,14 +122,17 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   const polls = new Set<AbortController>();
   let stopping = false;
   let coordinator: Coordinator | undefined;
-  const liveReplicas = () => [...(coordinator?.view.nodes.keys() ?? [])].filter((id) => id !== config.nodeId);
+  let placementOf: PartitionPlacement | undefined;
+  /** The other live nodes taking part in `partition`: whose acks `all` waits for. */
+  const replicasOf = (partition: number) =>
+    (placementOf?.membersOf(partition) ?? []).filter((id) => id !== config.nodeId);
   const controllers: PartitionController[] = [];
 
   const metrics = createMetrics({
     controllers: () => controllers,
     generation: (p) => coordinator?.view.partitions.get(p)?.generation ?? 0n,
     acks,
-    liveReplicas,
+    replicasOf,
   });
   const state: AgentState = {
     config,
@@ -145,7 +150,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       acks.note(partition, replica, after);
     },
     waitForAcks(partition, txid, mode, timeoutMs) {
-      return acks.wait(partition, txid, mode, liveReplicas, timeoutMs);
+      return acks.wait(partition, txid, mode, () => replicasOf(partition), timeoutMs);
     },
     trackPoll(controller) {
       if (stopping) return undefined;
@@ -159,6 +164,8 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         partitions: controllers.map((c) => ({
           partition: c.partition,
           role: c.role,
+          holds: c.holds,
+          placedOn: placementOf?.placedOn(c.partition) ?? [],
           generation: (coordinator?.view.partitions.get(c.partition)?.generation ?? c.generation).toString(),
           lastTxid: logs[c.partition]!.lastTxid.toString(),
           lastTxidText: formatTxId(logs[c.partition]!.lastTxid),
@@ -171,7 +178,10 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
           replicaLagMs:
             c.role === 'master'
               ? Object.fromEntries(
-                  liveReplicas().map((id) => [id, acks.lagMs(c.partition, id, performance.now()) ?? null]),
+                  replicasOf(c.partition).map((id) => [
+                    id,
+                    acks.lagMs(c.partition, id, performance.now()) ?? null,
+                  ]),
                 )
               : {},
           // What every live node last reported to etcd as applied (the promotion ranking's input).
@@ -212,6 +222,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     endpoints: config.etcd,
     cluster: config.cluster,
     ttlSeconds: config.leaseTtlSeconds,
+    settings: { partitions: config.partitions, replicationFactor: config.replicationFactor },
     node: {
       id: config.nodeId,
       host: config.host,
@@ -262,6 +273,21 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
 
   // The partitions share one store: one bulk copy into it at most, and no batch meanwhile.
   const storeGate = new StoreGate();
+  const placement = new PartitionPlacement({
+    nodeId: config.nodeId,
+    replicationFactor: config.replicationFactor,
+    coordinator: coord,
+    controllers,
+    logs,
+    acked: (partition, id) => acks.of(partition).get(id) ?? 0n,
+    storeGate,
+    fileStore,
+    partitionOf: (path) => generator.partitionOf(path),
+    runDir: join(config.dataDir, 'run'),
+    handOverTimeoutMs: HANDOVER_TIMEOUT_MS,
+    logger,
+  });
+  placementOf = placement;
   const storeChecks = new StoreChecks({
     root: fileStore,
     staleTempFiles,
@@ -291,14 +317,19 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         revokeRefusingMaster: config.revokeRefusingMaster,
         storeChecks,
         storeGate,
+        members: () => placement.membersOf(p),
+        onStoreCopy: (phase) => placement.noteStoreCopy(phase),
       }),
     );
   }
+  // Runs after the controllers close (cleanups run last first), which ends what a pass awaits.
+  cleanups.push(() => placement.close());
   cleanups.push(async () => {
     await Promise.all(controllers.map((c) => c.close()));
     await storeChecks.close();
   });
   coord.on('change', () => {
+    placement.schedule();
     for (const controller of controllers) controller.schedule();
   });
   coord.on('session-lost', (reason: string) => {
@@ -307,9 +338,10 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   });
   coord.on('session', () => {
     logger.info('etcd session re-established');
+    placement.schedule();
     for (const controller of controllers) controller.schedule();
   });
-  for (const controller of controllers) controller.schedule();
+  placement.schedule();
 
   let closing: Promise<void> | undefined;
   return {
@@ -318,10 +350,11 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     url: `http://${config.host}:${config.httpPort}`,
     close() {
       closing ??= (async () => {
+        placement.halt();
         await Promise.all(
           controllers.map((c) =>
             c.handOver((last) => {
-              const live = liveReplicas();
+              const live = replicasOf(c.partition);
               return live.length === 0 || ackSatisfied(acks.of(c.partition), last, 'all', live);
             }, HANDOVER_TIMEOUT_MS),
           ),

@@ -3,6 +3,7 @@ import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
+import { compareStorePaths, partitionOf } from '@pfs/filestore';
 import { type BootstrapSummary, describeBootstrap } from './bootstrap-progress.ts';
 import { encodePath } from './http.ts';
 
@@ -90,6 +91,49 @@ function table(rows: string[][]): string {
     .join('\n');
 }
 
+type ListEntry = { path: string; size: string; mtime: string };
+
+/** Every page of one node's listing, and the partitions it covered (those of `partitions` it holds). */
+async function listNode(
+  node: string,
+  prefix: string,
+  partitions: readonly number[] | undefined,
+): Promise<{ entries: ListEntry[]; covered: number[]; partitionCount: number }> {
+  const entries: ListEntry[] = [];
+  let covered: number[] | undefined;
+  let partitionCount = 0;
+  let after: string | null = null;
+  do {
+    const query = new URLSearchParams({
+      prefix,
+      limit: '1000',
+      ...(after === null ? {} : { after }),
+      ...(partitions === undefined ? {} : { partitions: partitions.join(',') }),
+    });
+    const response = await request(node, 'GET', `/v1/files?${query}`);
+    if (response.status !== 200) throw await failure(response);
+    const page = (await response.json()) as {
+      entries: ListEntry[];
+      next: string | null;
+      partitions: number[];
+      partitionCount: number;
+    };
+    entries.push(...page.entries);
+    // Pages answered while the node's holdings changed: only what every page covered counts.
+    covered = covered === undefined ? page.partitions : covered.filter((p) => page.partitions.includes(p));
+    partitionCount = page.partitionCount;
+    after = page.next;
+  } while (after !== null);
+  const kept = new Set(covered);
+  return {
+    entries: entries.filter((e) => kept.has(partitionOf(e.path, partitionCount))),
+    covered: [...kept],
+    partitionCount,
+  };
+}
+
+const allPartitions = (count: number) => Array.from({ length: count }, (_, p) => p);
+
 const shown = (path: string) => (/[\x00-\x1f\x7f]/.test(path) ? JSON.stringify(path) : path);
 
 async function run(argv: string[], out: Out, node: string): Promise<void> {
@@ -140,16 +184,31 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
     }
     case 'ls': {
       const prefix = positionals[0] ?? '';
-      const entries: { path: string; size: string; mtime: string }[] = [];
-      let after: string | null = null;
-      do {
-        const query = new URLSearchParams({ prefix, limit: '1000', ...(after === null ? {} : { after }) });
-        const response = await request(node, 'GET', `/v1/files?${query}`);
-        if (response.status !== 200) throw await failure(response);
-        const page = (await response.json()) as { entries: typeof entries; next: string | null };
-        entries.push(...page.entries);
-        after = page.next;
-      } while (after !== null);
+      // A node lists the partitions whose reads it answers; with a replication factor below the
+      // node count the others are asked for the rest, and the lists merged in path order.
+      const first = await listNode(node, prefix, undefined);
+      const entries = first.entries;
+      let missing = allPartitions(first.partitionCount).filter((p) => !first.covered.includes(p));
+      if (missing.length > 0) {
+        const status = (await (await request(node, 'GET', '/v1/status')).json()) as {
+          nodeId: string;
+          nodes: { id: string; url: string }[];
+        };
+        for (const other of status.nodes) {
+          if (missing.length === 0) break;
+          if (other.id === status.nodeId) continue;
+          const listed = await listNode(other.url, prefix, missing).catch(() => undefined);
+          if (listed === undefined) continue;
+          entries.push(...listed.entries);
+          missing = missing.filter((p) => !listed.covered.includes(p));
+        }
+        if (missing.length > 0) {
+          throw new CliError(
+            `no live node answers reads of partition(s) ${missing.join(', ')} right now (no master, or its nodes are catching up): retry shortly`,
+          );
+        }
+        entries.sort((a, b) => compareStorePaths(a.path, b.path));
+      }
       out.print({ entries }, () =>
         entries.length === 0
           ? '(no files)'

@@ -324,7 +324,32 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       if (target === undefined) return reply;
       const { path, partition } = target;
       const log = state.logs[partition]!;
-      if (state.controllers[partition]!.readsRefused) {
+      const controller = state.controllers[partition]!;
+      if (!controller.holds || (!controller.servesReads && !controller.readsRefused)) {
+        // Not placed here, or not caught up since it was: the master answers for the partition.
+        const master = state.masterOf(partition);
+        if (master === undefined || master.nodeId === state.config.nodeId) {
+          return reply
+            .code(503)
+            .header('retry-after', '1')
+            .send({
+              code: 'NO_MASTER',
+              message: `partition ${partition} has no master right now and this node ${controller.holds ? 'has not caught up with it' : 'does not hold it'}: retry shortly`,
+            });
+        }
+        const query = request.url.indexOf('?');
+        return reply
+          .code(307)
+          .header(
+            'location',
+            `http://${master.host}:${master.httpPort}/v1/files/${encodePath(path)}${query === -1 ? '' : request.url.slice(query)}`,
+          )
+          .send({
+            code: controller.holds ? 'NOT_CAUGHT_UP' : 'NOT_HELD',
+            message: `${controller.holds ? 'this node has not caught up with' : 'this node does not hold'} partition ${partition}: read from its master, ${master.nodeId}`,
+          });
+      }
+      if (controller.readsRefused) {
         return reply
           .code(503)
           .header('retry-after', '1')
@@ -398,7 +423,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     },
   });
 
-  app.get<{ Querystring: { prefix?: string; after?: string; limit?: string } }>(
+  app.get<{ Querystring: { prefix?: string; after?: string; limit?: string; partitions?: string } }>(
     '/v1/files',
     async (request, reply) => {
       const asked = request.query.limit ?? '1000';
@@ -408,11 +433,27 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           message: `limit must be a whole number of entries, 1 to 10000, not ${JSON.stringify(asked)}`,
         });
       }
+      const count = state.config.partitions;
+      const wanted = request.query.partitions;
+      if (wanted !== undefined && !/^\d{1,4}(,\d{1,4})*$/.test(wanted)) {
+        return reply.code(400).send({
+          code: 'BAD_PARTITIONS',
+          message: `partitions must be comma-separated partition numbers, 0 to ${count - 1}, not ${JSON.stringify(wanted.slice(0, 100))}`,
+        });
+      }
+      const asking = wanted === undefined ? undefined : new Set(wanted.split(',').map(Number));
+      // Only partitions whose reads this node answers: the others are listed by the nodes that
+      // hold them (the response names the partitions it covers).
+      const covered = state.controllers
+        .filter((c) => c.servesReads && (asking === undefined || asking.has(c.partition)))
+        .map((c) => c.partition);
+      const included = new Set(covered);
       const limit = Math.min(Math.max(Number(asked), 1), 10_000);
       const page = await listStore(fileStore, {
         limit,
         ...(request.query.prefix === undefined ? {} : { prefix: request.query.prefix }),
         ...(request.query.after === undefined ? {} : { after: request.query.after }),
+        ...(included.size === count ? {} : { include: (path) => included.has(partitionOf(path, count)) }),
       });
       return {
         entries: page.entries.map((e) => ({
@@ -421,6 +462,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           mtime: new Date(Number(e.stat.mtimeNs / 1_000_000n)).toISOString(),
         })),
         next: page.next ?? null,
+        partitions: covered,
+        partitionCount: count,
       };
     },
   );

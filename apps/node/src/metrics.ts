@@ -26,7 +26,8 @@ export function createMetrics(view: {
   controllers: () => readonly PartitionController[];
   generation: (partition: number) => bigint;
   acks: ReplicaAcks;
-  liveReplicas: () => readonly string[];
+  /** The other live nodes taking part in a partition (see partitionMembers). */
+  replicasOf: (partition: number) => readonly string[];
 }): NodeMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
@@ -123,7 +124,7 @@ export function createMetrics(view: {
       for (const c of view.controllers()) {
         if (c.role !== 'master') continue;
         const last = c.appliedTxid;
-        for (const replica of view.liveReplicas()) {
+        for (const replica of view.replicasOf(c.partition)) {
           const acked = view.acks.of(c.partition).get(replica) ?? 0n;
           const lag =
             generationOf(acked) === generationOf(last)

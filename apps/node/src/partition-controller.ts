@@ -52,6 +52,13 @@ export interface ControllerDeps {
   storeChecks: StoreChecks;
   /** Shared by the node's partitions, whose replicators write into one store (see StoreGate). */
   storeGate: StoreGate;
+  /** The live nodes taking part in the partition: its election candidates (see partitionMembers). */
+  members: () => string[];
+  /**
+   * A bulk copy of a master's store begins or ends (however it ends): it brings the files of
+   * every partition that master holds, including some this node may not (see the agent's sweep).
+   */
+  onStoreCopy?: (phase: 'started' | 'ended') => void;
 }
 
 /**
@@ -102,6 +109,13 @@ export class PartitionController {
   private lastReportAt = 0;
   private reportTimer: NodeJS.Timeout | undefined;
   private readonly stop = new AbortController();
+  /**
+   * Whether this node holds the partition: placed on it, or not yet let go (see activate and
+   * release). A partition it does not hold it neither follows nor stands for, nor serves reads of.
+   */
+  private active = false;
+  /** Applied all its master's log held, at least once since it started holding the partition. */
+  private caughtUp = false;
 
   constructor(private readonly deps: ControllerDeps) {
     this.mayHoldUnlogged = existsSync(this.masteredMarker);
@@ -114,6 +128,21 @@ export class PartitionController {
    */
   get readsRefused(): boolean {
     return this.mayHoldUnlogged && this.role !== 'master';
+  }
+
+  /** Whether this node holds the partition (see `active`). */
+  get holds(): boolean {
+    return this.active;
+  }
+
+  /**
+   * Whether a read of the partition is answered here: as its master, or once it has caught up
+   * with one since it began to hold the partition (an election since does not change that).
+   * Before that (a node that joined, or started again) its store may lack files the master has,
+   * and reads go to the master.
+   */
+  get servesReads(): boolean {
+    return this.active && (this.role === 'master' || this.caughtUp);
   }
 
   /** `run/mastered-<p>`: present from a promotion until the next completed checkStore. */
@@ -191,6 +220,79 @@ export class PartitionController {
     this.schedule();
   }
 
+  /** Starts holding the partition: follows its master, stands for its elections. Resolves whether it was not held before. */
+  activate(): boolean {
+    if (this.active || this.closed) return false;
+    this.active = true;
+    this.caughtUp = false;
+    this.schedule();
+    return true;
+  }
+
+  /**
+   * Stops holding the partition: as its master, hands over first (like a stop does); then stops
+   * following and standing for it. Its log stops where it is, and its applied-txid key stays
+   * (a drain may still need what it has) until the caller withdraws it, once the nodes placed on
+   * the partition have all of it; its log and files stay until the caller drops them.
+   */
+  async release(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<void> {
+    if (!this.active) return;
+    this.active = false;
+    const run = this.chain.then(async () => {
+      await this.handOverMastership(caughtUp, timeoutMs);
+      clearTimeout(this.reportTimer);
+      this.reportTimer = undefined;
+      const replicator = this.replicator;
+      this.replicator = undefined;
+      await replicator?.stop();
+      this.following = undefined;
+      this.role = 'offline';
+      // What it now has, for the ranking and for the caller's check of the placed nodes.
+      await this.deps.coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
+    });
+    this.chain = run.catch(() => {});
+    await run;
+  }
+
+  /**
+   * Removes what this node keeps of a partition it no longer holds: its log, checkpoint and
+   * marks (its files are the caller's to remove, see the agent's sweep). A divergent suffix (this
+   * node, fenced as master, logged writes the cluster never agreed to) goes to quarantine/ first,
+   * as when following. Resolves false, doing nothing, if the partition is held again meanwhile.
+   */
+  async dropLog(): Promise<boolean> {
+    const run = this.chain.then(async () => {
+      if (this.active || this.closed) return false;
+      const { dataDir, log } = this.deps;
+      const pv = this.deps.coordinator.view.partitions.get(this.partition);
+      if (pv !== undefined) {
+        await cutDivergentSuffix({
+          log,
+          history: pv.history,
+          currentGeneration: pv.generation,
+          fileStore: join(dataDir, 'filestore'),
+          quarantineDir: join(dataDir, 'quarantine'),
+          // Nothing is brought back: the partition's files are about to go.
+          restore: async () => {},
+        });
+      }
+      await log.clear();
+      for (const name of [String(this.partition), `${this.partition}.unsettled`]) {
+        await rm(join(dataDir, 'checkpoint', name), { force: true });
+      }
+      await rm(join(dataDir, 'drain', String(this.partition)), { recursive: true, force: true });
+      await rm(this.masteredMarker, { force: true });
+      this.mayHoldUnlogged = false;
+      this.lastServingMaster = undefined;
+      return true;
+    });
+    this.chain = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
+  }
+
   private async evaluate(view: ClusterView): Promise<void> {
     const pv = view.partitions.get(this.partition);
     const master = pv?.master;
@@ -207,6 +309,7 @@ export class PartitionController {
       await this.deps.coordinator.resignMaster(this.partition, master.token).catch(() => {});
       return;
     }
+    if (!this.active) return;
     if (master !== undefined) {
       const node = view.nodes.get(master.nodeId);
       if (master.state === 'serving' && node !== undefined) {
@@ -421,6 +524,9 @@ export class PartitionController {
         );
       },
     });
+    replicator.on('caught-up', () => {
+      this.caughtUp = true;
+    });
     replicator.on('applied', (batch: AppliedBatch) => {
       this.deps.metrics.batches.inc({ result: 'ok' });
       this.deps.metrics.batchSeconds.observe(batch.durationMs / 1000);
@@ -428,6 +534,7 @@ export class PartitionController {
       this.reportSoon();
     });
     replicator.on('bootstrap-started', () => {
+      this.deps.onStoreCopy?.('started');
       this.bootstrap = new BootstrapTracker(performance.now(), BOOTSTRAP_LOG_EVERY_MS);
       this.deps.logger.info(
         { partition: this.partition },
@@ -450,6 +557,7 @@ export class PartitionController {
     replicator.on('bootstrapped', (done: BootstrapDone) => {
       const summary = this.bootstrap?.summary(performance.now());
       this.bootstrap = undefined;
+      this.deps.onStoreCopy?.('ended');
       this.deps.logger.info(
         {
           partition: this.partition,
@@ -467,6 +575,7 @@ export class PartitionController {
     replicator.on('bootstrap-abandoned', (error: Error) => {
       const summary = this.bootstrap?.summary(performance.now());
       this.bootstrap = undefined;
+      this.deps.onStoreCopy?.('ended');
       // Aborted: this node paused the partition (a master change, a stop); not worth a warning.
       const aborted = (error as { code?: string }).code === 'RSYNC_ABORTED';
       this.deps.logger[aborted ? 'info' : 'warn'](
@@ -539,7 +648,8 @@ export class PartitionController {
 
   /** Publishes the applied txid for the promotion ranking, at most every REPORT_EVERY_MS. */
   private reportSoon(): void {
-    if (this.reportTimer !== undefined) return;
+    // A partition let go must not publish its key again (see release).
+    if (this.reportTimer !== undefined || !this.active) return;
     const wait = Math.max(0, this.lastReportAt + REPORT_EVERY_MS - Date.now());
     this.reportTimer = setTimeout(() => {
       this.reportTimer = undefined;
@@ -565,6 +675,18 @@ export class PartitionController {
       this.role = 'offline';
       return;
     }
+    const behind = behindTheCluster(this.appliedTxid, pv?.generation ?? 0n, pv?.history);
+    if (behind !== undefined) {
+      // Whoever follows this node would lose what it lacks, acknowledged writes among them (and
+      // a node holding them that comes back would have them set aside as divergent). It waits
+      // for a node that has them instead (docs/architecture.md, Election).
+      this.deps.logger.warn(
+        { partition: this.partition },
+        `partition ${this.partition}: this node has ${formatTxId(this.appliedTxid)}, ${behind}; not standing for election until a node that has them is back`,
+      );
+      this.role = 'offline';
+      return;
+    }
     await coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
     // A master that handed over waited for every live replica to acknowledge its last txid:
     // they are all equally caught up, so the smallest id wins at once. Otherwise give every
@@ -572,9 +694,10 @@ export class PartitionController {
     const old = this.lastServingMaster;
     const handedOver = old?.finalTxid !== undefined;
     if (!handedOver) await sleep(COLLECT_MS);
+    const members = this.deps.members();
     const ranking = handedOver
-      ? [...coordinator.view.nodes.keys()].filter((id) => id !== old!.nodeId).sort()
-      : rankCandidates(coordinator.view, this.partition);
+      ? members.filter((id) => id !== old!.nodeId).sort()
+      : rankCandidates(coordinator.view, this.partition, members);
     const rank = ranking.indexOf(nodeId);
     if (rank !== 0) {
       // Give better candidates their turn; claim anyway if none of them does.
@@ -780,6 +903,11 @@ export class PartitionController {
     // the stop. Checks cut short keep their mark and run again on the next start.
     if (this.role !== 'master' && this.role !== 'promoting') this.stop.abort();
     await this.chain.catch(() => {});
+    await this.handOverMastership(caughtUp, timeoutMs);
+  }
+
+  /** The handover itself, once nothing else runs and this node will not stand again. */
+  private async handOverMastership(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<void> {
     const token = this.token;
     if (this.role !== 'master' || token === undefined) return;
     this.role = 'offline';
@@ -819,6 +947,24 @@ export class PartitionController {
 }
 
 const REPLICATION_WARNING_INTERVAL_MS = 10_000;
+
+/**
+ * Why a node that has applied `applied` must not stand for a partition, or undefined if it may
+ * (pure): it is behind where an ended generation ended (every master since had those records),
+ * or it has nothing at all of a partition that has had a master (every node that ever followed
+ * one has at least its generation's first record).
+ */
+export function behindTheCluster(
+  applied: TxId,
+  generation: bigint,
+  history: ReadonlyMap<bigint, bigint> | undefined,
+): string | undefined {
+  let ended = 0n;
+  for (const last of history?.values() ?? []) if (last > ended) ended = last;
+  if (applied < ended) return `behind ${formatTxId(ended)} where an earlier generation ended`;
+  if (applied === 0n && generation > 0n) return `nothing of a partition that has had a master`;
+  return undefined;
+}
 
 /** A promotion cut short by the loss of the claim or by the node stopping, not by a fault of its own. */
 class PromotionInterrupted extends Error {}

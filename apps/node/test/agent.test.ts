@@ -5,67 +5,19 @@ import { request } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Coordinator } from '@pfs/coordinator-etcd';
 import { partitionOf } from '@pfs/filestore';
 import { decodeRecords } from '@pfs/replicator';
-import { type EtcdHandle, freePort, startEtcd, stopAll } from '@pfs/testkit';
+import { freePort } from '@pfs/testkit';
 import { TxLog } from '@pfs/txlog';
-import pino from 'pino';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type Agent, startAgent } from '../src/agent.ts';
-import { loadConfig } from '../src/config.ts';
 import { encodePath } from '../src/http.ts';
+import { capturingLogger, until, useAgents } from './agent-harness.ts';
 
-let etcd: EtcdHandle;
-const agents: Agent[] = [];
-const dirs: string[] = [];
+const { agents, dirs, agentConfig, start, stopForRestart, ...harness } = useAgents();
 let clusterSeq = 0;
-
-beforeAll(async () => {
-  etcd = await startEtcd();
-});
-afterEach(async () => {
-  await Promise.all(agents.splice(0).map((a) => a.close()));
-  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
-});
-afterAll(() => stopAll());
-
-async function agentConfig(cluster: string, dataDir?: string) {
-  const dir = dataDir ?? (await mkdtemp(join(tmpdir(), 'pfs-agent-')));
-  if (dataDir === undefined) dirs.push(dir);
-  return loadConfig(
-    [
-      `--http-port=${await freePort()}`,
-      `--rsync-port=${await freePort()}`,
-      `--data-dir=${dir}`,
-      `--etcd=${etcd.endpoint}`,
-      `--cluster=${cluster}`,
-      '--log-level=silent',
-      // Acked writes wait for a replica, which a loaded machine may slow down by seconds; the
-      // 504 is tested with a short timeout of its own.
-      '--ack-timeout-ms=60000',
-    ],
-    {},
-  );
-}
-
-async function start(config: Awaited<ReturnType<typeof agentConfig>>): Promise<Agent> {
-  const agent = await startAgent(config, pino({ level: process.env.PFS_TEST_LOG ?? 'silent' }));
-  agents.push(agent);
-  return agent;
-}
-
-async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function rawRequest(
   port: number,
@@ -101,32 +53,13 @@ async function caughtUp(master: Agent, replica: Agent, what = 'replica caught up
   return last;
 }
 
-/** Stops `agent` gracefully to start it again on its data dir, which it returns. */
-async function stopForRestart(agent: Agent): Promise<string> {
-  agents.splice(agents.indexOf(agent), 1);
-  await agent.close();
-  return agent.config.dataDir;
-}
-
-/** A logger for one agent whose entries the test reads (`entries`, in order). */
-function capturingLogger() {
-  const entries: { level: number; msg: string; [field: string]: unknown }[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString().split('\n')) if (line !== '') entries.push(JSON.parse(line));
-      done();
-    },
-  });
-  return { logger: pino({ level: 'info' }, stream), entries };
-}
-
 /**
  * A node registered in `cluster` (id `a-phantom`, ranked before any `localhost_…` as caught up)
  * that reports `applied` for partition 0 and never claims; its addresses refuse connections.
  */
 async function phantomNode(cluster: string, applied: bigint): Promise<Coordinator> {
   const phantom = await Coordinator.connect({
-    endpoints: [etcd.endpoint],
+    endpoints: [harness.etcdEndpoint()],
     cluster,
     node: {
       id: 'a-phantom',
@@ -309,6 +242,9 @@ describe('node agent over HTTP', () => {
     expect(page2).toEqual({
       entries: [expect.objectContaining({ path: 'docs/digits', size: '10' })],
       next: null,
+      // The partitions the listing covers: every one, on a node that holds them all.
+      partitions: [0],
+      partitionCount: 1,
     });
   });
 
@@ -760,16 +696,26 @@ describe('node agent over HTTP', () => {
     await until('some writes', async () => (acked.length >= 5 ? true : undefined));
     const raw = execFileSync(
       'etcdctl',
-      [`--endpoints=${etcd.endpoint}`, 'get', `/pfs/${cluster}/nodes/${master.config.nodeId}`, '-w', 'json'],
+      [
+        `--endpoints=${harness.etcdEndpoint()}`,
+        'get',
+        `/pfs/${cluster}/nodes/${master.config.nodeId}`,
+        '-w',
+        'json',
+      ],
       {
         env: { ...process.env, ETCDCTL_API: '3' },
         encoding: 'utf8',
       },
     );
     const lease = BigInt(/"lease":(\d+)/.exec(raw)![1]!);
-    execFileSync('etcdctl', [`--endpoints=${etcd.endpoint}`, 'lease', 'revoke', lease.toString(16)], {
-      env: { ...process.env, ETCDCTL_API: '3' },
-    });
+    execFileSync(
+      'etcdctl',
+      [`--endpoints=${harness.etcdEndpoint()}`, 'lease', 'revoke', lease.toString(16)],
+      {
+        env: { ...process.env, ETCDCTL_API: '3' },
+      },
+    );
     const generationTwo = async (agent: Agent) => {
       const status = await role(agent);
       return status.role === 'master' && (status as { generation?: string }).generation === '2'

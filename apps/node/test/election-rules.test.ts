@@ -1,5 +1,6 @@
+import { makeTxId } from '@pfs/txlog';
 import { describe, expect, it } from 'vitest';
-import { promotionRetryDelayMs, retryDelayMs } from '../src/partition-controller.ts';
+import { behindTheCluster, promotionRetryDelayMs, retryDelayMs } from '../src/partition-controller.ts';
 
 describe('retryDelayMs', () => {
   it('retries a first failure soon and spaces out failures that keep coming, up to 5 s', () => {
@@ -14,5 +15,29 @@ describe('promotionRetryDelayMs', () => {
     expect([1, 2, 3, 4, 5, 6, 50].map(promotionRetryDelayMs)).toEqual([
       2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000,
     ]);
+  });
+});
+
+describe('behindTheCluster', () => {
+  const history = new Map([
+    [1n, makeTxId(1, 40)],
+    [2n, makeTxId(2, 7)],
+  ]);
+
+  it('keeps out a node behind where the latest ended generation ended', () => {
+    expect(behindTheCluster(makeTxId(2, 6), 3n, history)).toBe(
+      'behind 2:7 where an earlier generation ended',
+    );
+    expect(behindTheCluster(makeTxId(1, 40), 3n, history)).toBe(
+      'behind 2:7 where an earlier generation ended',
+    );
+    expect(behindTheCluster(makeTxId(2, 7), 3n, history)).toBeUndefined();
+    expect(behindTheCluster(makeTxId(3, 1), 3n, history)).toBeUndefined();
+  });
+
+  it('keeps out a node with nothing of a partition that has had a master, and lets anyone start a new one', () => {
+    expect(behindTheCluster(0n, 1n, new Map())).toBe('nothing of a partition that has had a master');
+    expect(behindTheCluster(0n, 0n, new Map())).toBeUndefined();
+    expect(behindTheCluster(makeTxId(1, 0), 1n, undefined)).toBeUndefined();
   });
 });

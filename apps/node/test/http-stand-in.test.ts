@@ -36,7 +36,10 @@ async function server(
     },
     controllers: [
       {
+        partition: 0,
         writable: () => node.writable,
+        holds: true,
+        servesReads: true,
         get copyingStore() {
           return copy.running;
         },
