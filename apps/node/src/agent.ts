@@ -123,9 +123,8 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   let stopping = false;
   let coordinator: Coordinator | undefined;
   let placementOf: PartitionPlacement | undefined;
-  /** The other live nodes taking part in `partition`: whose acks `all` waits for. */
-  const replicasOf = (partition: number) =>
-    (placementOf?.membersOf(partition) ?? []).filter((id) => id !== config.nodeId);
+  /** The other live nodes placed on `partition`: whose acks `all` waits for. */
+  const replicasOf = (partition: number) => placementOf?.replicasOf(partition) ?? [];
   const controllers: PartitionController[] = [];
 
   const metrics = createMetrics({
@@ -230,6 +229,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       rsyncPort: config.rsyncPort,
       pid: process.pid,
       startedAt: new Date().toISOString(),
+      incarnation,
     },
   });
   const coord = coordinator;

@@ -83,7 +83,15 @@ export class PartitionController {
   private bootstrap: BootstrapTracker | undefined;
   private following: string | undefined;
   private lastServingMaster:
-    | { nodeId: string; host: string; rsyncPort: number; httpPort: number; finalTxid?: TxId }
+    | {
+        nodeId: string;
+        host: string;
+        rsyncPort: number;
+        httpPort: number;
+        /** Its generation: a `finalTxid` speaks only of it, not of a later master's. */
+        generation: bigint;
+        finalTxid?: TxId;
+      }
     | undefined;
   private chain: Promise<void> = Promise.resolve();
   private scheduled = false;
@@ -247,6 +255,9 @@ export class PartitionController {
       await replicator?.stop();
       this.following = undefined;
       this.role = 'offline';
+      // What it knew of the master goes stale while it does not follow: held again, it learns
+      // afresh (a handover's finalTxid must not outlive the generation it speaks of).
+      this.lastServingMaster = undefined;
       // What it now has, for the ranking and for the caller's check of the placed nodes.
       await this.deps.coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
     });
@@ -255,8 +266,8 @@ export class PartitionController {
   }
 
   /**
-   * Removes what this node keeps of a partition it no longer holds: its log, checkpoint and
-   * marks (its files are the caller's to remove, see the agent's sweep). A divergent suffix (this
+   * Removes what this node keeps of a partition it no longer holds: its log and checkpoint (its
+   * files are the caller's to remove, see PartitionPlacement's sweep, then forgetMastered). A divergent suffix (this
    * node, fenced as master, logged writes the cluster never agreed to) goes to quarantine/ first,
    * as when following. Resolves false, doing nothing, if the partition is held again meanwhile.
    */
@@ -281,8 +292,6 @@ export class PartitionController {
         await rm(join(dataDir, 'checkpoint', name), { force: true });
       }
       await rm(join(dataDir, 'drain', String(this.partition)), { recursive: true, force: true });
-      await rm(this.masteredMarker, { force: true });
-      this.mayHoldUnlogged = false;
       this.lastServingMaster = undefined;
       return true;
     });
@@ -291,6 +300,21 @@ export class PartitionController {
       () => {},
     );
     return run;
+  }
+
+  /**
+   * Once the sweep has removed the files of a partition let go: no bytes a former master wrote
+   * without logging them are left, so its mark goes (kept until then, a partition held again
+   * before the sweep is checked as a former master's).
+   */
+  async forgetMastered(): Promise<void> {
+    const run = this.chain.then(async () => {
+      if (this.active || !this.mayHoldUnlogged) return;
+      await rm(this.masteredMarker, { force: true });
+      this.mayHoldUnlogged = false;
+    });
+    this.chain = run.catch(() => {});
+    await run;
   }
 
   private async evaluate(view: ClusterView): Promise<void> {
@@ -318,6 +342,7 @@ export class PartitionController {
           host: node.host,
           rsyncPort: node.rsyncPort,
           httpPort: node.httpPort,
+          generation: BigInt(master.generation),
           ...(master.finalTxid === undefined ? {} : { finalTxid: BigInt(master.finalTxid) }),
         };
         if (master.nodeId !== this.deps.nodeId)
@@ -659,6 +684,14 @@ export class PartitionController {
     this.reportTimer.unref();
   }
 
+  /** The last master, if it handed over and no generation has begun since. */
+  private handedOverBy(): { nodeId: string; finalTxid: TxId } | undefined {
+    const old = this.lastServingMaster;
+    const generation = this.deps.coordinator.view.partitions.get(this.partition)?.generation;
+    if (old?.finalTxid === undefined || old.generation !== generation) return undefined;
+    return { nodeId: old.nodeId, finalTxid: old.finalTxid };
+  }
+
   private async elect(): Promise<void> {
     const { coordinator, nodeId } = this.deps;
     this.role = 'electing';
@@ -688,15 +721,23 @@ export class PartitionController {
       return;
     }
     await coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
-    // A master that handed over waited for every live replica to acknowledge its last txid:
-    // they are all equally caught up, so the smallest id wins at once. Otherwise give every
-    // replica a moment to publish how far it got, then rank by that.
-    const old = this.lastServingMaster;
-    const handedOver = old?.finalTxid !== undefined;
-    if (!handedOver) await sleep(COLLECT_MS);
+    // A master that handed over waited for its replicas to acknowledge its last txid: if every
+    // member reported as much, they are equally caught up, and the first wins at once (members
+    // come placed nodes first, each group by id: not one about to let the partition go too).
+    // Otherwise give every member a moment to publish how far it got, then rank by that.
+    const old = this.handedOverBy();
     const members = this.deps.members();
+    const reports = coordinator.view.partitions.get(this.partition)?.replicas;
+    const handedOver =
+      old !== undefined &&
+      members.every((id) =>
+        id === old.nodeId
+          ? true
+          : (id === nodeId ? this.appliedTxid : (reports?.get(id) ?? 0n)) >= old.finalTxid,
+      );
+    if (!handedOver) await sleep(COLLECT_MS);
     const ranking = handedOver
-      ? members.filter((id) => id !== old!.nodeId).sort()
+      ? members.filter((id) => id !== old!.nodeId)
       : rankCandidates(coordinator.view, this.partition, members);
     const rank = ranking.indexOf(nodeId);
     if (rank !== 0) {
@@ -808,7 +849,7 @@ export class PartitionController {
     this.mayHoldUnlogged = true;
     await writeFile(this.masteredMarker, `${token}\n`, { flush: true });
     await fsyncDir(dirname(this.masteredMarker));
-    const finalTxid = this.lastServingMaster?.finalTxid;
+    const finalTxid = this.handedOverBy()?.finalTxid;
     const sources = finalTxid !== undefined && this.appliedTxid >= finalTxid ? [] : this.drainSources();
     let unverified: string[] = [];
     if (sources.length > 0) {

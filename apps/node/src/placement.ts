@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import type { PartitionController } from './partition-controller.ts';
 
 /**
- * A node lets a partition it is no longer placed on go once every node placed on it has applied
+ * A node lets a partition it is no longer placed on go once every node placed on it has reported
  * all but this many of the records it has (a master's handover then waits for the rest, bounded):
  * under a steady stream of writes an exact match would rarely be seen at the moment of a check.
  * Its key, log and files go only once they have all of it.
@@ -19,6 +19,8 @@ const RELEASE_SLACK_RECORDS = 1000n;
 const RETRY_MS = 1000;
 /** Above any txid: what a serving master has. */
 const ALL = 1n << 64n;
+/** Files the sweep removes per turn of the store gate, which holds up replication meanwhile. */
+const SWEEP_BATCH = 500;
 
 export interface PlacementDeps {
   nodeId: string;
@@ -40,20 +42,26 @@ export interface PlacementDeps {
 /**
  * Which partitions this node holds, from the placement (docs/architecture.md, Placement): one
  * placed on it is held at once; one no longer placed on it is let go in steps, each only once
- * the nodes now placed on it have what this node has:
+ * the nodes now placed on it have what this node has, as they reported it to etcd (on their
+ * leases, so a node that left or lost its disk no longer counts):
  *   1. stop following it (a master hands over first), once they have all but a few records;
- *   2. withdraw this node's applied-txid key (no longer a candidate, nor counted by ack=all),
- *      once they have all of it (this node's log no longer moves);
- *   3. remove its log, then its files (the sweep).
+ *   2. once they have all of it (this node's log no longer moves) and a master serves (its drain,
+ *      which may read this node, is over): withdraw this node's applied-txid key (no longer a
+ *      candidate), remove its log, and have the sweep remove its files.
  * A pass runs at a time, again after every view change; each step is checked anew in each pass,
  * so a node placed on a partition again part-way simply holds it again (from its log, if that is
- * still there).
+ * still there). A node not placed on a partition but holding records the placed nodes lack, with
+ * no master serving, holds it again and stands with what it has.
  */
 export class PartitionPlacement {
   private readonly stop = new AbortController();
   private running: Promise<void> | undefined;
   private again = false;
   private sweepDue: boolean;
+  private sweeping: Promise<void> | undefined;
+  private sweepAgain = false;
+  /** Placements of the view revision they were computed for (acks ask on every write). */
+  private placements = { revision: -1n, byPartition: new Map<number, string[]>() };
 
   constructor(private readonly deps: PlacementDeps) {
     this.sweepDue = existsSync(this.sweepMarker);
@@ -62,16 +70,33 @@ export class PartitionPlacement {
   /** The live nodes placed on `partition`, best first. */
   placedOn(partition: number): string[] {
     const { coordinator, replicationFactor } = this.deps;
-    return placeReplicas(partition, coordinator.view.nodes.keys(), replicationFactor);
+    const view = coordinator.view;
+    if (this.placements.revision !== view.revision) {
+      this.placements = { revision: view.revision, byPartition: new Map() };
+    }
+    let placed = this.placements.byPartition.get(partition);
+    if (placed === undefined) {
+      placed = placeReplicas(partition, view.nodes.keys(), replicationFactor);
+      this.placements.byPartition.set(partition, placed);
+    }
+    return [...placed];
   }
 
-  /** The live nodes taking part in `partition` (see partitionMembers): placed ones first, by id. */
+  /**
+   * The live nodes taking part in `partition` (see partitionMembers), its election candidates:
+   * placed ones first, then the others still holding it, each group by id.
+   */
   membersOf(partition: number): string[] {
     const placed = this.placedOn(partition).sort();
     const others = partitionMembers(this.deps.coordinator.view, partition, this.deps.replicationFactor)
       .filter((id) => !placed.includes(id))
       .sort();
     return [...placed, ...others];
+  }
+
+  /** The other nodes whose acknowledgements `ack=all` waits for: the live ones placed on it. */
+  replicasOf(partition: number): string[] {
+    return this.placedOn(partition).filter((id) => id !== this.deps.nodeId);
   }
 
   /** A bulk copy brings every partition its source holds: the ones not held here go after it. */
@@ -103,15 +128,16 @@ export class PartitionPlacement {
     })();
   }
 
-  /** No pass starts after this; one under way ends at its next step. */
+  /** No pass or sweep starts after this; one under way ends at its next step. */
   halt(): void {
     this.stop.abort();
   }
 
-  /** Halts, and waits for a pass under way (whose controller steps end once they close). */
+  /** Halts, and waits for a pass and a sweep under way (whose controller steps end once they close). */
   async close(): Promise<void> {
     this.halt();
     await this.running;
+    await this.sweeping;
   }
 
   private get sweepMarker(): string {
@@ -124,16 +150,22 @@ export class PartitionPlacement {
   }
 
   /**
-   * How far `id` has got with `partition`: what it reported to etcd, or acknowledged here. A
-   * serving master has all there is (it drained what its replicas had before it served), and
-   * its report, made when it stood for election, says nothing of what it logged since.
+   * How far `id` has got with `partition`, as it reported to etcd. A serving master (the very
+   * process that claimed it: a node restarted since, maybe on an empty disk, is not it) has all
+   * there is: it drained what its members had before it served.
    */
   private progressOf(partition: number, id: string): TxId {
-    const pv = this.deps.coordinator.view.partitions.get(partition);
-    if (pv?.master?.nodeId === id && pv.master.state === 'serving' && id !== this.deps.nodeId) return ALL;
-    const reported = pv?.replicas.get(id) ?? 0n;
-    const acked = this.deps.acked(partition, id);
-    return reported > acked ? reported : acked;
+    const view = this.deps.coordinator.view;
+    const pv = view.partitions.get(partition);
+    const master = pv?.master;
+    if (
+      master?.nodeId === id &&
+      master.state === 'serving' &&
+      id !== this.deps.nodeId &&
+      view.nodes.get(id)?.incarnation === master.incarnation
+    )
+      return ALL;
+    return pv?.replicas.get(id) ?? 0n;
   }
 
   private haveAllBut(partition: number, placed: readonly string[], slack: TxId): boolean {
@@ -141,14 +173,22 @@ export class PartitionPlacement {
     return placed.length > 0 && placed.every((id) => this.progressOf(partition, id) + slack >= last);
   }
 
+  /** A master other than this node serves the partition: any drain of its promotion is over. */
+  private servedElsewhere(partition: number): boolean {
+    const master = this.deps.coordinator.view.partitions.get(partition)?.master;
+    return master !== undefined && master.state === 'serving' && master.nodeId !== this.deps.nodeId;
+  }
+
   private async pass(): Promise<void> {
     const { coordinator, controllers, logs, nodeId, logger } = this.deps;
-    // Without a session, or before the view shows this node, the view says nothing of where
-    // partitions belong: this node would read itself as gone and let everything go.
-    if (!coordinator.sessionValid() || !coordinator.view.nodes.has(nodeId)) return;
+    // Without a session, or while the view does not show this node, the view says nothing of
+    // where partitions belong: this node would read itself as gone and let everything go.
+    // Checked before each step, as steps wait.
+    const viewHolds = () =>
+      !this.stop.signal.aborted && coordinator.sessionValid() && coordinator.view.nodes.has(nodeId);
     let dropped = false;
     for (const controller of controllers) {
-      if (this.stop.signal.aborted) return;
+      if (!viewHolds()) return;
       const p = controller.partition;
       const placed = this.placedOn(p);
       if (placed.includes(nodeId)) {
@@ -160,8 +200,27 @@ export class PartitionPlacement {
         }
         continue;
       }
-      const serving = coordinator.view.partitions.get(p)?.master?.state === 'serving';
-      if (!controller.holds && !serving && logs[p]!.lastTxid > 0n && !this.haveAllBut(p, placed, 0n)) {
+      const last = logs[p]!.lastTxid;
+      const hasKey = coordinator.view.partitions.get(p)?.replicas.has(nodeId) ?? false;
+      if (controller.holds) {
+        if (!this.haveAllBut(p, placed, RELEASE_SLACK_RECORDS)) continue;
+        // The handover waits for what the placed nodes acknowledged here as master (fresher
+        // than their reports); it only decides whether the successor may skip its drain.
+        await controller.release(
+          (txid) => placed.every((id) => this.deps.acked(p, id) >= txid || this.progressOf(p, id) >= txid),
+          this.deps.handOverTimeoutMs,
+        );
+        logger.info(
+          { partition: p, placedOn: placed },
+          `partition ${p}: now placed on ${placed.join(', ')}, which have nearly caught up: this node stopped following it at ${formatTxId(logs[p]!.lastTxid)}`,
+        );
+        continue;
+      }
+      if (last === 0n) {
+        if (hasKey) await coordinator.withdrawReplica(p);
+        continue;
+      }
+      if (!this.servedElsewhere(p) && !this.haveAllBut(p, placed, RELEASE_SLACK_RECORDS)) {
         // No master, and this node has records the placed nodes lack (it held the partition
         // before the placement moved while it was away, or let it go just before its master
         // died): it holds the partition again and stands with what it has, rather than leave
@@ -175,20 +234,14 @@ export class PartitionPlacement {
         }
         continue;
       }
-      if (controller.holds) {
-        if (!this.haveAllBut(p, placed, RELEASE_SLACK_RECORDS)) continue;
-        await controller.release(
-          (last) => placed.every((id) => this.progressOf(p, id) >= last),
-          this.deps.handOverTimeoutMs,
-        );
-        logger.info(
-          { partition: p, placedOn: placed },
-          `partition ${p}: now placed on ${placed.join(', ')}, which have nearly caught up: this node stopped following it at ${formatTxId(logs[p]!.lastTxid)}`,
-        );
+      if (!this.servedElsewhere(p) || !this.haveAllBut(p, placed, 0n)) {
+        // Still needed, as a candidate and as a source to drain: its key must be there, which
+        // a lost session or a restart took away.
+        if (!hasKey) await coordinator.reportApplied(p, last);
+        continue;
       }
-      if (!this.haveAllBut(p, placed, 0n)) continue;
-      if (coordinator.view.partitions.get(p)?.replicas.has(nodeId)) await coordinator.withdrawReplica(p);
-      if (logs[p]!.lastTxid === 0n) continue;
+      await coordinator.withdrawReplica(p);
+      if (!viewHolds() || this.placedOn(p).includes(nodeId)) continue;
       await this.markSweepDue();
       if (await controller.dropLog()) {
         dropped = true;
@@ -198,37 +251,68 @@ export class PartitionPlacement {
         );
       }
     }
-    if (dropped || this.sweepDue) await this.sweep();
+    if (dropped || this.sweepDue) this.startSweep();
+  }
+
+  /** Starts the sweep in the background (it waits for the store gate, maybe behind a bulk copy). */
+  private startSweep(): void {
+    if (this.stop.signal.aborted) return;
+    if (this.sweeping !== undefined) {
+      this.sweepAgain = true;
+      return;
+    }
+    this.sweeping = (async () => {
+      do {
+        this.sweepAgain = false;
+        try {
+          await this.sweep();
+        } catch (error) {
+          if (this.stop.signal.aborted) break;
+          this.deps.logger.warn(
+            { err: error },
+            `removing the files of partitions let go: ${(error as Error).message}`,
+          );
+          await sleep(RETRY_MS, undefined, { signal: this.stop.signal }).catch(() => {});
+          this.sweepAgain = true;
+        }
+      } while (this.sweepAgain && !this.stop.signal.aborted);
+      this.sweeping = undefined;
+    })();
   }
 
   /**
-   * Removes the files of every partition this node neither holds nor keeps a log of, in one walk
-   * of the store, with no batch or bulk copy writing meanwhile (a partition held again part-way
-   * keeps its files from there on, and its empty log has its replicator pull the rest).
+   * Removes the files of every partition this node neither holds nor keeps a log of. The store
+   * is walked without the store gate; each batch of files is removed holding it exclusively, so
+   * no replicator writes meanwhile, and each file's partition is checked again there: one held
+   * again since (its replicator then pulls from an empty log) keeps its files.
    */
   private async sweep(): Promise<void> {
     const { controllers, logs, fileStore, partitionOf, storeGate } = this.deps;
     const gone = (p: number) => !controllers[p]!.holds && logs[p]!.lastTxid === 0n;
-    const preempted = new AbortController();
-    const removed = await storeGate.exclusive(
-      async () => {
+    let removed = 0;
+    let batch: string[] = [];
+    const removeBatch = async () => {
+      const paths = batch;
+      batch = [];
+      removed += await storeGate.exclusive(async () => {
         let count = 0;
-        if (!controllers.some((c) => gone(c.partition))) return count;
-        for await (const entry of walkStore(fileStore)) {
-          // A failover's drain asked for the store: the sweep gives way, and runs again later.
-          if (preempted.signal.aborted || this.stop.signal.aborted) return undefined;
-          if (!gone(partitionOf(entry.path))) continue;
-          await rm(join(fileStore, entry.path), { force: true });
+        for (const path of paths) {
+          if (!gone(partitionOf(path))) continue;
+          await rm(join(fileStore, path), { force: true });
           count++;
         }
         return count;
-      },
-      this.stop.signal,
-      { onPreempt: () => preempted.abort() },
-    );
-    if (removed === undefined) {
-      this.again = true;
-      return;
+      }, this.stop.signal);
+    };
+    if (controllers.some((c) => gone(c.partition))) {
+      for await (const entry of walkStore(fileStore)) {
+        if (this.stop.signal.aborted) return;
+        if (gone(partitionOf(entry.path))) batch.push(entry.path);
+        if (batch.length >= SWEEP_BATCH) await removeBatch();
+      }
+      await removeBatch();
+      // Files a former master wrote without logging them are gone too.
+      for (const controller of controllers) if (gone(controller.partition)) await controller.forgetMastered();
     }
     this.sweepDue = false;
     await rm(this.sweepMarker, { force: true });

@@ -9,6 +9,8 @@ export const NodeInfoSchema = z.object({
   rsyncPort: z.number().int(),
   pid: z.number().int(),
   startedAt: z.string(),
+  /** The process's MasterInfo incarnation: tells a master key of this very process from one its predecessor left. */
+  incarnation: z.string().optional(),
 });
 export type NodeInfo = z.infer<typeof NodeInfoSchema>;
 

@@ -1,0 +1,228 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ClusterView, Coordinator, NodeInfo, PartitionView } from '@pfs/coordinator-etcd';
+import { placeReplicas } from '@pfs/coordinator-etcd';
+import { initStore } from '@pfs/filestore';
+import { StoreGate } from '@pfs/replicator';
+import { makeTxId, type TxLog } from '@pfs/txlog';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { PartitionController } from '../src/partition-controller.ts';
+import { PartitionPlacement } from '../src/placement.ts';
+
+/**
+ * The steps of letting a partition go, against a view and controllers the test sets: which
+ * step each state of the view allows, and that nothing is let go on what etcd does not show.
+ */
+const dirs: string[] = [];
+afterEach(async () => {
+  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+});
+
+const nodeInfo = (id: string, incarnation = `${id}:1`): NodeInfo => ({
+  id,
+  host: '127.0.0.1',
+  httpPort: 1,
+  rsyncPort: 2,
+  pid: 1,
+  startedAt: 'then',
+  incarnation,
+});
+
+/** Two partitions, factor 1, nodes `me` and `other`; partition 0 is placed on `other`, 1 is held here. */
+async function setup() {
+  const me = 'me';
+  // A node id that wins partition 0 over `me`, so that `me` is not placed on it.
+  let n = 0;
+  while (placeReplicas(0, [me, `other-${n}`], 1)[0] !== `other-${n}`) n++;
+  const other = `other-${n}`;
+  const root = await mkdtemp(join(tmpdir(), 'pfs-placement-'));
+  dirs.push(root);
+  const fileStore = join(root, 'filestore');
+  await initStore(fileStore);
+  await mkdir(join(root, 'run'));
+  const pv = (): PartitionView => ({
+    master: undefined,
+    generation: 2n,
+    history: new Map(),
+    replicas: new Map(),
+  });
+  const view: ClusterView = {
+    nodes: new Map([
+      [me, nodeInfo(me)],
+      [other, nodeInfo(other)],
+    ]),
+    partitions: new Map([[0, pv()]]),
+    revision: 1n,
+  };
+  const calls: string[] = [];
+  let session = true;
+  const coordinator = {
+    view,
+    sessionValid: () => session,
+    withdrawReplica: async (p: number) => {
+      calls.push(`withdraw ${p}`);
+      view.partitions.get(p)!.replicas.delete(me);
+    },
+    reportApplied: async (p: number, txid: bigint) => {
+      calls.push(`report ${p} ${txid}`);
+      view.partitions.get(p)!.replicas.set(me, txid);
+    },
+  } as unknown as Coordinator;
+  const log = { lastTxid: makeTxId(2, 10) };
+  const controller = {
+    partition: 0,
+    holds: false,
+    activate() {
+      calls.push('activate');
+      const was = controller.holds;
+      controller.holds = true;
+      return !was;
+    },
+    async release() {
+      calls.push('release');
+      controller.holds = false;
+    },
+    async dropLog() {
+      calls.push('dropLog');
+      log.lastTxid = 0n;
+      return true;
+    },
+    async forgetMastered() {
+      calls.push('forgetMastered');
+    },
+  };
+  // Partition 1, placed here and held: the sweep leaves its files alone.
+  const held = { partition: 1, holds: true, activate: () => false };
+  let acked = 0n;
+  const fresh = () =>
+    new PartitionPlacement({
+      nodeId: me,
+      replicationFactor: 1,
+      coordinator,
+      controllers: [controller, held].map((c) => c as unknown as PartitionController),
+      logs: [log, { lastTxid: makeTxId(2, 3) }].map((l) => l as unknown as TxLog),
+      acked: () => acked,
+      storeGate: new StoreGate(),
+      fileStore,
+      partitionOf: (path) => (path.startsWith('mine/') ? 1 : 0),
+      runDir: join(root, 'run'),
+      handOverTimeoutMs: 10,
+      logger: pino({ level: 'silent' }),
+    });
+  /** One placement's passes, until `settled` holds (or 50 ms, when not given), then it closes. */
+  const pass = async (settled?: () => boolean) => {
+    view.revision++;
+    const p = fresh();
+    p.schedule();
+    const deadline = Date.now() + 5000;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    while (settled !== undefined && !settled() && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await p.close();
+  };
+  // A third node that `other` still wins partition 0 over.
+  let k = 0;
+  while (placeReplicas(0, [me, other, `third-${k}`], 1)[0] !== other) k++;
+  const third = `third-${k}`;
+  return {
+    me,
+    other,
+    third,
+    view,
+    calls,
+    controller,
+    log,
+    fileStore,
+    pass,
+    setAcked: (txid: bigint) => {
+      acked = txid;
+    },
+    endSession: () => {
+      session = false;
+    },
+    serving: (nodeId: string, incarnation = `${nodeId}:1`) => {
+      view.partitions.get(0)!.master = {
+        nodeId,
+        incarnation,
+        state: 'serving',
+        generation: '2',
+        token: 1n,
+      };
+    },
+  };
+}
+
+describe('letting a partition go', () => {
+  it('lets a held partition go only once the placed node has nearly all of it', async () => {
+    const t = await setup();
+    t.controller.holds = true;
+    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(1, 3));
+    await t.pass();
+    expect(t.calls).toEqual([]);
+    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(2, 5));
+    await t.pass();
+    expect(t.calls).toEqual(['release']);
+  });
+
+  it('removes its key, log and files only once a master serves elsewhere and the placed node has all of it', async () => {
+    const t = await setup();
+    await mkdir(join(t.fileStore, 'mine'), { recursive: true });
+    await writeFile(join(t.fileStore, 'photo.jpg'), 'partition 0');
+    await writeFile(join(t.fileStore, 'mine', 'kept.jpg'), 'partition 1');
+    t.view.partitions.get(0)!.replicas.set(t.me, t.log.lastTxid);
+    t.view.partitions.get(0)!.replicas.set(t.other, t.log.lastTxid);
+    // No master: the placed node may still need to drain this node.
+    await t.pass();
+    expect(t.calls).toEqual([]);
+    t.serving(t.other);
+    await t.pass(() => t.calls.includes('forgetMastered'));
+    expect(t.calls).toEqual(['withdraw 0', 'dropLog', 'forgetMastered']);
+    const { existsSync } = await import('node:fs');
+    expect(existsSync(join(t.fileStore, 'photo.jpg'))).toBe(false);
+    expect(existsSync(join(t.fileStore, 'mine', 'kept.jpg'))).toBe(true);
+  });
+
+  it('does not count what a node acknowledged here, which outlives its lease and its disk, nor a master key of an earlier process', async () => {
+    const t = await setup();
+    t.view.partitions.get(0)!.replicas.set(t.me, t.log.lastTxid);
+    t.setAcked(t.log.lastTxid);
+    t.view.nodes.set(t.third, nodeInfo(t.third));
+    t.serving(t.third);
+    // `other` is placed, and reported nothing; `third` serves.
+    await t.pass();
+    expect(t.calls).toEqual([]);
+    // `other` is the master, but its key was left by a process before the one registered now.
+    t.view.nodes.delete(t.third);
+    t.serving(t.other, `${t.other}:0`);
+    await t.pass();
+    expect(t.calls).toEqual([]);
+  });
+
+  it('holds the partition again when it has records the placed node lacks and no master serves', async () => {
+    const t = await setup();
+    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(1, 3));
+    await t.pass();
+    expect(t.calls).toEqual(['activate']);
+  });
+
+  it('puts back its key, lost with a session, while the placed node may still drain it', async () => {
+    const t = await setup();
+    t.view.nodes.set(t.third, nodeInfo(t.third));
+    t.serving(t.third);
+    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(2, 4));
+    await t.pass();
+    expect(t.calls).toEqual([`report 0 ${makeTxId(2, 10)}`]);
+  });
+
+  it('does nothing without a session', async () => {
+    const t = await setup();
+    t.controller.holds = true;
+    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(2, 10));
+    t.endSession();
+    await t.pass();
+    expect(t.calls).toEqual([]);
+  });
+});
