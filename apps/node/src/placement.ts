@@ -186,18 +186,26 @@ export class PartitionPlacement {
     // Checked before each step, as steps wait.
     const viewHolds = () =>
       !this.stop.signal.aborted && coordinator.sessionValid() && coordinator.view.nodes.has(nodeId);
+    if (!viewHolds()) return;
+    // First, without waiting, hold every partition placed here: the steps of letting others go
+    // below may take a second each (a handover), which a node joining must not wait out.
+    for (const controller of controllers) {
+      const p = controller.partition;
+      const placed = this.placedOn(p);
+      if (placed.includes(nodeId) && controller.activate()) {
+        logger.info(
+          { partition: p, placedOn: placed },
+          `partition ${p}: placed on this node (${placed.join(', ')})`,
+        );
+      }
+    }
     let dropped = false;
     for (const controller of controllers) {
       if (!viewHolds()) return;
       const p = controller.partition;
       const placed = this.placedOn(p);
       if (placed.includes(nodeId)) {
-        if (controller.activate()) {
-          logger.info(
-            { partition: p, placedOn: placed },
-            `partition ${p}: placed on this node (${placed.join(', ')})`,
-          );
-        }
+        controller.activate();
         continue;
       }
       const last = logs[p]!.lastTxid;
