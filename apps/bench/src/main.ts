@@ -9,6 +9,7 @@ import { measureFloors } from './floors.ts';
 import { measureLag } from './lag.ts';
 import { measureLsyncdLag } from './lsyncd.ts';
 import { measureScale } from './scale.ts';
+import { measureScaleOut } from './scale-out.ts';
 import { measureStoreCheck } from './store-check.ts';
 import { measureThroughput } from './throughput.ts';
 
@@ -56,6 +57,8 @@ const scenarios = {
   handover: () => measureFailover({ rounds: 5, leaseTtlSeconds: 2, signal: 'SIGTERM' }),
   bootstrap: () => measureBootstrap({ files: 50_000, sizeBytes: 4096 }),
   'bootstrap-5k': () => measureBootstrap({ files: 5_000, sizeBytes: 4096 }),
+  'scale-out': () =>
+    measureScaleOut({ nodes: 3, partitions: 16, replicationFactor: 2, files: 10_000, sizeBytes: 4096 }),
   scale: () => measureScale({ files: 1_000_000, sizeBytes: 100 }),
   'store-check': () => measureStoreCheck({ files: 50_000, partitions: 8, rounds: 3 }),
   'scale-100k': () => measureScale({ files: 100_000, sizeBytes: 100 }),

@@ -35,6 +35,9 @@ export interface PartitionStatus {
   following: string | null;
   /** On a master: per live replica, how long its oldest unacknowledged record has waited. */
   replicaLagMs?: Record<string, number | null>;
+  /** Whether this node holds the partition, and the live nodes placed on it. */
+  holds?: boolean;
+  placedOn?: string[];
 }
 
 export interface NodeStatus {
