@@ -577,7 +577,9 @@ describe('replicator against a real rsync daemon', () => {
   it("cuts another partition's bulk copy short for a drain, rather than wait for it", async () => {
     const m0 = await master();
     const m1 = await master();
-    for (let i = 0; i < 100; i++) await m0.put(`zero/${i}`, `partition 0, file ${i} `.repeat(50));
+    // ~6 MB: the copy must still be running when its first progress report arrives and the
+    // test freezes it (with ~120 KB, a loaded machine once saw it end first, and nothing cut).
+    for (let i = 0; i < 100; i++) await m0.put(`zero/${i}`, `partition 0, file ${i} `.repeat(3000));
     for (let i = 0; i < 5; i++) await m1.put(`one/${i}`, `partition 1, file ${i}`);
     const dir = await replicaDir();
     const storeGate = new StoreGate();
