@@ -229,7 +229,6 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       rsyncPort: config.rsyncPort,
       pid: process.pid,
       startedAt: new Date().toISOString(),
-      incarnation,
     },
   });
   const coord = coordinator;

@@ -255,9 +255,6 @@ export class PartitionController {
       await replicator?.stop();
       this.following = undefined;
       this.role = 'offline';
-      // What it knew of the master goes stale while it does not follow: held again, it learns
-      // afresh (a handover's finalTxid must not outlive the generation it speaks of).
-      this.lastServingMaster = undefined;
       // What it now has, for the ranking and for the caller's check of the placed nodes.
       await this.deps.coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
     });
@@ -333,10 +330,11 @@ export class PartitionController {
       await this.deps.coordinator.resignMaster(this.partition, master.token).catch(() => {});
       return;
     }
-    if (!this.active) return;
     if (master !== undefined) {
       const node = view.nodes.get(master.nodeId);
       if (master.state === 'serving' && node !== undefined) {
+        // Kept while the partition is not held too: a node that holds it again after a master
+        // handed over must know what that master had (handedOverBy checks its generation).
         this.lastServingMaster = {
           nodeId: master.nodeId,
           host: node.host,
@@ -345,11 +343,12 @@ export class PartitionController {
           generation: BigInt(master.generation),
           ...(master.finalTxid === undefined ? {} : { finalTxid: BigInt(master.finalTxid) }),
         };
-        if (master.nodeId !== this.deps.nodeId)
+        if (this.active && master.nodeId !== this.deps.nodeId)
           await this.follow(master, node.host, node.httpPort, node.rsyncPort);
       }
       return;
     }
+    if (!this.active) return;
     if (!this.deps.coordinator.sessionValid()) return;
     const wait = this.electAfter - performance.now();
     if (wait > 0) {
@@ -551,6 +550,7 @@ export class PartitionController {
     });
     replicator.on('caught-up', () => {
       this.caughtUp = true;
+      this.ensureReported();
     });
     replicator.on('applied', (batch: AppliedBatch) => {
       this.deps.metrics.batches.inc({ result: 'ok' });
@@ -671,6 +671,18 @@ export class PartitionController {
     })();
   }
 
+  /**
+   * Publishes the applied txid again if the view does not show it (a lost session or a restart
+   * took the key; nothing was applied since, so no batch published it).
+   */
+  ensureReported(): void {
+    if (!this.active) return;
+    const reported = this.deps.coordinator.view.partitions
+      .get(this.partition)
+      ?.replicas.get(this.deps.nodeId);
+    if (reported !== this.appliedTxid && this.role !== 'master') this.reportSoon();
+  }
+
   /** Publishes the applied txid for the promotion ranking, at most every REPORT_EVERY_MS. */
   private reportSoon(): void {
     // A partition let go must not publish its key again (see release).
@@ -708,7 +720,12 @@ export class PartitionController {
       this.role = 'offline';
       return;
     }
-    const behind = behindTheCluster(this.appliedTxid, pv?.generation ?? 0n, pv?.history);
+    const behind = behindTheCluster(
+      this.appliedTxid,
+      pv?.generation ?? 0n,
+      pv?.history,
+      this.handedOverBy()?.finalTxid,
+    );
     if (behind !== undefined) {
       // Whoever follows this node would lose what it lacks, acknowledged writes among them (and
       // a node holding them that comes back would have them set aside as divergent). It waits
@@ -726,19 +743,21 @@ export class PartitionController {
     // come placed nodes first, each group by id: not one about to let the partition go too).
     // Otherwise give every member a moment to publish how far it got, then rank by that.
     const old = this.handedOverBy();
-    const members = this.deps.members();
-    const reports = coordinator.view.partitions.get(this.partition)?.replicas;
-    const handedOver =
-      old !== undefined &&
-      members.every((id) =>
-        id === old.nodeId
-          ? true
-          : (id === nodeId ? this.appliedTxid : (reports?.get(id) ?? 0n)) >= old.finalTxid,
+    // The master that handed over does not stand (it stops, or lets the partition go).
+    const members = this.deps.members().filter((id) => id !== old?.nodeId);
+    const allHave = () => {
+      const reports = coordinator.view.partitions.get(this.partition)?.replicas;
+      return (
+        old !== undefined &&
+        members.every((id) => (id === nodeId ? this.appliedTxid : (reports?.get(id) ?? 0n)) >= old.finalTxid)
       );
-    if (!handedOver) await sleep(COLLECT_MS);
-    const ranking = handedOver
-      ? members.filter((id) => id !== old!.nodeId)
-      : rankCandidates(coordinator.view, this.partition, members);
+    };
+    let handedOver = allHave();
+    if (!handedOver) {
+      await sleep(COLLECT_MS);
+      handedOver = allHave();
+    }
+    const ranking = handedOver ? members : rankCandidates(coordinator.view, this.partition, members);
     const rank = ranking.indexOf(nodeId);
     if (rank !== 0) {
       // Give better candidates their turn; claim anyway if none of them does.
@@ -992,17 +1011,22 @@ const REPLICATION_WARNING_INTERVAL_MS = 10_000;
 /**
  * Why a node that has applied `applied` must not stand for a partition, or undefined if it may
  * (pure): it is behind where an ended generation ended (every master since had those records),
- * or it has nothing at all of a partition that has had a master (every node that ever followed
- * one has at least its generation's first record).
+ * or behind the last txid the current generation's master handed over with (`handedOverAt`: its
+ * placed replicas acknowledged it, and it stopped, or stopped holding the partition), or it has
+ * nothing at all of a partition that has had a master (every node that ever followed one has at
+ * least its generation's first record).
  */
 export function behindTheCluster(
   applied: TxId,
   generation: bigint,
   history: ReadonlyMap<bigint, bigint> | undefined,
+  handedOverAt?: TxId,
 ): string | undefined {
   let ended = 0n;
   for (const last of history?.values() ?? []) if (last > ended) ended = last;
   if (applied < ended) return `behind ${formatTxId(ended)} where an earlier generation ended`;
+  if (handedOverAt !== undefined && applied < handedOverAt)
+    return `behind ${formatTxId(handedOverAt)} where the last master handed over`;
   if (applied === 0n && generation > 0n) return `nothing of a partition that has had a master`;
   return undefined;
 }

@@ -2,12 +2,18 @@ import { existsSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type Coordinator, partitionMembers, placeReplicas } from '@pfs/coordinator-etcd';
+import {
+  type Coordinator,
+  masterOfCurrentProcess,
+  partitionMembers,
+  placeReplicas,
+  reportedByCurrentProcess,
+} from '@pfs/coordinator-etcd';
 import { walkStore } from '@pfs/filestore';
 import type { StoreGate } from '@pfs/replicator';
 import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
-import type { PartitionController } from './partition-controller.ts';
+import { behindTheCluster, type PartitionController } from './partition-controller.ts';
 
 /**
  * A node lets a partition it is no longer placed on go once every node placed on it has reported
@@ -60,6 +66,8 @@ export class PartitionPlacement {
   private sweepDue: boolean;
   private sweeping: Promise<void> | undefined;
   private sweepAgain = false;
+  /** Marks set so far: a sweep clears the mark only if none was set while it ran. */
+  private sweepMarks = 0;
   /** Placements of the view revision they were computed for (acks ask on every write). */
   private placements = { revision: -1n, byPartition: new Map<number, string[]>() };
 
@@ -146,26 +154,27 @@ export class PartitionPlacement {
 
   private async markSweepDue(): Promise<void> {
     this.sweepDue = true;
+    this.sweepMarks++;
     await writeFile(this.sweepMarker, '').catch(() => {});
   }
 
   /**
-   * How far `id` has got with `partition`, as it reported to etcd. A serving master (the very
-   * process that claimed it: a node restarted since, maybe on an empty disk, is not it) has all
-   * there is: it drained what its members had before it served.
+   * How far `id` has got with `partition`, as its current process reported it to etcd (a report
+   * its predecessor left, on a lease not yet expired, may speak of a disk that is gone). A
+   * serving master, claimed by its node's current process, has all there is: it drained what its
+   * members had before it served.
    */
   private progressOf(partition: number, id: string): TxId {
     const view = this.deps.coordinator.view;
-    const pv = view.partitions.get(partition);
-    const master = pv?.master;
+    const master = view.partitions.get(partition)?.master;
     if (
       master?.nodeId === id &&
       master.state === 'serving' &&
       id !== this.deps.nodeId &&
-      view.nodes.get(id)?.incarnation === master.incarnation
+      masterOfCurrentProcess(view, partition)
     )
       return ALL;
-    return pv?.replicas.get(id) ?? 0n;
+    return reportedByCurrentProcess(view, partition, id) ?? 0n;
   }
 
   private haveAllBut(partition: number, placed: readonly string[], slack: TxId): boolean {
@@ -175,8 +184,35 @@ export class PartitionPlacement {
 
   /** A master other than this node serves the partition: any drain of its promotion is over. */
   private servedElsewhere(partition: number): boolean {
-    const master = this.deps.coordinator.view.partitions.get(partition)?.master;
-    return master !== undefined && master.state === 'serving' && master.nodeId !== this.deps.nodeId;
+    const view = this.deps.coordinator.view;
+    const master = view.partitions.get(partition)?.master;
+    return (
+      master !== undefined &&
+      master.state === 'serving' &&
+      master.nodeId !== this.deps.nodeId &&
+      masterOfCurrentProcess(view, partition)
+    );
+  }
+
+  /** Whether the partition's key, log and files may go from this node (see the class comment). */
+  private mayDrop(partition: number, placed: readonly string[]): boolean {
+    return this.servedElsewhere(partition) && this.haveAllBut(partition, placed, 0n);
+  }
+
+  /**
+   * A partition not placed here that this node must hold again: it has records, no master serves,
+   * and none of the placed nodes may stand for it (each is behind where an ended generation
+   * ended, or has nothing; see behindTheCluster). When one of them may, it stands and drains
+   * this node, which keeps its key for that, rather than this node taking the partition back
+   * only to hand it over again.
+   */
+  private mustHoldAgain(partition: number, placed: readonly string[]): boolean {
+    if (this.deps.logs[partition]!.lastTxid === 0n || this.servedElsewhere(partition)) return false;
+    const pv = this.deps.coordinator.view.partitions.get(partition);
+    const generation = pv?.generation ?? 0n;
+    return placed.every(
+      (id) => behindTheCluster(this.progressOf(partition, id), generation, pv?.history) !== undefined,
+    );
   }
 
   private async pass(): Promise<void> {
@@ -187,27 +223,39 @@ export class PartitionPlacement {
     const viewHolds = () =>
       !this.stop.signal.aborted && coordinator.sessionValid() && coordinator.view.nodes.has(nodeId);
     if (!viewHolds()) return;
-    // First, without waiting, hold every partition placed here: the steps of letting others go
-    // below may take a second each (a handover), which a node joining must not wait out.
+    // First, without waiting, hold every partition placed here or that must be held again: the
+    // steps of letting others go below may take a second each (a handover), which a node joining,
+    // or a partition without a master, must not wait out.
     for (const controller of controllers) {
       const p = controller.partition;
       const placed = this.placedOn(p);
-      if (placed.includes(nodeId) && controller.activate()) {
+      if (placed.includes(nodeId)) {
+        if (controller.activate()) {
+          logger.info(
+            { partition: p, placedOn: placed },
+            `partition ${p}: placed on this node (${placed.join(', ')})`,
+          );
+        }
+      } else if (!controller.holds && this.mustHoldAgain(p, placed)) {
+        // It held the partition before the placement moved while it was away, or let it go just
+        // before its master died: it stands with what it has, and lets go as usual once a
+        // master serves and the placed nodes have caught up.
+        controller.activate();
         logger.info(
           { partition: p, placedOn: placed },
-          `partition ${p}: placed on this node (${placed.join(', ')})`,
+          `partition ${p}: not placed here, but no master serves it and ${placed.join(', ')} cannot stand for it without this node's records: holding it until they have them`,
         );
       }
+      // A report lost with a session or a restart is put back: the nodes letting the partition
+      // go wait for it.
+      if (controller.holds) controller.ensureReported();
     }
     let dropped = false;
     for (const controller of controllers) {
       if (!viewHolds()) return;
       const p = controller.partition;
       const placed = this.placedOn(p);
-      if (placed.includes(nodeId)) {
-        controller.activate();
-        continue;
-      }
+      if (placed.includes(nodeId)) continue;
       const last = logs[p]!.lastTxid;
       const hasKey = coordinator.view.partitions.get(p)?.replicas.has(nodeId) ?? false;
       if (controller.holds) {
@@ -228,34 +276,26 @@ export class PartitionPlacement {
         if (hasKey) await coordinator.withdrawReplica(p);
         continue;
       }
-      if (!this.servedElsewhere(p) && !this.haveAllBut(p, placed, RELEASE_SLACK_RECORDS)) {
-        // No master, and this node has records the placed nodes lack (it held the partition
-        // before the placement moved while it was away, or let it go just before its master
-        // died): it holds the partition again and stands with what it has, rather than leave
-        // it to nodes that would have to go without those records. Once a master serves and
-        // they have caught up, it lets go as usual.
-        if (controller.activate()) {
-          logger.info(
-            { partition: p, placedOn: placed },
-            `partition ${p}: not placed here, but this node has records ${placed.join(', ')} lack and there is no master: holding it until they have them`,
-          );
-        }
-        continue;
-      }
-      if (!this.servedElsewhere(p) || !this.haveAllBut(p, placed, 0n)) {
+      if (!this.mayDrop(p, placed)) {
         // Still needed, as a candidate and as a source to drain: its key must be there, which
         // a lost session or a restart took away.
         if (!hasKey) await coordinator.reportApplied(p, last);
         continue;
       }
       await coordinator.withdrawReplica(p);
-      if (!viewHolds() || this.placedOn(p).includes(nodeId)) continue;
+      // The view may have moved while the key went: if the partition is no longer safe to drop,
+      // the key comes back.
+      const placedNow = this.placedOn(p);
+      if (!viewHolds() || placedNow.includes(nodeId) || !this.mayDrop(p, placedNow)) {
+        if (viewHolds()) await coordinator.reportApplied(p, last);
+        continue;
+      }
       await this.markSweepDue();
       if (await controller.dropLog()) {
         dropped = true;
         logger.info(
-          { partition: p, placedOn: placed },
-          `partition ${p}: ${placed.join(', ')} have all of it: removed this node's log of it, its files go next`,
+          { partition: p, placedOn: placedNow },
+          `partition ${p}: ${placedNow.join(', ')} have all of it: removed this node's log of it, its files go next`,
         );
       }
     }
@@ -297,6 +337,7 @@ export class PartitionPlacement {
   private async sweep(): Promise<void> {
     const { controllers, logs, fileStore, partitionOf, storeGate } = this.deps;
     const gone = (p: number) => !controllers[p]!.holds && logs[p]!.lastTxid === 0n;
+    const marksBefore = this.sweepMarks;
     let removed = 0;
     let batch: string[] = [];
     const removeBatch = async () => {
@@ -322,8 +363,10 @@ export class PartitionPlacement {
       // Files a former master wrote without logging them are gone too.
       for (const controller of controllers) if (gone(controller.partition)) await controller.forgetMastered();
     }
-    this.sweepDue = false;
-    await rm(this.sweepMarker, { force: true });
+    if (this.sweepMarks === marksBefore) {
+      this.sweepDue = false;
+      await rm(this.sweepMarker, { force: true });
+    } else this.sweepAgain = true;
     if (removed > 0) {
       this.deps.logger.info(
         { files: removed },

@@ -35,6 +35,13 @@ describe('behindTheCluster', () => {
     expect(behindTheCluster(makeTxId(3, 1), 3n, history)).toBeUndefined();
   });
 
+  it('keeps out a node behind the txid the last master handed over with', () => {
+    expect(behindTheCluster(makeTxId(3, 4), 3n, history, makeTxId(3, 5))).toBe(
+      'behind 3:5 where the last master handed over',
+    );
+    expect(behindTheCluster(makeTxId(3, 5), 3n, history, makeTxId(3, 5))).toBeUndefined();
+  });
+
   it('keeps out a node with nothing of a partition that has had a master, and lets anyone start a new one', () => {
     expect(behindTheCluster(0n, 1n, new Map())).toBe('nothing of a partition that has had a master');
     expect(behindTheCluster(0n, 0n, new Map())).toBeUndefined();

@@ -20,14 +20,13 @@ afterEach(async () => {
   await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
 });
 
-const nodeInfo = (id: string, incarnation = `${id}:1`): NodeInfo => ({
+const nodeInfo = (id: string): NodeInfo => ({
   id,
   host: '127.0.0.1',
   httpPort: 1,
   rsyncPort: 2,
   pid: 1,
   startedAt: 'then',
-  incarnation,
 });
 
 /** Two partitions, factor 1, nodes `me` and `other`; partition 0 is placed on `other`, 1 is held here. */
@@ -47,14 +46,28 @@ async function setup() {
     generation: 2n,
     history: new Map(),
     replicas: new Map(),
+    replicaRevisions: new Map(),
   });
   const view: ClusterView = {
     nodes: new Map([
       [me, nodeInfo(me)],
       [other, nodeInfo(other)],
     ]),
+    // Every node registered at revision 10; what they write comes after, at 20.
+    registeredAt: new Map([
+      [me, 10n],
+      [other, 10n],
+    ]),
     partitions: new Map([[0, pv()]]),
     revision: 1n,
+  };
+  const report = (id: string, txid: bigint, revision = 20n) => {
+    view.partitions.get(0)!.replicas.set(id, txid);
+    view.partitions.get(0)!.replicaRevisions.set(id, revision);
+  };
+  const register = (id: string) => {
+    view.nodes.set(id, nodeInfo(id));
+    view.registeredAt.set(id, 10n);
   };
   const calls: string[] = [];
   let session = true;
@@ -67,7 +80,7 @@ async function setup() {
     },
     reportApplied: async (p: number, txid: bigint) => {
       calls.push(`report ${p} ${txid}`);
-      view.partitions.get(p)!.replicas.set(me, txid);
+      report(me, txid);
     },
   } as unknown as Coordinator;
   const log = { lastTxid: makeTxId(2, 10) };
@@ -92,9 +105,10 @@ async function setup() {
     async forgetMastered() {
       calls.push('forgetMastered');
     },
+    ensureReported() {},
   };
   // Partition 1, placed here and held: the sweep leaves its files alone.
-  const held = { partition: 1, holds: true, activate: () => false };
+  const held = { partition: 1, holds: true, activate: () => false, ensureReported() {} };
   let acked = 0n;
   const fresh = () =>
     new PartitionPlacement({
@@ -143,13 +157,16 @@ async function setup() {
     endSession: () => {
       session = false;
     },
-    serving: (nodeId: string, incarnation = `${nodeId}:1`) => {
+    report,
+    register,
+    /** `nodeId` serves partition 0, on a key written at `token` (after its registration, by default). */
+    serving: (nodeId: string, token = 30n) => {
       view.partitions.get(0)!.master = {
         nodeId,
-        incarnation,
+        incarnation: `${nodeId}:1`,
         state: 'serving',
         generation: '2',
-        token: 1n,
+        token,
       };
     },
   };
@@ -159,10 +176,10 @@ describe('letting a partition go', () => {
   it('lets a held partition go only once the placed node has nearly all of it', async () => {
     const t = await setup();
     t.controller.holds = true;
-    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(1, 3));
+    t.report(t.other, makeTxId(1, 3));
     await t.pass();
     expect(t.calls).toEqual([]);
-    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(2, 5));
+    t.report(t.other, makeTxId(2, 5));
     await t.pass();
     expect(t.calls).toEqual(['release']);
   });
@@ -172,8 +189,8 @@ describe('letting a partition go', () => {
     await mkdir(join(t.fileStore, 'mine'), { recursive: true });
     await writeFile(join(t.fileStore, 'photo.jpg'), 'partition 0');
     await writeFile(join(t.fileStore, 'mine', 'kept.jpg'), 'partition 1');
-    t.view.partitions.get(0)!.replicas.set(t.me, t.log.lastTxid);
-    t.view.partitions.get(0)!.replicas.set(t.other, t.log.lastTxid);
+    t.report(t.me, t.log.lastTxid);
+    t.report(t.other, t.log.lastTxid);
     // No master: the placed node may still need to drain this node.
     await t.pass();
     expect(t.calls).toEqual([]);
@@ -187,32 +204,59 @@ describe('letting a partition go', () => {
 
   it('does not count what a node acknowledged here, which outlives its lease and its disk, nor a master key of an earlier process', async () => {
     const t = await setup();
-    t.view.partitions.get(0)!.replicas.set(t.me, t.log.lastTxid);
+    t.report(t.me, t.log.lastTxid);
     t.setAcked(t.log.lastTxid);
-    t.view.nodes.set(t.third, nodeInfo(t.third));
+    t.register(t.third);
     t.serving(t.third);
     // `other` is placed, and reported nothing; `third` serves.
     await t.pass();
     expect(t.calls).toEqual([]);
-    // `other` is the master, but its key was left by a process before the one registered now.
+    // `other` is the master, but on a key left by a process before the one registered now: no
+    // master serves, and `other` has nothing, so this node holds the partition again.
     t.view.nodes.delete(t.third);
-    t.serving(t.other, `${t.other}:0`);
-    await t.pass();
-    expect(t.calls).toEqual([]);
-  });
-
-  it('holds the partition again when it has records the placed node lacks and no master serves', async () => {
-    const t = await setup();
-    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(1, 3));
+    t.serving(t.other, 5n);
     await t.pass();
     expect(t.calls).toEqual(['activate']);
   });
 
+  it("does not count a report its node's previous process left", async () => {
+    const t = await setup();
+    t.report(t.me, t.log.lastTxid);
+    t.register(t.third);
+    t.serving(t.third);
+    t.report(t.other, t.log.lastTxid, 5n);
+    await t.pass();
+    expect(t.calls).toEqual([]);
+    t.report(t.other, t.log.lastTxid);
+    await t.pass(() => t.calls.includes('forgetMastered'));
+    expect(t.calls).toEqual(['withdraw 0', 'dropLog', 'forgetMastered']);
+  });
+
+  it('holds the partition again when no master serves and the placed node cannot stand without its records', async () => {
+    const t = await setup();
+    t.report(t.me, t.log.lastTxid);
+    // Generation 1 ended at 1:8: `other`, at 1:3, may not stand.
+    t.view.partitions.get(0)!.history.set(1n, makeTxId(1, 8));
+    t.report(t.other, makeTxId(1, 3));
+    await t.pass();
+    expect(t.calls).toEqual(['activate']);
+  });
+
+  it('leaves the partition to a placed node that may stand, keeping its key for it to drain', async () => {
+    const t = await setup();
+    t.report(t.me, t.log.lastTxid);
+    t.view.partitions.get(0)!.history.set(1n, makeTxId(1, 8));
+    t.report(t.other, makeTxId(1, 9));
+    await t.pass();
+    expect(t.calls).toEqual([]);
+    expect(t.view.partitions.get(0)!.replicas.get(t.me)).toBe(t.log.lastTxid);
+  });
+
   it('puts back its key, lost with a session, while the placed node may still drain it', async () => {
     const t = await setup();
-    t.view.nodes.set(t.third, nodeInfo(t.third));
+    t.register(t.third);
     t.serving(t.third);
-    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(2, 4));
+    t.report(t.other, makeTxId(2, 4));
     await t.pass();
     expect(t.calls).toEqual([`report 0 ${makeTxId(2, 10)}`]);
   });
@@ -220,7 +264,7 @@ describe('letting a partition go', () => {
   it('does nothing without a session', async () => {
     const t = await setup();
     t.controller.holds = true;
-    t.view.partitions.get(0)!.replicas.set(t.other, makeTxId(2, 10));
+    t.report(t.other, makeTxId(2, 10));
     t.endSession();
     await t.pass();
     expect(t.calls).toEqual([]);

@@ -220,7 +220,14 @@ export class Coordinator extends EventEmitter {
     const response = await this.client.getAll().prefix(prefix).exec();
     const view = emptyView();
     for (const kv of response.kvs) {
-      applyKey(view, this.cluster, kv.key.toString(), kv.value.toString(), BigInt(kv.create_revision));
+      applyKey(
+        view,
+        this.cluster,
+        kv.key.toString(),
+        kv.value.toString(),
+        BigInt(kv.create_revision),
+        BigInt(kv.mod_revision),
+      );
     }
     view.revision = BigInt(response.header.revision);
     this.view = view;
@@ -238,7 +245,14 @@ export class Coordinator extends EventEmitter {
       this.restartWatch(250);
     });
     watcher.on('put', (kv) => {
-      applyKey(this.view, this.cluster, kv.key.toString(), kv.value.toString(), BigInt(kv.create_revision));
+      applyKey(
+        this.view,
+        this.cluster,
+        kv.key.toString(),
+        kv.value.toString(),
+        BigInt(kv.create_revision),
+        BigInt(kv.mod_revision),
+      );
       this.view.revision = BigInt(kv.mod_revision);
       this.queueChange();
     });

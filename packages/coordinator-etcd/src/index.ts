@@ -7,7 +7,9 @@ export {
   type ClusterView,
   type MasterInfo,
   type MasterView,
+  masterOfCurrentProcess,
   type NodeInfo,
   type PartitionView,
   rankCandidates,
+  reportedByCurrentProcess,
 } from './view.ts';

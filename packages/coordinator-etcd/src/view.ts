@@ -9,8 +9,6 @@ export const NodeInfoSchema = z.object({
   rsyncPort: z.number().int(),
   pid: z.number().int(),
   startedAt: z.string(),
-  /** The process's MasterInfo incarnation: tells a master key of this very process from one its predecessor left. */
-  incarnation: z.string().optional(),
 });
 export type NodeInfo = z.infer<typeof NodeInfoSchema>;
 
@@ -49,23 +47,36 @@ export interface PartitionView {
   history: Map<bigint, bigint>;
   /** Applied txid each replica last reported. */
   replicas: Map<string, bigint>;
+  /** The etcd revision each replica's report was written at (see `reportedByCurrentProcess`). */
+  replicaRevisions: Map<string, bigint>;
 }
 
 export interface ClusterView {
   nodes: Map<string, NodeInfo>;
+  /**
+   * The etcd revision each live node's record was written at: when its current process
+   * registered. A key it wrote earlier (on a lease not yet expired) was its predecessor's.
+   */
+  registeredAt: Map<string, bigint>;
   partitions: Map<number, PartitionView>;
   /** etcd revision this view reflects. */
   revision: bigint;
 }
 
 export function emptyView(): ClusterView {
-  return { nodes: new Map(), partitions: new Map(), revision: 0n };
+  return { nodes: new Map(), registeredAt: new Map(), partitions: new Map(), revision: 0n };
 }
 
 export function partitionView(view: ClusterView, partition: number): PartitionView {
   let entry = view.partitions.get(partition);
   if (entry === undefined) {
-    entry = { master: undefined, generation: 0n, history: new Map(), replicas: new Map() };
+    entry = {
+      master: undefined,
+      generation: 0n,
+      history: new Map(),
+      replicas: new Map(),
+      replicaRevisions: new Map(),
+    };
     view.partitions.set(partition, entry);
   }
   return entry;
@@ -80,20 +91,29 @@ function parseJson<T>(schema: z.ZodType<T>, text: string): T | undefined {
   }
 }
 
-/** Applies one key's new value (or its deletion, when `value` is undefined) to the view in place. */
+/**
+ * Applies one key's new value (or its deletion, when `value` is undefined) to the view in place;
+ * `modRevision` is the revision of that write (for a deletion, unused).
+ */
 export function applyKey(
   view: ClusterView,
   cluster: string,
   key: string,
   value: string | undefined,
   createRevision: bigint,
+  modRevision = createRevision,
 ): void {
   const parsed = parseKey(cluster, key);
   if (parsed === undefined) return;
   if (parsed.kind === 'node') {
     const info = value === undefined ? undefined : parseJson(NodeInfoSchema, value);
-    if (info === undefined) view.nodes.delete(parsed.nodeId);
-    else view.nodes.set(parsed.nodeId, info);
+    if (info === undefined) {
+      view.nodes.delete(parsed.nodeId);
+      view.registeredAt.delete(parsed.nodeId);
+    } else {
+      view.nodes.set(parsed.nodeId, info);
+      view.registeredAt.set(parsed.nodeId, modRevision);
+    }
     return;
   }
   const p = partitionView(view, parsed.partition);
@@ -111,8 +131,13 @@ export function applyKey(
       else p.history.delete(parsed.generation);
       return;
     case 'replica':
-      if (value !== undefined && /^\d+$/.test(value)) p.replicas.set(parsed.nodeId, BigInt(value));
-      else p.replicas.delete(parsed.nodeId);
+      if (value !== undefined && /^\d+$/.test(value)) {
+        p.replicas.set(parsed.nodeId, BigInt(value));
+        p.replicaRevisions.set(parsed.nodeId, modRevision);
+      } else {
+        p.replicas.delete(parsed.nodeId);
+        p.replicaRevisions.delete(parsed.nodeId);
+      }
       return;
   }
 }
@@ -130,4 +155,28 @@ export function rankCandidates(view: ClusterView, partition: number, among?: rea
     if (applied !== 0n) return applied > 0n ? 1 : -1;
     return a < b ? -1 : a > b ? 1 : 0;
   });
+}
+
+/**
+ * What `nodeId` reported for `partition`, if its current process wrote it: a key left on a lease
+ * of the node's previous process (which etcd has not yet expired) speaks of a disk that may be
+ * gone. Undefined otherwise.
+ */
+export function reportedByCurrentProcess(
+  view: ClusterView,
+  partition: number,
+  nodeId: string,
+): bigint | undefined {
+  const pv = view.partitions.get(partition);
+  const registered = view.registeredAt.get(nodeId);
+  const written = pv?.replicaRevisions.get(nodeId);
+  if (registered === undefined || written === undefined || written < registered) return undefined;
+  return pv?.replicas.get(nodeId);
+}
+
+/** Whether the master key of `partition` was written by its node's current process. */
+export function masterOfCurrentProcess(view: ClusterView, partition: number): boolean {
+  const master = view.partitions.get(partition)?.master;
+  const registered = master === undefined ? undefined : view.registeredAt.get(master.nodeId);
+  return master !== undefined && registered !== undefined && master.token > registered;
 }
