@@ -169,6 +169,8 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
           lastTxid: logs[c.partition]!.lastTxid.toString(),
           lastTxidText: formatTxId(logs[c.partition]!.lastTxid),
           master: coordinator?.view.partitions.get(c.partition)?.master?.nodeId ?? null,
+          // False while a new master drains, before it takes writes.
+          masterServing: coordinator?.view.partitions.get(c.partition)?.master?.state === 'serving',
           following: c.followingNode ?? null,
           // A new replica's bulk copy of the master's store, while it runs.
           bootstrap: c.bootstrapProgress(performance.now()) ?? null,

@@ -48,16 +48,16 @@ export interface PlacementDeps {
 /**
  * Which partitions this node holds, from the placement (docs/architecture.md, Placement): one
  * placed on it is held at once; one no longer placed on it is let go in steps, each only once
- * the nodes now placed on it have what this node has, as they reported it to etcd (on their
- * leases, so a node that left or lost its disk no longer counts):
+ * the nodes now placed on it have what this node has, as their current processes reported it to
+ * etcd (on their leases, so a node that left or lost its disk no longer counts):
  *   1. stop following it (a master hands over first), once they have all but a few records;
  *   2. once they have all of it (this node's log no longer moves) and a master serves (its drain,
  *      which may read this node, is over): withdraw this node's applied-txid key (no longer a
  *      candidate), remove its log, and have the sweep remove its files.
  * A pass runs at a time, again after every view change; each step is checked anew in each pass,
  * so a node placed on a partition again part-way simply holds it again (from its log, if that is
- * still there). A node not placed on a partition but holding records the placed nodes lack, with
- * no master serving, holds it again and stands with what it has.
+ * still there). A node not placed on a partition but holding records, with no master serving and
+ * no placed node allowed to stand, holds it again and stands with what it has.
  */
 export class PartitionPlacement {
   private readonly stop = new AbortController();

@@ -1,4 +1,6 @@
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { partitionOf } from '@pfs/filestore';
 import { freePort, makeTempDir, NodeProcess, removeTempDir, startEtcd, waitFor } from '@pfs/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
 
@@ -80,4 +82,102 @@ describe('a master whose process dies', () => {
       expect(await replica.logTail(200)).not.toContain('revoked its etcd lease');
     }
   }, 60_000);
+});
+
+describe('a node killed in a cluster with a replication factor below its size', () => {
+  it('loses no acknowledged file: its partitions get masters among the nodes that held them, and a second copy elsewhere', async () => {
+    const etcd = await startEtcd();
+    cleanups.push(() => etcd.stop());
+    const base = await makeTempDir('pfs-crash-placed-');
+    cleanups.push(() => removeTempDir(base));
+    const cluster = `crash-placed-${Date.now().toString(36)}`;
+    const nodes: NodeProcess[] = [];
+    for (const name of ['a', 'b', 'c', 'd']) {
+      const node = await NodeProcess.start({
+        agentDir: AGENT_DIR,
+        httpPort: await freePort(),
+        rsyncPort: await freePort(),
+        dataDir: `${base}/${name}`,
+        etcd: etcd.endpoint,
+        cluster,
+        partitions: 4,
+        leaseTtlSeconds: 2,
+        extraArgs: ['--log-level=info', '--ack-timeout-ms=60000', '--replication-factor=2'],
+      });
+      cleanups.push(() => node.destroy());
+      nodes.push(node);
+    }
+    /** Every partition held exactly where it is placed among `live`, with a serving master there. */
+    const settled = (live: NodeProcess[]) =>
+      waitFor(
+        'the placement to settle',
+        async () => {
+          for (const node of live) {
+            for (const p of (await node.status()).partitions) {
+              const placed = p.placedOn ?? [];
+              if (placed.length !== 2 || placed.some((id) => !live.some((n) => n.id === id)))
+                return undefined;
+              if (p.holds !== placed.includes(node.id) || p.master === null || !placed.includes(p.master))
+                return undefined;
+              if (!p.masterServing) return undefined;
+            }
+          }
+          return true;
+        },
+        60_000,
+      );
+    await settled(nodes);
+    const files = Array.from({ length: 20 }, (_, i) => `photos/${i}.jpg`);
+    for (const [i, path] of files.entries()) {
+      // Through any node, following the redirect to the master, retried as a client does on a
+      // 503 with retry-after (a partition between masters).
+      const status = await waitFor(`PUT ${path}`, async () => {
+        let response = await fetch(`${nodes[i % 4]!.url}/v1/files/${path}`, {
+          method: 'PUT',
+          body: `photo ${i}`,
+          redirect: 'manual',
+          headers: { 'x-pfs-ack': 'all' },
+        });
+        if (response.status === 307) {
+          await response.body?.cancel();
+          response = await fetch(response.headers.get('location')!, {
+            method: 'PUT',
+            body: `photo ${i}`,
+            headers: { 'x-pfs-ack': 'all' },
+          });
+        }
+        await response.body?.cancel();
+        return response.status === 503 && response.headers.has('retry-after') ? undefined : response.status;
+      });
+      expect(status).toBe(201);
+    }
+    // Kill a node that masters a partition.
+    const victim = await waitFor('a master to kill', async () => {
+      for (const node of nodes) {
+        if ((await node.status()).partitions.some((p) => p.role === 'master')) return node;
+      }
+      return undefined;
+    });
+    victim.kill('SIGKILL');
+    const live = nodes.filter((n) => n !== victim);
+    await settled(live);
+    for (const node of live) {
+      for (const [i, path] of files.entries()) {
+        const read = await fetch(`${node.url}/v1/files/${path}`);
+        const text = await read.text();
+        expect(read.status, `${node.id}: ${text}`).toBe(200);
+        expect(text).toBe(`photo ${i}`);
+      }
+    }
+    // Each file is on the two live nodes placed on its partition again.
+    const statuses = await Promise.all(live.map((n) => n.status()));
+    await waitFor('two copies of every file', async () => {
+      for (const path of files) {
+        const placed = statuses[0]!.partitions[partitionOf(path, 4)]!.placedOn ?? [];
+        const copies = live.filter((n) => placed.includes(n.id) && existsSync(`${n.fileStore}/${path}`));
+        if (copies.length !== 2) return undefined;
+      }
+      return true;
+    });
+  }, 120_000);
 });

@@ -32,6 +32,8 @@ export interface PartitionStatus {
   lastTxid: string;
   lastTxidText: string;
   master: string | null;
+  /** False while a new master drains, before it takes writes. */
+  masterServing?: boolean;
   following: string | null;
   /** On a master: per live replica, how long its oldest unacknowledged record has waited. */
   replicaLagMs?: Record<string, number | null>;
