@@ -2,7 +2,14 @@ import { existsSync } from 'node:fs';
 import { lstat, mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ChangelogGenerator } from '@pfs/changelog-generator';
-import { type ClusterView, type Coordinator, type MasterView, rankCandidates } from '@pfs/coordinator-etcd';
+import {
+  type ClusterView,
+  type Coordinator,
+  currentHandover,
+  type MasterView,
+  rankCandidates,
+  reportedByCurrentProcess,
+} from '@pfs/coordinator-etcd';
 import {
   type AppliedBatch,
   type BootstrapDone,
@@ -677,9 +684,7 @@ export class PartitionController {
    */
   ensureReported(): void {
     if (!this.active) return;
-    const reported = this.deps.coordinator.view.partitions
-      .get(this.partition)
-      ?.replicas.get(this.deps.nodeId);
+    const reported = reportedByCurrentProcess(this.deps.coordinator.view, this.partition, this.deps.nodeId);
     if (reported !== this.appliedTxid && this.role !== 'master') this.reportSoon();
   }
 
@@ -724,7 +729,7 @@ export class PartitionController {
       this.appliedTxid,
       pv?.generation ?? 0n,
       pv?.history,
-      this.handedOverBy()?.finalTxid,
+      currentHandover(coordinator.view, this.partition) ?? this.handedOverBy()?.finalTxid,
     );
     if (behind !== undefined) {
       // Whoever follows this node would lose what it lacks, acknowledged writes among them (and
@@ -777,6 +782,9 @@ export class PartitionController {
       return;
     }
     const generation = coordinator.view.partitions.get(this.partition)?.generation ?? 0n;
+    // A claim answered after the session it was made in was lost (and a new one opened) sits on
+    // the old lease: it is given back rather than promoted on the new session.
+    const session = coordinator.session;
     const token = await coordinator.claimMaster(this.partition, {
       nodeId,
       incarnation: this.deps.incarnation,
@@ -785,6 +793,12 @@ export class PartitionController {
     });
     if (token === undefined) {
       this.role = 'offline';
+      return;
+    }
+    if (coordinator.session !== session) {
+      await coordinator.resignMaster(this.partition, token).catch(() => {});
+      this.role = 'offline';
+      this.schedule();
       return;
     }
     this.token = token;
@@ -856,8 +870,9 @@ export class PartitionController {
     const { coordinator, log, logger } = this.deps;
     const started = performance.now();
     // Fencing may strike at any await below; never act on a mastership we no longer hold.
+    const session = coordinator.session;
     const stillMine = () => {
-      if (this.token !== token || !coordinator.sessionValid())
+      if (this.token !== token || !coordinator.sessionValid() || coordinator.session !== session)
         throw new PromotionInterrupted('mastership lost during promotion');
       // The drains' signal: aborted, they end at once, and a bump would skip what they lacked.
       if (this.stop.signal.aborted) throw new PromotionInterrupted('the node is stopping');
@@ -978,7 +993,7 @@ export class PartitionController {
     try {
       // Only a complete handover lets the successor skip its drain and the ranking.
       if (caughtUp(last)) {
-        await this.deps.coordinator.updateMaster(this.partition, token, {
+        await this.deps.coordinator.recordHandover(this.partition, token, {
           nodeId: this.deps.nodeId,
           incarnation: this.deps.incarnation,
           state: 'serving',

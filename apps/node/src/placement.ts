@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   type Coordinator,
+  currentHandover,
   masterOfCurrentProcess,
   partitionMembers,
   placeReplicas,
@@ -208,10 +209,13 @@ export class PartitionPlacement {
    */
   private mustHoldAgain(partition: number, placed: readonly string[]): boolean {
     if (this.deps.logs[partition]!.lastTxid === 0n || this.servedElsewhere(partition)) return false;
-    const pv = this.deps.coordinator.view.partitions.get(partition);
+    const view = this.deps.coordinator.view;
+    const pv = view.partitions.get(partition);
     const generation = pv?.generation ?? 0n;
+    const handedOverAt = currentHandover(view, partition);
     return placed.every(
-      (id) => behindTheCluster(this.progressOf(partition, id), generation, pv?.history) !== undefined,
+      (id) =>
+        behindTheCluster(this.progressOf(partition, id), generation, pv?.history, handedOverAt) !== undefined,
     );
   }
 
@@ -257,7 +261,8 @@ export class PartitionPlacement {
       const placed = this.placedOn(p);
       if (placed.includes(nodeId)) continue;
       const last = logs[p]!.lastTxid;
-      const hasKey = coordinator.view.partitions.get(p)?.replicas.has(nodeId) ?? false;
+      // A key its previous process left (on a lease not yet expired) does not count.
+      const hasKey = reportedByCurrentProcess(coordinator.view, p, nodeId) !== undefined;
       if (controller.holds) {
         if (!this.haveAllBut(p, placed, RELEASE_SLACK_RECORDS)) continue;
         // The handover waits for what the placed nodes acknowledged here as master (fresher

@@ -47,6 +47,7 @@ async function setup() {
     history: new Map(),
     replicas: new Map(),
     replicaRevisions: new Map(),
+    handover: undefined,
   });
   const view: ClusterView = {
     nodes: new Map([

@@ -306,4 +306,45 @@ describe('election', () => {
       (await statusOf(fresh))[0]!.role === 'replica' ? true : undefined,
     );
   });
+
+  it("never lets a node behind what the current generation's master handed over with take over, even one that never saw the handover", async () => {
+    const cluster = `placement-${++clusterSeq}`;
+    const etcdctl = (...args: string[]) =>
+      execFileSync('etcdctl', [`--endpoints=${harness.etcdEndpoint()}`, ...args], {
+        env: { ...process.env, ETCDCTL_API: '3' },
+      });
+    // Generation 1's master handed over at 1:5 (its placed replicas had acknowledged it) and is gone.
+    etcdctl('put', keys.generation(cluster, 0), '1');
+    etcdctl(
+      'put',
+      keys.handover(cluster, 0),
+      JSON.stringify({ generation: '1', finalTxid: String(makeTxId(1, 5)) }),
+    );
+    const withRecords = async (count: number) => {
+      const config = await agentConfig(cluster);
+      await initStore(join(config.dataDir, 'filestore'));
+      const log = await TxLog.open(join(config.dataDir, 'changelog', '0'));
+      await log.startGeneration(1n);
+      for (let i = 0; i < count; i++)
+        await log.appendChange({ kind: 'delete', path: `gone-${i}`, size: 0n, sha256: '', mtimeNs: 0n });
+      await log.close();
+      return config;
+    };
+    const { logger, entries } = capturingLogger();
+    const behind = await start(await withRecords(3), logger);
+    await until('the refusal logged', async () =>
+      entries.some((e) => /has 1:3, behind 1:5 where the last master handed over; not standing/.test(e.msg))
+        ? true
+        : undefined,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect((await statusOf(behind))[0]).toMatchObject({ master: null, role: 'offline' });
+    const holder = await start(await withRecords(5));
+    await until('the node with every record as master', async () =>
+      (await statusOf(holder))[0]!.role === 'master' ? true : undefined,
+    );
+    await until('the other following', async () =>
+      (await statusOf(behind))[0]!.role === 'replica' ? true : undefined,
+    );
+  });
 });

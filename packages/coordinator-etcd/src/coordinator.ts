@@ -307,6 +307,39 @@ export class Coordinator extends EventEmitter {
     return result.succeeded ? BigInt(result.header.revision) : undefined;
   }
 
+  /** The lease of the current session, or undefined without one: a new one after a lost session. */
+  get session(): string | undefined {
+    return this.leaseId;
+  }
+
+  /**
+   * Records a handover: the master record with its `finalTxid`, and `partitions/<p>/handover`,
+   * kept after the key goes, in one transaction, only while `token` still holds the mastership.
+   */
+  async recordHandover(
+    partition: number,
+    token: bigint,
+    info: MasterInfo & { finalTxid: string },
+  ): Promise<void> {
+    const leaseId = this.requireLease();
+    const key = keys.master(this.cluster, partition);
+    const result = await this.client
+      .if(key, 'Create', '==', String(token))
+      .then(
+        this.client.put(key).value(JSON.stringify(info)).lease(leaseId),
+        this.client
+          .put(keys.handover(this.cluster, partition))
+          .value(JSON.stringify({ generation: info.generation, finalTxid: info.finalTxid })),
+      )
+      .commit();
+    if (!result.succeeded) {
+      throw new CoordinatorError(
+        'NOT_MASTER',
+        `mastership of partition ${partition} (token ${token}) is gone`,
+      );
+    }
+  }
+
   /** Rewrites the master record, only while `token` still holds the mastership. */
   async updateMaster(partition: number, token: bigint, info: MasterInfo): Promise<void> {
     const leaseId = this.requireLease();

@@ -5,6 +5,7 @@ export { partitionMembers, placeReplicas } from './placement.ts';
 export {
   type ClusterSettings,
   type ClusterView,
+  currentHandover,
   type MasterInfo,
   type MasterView,
   masterOfCurrentProcess,

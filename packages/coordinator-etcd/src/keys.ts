@@ -7,12 +7,15 @@
  *   partitions/<p>/history/<gen>        last txid (decimal) of ended generation <gen>, gen zero-padded to 10
  *   partitions/<p>/replicas/<id>        applied txid (decimal) of a replica, on its lease; present
  *                                       while the node follows or holds the partition
+ *   partitions/<p>/handover             HandoverInfo JSON: the last txid a master of generation
+ *                                       <generation> handed over with (no lease)
  *   config                              ClusterSettings JSON, written once by the cluster's first node
  */
 export type ParsedKey =
   | { kind: 'node'; nodeId: string }
   | { kind: 'master'; partition: number }
   | { kind: 'generation'; partition: number }
+  | { kind: 'handover'; partition: number }
   | { kind: 'history'; partition: number; generation: bigint }
   | { kind: 'replica'; partition: number; nodeId: string };
 
@@ -26,6 +29,8 @@ export const keys = {
   master: (cluster: string, partition: number) => `${clusterPrefix(cluster)}partitions/${partition}/master`,
   generation: (cluster: string, partition: number) =>
     `${clusterPrefix(cluster)}partitions/${partition}/generation`,
+  handover: (cluster: string, partition: number) =>
+    `${clusterPrefix(cluster)}partitions/${partition}/handover`,
   history: (cluster: string, partition: number, generation: bigint) =>
     `${clusterPrefix(cluster)}partitions/${partition}/history/${generation.toString().padStart(10, '0')}`,
   replica: (cluster: string, partition: number, nodeId: string) =>
@@ -41,6 +46,7 @@ export function parseKey(cluster: string, key: string): ParsedKey | undefined {
   const partition = Number(parts[1]);
   if (parts.length === 3 && parts[2] === 'master') return { kind: 'master', partition };
   if (parts.length === 3 && parts[2] === 'generation') return { kind: 'generation', partition };
+  if (parts.length === 3 && parts[2] === 'handover') return { kind: 'handover', partition };
   if (parts.length === 4 && parts[2] === 'history' && /^\d+$/.test(parts[3]!)) {
     return { kind: 'history', partition, generation: BigInt(parts[3]!) };
   }

@@ -35,6 +35,15 @@ export const MasterInfoSchema = z.object({
 });
 export type MasterInfo = z.infer<typeof MasterInfoSchema>;
 
+/**
+ * Written by a master that hands over, beside its `finalTxid`, and kept after it resigns: until
+ * the next generation, no node with less may stand (the placed replicas acknowledged it).
+ */
+export const HandoverInfoSchema = z.object({
+  generation: z.string().regex(/^\d+$/),
+  finalTxid: z.string().regex(/^\d+$/),
+});
+
 export interface MasterView extends MasterInfo {
   /** Create revision of the master key: the fencing token of this mastership. */
   token: bigint;
@@ -49,6 +58,8 @@ export interface PartitionView {
   replicas: Map<string, bigint>;
   /** The etcd revision each replica's report was written at (see `reportedByCurrentProcess`). */
   replicaRevisions: Map<string, bigint>;
+  /** The last handover's generation and final txid (see HandoverInfoSchema). */
+  handover: { generation: bigint; finalTxid: bigint } | undefined;
 }
 
 export interface ClusterView {
@@ -76,6 +87,7 @@ export function partitionView(view: ClusterView, partition: number): PartitionVi
       history: new Map(),
       replicas: new Map(),
       replicaRevisions: new Map(),
+      handover: undefined,
     };
     view.partitions.set(partition, entry);
   }
@@ -121,6 +133,14 @@ export function applyKey(
     case 'master': {
       const info = value === undefined ? undefined : parseJson(MasterInfoSchema, value);
       p.master = info === undefined ? undefined : { ...info, token: createRevision };
+      return;
+    }
+    case 'handover': {
+      const info = value === undefined ? undefined : parseJson(HandoverInfoSchema, value);
+      p.handover =
+        info === undefined
+          ? undefined
+          : { generation: BigInt(info.generation), finalTxid: BigInt(info.finalTxid) };
       return;
     }
     case 'generation':
@@ -179,4 +199,12 @@ export function masterOfCurrentProcess(view: ClusterView, partition: number): bo
   const master = view.partitions.get(partition)?.master;
   const registered = master === undefined ? undefined : view.registeredAt.get(master.nodeId);
   return master !== undefined && registered !== undefined && master.token > registered;
+}
+
+/** The final txid the current generation's master handed over with, if it did. */
+export function currentHandover(view: ClusterView, partition: number): bigint | undefined {
+  const pv = view.partitions.get(partition);
+  return pv?.handover !== undefined && pv.handover.generation === pv.generation
+    ? pv.handover.finalTxid
+    : undefined;
 }

@@ -241,6 +241,23 @@ describe('Coordinator against a real etcd', () => {
     );
   });
 
+  it('records a handover beside the master key, kept once the key goes, and only while the token holds', async () => {
+    cluster++;
+    const a = await connect('a');
+    const token = (await a.claimMaster(0, info('a')))!;
+    await expect(a.recordHandover(0, token + 1000n, { ...info('a'), finalTxid: '42' })).rejects.toMatchObject(
+      { code: 'NOT_MASTER' },
+    );
+    await a.recordHandover(0, token, { ...info('a'), finalTxid: '42' });
+    await a.resignMaster(0, token);
+    await until(
+      () =>
+        a.view.partitions.get(0)?.master === undefined && a.view.partitions.get(0)?.handover !== undefined,
+      'the handover without the master key',
+    );
+    expect(a.view.partitions.get(0)!.handover).toEqual({ generation: 1n, finalTxid: 42n });
+  });
+
   it('withdraws a replica key', async () => {
     cluster++;
     const a = await connect('a');

@@ -1,4 +1,12 @@
-import { keys, partitionMembers, placeReplicas, rankCandidates } from '@pfs/coordinator-etcd';
+import {
+  currentHandover,
+  keys,
+  masterOfCurrentProcess,
+  partitionMembers,
+  placeReplicas,
+  rankCandidates,
+  reportedByCurrentProcess,
+} from '@pfs/coordinator-etcd';
 import { describe, expect, it } from 'vitest';
 import { applyKey, emptyView } from '../src/view.ts';
 
@@ -98,5 +106,31 @@ describe('placement', () => {
     applyKey(view, 'c', keys.replica('c', 7, 'gone'), '9', 1n);
     expect(partitionMembers(view, 7, 2).sort()).toEqual([...placed, holder].sort());
     expect(rankCandidates(view, 7, partitionMembers(view, 7, 2))[0]).toBe(holder);
+  });
+});
+
+describe("telling a node's current process from an earlier one", () => {
+  it('counts reports and master keys written since the node last registered', () => {
+    const view = emptyView();
+    applyKey(view, 'c', keys.replica('c', 0, 'n1'), '7', 5n, 5n);
+    const master = { nodeId: 'n1', incarnation: 'n1:1', state: 'serving', generation: '1' };
+    applyKey(view, 'c', keys.master('c', 0), JSON.stringify(master), 6n, 6n);
+    // The node registers again (a restart) at revision 10: what it wrote before is its predecessor's.
+    applyKey(view, 'c', keys.node('c', 'n1'), node('n1'), 3n, 10n);
+    expect(reportedByCurrentProcess(view, 0, 'n1')).toBeUndefined();
+    expect(masterOfCurrentProcess(view, 0)).toBe(false);
+    applyKey(view, 'c', keys.replica('c', 0, 'n1'), '9', 5n, 11n);
+    applyKey(view, 'c', keys.master('c', 0), JSON.stringify(master), 12n, 12n);
+    expect(reportedByCurrentProcess(view, 0, 'n1')).toBe(9n);
+    expect(masterOfCurrentProcess(view, 0)).toBe(true);
+  });
+
+  it("reads a handover as the current generation's only", () => {
+    const view = emptyView();
+    applyKey(view, 'c', keys.generation('c', 0), '3', 1n);
+    applyKey(view, 'c', keys.handover('c', 0), JSON.stringify({ generation: '3', finalTxid: '55' }), 2n);
+    expect(currentHandover(view, 0)).toBe(55n);
+    applyKey(view, 'c', keys.generation('c', 0), '4', 1n);
+    expect(currentHandover(view, 0)).toBeUndefined();
   });
 });
