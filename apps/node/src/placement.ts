@@ -62,11 +62,18 @@ export interface PlacementDeps {
  */
 export class PartitionPlacement {
   private readonly stop = new AbortController();
-  private running: Promise<void> | undefined;
-  private again = false;
+  private readonly passes = new Rerunning(
+    () => this.pass(),
+    this.stop.signal,
+    (error) => this.deps.logger.warn({ err: error }, `placement: ${error.message}`),
+  );
+  private readonly sweeps = new Rerunning(
+    () => this.sweep(),
+    this.stop.signal,
+    (error) =>
+      this.deps.logger.warn({ err: error }, `removing the files of partitions let go: ${error.message}`),
+  );
   private sweepDue: boolean;
-  private sweeping: Promise<void> | undefined;
-  private sweepAgain = false;
   /** Marks set so far: a sweep clears the mark only if none was set while it ran. */
   private sweepMarks = 0;
   /** Placements of the view revision they were computed for (acks ask on every write). */
@@ -116,25 +123,7 @@ export class PartitionPlacement {
 
   /** Runs a pass soon (coalesced). */
   schedule(): void {
-    if (this.stop.signal.aborted) return;
-    if (this.running !== undefined) {
-      this.again = true;
-      return;
-    }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        try {
-          await this.pass();
-        } catch (error) {
-          if (this.stop.signal.aborted) break;
-          this.deps.logger.warn({ err: error }, `placement: ${(error as Error).message}`);
-          await sleep(RETRY_MS, undefined, { signal: this.stop.signal }).catch(() => {});
-          this.again = true;
-        }
-      } while (this.again && !this.stop.signal.aborted);
-      this.running = undefined;
-    })();
+    this.passes.request();
   }
 
   /** No pass or sweep starts after this; one under way ends at its next step. */
@@ -145,8 +134,8 @@ export class PartitionPlacement {
   /** Halts, and waits for a pass and a sweep under way (whose controller steps end once they close). */
   async close(): Promise<void> {
     this.halt();
-    await this.running;
-    await this.sweeping;
+    await this.passes.idle();
+    await this.sweeps.idle();
   }
 
   private get sweepMarker(): string {
@@ -304,33 +293,8 @@ export class PartitionPlacement {
         );
       }
     }
-    if (dropped || this.sweepDue) this.startSweep();
-  }
-
-  /** Starts the sweep in the background (it waits for the store gate, maybe behind a bulk copy). */
-  private startSweep(): void {
-    if (this.stop.signal.aborted) return;
-    if (this.sweeping !== undefined) {
-      this.sweepAgain = true;
-      return;
-    }
-    this.sweeping = (async () => {
-      do {
-        this.sweepAgain = false;
-        try {
-          await this.sweep();
-        } catch (error) {
-          if (this.stop.signal.aborted) break;
-          this.deps.logger.warn(
-            { err: error },
-            `removing the files of partitions let go: ${(error as Error).message}`,
-          );
-          await sleep(RETRY_MS, undefined, { signal: this.stop.signal }).catch(() => {});
-          this.sweepAgain = true;
-        }
-      } while (this.sweepAgain && !this.stop.signal.aborted);
-      this.sweeping = undefined;
-    })();
+    // In the background: it waits for the store gate, maybe behind a bulk copy.
+    if (dropped || this.sweepDue) this.sweeps.request();
   }
 
   /**
@@ -371,12 +335,54 @@ export class PartitionPlacement {
     if (this.sweepMarks === marksBefore) {
       this.sweepDue = false;
       await rm(this.sweepMarker, { force: true });
-    } else this.sweepAgain = true;
+    } else this.sweeps.request();
     if (removed > 0) {
       this.deps.logger.info(
         { files: removed },
         `removed ${removed} file(s) of partitions this node does not hold`,
       );
     }
+  }
+}
+
+/**
+ * Runs `work` one at a time: a request while it runs has it run once more when it ends, and a
+ * failure has it run again after RETRY_MS. Nothing runs once `signal` aborts.
+ */
+class Rerunning {
+  private running: Promise<void> | undefined;
+  private again = false;
+
+  constructor(
+    private readonly work: () => Promise<void>,
+    private readonly signal: AbortSignal,
+    private readonly onError: (error: Error) => void,
+  ) {}
+
+  request(): void {
+    if (this.signal.aborted) return;
+    if (this.running !== undefined) {
+      this.again = true;
+      return;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        try {
+          await this.work();
+        } catch (error) {
+          if (this.signal.aborted) break;
+          this.onError(error as Error);
+          await sleep(RETRY_MS, undefined, { signal: this.signal }).catch(() => {});
+          this.again = true;
+        }
+      } while (this.again && !this.signal.aborted);
+      this.running = undefined;
+    })();
+  }
+
+  /** Resolves once no run is under way. */
+  async idle(): Promise<void> {
+    await this.running;
   }
 }

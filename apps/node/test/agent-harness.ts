@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +33,13 @@ export function useAgents() {
     etcdEndpoint(): string {
       if (etcd === undefined) throw new Error('etcd is not started yet');
       return etcd.endpoint;
+    },
+    /** Runs etcdctl (API v3) against the test file's etcd. */
+    etcdctl(...args: string[]): string {
+      return execFileSync('etcdctl', [`--endpoints=${harness.etcdEndpoint()}`, ...args], {
+        env: { ...process.env, ETCDCTL_API: '3' },
+        encoding: 'utf8',
+      });
     },
     /** A node's config in `cluster`, on free ports and a new temp data dir (unless given). */
     async agentConfig(cluster: string, dataDir?: string, extraArgs: string[] = []): Promise<NodeConfig> {

@@ -773,9 +773,7 @@ describe('node agent over HTTP', () => {
     await a.close();
     // As if it had crashed: a master that stops on purpose records the txid it handed over with,
     // and then no node with less stands (placement.test.ts); a crashed one records nothing.
-    execFileSync('etcdctl', [`--endpoints=${harness.etcdEndpoint()}`, 'del', keys.handover(cluster, 0)], {
-      env: { ...process.env, ETCDCTL_API: '3' },
-    });
+    harness.etcdctl('del', keys.handover(cluster, 0));
 
     const newMaster = await start({
       ...(await agentConfig(cluster, bConfig.dataDir)),

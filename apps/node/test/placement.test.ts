@@ -1,4 +1,4 @@
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import type { Agent } from '../src/agent.ts';
 import { encodePath } from '../src/http.ts';
 import { capturingLogger, until, useAgents } from './agent-harness.ts';
 
-const { agentConfig, start, stopForRestart, ...harness } = useAgents();
+const { agentConfig, start, stopForRestart, etcdctl } = useAgents();
 let clusterSeq = 0;
 
 const PARTITIONS = 4;
@@ -269,10 +269,6 @@ describe('election', () => {
   it('never lets a node behind where an earlier generation ended take over, so it cannot cut what others hold', async () => {
     const cluster = `placement-${++clusterSeq}`;
     // The cluster's record: generation 1 ended at 1:5, and generation 2 is current.
-    const etcdctl = (...args: string[]) =>
-      execFileSync('etcdctl', [`--endpoints=${harness.etcdEndpoint()}`, ...args], {
-        env: { ...process.env, ETCDCTL_API: '3' },
-      });
     etcdctl('put', keys.generation(cluster, 0), '2');
     etcdctl('put', keys.history(cluster, 0, 1n), String(makeTxId(1, 5)));
     const { logger, entries } = capturingLogger();
@@ -309,10 +305,6 @@ describe('election', () => {
 
   it("never lets a node behind what the current generation's master handed over with take over, even one that never saw the handover", async () => {
     const cluster = `placement-${++clusterSeq}`;
-    const etcdctl = (...args: string[]) =>
-      execFileSync('etcdctl', [`--endpoints=${harness.etcdEndpoint()}`, ...args], {
-        env: { ...process.env, ETCDCTL_API: '3' },
-      });
     // Generation 1's master handed over at 1:5 (its placed replicas had acknowledged it) and is gone.
     etcdctl('put', keys.generation(cluster, 0), '1');
     etcdctl(
