@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -189,6 +190,8 @@ describe('letting a partition go', () => {
     const t = await setup();
     await mkdir(join(t.fileStore, 'mine'), { recursive: true });
     await writeFile(join(t.fileStore, 'photo.jpg'), 'partition 0');
+    await mkdir(join(t.fileStore, 'album', '2026', 'june'), { recursive: true });
+    await writeFile(join(t.fileStore, 'album', '2026', 'june', 'beach.jpg'), 'partition 0');
     await writeFile(join(t.fileStore, 'mine', 'kept.jpg'), 'partition 1');
     t.report(t.me, t.log.lastTxid);
     t.report(t.other, t.log.lastTxid);
@@ -198,9 +201,11 @@ describe('letting a partition go', () => {
     t.serving(t.other);
     await t.pass(() => t.calls.includes('forgetMastered'));
     expect(t.calls).toEqual(['withdraw 0', 'dropLog', 'forgetMastered']);
-    const { existsSync } = await import('node:fs');
     expect(existsSync(join(t.fileStore, 'photo.jpg'))).toBe(false);
     expect(existsSync(join(t.fileStore, 'mine', 'kept.jpg'))).toBe(true);
+    // Directories the sweep emptied go too; one still holding another partition's file stays.
+    expect(existsSync(join(t.fileStore, 'album'))).toBe(false);
+    expect(existsSync(join(t.fileStore, 'mine'))).toBe(true);
   });
 
   it('does not count what a node acknowledged here, which outlives its lease and its disk, nor a master key of an earlier process', async () => {
