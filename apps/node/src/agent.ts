@@ -286,6 +286,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     partitionOf: (path) => generator.partitionOf(path),
     runDir: join(config.dataDir, 'run'),
     handOverTimeoutMs: HANDOVER_TIMEOUT_MS,
+    graceMs: config.placementGraceMs,
     logger,
   });
   placementOf = placement;

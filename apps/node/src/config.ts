@@ -41,6 +41,7 @@ export const ConfigSchema = z
       .default('pfs'),
     partitions: z.coerce.number().int().min(1).max(4096).default(1),
     replicationFactor: z.coerce.number().int().min(0).max(1024).default(0),
+    placementGraceMs: z.coerce.number().int().min(0).max(86_400_000).default(30_000),
     leaseTtlSeconds: z.coerce.number().int().min(1).max(300).default(2),
     rsyncBin: z.string().default('rsync'),
     maxFileBytes: z.coerce
@@ -102,6 +103,7 @@ const FLAGS = {
   cluster: { type: 'string' },
   partitions: { type: 'string' },
   'replication-factor': { type: 'string' },
+  'placement-grace-ms': { type: 'string' },
   'lease-ttl': { type: 'string' },
   'rsync-bin': { type: 'string' },
   'max-file-bytes': { type: 'string' },
@@ -124,6 +126,7 @@ const FIELD_OF_FLAG: Record<string, string> = {
   cluster: 'cluster',
   partitions: 'partitions',
   'replication-factor': 'replicationFactor',
+  'placement-grace-ms': 'placementGraceMs',
   'lease-ttl': 'leaseTtlSeconds',
   'rsync-bin': 'rsyncBin',
   'max-file-bytes': 'maxFileBytes',
@@ -147,6 +150,9 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --replication-factor N
                         how many nodes hold each partition, fixed per cluster (default 0: every
                         node; below the node count, adding nodes adds capacity)
+  --placement-grace-ms N
+                        how long a node that left still counts for the placement, so that one
+                        restarting finds its partitions in place (default 30000)
   --lease-ttl SECONDS   etcd lease TTL (default 2)
   --ack MODE            default ack of writes: local (fsynced here), one (and on a replica), all
   --ack-timeout-ms N    how long a write waits for its ack before answering 504 (default 5000)
@@ -159,13 +165,15 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
                         revoke its etcd lease at once instead of waiting out the TTL (default false:
                         see docs/operations.md for what it trades)
   --config FILE         JSON file of fields nodeId, host, httpPort, rsyncPort, dataDir, etcd,
-                        cluster, partitions, replicationFactor, leaseTtlSeconds, rsyncBin,
+                        cluster, partitions, replicationFactor, placementGraceMs,
+                        leaseTtlSeconds, rsyncBin,
                         maxFileBytes, ackMode, ackTimeoutMs, bodyIdleTimeoutMs, watch,
                         watchSettleMs, revokeRefusingMaster, reconcileIntervalMs, logLevel (an
                         unknown field stops the node)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
-PFS_CLUSTER, PFS_PARTITIONS, PFS_REPLICATION_FACTOR, PFS_LEASE_TTL, PFS_LOG_LEVEL, PFS_ACK,
-PFS_ACK_TIMEOUT_MS, PFS_BODY_IDLE_TIMEOUT_MS, PFS_WATCH, PFS_REVOKE_REFUSING_MASTER.`;
+PFS_CLUSTER, PFS_PARTITIONS, PFS_REPLICATION_FACTOR, PFS_PLACEMENT_GRACE_MS, PFS_LEASE_TTL,
+PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_BODY_IDLE_TIMEOUT_MS, PFS_WATCH,
+PFS_REVOKE_REFUSING_MASTER.`;
 
 /** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {

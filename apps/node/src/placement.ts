@@ -6,7 +6,6 @@ import {
   type Coordinator,
   currentHandover,
   masterOfCurrentProcess,
-  partitionMembers,
   placeReplicas,
   reportedByCurrentProcess,
 } from '@pfs/coordinator-etcd';
@@ -43,7 +42,14 @@ export interface PlacementDeps {
   /** `run/`: the sweep's mark survives a restart there. */
   runDir: string;
   handOverTimeoutMs: number;
+  /**
+   * How long a node that left still counts for the placement: its partitions are not placed
+   * elsewhere before, so a node that restarts finds them where it left them (0: at once).
+   */
+  graceMs: number;
   logger: Logger;
+  /** Monotonic milliseconds (tests). */
+  now?: () => number;
 }
 
 /**
@@ -76,43 +82,90 @@ export class PartitionPlacement {
   private sweepDue: boolean;
   /** Marks set so far: a sweep clears the mark only if none was set while it ran. */
   private sweepMarks = 0;
-  /** Placements of the view revision they were computed for (acks ask on every write). */
-  private placements = { revision: -1n, byPartition: new Map<number, string[]>() };
+  /** Placements of the membership they were computed for (acks ask on every write). */
+  private placements = { key: '', byPartition: new Map<number, string[]>() };
+  /** Nodes seen live, and since when (monotonic) the ones no longer live have been gone. */
+  private readonly seen = new Set<string>();
+  private readonly goneSince = new Map<string, number>();
+  private graceTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly deps: PlacementDeps) {
     this.sweepDue = existsSync(this.sweepMarker);
   }
 
-  /** The live nodes placed on `partition`, best first. */
-  placedOn(partition: number): string[] {
-    const { coordinator, replicationFactor } = this.deps;
-    const view = coordinator.view;
-    if (this.placements.revision !== view.revision) {
-      this.placements = { revision: view.revision, byPartition: new Map() };
+  private now(): number {
+    return this.deps.now?.() ?? performance.now();
+  }
+
+  /**
+   * The nodes the placement counts: the live ones, and those gone for less than the grace
+   * (which this node saw live itself). A pass runs again when the first grace ends.
+   */
+  private placementNodes(): string[] {
+    const live = this.deps.coordinator.view.nodes;
+    const now = this.now();
+    for (const id of live.keys()) {
+      this.seen.add(id);
+      this.goneSince.delete(id);
     }
+    let nextEnd = Number.POSITIVE_INFINITY;
+    for (const id of this.seen) {
+      if (live.has(id)) continue;
+      const since = this.goneSince.get(id) ?? now;
+      this.goneSince.set(id, since);
+      if (now - since >= this.deps.graceMs) {
+        this.seen.delete(id);
+        this.goneSince.delete(id);
+      } else nextEnd = Math.min(nextEnd, since + this.deps.graceMs);
+    }
+    if (nextEnd !== Number.POSITIVE_INFINITY && this.graceTimer === undefined && !this.stop.signal.aborted) {
+      this.graceTimer = setTimeout(
+        () => {
+          this.graceTimer = undefined;
+          this.schedule();
+        },
+        Math.max(0, nextEnd - now),
+      );
+      this.graceTimer.unref();
+    }
+    return [...this.seen].sort();
+  }
+
+  /** The nodes placed on `partition`, best first: live ones, or gone for less than the grace. */
+  placedOn(partition: number): string[] {
+    const nodes = this.placementNodes();
+    const key = nodes.join('\n');
+    if (this.placements.key !== key) this.placements = { key, byPartition: new Map() };
     let placed = this.placements.byPartition.get(partition);
     if (placed === undefined) {
-      placed = placeReplicas(partition, view.nodes.keys(), replicationFactor);
+      placed = placeReplicas(partition, nodes, this.deps.replicationFactor);
       this.placements.byPartition.set(partition, placed);
     }
     return [...placed];
   }
 
+  /** The live nodes placed on `partition`. */
+  private placedLive(partition: number): string[] {
+    const live = this.deps.coordinator.view.nodes;
+    return this.placedOn(partition).filter((id) => live.has(id));
+  }
+
   /**
-   * The live nodes taking part in `partition` (see partitionMembers), its election candidates:
-   * placed ones first, then the others still holding it, each group by id.
+   * The live nodes taking part in `partition`, its election candidates: placed ones first, then
+   * the others still holding it (their applied-txid key is there), each group by id.
    */
   membersOf(partition: number): string[] {
-    const placed = this.placedOn(partition).sort();
-    const others = partitionMembers(this.deps.coordinator.view, partition, this.deps.replicationFactor)
-      .filter((id) => !placed.includes(id))
+    const view = this.deps.coordinator.view;
+    const placed = this.placedLive(partition).sort();
+    const holders = [...(view.partitions.get(partition)?.replicas.keys() ?? [])]
+      .filter((id) => view.nodes.has(id) && !placed.includes(id))
       .sort();
-    return [...placed, ...others];
+    return [...placed, ...holders];
   }
 
   /** The other nodes whose acknowledgements `ack=all` waits for: the live ones placed on it. */
   replicasOf(partition: number): string[] {
-    return this.placedOn(partition).filter((id) => id !== this.deps.nodeId);
+    return this.placedLive(partition).filter((id) => id !== this.deps.nodeId);
   }
 
   /** A bulk copy brings every partition its source holds: the ones not held here go after it. */
@@ -129,6 +182,7 @@ export class PartitionPlacement {
   /** No pass or sweep starts after this; one under way ends at its next step. */
   halt(): void {
     this.stop.abort();
+    clearTimeout(this.graceTimer);
   }
 
   /** Halts, and waits for a pass and a sweep under way (whose controller steps end once they close). */

@@ -102,7 +102,13 @@ describe('a node killed in a cluster with a replication factor below its size', 
         cluster,
         partitions: 4,
         leaseTtlSeconds: 2,
-        extraArgs: ['--log-level=info', '--ack-timeout-ms=60000', '--replication-factor=2'],
+        extraArgs: [
+          '--log-level=info',
+          '--ack-timeout-ms=60000',
+          '--replication-factor=2',
+          // The killed node's partitions are placed elsewhere at once.
+          '--placement-grace-ms=0',
+        ],
       });
       cleanups.push(() => node.destroy());
       nodes.push(node);

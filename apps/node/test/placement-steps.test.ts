@@ -112,6 +112,8 @@ async function setup() {
   // Partition 1, placed here and held: the sweep leaves its files alone.
   const held = { partition: 1, holds: true, activate: () => false, ensureReported() {} };
   let acked = 0n;
+  // The placement's clock, which the test moves.
+  let clock = 0;
   const fresh = () =>
     new PartitionPlacement({
       nodeId: me,
@@ -125,6 +127,8 @@ async function setup() {
       partitionOf: (path) => (path.startsWith('mine/') ? 1 : 0),
       runDir: join(root, 'run'),
       handOverTimeoutMs: 10,
+      graceMs: 1000,
+      now: () => clock,
       logger: pino({ level: 'silent' }),
     });
   /** One placement's passes, until `settled` holds (or 50 ms, when not given), then it closes. */
@@ -147,6 +151,7 @@ async function setup() {
     me,
     other,
     third,
+    fresh,
     view,
     calls,
     controller,
@@ -155,6 +160,9 @@ async function setup() {
     pass,
     setAcked: (txid: bigint) => {
       acked = txid;
+    },
+    advance: (ms: number) => {
+      clock += ms;
     },
     endSession: () => {
       session = false;
@@ -265,6 +273,31 @@ describe('letting a partition go', () => {
     t.report(t.other, makeTxId(2, 4));
     await t.pass();
     expect(t.calls).toEqual([`report 0 ${makeTxId(2, 10)}`]);
+  });
+
+  it('does not place elsewhere the partitions of a node gone for less than the grace', async () => {
+    const t = await setup();
+    // This node has nothing of partition 0; only where it is placed matters here.
+    t.log.lastTxid = 0n;
+    const placement = t.fresh();
+    const settle = async () => {
+      t.view.revision++;
+      placement.schedule();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    };
+    await settle();
+    expect(placement.placedOn(0)).toEqual([t.other]);
+    t.view.nodes.delete(t.other);
+    t.view.registeredAt.delete(t.other);
+    await settle();
+    expect(placement.placedOn(0)).toEqual([t.other]);
+    expect(placement.replicasOf(0)).toEqual([]);
+    expect(t.calls).toEqual([]);
+    t.advance(1000);
+    await settle();
+    expect(placement.placedOn(0)).toEqual([t.me]);
+    expect(t.calls).toEqual(['activate']);
+    await placement.close();
   });
 
   it('does nothing without a session', async () => {

@@ -110,11 +110,18 @@ async function filesWherePlaced(
   );
 }
 
+// The tests of nodes leaving use --placement-grace-ms=0: their partitions are placed elsewhere at
+// once rather than after the grace (placement-steps.test.ts tests the grace).
 describe('placement with a replication factor below the node count', () => {
   it('keeps each partition on R nodes only, and moves partitions to a node that joins, which the others then drop', async () => {
     const cluster = `placement-${++clusterSeq}`;
     const config = (extra: string[] = []) =>
-      agentConfig(cluster, undefined, [`--partitions=${PARTITIONS}`, '--replication-factor=2', ...extra]);
+      agentConfig(cluster, undefined, [
+        `--partitions=${PARTITIONS}`,
+        '--replication-factor=2',
+        '--placement-grace-ms=0',
+        ...extra,
+      ]);
     const nodes = [await start(await config()), await start(await config()), await start(await config())];
     await placementSettled(nodes, 2);
 
@@ -224,7 +231,12 @@ describe('a partition whose only holder is away', () => {
   it('waits for it rather than start empty, and it takes the partition back and hands it to where it is now placed', async () => {
     const cluster = `placement-${++clusterSeq}`;
     const config = (extra: string[] = []) =>
-      agentConfig(cluster, undefined, ['--partitions=1', '--replication-factor=1', ...extra]);
+      agentConfig(cluster, undefined, [
+        '--partitions=1',
+        '--replication-factor=1',
+        '--placement-grace-ms=0',
+        ...extra,
+      ]);
     const first = [await start(await config()), await start(await config())];
     await placementSettled(first, 1);
     const ids = first.map((a) => a.config.nodeId);
@@ -252,7 +264,11 @@ describe('a partition whose only holder is away', () => {
     // The holder comes back: not placed, but the only one with the records, it masters the
     // partition again until the winner has them, then hands over and drops its copy.
     const back = await start(
-      await agentConfig(cluster, dataDir, ['--partitions=1', '--replication-factor=1']),
+      await agentConfig(cluster, dataDir, [
+        '--partitions=1',
+        '--replication-factor=1',
+        '--placement-grace-ms=0',
+      ]),
     );
     const live = [other, winner, back];
     await placementSettled(live, 1);
