@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
-import { rm, rmdir, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   type Coordinator,
@@ -371,7 +371,6 @@ export class PartitionPlacement {
         for (const path of paths) {
           if (!gone(partitionOf(path))) continue;
           await rm(join(fileStore, path), { force: true });
-          await removeEmptyParents(fileStore, path);
           count++;
         }
         return count;
@@ -396,21 +395,6 @@ export class PartitionPlacement {
         { files: removed },
         `removed ${removed} file(s) of partitions this node does not hold`,
       );
-    }
-  }
-}
-
-/**
- * Removes the directories above `path` (in the store) that its removal left empty, deepest
- * first, up to the store's root; stops at the first that is not empty.
- */
-async function removeEmptyParents(fileStore: string, path: string): Promise<void> {
-  for (let dir = dirname(path); dir !== '.' && dir !== ''; dir = dirname(dir)) {
-    try {
-      await rmdir(join(fileStore, dir));
-    } catch {
-      // Not empty (ENOTEMPTY, EEXIST), or gone already: nothing more above it to remove.
-      return;
     }
   }
 }
