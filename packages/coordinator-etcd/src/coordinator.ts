@@ -321,32 +321,33 @@ export class Coordinator extends EventEmitter {
     token: bigint,
     info: MasterInfo & { finalTxid: string },
   ): Promise<void> {
-    const leaseId = this.requireLease();
-    const key = keys.master(this.cluster, partition);
-    const result = await this.client
-      .if(key, 'Create', '==', String(token))
-      .then(
-        this.client.put(key).value(JSON.stringify(info)).lease(leaseId),
-        this.client
-          .put(keys.handover(this.cluster, partition))
-          .value(JSON.stringify({ generation: info.generation, finalTxid: info.finalTxid })),
-      )
-      .commit();
-    if (!result.succeeded) {
-      throw new CoordinatorError(
-        'NOT_MASTER',
-        `mastership of partition ${partition} (token ${token}) is gone`,
-      );
-    }
+    await this.putMasterWhile(
+      partition,
+      token,
+      info,
+      this.client
+        .put(keys.handover(this.cluster, partition))
+        .value(JSON.stringify({ generation: info.generation, finalTxid: info.finalTxid })),
+    );
   }
 
   /** Rewrites the master record, only while `token` still holds the mastership. */
   async updateMaster(partition: number, token: bigint, info: MasterInfo): Promise<void> {
+    await this.putMasterWhile(partition, token, info);
+  }
+
+  /** Puts the master record (and `alongside`, in the same transaction) while `token` holds it. */
+  private async putMasterWhile(
+    partition: number,
+    token: bigint,
+    info: MasterInfo,
+    ...alongside: ReturnType<Etcd3['put']>[]
+  ): Promise<void> {
     const leaseId = this.requireLease();
     const key = keys.master(this.cluster, partition);
     const result = await this.client
       .if(key, 'Create', '==', String(token))
-      .then(this.client.put(key).value(JSON.stringify(info)).lease(leaseId))
+      .then(this.client.put(key).value(JSON.stringify(info)).lease(leaseId), ...alongside)
       .commit();
     if (!result.succeeded) {
       throw new CoordinatorError(
