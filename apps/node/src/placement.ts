@@ -6,6 +6,7 @@ import {
   type Coordinator,
   currentHandover,
   masterOfCurrentProcess,
+  partitionMembers,
   placeReplicas,
   reportedByCurrentProcess,
 } from '@pfs/coordinator-etcd';
@@ -144,28 +145,15 @@ export class PartitionPlacement {
     return [...placed];
   }
 
-  /** The live nodes placed on `partition`. */
-  private placedLive(partition: number): string[] {
-    const live = this.deps.coordinator.view.nodes;
-    return this.placedOn(partition).filter((id) => live.has(id));
-  }
-
-  /**
-   * The live nodes taking part in `partition`, its election candidates: placed ones first, then
-   * the others still holding it (their applied-txid key is there), each group by id.
-   */
+  /** The live nodes taking part in `partition`, its election candidates (see partitionMembers). */
   membersOf(partition: number): string[] {
-    const view = this.deps.coordinator.view;
-    const placed = this.placedLive(partition).sort();
-    const holders = [...(view.partitions.get(partition)?.replicas.keys() ?? [])]
-      .filter((id) => view.nodes.has(id) && !placed.includes(id))
-      .sort();
-    return [...placed, ...holders];
+    return partitionMembers(this.deps.coordinator.view, partition, this.placedOn(partition));
   }
 
   /** The other nodes whose acknowledgements `ack=all` waits for: the live ones placed on it. */
   replicasOf(partition: number): string[] {
-    return this.placedLive(partition).filter((id) => id !== this.deps.nodeId);
+    const live = this.deps.coordinator.view.nodes;
+    return this.placedOn(partition).filter((id) => live.has(id) && id !== this.deps.nodeId);
   }
 
   /** A bulk copy brings every partition its source holds: the ones not held here go after it. */

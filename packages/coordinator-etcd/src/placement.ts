@@ -33,15 +33,15 @@ function compareIds(a: string, b: string): number {
 }
 
 /**
- * The live nodes that take part in a partition: those placed on it, and those still holding it
- * (a replica's applied-txid key, on its lease, says it follows or holds the partition) until
- * they let it go. They are the partition's election candidates and whose acknowledgements
- * `ack=all` waits for.
+ * The live nodes that take part in a partition: those of `placed` (its placement, which may
+ * count nodes gone a short while) that are live, then those still holding it (a replica's
+ * applied-txid key, on its lease, says it follows or holds the partition) until they let it go,
+ * each group by id. They are the partition's election candidates.
  */
-export function partitionMembers(view: ClusterView, partition: number, replicationFactor: number): string[] {
-  const members = new Set(placeReplicas(partition, view.nodes.keys(), replicationFactor));
-  for (const id of view.partitions.get(partition)?.replicas.keys() ?? []) {
-    if (view.nodes.has(id)) members.add(id);
-  }
-  return [...members];
+export function partitionMembers(view: ClusterView, partition: number, placed: readonly string[]): string[] {
+  const live = placed.filter((id) => view.nodes.has(id)).sort(compareIds);
+  const holders = [...(view.partitions.get(partition)?.replicas.keys() ?? [])]
+    .filter((id) => view.nodes.has(id) && !live.includes(id))
+    .sort(compareIds);
+  return [...live, ...holders];
 }

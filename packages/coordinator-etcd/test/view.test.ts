@@ -104,8 +104,10 @@ describe('placement', () => {
     applyKey(view, 'c', keys.replica('c', 7, holder), '5', 1n);
     // A dead node's key does not count.
     applyKey(view, 'c', keys.replica('c', 7, 'gone'), '9', 1n);
-    expect(partitionMembers(view, 7, 2).sort()).toEqual([...placed, holder].sort());
-    expect(rankCandidates(view, 7, partitionMembers(view, 7, 2))[0]).toBe(holder);
+    expect(partitionMembers(view, 7, placed)).toEqual([...placed.sort(), holder]);
+    expect(rankCandidates(view, 7, partitionMembers(view, 7, placed))[0]).toBe(holder);
+    // A placed node that is gone does not take part.
+    expect(partitionMembers(view, 7, [...placed, 'gone'])).toEqual([...placed.sort(), holder]);
   });
 });
 
