@@ -12,27 +12,33 @@ afterEach(async () => {
 
 const role = async (node: NodeProcess) => (await node.status()).partitions[0]?.role;
 
-/** A master and two replicas on a minute-long lease: no takeover can come from the lease running out. */
-async function clusterOnLongLease(extraArgs: string[] = []) {
+/** A new etcd and cluster; `start` runs a node of it as its own process, removed after the test. */
+async function processCluster(name: string, spec: { leaseTtlSeconds: number; partitions?: number }) {
   const etcd = await startEtcd();
   cleanups.push(() => etcd.stop());
-  const base = await makeTempDir('pfs-crash-');
+  const base = await makeTempDir(`pfs-${name}-`);
   cleanups.push(() => removeTempDir(base));
-  const cluster = `crash-${Date.now().toString(36)}`;
-  const start = async (name: string) => {
-    const node = await NodeProcess.start({
+  const cluster = `${name}-${Date.now().toString(36)}`;
+  return async (node: string, extraArgs: string[] = []) => {
+    const started = await NodeProcess.start({
       agentDir: AGENT_DIR,
       httpPort: await freePort(),
       rsyncPort: await freePort(),
-      dataDir: `${base}/${name}`,
+      dataDir: `${base}/${node}`,
       etcd: etcd.endpoint,
       cluster,
-      leaseTtlSeconds: 60,
+      ...spec,
       extraArgs: ['--log-level=info', '--ack-timeout-ms=60000', ...extraArgs],
     });
-    cleanups.push(() => node.destroy());
-    return node;
+    cleanups.push(() => started.destroy());
+    return started;
   };
+}
+
+/** A master and two replicas on a minute-long lease: no takeover can come from the lease running out. */
+async function clusterOnLongLease(extraArgs: string[] = []) {
+  const startNode = await processCluster('crash', { leaseTtlSeconds: 60 });
+  const start = (name: string) => startNode(name, extraArgs);
   const master = await start('a');
   await waitFor('first master', async () => ((await role(master)) === 'master' ? true : undefined));
   const replicas = [await start('b'), await start('c')];
@@ -86,32 +92,16 @@ describe('a master whose process dies', () => {
 
 describe('a node killed in a cluster with a replication factor below its size', () => {
   it('loses no acknowledged file: its partitions get masters among the nodes that held them, and a second copy elsewhere', async () => {
-    const etcd = await startEtcd();
-    cleanups.push(() => etcd.stop());
-    const base = await makeTempDir('pfs-crash-placed-');
-    cleanups.push(() => removeTempDir(base));
-    const cluster = `crash-placed-${Date.now().toString(36)}`;
+    const start = await processCluster('crash-placed', { leaseTtlSeconds: 2, partitions: 4 });
     const nodes: NodeProcess[] = [];
     for (const name of ['a', 'b', 'c', 'd']) {
-      const node = await NodeProcess.start({
-        agentDir: AGENT_DIR,
-        httpPort: await freePort(),
-        rsyncPort: await freePort(),
-        dataDir: `${base}/${name}`,
-        etcd: etcd.endpoint,
-        cluster,
-        partitions: 4,
-        leaseTtlSeconds: 2,
-        extraArgs: [
-          '--log-level=info',
-          '--ack-timeout-ms=60000',
+      nodes.push(
+        await start(name, [
           '--replication-factor=2',
           // The killed node's partitions are placed elsewhere at once.
           '--placement-grace-ms=0',
-        ],
-      });
-      cleanups.push(() => node.destroy());
-      nodes.push(node);
+        ]),
+      );
     }
     /** Every partition held exactly where it is placed among `live`, with a serving master there. */
     const settled = (live: NodeProcess[]) =>
