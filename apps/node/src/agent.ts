@@ -160,38 +160,41 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       return {
         nodeId: config.nodeId,
         session: coordinator?.sessionValid() ?? false,
-        partitions: controllers.map((c) => ({
-          partition: c.partition,
-          role: c.role,
-          holds: c.holds,
-          placedOn: placementOf?.placedOn(c.partition) ?? [],
-          generation: (coordinator?.view.partitions.get(c.partition)?.generation ?? c.generation).toString(),
-          lastTxid: logs[c.partition]!.lastTxid.toString(),
-          lastTxidText: formatTxId(logs[c.partition]!.lastTxid),
-          master: coordinator?.view.partitions.get(c.partition)?.master?.nodeId ?? null,
-          // False while a new master drains, before it takes writes.
-          masterServing: coordinator?.view.partitions.get(c.partition)?.master?.state === 'serving',
-          following: c.followingNode ?? null,
-          // A new replica's bulk copy of the master's store, while it runs.
-          bootstrap: c.bootstrapProgress(performance.now()) ?? null,
-          replicaAcks: Object.fromEntries([...acks.of(c.partition)].map(([k, v]) => [k, v.toString()])),
-          // On a master: how long each live replica's oldest unacknowledged record has waited.
-          replicaLagMs:
-            c.role === 'master'
-              ? Object.fromEntries(
-                  replicasOf(c.partition).map((id) => [
-                    id,
-                    acks.lagMs(c.partition, id, performance.now()) ?? null,
-                  ]),
-                )
-              : {},
-          // What every live node last reported to etcd as applied (the promotion ranking's input).
-          reported: Object.fromEntries(
-            [...(coordinator?.view.partitions.get(c.partition)?.replicas ?? new Map<string, bigint>())]
-              .filter(([id]) => coordinator?.view.nodes.has(id))
-              .map(([id, txid]) => [id, txid.toString()]),
-          ),
-        })),
+        partitions: controllers.map((c) => {
+          const pv = coordinator?.view.partitions.get(c.partition);
+          return {
+            partition: c.partition,
+            role: c.role,
+            holds: c.holds,
+            placedOn: placementOf?.placedOn(c.partition) ?? [],
+            generation: (pv?.generation ?? c.generation).toString(),
+            lastTxid: logs[c.partition]!.lastTxid.toString(),
+            lastTxidText: formatTxId(logs[c.partition]!.lastTxid),
+            master: pv?.master?.nodeId ?? null,
+            // False while a new master drains, before it takes writes.
+            masterServing: pv?.master?.state === 'serving',
+            following: c.followingNode ?? null,
+            // A new replica's bulk copy of the master's store, while it runs.
+            bootstrap: c.bootstrapProgress(performance.now()) ?? null,
+            replicaAcks: Object.fromEntries([...acks.of(c.partition)].map(([k, v]) => [k, v.toString()])),
+            // On a master: how long each live replica's oldest unacknowledged record has waited.
+            replicaLagMs:
+              c.role === 'master'
+                ? Object.fromEntries(
+                    replicasOf(c.partition).map((id) => [
+                      id,
+                      acks.lagMs(c.partition, id, performance.now()) ?? null,
+                    ]),
+                  )
+                : {},
+            // What every live node last reported to etcd as applied (the promotion ranking's input).
+            reported: Object.fromEntries(
+              [...(pv?.replicas ?? new Map<string, bigint>())]
+                .filter(([id]) => coordinator?.view.nodes.has(id))
+                .map(([id, txid]) => [id, txid.toString()]),
+            ),
+          };
+        }),
         nodes: [...(coordinator?.view.nodes.values() ?? [])].map((n) => ({
           id: n.id,
           url: `http://${n.host}:${n.httpPort}`,
