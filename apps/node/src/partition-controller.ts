@@ -61,6 +61,8 @@ export interface ControllerDeps {
   storeGate: StoreGate;
   /** The live nodes taking part in the partition: its election candidates (see partitionMembers). */
   members: () => string[];
+  /** Whether a store path is in this partition (see the replicator's ownsPath). */
+  ownsPath: (path: string) => boolean;
   /**
    * A bulk copy of a master's store begins or ends (however it ends): it brings the files of
    * every partition that master holds, including some this node may not (see the agent's sweep).
@@ -541,6 +543,7 @@ export class PartitionController {
       storeGate: this.deps.storeGate,
       follow: false,
       minGeneration: () => this.deps.coordinator.view.partitions.get(this.partition)?.generation ?? 0n,
+      ownsPath: this.deps.ownsPath,
       setAside: async (path, txid, kind) => {
         const quarantinedAs = await setAsideInTheWay({
           fileStore: join(this.deps.dataDir, 'filestore'),

@@ -481,6 +481,63 @@ describe('node agent over HTTP', () => {
     );
   });
 
+  it("leaves another partition's file in a directory where the master puts a file, and goes on once it is gone", async () => {
+    const cluster = `agent-${++clusterSeq}`;
+    const config = async () => ({ ...(await agentConfig(cluster)), partitions: 2 });
+    const statuses = async (agent: Agent) =>
+      (
+        (await (await fetch(`${agent.url}/v1/status`)).json()) as {
+          partitions: { role: string; lastTxid: string }[];
+        }
+      ).partitions;
+    const master = await start(await config());
+    await until('master of both partitions', async () =>
+      (await statuses(master)).every((p) => p.role === 'master') ? true : undefined,
+    );
+    const { logger, entries } = capturingLogger();
+    const replica = await startAgent(await config(), logger);
+    agents.push(replica);
+    // A file, and a path below it that is in the other partition.
+    let i = 0;
+    while (partitionOf(`album${i}`, 2) === partitionOf(`album${i}/theirs.jpg`, 2)) i++;
+    const [album, theirs] = [`album${i}`, `album${i}/theirs.jpg`];
+    const p = partitionOf(album, 2);
+    // Past its bootstrap (an empty store's bulk copy), following record by record.
+    expect((await fetch(`${master.url}/v1/files/first`, { method: 'PUT', body: '1' })).status).toBe(201);
+    const caughtUpWith = async (what: string) => {
+      const want = (await statuses(master)).map((s) => s.lastTxid).join();
+      await until(what, async () =>
+        (await statuses(replica)).map((s) => s.lastTxid).join() === want ? true : undefined,
+      );
+    };
+    await caughtUpWith('replica past its bootstrap');
+    // As the other partition's current file would be here while this partition lags behind.
+    await mkdir(join(replica.config.dataDir, 'filestore', album));
+    const local = join(replica.config.dataDir, 'filestore', theirs);
+    await writeFile(local, 'the other partition');
+    expect(
+      (await fetch(`${master.url}/v1/files/${album}`, { method: 'PUT', body: 'a file now' })).status,
+    ).toBe(201);
+    const waiting = await until('the batch waiting', async () =>
+      entries.find(
+        (e) =>
+          e.level === 40 && e.msg.includes(`holding ${JSON.stringify(theirs)}, a file of another partition`),
+      ),
+    );
+    expect(waiting.msg).toMatch(new RegExp(`^partition ${p}: "${album}" is a directory here`));
+    expect(await readFile(local, 'utf8')).toBe('the other partition');
+    expect(
+      ((await (await fetch(`${replica.url}/v1/quarantine`)).json()) as { entries: unknown[] }).entries,
+    ).toEqual([]);
+    // The other partition, caught up, deletes it: this one goes on.
+    await rm(local);
+    await caughtUpWith('replica caught up');
+    expect(await readFile(join(replica.config.dataDir, 'filestore', album), 'utf8')).toBe('a file now');
+    expect(
+      ((await (await fetch(`${replica.url}/v1/quarantine`)).json()) as { entries: unknown[] }).entries,
+    ).toEqual([]);
+  });
+
   it('answers bad paths with 400 and a code, storing nothing', async () => {
     const { master } = await twoNodes();
     for (const [path, code] of [

@@ -28,4 +28,11 @@ export {
   statFile,
   storeIsInPlace,
 } from './store.ts';
-export { compareStorePaths, listStore, type StoreEntry, type WalkOptions, walkStore } from './walk.ts';
+export {
+  compareStorePaths,
+  findInStore,
+  listStore,
+  type StoreEntry,
+  type WalkOptions,
+  walkStore,
+} from './walk.ts';

@@ -67,6 +67,19 @@ export async function* walkStore(
   }
 }
 
+/**
+ * The path of the first regular file below `under` (in walk order) that `wanted` accepts; the
+ * walk goes no further. Undefined if there is none, or `under` is not a directory.
+ */
+export async function findInStore(
+  root: string,
+  under: string,
+  wanted: (path: string) => boolean,
+): Promise<string | undefined> {
+  for await (const { path } of walkStore(root, under)) if (wanted(path)) return path;
+  return undefined;
+}
+
 function removeIfStale(root: string, path: string, stale: NonNullable<WalkOptions['staleTempFiles']>): void {
   const info = statIfThere(join(root, path));
   if (info === undefined || !info.isFile() || Number(info.mtimeMs) >= stale.before) return;

@@ -7,6 +7,7 @@ export type ReplicatorErrorCode =
   | 'CHECKPOINT_FAILED'
   | 'DIRECTORY_IN_THE_WAY'
   | 'FILE_IN_THE_WAY'
+  | 'HELD_BY_ANOTHER_PARTITION'
   | 'SYNC_FAILED'
   | 'UNSETTLED'
   | 'STORE_MISSING'

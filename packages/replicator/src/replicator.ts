@@ -4,6 +4,7 @@ import { lstat, mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   assertStoreInPlace,
+  findInStore,
   hashFile,
   initStore,
   SENTINEL_FILE,
@@ -92,6 +93,15 @@ export interface ReplicatorOptions {
    * --max-delete items per retry).
    */
   setAside?: (path: string, txid: TxId, kind: 'directory' | 'file') => Promise<void>;
+  /**
+   * Whether a file at `path` is this partition's (default: every path is). Partitions share one
+   * store, and each replicates in its own order: what another partition has in a record's way
+   * is not set aside, since it may be that partition's current file (its log says it is there,
+   * and a promotion would log its absence as a delete). The batch reads on instead (a later
+   * record may clear the way), or fails with HELD_BY_ANOTHER_PARTITION and is retried until
+   * that partition, catching up, removes it.
+   */
+  ownsPath?: (path: string) => boolean;
 }
 
 export interface AppliedBatch {
@@ -708,10 +718,21 @@ export class Replicator extends EventEmitter {
       // did) need no transfer; checking is a stat, and a hash only when the size already matches.
       const { needed, verified, byDigest, directories, underFiles } = await this.pathsToPull(plan.expected);
       fromDigests = byDigest;
+      const filesInTheWay = await this.filesInTheWay(underFiles, plan.expected);
+      const foreign = await this.foreignInTheWay(directories, filesInTheWay, plan.expected);
+      if (foreign !== undefined) {
+        // Not ours to move: a later record of this partition may clear the way; otherwise the
+        // other partition must, once it catches up.
+        const more = await this.readOn(source, records, signal);
+        if (more === undefined) throw new ReplicatorError('HELD_BY_ANOTHER_PARTITION', foreign);
+        records = records.concat(more);
+        plan = planBatch(records);
+        continue;
+      }
       // Before anything is transferred: a directory in a file's way keeps its contents, and a
       // file in a directory's way is kept too.
       const emptyDirectories = await this.clearDirectories(directories, plan.expected);
-      await this.clearFilesInTheWay(underFiles, plan.expected);
+      await this.clearFilesInTheWay(filesInTheWay);
       // From here until this batch is logged, the store may hold files nobody has synced.
       if (needed.length > 0) this.storeSynced = false;
       // Also drops what the bulk copy's hashes said of them.
@@ -735,19 +756,14 @@ export class Replicator extends EventEmitter {
       // record for it, the newer record lies further on: read on and retry with a longer batch
       // (the retry of the same batch could never match). With nothing further, the newer record
       // is still in flight at the source; the whole batch is retried after a short backoff.
-      const more = await source.fetch(records.at(-1)!.txid, {
-        waitMs: 0,
-        maxRecords: this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS,
-        signal,
-      });
-      if (more.records.length === 0 || records.length + more.records.length > MAX_EXTENDED_BATCH_RECORDS) {
+      const more = await this.readOn(source, records, signal);
+      if (more === undefined) {
         throw new ReplicatorError(
           'CONTENT_MISMATCH',
           `after rsync ${problems.length} path(s) differ: ${problems[0]!.why}`,
         );
       }
-      checkContinues(records.at(-1)!.txid, more.records);
-      records = records.concat(more.records);
+      records = records.concat(more);
       plan = planBatch(records);
     }
     // Nothing transferred into a store synced as a whole: its directories are durable already.
@@ -902,6 +918,54 @@ export class Replicator extends EventEmitter {
   }
 
   /**
+   * The source's records after `records`, to extend a batch with (none waited for); undefined
+   * when there are none, or the batch would grow past MAX_EXTENDED_BATCH_RECORDS.
+   */
+  private async readOn(
+    source: RecordSource,
+    records: readonly LogRecord[],
+    signal: AbortSignal,
+  ): Promise<LogRecord[] | undefined> {
+    const more = await source.fetch(records.at(-1)!.txid, {
+      waitMs: 0,
+      maxRecords: this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS,
+      signal,
+    });
+    if (more.records.length === 0 || records.length + more.records.length > MAX_EXTENDED_BATCH_RECORDS)
+      return undefined;
+    checkContinues(records.at(-1)!.txid, more.records);
+    return more.records;
+  }
+
+  /**
+   * Whether another partition's file is in the batch's way (see ownsPath): in one of
+   * `directories` (paths where the batch puts a file), or as one of `filesInTheWay`. Resolves
+   * with the error message naming it, or undefined.
+   */
+  private async foreignInTheWay(
+    directories: readonly string[],
+    filesInTheWay: readonly FileInTheWay[],
+    expected: ReadonlyMap<string, Expected>,
+  ): Promise<string | undefined> {
+    const owns = this.options.ownsPath;
+    if (owns === undefined) return undefined;
+    const waiting =
+      'waiting for that partition to remove it as it catches up (if both are current, a file and a directory were written there through two masters at once: delete one of them)';
+    for (const path of directories) {
+      const entry = await findInStore(this.options.fileStoreDir, path, (file) => !owns(file));
+      if (entry !== undefined) {
+        return `${JSON.stringify(path)} is a directory here holding ${JSON.stringify(entry)}, a file of another partition, where this partition's record ${formatTxId(expected.get(path)!.txid)} puts a file: ${waiting}`;
+      }
+    }
+    for (const { ancestor, path } of filesInTheWay) {
+      if (!owns(ancestor)) {
+        return `${JSON.stringify(ancestor)} is a file of another partition here, where this partition's record ${formatTxId(expected.get(path)!.txid)} puts ${JSON.stringify(path)} below it: ${waiting}`;
+      }
+    }
+    return undefined;
+  }
+
+  /**
    * Sets aside (setAside) each non-empty directory among `directories`, paths where the batch
    * puts a file; an empty one is left to rsync (--force removes it: one deletion, within the
    * batch's --max-delete). Resolves whether any directory is left in the way.
@@ -936,33 +1000,41 @@ export class Replicator extends EventEmitter {
   }
 
   /**
-   * For each path in `underFiles`, a put below a component that is a regular file here: sets
-   * that file aside (setAside), unless the batch deletes it anyway. rsync would otherwise
-   * replace it with the directory the put needs (--force), deleting a file the master does not
-   * have at that path.
+   * For each path in `underFiles`, a put below a component that is not a directory here: that
+   * component (once per component), unless the batch deletes it anyway.
    */
-  private async clearFilesInTheWay(
+  private async filesInTheWay(
     underFiles: readonly string[],
     expected: ReadonlyMap<string, Expected>,
-  ): Promise<void> {
-    const done = new Set<string>();
+  ): Promise<FileInTheWay[]> {
+    const found = new Map<string, FileInTheWay>();
     for (const path of underFiles) {
       const parts = path.split('/');
       for (let depth = 1; depth < parts.length; depth++) {
         const ancestor = parts.slice(0, depth).join('/');
         const entry = await lstat(join(this.options.fileStoreDir, ancestor)).catch(() => undefined);
         if (entry === undefined || entry.isDirectory()) continue;
-        if (done.has(ancestor) || expected.get(ancestor)?.kind === 'delete') break;
-        if (this.options.setAside === undefined) {
-          throw new ReplicatorError(
-            'FILE_IN_THE_WAY',
-            `${JSON.stringify(ancestor)} is a file here but a directory on the source (it holds ${JSON.stringify(path)}): move it out of the store and replication resumes`,
-          );
-        }
-        await this.options.setAside(ancestor, expected.get(path)!.txid, 'file');
-        done.add(ancestor);
+        if (!found.has(ancestor) && expected.get(ancestor)?.kind !== 'delete')
+          found.set(ancestor, { ancestor, path, txid: expected.get(path)!.txid });
         break;
       }
+    }
+    return [...found.values()];
+  }
+
+  /**
+   * Sets each of `files` aside (setAside). rsync would otherwise replace it with the directory
+   * the put needs (--force), deleting a file the master does not have at that path.
+   */
+  private async clearFilesInTheWay(files: readonly FileInTheWay[]): Promise<void> {
+    for (const { ancestor, path, txid } of files) {
+      if (this.options.setAside === undefined) {
+        throw new ReplicatorError(
+          'FILE_IN_THE_WAY',
+          `${JSON.stringify(ancestor)} is a file here but a directory on the source (it holds ${JSON.stringify(path)}): move it out of the store and replication resumes`,
+        );
+      }
+      await this.options.setAside(ancestor, txid, 'file');
     }
   }
 
@@ -1287,6 +1359,13 @@ function nothingInTheWay(root: string, path: string): boolean {
   } catch {
     return false; // ENOTDIR: a parent is a file
   }
+}
+
+/** A file found where a put (`path`, of record `txid`) needs a directory: `ancestor`. */
+interface FileInTheWay {
+  ancestor: string;
+  path: string;
+  txid: TxId;
 }
 
 function parentsAreDirectories(root: string, path: string): boolean {

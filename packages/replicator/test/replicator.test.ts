@@ -9,6 +9,7 @@ import {
   readFile,
   rename,
   rm,
+  unlink,
   writeFile,
 } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -849,6 +850,94 @@ describe('replicator against a real rsync daemon', () => {
     expect(setAside).toEqual([]);
     expect(errors).toEqual([]);
     expect(await readFile(join(dir, 'filestore', 'x', 'y'), 'utf8')).toBe('then a directory');
+  });
+
+  // Partitions share one store and replicate each in its own order: what another partition has
+  // in a record's way may be that partition's current file.
+  const ours = (path: string) => path !== 'theirs' && !path.endsWith('/theirs');
+
+  it("never sets aside another partition's file in a directory where a put goes: it waits until that partition removes it", async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await mkdir(join(dir, 'filestore', 'd'));
+    await writeFile(join(dir, 'filestore', 'd', 'theirs'), 'current in its own partition');
+    const setAside: string[] = [];
+    const { replicator, errors } = await replicate(m, dir, {
+      bootstrap: false,
+      ownsPath: ours,
+      setAside: async (path) => {
+        setAside.push(path);
+      },
+    });
+    await m.put('d', 'now a file');
+    const held = () => errors.filter((e) => (e as { code?: string }).code === 'HELD_BY_ANOTHER_PARTITION');
+    await until(() => held().length >= 2, 'the batch waiting twice');
+    expect(held()[0]!.message).toMatch(
+      /^"d" is a directory here holding "d\/theirs", a file of another partition, where this partition's record 1:1 puts a file: waiting for that partition/,
+    );
+    expect(await readFile(join(dir, 'filestore', 'd', 'theirs'), 'utf8')).toBe(
+      'current in its own partition',
+    );
+    expect(setAside).toEqual([]);
+    expect(replicator.applied).toBeLessThan(m.log.lastTxid);
+    // The other partition catches up and deletes it: the way is clear.
+    await unlink(join(dir, 'filestore', 'd', 'theirs'));
+    await until(() => replicator.applied === m.log.lastTxid, 'the file once the other partition moved on');
+    expect(await readFile(join(dir, 'filestore', 'd'), 'utf8')).toBe('now a file');
+    expect(setAside).toEqual([]);
+  });
+
+  it("never sets aside another partition's file where a put needs a directory: it waits until that partition removes it", async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await writeFile(join(dir, 'filestore', 'theirs'), 'current in its own partition');
+    const setAside: string[] = [];
+    const { replicator, errors } = await replicate(m, dir, {
+      bootstrap: false,
+      ownsPath: ours,
+      setAside: async (path) => {
+        setAside.push(path);
+      },
+    });
+    await m.put('theirs/1.jpg', 'one');
+    const held = () => errors.filter((e) => (e as { code?: string }).code === 'HELD_BY_ANOTHER_PARTITION');
+    await until(() => held().length >= 2, 'the batch waiting twice');
+    expect(held()[0]!.message).toMatch(
+      /^"theirs" is a file of another partition here, where this partition's record 1:1 puts "theirs\/1.jpg" below it/,
+    );
+    expect(await readFile(join(dir, 'filestore', 'theirs'), 'utf8')).toBe('current in its own partition');
+    await unlink(join(dir, 'filestore', 'theirs'));
+    await until(() => replicator.applied === m.log.lastTxid, 'the file once the other partition moved on');
+    expect(await readFile(join(dir, 'filestore', 'theirs', '1.jpg'), 'utf8')).toBe('one');
+    expect(setAside).toEqual([]);
+  });
+
+  it('reads on past a put whose way another partition holds, when a later record of its own clears it', async () => {
+    const m = await master();
+    // A replica behind: the master put "d", deleted it, and the other partition then made "d/"
+    // a directory, which this replica already has.
+    await m.put('d', 'a file for a while');
+    await m.remove('d');
+    await m.put('e', 'after');
+    const dir = await replicaDir();
+    await mkdir(join(dir, 'filestore', 'd'));
+    await writeFile(join(dir, 'filestore', 'd', 'theirs'), 'current in its own partition');
+    const setAside: string[] = [];
+    const { replicator, errors } = await replicate(m, dir, {
+      bootstrap: false,
+      maxBatchRecords: 1,
+      ownsPath: ours,
+      setAside: async (path) => {
+        setAside.push(path);
+      },
+    });
+    await until(() => replicator.applied === m.log.lastTxid, 'every record');
+    expect(errors).toEqual([]);
+    expect(setAside).toEqual([]);
+    expect(await readFile(join(dir, 'filestore', 'd', 'theirs'), 'utf8')).toBe(
+      'current in its own partition',
+    );
+    expect(await readFile(join(dir, 'filestore', 'e'), 'utf8')).toBe('after');
   });
 
   it("keeps rsync's temp files out of the store, and clears those a killed rsync left", async () => {
