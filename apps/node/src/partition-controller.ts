@@ -9,6 +9,7 @@ import {
   type MasterView,
   rankCandidates,
   reportedByCurrentProcess,
+  reportedSinceMasterLeft,
 } from '@pfs/coordinator-etcd';
 import {
   type AppliedBatch,
@@ -75,7 +76,7 @@ export interface ControllerDeps {
  * 100 000 records is set aside and pulled again, which loses nothing either way.
  */
 const CHECK_STORE_MAX_PAGES = 10;
-/** Wait after a master loss for every replica to publish its applied txid before ranking. */
+/** Longest wait after a master loss for every member to publish its applied txid before ranking. */
 const COLLECT_MS = 50;
 /** A lower-ranked candidate waits this long per rank for a better one to claim first. */
 const STANDBY_PER_RANK_MS = 750;
@@ -762,7 +763,13 @@ export class PartitionController {
     };
     let handedOver = allHave();
     if (!handedOver) {
-      await sleep(COLLECT_MS);
+      // Every member publishes its applied txid as it starts to vote: once the view shows all of
+      // them (written since the master left), ranking need wait no longer.
+      await viewChangeUntil(
+        coordinator,
+        () => allHave() || reportedSinceMasterLeft(coordinator.view, this.partition, members),
+        COLLECT_MS,
+      );
       handedOver = allHave();
     }
     const ranking = handedOver ? members : rankCandidates(coordinator.view, this.partition, members);
@@ -1066,6 +1073,23 @@ export function promotionRetryDelayMs(failures: number): number {
 /** Wait before re-evaluating after the `failures`-th failure in a row: 200 ms, doubling to 5 s. */
 export function retryDelayMs(failures: number): number {
   return Math.min(5000, 200 * 2 ** Math.max(0, Math.min(failures - 1, 5)));
+}
+
+/** Resolves once `done()` holds, checked at each change of the coordinator's view, or after `ms`. */
+function viewChangeUntil(coordinator: Coordinator, done: () => boolean, ms: number): Promise<void> {
+  if (done()) return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (done()) finish();
+    };
+    const finish = () => {
+      clearTimeout(timer);
+      coordinator.off('change', check);
+      resolve();
+    };
+    const timer = setTimeout(finish, ms);
+    coordinator.on('change', check);
+  });
 }
 
 function sleep(ms: number): Promise<void> {

@@ -49,6 +49,7 @@ async function setup() {
     replicas: new Map(),
     replicaRevisions: new Map(),
     handover: undefined,
+    masterLeftAt: undefined,
   });
   const view: ClusterView = {
     nodes: new Map([

@@ -257,7 +257,7 @@ export class Coordinator extends EventEmitter {
       this.queueChange();
     });
     watcher.on('delete', (kv) => {
-      applyKey(this.view, this.cluster, kv.key.toString(), undefined, 0n);
+      applyKey(this.view, this.cluster, kv.key.toString(), undefined, 0n, BigInt(kv.mod_revision));
       this.view.revision = BigInt(kv.mod_revision);
       this.queueChange();
     });

@@ -13,4 +13,5 @@ export {
   type PartitionView,
   rankCandidates,
   reportedByCurrentProcess,
+  reportedSinceMasterLeft,
 } from './view.ts';

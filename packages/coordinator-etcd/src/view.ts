@@ -60,6 +60,11 @@ export interface PartitionView {
   replicaRevisions: Map<string, bigint>;
   /** The last handover's generation and final txid (see HandoverInfoSchema). */
   handover: { generation: bigint; finalTxid: bigint } | undefined;
+  /**
+   * The etcd revision at which this view saw the master key deleted last (its lease ended, or
+   * it resigned); undefined while there is a master, or if the view began without one.
+   */
+  masterLeftAt: bigint | undefined;
 }
 
 export interface ClusterView {
@@ -88,6 +93,7 @@ export function partitionView(view: ClusterView, partition: number): PartitionVi
       replicas: new Map(),
       replicaRevisions: new Map(),
       handover: undefined,
+      masterLeftAt: undefined,
     };
     view.partitions.set(partition, entry);
   }
@@ -105,7 +111,7 @@ function parseJson<T>(schema: z.ZodType<T>, text: string): T | undefined {
 
 /**
  * Applies one key's new value (or its deletion, when `value` is undefined) to the view in place;
- * `modRevision` is the revision of that write (for a deletion, unused).
+ * `modRevision` is the revision of that write or deletion.
  */
 export function applyKey(
   view: ClusterView,
@@ -133,6 +139,7 @@ export function applyKey(
     case 'master': {
       const info = value === undefined ? undefined : parseJson(MasterInfoSchema, value);
       p.master = info === undefined ? undefined : { ...info, token: createRevision };
+      p.masterLeftAt = info === undefined ? modRevision : undefined;
       return;
     }
     case 'handover': {
@@ -192,6 +199,22 @@ export function reportedByCurrentProcess(
   const written = pv?.replicaRevisions.get(nodeId);
   if (registered === undefined || written === undefined || written < registered) return undefined;
   return pv?.replicas.get(nodeId);
+}
+
+/**
+ * Whether each of `nodeIds` has reported its applied txid for `partition` since the view saw
+ * its master key deleted: for an election after a master was lost, every candidate has then
+ * published how far it got (each does so as it starts to vote), and ranking need wait no longer.
+ */
+export function reportedSinceMasterLeft(
+  view: ClusterView,
+  partition: number,
+  nodeIds: readonly string[],
+): boolean {
+  const pv = view.partitions.get(partition);
+  const left = pv?.masterLeftAt;
+  if (pv === undefined || left === undefined || pv.master !== undefined) return false;
+  return nodeIds.every((id) => (pv.replicaRevisions.get(id) ?? 0n) > left);
 }
 
 /** Whether the master key of `partition` was written by its node's current process. */

@@ -85,6 +85,9 @@ describe('Coordinator against a real etcd', () => {
       () => rest.every((c) => c.view.partitions.get(0)?.master === undefined),
       'master key released',
     );
+    // Each view knows when the key went, after it was written.
+    for (const c of rest)
+      expect(c.view.partitions.get(0)!.masterLeftAt!).toBeGreaterThan(tokens[winners[0]!]!);
     const second = await Promise.all(rest.map((c) => c.claimMaster(0, info(c.nodeId))));
     expect(second.filter((t) => t !== undefined)).toHaveLength(1);
     expect(second.find((t) => t !== undefined)!).toBeGreaterThan(tokens[winners[0]!]!);

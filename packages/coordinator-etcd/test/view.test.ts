@@ -6,6 +6,7 @@ import {
   placeReplicas,
   rankCandidates,
   reportedByCurrentProcess,
+  reportedSinceMasterLeft,
 } from '@pfs/coordinator-etcd';
 import { describe, expect, it } from 'vitest';
 import { applyKey, emptyView } from '../src/view.ts';
@@ -43,6 +44,35 @@ describe('cluster view', () => {
     expect(p.master).toBeUndefined();
     applyKey(view, 'c', '/pfs/other/nodes/x', node('x'), 1n);
     expect(view.nodes.size).toBe(0);
+  });
+});
+
+describe('an election after a master left', () => {
+  const master = JSON.stringify({ nodeId: 'old', incarnation: 'old:1', state: 'serving', generation: '1' });
+
+  it('knows once every member has reported since the master key was deleted', () => {
+    const view = emptyView();
+    applyKey(view, 'c', keys.master('c', 0), master, 10n);
+    applyKey(view, 'c', keys.replica('c', 0, 'a'), '5', 11n, 11n);
+    applyKey(view, 'c', keys.replica('c', 0, 'b'), '5', 11n, 12n);
+    expect(reportedSinceMasterLeft(view, 0, ['a', 'b'])).toBe(false);
+    applyKey(view, 'c', keys.master('c', 0), undefined, 0n, 20n);
+    // Reports from before it left may be short of what the nodes applied since.
+    expect(reportedSinceMasterLeft(view, 0, ['a', 'b'])).toBe(false);
+    applyKey(view, 'c', keys.replica('c', 0, 'a'), '6', 11n, 21n);
+    expect(reportedSinceMasterLeft(view, 0, ['a', 'b'])).toBe(false);
+    applyKey(view, 'c', keys.replica('c', 0, 'b'), '5', 11n, 22n);
+    expect(reportedSinceMasterLeft(view, 0, ['a', 'b'])).toBe(true);
+    // A member that has not reported at all.
+    expect(reportedSinceMasterLeft(view, 0, ['a', 'b', 'c'])).toBe(false);
+    applyKey(view, 'c', keys.master('c', 0), master, 30n);
+    expect(reportedSinceMasterLeft(view, 0, ['a', 'b'])).toBe(false);
+  });
+
+  it('never knows it in a view that began without a master', () => {
+    const view = emptyView();
+    applyKey(view, 'c', keys.replica('c', 0, 'a'), '5', 11n, 11n);
+    expect(reportedSinceMasterLeft(view, 0, ['a'])).toBe(false);
   });
 });
 
