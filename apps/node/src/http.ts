@@ -435,7 +435,10 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       }
       const count = state.config.partitions;
       const wanted = request.query.partitions;
-      if (wanted !== undefined && !/^\d{1,4}(,\d{1,4})*$/.test(wanted)) {
+      if (
+        wanted !== undefined &&
+        (!/^\d{1,9}(,\d{1,9})*$/.test(wanted) || wanted.split(',').some((p) => Number(p) >= count))
+      ) {
         return reply.code(400).send({
           code: 'BAD_PARTITIONS',
           message: `partitions must be comma-separated partition numbers, 0 to ${count - 1}, not ${JSON.stringify(wanted.slice(0, 100))}`,

@@ -1,6 +1,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { compareStorePaths, partitionOf } from '@pfs/filestore';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentState } from '../src/agent-state.ts';
@@ -20,6 +21,7 @@ afterEach(async () => {
 async function server(
   copy: { running: boolean },
   node: { writable: boolean; waitForAcks?: () => Promise<boolean> } = { writable: true },
+  layout: { partitions: number; servesReads: number[] } = { partitions: 1, servesReads: [0] },
 ) {
   const dataDir = await mkdtemp(join(tmpdir(), 'pfs-store-copy-'));
   dirs.push(dataDir);
@@ -27,24 +29,22 @@ async function server(
   const state = {
     config: {
       dataDir,
-      partitions: 1,
+      partitions: layout.partitions,
       ackMode: 'local',
       ackTimeoutMs: 1000,
       maxFileBytes: 1024,
       bodyIdleTimeoutMs: 30_000,
       nodeId: 'n1',
     },
-    controllers: [
-      {
-        partition: 0,
-        writable: () => node.writable,
-        holds: true,
-        servesReads: true,
-        get copyingStore() {
-          return copy.running;
-        },
+    controllers: Array.from({ length: layout.partitions }, (_, partition) => ({
+      partition,
+      writable: () => partition === 0 && node.writable,
+      holds: layout.servesReads.includes(partition),
+      servesReads: layout.servesReads.includes(partition),
+      get copyingStore() {
+        return copy.running;
       },
-    ],
+    })),
     generator: {
       commitDelete: async (path: string) => {
         deletes.push(path);
@@ -137,6 +137,51 @@ describe('listing', () => {
       const page = await app.inject({ method: 'GET', url: '/v1/files?limit=2' });
       expect(page.json()).toMatchObject({ next: 'b' });
       expect(page.json().entries.map((e: { path: string }) => e.path)).toEqual(['a', 'b']);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('listing the partitions a client names', () => {
+  it('lists the files of those it serves among them, names them, and refuses a bad list with 400 BAD_PARTITIONS', async () => {
+    const { app, dataDir } = await server(
+      { running: false },
+      { writable: true },
+      { partitions: 3, servesReads: [0, 1] },
+    );
+    try {
+      await mkdir(join(dataDir, 'filestore'), { recursive: true });
+      const byPartition = new Map<number, string[]>([
+        [0, []],
+        [1, []],
+        [2, []],
+      ]);
+      for (let i = 0; i < 30; i++) {
+        await writeFile(join(dataDir, 'filestore', `f${i}`), 'x');
+        byPartition.get(partitionOf(`f${i}`, 3))!.push(`f${i}`);
+      }
+      const list = async (query: string) => {
+        const answer = await app.inject({ method: 'GET', url: `/v1/files?limit=100${query}` });
+        return answer.json() as { entries: { path: string }[]; partitions: number[]; partitionCount: number };
+      };
+      const sorted = (paths: string[]) => [...paths].sort(compareStorePaths);
+      const all = await list('');
+      expect(all.partitions).toEqual([0, 1]);
+      expect(all.partitionCount).toBe(3);
+      expect(all.entries.map((e) => e.path)).toEqual(
+        sorted([...byPartition.get(0)!, ...byPartition.get(1)!]),
+      );
+      // Partition 2 is named but not served here: left to the nodes that serve it.
+      const some = await list('&partitions=1,2');
+      expect(some.partitions).toEqual([1]);
+      expect(some.entries.map((e) => e.path)).toEqual(sorted(byPartition.get(1)!));
+      for (const bad of ['x', '1,', '3', '0,7', '']) {
+        const refused = await app.inject({ method: 'GET', url: `/v1/files?partitions=${bad}` });
+        expect(refused.statusCode).toBe(400);
+        expect(refused.json()).toMatchObject({ code: 'BAD_PARTITIONS' });
+        expect(refused.json().message).toMatch(/comma-separated partition numbers, 0 to 2/);
+      }
     } finally {
       await app.close();
     }
