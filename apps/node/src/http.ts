@@ -19,6 +19,7 @@ import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
 import { listQuarantine } from './divergence.ts';
 import { FileDigestCache } from './file-digests.ts';
+import type { PartitionController } from './partition-controller.ts';
 import { parseRange } from './range.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
@@ -83,9 +84,29 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   const fileStore = join(state.config.dataDir, 'filestore');
   const digests = new FileDigestCache();
 
+  /**
+   * The partition's controller; undefined once a 503 is sent while the node starts (its HTTP
+   * port opens before it has joined the cluster, so that a port in use fails the start at once).
+   */
+  const controllerOf = (partition: number, reply: FastifyReply): PartitionController | undefined => {
+    const controller = state.controllers[partition];
+    if (controller === undefined) {
+      reply
+        .code(503)
+        .header('retry-after', '1')
+        .send({
+          code: 'STARTING',
+          message: `this node is starting and does not serve partition ${partition} yet: retry shortly`,
+        });
+    }
+    return controller;
+  };
+
   /** Refuses a write on a node that is not master of the path's partition: 307 to the master, else 503. */
   const refuseUnlessMaster = (partition: number, path: string, reply: FastifyReply): boolean => {
-    if (state.controllers[partition]!.writable()) {
+    const controller = controllerOf(partition, reply);
+    if (controller === undefined) return true;
+    if (controller.writable()) {
       // A bulk copy into this store overwrites nothing and deletes nothing, but it would bring
       // back a file deleted here after its source had it: writes wait for it to end.
       if (!state.controllers.some((c) => c.copyingStore)) return false;
@@ -172,14 +193,14 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           code: 'OUTCOME_UNKNOWN',
           message: `mastership of partition ${partition} was lost while ${formatTxId(record.txid)} committed: read the path back from the new master before relying on it`,
         });
-    if (!state.controllers[partition]!.writable()) return outcomeUnknown();
+    if (state.controllers[partition]?.writable() !== true) return outcomeUnknown();
     state.metrics.writes.inc({ op: record.kind });
     if (record.kind === 'put') state.metrics.writeBytes.inc(Number(record.size));
     const result = { ...writeResult(record, partition), ack: ack.mode };
     if (ack.mode === 'local' || (await state.waitForAcks(partition, record.txid, ack.mode, ack.timeoutMs))) {
       return reply.code(status).send(result);
     }
-    if (!state.controllers[partition]!.writable()) return outcomeUnknown();
+    if (state.controllers[partition]?.writable() !== true) return outcomeUnknown();
     return reply.code(504).send({
       ...result,
       code: 'ACK_TIMEOUT',
@@ -232,7 +253,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       }
       try {
         const records = await readFeed(log, query, aborted.signal);
-        const controller = state.controllers[partition]!;
+        const controller = state.controllers[partition];
         return (
           reply
             .header('content-type', FEED_CONTENT_TYPE)
@@ -241,7 +262,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
             // still pointed at a fenced old master sees it is behind the cluster and refuses it.
             .header(
               'x-pfs-generation',
-              (controller.role === 'master' ? controller.generation : generationOf(log.lastTxid)).toString(),
+              (controller?.role === 'master' ? controller.generation : generationOf(log.lastTxid)).toString(),
             )
             .send(encodeRecords(records))
         );
@@ -323,8 +344,9 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       const target = fileTarget(request.params['*'], reply);
       if (target === undefined) return reply;
       const { path, partition } = target;
+      const controller = controllerOf(partition, reply);
+      if (controller === undefined) return reply;
       const log = state.logs[partition]!;
-      const controller = state.controllers[partition]!;
       if (!controller.holds || (!controller.servesReads && !controller.readsRefused)) {
         // Not placed here, or not caught up since it was: the master answers for the partition.
         const master = state.masterOf(partition);

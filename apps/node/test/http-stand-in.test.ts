@@ -57,7 +57,7 @@ async function server(
     masterOf: () => ({ nodeId: 'n1', host: '127.0.0.1', httpPort: 1 }),
   } as unknown as AgentState;
   const app = await buildHttpServer(state, pino({ level: 'silent' }));
-  return { app, deletes, dataDir };
+  return { app, deletes, dataDir, state };
 }
 
 describe('writes on a master whose node is bulk-copying its store', () => {
@@ -137,6 +137,34 @@ describe('listing', () => {
       const page = await app.inject({ method: 'GET', url: '/v1/files?limit=2' });
       expect(page.json()).toMatchObject({ next: 'b' });
       expect(page.json().entries.map((e: { path: string }) => e.path)).toEqual(['a', 'b']);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a node still starting', () => {
+  it('answers reads and writes with 503 STARTING until its partitions are set up', async () => {
+    const { app, deletes, state } = await server({ running: false });
+    const controllers = state.controllers.splice(0);
+    try {
+      for (const method of ['PUT', 'DELETE', 'GET', 'HEAD'] as const) {
+        const refused = await app.inject({
+          method,
+          url: '/v1/files/a.txt',
+          payload: method === 'PUT' ? 'x' : undefined,
+        });
+        expect(refused.statusCode).toBe(503);
+        expect(refused.headers['retry-after']).toBe('1');
+        if (method !== 'HEAD') {
+          expect(refused.json()).toMatchObject({ code: 'STARTING' });
+          expect(refused.json().message).toMatch(/this node is starting .*partition 0.*retry shortly/);
+        }
+      }
+      expect(deletes).toEqual([]);
+      state.controllers.push(...controllers);
+      await app.inject({ method: 'DELETE', url: '/v1/files/a.txt' });
+      expect(deletes).toEqual(['a.txt']);
     } finally {
       await app.close();
     }
