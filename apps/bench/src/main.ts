@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureBootstrap } from './bootstrap.ts';
 import { measureBurst } from './burst.ts';
+import { measureChaos } from './chaos.ts';
 import { measureFailover } from './failover.ts';
 import { measureFloors } from './floors.ts';
 import { measureLag } from './lag.ts';
@@ -59,6 +60,37 @@ const scenarios = {
   'bootstrap-5k': () => measureBootstrap({ files: 5_000, sizeBytes: 4096 }),
   'scale-out': () =>
     measureScaleOut({ nodes: 3, partitions: 16, replicationFactor: 2, files: 10_000, sizeBytes: 4096 }),
+  chaos: () =>
+    measureChaos({
+      nodes: 4,
+      partitions: 8,
+      replicationFactor: 2,
+      seconds: 60,
+      writers: 8,
+      pathsPerWriter: 50,
+      placementGraceMs: 3000,
+    }),
+  'chaos-ack-local': () =>
+    measureChaos({
+      nodes: 4,
+      partitions: 8,
+      replicationFactor: 2,
+      seconds: 60,
+      writers: 8,
+      pathsPerWriter: 50,
+      placementGraceMs: 3000,
+      ack: 'local',
+    }),
+  'chaos-all-nodes': () =>
+    measureChaos({
+      nodes: 3,
+      partitions: 4,
+      replicationFactor: 0,
+      seconds: 60,
+      writers: 8,
+      pathsPerWriter: 50,
+      placementGraceMs: 3000,
+    }),
   scale: () => measureScale({ files: 1_000_000, sizeBytes: 100 }),
   'store-check': () => measureStoreCheck({ files: 50_000, partitions: 8, rounds: 3 }),
   'scale-100k': () => measureScale({ files: 100_000, sizeBytes: 100 }),

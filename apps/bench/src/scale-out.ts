@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { partitionOf } from '@pfs/filestore';
-import { freePort, NodeProcess, startEtcd, waitFor } from '@pfs/testkit';
+import { freePort, NodeProcess, startEtcd } from '@pfs/testkit';
+import { countFiles, placementSettled } from './placement.ts';
 
 const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
 
@@ -43,7 +43,7 @@ export async function measureScaleOut(options: {
       return node;
     };
     for (let i = 0; i < options.nodes; i++) await start();
-    await settled(nodes);
+    await placementSettled(nodes);
     const body = randomBytes(options.sizeBytes);
     const paths = Array.from({ length: options.files }, (_, i) => `d${i % 100}/f${i}`);
     let next = 0;
@@ -56,7 +56,7 @@ export async function measureScaleOut(options: {
     const t0 = performance.now();
     const joined = await start();
     const startedSeconds = (performance.now() - t0) / 1000;
-    await settled(nodes, paths, options.partitions, 600_000);
+    await placementSettled(nodes, { paths, partitions: options.partitions, timeoutMs: 600_000 });
     const seconds = (performance.now() - t0) / 1000;
     const after = await fileCounts(nodes);
     const moved = after[joined.id] ?? 0;
@@ -98,50 +98,8 @@ async function put(via: NodeProcess, path: string, body: Buffer): Promise<void> 
   throw new Error(`PUT ${path} kept failing`);
 }
 
-/**
- * Waits until every node holds exactly the partitions placed on it, each with a serving master
- * among them, and (given the paths) each node's store has exactly the files of those partitions.
- */
-async function settled(
-  nodes: NodeProcess[],
-  paths?: string[],
-  partitions = 1,
-  timeoutMs = 60_000,
-): Promise<void> {
-  await waitFor(
-    'the placement to settle',
-    async () => {
-      for (const node of nodes) {
-        const status = await node.status();
-        for (const p of status.partitions) {
-          const placed = p.placedOn ?? [];
-          if (p.holds !== placed.includes(node.id) || p.master === null || !placed.includes(p.master))
-            return undefined;
-        }
-        if (paths !== undefined) {
-          const held = new Set(status.partitions.filter((p) => p.holds).map((p) => p.partition));
-          const expected = paths.filter((path) => held.has(partitionOf(path, partitions))).length;
-          if ((await countFiles(node.fileStore)) !== expected) return undefined;
-        }
-      }
-      return true;
-    },
-    timeoutMs,
-  );
-}
-
 async function fileCounts(nodes: NodeProcess[]): Promise<Record<string, number>> {
   return Object.fromEntries(
     await Promise.all(nodes.map(async (n) => [n.id, await countFiles(n.fileStore)] as const)),
   );
-}
-
-async function countFiles(dir: string): Promise<number> {
-  let count = 0;
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (entry.name === '.pfs') continue;
-    if (entry.isDirectory()) count += await countFiles(join(dir, entry.name));
-    else if (entry.isFile()) count++;
-  }
-  return count;
 }

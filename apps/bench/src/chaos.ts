@@ -1,0 +1,259 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { partitionOf } from '@pfs/filestore';
+import { freePort, NodeProcess, type NodeSpec, sleep, startEtcd, waitFor } from '@pfs/testkit';
+import { placementSettled } from './placement.ts';
+
+const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
+
+/** What a path holds as far as the writers know: set by an acknowledged write or a 404 on delete. */
+type Known = { body: string } | { absent: true };
+
+/**
+ * Nothing acknowledged is lost, under failure: writers PUT and DELETE their own paths (with
+ * `ack=one`, or the given mode) through random nodes while, one at a time, a random node is killed (SIGKILL, or
+ * SIGTERM for a handover) and started again on its data dir after a pause that may outlast the
+ * placement grace, so partitions fail over, move away and come back. Then every node is up, the
+ * placement settles and the replicas catch up, and each path's copies are read from the stores
+ * of the nodes that hold its partition.
+ *
+ * Counted as failures: an acknowledged put missing or with other bytes (`lost`, `wrongBytes`), an
+ * acknowledged delete whose file is back (`resurrected`), copies of a path whose last write had
+ * no definite answer that disagree (`divergent`), and a path held by fewer nodes than the factor
+ * (`copiesShort`), and any answer 5xx other than 503 and 504 (`serverErrors`). A write with no definite answer (`504`, `503 OUTCOME_UNKNOWN`, a connection
+ * cut) leaves its path unchecked until its next acknowledged write.
+ */
+export async function measureChaos(options: {
+  nodes: number;
+  partitions: number;
+  replicationFactor: number;
+  seconds: number;
+  writers: number;
+  pathsPerWriter: number;
+  placementGraceMs: number;
+  /** `one` by default; `local` holds too here, where a killed agent's host and rsync daemon live on. */
+  ack?: 'local' | 'one';
+}) {
+  const base = await mkdtemp(join(tmpdir(), 'pfs-chaos-'));
+  const etcd = await startEtcd();
+  const everyProcess: NodeProcess[] = [];
+  const slots: { spec: NodeSpec; node: NodeProcess | undefined }[] = [];
+  let failures = 0;
+  try {
+    const cluster = `chaos-${Date.now().toString(36)}`;
+    for (let i = 0; i < options.nodes; i++) {
+      const httpPort = await freePort();
+      slots.push({
+        spec: {
+          agentDir: AGENT_DIR,
+          httpPort,
+          rsyncPort: await freePort(),
+          dataDir: join(base, `localhost_${httpPort}`),
+          etcd: etcd.endpoint,
+          cluster,
+          partitions: options.partitions,
+          extraArgs: [
+            '--log-level=info',
+            '--watch=false',
+            `--replication-factor=${options.replicationFactor}`,
+            `--placement-grace-ms=${options.placementGraceMs}`,
+          ],
+        },
+        node: undefined,
+      });
+    }
+    const start = async (slot: (typeof slots)[number]) => {
+      slot.node = await NodeProcess.start(slot.spec);
+      everyProcess.push(slot.node);
+    };
+    for (const slot of slots) await start(slot);
+    await placementSettled(live(), { timeoutMs: 120_000 });
+
+    const known = new Map<string, Known>();
+    const unsure = new Set<string>();
+    const outcomes = { acknowledged: 0, noDefiniteAnswer: 0, refusedThroughout: 0 };
+    const statuses: Record<string, number> = {};
+    const serverErrors: string[] = [];
+    let writing = true;
+    function live(): NodeProcess[] {
+      return slots.flatMap((s) => (s.node?.running ? [s.node] : []));
+    }
+    const anyLive = () => {
+      const nodes = live();
+      return nodes[Math.floor(Math.random() * nodes.length)]!;
+    };
+
+    /** One write, retried while it is refused for sure (no master, a node down); its outcome. */
+    const write = async (path: string, body: string | undefined) => {
+      let url = `${anyLive().url}/v1/files/${path}`;
+      for (let attempt = 0; attempt < 300 && writing; attempt++) {
+        let response: Response;
+        try {
+          response = await fetch(url, {
+            method: body === undefined ? 'DELETE' : 'PUT',
+            ...(body === undefined ? {} : { body }),
+            redirect: 'manual',
+            headers: { 'x-pfs-ack': options.ack ?? 'one', 'x-pfs-ack-timeout-ms': '3000' },
+            signal: AbortSignal.timeout(15_000),
+          });
+        } catch (error) {
+          // Refused: nothing was sent. Anything else may have reached the master. A master just
+          // killed is still named by the others until its lease runs out.
+          if ((error as { cause?: { code?: string } }).cause?.code !== 'ECONNREFUSED') return 'unsure';
+          await sleep(50);
+          url = `${anyLive().url}/v1/files/${path}`;
+          continue;
+        }
+        const answer = await response.text();
+        statuses[response.status] = (statuses[response.status] ?? 0) + 1;
+        if (response.status >= 500 && response.status !== 503 && response.status !== 504)
+          serverErrors.push(
+            `${body === undefined ? 'DELETE' : 'PUT'} ${path} ${response.status}: ${answer.slice(0, 300)}`,
+          );
+        if (response.status === 201 || response.status === 200) return 'acknowledged';
+        if (response.status === 404 && body === undefined) return 'absent';
+        if (response.status === 307) {
+          url = response.headers.get('location')!;
+          continue;
+        }
+        const code = (() => {
+          try {
+            return (JSON.parse(answer) as { code?: string }).code;
+          } catch {
+            return undefined;
+          }
+        })();
+        if (response.status === 503 && code !== 'OUTCOME_UNKNOWN') {
+          await sleep(100);
+          url = `${anyLive().url}/v1/files/${path}`;
+          continue;
+        }
+        return 'unsure';
+      }
+      return 'refused';
+    };
+
+    const writers = Array.from({ length: options.writers }, async (_, w) => {
+      let n = 0;
+      while (writing) {
+        const path = `w${w}/f${Math.floor(Math.random() * options.pathsPerWriter)}`;
+        const body =
+          Math.random() < 0.75
+            ? `${path} #${++n} ${'x'.repeat(Math.floor(Math.random() * 2000))}`
+            : undefined;
+        const outcome = await write(path, body);
+        if (outcome === 'acknowledged' || outcome === 'absent') {
+          outcomes.acknowledged++;
+          known.set(path, body === undefined ? { absent: true } : { body });
+          unsure.delete(path);
+        } else if (outcome === 'unsure') {
+          outcomes.noDefiniteAnswer++;
+          unsure.add(path);
+        } else outcomes.refusedThroughout++;
+      }
+    });
+
+    const events = { sigkill: 0, sigterm: 0, restarts: 0, downMs: [] as number[] };
+    const deadline = performance.now() + options.seconds * 1000;
+    while (performance.now() < deadline) {
+      await sleep(1000 + Math.random() * 3000);
+      const slot = slots[Math.floor(Math.random() * slots.length)]!;
+      const node = slot.node!;
+      if (Math.random() < 0.7) {
+        node.kill('SIGKILL');
+        events.sigkill++;
+        await waitFor(`${node.id} gone`, async () => (node.running ? undefined : true));
+      } else {
+        await node.stop();
+        events.sigterm++;
+      }
+      const downMs = 1000 + Math.random() * 2 * options.placementGraceMs;
+      events.downMs.push(Math.round(downMs));
+      await sleep(downMs);
+      await start(slot);
+      events.restarts++;
+    }
+    writing = false;
+    await Promise.all(writers);
+
+    const settleStarted = performance.now();
+    await placementSettled(live(), { timeoutMs: 180_000 });
+    // Every holder of each partition at its master's last txid.
+    await waitFor(
+      'the replicas to catch up',
+      async () => {
+        const all = await Promise.all(live().map((n) => n.status()));
+        for (let p = 0; p < options.partitions; p++) {
+          const master = all.find((s) => s.partitions[p]!.role === 'master');
+          if (master === undefined) return undefined;
+          const last = master.partitions[p]!.lastTxid;
+          if (all.some((s) => s.partitions[p]!.holds && s.partitions[p]!.lastTxid !== last)) return undefined;
+        }
+        return true;
+      },
+      180_000,
+    );
+    const settleSeconds = (performance.now() - settleStarted) / 1000;
+
+    const holders = new Map<number, NodeProcess[]>();
+    const all = await Promise.all(live().map(async (n) => ({ node: n, status: await n.status() })));
+    for (let p = 0; p < options.partitions; p++)
+      holders.set(
+        p,
+        all.filter((s) => s.status.partitions[p]!.holds).map((s) => s.node),
+      );
+    const found = { lost: 0, wrongBytes: 0, resurrected: 0, divergent: 0, copiesShort: 0 };
+    const examples: string[] = [];
+    const note = (kind: keyof typeof found, path: string, detail: string) => {
+      found[kind]++;
+      if (examples.length < 20) examples.push(`${kind} ${path}: ${detail}`);
+    };
+    const paths = new Set([...known.keys(), ...unsure]);
+    for (const path of paths) {
+      const nodes = holders.get(partitionOf(path, options.partitions))!;
+      if (options.replicationFactor > 0 && nodes.length < options.replicationFactor)
+        note('copiesShort', path, `held by ${nodes.length}`);
+      const copies = await Promise.all(
+        nodes.map((n) => readFile(join(n.fileStore, path), 'utf8').catch(() => undefined)),
+      );
+      if (unsure.has(path)) {
+        if (new Set(copies).size > 1)
+          note('divergent', path, `copies differ on ${nodes.map((n) => n.id).join(', ')}`);
+        continue;
+      }
+      const want = known.get(path)!;
+      for (const [i, copy] of copies.entries()) {
+        const where = nodes[i]!.id;
+        if ('absent' in want) {
+          if (copy !== undefined) note('resurrected', path, `deleted, but present on ${where}`);
+        } else if (copy === undefined) note('lost', path, `missing on ${where}`);
+        else if (copy !== want.body) note('wrongBytes', path, `other bytes on ${where}`);
+      }
+    }
+    failures = Object.values(found).reduce((a, b) => a + b, 0) + serverErrors.length;
+    return {
+      scenario: 'chaos',
+      params: options,
+      ...events,
+      downMs: undefined,
+      longestDownMs: Math.max(0, ...events.downMs),
+      ...outcomes,
+      answers: statuses,
+      pathsChecked: paths.size - unsure.size,
+      pathsUnsure: unsure.size,
+      settleSeconds: Math.round(settleSeconds * 10) / 10,
+      ...found,
+      serverErrors: serverErrors.length,
+      failures,
+      examples: [...examples, ...serverErrors.slice(0, 10)],
+      ...(failures > 0 ? { keptDataDir: base } : {}),
+    };
+  } finally {
+    await Promise.all(slots.map((s) => (s.node?.running ? s.node.stop() : undefined)));
+    await Promise.all(everyProcess.map((n) => n.destroy()));
+    await etcd.stop();
+    if (failures === 0) await rm(base, { recursive: true, force: true });
+  }
+}
