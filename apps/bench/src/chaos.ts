@@ -13,17 +13,19 @@ type Known = { body: string } | { absent: true };
 
 /**
  * Nothing acknowledged is lost, under failure: writers PUT and DELETE their own paths (with
- * `ack=one`, or the given mode) through random nodes while, one at a time, a random node is killed (SIGKILL, or
- * SIGTERM for a handover) and started again on its data dir after a pause that may outlast the
- * placement grace, so partitions fail over, move away and come back. Then every node is up, the
- * placement settles and the replicas catch up, and each path's copies are read from the stores
- * of the nodes that hold its partition.
+ * `ack=one`, or the given mode) through random nodes while, one at a time, a random node is
+ * killed (SIGKILL, or SIGTERM for a handover) and started again on its data dir after a pause
+ * that may outlast the placement grace, so partitions fail over, move away and come back (with
+ * `etcdPauses`, etcd also freezes now and then). Then every node is up, the placement settles
+ * and the replicas catch up, and each path's copies are read from the stores of the nodes that
+ * hold its partition.
  *
- * Counted as failures: an acknowledged put missing or with other bytes (`lost`, `wrongBytes`), an
- * acknowledged delete whose file is back (`resurrected`), copies of a path whose last write had
- * no definite answer that disagree (`divergent`), and a path held by fewer nodes than the factor
- * (`copiesShort`), and any answer 5xx other than 503 and 504 (`serverErrors`). A write with no definite answer (`504`, `503 OUTCOME_UNKNOWN`, a connection
- * cut) leaves its path unchecked until its next acknowledged write.
+ * Counted as failures: an acknowledged put missing or with other bytes (`lost`, `wrongBytes`),
+ * an acknowledged delete whose file is back (`resurrected`), copies of a path whose last write
+ * had no definite answer that disagree (`divergent`), a path held by fewer nodes than the factor
+ * (`copiesShort`), and any 5xx answer other than 503 and 504 (`serverErrors`). A write with no
+ * definite answer (`504`, `503 OUTCOME_UNKNOWN`, a connection cut) leaves its path unchecked
+ * until its next acknowledged write.
  */
 export async function measureChaos(options: {
   nodes: number;
@@ -35,6 +37,8 @@ export async function measureChaos(options: {
   placementGraceMs: number;
   /** `one` by default; `local` holds too here, where a killed agent's host and rsync daemon live on. */
   ack?: 'local' | 'one';
+  /** Also freeze etcd (SIGSTOP, then SIGCONT 1–4 s later) at a fifth of the events. */
+  etcdPauses?: boolean;
 }) {
   const base = await mkdtemp(join(tmpdir(), 'pfs-chaos-'));
   const etcd = await startEtcd();
@@ -155,10 +159,18 @@ export async function measureChaos(options: {
       }
     });
 
-    const events = { sigkill: 0, sigterm: 0, restarts: 0, downMs: [] as number[] };
+    const events = { sigkill: 0, sigterm: 0, restarts: 0, etcdPauses: 0, downMs: [] as number[] };
     const deadline = performance.now() + options.seconds * 1000;
     while (performance.now() < deadline) {
       await sleep(1000 + Math.random() * 3000);
+      if (options.etcdPauses === true && Math.random() < 0.2) {
+        // Unreachable while frozen; longer than the lease TTL, every lease ends when it resumes.
+        etcd.kill('SIGSTOP');
+        events.etcdPauses++;
+        await sleep(1000 + Math.random() * 3000);
+        etcd.kill('SIGCONT');
+        continue;
+      }
       const slot = slots[Math.floor(Math.random() * slots.length)]!;
       const node = slot.node!;
       if (Math.random() < 0.7) {

@@ -70,6 +70,17 @@ const scenarios = {
       pathsPerWriter: 50,
       placementGraceMs: 3000,
     }),
+  'chaos-etcd-pauses': () =>
+    measureChaos({
+      nodes: 4,
+      partitions: 8,
+      replicationFactor: 2,
+      seconds: 60,
+      writers: 8,
+      pathsPerWriter: 50,
+      placementGraceMs: 3000,
+      etcdPauses: true,
+    }),
   'chaos-ack-local': () =>
     measureChaos({
       nodes: 4,
