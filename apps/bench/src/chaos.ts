@@ -1,12 +1,10 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { partitionOf } from '@pfs/filestore';
-import { freePort, NodeProcess, type NodeSpec, sleep, startEtcd, waitFor } from '@pfs/testkit';
+import { NodeProcess, type NodeSpec, sleep, startEtcd, waitFor } from '@pfs/testkit';
+import { benchNodeSpec } from './cluster.ts';
 import { placementSettled } from './placement.ts';
-
-const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
 
 /** What a path holds as far as the writers know: set by an acknowledged write or a 404 on delete. */
 type Known = { body: string } | { absent: true };
@@ -48,25 +46,19 @@ export async function measureChaos(options: {
   try {
     const cluster = `chaos-${Date.now().toString(36)}`;
     for (let i = 0; i < options.nodes; i++) {
-      const httpPort = await freePort();
-      slots.push({
-        spec: {
-          agentDir: AGENT_DIR,
-          httpPort,
-          rsyncPort: await freePort(),
-          dataDir: join(base, `localhost_${httpPort}`),
-          etcd: etcd.endpoint,
-          cluster,
-          partitions: options.partitions,
-          extraArgs: [
-            '--log-level=info',
-            '--watch=false',
-            `--replication-factor=${options.replicationFactor}`,
-            `--placement-grace-ms=${options.placementGraceMs}`,
-          ],
-        },
-        node: undefined,
+      const spec = await benchNodeSpec({
+        base,
+        etcd: etcd.endpoint,
+        cluster,
+        partitions: options.partitions,
+        extraArgs: [
+          '--log-level=info',
+          '--watch=false',
+          `--replication-factor=${options.replicationFactor}`,
+          `--placement-grace-ms=${options.placementGraceMs}`,
+        ],
       });
+      slots.push({ spec, node: undefined });
     }
     const start = async (slot: (typeof slots)[number]) => {
       slot.node = await NodeProcess.start(slot.spec);

@@ -3,9 +3,35 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type EtcdHandle, freePort, NodeProcess, startEtcd, waitFor } from '@pfs/testkit';
+import { type EtcdHandle, freePort, NodeProcess, type NodeSpec, startEtcd, waitFor } from '@pfs/testkit';
 
 const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
+
+/**
+ * A node of `cluster` on free ports, its data dir `<base>/localhost_<httpPort>` (named as its id),
+ * from the agent app beside this one.
+ */
+export async function benchNodeSpec(options: {
+  base: string;
+  etcd: string;
+  cluster: string;
+  partitions?: number;
+  leaseTtlSeconds?: number;
+  extraArgs: string[];
+}): Promise<NodeSpec> {
+  const httpPort = await freePort();
+  return {
+    agentDir: AGENT_DIR,
+    httpPort,
+    rsyncPort: await freePort(),
+    dataDir: join(options.base, `localhost_${httpPort}`),
+    etcd: options.etcd,
+    cluster: options.cluster,
+    ...(options.partitions === undefined ? {} : { partitions: options.partitions }),
+    ...(options.leaseTtlSeconds === undefined ? {} : { leaseTtlSeconds: options.leaseTtlSeconds }),
+    extraArgs: options.extraArgs,
+  };
+}
 
 /** A fresh 3-node cluster on free ports with its own etcd; the first node is master. */
 export interface BenchCluster {
@@ -30,18 +56,21 @@ export async function startCluster(options: {
   };
   try {
     const cluster = `bench-${Date.now().toString(36)}`;
-    const ports = (await Promise.all(Array.from({ length: options.size ?? 3 }, () => freePort()))).sort();
-    for (const [i, httpPort] of ports.entries()) {
-      const node = await NodeProcess.start({
-        agentDir: AGENT_DIR,
-        httpPort,
-        rsyncPort: await freePort(),
-        dataDir: join(base, `localhost_${httpPort}`),
-        etcd: etcd.endpoint,
-        cluster,
-        leaseTtlSeconds: options.leaseTtlSeconds,
-        extraArgs: ['--log-level=warn', ...(options.extraArgs ?? [])],
-      });
+    const specs = await Promise.all(
+      Array.from({ length: options.size ?? 3 }, () =>
+        benchNodeSpec({
+          base,
+          etcd: etcd.endpoint,
+          cluster,
+          leaseTtlSeconds: options.leaseTtlSeconds,
+          extraArgs: ['--log-level=warn', ...(options.extraArgs ?? [])],
+        }),
+      ),
+    );
+    // The first node by port becomes master (ids are localhost_<port>).
+    specs.sort((a, b) => a.httpPort - b.httpPort);
+    for (const [i, spec] of specs.entries()) {
+      const node = await NodeProcess.start(spec);
       nodes.push(node);
       if (i === 0) {
         await waitFor('first master', async () =>

@@ -34,6 +34,20 @@ async function lagWithLsyncd(options: Parameters<typeof measureLag>[0]) {
   return { ...pfs, lsyncd };
 }
 
+/** Four nodes, 8 partitions on 2 nodes each, 60 s of kills and restarts, unless overridden. */
+function chaos(overrides: Partial<Parameters<typeof measureChaos>[0]>) {
+  return measureChaos({
+    nodes: 4,
+    partitions: 8,
+    replicationFactor: 2,
+    seconds: 60,
+    writers: 8,
+    pathsPerWriter: 50,
+    placementGraceMs: 3000,
+    ...overrides,
+  });
+}
+
 const scenarios = {
   lag: () => lagWithLsyncd({ files: 200, ratePerSecond: 20, sizeBytes: 4096, leaseTtlSeconds: 2 }),
   'lag-1-replica': () =>
@@ -60,48 +74,10 @@ const scenarios = {
   'bootstrap-5k': () => measureBootstrap({ files: 5_000, sizeBytes: 4096 }),
   'scale-out': () =>
     measureScaleOut({ nodes: 3, partitions: 16, replicationFactor: 2, files: 10_000, sizeBytes: 4096 }),
-  chaos: () =>
-    measureChaos({
-      nodes: 4,
-      partitions: 8,
-      replicationFactor: 2,
-      seconds: 60,
-      writers: 8,
-      pathsPerWriter: 50,
-      placementGraceMs: 3000,
-    }),
-  'chaos-etcd-pauses': () =>
-    measureChaos({
-      nodes: 4,
-      partitions: 8,
-      replicationFactor: 2,
-      seconds: 60,
-      writers: 8,
-      pathsPerWriter: 50,
-      placementGraceMs: 3000,
-      etcdPauses: true,
-    }),
-  'chaos-ack-local': () =>
-    measureChaos({
-      nodes: 4,
-      partitions: 8,
-      replicationFactor: 2,
-      seconds: 60,
-      writers: 8,
-      pathsPerWriter: 50,
-      placementGraceMs: 3000,
-      ack: 'local',
-    }),
-  'chaos-all-nodes': () =>
-    measureChaos({
-      nodes: 3,
-      partitions: 4,
-      replicationFactor: 0,
-      seconds: 60,
-      writers: 8,
-      pathsPerWriter: 50,
-      placementGraceMs: 3000,
-    }),
+  chaos: () => chaos({}),
+  'chaos-etcd-pauses': () => chaos({ etcdPauses: true }),
+  'chaos-ack-local': () => chaos({ ack: 'local' }),
+  'chaos-all-nodes': () => chaos({ nodes: 3, partitions: 4, replicationFactor: 0 }),
   scale: () => measureScale({ files: 1_000_000, sizeBytes: 100 }),
   'store-check': () => measureStoreCheck({ files: 50_000, partitions: 8, rounds: 3 }),
   'scale-100k': () => measureScale({ files: 100_000, sizeBytes: 100 }),

@@ -2,11 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { freePort, NodeProcess, startEtcd } from '@pfs/testkit';
+import { NodeProcess, startEtcd } from '@pfs/testkit';
+import { benchNodeSpec } from './cluster.ts';
 import { countFiles, placementSettled } from './placement.ts';
-
-const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
 
 /**
  * Capacity added by adding a node: a cluster of `nodes` nodes with `partitions` partitions on
@@ -28,17 +26,19 @@ export async function measureScaleOut(options: {
   try {
     const cluster = `scale-out-${Date.now().toString(36)}`;
     const start = async () => {
-      const httpPort = await freePort();
-      const node = await NodeProcess.start({
-        agentDir: AGENT_DIR,
-        httpPort,
-        rsyncPort: await freePort(),
-        dataDir: join(base, `localhost_${httpPort}`),
-        etcd: etcd.endpoint,
-        cluster,
-        partitions: options.partitions,
-        extraArgs: ['--log-level=warn', '--watch=false', `--replication-factor=${options.replicationFactor}`],
-      });
+      const node = await NodeProcess.start(
+        await benchNodeSpec({
+          base,
+          etcd: etcd.endpoint,
+          cluster,
+          partitions: options.partitions,
+          extraArgs: [
+            '--log-level=warn',
+            '--watch=false',
+            `--replication-factor=${options.replicationFactor}`,
+          ],
+        }),
+      );
       nodes.push(node);
       return node;
     };

@@ -60,21 +60,33 @@ async function server(
   return { app, deletes, dataDir, state };
 }
 
+/** `method`s on /v1/files/a.txt each answer 503, retry-after 1 and (but HEAD's) `code`, `message`. */
+async function expectRetryLater(
+  app: Awaited<ReturnType<typeof server>>['app'],
+  methods: readonly ('PUT' | 'DELETE' | 'GET' | 'HEAD')[],
+  code: string,
+  message?: RegExp,
+) {
+  for (const method of methods) {
+    const refused = await app.inject({
+      method,
+      url: '/v1/files/a.txt',
+      payload: method === 'PUT' ? 'x' : undefined,
+    });
+    expect(refused.statusCode).toBe(503);
+    expect(refused.headers['retry-after']).toBe('1');
+    if (method === 'HEAD') continue;
+    expect(refused.json()).toMatchObject({ code });
+    if (message !== undefined) expect(refused.json().message).toMatch(message);
+  }
+}
+
 describe('writes on a master whose node is bulk-copying its store', () => {
   it('are refused with 503 STORE_COPY until the copy ends', async () => {
     const copy = { running: true };
     const { app, deletes } = await server(copy);
     try {
-      for (const method of ['PUT', 'DELETE'] as const) {
-        const refused = await app.inject({
-          method,
-          url: '/v1/files/a.txt',
-          payload: method === 'PUT' ? 'x' : undefined,
-        });
-        expect(refused.statusCode).toBe(503);
-        expect(refused.headers['retry-after']).toBe('1');
-        expect(refused.json()).toMatchObject({ code: 'STORE_COPY' });
-      }
+      await expectRetryLater(app, ['PUT', 'DELETE'], 'STORE_COPY');
       expect(deletes).toEqual([]);
       copy.running = false;
       await app.inject({ method: 'DELETE', url: '/v1/files/a.txt' });
@@ -148,19 +160,12 @@ describe('a node still starting', () => {
     const { app, deletes, state } = await server({ running: false });
     const controllers = state.controllers.splice(0);
     try {
-      for (const method of ['PUT', 'DELETE', 'GET', 'HEAD'] as const) {
-        const refused = await app.inject({
-          method,
-          url: '/v1/files/a.txt',
-          payload: method === 'PUT' ? 'x' : undefined,
-        });
-        expect(refused.statusCode).toBe(503);
-        expect(refused.headers['retry-after']).toBe('1');
-        if (method !== 'HEAD') {
-          expect(refused.json()).toMatchObject({ code: 'STARTING' });
-          expect(refused.json().message).toMatch(/this node is starting .*partition 0.*retry shortly/);
-        }
-      }
+      await expectRetryLater(
+        app,
+        ['PUT', 'DELETE', 'GET', 'HEAD'],
+        'STARTING',
+        /this node is starting .*partition 0.*retry shortly/,
+      );
       expect(deletes).toEqual([]);
       state.controllers.push(...controllers);
       await app.inject({ method: 'DELETE', url: '/v1/files/a.txt' });

@@ -12,7 +12,7 @@ import {
   unlink,
   writeFile,
 } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ChangelogGenerator } from '@pfs/changelog-generator';
 import { initStore, stageFile, walkStore } from '@pfs/filestore';
@@ -856,61 +856,50 @@ describe('replicator against a real rsync daemon', () => {
   // in a record's way may be that partition's current file.
   const ours = (path: string) => path !== 'theirs' && !path.endsWith('/theirs');
 
-  it("never sets aside another partition's file in a directory where a put goes: it waits until that partition removes it", async () => {
-    const m = await master();
-    const dir = await replicaDir();
-    await mkdir(join(dir, 'filestore', 'd'));
-    await writeFile(join(dir, 'filestore', 'd', 'theirs'), 'current in its own partition');
-    const setAside: string[] = [];
-    const { replicator, errors } = await replicate(m, dir, {
-      bootstrap: false,
-      ownsPath: ours,
-      setAside: async (path) => {
-        setAside.push(path);
-      },
-    });
-    await m.put('d', 'now a file');
-    const held = () => errors.filter((e) => (e as { code?: string }).code === 'HELD_BY_ANOTHER_PARTITION');
-    await until(() => held().length >= 2, 'the batch waiting twice');
-    expect(held()[0]!.message).toMatch(
-      /^"d" is a directory here holding "d\/theirs", a file of another partition, where this partition's record 1:1 puts a file: waiting for that partition/,
-    );
-    expect(await readFile(join(dir, 'filestore', 'd', 'theirs'), 'utf8')).toBe(
-      'current in its own partition',
-    );
-    expect(setAside).toEqual([]);
-    expect(replicator.applied).toBeLessThan(m.log.lastTxid);
-    // The other partition catches up and deletes it: the way is clear.
-    await unlink(join(dir, 'filestore', 'd', 'theirs'));
-    await until(() => replicator.applied === m.log.lastTxid, 'the file once the other partition moved on');
-    expect(await readFile(join(dir, 'filestore', 'd'), 'utf8')).toBe('now a file');
-    expect(setAside).toEqual([]);
-  });
-
-  it("never sets aside another partition's file where a put needs a directory: it waits until that partition removes it", async () => {
-    const m = await master();
-    const dir = await replicaDir();
-    await writeFile(join(dir, 'filestore', 'theirs'), 'current in its own partition');
-    const setAside: string[] = [];
-    const { replicator, errors } = await replicate(m, dir, {
-      bootstrap: false,
-      ownsPath: ours,
-      setAside: async (path) => {
-        setAside.push(path);
-      },
-    });
-    await m.put('theirs/1.jpg', 'one');
-    const held = () => errors.filter((e) => (e as { code?: string }).code === 'HELD_BY_ANOTHER_PARTITION');
-    await until(() => held().length >= 2, 'the batch waiting twice');
-    expect(held()[0]!.message).toMatch(
-      /^"theirs" is a file of another partition here, where this partition's record 1:1 puts "theirs\/1.jpg" below it/,
-    );
-    expect(await readFile(join(dir, 'filestore', 'theirs'), 'utf8')).toBe('current in its own partition');
-    await unlink(join(dir, 'filestore', 'theirs'));
-    await until(() => replicator.applied === m.log.lastTxid, 'the file once the other partition moved on');
-    expect(await readFile(join(dir, 'filestore', 'theirs', '1.jpg'), 'utf8')).toBe('one');
-    expect(setAside).toEqual([]);
-  });
+  it.each([
+    {
+      where: 'in a directory where a put goes',
+      theirs: 'd/theirs',
+      put: 'd',
+      message:
+        /^"d" is a directory here holding "d\/theirs", a file of another partition, where this partition's record 1:1 puts a file: waiting for that partition/,
+    },
+    {
+      where: 'where a put needs a directory',
+      theirs: 'theirs',
+      put: 'theirs/1.jpg',
+      message:
+        /^"theirs" is a file of another partition here, where this partition's record 1:1 puts "theirs\/1.jpg" below it: waiting for that partition/,
+    },
+  ])(
+    "never sets aside another partition's file $where: it waits until that partition removes it",
+    async ({ theirs, put, message }) => {
+      const m = await master();
+      const dir = await replicaDir();
+      await mkdir(dirname(join(dir, 'filestore', theirs)), { recursive: true });
+      await writeFile(join(dir, 'filestore', theirs), 'current in its own partition');
+      const setAside: string[] = [];
+      const { replicator, errors } = await replicate(m, dir, {
+        bootstrap: false,
+        ownsPath: ours,
+        setAside: async (path) => {
+          setAside.push(path);
+        },
+      });
+      await m.put(put, 'ours');
+      const held = () => errors.filter((e) => (e as { code?: string }).code === 'HELD_BY_ANOTHER_PARTITION');
+      await until(() => held().length >= 2, 'the batch waiting twice');
+      expect(held()[0]!.message).toMatch(message);
+      expect(await readFile(join(dir, 'filestore', theirs), 'utf8')).toBe('current in its own partition');
+      expect(setAside).toEqual([]);
+      expect(replicator.applied).toBeLessThan(m.log.lastTxid);
+      // The other partition catches up and deletes it: the way is clear.
+      await unlink(join(dir, 'filestore', theirs));
+      await until(() => replicator.applied === m.log.lastTxid, 'the file once the other partition moved on');
+      expect(await readFile(join(dir, 'filestore', put), 'utf8')).toBe('ours');
+      expect(setAside).toEqual([]);
+    },
+  );
 
   it('reads on past a put whose way another partition holds, when a later record of its own clears it', async () => {
     const m = await master();
