@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
-import { Coordinator } from '@pfs/coordinator-etcd';
+import { Coordinator, reportedByCurrentProcess } from '@pfs/coordinator-etcd';
 import { initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
 import { discardBulkCopyStaging, StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
@@ -15,7 +15,7 @@ import { buildHttpServer } from './http.ts';
 import { createMetrics } from './metrics.ts';
 import { PartitionController } from './partition-controller.ts';
 import { PartitionPlacement } from './placement.ts';
-import { ackSatisfied, ReplicaAcks } from './replica-acks.ts';
+import { ackingReplicas, ackSatisfied, ReplicaAcks } from './replica-acks.ts';
 import { type RsyncDaemon, startRsyncDaemon } from './rsync-daemon.ts';
 import { StoreChecks } from './store-checks.ts';
 
@@ -123,8 +123,13 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   let stopping = false;
   let coordinator: Coordinator | undefined;
   let placementOf: PartitionPlacement | undefined;
-  /** The other live nodes placed on `partition`: whose acks `all` waits for. */
+  /** The other live nodes placed on `partition`. */
   const replicasOf = (partition: number) => placementOf?.replicasOf(partition) ?? [];
+  /** Of those, the ones whose acks `one` and `all` count (see ackingReplicas). */
+  const ackingReplicasOf = (partition: number) =>
+    ackingReplicas(replicasOf(partition), acks.of(partition), (id) =>
+      coordinator === undefined ? undefined : reportedByCurrentProcess(coordinator.view, partition, id),
+    );
   const controllers: PartitionController[] = [];
 
   const metrics = createMetrics({
@@ -149,7 +154,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       acks.note(partition, replica, after);
     },
     waitForAcks(partition, txid, mode, timeoutMs) {
-      return acks.wait(partition, txid, mode, () => replicasOf(partition), timeoutMs);
+      return acks.wait(partition, txid, mode, () => ackingReplicasOf(partition), timeoutMs);
     },
     trackPoll(controller) {
       if (stopping) return undefined;

@@ -18,6 +18,22 @@ export function ackSatisfied(
   return mode === 'one' ? done >= 1 : liveReplicas.length > 0 && done === liveReplicas.length;
 }
 
+/**
+ * The replicas whose acknowledgements ack modes `one` and `all` count, of `placedOthers` (the
+ * other live nodes placed on the partition) (pure): each one that has asked this master for
+ * records (`polled`), or whose current process reported more than nothing. Left out is a node
+ * that has nothing of the partition and has not asked yet: one making its first copy of the
+ * store (a joining node), which `all` would otherwise wait for until that copy ends. It counts
+ * from its first request on.
+ */
+export function ackingReplicas(
+  placedOthers: readonly string[],
+  polled: ReadonlyMap<string, bigint>,
+  reported: (id: string) => bigint | undefined,
+): string[] {
+  return placedOthers.filter((id) => polled.has(id) || (reported(id) ?? 0n) > 0n);
+}
+
 interface Waiter {
   partition: number;
   check: () => boolean;

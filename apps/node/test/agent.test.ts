@@ -1,5 +1,6 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { connect, createServer } from 'node:net';
@@ -37,6 +38,29 @@ function rawRequest(
     req.once('error', reject);
     req.end(body);
   });
+}
+
+/** The pids of the `name` processes (by their first argument's end) with an argument containing `part`. */
+function processesWithArgument(part: string, name: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (args[0]?.endsWith(name) && args.some((arg) => arg.includes(part))) pids.push(Number(entry));
+    } catch {}
+  }
+  return pids;
+}
+
+/** Sends `signal` to `pid`; false if it has exited meanwhile. */
+function signalIfAlive(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 const role = async (agent: Agent) =>
@@ -730,6 +754,50 @@ describe('node agent over HTTP', () => {
     });
     await until('the unacknowledged write reaches the returning replica', async () =>
       (await fetch(`${again.url}/v1/files/unacked`)).status === 200 ? true : undefined,
+    );
+  });
+
+  it('does not hold up ack=all writes for a node that is making its first copy of the store', async () => {
+    const { cluster, master, replica } = await twoNodes();
+    // Enough to copy that the copy can be caught and frozen.
+    const big = 'x'.repeat(4 * 2 ** 20);
+    for (let i = 0; i < 4; i++)
+      expect((await fetch(`${master.url}/v1/files/big-${i}`, { method: 'PUT', body: big })).status).toBe(201);
+    const joining = await start(await agentConfig(cluster));
+    const staging = join(joining.config.dataDir, 'filestore', '.pfs', 'bulk-copy');
+    const frozen = await until('the joining node copying', async () => {
+      const pids = processesWithArgument(staging, 'rsync');
+      for (const pid of pids) process.kill(pid, 'SIGSTOP');
+      return pids.length > 0 ? pids : undefined;
+    });
+    try {
+      const response = await fetch(`${master.url}/v1/files/during-the-copy`, {
+        method: 'PUT',
+        body: 'on the master and the replica that follows it',
+        headers: { 'x-pfs-ack': 'all', 'x-pfs-ack-timeout-ms': '5000' },
+      });
+      expect(response.status).toBe(201);
+      expect(await readFile(join(replica.config.dataDir, 'filestore', 'during-the-copy'), 'utf8')).toBe(
+        'on the master and the replica that follows it',
+      );
+      expect(processesWithArgument(staging, 'rsync').length).toBeGreaterThan(0);
+    } finally {
+      for (const pid of frozen) signalIfAlive(pid, 'SIGCONT');
+    }
+    // Once it asks for records, it counts: an ack=all write is on it before the answer.
+    await caughtUp(master, joining, 'the joining node caught up');
+    const after = await fetch(`${master.url}/v1/files/after-the-copy`, {
+      method: 'PUT',
+      body: 'on every node',
+      headers: { 'x-pfs-ack': 'all' },
+    });
+    expect(after.status).toBe(201);
+    for (const node of [replica, joining])
+      expect(await readFile(join(node.config.dataDir, 'filestore', 'after-the-copy'), 'utf8')).toBe(
+        'on every node',
+      );
+    expect(await readFile(join(joining.config.dataDir, 'filestore', 'during-the-copy'), 'utf8')).toBe(
+      'on the master and the replica that follows it',
     );
   });
 

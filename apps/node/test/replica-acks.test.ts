@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ackSatisfied, ReplicaAcks } from '../src/replica-acks.ts';
+import { ackingReplicas, ackSatisfied, ReplicaAcks } from '../src/replica-acks.ts';
 
 describe('ack modes', () => {
   const applied = new Map([
@@ -19,6 +19,25 @@ describe('ack modes', () => {
     ['one', 5n, ['r3'], false],
   ] as const)('%s of %s with live %j → %s', (mode, txid, live, want) => {
     expect(ackSatisfied(applied, txid, mode, live)).toBe(want);
+  });
+
+  it('counts the placed replicas that asked for records or reported some, not one still making its first copy', () => {
+    const polled = new Map([['following', 0n]]);
+    const reports = new Map<string, bigint | undefined>([
+      ['following', 0n],
+      ['restarted', 12n],
+      ['copying', 0n],
+      ['silent', undefined],
+    ]);
+    const placed = ['following', 'restarted', 'copying', 'silent'];
+    expect(ackingReplicas(placed, polled, (id) => reports.get(id))).toEqual(['following', 'restarted']);
+    // Its first request for records, once its copy is done: from then on it counts.
+    polled.set('copying', 3n);
+    expect(ackingReplicas(placed, polled, (id) => reports.get(id))).toEqual([
+      'following',
+      'restarted',
+      'copying',
+    ]);
   });
 
   it('measures lag in milliseconds from when the oldest unacknowledged record was appended', () => {
