@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { open, readdir, unlink } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { storeIsInPlace } from '@pfs/filestore';
 
 /**
@@ -8,9 +8,8 @@ import { storeIsInPlace } from '@pfs/filestore';
  * does it while verifying), one syncfs for large ones, directory fsyncs for renames.
  */
 export async function fsyncParents(root: string, paths: readonly string[]): Promise<void> {
-  const dirs = new Set(paths.map((p) => dirname(join(root, p))));
   await Promise.all(
-    [...dirs].map(async (dir) => {
+    directoriesToSync(root, paths).map(async (dir) => {
       // Gone (the batch deleted it): nothing to make durable. Any other failure (EMFILE,
       // EACCES) fails the batch rather than log records whose renames may not be durable.
       const handle = await open(dir, 'r').catch((error: NodeJS.ErrnoException) => {
@@ -25,6 +24,26 @@ export async function fsyncParents(root: string, paths: readonly string[]): Prom
       }
     }),
   );
+}
+
+/**
+ * The directories whose entries `paths` (in the store at `root`) depend on (pure): each path's
+ * parent and every ancestor of it up to `root`. rsync makes the directories a file needs, and a
+ * new directory's own entry is durable only once its parent is synced (POSIX; ext4 happens to
+ * commit it with the file). Syncing a directory nothing changed in costs little.
+ */
+export function directoriesToSync(root: string, paths: readonly string[]): string[] {
+  const dirs = new Set<string>();
+  for (const path of paths) {
+    const parts = path.split('/');
+    for (let depth = parts.length - 1; depth >= 0; depth--) {
+      const dir = join(root, ...parts.slice(0, depth));
+      // Its ancestors came in with it.
+      if (dirs.has(dir)) break;
+      dirs.add(dir);
+    }
+  }
+  return [...dirs];
 }
 
 /**

@@ -1,10 +1,20 @@
 import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { fsyncParents, syncFileSystem } from '../src/durability.ts';
+import { directoriesToSync, fsyncParents, syncFileSystem } from '../src/durability.ts';
 import { testDir } from './harness.ts';
 
 describe('fsyncParents', () => {
+  it("syncs each path's parent and every ancestor up to the store, each once", () => {
+    expect(directoriesToSync('/s', ['a/b/c/photo.jpg', 'a/x', 'a/b/y', 'top']).sort()).toEqual([
+      '/s',
+      '/s/a',
+      '/s/a/b',
+      '/s/a/b/c',
+    ]);
+    expect(directoriesToSync('/s', [])).toEqual([]);
+  });
+
   it('skips a directory that is gone, and fails on one it cannot open', async () => {
     const root = await testDir('pfs-durability-');
     await mkdir(join(root, 'here'));
