@@ -148,6 +148,7 @@ export const DEFAULT_POLL_WAIT_MS = 10_000;
 /** How long a batch may grow while reading on for a newer record of a path that did not match. */
 const MAX_EXTENDED_BATCH_RECORDS = 200_000;
 const MAX_BACKOFF_MS = 2000;
+const MAX_HELD_BACKOFF_MS = 30_000;
 /** Beyond this many files a bootstrap stops keeping digests (~150 bytes each); the replay reads the rest. */
 const MAX_BOOTSTRAP_DIGESTS = 2_000_000;
 /**
@@ -712,6 +713,10 @@ export class Replicator extends EventEmitter {
     let startedAhead = false;
     // Versions of the files the last pull found in place early, hashed already (see checkPut).
     let inPlace: ReadonlyMap<string, string> | undefined;
+    // The batch was read on to the source's end, or cut back to records before one held by
+    // another partition: it is not extended again.
+    let readToTheEnd = false;
+    let cut = false;
     for (;;) {
       if (plan.paths.length === 0) break;
       // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
@@ -719,15 +724,32 @@ export class Replicator extends EventEmitter {
       const { needed, verified, byDigest, directories, underFiles } = await this.pathsToPull(plan.expected);
       fromDigests = byDigest;
       const filesInTheWay = await this.filesInTheWay(underFiles, plan.expected);
-      const foreign = await this.foreignInTheWay(directories, filesInTheWay, plan.expected);
-      if (foreign !== undefined) {
-        // Not ours to move: a later record of this partition may clear the way; otherwise the
-        // other partition must, once it catches up.
-        const more = await this.readOn(source, records, signal);
-        if (more === undefined) throw new ReplicatorError('HELD_BY_ANOTHER_PARTITION', foreign);
-        records = records.concat(more);
-        plan = planBatch(records);
-        continue;
+      const held = await this.foreignInTheWay(directories, filesInTheWay, plan.expected);
+      if (held !== undefined) {
+        // Not ours to move. A later record of this partition may clear the way.
+        const more =
+          readToTheEnd || cut ? undefined : await this.readOn(source, records, signal, MAX_FEED_RECORDS);
+        if (more !== undefined) {
+          records = records.concat(more);
+          plan = planBatch(records);
+          continue;
+        }
+        readToTheEnd = true;
+        if (!tolerateMismatch) {
+          // Otherwise the other partition must clear it, as it catches up: apply what comes
+          // before the held record meanwhile. Two partitions each held by the other's stale
+          // file would wait for ever, batch against batch; the master's order has no cycle, so
+          // one of their prefixes always clears the other's way.
+          const before = records.filter((record) => record.txid < held.txid);
+          if (before.length === 0) throw new ReplicatorError('HELD_BY_ANOTHER_PARTITION', held.message);
+          records = before;
+          plan = planBatch(records);
+          cut = true;
+          continue;
+        }
+        // A drain, for a promotion: every record it can get counts for more than the other
+        // partition's file, which goes aside below (into quarantine, listed, recoverable)
+        // rather than the promotion go on without the rest of the old master's records.
       }
       // Before anything is transferred: a directory in a file's way keeps its contents, and a
       // file in a directory's way is kept too.
@@ -756,7 +778,7 @@ export class Replicator extends EventEmitter {
       // record for it, the newer record lies further on: read on and retry with a longer batch
       // (the retry of the same batch could never match). With nothing further, the newer record
       // is still in flight at the source; the whole batch is retried after a short backoff.
-      const more = await this.readOn(source, records, signal);
+      const more = cut ? undefined : await this.readOn(source, records, signal);
       if (more === undefined) {
         throw new ReplicatorError(
           'CONTENT_MISMATCH',
@@ -925,12 +947,9 @@ export class Replicator extends EventEmitter {
     source: RecordSource,
     records: readonly LogRecord[],
     signal: AbortSignal,
+    maxRecords = this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS,
   ): Promise<LogRecord[] | undefined> {
-    const more = await source.fetch(records.at(-1)!.txid, {
-      waitMs: 0,
-      maxRecords: this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS,
-      signal,
-    });
+    const more = await source.fetch(records.at(-1)!.txid, { waitMs: 0, maxRecords, signal });
     if (more.records.length === 0 || records.length + more.records.length > MAX_EXTENDED_BATCH_RECORDS)
       return undefined;
     checkContinues(records.at(-1)!.txid, more.records);
@@ -938,31 +957,39 @@ export class Replicator extends EventEmitter {
   }
 
   /**
-   * Whether another partition's file is in the batch's way (see ownsPath): in one of
-   * `directories` (paths where the batch puts a file), or as one of `filesInTheWay`. Resolves
-   * with the error message naming it, or undefined.
+   * Another partition's file in the batch's way (see ownsPath), in one of `directories` (paths
+   * where the batch puts a file) or as one of `filesInTheWay`: the earliest record so held, and
+   * the error message naming both; undefined if there is none.
    */
   private async foreignInTheWay(
     directories: readonly string[],
     filesInTheWay: readonly FileInTheWay[],
     expected: ReadonlyMap<string, Expected>,
-  ): Promise<string | undefined> {
+  ): Promise<{ txid: TxId; message: string } | undefined> {
     const owns = this.options.ownsPath;
     if (owns === undefined) return undefined;
     const waiting =
-      'waiting for that partition to remove it as it catches up (if both are current, a file and a directory were written there through two masters at once: delete one of them)';
+      "waiting for that partition to remove it as it catches up (if both are current, a file and a directory were written there through the two partitions' masters, each not yet having the other's: delete one of them)";
+    let first: { txid: TxId; message: string } | undefined;
     for (const path of directories) {
+      const txid = expected.get(path)!.txid;
+      if (first !== undefined && first.txid < txid) continue;
       const entry = await findInStore(this.options.fileStoreDir, path, (file) => !owns(file));
       if (entry !== undefined) {
-        return `${JSON.stringify(path)} is a directory here holding ${JSON.stringify(entry)}, a file of another partition, where this partition's record ${formatTxId(expected.get(path)!.txid)} puts a file: ${waiting}`;
+        first = {
+          txid,
+          message: `${JSON.stringify(path)} is a directory here holding ${JSON.stringify(entry)}, a file of another partition, where this partition's record ${formatTxId(txid)} puts a file: ${waiting}`,
+        };
       }
     }
-    for (const { ancestor, path } of filesInTheWay) {
-      if (!owns(ancestor)) {
-        return `${JSON.stringify(ancestor)} is a file of another partition here, where this partition's record ${formatTxId(expected.get(path)!.txid)} puts ${JSON.stringify(path)} below it: ${waiting}`;
-      }
+    for (const { ancestor, path, txid } of filesInTheWay) {
+      if (owns(ancestor) || (first !== undefined && first.txid < txid)) continue;
+      first = {
+        txid,
+        message: `${JSON.stringify(ancestor)} is a file of another partition here, where this partition's record ${formatTxId(txid)} puts ${JSON.stringify(path)} below it: ${waiting}`,
+      };
     }
-    return undefined;
+    return first;
   }
 
   /**
@@ -1200,7 +1227,8 @@ export class Replicator extends EventEmitter {
    * usual. Only from a source they did not come from, at most every SETTLE_RETRY_MS after a
    * failure (reported; following goes on meanwhile). A path with a directory at it, or a file
    * where it needs a directory, is left for a later try: the pull (rsync --force) would delete
-   * what is in the way, maybe another partition's logged file, where a batch sets it aside.
+   * what is in the way, maybe another partition's logged file, where a batch sets its own
+   * partition's aside and waits for another's (see foreignInTheWay).
    */
   private async settle(source: RecordSource, signal: AbortSignal): Promise<void> {
     if (this.unsettled.size === 0 || this.unsettledFrom === source) return;
@@ -1384,9 +1412,13 @@ function unsettledFileOf(checkpointDir: string, partition: number): string {
 }
 
 function nextBackoff(previousMs: number, error: unknown): number {
+  const code = (error as ReplicatorError).code;
   // A mismatch is normally a record still in flight on the master: retry almost at once.
-  const base = (error as ReplicatorError).code === 'CONTENT_MISMATCH' ? 5 : 100;
-  return Math.min(MAX_BACKOFF_MS, previousMs === 0 ? base : previousMs * 2);
+  const base = code === 'CONTENT_MISMATCH' ? 5 : 100;
+  // A batch held by another partition reads the source to its end at every try: while the
+  // other partition does not catch up, tries are spaced out further.
+  const max = code === 'HELD_BY_ANOTHER_PARTITION' ? MAX_HELD_BACKOFF_MS : MAX_BACKOFF_MS;
+  return Math.min(max, previousMs === 0 ? base : previousMs * 2);
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

@@ -901,6 +901,78 @@ describe('replicator against a real rsync daemon', () => {
     },
   );
 
+  it("applies what comes before a record another partition holds, so that two partitions each held by the other's stale file both go on", async () => {
+    // The masters' order: 1 puts c/d; 2 puts a/b; 2 deletes a/b; 1 puts a; 1 deletes c/d; 2 puts c.
+    const owns1 = (path: string) => path === 'a' || path.startsWith('c/');
+    const m1 = await master();
+    const m2 = await master();
+    const dir = await replicaDir();
+    const storeGate = new StoreGate();
+    const setAside: string[] = [];
+    const follow = async (m: TestMaster, partition: number, owns: (path: string) => boolean) => {
+      const { replicator, errors } = await replicate(m, dir, {
+        bootstrap: false,
+        changeLogDir: join(dir, 'changelog', String(partition)),
+        partition,
+        storeGate,
+        ownsPath: owns,
+        setAside: async (path) => {
+          setAside.push(path);
+        },
+      });
+      return { replicator, errors };
+    };
+    await m1.put('c/d', 'one, for a while');
+    await m2.put('a/b', 'two, for a while');
+    const one = await follow(m1, 1, owns1);
+    const two = await follow(m2, 2, (path) => !owns1(path));
+    await until(
+      () => one.replicator.applied === m1.log.lastTxid && two.replicator.applied === m2.log.lastTxid,
+      'both at their first record',
+    );
+    await Promise.all([one.replicator.pause(), two.replicator.pause()]);
+    await m2.remove('a/b');
+    await m1.put('a', 'one');
+    await m1.remove('c/d');
+    await m2.put('c', 'two');
+    // Each batch is now [put a, delete c/d] and [delete a/b, put c]: held by each other as a whole.
+    one.replicator.start();
+    two.replicator.start();
+    await until(
+      () => one.replicator.applied === m1.log.lastTxid && two.replicator.applied === m2.log.lastTxid,
+      'both caught up',
+    );
+    expect(await readFile(join(dir, 'filestore', 'a'), 'utf8')).toBe('one');
+    expect(await readFile(join(dir, 'filestore', 'c'), 'utf8')).toBe('two');
+    expect(setAside).toEqual([]);
+  });
+
+  it("sets another partition's file aside in a drain rather than promote without the rest of the records", async () => {
+    const m = await master();
+    await m.put('first', '1');
+    await m.put('d', 'now a file');
+    const dir = await replicaDir();
+    await mkdir(join(dir, 'filestore', 'd'));
+    await writeFile(join(dir, 'filestore', 'd', 'theirs'), 'current in its own partition');
+    const setAside: string[] = [];
+    const { replicator } = await replicate(m, dir, {
+      bootstrap: false,
+      follow: false,
+      ownsPath: ours,
+      setAside: async (path) => {
+        setAside.push(path);
+        await rename(join(dir, 'filestore', path), join(dir, 'aside'));
+      },
+    });
+    expect(await replicator.drain(undefined, { tolerateMismatch: true })).toEqual({
+      applied: m.log.lastTxid,
+      unverified: [],
+    });
+    expect(setAside).toEqual(['d']);
+    expect(await readFile(join(dir, 'aside', 'theirs'), 'utf8')).toBe('current in its own partition');
+    expect(await readFile(join(dir, 'filestore', 'd'), 'utf8')).toBe('now a file');
+  });
+
   it('reads on past a put whose way another partition holds, when a later record of its own clears it', async () => {
     const m = await master();
     // A replica behind: the master put "d", deleted it, and the other partition then made "d/"
