@@ -125,11 +125,15 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   let placementOf: PartitionPlacement | undefined;
   /** The other live nodes placed on `partition`. */
   const replicasOf = (partition: number) => placementOf?.replicasOf(partition) ?? [];
-  /** Of those, the ones whose acks `one` and `all` count (see ackingReplicas). */
+  /**
+   * The other live nodes taking part in `partition`: those placed on it, and those that still
+   * hold it while a node newly placed there catches up (see partitionMembers).
+   */
+  const followersOf = (partition: number) =>
+    (placementOf?.membersOf(partition) ?? []).filter((id) => id !== config.nodeId);
+  /** Of those, the ones in sync, whose acks `one` and `all` count (see ackingReplicas). */
   const ackingReplicasOf = (partition: number) =>
-    ackingReplicas(replicasOf(partition), acks.of(partition), (id) =>
-      coordinator === undefined ? undefined : reportedByCurrentProcess(coordinator.view, partition, id),
-    );
+    ackingReplicas(followersOf(partition), acks.inSyncWith(partition));
   const controllers: PartitionController[] = [];
 
   const metrics = createMetrics({
@@ -151,7 +155,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       return { nodeId: master.nodeId, host: node.host, httpPort: node.httpPort };
     },
     noteReplicaAck(partition, replica, after) {
-      acks.note(partition, replica, after);
+      acks.note(partition, replica, after, logs[partition]!.lastTxid);
     },
     waitForAcks(partition, txid, mode, timeoutMs) {
       return acks.wait(partition, txid, mode, () => ackingReplicasOf(partition), timeoutMs);
@@ -329,6 +333,11 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         storeGate,
         members: () => placement.membersOf(p),
         ownsPath: (path) => generator.partitionOf(path) === p,
+        onTermStart: (last) =>
+          acks.startTerm(
+            p,
+            followersOf(p).filter((id) => (reportedByCurrentProcess(coord.view, p, id) ?? -1n) >= last),
+          ),
         onStoreCopy: (phase) => placement.noteStoreCopy(phase),
       }),
     );
@@ -342,6 +351,8 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   coord.on('change', () => {
     placement.schedule();
     for (const controller of controllers) controller.schedule();
+    // A replica that left (or let the partition go) may be all a waiting write still lacked.
+    acks.recheck();
   });
   coord.on('session-lost', (reason: string) => {
     logger.warn({ reason }, `etcd session lost (${reason}): fencing every partition this node masters`);
