@@ -237,6 +237,15 @@ export async function measureChaos(options: {
       }
     }
     failures = Object.values(found).reduce((a, b) => a + b, 0) + serverErrors.length;
+    // Not failures: what nodes set aside on the way (a returning master's unlogged or divergent
+    // bytes), by kind, for a sense of how much the chaos cost.
+    const quarantined: Record<string, number> = {};
+    for (const node of live()) {
+      const listed = (await (await fetch(`${node.url}/v1/quarantine`)).json()) as {
+        entries: { kind: string }[];
+      };
+      for (const { kind } of listed.entries) quarantined[kind] = (quarantined[kind] ?? 0) + 1;
+    }
     return {
       scenario: 'chaos',
       params: options,
@@ -250,6 +259,7 @@ export async function measureChaos(options: {
       settleSeconds: Math.round(settleSeconds * 10) / 10,
       ...found,
       serverErrors: serverErrors.length,
+      quarantined,
       failures,
       examples: [...examples, ...serverErrors.slice(0, 10)],
       ...(failures > 0 ? { keptDataDir: base } : {}),
