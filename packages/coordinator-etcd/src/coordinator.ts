@@ -64,6 +64,9 @@ export class Coordinator extends EventEmitter {
 
   private constructor(options: Coordinator['options']) {
     super();
+    // Each partition of a node may wait on view changes at once (a vote after its master left):
+    // more than Node's default of 10 listeners is the design, not a leak.
+    this.setMaxListeners(0);
     this.options = options;
     this.cluster = options.cluster;
     this.nodeId = options.node.id;
