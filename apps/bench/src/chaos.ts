@@ -20,10 +20,11 @@ type Known = { body: string } | { absent: true };
  *
  * Counted as failures: an acknowledged put missing or with other bytes (`lost`, `wrongBytes`),
  * an acknowledged delete whose file is back (`resurrected`), copies of a path whose last write
- * had no definite answer that disagree (`divergent`), a path held by fewer nodes than the factor
- * (`copiesShort`), and any 5xx answer other than 503 and 504 (`serverErrors`). A write with no
- * definite answer (`504`, `503 OUTCOME_UNKNOWN`, a connection cut) leaves its path unchecked
- * until its next acknowledged write.
+ * had no definite answer that disagree (`divergent`) or hold neither its last acknowledged state
+ * nor one of the writes since (`lost`), a path held by fewer nodes than the factor (or, with the
+ * factor 0, than there are nodes: `copiesShort`), and any 5xx answer other than 503 and 504
+ * (`serverErrors`). A write with no definite answer is one answered `504`, `503
+ * OUTCOME_UNKNOWN`, or cut off.
  */
 export async function measureChaos(options: {
   nodes: number;
@@ -68,7 +69,7 @@ export async function measureChaos(options: {
     await placementSettled(live(), { timeoutMs: 120_000 });
 
     const known = new Map<string, Known>();
-    const unsure = new Set<string>();
+    const unsure = new Map<string, Known[]>();
     const outcomes = { acknowledged: 0, noDefiniteAnswer: 0, refusedThroughout: 0 };
     const statuses: Record<string, number> = {};
     const serverErrors: string[] = [];
@@ -146,7 +147,10 @@ export async function measureChaos(options: {
           unsure.delete(path);
         } else if (outcome === 'unsure') {
           outcomes.noDefiniteAnswer++;
-          unsure.add(path);
+          // What the path may hold: its last acknowledged state, or any write since without an answer.
+          const possible = unsure.get(path) ?? [known.get(path) ?? { absent: true }];
+          possible.push(body === undefined ? { absent: true } : { body });
+          unsure.set(path, possible);
         } else outcomes.refusedThroughout++;
       }
     });
@@ -214,17 +218,22 @@ export async function measureChaos(options: {
       found[kind]++;
       if (examples.length < 20) examples.push(`${kind} ${path}: ${detail}`);
     };
-    const paths = new Set([...known.keys(), ...unsure]);
+    const paths = new Set([...known.keys(), ...unsure.keys()]);
+    const copiesWanted = options.replicationFactor > 0 ? options.replicationFactor : live().length;
+    const holds = (copy: string | undefined, state: Known) =>
+      'absent' in state ? copy === undefined : copy === state.body;
     for (const path of paths) {
       const nodes = holders.get(partitionOf(path, options.partitions))!;
-      if (options.replicationFactor > 0 && nodes.length < options.replicationFactor)
-        note('copiesShort', path, `held by ${nodes.length}`);
+      if (nodes.length < copiesWanted) note('copiesShort', path, `held by ${nodes.length}`);
       const copies = await Promise.all(
         nodes.map((n) => readFile(join(n.fileStore, path), 'utf8').catch(() => undefined)),
       );
-      if (unsure.has(path)) {
+      const possible = unsure.get(path);
+      if (possible !== undefined) {
         if (new Set(copies).size > 1)
           note('divergent', path, `copies differ on ${nodes.map((n) => n.id).join(', ')}`);
+        else if (!possible.some((state) => holds(copies[0], state)))
+          note('lost', path, `neither its last acknowledged state nor a write without an answer since`);
         continue;
       }
       const want = known.get(path)!;
