@@ -125,15 +125,11 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   let placementOf: PartitionPlacement | undefined;
   /** The other live nodes placed on `partition`. */
   const replicasOf = (partition: number) => placementOf?.replicasOf(partition) ?? [];
-  /**
-   * The other live nodes taking part in `partition`: those placed on it, and those that still
-   * hold it while a node newly placed there catches up (see partitionMembers).
-   */
-  const followersOf = (partition: number) =>
-    (placementOf?.membersOf(partition) ?? []).filter((id) => id !== config.nodeId);
-  /** Of those, the ones in sync, whose acks `one` and `all` count (see ackingReplicas). */
+  /** Of those, the ones whose acks `one` and `all` count (see ackingReplicas). */
   const ackingReplicasOf = (partition: number) =>
-    ackingReplicas(followersOf(partition), acks.inSyncWith(partition));
+    ackingReplicas(replicasOf(partition), acks.of(partition), (id) =>
+      coordinator === undefined ? undefined : reportedByCurrentProcess(coordinator.view, partition, id),
+    );
   const controllers: PartitionController[] = [];
 
   const metrics = createMetrics({
@@ -155,7 +151,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       return { nodeId: master.nodeId, host: node.host, httpPort: node.httpPort };
     },
     noteReplicaAck(partition, replica, after) {
-      acks.note(partition, replica, after, logs[partition]!.lastTxid);
+      acks.note(partition, replica, after);
     },
     waitForAcks(partition, txid, mode, timeoutMs) {
       return acks.wait(partition, txid, mode, () => ackingReplicasOf(partition), timeoutMs);
@@ -333,11 +329,6 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         storeGate,
         members: () => placement.membersOf(p),
         ownsPath: (path) => generator.partitionOf(path) === p,
-        onTermStart: (last) =>
-          acks.startTerm(
-            p,
-            followersOf(p).filter((id) => (reportedByCurrentProcess(coord.view, p, id) ?? -1n) >= last),
-          ),
         onStoreCopy: (phase) => placement.noteStoreCopy(phase),
       }),
     );

@@ -64,8 +64,6 @@ export interface ControllerDeps {
   members: () => string[];
   /** Whether a store path is in this partition (see the replicator's ownsPath). */
   ownsPath: (path: string) => boolean;
-  /** This node's term as master begins, its log ending at `last` (see ReplicaAcks.startTerm). */
-  onTermStart: (last: TxId) => void;
   /**
    * A bulk copy of a master's store begins or ends (however it ends): it brings the files of
    * every partition that master holds, including some this node may not (see the agent's sweep).
@@ -938,8 +936,6 @@ export class PartitionController {
     const lastTxid = log.lastTxid;
     const generation = await coordinator.bumpGeneration({ partition: this.partition, lastTxid, token });
     stillMine();
-    // Before any write of the term can wait for its replicas.
-    this.deps.onTermStart(lastTxid);
     await log.startGeneration(generation);
     await this.deps.generator.attach(this.partition, log);
     stillMine();

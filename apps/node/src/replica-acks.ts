@@ -19,16 +19,19 @@ export function ackSatisfied(
 }
 
 /**
- * The replicas in sync, whose acknowledgements ack modes `one` and `all` count, of `followers`
- * (the partition's other live members: the nodes placed on it, and those still holding it while
- * one newly placed catches up) (pure): those that had what this master had when its term began
- * (see ReplicaAcks.startTerm), and those that have caught up with it since. Left out is a node
- * that has not caught up with this master: one making its first copy of the store or replaying a
- * partition's log (a joining node), or back from an absence, which `all` would otherwise wait
- * for until it has caught up (Kafka's in-sync replicas).
+ * The replicas whose acknowledgements ack modes `one` and `all` count, of `placedOthers` (the
+ * other live nodes placed on the partition) (pure): each one that has asked this master for
+ * records (`polled`), or whose current process reported more than nothing. Left out is a node
+ * that has nothing of the partition and has not asked yet: one making its first copy of the
+ * store (a joining node), which `all` would otherwise wait for until that copy ends. It counts
+ * from its first request on.
  */
-export function ackingReplicas(followers: readonly string[], inSync: ReadonlySet<string>): string[] {
-  return followers.filter((id) => inSync.has(id));
+export function ackingReplicas(
+  placedOthers: readonly string[],
+  polled: ReadonlyMap<string, bigint>,
+  reported: (id: string) => bigint | undefined,
+): string[] {
+  return placedOthers.filter((id) => polled.has(id) || (reported(id) ?? 0n) > 0n);
 }
 
 interface Waiter {
@@ -42,7 +45,6 @@ const APPEND_TIMES_KEPT = 20_000;
 
 export class ReplicaAcks {
   private readonly applied = new Map<number, Map<string, bigint>>();
-  private readonly inSync = new Map<number, Set<string>>();
   private readonly waiters = new Set<Waiter>();
   private readonly appendedAt = new Map<number, { txid: bigint; atMs: number }[]>();
 
@@ -67,24 +69,7 @@ export class ReplicaAcks {
     return Math.max(0, nowMs - oldest.atMs);
   }
 
-  /**
-   * This node's term as master of `partition` begins: of its replicas, `inSync` had all it has
-   * (their reports at the election said so); the others count once they catch up (see note).
-   */
-  startTerm(partition: number, inSync: readonly string[]): void {
-    this.inSync.set(partition, new Set(inSync));
-  }
-
-  /**
-   * `replica` asks for the records of `partition` after `after`, which acknowledges every one up
-   * to it; with `after` at `last`, this master's last txid, it is in sync.
-   */
-  note(partition: number, replica: string, after: bigint, last: bigint): void {
-    if (after >= last) {
-      const inSync = this.inSync.get(partition) ?? new Set<string>();
-      this.inSync.set(partition, inSync);
-      inSync.add(replica);
-    }
+  note(partition: number, replica: string, after: bigint): void {
     const byReplica = this.applied.get(partition) ?? new Map<string, bigint>();
     this.applied.set(partition, byReplica);
     if ((byReplica.get(replica) ?? -1n) >= after) return;
@@ -98,11 +83,6 @@ export class ReplicaAcks {
    */
   recheck(): void {
     for (const waiter of this.waiters) if (waiter.check()) waiter.wake();
-  }
-
-  /** The replicas in sync with this master (see startTerm and note). */
-  inSyncWith(partition: number): ReadonlySet<string> {
-    return this.inSync.get(partition) ?? new Set();
   }
 
   of(partition: number): ReadonlyMap<string, bigint> {

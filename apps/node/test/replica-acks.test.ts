@@ -21,24 +21,23 @@ describe('ack modes', () => {
     expect(ackSatisfied(applied, txid, mode, live)).toBe(want);
   });
 
-  it('counts the replicas in sync: those that had all at the start of the term, and those that caught up since', () => {
-    const acks = new ReplicaAcks();
-    const placed = ['had-all', 'behind', 'joining'];
-    const inSync = () => ackingReplicas(placed, acks.inSyncWith(0));
-    expect(inSync()).toEqual([]);
-    acks.startTerm(0, ['had-all']);
-    expect(inSync()).toEqual(['had-all']);
-    // Asking for records behind the master's end is not catching up.
-    acks.note(0, 'joining', 3_000n, 5_000n);
-    expect(inSync()).toEqual(['had-all']);
-    // Once caught up, it counts, however far behind it falls later.
-    acks.note(0, 'joining', 5_000n, 5_000n);
-    acks.note(0, 'joining', 5_000n, 5_100n);
-    expect(inSync()).toEqual(['had-all', 'joining']);
-    // A new term starts over from what the election said.
-    acks.startTerm(0, ['behind']);
-    expect(inSync()).toEqual(['behind']);
-    expect(ackingReplicas(placed, acks.inSyncWith(1))).toEqual([]);
+  it('counts the placed replicas that asked for records or reported some, not one still making its first copy', () => {
+    const polled = new Map([['following', 0n]]);
+    const reports = new Map<string, bigint | undefined>([
+      ['following', 0n],
+      ['restarted', 12n],
+      ['copying', 0n],
+      ['silent', undefined],
+    ]);
+    const placed = ['following', 'restarted', 'copying', 'silent'];
+    expect(ackingReplicas(placed, polled, (id) => reports.get(id))).toEqual(['following', 'restarted']);
+    // Its first request for records, once its copy is done: from then on it counts.
+    polled.set('copying', 3n);
+    expect(ackingReplicas(placed, polled, (id) => reports.get(id))).toEqual([
+      'following',
+      'restarted',
+      'copying',
+    ]);
   });
 
   it('measures lag in milliseconds from when the oldest unacknowledged record was appended', () => {
@@ -48,15 +47,15 @@ describe('ack modes', () => {
     acks.noteAppended(0, 2n, 150);
     acks.noteAppended(0, 3n, 400);
     expect(acks.lagMs(0, 'r1', 1000)).toBe(900);
-    acks.note(0, 'r1', 1n, 10n);
+    acks.note(0, 'r1', 1n);
     expect(acks.lagMs(0, 'r1', 1000)).toBe(850);
-    acks.note(0, 'r1', 3n, 10n);
+    acks.note(0, 'r1', 3n);
     expect(acks.lagMs(0, 'r1', 1000)).toBe(0);
   });
 
   it('wakes a waiting write when the replicas it waits for change, on recheck', async () => {
     const acks = new ReplicaAcks();
-    acks.note(0, 'r1', 7n, 10n);
+    acks.note(0, 'r1', 7n);
     let replicas = ['r1', 'r2'];
     const waiting = acks.wait(0, 7n, 'all', () => replicas, 10_000);
     // r2 lets the partition go: no request from anyone says so.
@@ -68,13 +67,13 @@ describe('ack modes', () => {
   it('wakes a waiting write on the acknowledging fetch, and times out otherwise', async () => {
     const acks = new ReplicaAcks();
     const waiting = acks.wait(0, 7n, 'one', () => ['r1'], 10_000);
-    acks.note(0, 'r1', 6n, 10n);
-    acks.note(1, 'r1', 9n, 10n);
-    acks.note(0, 'r1', 7n, 10n);
+    acks.note(0, 'r1', 6n);
+    acks.note(1, 'r1', 9n);
+    acks.note(0, 'r1', 7n);
     expect(await waiting).toBe(true);
     expect(await acks.wait(0, 8n, 'all', () => ['r1'], 10)).toBe(false);
     // An older fetch arriving late never moves the acknowledgement back.
-    acks.note(0, 'r1', 3n, 10n);
+    acks.note(0, 'r1', 3n);
     expect(acks.of(0).get('r1')).toBe(7n);
   });
 });
