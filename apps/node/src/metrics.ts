@@ -13,6 +13,7 @@ export interface NodeMetrics {
   writes: Counter<'op'>;
   writeBytes: Counter;
   batches: Counter<'result'>;
+  replicationErrors: Counter<'code'>;
   batchSeconds: Histogram;
   pulls: Counter;
   promotions: Counter;
@@ -48,6 +49,12 @@ export function createMetrics(view: {
       name: 'pfs_replication_batches_total',
       help: 'Replication batches (one rsync each) by result',
       labelNames: ['result'],
+      registers: [registry],
+    }),
+    replicationErrors: new Counter({
+      name: 'pfs_replication_errors_total',
+      help: 'Failed replication batches by error code (HELD_BY_ANOTHER_PARTITION: a file/directory clash between partitions)',
+      labelNames: ['code'],
       registers: [registry],
     }),
     batchSeconds: new Histogram({

@@ -625,6 +625,7 @@ export class PartitionController {
       // but a batch retried every few hundred ms must not flood it: each kind of error is
       // logged at warn at most every 10 s, with how many of it went unlogged meanwhile.
       const code = (error as { code?: string }).code ?? 'ERROR';
+      this.deps.metrics.replicationErrors.inc({ code });
       const now = performance.now();
       const last = this.replicationWarnings.get(code);
       if (last === undefined || now - last.at >= REPLICATION_WARNING_INTERVAL_MS) {

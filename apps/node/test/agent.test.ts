@@ -549,6 +549,10 @@ describe('node agent over HTTP', () => {
       ),
     );
     expect(waiting.msg).toMatch(new RegExp(`^partition ${p}: "${album}" is a directory here`));
+    // Something to alert on: it lasts until the other partition removes the file.
+    expect(await (await fetch(`${replica.url}/metrics`)).text()).toMatch(
+      /^pfs_replication_errors_total\{code="HELD_BY_ANOTHER_PARTITION"\} [1-9]\d*$/m,
+    );
     expect(await readFile(local, 'utf8')).toBe('the other partition');
     expect(
       ((await (await fetch(`${replica.url}/v1/quarantine`)).json()) as { entries: unknown[] }).entries,
