@@ -74,7 +74,7 @@ export class ReplicaAcks {
     this.applied.set(partition, byReplica);
     if ((byReplica.get(replica) ?? -1n) >= after) return;
     byReplica.set(replica, after);
-    for (const waiter of this.waiters) if (waiter.partition === partition && waiter.check()) waiter.wake();
+    this.wakeSatisfied(partition);
   }
 
   /**
@@ -82,7 +82,14 @@ export class ReplicaAcks {
    * the partition go), which no acknowledging request would tell it.
    */
   recheck(): void {
-    for (const waiter of this.waiters) if (waiter.check()) waiter.wake();
+    this.wakeSatisfied();
+  }
+
+  /** Wakes the waiting writes (of `partition`, if given) whose acknowledgement is now met. */
+  private wakeSatisfied(partition?: number): void {
+    for (const waiter of this.waiters) {
+      if ((partition === undefined || waiter.partition === partition) && waiter.check()) waiter.wake();
+    }
   }
 
   of(partition: number): ReadonlyMap<string, bigint> {

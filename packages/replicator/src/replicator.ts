@@ -713,8 +713,9 @@ export class Replicator extends EventEmitter {
     let startedAhead = false;
     // Versions of the files the last pull found in place early, hashed already (see checkPut).
     let inPlace: ReadonlyMap<string, string> | undefined;
-    // The batch was read on to the source's end, or cut back to records before one held by
-    // another partition: it is not extended again.
+    // The batch was read on to the source's end (for a record held by another partition), and
+    // maybe then cut back to the records before it: it is not extended again for that, and once
+    // cut, not at all.
     let readToTheEnd = false;
     let cut = false;
     for (;;) {
@@ -727,8 +728,7 @@ export class Replicator extends EventEmitter {
       const held = await this.foreignInTheWay(directories, filesInTheWay, plan.expected);
       if (held !== undefined) {
         // Not ours to move. A later record of this partition may clear the way.
-        const more =
-          readToTheEnd || cut ? undefined : await this.readOn(source, records, signal, MAX_FEED_RECORDS);
+        const more = readToTheEnd ? undefined : await this.readOn(source, records, signal, MAX_FEED_RECORDS);
         if (more !== undefined) {
           records = records.concat(more);
           plan = planBatch(records);
