@@ -156,6 +156,17 @@ describe('node agent over HTTP', () => {
     await until('delete replicated', async () =>
       (await fetch(`${replica.url}/v1/files/plain.txt`)).status === 404 ? true : undefined,
     );
+    // Deleting the last file under `dir/` leaves `dir` an empty directory: a file may take its
+    // place, on the master and on the replica.
+    expect(
+      (await fetch(`${master.url}/v1/files/${encodePath('dir/new\nline ü.bin')}`, { method: 'DELETE' }))
+        .status,
+    ).toBe(200);
+    const overDirectory = await fetch(`${master.url}/v1/files/dir`, { method: 'PUT', body: 'now a file' });
+    expect(overDirectory.status).toBe(201);
+    await until('the file in place of the directory replicated', async () =>
+      (await (await fetch(`${replica.url}/v1/files/dir`)).text()) === 'now a file' ? true : undefined,
+    );
   });
 
   it('answers a GET of an unchanged file with its remembered sha-256, and re-hashes it once changed in place', async () => {

@@ -8,6 +8,7 @@ import {
   realpath,
   rename,
   rm,
+  rmdir,
   stat,
   unlink,
   writeFile,
@@ -241,18 +242,7 @@ export async function stageFile(
     sha256,
     async commit() {
       try {
-        // rename(2) refuses to put a file over a directory (EISDIR): no lstat needed first.
-        await rename(temp, target).catch((error: NodeJS.ErrnoException) => {
-          if (error.code !== 'EISDIR') throw error;
-          throw new FilestoreError(
-            'PATH_IS_DIRECTORY',
-            `cannot replace directory ${quote(path)} with a file`,
-            {
-              path,
-              cause: error,
-            },
-          );
-        });
+        await renameIntoPlace(temp, target, path);
         done = true;
         await syncDirectory(dirname(target));
         return await statFileAt(target);
@@ -266,6 +256,32 @@ export async function stageFile(
       done = true;
     },
   };
+}
+
+/**
+ * rename(2), which refuses to put a file over a directory (EISDIR): no lstat needed first. An
+ * empty directory is what deleting the last file under it leaves (deletes do not prune): it holds
+ * nothing, so the file takes its place, as on replicas. rmdir(2) refuses (ENOTEMPTY) once
+ * anything was put under it meanwhile, and a put that made it again since is refused as well.
+ */
+async function renameIntoPlace(temp: string, target: string, path: string): Promise<void> {
+  const refuse = (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EISDIR') throw error;
+    throw new FilestoreError(
+      'PATH_IS_DIRECTORY',
+      `cannot replace directory ${quote(path)} with a file: it is not empty; delete the files under it first`,
+      { path, cause: error },
+    );
+  };
+  await rename(temp, target).catch(async (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EISDIR') throw error;
+    const removed = await rmdir(target).then(
+      () => true,
+      () => false,
+    );
+    if (!removed) refuse(error);
+    await rename(temp, target).catch(refuse);
+  });
 }
 
 /** Stages and commits in one step. */
