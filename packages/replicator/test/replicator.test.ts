@@ -299,6 +299,20 @@ describe('replicator against a real rsync daemon', () => {
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
+  it('reads on past a put whose directory is a file at the source by the time it pulls', async () => {
+    const m = await master();
+    await m.put('a/b', 'under a directory');
+    await m.remove('a/b');
+    await m.put('a', 'a file in its place');
+    const dir = await replicaDir();
+    // One record per batch: the first pulls "a/b", which rsync cannot stat at the source (ENOTDIR).
+    const { replicator, errors } = await replicate(m, dir, { bootstrap: false, maxBatchRecords: 1 });
+    await until(() => replicator.applied === m.log.lastTxid, 'catch-up');
+    expect(errors).toEqual([]);
+    expect(await readFile(join(dir, 'filestore', 'a'), 'utf8')).toBe('a file in its place');
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
   it('acknowledges only what it has applied, never a page read ahead of it', async () => {
     const m = await master();
     const dir = await replicaDir();
@@ -1244,51 +1258,62 @@ describe('replicator against a real rsync daemon', () => {
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
   });
 
-  it("makes what a cut-short pull left the next master's, even across a restart, before following it", async () => {
-    const m = await master();
-    const dir = await replicaDir();
-    await m.put('kept', 'logged everywhere');
-    const first = await replicate(m, dir, { bootstrap: false });
-    await until(() => first.replicator.applied === m.log.lastTxid, 'replica to catch up');
-    const applied = first.replicator.applied;
-    // The next master's store: all that was logged so far, and nothing after.
-    const { dir: next, remove } = await tempDir('pfs-next-master-');
-    cleanups.push(remove);
-    execFileSync('cp', ['-a', `${m.root}/.`, next]);
-    const nextDaemon = await startRsyncDaemon({ modules: { filestore: next } });
-    cleanups.push(() => nextDaemon.stop());
-    // A record whose pull lands bytes but never passes (the file no longer matches it), and
-    // which the next master never gets: the old one dies with it.
-    await first.replicator.pause();
-    await m.put('lost', 'logged on the old master only');
-    await writeFile(join(m.root, 'lost'), 'and changed there since');
-    first.replicator.start();
-    await until(
-      () => first.errors.some((e) => (e as ReplicatorError).code === 'CONTENT_MISMATCH'),
-      'the pull to fail',
-    );
-    await first.replicator.stop();
-    const store = join(dir, 'filestore');
-    expect(await readFile(join(store, 'lost'), 'utf8')).toBe('and changed there since');
-    expect(first.replicator.applied).toBe(applied);
-    expect(await readFile(join(dir, 'checkpoint', '0.unsettled'), 'utf8')).toBe('lost');
-    // Restarted, following the next master, which has nothing new.
-    const successor: RecordSource = {
-      filesSource: nextDaemon.url('filestore'),
-      description: 'the next master',
-      async fetch(_after, options) {
-        await sleep(Math.min(options.waitMs, 20));
-        return { records: [], generation: 2n, lastTxid: applied };
-      },
-    };
-    await replicate(m, dir, { bootstrap: false, source: successor });
-    await until(async () => !(await readdir(store)).includes('lost'), 'the lost bytes gone');
-    expect(await readFile(join(store, 'kept'), 'utf8')).toBe('logged everywhere');
-    await until(
-      async () => !(await readdir(join(dir, 'checkpoint'))).includes('0.unsettled'),
-      'nothing left unsettled',
-    );
-  });
+  it.each([
+    { path: 'lost', nextMaster: 'has nothing there' },
+    // rsync fails such a path (ENOTDIR) rather than take it for missing.
+    { path: 'lost/below', nextMaster: 'has a file where it needs a directory' },
+  ])(
+    "makes what a cut-short pull left the next master's, even across a restart, before following it: $path, where the next master $nextMaster",
+    async ({ path }) => {
+      const m = await master();
+      const dir = await replicaDir();
+      await m.put('kept', 'logged everywhere');
+      const first = await replicate(m, dir, { bootstrap: false });
+      await until(() => first.replicator.applied === m.log.lastTxid, 'replica to catch up');
+      const applied = first.replicator.applied;
+      // The next master's store: all that was logged so far, and nothing after.
+      const { dir: next, remove } = await tempDir('pfs-next-master-');
+      cleanups.push(remove);
+      execFileSync('cp', ['-a', `${m.root}/.`, next]);
+      if (path !== 'lost') await writeFile(join(next, 'lost'), 'a file of the next master');
+      const nextDaemon = await startRsyncDaemon({ modules: { filestore: next } });
+      cleanups.push(() => nextDaemon.stop());
+      // A record whose pull lands bytes but never passes (the file no longer matches it), and
+      // which the next master never gets: the old one dies with it.
+      await first.replicator.pause();
+      await m.put(path, 'logged on the old master only');
+      await writeFile(join(m.root, path), 'and changed there since');
+      first.replicator.start();
+      await until(
+        () => first.errors.some((e) => (e as ReplicatorError).code === 'CONTENT_MISMATCH'),
+        'the pull to fail',
+      );
+      await first.replicator.stop();
+      const store = join(dir, 'filestore');
+      expect(await readFile(join(store, path), 'utf8')).toBe('and changed there since');
+      expect(first.replicator.applied).toBe(applied);
+      expect(await readFile(join(dir, 'checkpoint', '0.unsettled'), 'utf8')).toBe(path);
+      // Restarted, following the next master, which has nothing new.
+      const successor: RecordSource = {
+        filesSource: nextDaemon.url('filestore'),
+        description: 'the next master',
+        async fetch(_after, options) {
+          await sleep(Math.min(options.waitMs, 20));
+          return { records: [], generation: 2n, lastTxid: applied };
+        },
+      };
+      await replicate(m, dir, { bootstrap: false, source: successor });
+      await until(
+        async () => (await lstat(join(store, path)).catch(() => undefined)) === undefined,
+        'the lost bytes gone',
+      );
+      expect(await readFile(join(store, 'kept'), 'utf8')).toBe('logged everywhere');
+      await until(
+        async () => !(await readdir(join(dir, 'checkpoint'))).includes('0.unsettled'),
+        'nothing left unsettled',
+      );
+    },
+  );
 
   it('writes nothing into a store that is not mounted, and goes on once it is', async () => {
     const m = await master();

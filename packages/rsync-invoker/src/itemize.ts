@@ -62,8 +62,26 @@ export function parseReceivedFileLine(line: Buffer): string | undefined {
  */
 export function parseVanishedLine(line: Buffer, prefixes: readonly string[] = []): string | undefined {
   const match = /^file has vanished: "(.*)"(?: \(in [^)]*\))?$/s.exec(line.toString('latin1'));
-  if (!match) return undefined;
-  let name = unescapeRsyncName(Buffer.from(match[1]!, 'latin1'));
+  return match ? listedName(match[1]!, prefixes) : undefined;
+}
+
+/**
+ * `rsync: [sender] link_stat "NAME" (in module) failed: Not a directory (20)` on stderr: a listed
+ * path one of whose directories is a file at the source, so that the path is not there either.
+ * --delete-missing-args counts only ENOENT as missing (flist.c, send_file_list): this one fails
+ * the run instead (exit 23), after the rest of the list was transferred. Matched on the errno,
+ * not its text, which depends on the daemon's locale.
+ */
+export function parseNotADirectoryLine(line: Buffer, prefixes: readonly string[] = []): string | undefined {
+  const match = /^rsync: (?:\[sender\] )?link_stat "(.*)"(?: \(in [^)]*\))? failed: [^()]* \(20\)$/s.exec(
+    line.toString('latin1'),
+  );
+  return match ? listedName(match[1]!, prefixes) : undefined;
+}
+
+/** A name quoted in an rsync message, as it was listed: unescaped, the source dir stripped. */
+function listedName(quoted: string, prefixes: readonly string[]): string {
+  let name = unescapeRsyncName(Buffer.from(quoted, 'latin1'));
   const prefix = prefixes.find((p) => name.startsWith(p));
   if (prefix !== undefined) name = name.slice(prefix.length);
   return stripSlash(name.replace(/^\/+/, ''));

@@ -1,7 +1,9 @@
+import { lstat, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { buildPullArgs, encodeFileList } from './args.ts';
 import { CallbackGuard } from './callbacks.ts';
 import { RsyncError } from './errors.ts';
-import { parseItemizeLine, parseSkippedLine, parseVanishedLine } from './itemize.ts';
+import { parseItemizeLine, parseNotADirectoryLine, parseSkippedLine, parseVanishedLine } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
 import { runRsync } from './run.ts';
@@ -43,14 +45,21 @@ export interface PullBatchOptions {
 
 export interface BatchResult {
   durationMs: number;
-  /** 0, or 24 when source files vanished during the run (then `vanished` is true). */
+  /**
+   * 0; 24 when source files vanished during the run (then `vanished` is true); 23 when the only
+   * failures were listed paths with a file for a directory at the source (deleted on dest as
+   * missing, see parseNotADirectoryLine).
+   */
   exitCode: number;
   vanished: boolean;
   /** Paths that vanished at the source during the run: requeue them. */
   vanishedPaths: string[];
   /** Files received (itemize `>f`). */
   transferred: string[];
-  /** Files and dirs deleted on dest (itemize `*deleting`), without a trailing slash. */
+  /**
+   * Files and dirs deleted on dest (itemize `*deleting`), without a trailing slash, and the files
+   * deleted because a directory of their path is a file at the source.
+   */
   deleted: string[];
   /** Listed paths that are not regular files at the source (symlinks…): not copied, dest untouched. */
   skipped: string[];
@@ -137,9 +146,15 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
     }
   });
   const prefixes = messagePrefixes(options.source);
+  // Listed paths with a file for a directory at the source, and whether anything else failed.
+  const notThere: string[] = [];
+  let otherErrors = false;
   const stderr = new LineSplitter((line) => {
     const path = parseVanishedLine(line, prefixes);
-    if (path !== undefined) keep(result.vanishedPaths, path);
+    if (path !== undefined) return keep(result.vanishedPaths, path);
+    const underFile = parseNotADirectoryLine(line, prefixes);
+    if (underFile !== undefined) notThere.push(underFile);
+    else if (line.toString('latin1').startsWith('rsync: ')) otherErrors = true;
   });
   // What a run's own signal aborts, once it has one.
   const kill = new AbortController();
@@ -202,7 +217,10 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
       const run = await running;
       stdout.end();
       stderr.end();
-      const { vanished } = checkOutcome(run);
+      const { vanished } =
+        run.exitCode === 23 && !otherErrors && (await deleteMissing(options.dest, paths, notThere, result))
+          ? { vanished: false }
+          : checkOutcome(run);
       if (!receivedLive) for (const path of result.transferred) callbacks.call(onFileReceived, path);
       callbacks.rethrow();
       result.durationMs = run.durationMs;
@@ -216,6 +234,31 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
       await running.catch(() => {});
     },
   };
+}
+
+/**
+ * What --delete-missing-args does for a path missing at the source, done for those rsync failed
+ * on instead (see parseNotADirectoryLine): each is deleted on dest, where it is a file. False,
+ * and nothing deleted, unless every one was listed and none is a directory on dest (rsync's
+ * --force would remove a whole tree there, which a caller that lists a path does not expect).
+ */
+async function deleteMissing(
+  dest: string,
+  listed: readonly string[],
+  paths: readonly string[],
+  result: BatchResult,
+): Promise<boolean> {
+  if (paths.length === 0) return false;
+  const wanted = new Set(listed);
+  if (!paths.every((path) => wanted.has(path))) return false;
+  const found = await Promise.all(paths.map((path) => lstat(join(dest, path)).catch(() => undefined)));
+  if (found.some((info) => info?.isDirectory())) return false;
+  for (const [i, path] of paths.entries()) {
+    if (found[i] === undefined) continue;
+    await rm(join(dest, path), { force: true });
+    result.deleted.push(path);
+  }
+  return true;
 }
 
 function emptyResult(): BatchResult {

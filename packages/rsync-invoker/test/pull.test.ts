@@ -17,6 +17,7 @@ const MODULES = [
   'received',
   'started',
   'killed',
+  'under-file',
 ] as const;
 const sources = new Map<string, string>();
 let daemon: RsyncDaemonHandle;
@@ -87,6 +88,32 @@ describe('pullBatch from an rsync daemon', { timeout: 30_000 }, () => {
     // rsync 3.5.0 also reports the implied parent dirs as vanished (exit 24), still a success.
     expect(result.exitCode === 0 || result.vanished).toBe(true);
     expect(result.deleted).toEqual(expect.arrayContaining(['tree', 'tree/x/y/f1']));
+  });
+
+  it('deletes on dest a listed file whose directory is a file at the source, and pulls the rest', async () => {
+    const { src, url, dest } = await fixture('under-file');
+    await writeTree(src, ['a/b', 'x/y/z', 'kept']);
+    await pullBatch({ source: url, dest, paths: ['a/b', 'x/y/z', 'kept'] });
+    // At the source `a` and `x/y` become files: `a/b` and `x/y/z` are no longer there, and rsync
+    // fails each (link_stat: ENOTDIR, exit 23) where a missing one would just be deleted.
+    await rm(join(src, 'a'), { recursive: true });
+    await writeFile(join(src, 'a'), 'a file now');
+    await rm(join(src, 'x/y'), { recursive: true });
+    await writeFile(join(src, 'x/y'), 'a file too');
+    await writeFile(join(src, 'kept'), 'changed');
+    const result = await pullBatch({ source: url, dest, paths: ['a/b', 'x/y/z', 'kept'] });
+    expect(result).toMatchObject({ exitCode: 23, transferred: ['kept'] });
+    expect([...result.deleted].sort()).toEqual(['a/b', 'x/y/z']);
+    expect(await readdir(join(dest, 'a'))).toEqual([]);
+    expect(await readdir(join(dest, 'x/y'))).toEqual([]);
+    expect(await readFile(join(dest, 'kept'), 'utf8')).toBe('changed');
+    // Not when that would remove a directory on dest: the run fails as rsync's did.
+    await mkdir(join(dest, 'x/y/z/deeper'), { recursive: true });
+    await expect(pullBatch({ source: url, dest, paths: ['x/y/z'] })).rejects.toMatchObject({
+      code: 'RSYNC_PARTIAL',
+      exitCode: 23,
+    });
+    expect(existsSync(join(dest, 'x/y/z/deeper'))).toBe(true);
   });
 
   it('refuses to delete more than maxDelete items (RSYNC_MAX_DELETE)', async () => {
