@@ -38,12 +38,19 @@ export async function measureChaos(options: {
   ack?: 'local' | 'one';
   /** Also freeze etcd (SIGSTOP, then SIGCONT 1–4 s later) at a fifth of the events. */
   etcdPauses?: boolean;
+  /**
+   * Paths nest (`t1`, `t1/u0`, `t1/u0/v1`), so that a file and a directory take turns at one
+   * path: hashed to different partitions, whose replicas apply them each in its own order.
+   */
+  nested?: boolean;
 }) {
   const base = await mkdtemp(join(tmpdir(), 'pfs-chaos-'));
   const etcd = await startEtcd();
   const everyProcess: NodeProcess[] = [];
   const slots: { spec: NodeSpec; node: NodeProcess | undefined }[] = [];
   let failures = 0;
+  // A run that stopped half-way keeps its data dirs too, to be looked into.
+  let finished = false;
   try {
     const cluster = `chaos-${Date.now().toString(36)}`;
     for (let i = 0; i < options.nodes; i++) {
@@ -70,7 +77,7 @@ export async function measureChaos(options: {
 
     const known = new Map<string, Known>();
     const unsure = new Map<string, Known[]>();
-    const outcomes = { acknowledged: 0, noDefiniteAnswer: 0, refusedThroughout: 0 };
+    const outcomes = { acknowledged: 0, noDefiniteAnswer: 0, refusedThroughout: 0, conflicts: 0 };
     const statuses: Record<string, number> = {};
     const serverErrors: string[] = [];
     let writing = true;
@@ -110,6 +117,9 @@ export async function measureChaos(options: {
             `${body === undefined ? 'DELETE' : 'PUT'} ${path} ${response.status}: ${answer.slice(0, 300)}`,
           );
         if (response.status === 201 || response.status === 200) return 'acknowledged';
+        // A file where a directory of the path goes, or a directory holding files where it goes:
+        // refused, nothing written (a lagging master's store may say so of a path already freed).
+        if (response.status === 409) return 'conflict';
         if (response.status === 404 && body === undefined) return 'absent';
         if (response.status === 307) {
           url = response.headers.get('location')!;
@@ -134,14 +144,33 @@ export async function measureChaos(options: {
 
     const writers = Array.from({ length: options.writers }, async (_, w) => {
       let n = 0;
+      const tree = options.nested === true ? nestedPaths(`w${w}`, options.pathsPerWriter) : undefined;
       while (writing) {
-        const path = `w${w}/f${Math.floor(Math.random() * options.pathsPerWriter)}`;
-        const body =
+        let path = tree
+          ? tree[Math.floor(Math.random() * tree.length)]!
+          : `w${w}/f${Math.floor(Math.random() * options.pathsPerWriter)}`;
+        let body =
           Math.random() < 0.75
             ? `${path} #${++n} ${'x'.repeat(Math.floor(Math.random() * 2000))}`
             : undefined;
+        if (tree !== undefined && body !== undefined) {
+          // A put under a file, or over a directory of files, this writer may have made is a
+          // conflict the cluster cannot settle (docs/architecture.md, "Replication path"): that path
+          // is deleted first instead, so that only paths the writer knows free are put.
+          const put = path;
+          const inTheWay = tree.find(
+            (other) =>
+              clash(other, put) &&
+              (unsure.has(other) || !('absent' in (known.get(other) ?? { absent: true }))),
+          );
+          if (inTheWay !== undefined) {
+            path = inTheWay;
+            body = undefined;
+          }
+        }
         const outcome = await write(path, body);
-        if (outcome === 'acknowledged' || outcome === 'absent') {
+        if (outcome === 'conflict') outcomes.conflicts++;
+        else if (outcome === 'acknowledged' || outcome === 'absent') {
           outcomes.acknowledged++;
           known.set(path, body === undefined ? { absent: true } : { body });
           unsure.delete(path);
@@ -189,20 +218,29 @@ export async function measureChaos(options: {
     const settleStarted = performance.now();
     await placementSettled(live(), { timeoutMs: 180_000 });
     // Every holder of each partition at its master's last txid.
+    let behind: string[] = [];
     await waitFor(
       'the replicas to catch up',
       async () => {
         const all = await Promise.all(live().map((n) => n.status()));
+        behind = [];
         for (let p = 0; p < options.partitions; p++) {
           const master = all.find((s) => s.partitions[p]!.role === 'master');
-          if (master === undefined) return undefined;
+          if (master === undefined) {
+            behind.push(`partition ${p}: no master`);
+            continue;
+          }
           const last = master.partitions[p]!.lastTxid;
-          if (all.some((s) => s.partitions[p]!.holds && s.partitions[p]!.lastTxid !== last)) return undefined;
+          for (const s of all)
+            if (s.partitions[p]!.holds && s.partitions[p]!.lastTxid !== last)
+              behind.push(`partition ${p}: ${s.nodeId} at ${s.partitions[p]!.lastTxid}, master at ${last}`);
         }
-        return true;
+        return behind.length === 0 ? true : undefined;
       },
       180_000,
-    );
+    ).catch((error: Error) => {
+      throw new Error(`${error.message} (${behind.join('; ')}; data kept in ${base})`);
+    });
     const settleSeconds = (performance.now() - settleStarted) / 1000;
 
     const holders = new Map<number, NodeProcess[]>();
@@ -255,6 +293,7 @@ export async function measureChaos(options: {
       };
       for (const { kind } of listed.entries) quarantined[kind] = (quarantined[kind] ?? 0) + 1;
     }
+    finished = true;
     return {
       scenario: 'chaos',
       params: options,
@@ -277,6 +316,24 @@ export async function measureChaos(options: {
     await Promise.all(slots.map((s) => (s.node?.running ? s.node.stop() : undefined)));
     await Promise.all(everyProcess.map((n) => n.destroy()));
     await etcd.stop();
-    if (failures === 0) await rm(base, { recursive: true, force: true });
+    if (finished && failures === 0) await rm(base, { recursive: true, force: true });
   }
+}
+
+/** A writer's paths, three deep: `t<i>`, `t<i>/u<j>`, `t<i>/u<j>/v<k>`, about `count` of them. */
+function nestedPaths(prefix: string, count: number): string[] {
+  const paths: string[] = [];
+  for (let i = 0; paths.length < count; i++) {
+    paths.push(`${prefix}/t${i}`);
+    for (let j = 0; j < 3; j++) {
+      paths.push(`${prefix}/t${i}/u${j}`);
+      for (let k = 0; k < 2; k++) paths.push(`${prefix}/t${i}/u${j}/v${k}`);
+    }
+  }
+  return paths;
+}
+
+/** Whether one path is a directory of the other: the two cannot both be files. */
+function clash(a: string, b: string): boolean {
+  return a !== b && (a.startsWith(`${b}/`) || b.startsWith(`${a}/`));
 }

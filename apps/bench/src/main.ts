@@ -78,6 +78,7 @@ const scenarios = {
   'chaos-etcd-pauses': () => chaos({ etcdPauses: true }),
   'chaos-ack-local': () => chaos({ ack: 'local' }),
   'chaos-all-nodes': () => chaos({ nodes: 3, partitions: 4, replicationFactor: 0 }),
+  'chaos-nested': () => chaos({ nested: true }),
   scale: () => measureScale({ files: 1_000_000, sizeBytes: 100 }),
   'store-check': () => measureStoreCheck({ files: 50_000, partitions: 8, rounds: 3 }),
   'scale-100k': () => measureScale({ files: 100_000, sizeBytes: 100 }),
