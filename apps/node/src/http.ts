@@ -9,6 +9,7 @@ import {
   listStore,
   openStoreFile,
   partitionOf,
+  type StagedFile,
   stageFile,
   validateStorePath,
 } from '@pfs/filestore';
@@ -20,6 +21,7 @@ import type { AgentState } from './agent-state.ts';
 import { listQuarantine } from './divergence.ts';
 import { FileDigestCache } from './file-digests.ts';
 import type { PartitionController } from './partition-controller.ts';
+import { filesInTheWayOfPut } from './path-conflicts.ts';
 import { parseRange } from './range.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
@@ -100,6 +102,31 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         });
     }
     return controller;
+  };
+
+  /**
+   * Whether a put refused for a file or directory in its way (`PATH_CONFLICT`,
+   * `PATH_IS_DIRECTORY`) may go through now. What is in the way may be files of other
+   * partitions, which this node holds as a replica: deleted by their masters just before this
+   * put (a client that deletes `a`, then puts `a/b`), and not yet here. The replicas of those
+   * partitions are given up to CONFLICT_CATCH_UP_MS to apply all their masters hold; true if
+   * every one did, and the put is then tried once more. A file of a partition this node masters
+   * is in the way for sure.
+   */
+  const mayBeCleared = async (error: unknown): Promise<boolean> => {
+    if (!(error instanceof FilestoreError) || error.path === undefined) return false;
+    if (error.code !== 'PATH_CONFLICT' && error.code !== 'PATH_IS_DIRECTORY') return false;
+    const files = await filesInTheWayOfPut(fileStore, error.code, error.path).catch(() => undefined);
+    if (files === undefined) return false;
+    const holders = [...new Set(files.map((file) => partitionOf(file, state.config.partitions)))].map(
+      (p) => state.controllers[p],
+    );
+    if (holders.some((c) => c === undefined || c.role !== 'replica')) return false;
+    const caughtUp = (
+      await Promise.all(holders.map((c) => c!.catchUpWithMaster(CONFLICT_CATCH_UP_MS)))
+    ).every(Boolean);
+    state.metrics.conflictWaits.inc({ result: caughtUp ? 'caught_up' : 'behind' });
+    return caughtUp;
   };
 
   /** Refuses a write on a node that is not master of the path's partition: 307 to the master, else 503. */
@@ -299,18 +326,37 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
             ),
           ),
       );
-      staged = await stageFile(fileStore, path, body, {
-        maxBytes: state.config.maxFileBytes,
-        ...(typeof expected === 'string' ? { expectedSha256: expected } : {}),
+      const stage = () =>
+        stageFile(fileStore, path, body, {
+          maxBytes: state.config.maxFileBytes,
+          ...(typeof expected === 'string' ? { expectedSha256: expected } : {}),
+        });
+      // A file in the way is found before a byte of the body is read: staged again, it is read
+      // from the start.
+      staged = await stage().catch(async (error: unknown) => {
+        if (await mayBeCleared(error)) return stage();
+        throw error;
       });
       // The lease may have run out while the body streamed in: check again right before commit.
       if (refuseUnlessMaster(partition, path, reply)) {
         await staged.discard();
         return reply;
       }
-      const record = await state.generator.commitPut(staged, {
-        ifAbsent: request.headers['if-none-match'] === '*',
+      const commit = (file: StagedFile) =>
+        state.generator.commitPut(file, { ifAbsent: request.headers['if-none-match'] === '*' });
+      const committing = staged;
+      const record = await commit(committing).catch(async (error: unknown) => {
+        // Refused for a directory of files at the path, it is still staged (see StagedFile).
+        if (await mayBeCleared(error)) {
+          if (refuseUnlessMaster(partition, path, reply)) return undefined;
+          return commit(committing);
+        }
+        throw error;
       });
+      if (record === undefined) {
+        await staged.discard();
+        return reply;
+      }
       return answerWrite(reply, record, partition, ack, 201);
     } catch (error) {
       await staged?.discard();
@@ -516,6 +562,13 @@ export async function* withIdleLimit<T>(
     clearTimeout(timer);
   }
 }
+
+/**
+ * How long a put refused for a file or directory in its way waits for this node's replicas of
+ * the partitions holding them (see mayBeCleared): a replica a few records behind catches up in
+ * milliseconds; one further behind is not waited for.
+ */
+const CONFLICT_CATCH_UP_MS = 1000;
 
 const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
 const DRAIN_MS = 5000;

@@ -12,6 +12,7 @@ export interface NodeMetrics {
   registry: Registry;
   writes: Counter<'op'>;
   writeBytes: Counter;
+  conflictWaits: Counter<'result'>;
   batches: Counter<'result'>;
   replicationErrors: Counter<'code'>;
   batchSeconds: Histogram;
@@ -43,6 +44,12 @@ export function createMetrics(view: {
     writeBytes: new Counter({
       name: 'pfs_write_bytes_total',
       help: 'Bytes of accepted puts',
+      registers: [registry],
+    }),
+    conflictWaits: new Counter({
+      name: 'pfs_put_conflict_waits_total',
+      help: "Puts refused for a file or directory in their way that waited for this node's replicas of other partitions to catch up, by result (caught_up: tried again; behind: refused)",
+      labelNames: ['result'],
       registers: [registry],
     }),
     batches: new Counter({

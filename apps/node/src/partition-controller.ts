@@ -92,6 +92,8 @@ export class PartitionController {
   /** A bulk copy in progress (a new replica's bootstrap), for status and the log. */
   private bootstrap: BootstrapTracker | undefined;
   private following: string | undefined;
+  /** The followed master's feed and files, while a replica. */
+  private followedSource: { feedUrl: string; filesSource: string } | undefined;
   private lastServingMaster:
     | {
         nodeId: string;
@@ -181,6 +183,32 @@ export class PartitionController {
     return this.deps.log.lastTxid;
   }
 
+  /**
+   * Waits, up to `timeoutMs`, until this replica has applied everything its master's log holds
+   * now (asked of the master, then waited for in this node's log). True once it has; false if
+   * it is not a following replica, cannot reach the master, or is still behind at the deadline.
+   */
+  async catchUpWithMaster(timeoutMs: number): Promise<boolean> {
+    const source = this.followedSource;
+    if (this.role !== 'replica' || source === undefined) return false;
+    const deadline = performance.now() + timeoutMs;
+    const signal = AbortSignal.any([this.stop.signal, AbortSignal.timeout(timeoutMs)]);
+    try {
+      const { lastTxid } = await httpFeedSource(source).fetch(this.deps.log.lastTxid, {
+        waitMs: 0,
+        maxRecords: 1,
+        signal,
+      });
+      if (lastTxid === undefined) return false;
+      return (
+        this.deps.log.lastTxid >= lastTxid ||
+        (await this.deps.log.waitForRecordsAfter(lastTxid - 1n, deadline - performance.now(), signal))
+      );
+    } catch {
+      return false;
+    }
+  }
+
   /** The bulk copy of a new replica, while it runs. */
   bootstrapProgress(now: number): BootstrapSummary | undefined {
     return this.bootstrap?.summary(now);
@@ -264,6 +292,7 @@ export class PartitionController {
       this.replicator = undefined;
       await replicator?.stop();
       this.following = undefined;
+      this.followedSource = undefined;
       this.role = 'offline';
       // What it now has, for the ranking and for the caller's check of the placed nodes.
       await this.deps.coordinator.reportApplied(this.partition, this.appliedTxid).catch(() => {});
@@ -397,6 +426,7 @@ export class PartitionController {
     // Following a master again: failed promotions of an earlier failover no longer count.
     this.promotionFailures = 0;
     this.following = key;
+    this.followedSource = source;
     this.role = 'replica';
     this.deps.logger.info(
       { partition: this.partition, master: master.nodeId, from: formatTxId(this.appliedTxid) },
@@ -718,6 +748,7 @@ export class PartitionController {
     const { coordinator, nodeId } = this.deps;
     this.role = 'electing';
     this.following = undefined;
+    this.followedSource = undefined;
     await this.replicator?.pause();
     const pv = coordinator.view.partitions.get(this.partition);
     if (pv !== undefined && divergencePoint(this.appliedTxid, pv.history, pv.generation) !== undefined) {

@@ -1,7 +1,7 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { compareStorePaths, partitionOf } from '@pfs/filestore';
+import { compareStorePaths, partitionOf, type StagedFile } from '@pfs/filestore';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentState } from '../src/agent-state.ts';
@@ -21,7 +21,12 @@ afterEach(async () => {
 async function server(
   copy: { running: boolean },
   node: { writable: boolean; waitForAcks?: () => Promise<boolean> } = { writable: true },
-  layout: { partitions: number; servesReads: number[] } = { partitions: 1, servesReads: [0] },
+  layout: {
+    partitions: number;
+    servesReads: number[];
+    /** How the replica of partition p (any but 0) catches up with its master when asked. */
+    catchUp?: (partition: number) => Promise<boolean>;
+  } = { partitions: 1, servesReads: [0] },
 ) {
   const dataDir = await mkdtemp(join(tmpdir(), 'pfs-store-copy-'));
   dirs.push(dataDir);
@@ -39,6 +44,8 @@ async function server(
     controllers: Array.from({ length: layout.partitions }, (_, partition) => ({
       partition,
       writable: () => partition === 0 && node.writable,
+      role: partition === 0 ? 'master' : 'replica',
+      catchUpWithMaster: async () => (await layout.catchUp?.(partition)) ?? false,
       holds: layout.servesReads.includes(partition),
       servesReads: layout.servesReads.includes(partition),
       get copyingStore() {
@@ -46,6 +53,11 @@ async function server(
       },
     })),
     generator: {
+      commitPut: async (staged: StagedFile) => {
+        const info = await staged.commit();
+        const { path, size, sha256 } = staged;
+        return { txid: (1n << 32n) | 8n, kind: 'put', path, size, mtimeNs: info.mtimeNs, sha256 };
+      },
       commitDelete: async (path: string) => {
         deletes.push(path);
         if (node.waitForAcks === undefined) throw new Error('stand-in generator');
@@ -53,7 +65,11 @@ async function server(
       },
     },
     waitForAcks: async () => (await node.waitForAcks?.()) ?? false,
-    metrics: { writes: { inc: () => {} }, writeBytes: { inc: () => {} } },
+    metrics: {
+      writes: { inc: () => {} },
+      writeBytes: { inc: () => {} },
+      conflictWaits: { inc: () => {} },
+    },
     masterOf: () => ({ nodeId: 'n1', host: '127.0.0.1', httpPort: 1 }),
   } as unknown as AgentState;
   const app = await buildHttpServer(state, pino({ level: 'silent' }));
@@ -246,5 +262,93 @@ describe('withIdleLimit', () => {
     for await (const _ of withIdleLimit(chunks([5, 150]), 60, () => idle++)) {
     }
     expect(idle).toBe(1);
+  });
+});
+
+describe('a put refused for a file or directory of another partition in its way', () => {
+  /** A name (under `dir`, if given) that hashes to `partition` of 4. */
+  const nameIn = (partition: number, dir?: string) => {
+    for (let i = 0; ; i++) {
+      const name = dir === undefined ? `n${i}` : `${dir}/n${i}`;
+      if (partitionOf(name, 4) === partition) return name;
+    }
+  };
+
+  /**
+   * A master of partition 0, replica of 1 to 3, whose store holds `files`. Asked to catch up, the
+   * replica of p deletes `deletedByMaster[p]` (which its master deleted) and says it caught up;
+   * with nothing to delete, it says it is still behind.
+   */
+  async function master(files: string[], deletedByMaster: Record<number, string>) {
+    const asked: number[] = [];
+    let store = '';
+    const { app, dataDir } = await server(
+      { running: false },
+      { writable: true },
+      {
+        partitions: 4,
+        servesReads: [0, 1, 2, 3],
+        catchUp: async (partition) => {
+          asked.push(partition);
+          const deleted = deletedByMaster[partition];
+          if (deleted === undefined) return false;
+          await rm(join(store, deleted));
+          return true;
+        },
+      },
+    );
+    store = join(dataDir, 'filestore');
+    for (const file of files) {
+      await mkdir(join(store, file, '..'), { recursive: true });
+      await writeFile(join(store, file), `${file} before the put`);
+    }
+    const put = async (path: string) =>
+      app.inject({ method: 'PUT', url: `/v1/files/${path}`, payload: `${path} put` });
+    return { app, asked, store, put };
+  }
+
+  it("goes through once this node's replica of that partition has caught up and removed the file in its way", async () => {
+    const file = nameIn(1);
+    const { app, asked, store, put } = await master([file], { 1: file });
+    try {
+      const under = nameIn(0, file);
+      expect((await put(under)).statusCode).toBe(201);
+      expect(asked).toEqual([1]);
+      expect(await readFile(join(store, under), 'utf8')).toBe(`${under} put`);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('goes through once the files of the directory at its path are gone, replacing it', async () => {
+    const target = nameIn(0);
+    const inside = nameIn(2, target);
+    const { app, asked, store, put } = await master([inside], { 2: inside });
+    try {
+      expect((await put(target)).statusCode).toBe(201);
+      expect(asked).toEqual([2]);
+      expect(await readFile(join(store, target), 'utf8')).toBe(`${target} put`);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('is refused at once for a file of a partition this node masters, and after the wait for one still behind', async () => {
+    const ours = nameIn(0);
+    const theirs = nameIn(3);
+    const { app, asked, store, put } = await master([ours, theirs], {});
+    try {
+      const refused = await put(nameIn(0, ours));
+      expect(refused.statusCode).toBe(409);
+      expect(refused.json()).toMatchObject({ code: 'PATH_CONFLICT' });
+      expect(asked).toEqual([]);
+      const behind = await put(nameIn(0, theirs));
+      expect(behind.statusCode).toBe(409);
+      expect(asked).toEqual([3]);
+      expect(await readFile(join(store, theirs), 'utf8')).toBe(`${theirs} before the put`);
+      expect((await readdir(store)).filter((name) => name.startsWith('.pfs-tmp'))).toEqual([]);
+    } finally {
+      await app.close();
+    }
   });
 });

@@ -37,7 +37,11 @@ export interface StagedFile {
   readonly path: string;
   readonly size: bigint;
   readonly sha256: string;
-  /** Renames the staged bytes into place and fsyncs the directory. */
+  /**
+   * Renames the staged bytes into place and fsyncs the directory. Refused with
+   * `PATH_IS_DIRECTORY` (a directory holding files is at the path), it keeps them staged: commit
+   * again once the way may be clear, or discard. Any other failure discards them.
+   */
   commit(): Promise<FileStat>;
   /** Removes the temp file; safe after commit and twice. */
   discard(): Promise<void>;
@@ -247,7 +251,8 @@ export async function stageFile(
         await syncDirectory(dirname(target));
         return await statFileAt(target);
       } catch (error) {
-        if (!done) await rm(temp, { force: true }).catch(() => {});
+        const keep = error instanceof FilestoreError && error.code === 'PATH_IS_DIRECTORY';
+        if (!done && !keep) await rm(temp, { force: true }).catch(() => {});
         throw translate(error, path);
       }
     },
@@ -292,8 +297,13 @@ export async function putFile(
   options: StageOptions = {},
 ): Promise<FileStat & { sha256: string }> {
   const staged = await stageFile(root, path, source, options);
-  const info = await staged.commit();
-  return { ...info, sha256: staged.sha256 };
+  try {
+    const info = await staged.commit();
+    return { ...info, sha256: staged.sha256 };
+  } catch (error) {
+    await staged.discard();
+    throw error;
+  }
 }
 
 async function assertNoSymlinkParents(root: string, path: string): Promise<void> {

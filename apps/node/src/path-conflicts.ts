@@ -1,0 +1,39 @@
+import { lstat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { walkStore } from '@pfs/filestore';
+
+/** Files under a directory in a put's way looked at, beyond which the conflict counts as real. */
+const MAX_FILES_IN_THE_WAY = 1000;
+
+/**
+ * The files of this node's store in the way of a put of `path` that was refused: for
+ * `PATH_CONFLICT`, the first of its directories that is a file; for `PATH_IS_DIRECTORY`, the
+ * files under the directory at `path`. Empty when nothing is in the way any more; undefined when
+ * there are too many to look at, or something other than a file or directory is in the way.
+ *
+ * Partitions share the store, so these may be files of other partitions, which this node holds
+ * as a replica: the put was judged against their state here, which may lag their masters'.
+ */
+export async function filesInTheWayOfPut(
+  fileStore: string,
+  code: 'PATH_CONFLICT' | 'PATH_IS_DIRECTORY',
+  path: string,
+): Promise<string[] | undefined> {
+  if (code === 'PATH_CONFLICT') {
+    const parts = path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const parent = parts.slice(0, i).join('/');
+      const info = await lstat(join(fileStore, parent)).catch(() => undefined);
+      if (info === undefined) return [];
+      if (info.isFile()) return [parent];
+      if (!info.isDirectory()) return undefined;
+    }
+    return [];
+  }
+  const files: string[] = [];
+  for await (const entry of walkStore(fileStore, path)) {
+    if (files.length === MAX_FILES_IN_THE_WAY) return undefined;
+    files.push(entry.path);
+  }
+  return files;
+}
