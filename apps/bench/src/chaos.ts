@@ -77,9 +77,16 @@ export async function measureChaos(options: {
 
     const known = new Map<string, Known>();
     const unsure = new Map<string, Known[]>();
-    const outcomes = { acknowledged: 0, noDefiniteAnswer: 0, refusedThroughout: 0, conflicts: 0 };
+    const outcomes = {
+      acknowledged: 0,
+      noDefiniteAnswer: 0,
+      refusedThroughout: 0,
+      putConflicts: 0,
+      deleteConflicts: 0,
+    };
     const statuses: Record<string, number> = {};
     const serverErrors: string[] = [];
+    const conflictExamples: string[] = [];
     let writing = true;
     function live(): NodeProcess[] {
       return slots.flatMap((s) => (s.node?.running ? [s.node] : []));
@@ -119,7 +126,12 @@ export async function measureChaos(options: {
         if (response.status === 201 || response.status === 200) return 'acknowledged';
         // A file where a directory of the path goes, or a directory holding files where it goes:
         // refused, nothing written (a lagging master's store may say so of a path already freed).
-        if (response.status === 409) return 'conflict';
+        if (response.status === 409) {
+          // A delete of a path that is a directory is refused too (PATH_IS_DIRECTORY).
+          if (body !== undefined && conflictExamples.length < 5)
+            conflictExamples.push(`PUT ${path}: ${answer.slice(0, 200)}`);
+          return 'conflict';
+        }
         if (response.status === 404 && body === undefined) return 'absent';
         if (response.status === 307) {
           url = response.headers.get('location')!;
@@ -169,7 +181,7 @@ export async function measureChaos(options: {
           }
         }
         const outcome = await write(path, body);
-        if (outcome === 'conflict') outcomes.conflicts++;
+        if (outcome === 'conflict') outcomes[body === undefined ? 'deleteConflicts' : 'putConflicts']++;
         else if (outcome === 'acknowledged' || outcome === 'absent') {
           outcomes.acknowledged++;
           known.set(path, body === undefined ? { absent: true } : { body });
@@ -309,7 +321,7 @@ export async function measureChaos(options: {
       serverErrors: serverErrors.length,
       quarantined,
       failures,
-      examples: [...examples, ...serverErrors.slice(0, 10)],
+      examples: [...examples, ...serverErrors.slice(0, 10), ...conflictExamples],
       ...(failures > 0 ? { keptDataDir: base } : {}),
     };
   } finally {
