@@ -1,10 +1,12 @@
 #!/usr/bin/env node
-// Bundles the agent (src/main.ts and the @pfs/* packages it uses) into dist/pfs-node.mjs, so that
-// a running agent neither loads tsx nor compiles TypeScript: it starts faster and holds ~40 MiB
-// less. Third-party packages stay external and load from node_modules as they are.
+// Bundles the agent (src/main.ts, the @pfs/* packages it uses and their third-party packages but
+// pino) into dist/pfs-node.mjs, so that a running agent neither loads tsx nor compiles
+// TypeScript, and does not resolve and read some 400 modules one by one: it starts in ~0.25 s
+// instead of ~0.4 s (~0.7 s with tsx), and holds ~40 MiB less than with tsx.
 //
-// Cheap when nothing changed: the inputs of the last build are kept next to the bundle, and the
-// build is skipped while none of them is newer than it. `--force` rebuilds anyway.
+// Cheap when nothing changed: the workspace inputs of the last build are kept next to the bundle,
+// and the build is skipped while none of them (nor the lockfile, for third-party packages) is
+// newer than it. `--force` rebuilds anyway.
 import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +30,8 @@ async function upToDate() {
   } catch {
     return false;
   }
-  for (const input of [self, join(appDir, 'package.json'), ...inputs]) {
+  const lockfile = join(appDir, '..', '..', 'pnpm-lock.yaml');
+  for (const input of [self, join(appDir, 'package.json'), lockfile, ...inputs]) {
     const changed = await mtimeMs(resolve(appDir, input));
     if (changed === undefined || changed > built) return false;
   }
@@ -47,14 +50,31 @@ if (process.argv.includes('--force') || !(await upToDate())) {
     outfile: bundle,
     metafile: true,
     logLevel: 'warning',
+    // Bundled CommonJS packages require Node's built-ins: give the module a require of its own.
+    banner: { js: "import { createRequire as __pfsCreateRequire } from 'node:module'; const require = __pfsCreateRequire(import.meta.url);" },
     plugins: [
       {
-        // Workspace packages are compiled in; everything else is imported at run time.
-        name: 'third-party-external',
+        // pino starts its transports (pino-pretty in a terminal) in worker threads that load
+        // pino's own files by path: it stays in node_modules, imported at run time.
+        name: 'pino-external',
         setup(b) {
-          b.onResolve({ filter: /^[^./]/ }, (args) =>
-            args.path.startsWith('@pfs/') ? undefined : { path: args.path, external: true },
-          );
+          b.onResolve({ filter: /^pino(-pretty)?$/ }, (args) => ({ path: args.path, external: true }));
+        },
+      },
+      {
+        // etcd3 reads its gRPC definitions at load time from beside its own file (`__dirname`,
+        // which an ES module bundle lacks): the bundle names that file by its path instead.
+        name: 'etcd3-proto-path',
+        setup(b) {
+          b.onLoad({ filter: /[\\/]etcd3[\\/]lib[\\/]connection-pool\.js$/ }, async (args) => {
+            const text = await readFile(args.path, 'utf8');
+            const reference = '`${__dirname}/../proto/rpc.proto`';
+            if (!text.includes(reference)) {
+              throw new Error(`${args.path} no longer loads ${reference}: update scripts/build.mjs`);
+            }
+            const proto = resolve(dirname(args.path), '..', 'proto', 'rpc.proto');
+            return { contents: text.replace(reference, JSON.stringify(proto)), loader: 'js' };
+          });
         },
       },
     ],
@@ -62,7 +82,8 @@ if (process.argv.includes('--force') || !(await upToDate())) {
   await mkdir(dirname(bundle), { recursive: true });
   // Written aside and renamed: two builds at once (parallel test workers) never leave a torn file.
   const suffix = `.${process.pid}.tmp`;
-  await writeFile(inputsFile + suffix, JSON.stringify(Object.keys(result.metafile.inputs)));
+  const workspaceInputs = Object.keys(result.metafile.inputs).filter((input) => !input.includes('node_modules/'));
+  await writeFile(inputsFile + suffix, JSON.stringify(workspaceInputs));
   await writeFile(bundle + suffix, result.outputFiles[0].contents);
   await rename(inputsFile + suffix, inputsFile);
   await rename(bundle + suffix, bundle);
