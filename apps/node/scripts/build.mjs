@@ -38,6 +38,9 @@ async function upToDate() {
   return true;
 }
 
+/** Files the bundle reads at run time by their absolute path. */
+const namedByPath = [];
+
 if (process.argv.includes('--force') || !(await upToDate())) {
   const result = await build({
     absWorkingDir: appDir,
@@ -73,6 +76,8 @@ if (process.argv.includes('--force') || !(await upToDate())) {
               throw new Error(`${args.path} no longer loads ${reference}: update scripts/build.mjs`);
             }
             const proto = resolve(dirname(args.path), '..', 'proto', 'rpc.proto');
+            // Listed with the inputs: a checkout moved elsewhere builds again.
+            namedByPath.push(proto);
             return { contents: text.replace(reference, JSON.stringify(proto)), loader: 'js' };
           });
         },
@@ -82,7 +87,10 @@ if (process.argv.includes('--force') || !(await upToDate())) {
   await mkdir(dirname(bundle), { recursive: true });
   // Written aside and renamed: two builds at once (parallel test workers) never leave a torn file.
   const suffix = `.${process.pid}.tmp`;
-  const workspaceInputs = Object.keys(result.metafile.inputs).filter((input) => !input.includes('node_modules/'));
+  const workspaceInputs = [
+    ...Object.keys(result.metafile.inputs).filter((input) => !input.includes('node_modules/')),
+    ...namedByPath,
+  ];
   await writeFile(inputsFile + suffix, JSON.stringify(workspaceInputs));
   await writeFile(bundle + suffix, result.outputFiles[0].contents);
   await rename(inputsFile + suffix, inputsFile);
