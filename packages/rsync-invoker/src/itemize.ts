@@ -79,6 +79,29 @@ export function parseNotADirectoryLine(line: Buffer, prefixes: readonly string[]
   return match ? listedName(match[1]!, prefixes) : undefined;
 }
 
+/** What one line of a pull's stderr says, for deciding whether a run that exited 23 did its job. */
+export type PullMessage =
+  | { kind: 'vanished'; path: string }
+  | { kind: 'not-a-directory'; path: string }
+  /** rsync's closing line for exit 23, which names no file. */
+  | { kind: 'partial-summary' }
+  | { kind: 'blank' }
+  /** Anything else: an error of some other file (not every one starts with `rsync: `). */
+  | { kind: 'other' };
+
+/** Classifies a line of a pull's stderr (pure). */
+export function classifyPullMessage(line: Buffer, prefixes: readonly string[] = []): PullMessage {
+  const vanished = parseVanishedLine(line, prefixes);
+  if (vanished !== undefined) return { kind: 'vanished', path: vanished };
+  const underFile = parseNotADirectoryLine(line, prefixes);
+  if (underFile !== undefined) return { kind: 'not-a-directory', path: underFile };
+  const text = line.toString('latin1');
+  if (text.trim() === '') return { kind: 'blank' };
+  if (/^rsync error: some files\/attrs were not transferred \(see previous errors\) \(code 23\)/.test(text))
+    return { kind: 'partial-summary' };
+  return { kind: 'other' };
+}
+
 /** A name quoted in an rsync message, as it was listed: unescaped, the source dir stripped. */
 function listedName(quoted: string, prefixes: readonly string[]): string {
   let name = unescapeRsyncName(Buffer.from(quoted, 'latin1'));

@@ -1,9 +1,9 @@
-import { lstat, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { lstat, realpath, rm } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { buildPullArgs, encodeFileList } from './args.ts';
 import { CallbackGuard } from './callbacks.ts';
 import { RsyncError } from './errors.ts';
-import { parseItemizeLine, parseNotADirectoryLine, parseSkippedLine, parseVanishedLine } from './itemize.ts';
+import { classifyPullMessage, parseItemizeLine, parseSkippedLine } from './itemize.ts';
 import { LineSplitter } from './lines.ts';
 import { checkOutcome } from './outcome.ts';
 import { runRsync } from './run.ts';
@@ -150,11 +150,10 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
   const notThere: string[] = [];
   let otherErrors = false;
   const stderr = new LineSplitter((line) => {
-    const path = parseVanishedLine(line, prefixes);
-    if (path !== undefined) return keep(result.vanishedPaths, path);
-    const underFile = parseNotADirectoryLine(line, prefixes);
-    if (underFile !== undefined) notThere.push(underFile);
-    else if (line.toString('latin1').startsWith('rsync: ')) otherErrors = true;
+    const message = classifyPullMessage(line, prefixes);
+    if (message.kind === 'vanished') keep(result.vanishedPaths, message.path);
+    else if (message.kind === 'not-a-directory') notThere.push(message.path);
+    else if (message.kind === 'other') otherErrors = true;
   });
   // What a run's own signal aborts, once it has one.
   const kill = new AbortController();
@@ -217,9 +216,12 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
       const run = await running;
       stdout.end();
       stderr.end();
+      // Exit 23 outranks 24: files may also have vanished.
       const { vanished } =
-        run.exitCode === 23 && !otherErrors && (await deleteMissing(options.dest, paths, notThere, result))
-          ? { vanished: false }
+        run.exitCode === 23 &&
+        !otherErrors &&
+        (await deleteMissing(options.dest, paths, notThere, result, options.maxDelete))
+          ? { vanished: result.vanishedPaths.length > 0 }
           : checkOutcome(run);
       if (!receivedLive) for (const path of result.transferred) callbacks.call(onFileReceived, path);
       callbacks.rethrow();
@@ -239,20 +241,30 @@ function startWithLimit(options: StartPullOptions, maxPaths: number): StartedPul
 /**
  * What --delete-missing-args does for a path missing at the source, done for those rsync failed
  * on instead (see parseNotADirectoryLine): each is deleted on dest, where it is a file. False,
- * and nothing deleted, unless every one was listed and none is a directory on dest (rsync's
- * --force would remove a whole tree there, which a caller that lists a path does not expect).
+ * and nothing deleted, unless every one was listed, none is a directory on dest (rsync's --force
+ * would remove a whole tree there, which a caller that lists a path does not expect) nor under a
+ * symlinked directory there, and --max-delete leaves room for them all.
  */
 async function deleteMissing(
   dest: string,
   listed: readonly string[],
   paths: readonly string[],
   result: BatchResult,
+  maxDelete: number,
 ): Promise<boolean> {
   if (paths.length === 0) return false;
   const wanted = new Set(listed);
   if (!paths.every((path) => wanted.has(path))) return false;
   const found = await Promise.all(paths.map((path) => lstat(join(dest, path)).catch(() => undefined)));
   if (found.some((info) => info?.isDirectory())) return false;
+  if (result.deleted.length + found.filter(Boolean).length > maxDelete) return false;
+  const realDest = await realpath(dest);
+  for (const [i, path] of paths.entries()) {
+    if (found[i] === undefined) continue;
+    const parent = dirname(path);
+    if (parent !== '.' && (await realpath(join(dest, parent)).catch(() => '')) !== join(realDest, parent))
+      return false;
+  }
   for (const [i, path] of paths.entries()) {
     if (found[i] === undefined) continue;
     await rm(join(dest, path), { force: true });

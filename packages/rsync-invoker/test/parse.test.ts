@@ -6,6 +6,7 @@ import {
   unescapeRsyncName,
 } from '@pfs/rsync-invoker';
 import { describe, expect, it } from 'vitest';
+import { classifyPullMessage } from '../src/itemize.ts';
 
 const line = (text: string) => Buffer.from(text, 'latin1');
 
@@ -98,5 +99,47 @@ describe('parseRsyncVersion', () => {
     expect(parseRsyncVersion('rsync  version 3.5.0  protocol version 32\nCopyright')).toBe('3.5.0');
     expect(parseRsyncVersion('rsync  version v3.2.7  protocol version 31')).toBe('3.2.7');
     expect(parseRsyncVersion('openrsync: protocol version 29')).toBeUndefined();
+  });
+});
+
+describe('classifyPullMessage', () => {
+  const prefixes = ['/', ''];
+  it('names the listed paths rsync could not stat for a file in their way, and nothing else as harmless', () => {
+    expect(
+      classifyPullMessage(
+        line('rsync: [sender] link_stat "w4/t4/u2/v0" (in filestore) failed: Not a directory (20)'),
+        prefixes,
+      ),
+    ).toEqual({ kind: 'not-a-directory', path: 'w4/t4/u2/v0' });
+    // The errno, not its text, which follows the daemon's locale.
+    expect(
+      classifyPullMessage(
+        line('rsync: [sender] link_stat "/a/b" (in m) failed: Kein Verzeichnis (20)'),
+        prefixes,
+      ),
+    ).toEqual({ kind: 'not-a-directory', path: 'a/b' });
+    expect(classifyPullMessage(line('file has vanished: "/x/y" (in m)'), prefixes)).toEqual({
+      kind: 'vanished',
+      path: 'x/y',
+    });
+    expect(
+      classifyPullMessage(
+        line(
+          'rsync error: some files/attrs were not transferred (see previous errors) (code 23) at main.c(1956) [generator=3.5.0]',
+        ),
+      ),
+    ).toEqual({ kind: 'partial-summary' });
+    expect(classifyPullMessage(line(''))).toEqual({ kind: 'blank' });
+    // Errors of other files, with or without rsync's prefix, and other errnos of link_stat.
+    for (const other of [
+      'rsync: [sender] link_stat "/a/b" (in m) failed: No such file or directory (2)',
+      'rsync: [sender] link_stat "/a/b" (in m) failed: Permission denied (13)',
+      'ERROR: a/b failed verification -- update discarded.',
+      'recv_files: a/b is a directory',
+      'could not make way for new regular file: a/b',
+      'rsync: [receiver] mkstemp "/d/.b.XXXXXX" failed: No space left on device (28)',
+      'rsync error: some files/attrs were not transferred (see previous errors) (code 24) at main.c(1956)',
+    ])
+      expect(classifyPullMessage(line(other), prefixes)).toEqual({ kind: 'other' });
   });
 });

@@ -114,6 +114,15 @@ describe('pullBatch from an rsync daemon', { timeout: 30_000 }, () => {
       exitCode: 23,
     });
     expect(existsSync(join(dest, 'x/y/z/deeper'))).toBe(true);
+    // Nor through a directory of dest that is a symlink, to anywhere.
+    const outside = await tempDir();
+    await writeFile(join(outside, 'z'), 'not in dest');
+    await rm(join(dest, 'x/y'), { recursive: true });
+    await symlink(outside, join(dest, 'x/y'));
+    await expect(pullBatch({ source: url, dest, paths: ['x/y/z'] })).rejects.toMatchObject({
+      code: 'RSYNC_PARTIAL',
+    });
+    expect(await readFile(join(outside, 'z'), 'utf8')).toBe('not in dest');
   });
 
   it('refuses to delete more than maxDelete items (RSYNC_MAX_DELETE)', async () => {
