@@ -162,7 +162,12 @@ describe('node agent over HTTP', () => {
       (await fetch(`${master.url}/v1/files/${encodePath('dir/new\nline ü.bin')}`, { method: 'DELETE' }))
         .status,
     ).toBe(200);
-    const overDirectory = await fetch(`${master.url}/v1/files/dir`, { method: 'PUT', body: 'now a file' });
+    const overDirectory = await fetch(`${master.url}/v1/files/dir`, {
+      method: 'PUT',
+      body: 'now a file',
+      // No file is there: a write that must not overwrite one goes through too.
+      headers: { 'if-none-match': '*' },
+    });
     expect(overDirectory.status).toBe(201);
     await until('the file in place of the directory replicated', async () =>
       (await (await fetch(`${replica.url}/v1/files/dir`)).text()) === 'now a file' ? true : undefined,

@@ -122,10 +122,11 @@ export class ChangelogGenerator {
         // A put into an unmounted store would be hidden, and then logged as deleted, once the
         // real store is mounted again.
         assertStoreInPlace(this.root);
-        // Checked under the path lock, so no other put can slip in between check and rename.
+        // Checked under the path lock, so no other put can slip in between check and rename. A
+        // directory is no file: the commit replaces it if it holds none, else refuses it.
         if (
           options.ifAbsent &&
-          (await lstat(join(this.root, staged.path)).catch(() => undefined)) !== undefined
+          (await lstat(join(this.root, staged.path)).catch(() => undefined))?.isDirectory() === false
         ) {
           throw new FilestoreError(
             'PATH_EXISTS',

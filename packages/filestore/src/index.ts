@@ -21,6 +21,7 @@ export {
   openStoreFile,
   putFile,
   quarantineFile,
+  removeEmptyTree,
   SENTINEL_FILE,
   type StagedFile,
   type StageOptions,

@@ -5,6 +5,7 @@ import {
   lstat,
   mkdir,
   open,
+  readdir,
   realpath,
   rename,
   rm,
@@ -264,10 +265,11 @@ export async function stageFile(
 }
 
 /**
- * rename(2), which refuses to put a file over a directory (EISDIR): no lstat needed first. An
- * empty directory is what deleting the last file under it leaves (deletes do not prune): it holds
- * nothing, so the file takes its place, as on replicas. rmdir(2) refuses (ENOTEMPTY) once
- * anything was put under it meanwhile, and a put that made it again since is refused as well.
+ * rename(2), which refuses to put a file over a directory (EISDIR): no lstat needed first. A
+ * directory holding no file, only maybe empty directories, is what deleting the last files under
+ * it leaves (deletes do not prune): the file takes its place, as on replicas. rmdir(2) refuses
+ * (ENOTEMPTY) once anything was put under it meanwhile, and a put that made it again since is
+ * refused as well.
  */
 async function renameIntoPlace(temp: string, target: string, path: string): Promise<void> {
   const refuse = (error: NodeJS.ErrnoException) => {
@@ -280,13 +282,29 @@ async function renameIntoPlace(temp: string, target: string, path: string): Prom
   };
   await rename(temp, target).catch(async (error: NodeJS.ErrnoException) => {
     if (error.code !== 'EISDIR') throw error;
-    const removed = await rmdir(target).then(
-      () => true,
-      () => false,
-    );
-    if (!removed) refuse(error);
+    if (!(await removeEmptyTree(target))) refuse(error);
     await rename(temp, target).catch(refuse);
   });
+}
+
+/**
+ * Removes `dir` if it holds nothing but directories, deepest first. False at the first entry that
+ * is anything else (a temp file of a put in progress included), or that rmdir refuses: the empty
+ * directories removed until then are as a delete left them, and a put into one makes it again.
+ */
+export async function removeEmptyTree(dir: string): Promise<boolean> {
+  const names = await readdir(dir).catch(() => undefined);
+  if (names === undefined) return false;
+  for (const name of names) {
+    const child = join(dir, name);
+    const info = await lstat(child).catch(() => undefined);
+    if (info === undefined) continue;
+    if (!info.isDirectory() || !(await removeEmptyTree(child))) return false;
+  }
+  return rmdir(dir).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Stages and commits in one step. */

@@ -7,6 +7,7 @@ import {
   findInStore,
   hashFile,
   initStore,
+  removeEmptyTree,
   SENTINEL_FILE,
   STORE_META_DIR,
   statFile,
@@ -995,7 +996,8 @@ export class Replicator extends EventEmitter {
   /**
    * Sets aside (setAside) each non-empty directory among `directories`, paths where the batch
    * puts a file; an empty one is left to rsync (--force removes it: one deletion, within the
-   * batch's --max-delete). Resolves whether any directory is left in the way.
+   * batch's --max-delete), and one holding only empty directories is removed. Resolves whether
+   * any directory is left in the way.
    */
   private async clearDirectories(
     directories: readonly string[],
@@ -1015,6 +1017,8 @@ export class Replicator extends EventEmitter {
         left = true;
         continue;
       }
+      // Only empty directories below (what deletes on the master leave): nothing to keep.
+      if (await removeEmptyTree(join(this.options.fileStoreDir, path))) continue;
       if (this.options.setAside === undefined) {
         throw new ReplicatorError(
           'DIRECTORY_IN_THE_WAY',

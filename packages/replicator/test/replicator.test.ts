@@ -802,15 +802,19 @@ describe('replicator against a real rsync daemon', () => {
     });
     await mkdir(join(dir, 'filestore', 'd', 'sub'), { recursive: true });
     await writeFile(join(dir, 'filestore', 'd', 'sub', 'kept'), 'kept');
-    // An empty directory needs no setting aside: rsync replaces it (one deletion).
+    // An empty directory needs no setting aside: rsync replaces it (one deletion). Nor does one
+    // holding only empty directories, as deleting the last files under it leaves.
     await mkdir(join(dir, 'filestore', 'e'));
+    await mkdir(join(dir, 'filestore', 'f', 'g', 'h'), { recursive: true });
     await m.put('d', 'now a file');
     await m.put('e', 'another file');
-    await until(() => replicator.applied === m.log.lastTxid, 'both files');
+    await m.put('f', 'a third file');
+    await until(() => replicator.applied === m.log.lastTxid, 'every file');
     expect(setAside).toEqual([['d', makeTxId(1, 1), 'directory']]);
     expect(await readFile(join(dir, 'aside', 'sub', 'kept'), 'utf8')).toBe('kept');
     expect(await readFile(join(dir, 'filestore', 'd'), 'utf8')).toBe('now a file');
     expect(await readFile(join(dir, 'filestore', 'e'), 'utf8')).toBe('another file');
+    expect(await readFile(join(dir, 'filestore', 'f'), 'utf8')).toBe('a third file');
     expect(errors).toEqual([]);
   });
 
