@@ -54,7 +54,9 @@ if (process.argv.includes('--force') || !(await upToDate())) {
     metafile: true,
     logLevel: 'warning',
     // Bundled CommonJS packages require Node's built-ins: give the module a require of its own.
-    banner: { js: "import { createRequire as __pfsCreateRequire } from 'node:module'; const require = __pfsCreateRequire(import.meta.url);" },
+    banner: {
+      js: "import { createRequire as __pfsCreateRequire } from 'node:module'; const require = __pfsCreateRequire(import.meta.url);",
+    },
     plugins: [
       {
         // pino starts its transports (pino-pretty in a terminal) in worker threads that load
@@ -71,6 +73,7 @@ if (process.argv.includes('--force') || !(await upToDate())) {
         setup(b) {
           b.onLoad({ filter: /[\\/]etcd3[\\/]lib[\\/]connection-pool\.js$/ }, async (args) => {
             const text = await readFile(args.path, 'utf8');
+            // biome-ignore lint/suspicious/noTemplateCurlyInString: etcd3's source text, searched for
             const reference = '`${__dirname}/../proto/rpc.proto`';
             if (!text.includes(reference)) {
               throw new Error(`${args.path} no longer loads ${reference}: update scripts/build.mjs`);

@@ -113,11 +113,15 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
    * every one did, and the put is then tried once more. A file of a partition this node masters
    * is in the way for sure.
    */
-  const mayBeCleared = async (error: unknown): Promise<boolean> => {
-    if (!(error instanceof FilestoreError) || error.path === undefined) return false;
-    if (error.code !== 'PATH_CONFLICT' && error.code !== 'PATH_IS_DIRECTORY') return false;
-    const files = await filesInTheWayOfPut(fileStore, error.code, error.path).catch(() => undefined);
+  const mayBeCleared = async (
+    error: unknown,
+    code: 'PATH_CONFLICT' | 'PATH_IS_DIRECTORY',
+  ): Promise<boolean> => {
+    if (!(error instanceof FilestoreError) || error.path === undefined || error.code !== code) return false;
+    const files = await filesInTheWayOfPut(fileStore, code, error.path).catch(() => undefined);
     if (files === undefined) return false;
+    // Gone meanwhile: nothing to wait for.
+    if (files.length === 0) return true;
     const holders = [...new Set(files.map((file) => partitionOf(file, state.config.partitions)))].map(
       (p) => state.controllers[p],
     );
@@ -334,7 +338,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       // A file in the way is found before a byte of the body is read: staged again, it is read
       // from the start.
       staged = await stage().catch(async (error: unknown) => {
-        if (await mayBeCleared(error)) return stage();
+        if (await mayBeCleared(error, 'PATH_CONFLICT')) return stage();
         throw error;
       });
       // The lease may have run out while the body streamed in: check again right before commit.
@@ -347,9 +351,13 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       const committing = staged;
       const record = await commit(committing).catch(async (error: unknown) => {
         // Refused for a directory of files at the path, it is still staged (see StagedFile).
-        if (await mayBeCleared(error)) {
+        if (await mayBeCleared(error, 'PATH_IS_DIRECTORY')) {
           if (refuseUnlessMaster(partition, path, reply)) return undefined;
-          return commit(committing);
+          // A replica may have moved the directory holding the staged file meanwhile: the
+          // refusal the client gets is still the conflict, not that.
+          return commit(committing).catch((again: unknown) => {
+            throw again instanceof FilestoreError ? again : error;
+          });
         }
         throw error;
       });
@@ -579,7 +587,7 @@ const DRAIN_MS = 5000;
  * connection after the answer instead.
  */
 async function dropUnreadBody(raw: IncomingMessage, reply: FastifyReply): Promise<void> {
-  if (raw.complete || raw.destroyed) return;
+  if (raw.complete || raw.readableEnded || raw.destroyed) return;
   let dropped = 0;
   const drained = await new Promise<boolean>((resolve) => {
     const finish = (ok: boolean) => {

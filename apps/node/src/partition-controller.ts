@@ -29,6 +29,7 @@ import { pullBatch } from '@pfs/rsync-invoker';
 import { formatTxId, fsyncDir, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
 import { type BootstrapSummary, BootstrapTracker, describeBootstrap } from './bootstrap-progress.ts';
+import { catchUpWith } from './catch-up.ts';
 import { cutDivergentSuffix, divergencePoint, quarantineUnlogged, setAsideInTheWay } from './divergence.ts';
 import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
@@ -191,22 +192,7 @@ export class PartitionController {
   async catchUpWithMaster(timeoutMs: number): Promise<boolean> {
     const source = this.followedSource;
     if (this.role !== 'replica' || source === undefined) return false;
-    const deadline = performance.now() + timeoutMs;
-    const signal = AbortSignal.any([this.stop.signal, AbortSignal.timeout(timeoutMs)]);
-    try {
-      const { lastTxid } = await httpFeedSource(source).fetch(this.deps.log.lastTxid, {
-        waitMs: 0,
-        maxRecords: 1,
-        signal,
-      });
-      if (lastTxid === undefined) return false;
-      return (
-        this.deps.log.lastTxid >= lastTxid ||
-        (await this.deps.log.waitForRecordsAfter(lastTxid - 1n, deadline - performance.now(), signal))
-      );
-    } catch {
-      return false;
-    }
+    return catchUpWith(httpFeedSource(source), this.deps.log, timeoutMs, this.stop.signal);
   }
 
   /** The bulk copy of a new replica, while it runs. */

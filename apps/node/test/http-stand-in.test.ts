@@ -346,7 +346,18 @@ describe('a put refused for a file or directory of another partition in its way'
       expect(behind.statusCode).toBe(409);
       expect(asked).toEqual([3]);
       expect(await readFile(join(store, theirs), 'utf8')).toBe(`${theirs} before the put`);
-      expect((await readdir(store)).filter((name) => name.startsWith('.pfs-tmp'))).toEqual([]);
+      // A directory holding that partition's file at the path: the body was staged beside it,
+      // kept through the wait, and is discarded with the refusal.
+      const over = nameIn(0, 'd');
+      const inside = nameIn(3, over);
+      await mkdir(join(store, over), { recursive: true });
+      await writeFile(join(store, inside), 'not deleted on its master yet');
+      const overBehind = await put(over);
+      expect(overBehind.statusCode).toBe(409);
+      expect(overBehind.json()).toMatchObject({ code: 'PATH_IS_DIRECTORY' });
+      expect(asked).toEqual([3, 3]);
+      expect(await readdir(join(store, 'd'))).toEqual([over.slice(2)]);
+      expect(await readFile(join(store, inside), 'utf8')).toBe('not deleted on its master yet');
     } finally {
       await app.close();
     }
