@@ -58,6 +58,9 @@ export class ChangelogGenerator {
   readonly partitionCount: number;
   private readonly partitions = new Map<number, Partition>();
   private readonly locks = new KeyedLock();
+  /** The reconcile under way (one at a time: each walks the whole store), and whether to run again. */
+  private reconciling: Promise<number> | undefined;
+  private reconcileAgain = false;
   private readonly listeners = new Set<AppendListener>();
   private readonly walkOptions: WalkOptions;
 
@@ -72,10 +75,14 @@ export class ChangelogGenerator {
     this.partitions.set(partition, { log, index: await replayIntoIndex(log) });
   }
 
-  /** Stops logging `partition` (e.g. on losing mastership); waits for changes in flight. */
+  /**
+   * Stops logging `partition` (e.g. on losing mastership); waits for its changes in flight, not
+   * for other partitions' (which never end while they take writes), nor for later ones (which
+   * no longer find it attached).
+   */
   async detach(partition: number): Promise<void> {
     this.partitions.delete(partition);
-    await this.locks.idle();
+    await this.locks.idle((path) => this.partitionOf(path) === partition);
   }
 
   isAttached(partition: number): boolean {
@@ -198,20 +205,25 @@ export class ChangelogGenerator {
         }
         const hashed = await hashFile(this.root, path);
         const after = await statFile(this.root, path);
+        // The ctime too, which only the kernel sets: a rewrite whose writer put the mtime back
+        // (touch -r, rsync --inplace -t), or a same-size file renamed over it, changes only that.
         if (
           hashed === undefined ||
           after === undefined ||
           after.mtimeNs !== before.mtimeNs ||
-          after.size !== before.size
+          after.size !== before.size ||
+          after.ino !== before.ino ||
+          after.ctimeNs !== before.ctimeNs
         ) {
           continue; // still being written: look again
         }
         // File timestamps are coarse (a clock tick, a few ms): a rewrite in place of the same
-        // size within the tick the read began in leaves size and mtime as they were, and the
-        // hash would mix two versions, which replicas could then never match. A file modified
-        // that recently is looked at again once that tick is surely over.
-        const mtimeMs = Number(after.mtimeNs / 1_000_000n);
-        if (mtimeMs > readFrom - SAME_TICK_MS && mtimeMs <= Date.now() + SAME_TICK_MS) {
+        // size within the tick the read began in leaves size and times as they were, and the
+        // hash would mix two versions, which replicas could then never match. A file changed
+        // that recently (its ctime: a writer may set the mtime) is looked at again once that
+        // tick is surely over.
+        const changedMs = Math.max(Number(after.ctimeNs / 1_000_000n), Number(after.mtimeNs / 1_000_000n));
+        if (changedMs > readFrom - SAME_TICK_MS && changedMs <= Date.now() + SAME_TICK_MS) {
           await new Promise((resolve) => setTimeout(resolve, SAME_TICK_MS));
           continue;
         }
@@ -241,7 +253,28 @@ export class ChangelogGenerator {
    * Brings every attached partition's log in line with the disk: logs files that appeared or
    * changed and deletes of indexed files that are gone. Returns how many records it appended.
    */
-  async reconcile(): Promise<number> {
+  reconcile(): Promise<number> {
+    if (this.reconciling !== undefined) {
+      // The walk under way may have passed what changed since: one more follows it, and this
+      // caller waits for that one too.
+      this.reconcileAgain = true;
+      return this.reconciling;
+    }
+    const run = async () => {
+      let appended = 0;
+      do {
+        this.reconcileAgain = false;
+        appended += await this.reconcileOnce();
+      } while (this.reconcileAgain);
+      return appended;
+    };
+    this.reconciling = run().finally(() => {
+      this.reconciling = undefined;
+    });
+    return this.reconciling;
+  }
+
+  private async reconcileOnce(): Promise<number> {
     let appended = 0;
     // Which indexed paths the walk found, as one bit per slot rather than a set of a million
     // strings. A partition attached during the walk has no marks: all its paths get checked.
@@ -282,6 +315,9 @@ export class ChangelogGenerator {
         const { size, mtimeNs, ctimeNs } = entry.stat;
         if (slot !== undefined && index.matchesStat(slot, size, mtimeNs, ctimeNs)) {
           marks.get(index)?.mark(slot);
+          // A path known from the log (replayed at attach) has no ctime yet: taken from here,
+          // a later change of the same size and mtime is told by it.
+          if (!index.ctimeKnown(slot)) index.setCtime(slot, ctimeNs);
           continue;
         }
         await check(entry.path, true);

@@ -197,6 +197,11 @@ export class PathIndex {
     );
   }
 
+  /** Whether the slot's ctime is known (set by a hash or a stat since the slot was set). */
+  ctimeKnown(slot: number): boolean {
+    return (this.flags[slot]! & CTIME_KNOWN) !== 0;
+  }
+
   mtimeOf(slot: number): bigint {
     return this.mtimes[slot]!;
   }

@@ -16,8 +16,11 @@ export class KeyedLock {
     return result;
   }
 
-  /** Resolves when all work queued so far has finished. */
-  async idle(): Promise<void> {
-    while (this.tails.size > 0) await Promise.all([...this.tails.values()]);
+  /**
+   * Resolves when the work queued so far for the keys `which` accepts (every key by default) has
+   * finished. Work queued later is not waited for: under steady load there always is some.
+   */
+  async idle(which: (key: string) => boolean = () => true): Promise<void> {
+    await Promise.all([...this.tails].filter(([key]) => which(key)).map(([, tail]) => tail));
   }
 }

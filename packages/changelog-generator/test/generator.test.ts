@@ -207,6 +207,89 @@ describe('ChangelogGenerator', () => {
     expect(record?.sha256).toBe(createHash('sha256').update('B'.repeat(1000)).digest('hex'));
   });
 
+  it('hashes again a file rewritten in place with its mtime set back, told by its ctime', async () => {
+    const { root, generator } = await setup();
+    const file = join(root, 'mtime-kept');
+    // Changed long ago as far as its mtime says, which its writer set.
+    const longAgo = new Date(Date.now() - 3_600_000);
+    writeFileSync(file, 'A'.repeat(1000));
+    utimesSync(file, longAgo, longAgo);
+    const observed = generator.observe('mtime-kept');
+    setTimeout(() => {
+      writeFileSync(file, 'B'.repeat(1000));
+      utimesSync(file, longAgo, longAgo);
+    }, 5);
+    const record = await observed;
+    expect(record?.sha256).toBe(createHash('sha256').update('B'.repeat(1000)).digest('hex'));
+  });
+
+  it('after a restart, tells a rewrite of the same size and mtime from the ctime its first reconcile saw', async () => {
+    const { base, root, generator, logs } = await setup();
+    // Whole seconds: set again below to exactly the same mtime.
+    const pinned = new Date(Math.floor(Date.now() / 1000) * 1000 - 3_600_000);
+    writeFileSync(join(root, 'pinned'), 'first');
+    utimesSync(join(root, 'pinned'), pinned, pinned);
+    expect(await generator.observe('pinned')).toMatchObject({
+      kind: 'put',
+      mtimeNs: BigInt(pinned.getTime()) * 1_000_000n,
+    });
+    await logs.get(0)!.close();
+    const reopened = await TxLog.open(join(base, 'changelog', '0'));
+    logs.set(0, reopened);
+    await reopened.startGeneration(2n);
+    const restarted = new ChangelogGenerator({ root, partitionCount: 1 });
+    await restarted.attach(0, reopened);
+    expect(await restarted.reconcile()).toBe(0);
+    // `cp -p` of another version: same size, same mtime; only the ctime moved.
+    await new Promise((r) => setTimeout(r, 30));
+    writeFileSync(join(root, 'pinned'), 'other');
+    utimesSync(join(root, 'pinned'), pinned, pinned);
+    expect(await restarted.reconcile()).toBe(1);
+    expect((await records(reopened)).at(-1)).toMatchObject({
+      kind: 'put',
+      path: 'pinned',
+      sha256: createHash('sha256').update('other').digest('hex'),
+    });
+  });
+
+  it('runs one reconcile at a time: a call meanwhile waits for a walk that starts after it', async () => {
+    const { root, generator, logs } = await setup();
+    await writeFile(join(root, 'before'), 'b');
+    const first = generator.reconcile();
+    await writeFile(join(root, 'during'), 'd');
+    const second = generator.reconcile();
+    expect(second).toBe(first);
+    expect(await second).toBe(2);
+    expect((await records(logs.get(0)!)).map((r) => r.path).sort()).toEqual(['before', 'during']);
+  });
+
+  it("stops logging a partition without waiting for another partition's writes in flight", async () => {
+    const { root, generator } = await setup(2, [0, 1]);
+    const other = ['a', 'b', 'c', 'd', 'e', 'f'].find((path) => generator.partitionOf(path) === 1)!;
+    const real = await stageFile(root, other, Buffer.from('slow'));
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // A put of partition 1 whose commit does not end until released.
+    const slow = generator.commitPut({
+      ...real,
+      path: real.path,
+      size: real.size,
+      sha256: real.sha256,
+      commit: async () => {
+        await released;
+        return real.commit();
+      },
+      discard: () => real.discard(),
+    });
+    await new Promise((r) => setTimeout(r, 10));
+    await generator.detach(0);
+    expect(generator.isAttached(0)).toBe(false);
+    release();
+    expect(await slow).toMatchObject({ kind: 'put', path: other });
+  });
+
   it('logs no delete for a path it cannot stat (ELOOP), only for one that is gone', async () => {
     const { root, generator, logs } = await setup();
     for (const name of ['d/x', 'gone'])
