@@ -309,7 +309,11 @@ export class PartitionPlacement {
         continue;
       }
       if (last === 0n) {
-        if (hasKey) await coordinator.withdrawReplica(p);
+        if (hasKey) {
+          await coordinator.withdrawReplica(p);
+          // A bulk copy or a batch may have left files of it before it had a record.
+          await this.markSweepDue();
+        }
         continue;
       }
       if (!this.mayDrop(p, placed)) {
@@ -348,6 +352,9 @@ export class PartitionPlacement {
   private async sweep(): Promise<void> {
     const { controllers, logs, fileStore, partitionOf, storeGate } = this.deps;
     const gone = (p: number) => !controllers[p]!.holds && logs[p]!.lastTxid === 0n;
+    // Only a partition gone for the whole walk had all its files passed: one dropped meanwhile
+    // keeps its former-master mark until the next sweep (which the drop's mark asks for).
+    const goneAtStart = new Set(controllers.filter((c) => gone(c.partition)).map((c) => c.partition));
     const marksBefore = this.sweepMarks;
     let removed = 0;
     let batch: string[] = [];
@@ -372,7 +379,10 @@ export class PartitionPlacement {
       }
       await removeBatch();
       // Files a former master wrote without logging them are gone too.
-      for (const controller of controllers) if (gone(controller.partition)) await controller.forgetMastered();
+      for (const controller of controllers) {
+        if (goneAtStart.has(controller.partition) && gone(controller.partition))
+          await controller.forgetMastered();
+      }
     }
     if (this.sweepMarks === marksBefore) {
       this.sweepDue = false;

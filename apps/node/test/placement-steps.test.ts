@@ -215,6 +215,17 @@ describe('letting a partition go', () => {
     expect(existsSync(join(t.fileStore, 'album', '2026', 'june', 'beach.jpg'))).toBe(false);
   });
 
+  it('removes the files a partition let go before it had a record left, with its key', async () => {
+    const t = await setup();
+    // A bulk copy brought this file before the partition moved away; the log never had a record.
+    await writeFile(join(t.fileStore, 'copied.jpg'), 'partition 0');
+    t.log.lastTxid = 0n;
+    t.report(t.me, 0n);
+    await t.pass(() => t.calls.includes('forgetMastered'));
+    expect(t.calls).toEqual(['withdraw 0', 'forgetMastered']);
+    expect(existsSync(join(t.fileStore, 'copied.jpg'))).toBe(false);
+  });
+
   it('does not count what a node acknowledged here, which outlives its lease and its disk, nor a master key of an earlier process', async () => {
     const t = await setup();
     t.report(t.me, t.log.lastTxid);
