@@ -35,6 +35,17 @@ async function setup(partitionCount = 1, owned: number[] = [0]) {
   return { base, root, generator, logs };
 }
 
+/** A node started again: partition 0's log reopened in generation 2, replayed by a new generator. */
+async function restart(base: string, root: string, logs: Map<number, TxLog>) {
+  await logs.get(0)!.close();
+  const log = await TxLog.open(join(base, 'changelog', '0'));
+  logs.set(0, log);
+  await log.startGeneration(2n);
+  const generator = new ChangelogGenerator({ root, partitionCount: 1 });
+  await generator.attach(0, log);
+  return { generator, log };
+}
+
 async function records(log: TxLog): Promise<LogRecord[]> {
   const out: LogRecord[] = [];
   for await (const r of log.readFrom(0n)) if (r.kind !== 'end-of-generation') out.push(r);
@@ -129,12 +140,7 @@ describe('ChangelogGenerator', () => {
       'put appeared',
       'delete removed',
     ]);
-    await logs.get(0)!.close();
-    const reopened = await TxLog.open(join(base, 'changelog', '0'));
-    logs.set(0, reopened);
-    await reopened.startGeneration(2n);
-    const fresh = new ChangelogGenerator({ root, partitionCount: 1 });
-    await fresh.attach(0, reopened);
+    const { generator: fresh } = await restart(base, root, logs);
     expect(await fresh.reconcile()).toBe(0);
   });
 
@@ -233,12 +239,7 @@ describe('ChangelogGenerator', () => {
       kind: 'put',
       mtimeNs: BigInt(pinned.getTime()) * 1_000_000n,
     });
-    await logs.get(0)!.close();
-    const reopened = await TxLog.open(join(base, 'changelog', '0'));
-    logs.set(0, reopened);
-    await reopened.startGeneration(2n);
-    const restarted = new ChangelogGenerator({ root, partitionCount: 1 });
-    await restarted.attach(0, reopened);
+    const { generator: restarted, log: reopened } = await restart(base, root, logs);
     expect(await restarted.reconcile()).toBe(0);
     // `cp -p` of another version: same size, same mtime; only the ctime moved.
     await new Promise((r) => setTimeout(r, 30));
