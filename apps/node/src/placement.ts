@@ -12,7 +12,7 @@ import {
 } from '@pfs/coordinator-etcd';
 import { walkStore } from '@pfs/filestore';
 import type { StoreGate } from '@pfs/replicator';
-import { formatTxId, type TxId, type TxLog } from '@pfs/txlog';
+import { formatTxId, fsyncDir, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
 import { behindTheCluster, type PartitionController } from './partition-controller.ts';
 
@@ -187,7 +187,18 @@ export class PartitionPlacement {
   private async markSweepDue(): Promise<void> {
     this.sweepDue = true;
     this.sweepMarks++;
-    await writeFile(this.sweepMarker, '').catch(() => {});
+    // Durable before the log it stands for goes: a restart after a power loss sweeps again.
+    // Should it fail, this process still sweeps (sweepDue); only a crash before then leaves the
+    // files for a later sweep, which nothing would ask for, so it is said.
+    try {
+      await writeFile(this.sweepMarker, '');
+      await fsyncDir(this.deps.runDir);
+    } catch (error) {
+      this.deps.logger.warn(
+        { err: error },
+        `cannot record that a sweep is due (${(error as Error).message}): a crash before it runs would leave files of partitions let go; check ${this.deps.runDir}`,
+      );
+    }
   }
 
   /**
