@@ -61,7 +61,7 @@ export function watchStore(options: StoreWatcherOptions): StoreWatcher {
   });
   watcher.on('error', (error) => options.onError?.(error as Error));
 
-  // What was on disk when each path was last reported, for the trailing re-check.
+  // What was on disk when each path was last reported, until its trailing re-check.
   const reported = new Map<string, string>();
   const fingerprint = (info: { size: bigint; mtimeNs: bigint; ino: bigint; ctimeNs: bigint }) =>
     `${info.size}:${info.mtimeNs}:${info.ino}:${info.ctimeNs}`;
@@ -78,7 +78,12 @@ export function watchStore(options: StoreWatcherOptions): StoreWatcher {
           return;
         }
         const print = fingerprint(info);
-        if (trailing && reported.get(path) === print) return;
+        // Kept only until the trailing check: every path an API put renames into place passes
+        // here, and a map of them all would grow with the store.
+        if (trailing && reported.get(path) === print) {
+          reported.delete(path);
+          return;
+        }
         reported.set(path, print);
         const type: StoreEventType = known.has(path) ? 'change' : 'add';
         known.add(path);
