@@ -67,21 +67,22 @@ if (process.argv.includes('--force') || !(await upToDate())) {
         },
       },
       {
-        // etcd3 reads its gRPC definitions at load time from beside its own file (`__dirname`,
-        // which an ES module bundle lacks): the bundle names that file by its path instead.
-        name: 'etcd3-proto-path',
+        // CommonJS packages that find files beside their own by `__dirname` or `__filename`
+        // (etcd3 reads its gRPC definitions at load time; grpc-js would, for channelz and ORCA),
+        // which an ES module bundle lacks: the bundle names those places by their paths.
+        name: 'commonjs-own-paths',
         setup(b) {
-          b.onLoad({ filter: /[\\/]etcd3[\\/]lib[\\/]connection-pool\.js$/ }, async (args) => {
+          b.onLoad({ filter: /[\\/]node_modules[\\/].*\.c?js$/ }, async (args) => {
             const text = await readFile(args.path, 'utf8');
-            // biome-ignore lint/suspicious/noTemplateCurlyInString: etcd3's source text, searched for
-            const reference = '`${__dirname}/../proto/rpc.proto`';
-            if (!text.includes(reference)) {
-              throw new Error(`${args.path} no longer loads ${reference}: update scripts/build.mjs`);
-            }
-            const proto = resolve(dirname(args.path), '..', 'proto', 'rpc.proto');
+            if (!/\b__(dirname|filename)\b/.test(text)) return undefined;
             // Listed with the inputs: a checkout moved elsewhere builds again.
-            namedByPath.push(proto);
-            return { contents: text.replace(reference, JSON.stringify(proto)), loader: 'js' };
+            namedByPath.push(args.path);
+            return {
+              contents: text
+                .replace(/\b__dirname\b/g, JSON.stringify(dirname(args.path)))
+                .replace(/\b__filename\b/g, JSON.stringify(args.path)),
+              loader: 'js',
+            };
           });
         },
       },
