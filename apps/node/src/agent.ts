@@ -328,7 +328,6 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         storeChecks,
         storeGate,
         members: () => placement.membersOf(p),
-        placed: () => placement.placedOn(p),
         ownsPath: (path) => generator.partitionOf(path) === p,
         onStoreCopy: (phase) => placement.noteStoreCopy(phase),
       }),

@@ -63,8 +63,6 @@ export interface ControllerDeps {
   storeGate: StoreGate;
   /** The live nodes taking part in the partition: its election candidates (see partitionMembers). */
   members: () => string[];
-  /** The nodes the partition is placed on (see PartitionPlacement.placedOn). */
-  placed: () => readonly string[];
   /** Whether a store path is in this partition (see the replicator's ownsPath). */
   ownsPath: (path: string) => boolean;
   /**
@@ -792,9 +790,7 @@ export class PartitionController {
       );
       handedOver = allHave();
     }
-    const ranking = handedOver
-      ? members
-      : electionOrder(coordinator.view, this.partition, members, this.deps.placed());
+    const ranking = handedOver ? members : rankCandidates(coordinator.view, this.partition, members);
     const rank = ranking.indexOf(nodeId);
     if (rank !== 0) {
       // Give better candidates their turn; claim anyway if none of them does.
@@ -1076,34 +1072,6 @@ export function behindTheCluster(
     return `behind ${formatTxId(handedOverAt)} where the last master handed over`;
   if (applied === 0n && generation > 0n) return `nothing of a partition that has had a master`;
   return undefined;
-}
-
-/**
- * The order in which `members` stand for `partition` (pure): first the placed members that may
- * stand by what they reported (neither behind the cluster nor past where their generation ended:
- * see behindTheCluster), by how far they got, then the others the same way. A member that is not
- * placed holds the partition only until it has let it go, and stands only when no placed member
- * may: ranked first for its report (a master that resigned on its way out has the most), the
- * others would wait out its turn for nothing. The first to claim drains every live peer that
- * reported more, so the order costs no one's records.
- */
-export function electionOrder(
-  view: ClusterView,
-  partition: number,
-  members: readonly string[],
-  placed: readonly string[],
-): string[] {
-  const pv = view.partitions.get(partition);
-  const handedOverAt = currentHandover(view, partition);
-  const mayStand = (id: string) => {
-    if (!placed.includes(id)) return false;
-    const reported = pv?.replicas.get(id) ?? 0n;
-    if (behindTheCluster(reported, pv?.generation ?? 0n, pv?.history, handedOverAt) !== undefined)
-      return false;
-    return pv === undefined || divergencePoint(reported, pv.history, pv.generation) === undefined;
-  };
-  const ranked = rankCandidates(view, partition, members);
-  return [...ranked.filter(mayStand), ...ranked.filter((id) => !mayStand(id))];
 }
 
 /** A promotion cut short by the loss of the claim or by the node stopping, not by a fault of its own. */
