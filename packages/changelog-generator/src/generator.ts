@@ -58,9 +58,12 @@ export class ChangelogGenerator {
   readonly partitionCount: number;
   private readonly partitions = new Map<number, Partition>();
   private readonly locks = new KeyedLock();
-  /** The reconcile under way (one at a time: each walks the whole store), and whether to run again. */
-  private reconciling: Promise<number> | undefined;
-  private reconcileAgain = false;
+  /** Whether a reconcile runs (one at a time: each walks the whole store). */
+  private reconciling = false;
+  /** The reconcile that follows the one running, for the callers that came meanwhile. */
+  private nextReconcile:
+    | { promise: Promise<number>; resolve: (appended: number) => void; reject: (error: unknown) => void }
+    | undefined;
   private readonly listeners = new Set<AppendListener>();
   private readonly walkOptions: WalkOptions;
 
@@ -254,24 +257,30 @@ export class ChangelogGenerator {
    * changed and deletes of indexed files that are gone. Returns how many records it appended.
    */
   reconcile(): Promise<number> {
-    if (this.reconciling !== undefined) {
-      // The walk under way may have passed what changed since: one more follows it, and this
-      // caller waits for that one too.
-      this.reconcileAgain = true;
-      return this.reconciling;
+    if (!this.reconciling) return this.runReconcile();
+    // The walk under way may have passed what changed since: callers meanwhile share the next
+    // one, which starts as this one ends, whether it failed or not.
+    if (this.nextReconcile === undefined) {
+      let resolve!: (appended: number) => void;
+      let reject!: (error: unknown) => void;
+      const promise = new Promise<number>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      this.nextReconcile = { promise, resolve, reject };
     }
-    const run = async () => {
-      let appended = 0;
-      do {
-        this.reconcileAgain = false;
-        appended += await this.reconcileOnce();
-      } while (this.reconcileAgain);
-      return appended;
-    };
-    this.reconciling = run().finally(() => {
-      this.reconciling = undefined;
+    return this.nextReconcile.promise;
+  }
+
+  private runReconcile(): Promise<number> {
+    this.reconciling = true;
+    return this.reconcileOnce().finally(() => {
+      // Handed over in the same turn: no call can start a walk of its own in between.
+      this.reconciling = false;
+      const next = this.nextReconcile;
+      this.nextReconcile = undefined;
+      if (next !== undefined) this.runReconcile().then(next.resolve, next.reject);
     });
-    return this.reconciling;
   }
 
   private async reconcileOnce(): Promise<number> {

@@ -253,14 +253,21 @@ describe('ChangelogGenerator', () => {
     });
   });
 
-  it('runs one reconcile at a time: a call meanwhile waits for a walk that starts after it', async () => {
+  it('runs one reconcile at a time: calls meanwhile share one walk that starts after it, even when it fails', async () => {
     const { root, generator, logs } = await setup();
     await writeFile(join(root, 'before'), 'b');
+    // Over the length the API takes: each walk logs the rest and then fails, naming it.
+    const deep = join(root, ...Array.from({ length: 5 }, () => 'd'.repeat(250)));
+    await mkdir(deep, { recursive: true });
+    await writeFile(join(deep, 'long'), 'too long');
     const first = generator.reconcile();
     await writeFile(join(root, 'during'), 'd');
     const second = generator.reconcile();
-    expect(second).toBe(first);
-    expect(await second).toBe(2);
+    const third = generator.reconcile();
+    expect(third).toBe(second);
+    expect(second).not.toBe(first);
+    await expect(first).rejects.toMatchObject({ code: 'PATH_TOO_LONG' });
+    await expect(second).rejects.toMatchObject({ code: 'PATH_TOO_LONG' });
     expect((await records(logs.get(0)!)).map((r) => r.path).sort()).toEqual(['before', 'during']);
   });
 
