@@ -321,9 +321,10 @@ export class PartitionPlacement {
       }
       if (last === 0n) {
         if (hasKey) {
-          await coordinator.withdrawReplica(p);
-          // A bulk copy or a batch may have left files of it before it had a record.
+          // A bulk copy or a batch may have left files of it before it had a record. Marked
+          // first: a restart after the key went would find neither key nor mark.
           await this.markSweepDue();
+          await coordinator.withdrawReplica(p);
         }
         continue;
       }
@@ -344,6 +345,9 @@ export class PartitionPlacement {
       await this.markSweepDue();
       if (await controller.dropLog()) {
         dropped = true;
+        // A sweep that ran while the log was still there skipped the partition's files, and may
+        // have cleared the mark: set again, it stays until a sweep that knew the log gone.
+        await this.markSweepDue();
         logger.info(
           { partition: p, placedOn: placedNow },
           `partition ${p}: ${placedNow.join(', ')} have all of it: removed this node's log of it, its files go next`,
