@@ -38,6 +38,13 @@ async function upToDate() {
   return true;
 }
 
+/** Bundled files whose `__dirname` and `__filename` become their paths (see commonjs-own-paths). */
+const OWN_PATH_FILES = [
+  '/etcd3/lib/connection-pool.js',
+  '/@grpc/grpc-js/build/src/channelz.js',
+  '/@grpc/grpc-js/build/src/orca.js',
+];
+
 /** Files the bundle reads at run time by their absolute path. */
 const namedByPath = [];
 
@@ -69,18 +76,26 @@ if (process.argv.includes('--force') || !(await upToDate())) {
       {
         // CommonJS packages that find files beside their own by `__dirname` or `__filename`
         // (etcd3 reads its gRPC definitions at load time; grpc-js would, for channelz and ORCA),
-        // which an ES module bundle lacks: the bundle names those places by their paths.
+        // which an ES module bundle lacks: the bundle names those places by their paths. Only
+        // in the files checked to use them as plain references (in template literals); any
+        // other file that mentions them stops the build, to be checked and listed here.
         name: 'commonjs-own-paths',
         setup(b) {
           b.onLoad({ filter: /[\\/]node_modules[\\/].*\.c?js$/ }, async (args) => {
             const text = await readFile(args.path, 'utf8');
             if (!/\b__(dirname|filename)\b/.test(text)) return undefined;
+            const path = args.path.split('\\').join('/');
+            if (!OWN_PATH_FILES.some((known) => path.endsWith(known))) {
+              throw new Error(
+                `${args.path} refers to __dirname or __filename, which the bundle lacks: check how, and list it in OWN_PATH_FILES of scripts/build.mjs (or keep its package external)`,
+              );
+            }
             // Listed with the inputs: a checkout moved elsewhere builds again.
             namedByPath.push(args.path);
             return {
               contents: text
-                .replace(/\b__dirname\b/g, JSON.stringify(dirname(args.path)))
-                .replace(/\b__filename\b/g, JSON.stringify(args.path)),
+                .replace(/\b__dirname\b/g, () => JSON.stringify(dirname(args.path)))
+                .replace(/\b__filename\b/g, () => JSON.stringify(args.path)),
               loader: 'js',
             };
           });
