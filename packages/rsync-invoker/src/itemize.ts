@@ -72,7 +72,7 @@ export function parseVanishedLine(line: Buffer, prefixes: readonly string[] = []
  * the run instead (exit 23), after the rest of the list was transferred. Matched on the errno,
  * not its text, which depends on the daemon's locale.
  */
-export function parseNotADirectoryLine(line: Buffer, prefixes: readonly string[] = []): string | undefined {
+function parseNotADirectoryLine(line: Buffer, prefixes: readonly string[] = []): string | undefined {
   const match = /^rsync: (?:\[sender\] )?link_stat "(.*)"(?: \(in [^)]*\))? failed: [^()]* \(20\)$/s.exec(
     line.toString('latin1'),
   );

@@ -257,16 +257,15 @@ async function deleteMissing(
   if (!paths.every((path) => wanted.has(path))) return false;
   const found = await Promise.all(paths.map((path) => lstat(join(dest, path)).catch(() => undefined)));
   if (found.some((info) => info?.isDirectory())) return false;
-  if (result.deleted.length + found.filter(Boolean).length > maxDelete) return false;
+  const present = paths.filter((_, i) => found[i] !== undefined);
+  if (result.deleted.length + present.length > maxDelete) return false;
   const realDest = await realpath(dest);
-  for (const [i, path] of paths.entries()) {
-    if (found[i] === undefined) continue;
+  for (const path of present) {
     const parent = dirname(path);
     if (parent !== '.' && (await realpath(join(dest, parent)).catch(() => '')) !== join(realDest, parent))
       return false;
   }
-  for (const [i, path] of paths.entries()) {
-    if (found[i] === undefined) continue;
+  for (const path of present) {
     await rm(join(dest, path), { force: true });
     result.deleted.push(path);
   }
