@@ -1,6 +1,4 @@
-import { lstat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { walkStore } from '@pfs/filestore';
+import { firstParentNotADirectory, walkStore } from '@pfs/filestore';
 
 /** Files under a directory in a put's way looked at, beyond which the conflict counts as real. */
 const MAX_FILES_IN_THE_WAY = 1000;
@@ -20,15 +18,9 @@ export async function filesInTheWayOfPut(
   path: string,
 ): Promise<string[] | undefined> {
   if (code === 'PATH_CONFLICT') {
-    const parts = path.split('/');
-    for (let i = 1; i < parts.length; i++) {
-      const parent = parts.slice(0, i).join('/');
-      const info = await lstat(join(fileStore, parent)).catch(() => undefined);
-      if (info === undefined) return [];
-      if (info.isFile()) return [parent];
-      if (!info.isDirectory()) return undefined;
-    }
-    return [];
+    const found = await firstParentNotADirectory(fileStore, path);
+    if (found === undefined) return [];
+    return found.info.isFile() ? [found.parent] : undefined;
   }
   const files: string[] = [];
   for await (const entry of walkStore(fileStore, path)) {

@@ -15,6 +15,7 @@ export {
   deleteFile,
   type FileStat,
   fileStatOf,
+  firstParentNotADirectory,
   hashFile,
   hashHandle,
   initStore,

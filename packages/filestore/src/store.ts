@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { type BigIntStats, constants, lstatSync } from 'node:fs';
+import { type BigIntStats, constants, lstatSync, type Stats } from 'node:fs';
 import {
   type FileHandle,
   lstat,
@@ -324,21 +324,30 @@ export async function putFile(
   }
 }
 
+/**
+ * The first of the directories on the way to `path` (under `root`) that is something else (a
+ * file, a symlink), with its lstat; undefined when each is a directory, or the first that is not
+ * is missing (and so is `path`).
+ */
+export async function firstParentNotADirectory(
+  root: string,
+  path: string,
+): Promise<{ parent: string; info: Stats } | undefined> {
+  const parts = path.split('/');
+  for (let depth = 1; depth < parts.length; depth++) {
+    const parent = parts.slice(0, depth).join('/');
+    const info = await lstat(join(root, parent)).catch(() => undefined);
+    if (info === undefined) return undefined;
+    if (!info.isDirectory()) return { parent, info };
+  }
+  return undefined;
+}
+
 async function assertNoSymlinkParents(root: string, path: string): Promise<void> {
-  const parts = path.split('/').slice(0, -1);
-  let current = root;
-  for (let i = 0; i < parts.length; i++) {
-    current = join(current, parts[i]!);
-    const info = await lstat(current).catch(() => undefined);
-    if (info?.isSymbolicLink()) {
-      throw new FilestoreError(
-        'PATH_THROUGH_SYMLINK',
-        `refusing ${quote(path)}: a parent of it is a symlink`,
-        {
-          path,
-        },
-      );
-    }
+  if ((await firstParentNotADirectory(root, path))?.info.isSymbolicLink()) {
+    throw new FilestoreError('PATH_THROUGH_SYMLINK', `refusing ${quote(path)}: a parent of it is a symlink`, {
+      path,
+    });
   }
 }
 

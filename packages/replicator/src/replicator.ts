@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import {
   assertStoreInPlace,
   findInStore,
+  firstParentNotADirectory,
   hashFile,
   initStore,
   removeEmptyTree,
@@ -1040,15 +1041,9 @@ export class Replicator extends EventEmitter {
   ): Promise<FileInTheWay[]> {
     const found = new Map<string, FileInTheWay>();
     for (const path of underFiles) {
-      const parts = path.split('/');
-      for (let depth = 1; depth < parts.length; depth++) {
-        const ancestor = parts.slice(0, depth).join('/');
-        const entry = await lstat(join(this.options.fileStoreDir, ancestor)).catch(() => undefined);
-        if (entry === undefined || entry.isDirectory()) continue;
-        if (!found.has(ancestor) && expected.get(ancestor)?.kind !== 'delete')
-          found.set(ancestor, { ancestor, path, txid: expected.get(path)!.txid });
-        break;
-      }
+      const ancestor = (await firstParentNotADirectory(this.options.fileStoreDir, path))?.parent;
+      if (ancestor !== undefined && !found.has(ancestor) && expected.get(ancestor)?.kind !== 'delete')
+        found.set(ancestor, { ancestor, path, txid: expected.get(path)!.txid });
     }
     return [...found.values()];
   }
