@@ -4,7 +4,13 @@
  * are all in place): an abort may let it exit on its own before killing it. `dispose()` once the
  * work has ended drops the listener and any pending timer.
  */
-export function gracedAbort(parent: AbortSignal, graceMs: number) {
+export interface GracedAbort {
+  signal: AbortSignal;
+  relax(): void;
+  dispose(): void;
+}
+
+export function gracedAbort(parent: AbortSignal, graceMs: number): GracedAbort {
   const controller = new AbortController();
   let relaxed = false;
   let timer: NodeJS.Timeout | undefined;
