@@ -1,4 +1,4 @@
-import { open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
 /** fsync a directory so that a rename or create inside it survives a crash. */
@@ -9,6 +9,18 @@ export async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * mkdir -p whose new directories survive a crash: each one created is fsynced into its parent.
+ * A log directory that vanished with the power would take every record in it along.
+ */
+export async function mkdirDurable(dir: string): Promise<void> {
+  const first = await mkdir(dir, { recursive: true });
+  if (first === undefined) return;
+  const created: string[] = [];
+  for (let d = dir; d.length >= first.length; d = dirname(d)) created.unshift(d);
+  for (const d of created) await fsyncDir(dirname(d));
 }
 
 /**

@@ -33,23 +33,62 @@ export type ScanEnd =
   | { kind: 'torn'; offset: number; reason: string }
   | { kind: 'corrupt'; offset: number; reason: string };
 
-function allZero(buf: Buffer, from: number): boolean {
-  for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
+function allZero(buf: Buffer, from: number, to = buf.length): boolean {
+  for (let i = from; i < to; i++) if (buf[i] !== 0) return false;
   return true;
 }
 
+/** Disk sector size assumed by the torn-write rule below: the unit a lost write leaves as zeros. */
+export const SECTOR_BYTES = 512;
+
 /**
- * Decodes frames from `start` to the end of `buf`. A bad frame is a torn tail only when nothing but
- * it (or zeros) follows it: a short header, a payload running past the end, or a bad frame that
- * is the last thing in the buffer. A bad frame with data after it is corruption.
+ * Whether a whole sector of `buf` that overlaps `[from, to)` reads as zeros. `baseOffset` is the
+ * file offset of `buf[0]`: sectors are aligned in the file. No stretch of valid frames holds 512
+ * zero bytes (a frame's head is never zero and a path is at most 4 KiB of non-NUL bytes), so such
+ * a sector is writeback that never happened.
+ */
+function zeroSectorOverlapping(buf: Buffer, from: number, to: number, baseOffset: number): boolean {
+  let sector = from - ((baseOffset + from) % SECTOR_BYTES);
+  for (; sector < to && sector + SECTOR_BYTES <= buf.length; sector += SECTOR_BYTES) {
+    if (sector >= 0 && allZero(buf, sector, sector + SECTOR_BYTES)) return true;
+  }
+  return false;
+}
+
+/**
+ * Decodes frames from `start` to the end of `buf` (`baseOffset`: the file offset of `buf[0]`).
+ *
+ * A bad frame (a length or payload failing its checksum, a length out of range) is a torn tail,
+ * cut at open, when it bears the marks of an append whose fdatasync never completed, and
+ * corruption, which is never cut, otherwise. An append's bytes reach the disk a page at a time,
+ * in any order, and a page that never did reads back as zeros (or is past the end). Torn:
+ * - a short header, or a payload running past the end;
+ * - nothing but zeros from the bad frame's first bad byte to the end (the length of a head whose
+ *   checksum is zero, the payload of a frame that fails its checksum);
+ * - a head of twelve zero bytes (never valid: the checksum of a zero length is not zero);
+ * - a whole zero sector overlapping the bad frame (as far as its length, or the longest a frame may
+ *   be when the length is what failed): part of the frame was never written, and valid frames after
+ *   it belong to the same append, which no fdatasync ever covered, since one that completed later
+ *   would have written this page too.
+ * A bad frame without these marks (a flipped bit) is corruption: cutting there would drop the
+ * acknowledged records after it.
  */
 export function scanFrames(
   buf: Buffer,
   start: number,
   maxRecords = Number.POSITIVE_INFINITY,
+  baseOffset = 0,
 ): { records: ScannedRecord[]; end: ScanEnd } {
   const records: ScannedRecord[] = [];
   let offset = start;
+  const judge = (reason: string, frameEnd: number | undefined): ScanEnd => {
+    const spanEnd = frameEnd ?? offset + FRAME_HEAD_BYTES + MAX_PAYLOAD_BYTES;
+    const torn =
+      allZero(buf, offset, offset + FRAME_HEAD_BYTES) ||
+      (frameEnd === undefined ? allZero(buf, offset + 4) : allZero(buf, offset + FRAME_HEAD_BYTES)) ||
+      zeroSectorOverlapping(buf, offset, spanEnd, baseOffset);
+    return { kind: torn ? 'torn' : 'corrupt', offset, reason };
+  };
   while (offset < buf.length && records.length < maxRecords) {
     const remaining = buf.length - offset;
     if (allZero(buf, offset)) return { records, end: { kind: 'torn', offset, reason: 'zero-filled tail' } };
@@ -58,22 +97,21 @@ export function scanFrames(
     }
     const length = buf.readUInt32LE(offset);
     if (crc32(buf.subarray(offset, offset + 4)) !== buf.readUInt32LE(offset + 4)) {
-      return { records, end: { kind: 'corrupt', offset, reason: 'frame length fails its checksum' } };
+      return { records, end: judge('frame length fails its checksum', undefined) };
     }
     if (length < RECORD_HEAD_BYTES || length > MAX_PAYLOAD_BYTES) {
-      return { records, end: { kind: 'corrupt', offset, reason: `frame length ${length} is out of range` } };
+      return { records, end: judge(`frame length ${length} is out of range`, undefined) };
     }
     const frameEnd = offset + FRAME_HEAD_BYTES + length;
     if (frameEnd > buf.length) {
       return { records, end: { kind: 'torn', offset, reason: 'frame runs past the end of the segment' } };
     }
     const payload = buf.subarray(offset + FRAME_HEAD_BYTES, frameEnd);
-    const isLast = frameEnd === buf.length || allZero(buf, frameEnd);
     if (crc32(payload) !== buf.readUInt32LE(offset + 8)) {
-      return {
-        records,
-        end: { kind: isLast ? 'torn' : 'corrupt', offset, reason: 'payload fails its checksum' },
-      };
+      const reason = 'payload fails its checksum';
+      // Nothing after it: the rest of this append never reached the disk.
+      if (allZero(buf, frameEnd)) return { records, end: { kind: 'torn', offset, reason } };
+      return { records, end: judge(reason, frameEnd) };
     }
     const record = decodeRecord(payload);
     if (typeof record === 'string') return { records, end: { kind: 'corrupt', offset, reason: record } };

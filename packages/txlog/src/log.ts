@@ -1,6 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { mkdirDurable } from './durable.ts';
 import { TxlogError } from './errors.ts';
 import { encodeFrame } from './frame.ts';
 import { encodeRecord, type LogRecord } from './record.ts';
@@ -109,7 +110,7 @@ export class TxLog {
       segmentSizeBytes: options.segmentSizeBytes ?? DEFAULT_SEGMENT_SIZE_BYTES,
       tailCacheRecords: options.tailCacheRecords ?? DEFAULT_TAIL_CACHE_RECORDS,
     };
-    await mkdir(dir, { recursive: true });
+    await mkdirDurable(dir);
     const state = await recover(dir, resolved.tailCacheRecords);
     return new TxLog(dir, resolved, state);
   }
@@ -286,10 +287,15 @@ export class TxLog {
       }
       await handle.datasync();
     } catch (error) {
-      // Leave no partial frame behind, so the handle stays usable after ENOSPC and the like.
-      await handle.truncate(start).catch((truncateError: Error) => {
-        this.unwritable = truncateError;
-      });
+      // Leave no partial frame behind, so the handle stays usable after ENOSPC and the like. The
+      // cut is made durable before the ids are handed out again: otherwise a crash could bring
+      // back the failed frames beside new ones with the same ids.
+      try {
+        await handle.truncate(start);
+        await handle.datasync();
+      } catch (undoError) {
+        this.unwritable = undoError as Error;
+      }
       throw error;
     }
     this.segmentBytes = start + bytes;
@@ -343,13 +349,13 @@ export class TxLog {
           : i > firstSegment
             ? SEGMENT_MAGIC.length
             : undefined;
+      const readUpTo = last?.txid ?? after;
       const scan = await scanSegment(
         this.dir,
         segments[i]!,
         fromOffset,
         fromOffset === undefined ? undefined : maxRecords - out.length,
       );
-      const isLast = i === segments.length - 1;
       for (const { record, end } of scan.records) {
         if (record.txid > this.durableTxid) break;
         if (record.txid > after) {
@@ -358,9 +364,10 @@ export class TxLog {
         }
         if (out.length >= maxRecords) break;
       }
-      // A scan cut short by maxRecords ends 'clean' where it stopped.
-      if (scan.end.kind === 'corrupt' || (scan.end.kind === 'torn' && !isLast)) {
-        const lastRead = scan.records.at(-1)?.record.txid ?? ZERO_TXID;
+      // A scan cut short by maxRecords ends 'clean' where it stopped. A torn end of the last
+      // segment past its durable records is an append in progress; before them, it is damage.
+      if (scan.end.kind !== 'clean') {
+        const lastRead = scan.records.at(-1)?.record.txid ?? readUpTo;
         if (lastRead < this.durableTxid && out.length < maxRecords) {
           throw new TxlogError(
             'TXLOG_CORRUPT',
@@ -433,6 +440,14 @@ export class TxLog {
     while (this.segments.length > 0) {
       const first = this.segments.at(-1)!;
       const scan = await scanSegment(this.dir, first);
+      if (scan.records.length === 0) {
+        // Started for an append that failed: no record to keep, and older segments may hold
+        // records to cut.
+        if (scan.size > SEGMENT_MAGIC.length) await cutSegment(this.dir, first, SEGMENT_MAGIC.length, 'cut');
+        await removeSegment(this.dir, first);
+        this.segments.pop();
+        continue;
+      }
       const cutAt = scan.records.findIndex((r) => r.record.txid > txid);
       if (cutAt === -1) break;
       removed.unshift(...scan.records.slice(cutAt).map((r) => r.record));

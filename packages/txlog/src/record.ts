@@ -56,16 +56,26 @@ export function encodeRecord(record: LogRecord): Buffer {
   return buf;
 }
 
+// Writers only log valid paths: bytes that are not UTF-8 were never a path, and replacing them
+// (U+FFFD) would name another file.
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 /** Decodes one payload; returns a reason string instead of throwing when it is malformed. */
 export function decodeRecord(payload: Buffer): LogRecord | string {
   if (payload.length < RECORD_HEAD_BYTES)
     return `payload of ${payload.length} bytes is shorter than a record`;
   const kind = CODE_KIND[payload.readUInt8(0)];
   if (kind === undefined) return `unknown record kind ${payload.readUInt8(0)}`;
+  if (payload.readUInt8(1) !== 0) return `unknown record flags ${payload.readUInt8(1)}`;
   const pathLength = payload.readUInt16LE(2);
   if (RECORD_HEAD_BYTES + pathLength !== payload.length)
     return 'path length does not match the payload length';
-  const path = payload.toString('utf8', RECORD_HEAD_BYTES);
+  let path: string;
+  try {
+    path = STRICT_UTF8.decode(payload.subarray(RECORD_HEAD_BYTES));
+  } catch {
+    return 'path is not UTF-8';
+  }
   return {
     txid: payload.readBigUInt64LE(4),
     kind,

@@ -94,7 +94,7 @@ async function scanSegmentInChunks(
       // Cut while being read (a divergence repair truncates without waiting for readers): what
       // is left is the file.
       if (chunk.length < length) size = offset + chunk.length;
-      const scan = scanFrames(chunk, 0, maxRecords - records.length);
+      const scan = scanFrames(chunk, 0, maxRecords - records.length, offset);
       for (const r of scan.records) {
         records.push({ record: r.record, offset: offset + r.offset, end: offset + r.end });
       }
@@ -136,7 +136,7 @@ export async function cutSegment(
   const file = join(dir, segmentFileName(firstTxid));
   const { size } = await stat(file);
   const tail = (await readFile(file)).subarray(offset);
-  await writeFile(`${file}.${label}-${offset}`, tail, { flush: true });
+  await keepAside(`${file}.${label}-${offset}`, tail);
   await truncate(file, offset);
   const handle = await open(file, 'r+');
   try {
@@ -146,6 +146,18 @@ export async function cutSegment(
   }
   await fsyncDir(dir);
   return size - offset;
+}
+
+/** Writes `bytes` to `name`, or to `name.1`, `name.2`… when an earlier cut at the same offset kept its own there. */
+async function keepAside(name: string, bytes: Buffer): Promise<void> {
+  for (let n = 0; ; n++) {
+    try {
+      await writeFile(n === 0 ? name : `${name}.${n}`, bytes, { flag: 'wx', flush: true });
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+  }
 }
 
 export async function removeSegment(dir: string, firstTxid: TxId): Promise<void> {

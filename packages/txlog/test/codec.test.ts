@@ -36,6 +36,15 @@ describe('record codec', () => {
     expect(() => encodeRecord({ ...sample, sha256: '' })).toThrow(TxlogError);
   });
 
+  it('refuses a payload with unknown flags or a path that is not UTF-8', () => {
+    const flagged = encodeRecord(sample);
+    flagged[1] = 1;
+    expect(decodeRecord(flagged)).toBe('unknown record flags 1');
+    const path = encodeRecord({ ...sample, path: 'ab' });
+    path[path.length - 1] = 0xff;
+    expect(decodeRecord(path)).toBe('path is not UTF-8');
+  });
+
   it('scans frames back to back', () => {
     const frames = Buffer.concat(
       [1, 2, 3].map((seq) => encodeFrame(encodeRecord({ ...sample, txid: makeTxId(7, seq) }))),

@@ -10,7 +10,15 @@ import {
   writeFile,
 } from 'node:fs/promises';
 import { join } from 'node:path';
-import { formatTxId, makeTxId, readCheckpoint, TxLog, type TxlogError, writeCheckpoint } from '@pfs/txlog';
+import {
+  formatTxId,
+  makeTxId,
+  readCheckpoint,
+  scanFrames,
+  TxLog,
+  type TxlogError,
+  writeCheckpoint,
+} from '@pfs/txlog';
 import { describe, expect, it, vi } from 'vitest';
 import { put, tempDir } from './helpers.ts';
 
@@ -19,6 +27,17 @@ async function collect(log: TxLog, after = 0n) {
   for await (const record of log.readFrom(after)) out.push(record);
   return out;
 }
+
+/** The FileHandle prototype, to make its calls fail in a test (restore the spies after). */
+async function fileHandlePrototype(dir: string): Promise<FileHandle> {
+  const probe = await open(join(dir, 'probe'), 'w');
+  const prototype = Object.getPrototypeOf(probe) as FileHandle;
+  await probe.close();
+  await rm(join(dir, 'probe'));
+  return prototype;
+}
+
+const eio = (call: string) => Object.assign(new Error(`EIO: i/o error, ${call}`), { code: 'EIO' });
 
 describe('TxLog', () => {
   it('assigns increasing ids in the started generation and reads them back after reopen', async () => {
@@ -133,6 +152,88 @@ describe('TxLog', () => {
     await again.close();
   });
 
+  it('cuts an append whose fdatasync never completed, whichever of its pages reached the disk', async () => {
+    const dir = await tempDir();
+    const file = join(dir, '0000000100000000.log');
+    const log = await TxLog.open(dir);
+    await log.startGeneration(1n);
+    for (let i = 0; i < 3; i++) await log.appendChange(put(`keep-${i}`, i));
+    await log.close();
+    const kept = await readFile(file);
+    // One append of 40 records, as a group commit writes them: 2-3 KiB over several sectors.
+    const batch = await TxLog.open(dir);
+    await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        batch.appendRecord({ ...put(`lost-${i}`, i), txid: makeTxId(1, 4 + i), previousTxid: 0n }),
+      ),
+    );
+    await batch.close();
+    const whole = await readFile(file);
+    const appended = whole.subarray(kept.length);
+    const sectorAfter = (offset: number) => Math.ceil(offset / 512) * 512;
+    const variants: [string, Buffer][] = [
+      // The first frame's length reached the disk, its checksums and the rest did not.
+      ['length only', Buffer.concat([kept, appended.subarray(0, 4), Buffer.alloc(appended.length - 4)])],
+      // A page in the middle never did, the pages after it did.
+      [
+        'a lost sector mid-append',
+        (() => {
+          const b = Buffer.from(whole);
+          const from = sectorAfter(kept.length + 100);
+          b.fill(0, from, from + 512);
+          return b;
+        })(),
+      ],
+      // The page holding the append's first bytes never did.
+      [
+        'a lost first sector',
+        (() => {
+          const b = Buffer.from(whole);
+          b.fill(0, kept.length, sectorAfter(kept.length) + 512);
+          return b;
+        })(),
+      ],
+    ];
+    const frames = scanFrames(whole, 8).records;
+    for (const [what, content] of variants) {
+      await writeFile(file, content);
+      const reopened = await TxLog.open(dir);
+      expect({ what, torn: reopened.openReport.tornTail?.segment }).toEqual({
+        what,
+        torn: '0000000100000000.log',
+      });
+      // The frames wholly before the first lost byte survive (they reached the disk); the one it
+      // falls in and every frame after it are cut, good ones included.
+      const paths = (await collect(reopened)).map((r) => r.path);
+      expect(paths.slice(0, 4)).toEqual(['', 'keep-0', 'keep-1', 'keep-2']);
+      const lost = paths.slice(4);
+      const firstLostByte = content.findIndex((byte, i) => byte !== whole[i]);
+      const survivors = frames.filter((f) => f.end <= firstLostByte).length - 4;
+      expect({ what, lost }).toEqual({
+        what,
+        lost: Array.from({ length: survivors }, (_, i) => `lost-${i}`),
+      });
+      expect(lost.length).toBeLessThan(40);
+      expect(reopened.lastTxid).toBe(makeTxId(1, 3 + lost.length));
+      await reopened.close();
+      await writeFile(file, whole);
+    }
+  });
+
+  it('refuses a read that meets damage before the durable end of the last segment', async () => {
+    const dir = await tempDir();
+    const file = join(dir, '0000000100000000.log');
+    const log = await TxLog.open(dir, { tailCacheRecords: 2 });
+    await log.startGeneration(1n);
+    for (let i = 0; i < 100; i++) await log.appendChange(put(`r${i}`, i));
+    // Damage after open, in the durable records (a disk losing a sector): not an append in progress.
+    const bytes = await readFile(file);
+    bytes.fill(0, 1024, 1536);
+    await writeFile(file, bytes);
+    await expect(log.readAfter(0n, 1000)).rejects.toMatchObject({ code: 'TXLOG_CORRUPT' });
+    await log.close();
+  });
+
   it('reports corruption before the tail with segment and offset instead of truncating', async () => {
     const dir = await tempDir();
     const log = await TxLog.open(dir);
@@ -204,10 +305,7 @@ describe('TxLog', () => {
     const log = await TxLog.open(dir);
     await log.startGeneration(1n);
     await log.appendChange(put('a'));
-    const probe = await open(join(dir, 'probe'), 'w');
-    const fileHandle = Object.getPrototypeOf(probe) as FileHandle;
-    await probe.close();
-    const eio = (call: string) => Object.assign(new Error(`EIO: i/o error, ${call}`), { code: 'EIO' });
+    const fileHandle = await fileHandlePrototype(dir);
     const datasync = vi.spyOn(fileHandle, 'datasync').mockRejectedValueOnce(eio('fdatasync'));
     const truncate = vi.spyOn(fileHandle, 'truncate').mockRejectedValueOnce(eio('ftruncate'));
     try {
@@ -230,6 +328,34 @@ describe('TxLog', () => {
     await reopened.startGeneration(2n);
     expect((await reopened.appendChange(put('d'))).txid).toBe(makeTxId(2, 1));
     await reopened.close();
+  });
+
+  it('makes the cut of a failed append durable before it hands out its ids again', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir);
+    await log.startGeneration(1n);
+    await log.appendChange(put('a'));
+    const fileHandle = await fileHandlePrototype(dir);
+    const datasync = vi.spyOn(fileHandle, 'datasync');
+    const truncate = vi.spyOn(fileHandle, 'truncate');
+    try {
+      datasync.mockRejectedValueOnce(eio('fdatasync'));
+      await expect(log.appendChange(put('b'))).rejects.toMatchObject({ code: 'TXLOG_WRITE_FAILED' });
+      // The append's fdatasync, then the cut's.
+      expect(datasync).toHaveBeenCalledTimes(2);
+      expect(truncate.mock.invocationCallOrder[0]).toBeLessThan(datasync.mock.invocationCallOrder[1]!);
+      expect((await log.appendChange(put('b'))).txid).toBe(makeTxId(1, 2));
+      // A cut that cannot be made durable leaves the log refusing appends.
+      datasync.mockRejectedValueOnce(eio('fdatasync')).mockRejectedValueOnce(eio('fdatasync of the cut'));
+      await expect(log.appendChange(put('c'))).rejects.toMatchObject({ code: 'TXLOG_WRITE_FAILED' });
+    } finally {
+      datasync.mockRestore();
+      truncate.mockRestore();
+    }
+    await expect(log.appendChange(put('c'))).rejects.toThrow(
+      /could not be taken back \(EIO: i\/o error, fdatasync of the cut\)/,
+    );
+    await log.close();
   });
 
   it('wakes a waiter when a record after its txid becomes durable, and times out otherwise', async () => {
@@ -284,6 +410,44 @@ describe('TxLog.truncateAfter', () => {
       'after',
     );
     await log.close();
+  });
+
+  it('cuts past a segment that a failed append left without records', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir, { segmentSizeBytes: 200 });
+    await log.startGeneration(1n);
+    for (let i = 0; i < 3; i++) await log.appendChange(put(`a${i}`));
+    const segmentsBefore = (await readdir(dir)).filter((n) => n.endsWith('.log')).length;
+    const fileHandle = await fileHandlePrototype(dir);
+    // The next append starts a segment, and its write into it fails.
+    const write = vi.spyOn(fileHandle, 'write').mockRejectedValueOnce(eio('write'));
+    try {
+      await expect(log.appendChange(put('b'))).rejects.toMatchObject({ code: 'TXLOG_WRITE_FAILED' });
+    } finally {
+      write.mockRestore();
+    }
+    expect((await readdir(dir)).filter((n) => n.endsWith('.log')).length).toBe(segmentsBefore + 1);
+    const removed = await log.truncateAfter(makeTxId(1, 1));
+    expect(removed.map((r) => r.path)).toEqual(['a1', 'a2']);
+    expect(log.lastTxid).toBe(makeTxId(1, 1));
+    await log.close();
+  });
+
+  it('keeps the bytes of each cut made at the same offset', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(dir);
+    await log.startGeneration(1n);
+    await log.appendChange(put('a'));
+    await log.appendChange(put('first-cut'));
+    await log.truncateAfter(makeTxId(1, 1));
+    await log.appendRecord({ ...put('second-cut'), txid: makeTxId(1, 2), previousTxid: 0n });
+    await log.truncateAfter(makeTxId(1, 1));
+    await log.close();
+    const kept = (await readdir(dir)).filter((n) => n.includes('.log.cut-')).sort();
+    expect(kept).toHaveLength(2);
+    const contents = await Promise.all(kept.map((n) => readFile(join(dir, n), 'latin1')));
+    expect(contents[0]).toContain('first-cut');
+    expect(contents[1]).toContain('second-cut');
   });
 
   it('can cut everything', async () => {
