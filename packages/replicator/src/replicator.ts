@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { lstatSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -1213,10 +1213,19 @@ export class Replicator extends EventEmitter {
     this.saveUnsettled();
   }
 
-  /** Writes the unsettled paths, NUL-separated, or removes the file when there are none. */
+  /**
+   * Writes the unsettled paths, NUL-separated, or removes the file when there are none. Through a
+   * temp file and a rename: a process killed between an in-place rewrite's truncation and its
+   * write would forget the paths an earlier pull left.
+   */
   private saveUnsettled(): void {
-    if (this.unsettled.size > 0) writeFileSync(this.unsettledFile, [...this.unsettled].join('\0'));
-    else rmSync(this.unsettledFile, { force: true });
+    if (this.unsettled.size === 0) {
+      rmSync(this.unsettledFile, { force: true });
+      return;
+    }
+    const temp = `${this.unsettledFile}.tmp`;
+    writeFileSync(temp, [...this.unsettled].join('\0'));
+    renameSync(temp, this.unsettledFile);
   }
 
   /**
@@ -1359,11 +1368,13 @@ export async function createReplicator(options: ReplicatorOptions): Promise<Repl
   }
   const checkpointFile = join(options.checkpointDir, String(options.partition ?? 0));
   await mkdir(options.checkpointDir, { recursive: true });
-  const checkpoint = await readCheckpoint(checkpointFile);
   // A record is logged only after its files are durable, so the log's end is always safe to
-  // resume from; a checkpoint behind it only means a crash came between the two writes.
+  // resume from; a checkpoint behind it only means a crash came between the two writes. One
+  // that cannot be read or written does not keep the partition from following: it is only a
+  // report of the log's end, rewritten from it here and by every later batch.
+  const checkpoint = await readCheckpoint(checkpointFile).catch(() => undefined);
   const applied = log.lastTxid;
-  if (checkpoint !== applied) await writeCheckpoint(checkpointFile, applied);
+  if (checkpoint !== applied) await writeCheckpoint(checkpointFile, applied).catch(() => {});
   const unsettled = await readFile(
     unsettledFileOf(options.checkpointDir, options.partition ?? 0),
     'utf8',

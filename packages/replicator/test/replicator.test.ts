@@ -248,6 +248,18 @@ describe('replicator against a real rsync daemon', () => {
     expect(await readFile(join(dir, 'filestore', 'b'), 'utf8')).toBe('B');
   });
 
+  it('follows past a damaged checkpoint, rewriting it from the log', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('a', 'A');
+    await mkdir(join(dir, 'checkpoint'), { recursive: true });
+    await writeFile(join(dir, 'checkpoint', '0'), 'pfs-checkp');
+    const { replicator } = await replicate(m, dir);
+    expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(0n);
+    await until(() => replicator.applied === m.log.lastTxid, 'catch-up');
+    expect(await readFile(join(dir, 'filestore', 'a'), 'utf8')).toBe('A');
+  });
+
   it('refuses bytes that do not match the record and does not advance', async () => {
     const m = await master();
     const dir = await replicaDir();
