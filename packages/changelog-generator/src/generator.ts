@@ -9,6 +9,7 @@ import {
   partitionOf,
   type StagedFile,
   statFile,
+  syncParentOf,
   type WalkOptions,
   walkStore,
 } from '@pfs/filestore';
@@ -201,12 +202,18 @@ export class ChangelogGenerator {
           if (known === undefined) return undefined;
           // Every file of an unmounted store is missing: that is no delete.
           assertStoreInPlace(this.root);
+          // Durable before it is logged: after a crash the file could be back while replicas
+          // followed the record and deleted theirs.
+          await syncParentOf(this.root, path);
           return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' });
         }
         if (known !== undefined && index.matchesStat(known, before.size, before.mtimeNs, before.ctimeNs)) {
           return undefined;
         }
-        const hashed = await hashFile(this.root, path);
+        // Durable before it is logged (the file's bytes and its name): a writer that dropped it in
+        // by hand may never have synced it, and after a crash the master could find it empty or
+        // gone, and log that over the replicas' good copies.
+        const hashed = await hashFile(this.root, path, { datasync: true });
         const after = await statFile(this.root, path);
         // The ctime too, which only the kernel sets: a rewrite whose writer put the mtime back
         // (touch -r, rsync --inplace -t), or a same-size file renamed over it, changes only that.
@@ -238,6 +245,7 @@ export class ChangelogGenerator {
           index.setTimes(known, after.mtimeNs, after.ctimeNs);
           return undefined;
         }
+        await syncParentOf(this.root, path);
         const record = await this.append(partition, owned, {
           kind: 'put',
           path,

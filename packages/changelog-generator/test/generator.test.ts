@@ -1,12 +1,22 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, utimesSync, writeFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, symlink, unlink, writeFile } from 'node:fs/promises';
+import {
+  type FileHandle,
+  mkdir,
+  mkdtemp,
+  open,
+  rename,
+  rm,
+  symlink,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { initStore, stageFile } from '@pfs/filestore';
 import { type LogRecord, TxLog } from '@pfs/txlog';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
 const oddNames: { accept: string[] } = JSON.parse(
   readFileSync(new URL('../../../testdata/odd-names.json', import.meta.url), 'utf8'),
@@ -100,6 +110,46 @@ describe('ChangelogGenerator', () => {
     const all = await records(log);
     expect(all.map((r) => `${r.kind} ${r.size}`)).toEqual(['put 2', 'put 9', 'delete 0']);
     expect(all[1]!.sha256).toBe(createHash('sha256').update('version 2').digest('hex'));
+  });
+
+  it('makes a file dropped in by hand, and its removal, durable before logging them', async () => {
+    const { root, generator, logs } = await setup();
+    const log = logs.get(0)!;
+    const probe = await open(join(root, 'probe'), 'w');
+    const fileHandle = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    await unlink(join(root, 'probe'));
+    await mkdir(join(root, 'album'));
+    await writeFile(join(root, 'album', 'dropped.jpg'), 'bytes never synced by their writer');
+    await new Promise((r) => setTimeout(r, 30)); // past the clock tick of the write
+    // Which handle each fdatasync and fsync was on, in the order they came, and when the log's
+    // own fdatasync (the record's) came.
+    const calls: string[] = [];
+    const datasync = vi.spyOn(fileHandle, 'datasync').mockImplementation(async function (this: FileHandle) {
+      calls.push(`datasync ${(await this.stat()).isDirectory() ? 'dir' : (await this.stat()).size}`);
+    });
+    const sync = vi.spyOn(fileHandle, 'sync').mockImplementation(async function (this: FileHandle) {
+      calls.push(`sync ${(await this.stat()).isDirectory() ? 'dir' : 'file'}`);
+    });
+    try {
+      await generator.observe('album/dropped.jpg');
+      // The file's bytes, its directory, then the record in the log.
+      expect(calls.slice(0, 2)).toEqual(['datasync 34', 'sync dir']);
+      expect(calls).toHaveLength(3);
+      expect(calls[2]).toMatch(/^datasync \d+$/);
+      calls.length = 0;
+      await rm(join(root, 'album'), { recursive: true });
+      await generator.observe('album/dropped.jpg');
+      // The removal (the store root held the directory's entry), then the record.
+      expect(calls).toEqual(['sync dir', expect.stringMatching(/^datasync \d+$/)]);
+    } finally {
+      datasync.mockRestore();
+      sync.mockRestore();
+    }
+    expect((await records(log)).map((r) => `${r.kind} ${r.path}`)).toEqual([
+      'put album/dropped.jpg',
+      'delete album/dropped.jpg',
+    ]);
   });
 
   it('routes each path to its partition log and refuses writes for partitions it does not own', async () => {

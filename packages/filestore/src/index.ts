@@ -29,6 +29,7 @@ export {
   stageFile,
   statFile,
   storeIsInPlace,
+  syncParentOf,
 } from './store.ts';
 export {
   compareStorePaths,

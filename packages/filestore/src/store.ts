@@ -351,6 +351,24 @@ async function assertNoSymlinkParents(root: string, path: string): Promise<void>
   }
 }
 
+/**
+ * fsyncs the directory that holds, or held, the entry of `path`: its parent, or the nearest
+ * ancestor still there when the parent went too (a removed tree's entry is in the first
+ * directory that stayed). A change someone made by hand (a file dropped in, a delete) is made
+ * durable so before it is logged: a record of it must not outlive it in a crash.
+ */
+export async function syncParentOf(root: string, path: string): Promise<void> {
+  for (let dir = dirname(path); ; dir = dirname(dir)) {
+    try {
+      await syncDirectory(dir === '.' ? root : join(root, dir));
+      return;
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if ((code !== 'ENOENT' && code !== 'ENOTDIR') || dir === '.') throw error;
+    }
+  }
+}
+
 /** Deletes `path`; NOT_FOUND when there is no such file. */
 export async function deleteFile(root: string, path: string): Promise<void> {
   validateStorePath(path);
