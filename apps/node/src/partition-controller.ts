@@ -351,8 +351,10 @@ export class PartitionController {
       master.nodeId === this.deps.nodeId &&
       master.incarnation === this.deps.incarnation
     ) {
-      // A claim of ours that we no longer act on (a promotion cut short): give it back.
-      await this.deps.coordinator.resignMaster(this.partition, master.token).catch(() => {});
+      // A claim of ours that we no longer act on (a promotion cut short, a fence): give it back.
+      // A failure throws, so that it is tried again after a pause (see schedule): the key sits
+      // on a live lease, the others wait for it, and no later change of the view may come.
+      await this.deps.coordinator.resignMaster(this.partition, master.token);
       return;
     }
     if (master !== undefined) {

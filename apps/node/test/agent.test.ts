@@ -1061,6 +1061,33 @@ describe('node agent over HTTP', () => {
     expect((await fetch(`${healthy.url}/v1/files/after`, { method: 'PUT', body: 'a' })).status).toBe(201);
   });
 
+  it('gives back a claim it no longer acts on, trying again while etcd refuses', async () => {
+    const cluster = `resign-retried-${++clusterSeq}`;
+    const master = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    const controller = master.state.controllers[0]!;
+    const coordinator = (controller as unknown as { deps: { coordinator: Coordinator } }).deps.coordinator;
+    const resign = coordinator.resignMaster.bind(coordinator);
+    let refusals = 2;
+    coordinator.resignMaster = async (partition, token) => {
+      if (refusals-- > 0) throw new Error('etcdserver: no leader');
+      return resign(partition, token);
+    };
+    const generation = coordinator.view.partitions.get(0)!.generation;
+    // Fenced with its key still in etcd: until the key goes, nobody else may stand.
+    controller.fence('test');
+    await until(
+      'master again, in a later generation',
+      async () =>
+        (await role(master)).role === 'master' && coordinator.view.partitions.get(0)!.generation > generation
+          ? true
+          : undefined,
+      10_000,
+    );
+    expect(refusals).toBeLessThan(0);
+    expect((await fetch(`${master.url}/v1/files/after`, { method: 'PUT', body: 'a' })).status).toBe(201);
+  });
+
   it('does not claim a partition it was voting for once it is told to stop', async () => {
     const cluster = `stopping-voter-${++clusterSeq}`;
     const master = await start(await agentConfig(cluster));
