@@ -228,10 +228,13 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     state.metrics.writes.inc({ op: record.kind });
     if (record.kind === 'put') state.metrics.writeBytes.inc(Number(record.size));
     const result = { ...writeResult(record, partition), ack: ack.mode };
-    if (ack.mode === 'local' || (await state.waitForAcks(partition, record.txid, ack.mode, ack.timeoutMs))) {
-      return reply.code(status).send(result);
-    }
+    if (ack.mode === 'local') return reply.code(status).send(result);
+    const acked = await state.waitForAcks(partition, record.txid, ack.mode, ack.timeoutMs);
+    // Fenced while it waited: a replica's ack may have come after the fence, and its report of
+    // it (throttled) after the next vote ranked the members, so the next master may not have it.
+    // While the lease still runs, no vote has begun, and the ack's report comes before one does.
     if (state.controllers[partition]?.writable() !== true) return outcomeUnknown();
+    if (acked) return reply.code(status).send(result);
     return reply.code(504).send({
       ...result,
       code: 'ACK_TIMEOUT',

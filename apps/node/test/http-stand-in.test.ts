@@ -148,6 +148,38 @@ describe('a write waiting for its replicas', () => {
       await app.close();
     }
   });
+
+  it('is answered OUTCOME_UNKNOWN, not 200, when its ack came after mastership was lost', async () => {
+    const node = {
+      writable: true,
+      // A replica acknowledged it, but only once the node was fenced: the vote that follows may
+      // rank the members before that replica reports it.
+      waitForAcks: async () => {
+        node.writable = false;
+        return true;
+      },
+    };
+    const { app } = await server({ running: false }, node);
+    try {
+      const answer = await app.inject({
+        method: 'DELETE',
+        url: '/v1/files/a.txt',
+        headers: { 'x-pfs-ack': 'one' },
+      });
+      expect(answer.statusCode).toBe(503);
+      expect(answer.json()).toMatchObject({ code: 'OUTCOME_UNKNOWN' });
+      node.writable = true;
+      node.waitForAcks = async () => true;
+      const acked = await app.inject({
+        method: 'DELETE',
+        url: '/v1/files/b.txt',
+        headers: { 'x-pfs-ack': 'one' },
+      });
+      expect(acked.statusCode).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
 });
 
 describe('listing', () => {
