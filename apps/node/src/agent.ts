@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { Coordinator, reportedByCurrentProcess } from '@pfs/coordinator-etcd';
 import { initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
@@ -42,6 +43,23 @@ export class AgentStartError extends Error {
 }
 
 const HANDOVER_TIMEOUT_MS = 1000;
+/** How long a stopping master keeps serving its records to a successor that must drain them. */
+const SUCCESSOR_WAIT_MS = 5000;
+
+/** Whether another node serves each of `partitions` within SUCCESSOR_WAIT_MS. */
+async function successorsServing(coord: Coordinator, partitions: number[], ownId: string): Promise<boolean> {
+  const deadline = performance.now() + SUCCESSOR_WAIT_MS;
+  const served = () =>
+    partitions.every((p) => {
+      const master = coord.view.partitions.get(p)?.master;
+      return master !== undefined && master.nodeId !== ownId && master.state === 'serving';
+    });
+  while (!served()) {
+    if (performance.now() >= deadline) return false;
+    await sleep(20);
+  }
+  return true;
+}
 
 export async function startAgent(config: NodeConfig, logger: Logger): Promise<Agent> {
   const cleanups: (() => Promise<void>)[] = [];
@@ -364,7 +382,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     close() {
       closing ??= (async () => {
         placement.halt();
-        await Promise.all(
+        const outcomes = await Promise.all(
           controllers.map((c) =>
             c.handOver((last) => {
               const live = replicasOf(c.partition);
@@ -372,6 +390,15 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
             }, HANDOVER_TIMEOUT_MS),
           ),
         );
+        // Replicas that had not caught up: the successor drains what they lack from this node's
+        // daemon and feed, which the cleanups below stop. Acknowledged writes are only here.
+        const toDrain = controllers.filter((_, i) => outcomes[i] === 'drain').map((c) => c.partition);
+        if (toDrain.length > 0 && !(await successorsServing(coord, toDrain, config.nodeId))) {
+          logger.warn(
+            { partitions: toDrain },
+            `shutdown: no successor served partitions ${toDrain.join(', ')} within ${SUCCESSOR_WAIT_MS} ms of the handover; stopping anyway (this node's records past its replicas are drained when it returns)`,
+          );
+        }
         for (const cleanup of cleanups.reverse()) {
           const started = performance.now();
           await cleanup().catch((error: Error) => logger.warn({ err: error }, `shutdown: ${error.message}`));

@@ -85,6 +85,9 @@ const REPORT_EVERY_MS = 200;
 /** A new replica's bulk copy is logged at its first progress update, then at most this often. */
 const BOOTSTRAP_LOG_EVERY_MS = 5000;
 
+/** How a stopping master left its partition: nothing to hand over, handed over, or to be drained. */
+export type HandoverOutcome = 'none' | 'complete' | 'drain';
+
 export class PartitionController {
   role: Role = 'offline';
   generation = 0n;
@@ -1001,28 +1004,37 @@ export class PartitionController {
    * Planned handover: stop taking writes, let the followers catch up (bounded), publish the final
    * txid and resign, so the successor has nothing to drain.
    */
-  async handOver(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<void> {
+  async handOver(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<HandoverOutcome> {
     // A node on its way out must not win the election its own resignation starts.
     this.closed = true;
     // Nothing to hand over: whatever runs (a store check's walk, a follow) is only in the way of
     // the stop. Checks cut short keep their mark and run again on the next start.
     if (this.role !== 'master' && this.role !== 'promoting') this.stop.abort();
     await this.chain.catch(() => {});
-    await this.handOverMastership(caughtUp, timeoutMs);
+    return this.handOverMastership(caughtUp, timeoutMs);
   }
 
-  /** The handover itself, once nothing else runs and this node will not stand again. */
-  private async handOverMastership(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<void> {
+  /**
+   * The handover itself, once nothing else runs and this node will not stand again. 'drain':
+   * the replicas had not caught up in time, so the successor must drain this node, whose
+   * daemon and feed have to outlive the resignation for it (see the agent's close).
+   */
+  private async handOverMastership(
+    caughtUp: (txid: TxId) => boolean,
+    timeoutMs: number,
+  ): Promise<HandoverOutcome> {
     const token = this.token;
-    if (this.role !== 'master' || token === undefined) return;
+    if (this.role !== 'master' || token === undefined) return 'none';
     this.role = 'offline';
     await this.deps.generator.detach(this.partition);
     const last = this.deps.log.lastTxid;
     const deadline = Date.now() + timeoutMs;
     while (!caughtUp(last) && Date.now() < deadline) await sleep(10);
+    let complete = false;
     try {
       // Only a complete handover lets the successor skip its drain and the ranking.
-      if (caughtUp(last)) {
+      complete = caughtUp(last);
+      if (complete) {
         await this.deps.coordinator.recordHandover(this.partition, token, {
           nodeId: this.deps.nodeId,
           incarnation: this.deps.incarnation,
@@ -1039,6 +1051,7 @@ export class PartitionController {
       );
     }
     this.token = undefined;
+    return complete ? 'complete' : 'drain';
   }
 
   async close(): Promise<void> {

@@ -1061,6 +1061,37 @@ describe('node agent over HTTP', () => {
     expect((await fetch(`${healthy.url}/v1/files/after`, { method: 'PUT', body: 'a' })).status).toBe(201);
   });
 
+  it('keeps serving its records after a handover its replica missed, until the successor has them', async () => {
+    const { master, replica } = await twoNodes();
+    expect((await fetch(`${master.url}/v1/files/before`, { method: 'PUT', body: 'b' })).status).toBe(201);
+    await caughtUp(master, replica);
+    // The replica stops following: the handover's wait for it (1 s) runs out.
+    const controller = replica.state.controllers[0] as unknown as { replicator: { pause(): Promise<void> } };
+    await controller.replicator.pause();
+    const acked: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const response = await fetch(`${master.url}/v1/files/w-${i}`, {
+        method: 'PUT',
+        body: `acknowledged ${i}`,
+        headers: { 'x-pfs-ack': 'local' },
+      });
+      if (response.status === 201) acked.push(`w-${i}`);
+    }
+    expect(acked).toHaveLength(10);
+    await stopForRestart(master);
+    await until('the replica to take over', async () =>
+      (await role(replica)).role === 'master' ? true : undefined,
+    );
+    for (const [i, path] of acked.entries()) {
+      const response = await fetch(`${replica.url}/v1/files/${path}`);
+      expect({ path, status: response.status, body: await response.text() }).toEqual({
+        path,
+        status: 200,
+        body: `acknowledged ${i}`,
+      });
+    }
+  });
+
   it('gives back a claim it no longer acts on, trying again while etcd refuses', async () => {
     const cluster = `resign-retried-${++clusterSeq}`;
     const master = await start(await agentConfig(cluster));
