@@ -10,6 +10,7 @@ import {
   type StagedFile,
   statFile,
   syncParentOf,
+  validateNewStorePath,
   type WalkOptions,
   walkStore,
 } from '@pfs/filestore';
@@ -194,6 +195,19 @@ export class ChangelogGenerator {
           `${JSON.stringify(path.slice(0, 60))}… is over ${MAX_NEW_PATH_BYTES} bytes, so it is not logged or replicated: rename it`,
           { path },
         );
+      }
+      // Likewise a name no replica could pull (see validateNewStorePath).
+      if (known === undefined) {
+        try {
+          validateNewStorePath(path);
+        } catch (error) {
+          if (!(error instanceof FilestoreError) || error.code !== 'PATH_ESCAPED_WILDCARD') throw error;
+          throw new FilestoreError(
+            'PATH_ESCAPED_WILDCARD',
+            `${JSON.stringify(path)} has a backslash right before "*", "?", "[" or "]", which rsync will not replicate, so it is not logged: rename it`,
+            { path },
+          );
+        }
       }
       for (let attempt = 0; attempt < 5; attempt++) {
         const readFrom = Date.now();

@@ -227,6 +227,16 @@ describe('ChangelogGenerator', () => {
     expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual(['put short']);
   });
 
+  it('does not log a file dropped in under a name rsync will not replicate', async () => {
+    const { root, generator, logs } = await setup();
+    await writeFile(join(root, 'photo\\*1.jpg'), 'a backslash before a wildcard');
+    await writeFile(join(root, 'photo\\1.jpg'), 'a backslash before anything else');
+    await expect(generator.reconcile()).rejects.toThrow(
+      /^"photo\\\\\*1\.jpg" has a backslash right before "\*", "\?", "\[" or "\]", which rsync will not replicate, so it is not logged: rename it$/,
+    );
+    expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual(['put photo\\1.jpg']);
+  });
+
   it('still follows a file logged under a longer path before that limit', async () => {
     const base = await mkdtemp(join(tmpdir(), 'pfs-gen-'));
     cleanups.push(() => rm(base, { recursive: true, force: true }));

@@ -66,13 +66,31 @@ export function validateStorePath(path: string): string {
   return path;
 }
 
-/** validateStorePath, and short enough for a new file (MAX_NEW_PATH_BYTES). */
+/**
+ * rsync (3.2.5 and later) checks each name a sender lists against patterns made from the names it
+ * asked for, and reads a backslash before `*`, `?`, `[` or `]` there as escaping it: such a name
+ * never matches itself, and every pull that lists it fails ("rejecting unrequested file-list
+ * name"). Other backslashes are fine.
+ */
+const ESCAPED_WILDCARD = /\\[*?[\]]/;
+
+/**
+ * validateStorePath, and fit for a new file: short enough (MAX_NEW_PATH_BYTES), and a name rsync
+ * can transfer (ESCAPED_WILDCARD), so that no replica stops at it for good.
+ */
 export function validateNewStorePath(path: string): string {
   validateStorePath(path);
   if (Buffer.byteLength(path, 'utf8') > MAX_NEW_PATH_BYTES) {
     throw new FilestoreError(
       'PATH_TOO_LONG',
       `bad path ${quote(path)}: it is over ${MAX_NEW_PATH_BYTES} bytes: use a shorter path`,
+      { path },
+    );
+  }
+  if (ESCAPED_WILDCARD.test(path)) {
+    throw new FilestoreError(
+      'PATH_ESCAPED_WILDCARD',
+      `bad path ${quote(path)}: a backslash right before "*", "?", "[" or "]" is a name rsync will not replicate (it reads it as an escaped wildcard): drop the backslash or put another character between`,
       { path },
     );
   }

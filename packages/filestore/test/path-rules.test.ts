@@ -53,6 +53,19 @@ describe('validateStorePath', () => {
     expect(validateStorePath(stored)).toBe(stored);
   });
 
+  it('refuses a new name with a backslash right before a wildcard, which rsync will not replicate', () => {
+    for (const path of ['a\\*b', 'e\\?', 'g\\]', 'x\\[y', 'p\\\\*q', 'x[\\]y', 'dir\\*/f']) {
+      expect(() => validateNewStorePath(path), path).toThrow(
+        /^bad path ".*": a backslash right before "\*", "\?", "\[" or "\]" is a name rsync will not replicate \(it reads it as an escaped wildcard\): drop the backslash or put another character between$/,
+      );
+      // Already stored ones are still read and deleted.
+      expect(validateStorePath(path)).toBe(path);
+    }
+    for (const path of ['back\\slash', 'two\\\\backslashes', 'tail\\', 'star*\\', 'q?\\\\', 'br[1]\\']) {
+      expect(validateNewStorePath(path)).toBe(path);
+    }
+  });
+
   it('gives a one-line message naming the cause and the fix', () => {
     for (const { path } of oddNames.reject) {
       try {

@@ -7,16 +7,16 @@ export function checkOutcome(run: RunResult): { vanished: boolean } {
   const verdict = classifyExit(run.exitCode, run.signal);
   if (verdict.ok) return { vanished: verdict.vanished };
   const said = keyLine(run.stderr);
-  throw new RsyncError(
-    verdict.code,
-    said ? `${verdict.message}; rsync said: ${said}` : verdict.message,
-    verdict.retryable,
-    {
-      exitCode: run.exitCode,
-      signal: run.signal,
-      stderr: run.stderr,
-    },
-  );
+  // Not a version mismatch, as exit 4 usually is: rsync 3.2.5+ refuses a listed name that its
+  // own check reads as a pattern (a backslash before a wildcard), whatever the versions.
+  const message = said?.startsWith('ERROR: rejecting unrequested file-list name')
+    ? `rsync refused a listed name, reading a backslash in it before "*", "?", "[" or "]" as an escape: rename that file on the source (new names like it are refused) [exit ${run.exitCode}]`
+    : verdict.message;
+  throw new RsyncError(verdict.code, said ? `${message}; rsync said: ${said}` : message, verdict.retryable, {
+    exitCode: run.exitCode,
+    signal: run.signal,
+    stderr: run.stderr,
+  });
 }
 
 /**

@@ -18,6 +18,7 @@ const MODULES = [
   'started',
   'killed',
   'under-file',
+  'backslash',
 ] as const;
 const sources = new Map<string, string>();
 let daemon: RsyncDaemonHandle;
@@ -205,6 +206,30 @@ describe('pullBatch from an rsync daemon', { timeout: 30_000 }, () => {
     expect(second.exitCode).toBe(0);
     expect(second.deleted).toHaveLength(names.length);
     expect((await snapshot(dest)).size).toBe(0);
+  });
+});
+
+describe('names with a backslash', { timeout: 30_000 }, () => {
+  // What the store's rule for new names (validateNewStorePath, PATH_ESCAPED_WILDCARD) rests on;
+  // each pulled alone, since a "**" in the same list would match them all.
+  const pulled = ['back\\slash', 'two\\\\backslashes', 'tail\\', 'star*\\', 'q?\\\\', 'br[1]\\'];
+  const refused = ['a\\*b', 'e\\?', 'g\\]', 'x\\[y', 'p\\\\*q', 'x[\\]y'];
+
+  it('replicates one unless it comes right before "*", "?", "[" or "]", which rsync refuses', async () => {
+    const { src, url, dest } = await fixture('backslash');
+    await writeTree(src, [...pulled, ...refused]);
+    for (const name of pulled) {
+      const result = await pullBatch({ source: url, dest, paths: [name] });
+      expect({ name, transferred: result.transferred }).toEqual({ name, transferred: [name] });
+    }
+    for (const name of refused) {
+      await expect(pullBatch({ source: url, dest, paths: [name] }), name).rejects.toMatchObject({
+        exitCode: 4,
+        message: expect.stringMatching(
+          /^rsync refused a listed name, reading a backslash in it before .*: rename that file on the source/,
+        ),
+      });
+    }
   });
 });
 
