@@ -73,6 +73,11 @@ export function buildSyncArgs(input: SyncArgsInput): string[] {
   const kind = sourceKind(input.source);
   return [
     '--archive',
+    // Regular files and directories only: the store replicates nothing else, and a symlink or a
+    // FIFO copied into a replica's store would be read through (or block a read) there.
+    '--no-links',
+    '--no-specials',
+    '--no-devices',
     // --files-from turns off the recursion --archive implies. An entry removed at the source
     // after it was listed is skipped (exit 0), as a whole-tree copy would never have seen it.
     ...(input.filesFrom === true

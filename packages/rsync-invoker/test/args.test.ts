@@ -95,8 +95,11 @@ describe('buildPullArgs', () => {
 describe('buildSyncArgs', () => {
   it('archives with delete, progress2 and excludes', () => {
     const args = buildSyncArgs({ source: 'host::mod', dest: '/d', exclude: ['*.tmp', '.pfs/'] });
-    expect(args.slice(0, 5)).toEqual([
+    expect(args.slice(0, 8)).toEqual([
       '--archive',
+      '--no-links',
+      '--no-specials',
+      '--no-devices',
       '--delete',
       '--numeric-ids',
       '--info=progress2',

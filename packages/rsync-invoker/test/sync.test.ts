@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { chmod, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, readdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
 import { listTopLevel, type Progress, rsyncVersion, syncTree } from '@pfs/rsync-invoker';
 import { startRsyncDaemon, stopAll } from '@pfs/testkit';
 import { execa } from 'execa';
@@ -145,6 +145,23 @@ describe('syncTree', { timeout: 30_000 }, () => {
     expect(again.exitCode).toBe(0);
     expect(await readFile(join(dest, 'a'), 'utf8')).toBe('changed size');
     expect(await snapshot(dest)).toEqual(await snapshot(src));
+  });
+
+  it('copies regular files and directories only: no symlink, FIFO or device', async () => {
+    const src = await tempDir();
+    await writeTree(src, ['d/kept.txt']);
+    await symlink('/etc', join(src, 'd', 'etc'));
+    await symlink('kept.txt', join(src, 'd', 'link.txt'));
+    await execa('mkfifo', [join(src, 'fifo')]);
+    const daemon = await startRsyncDaemon({ modules: { store: src } });
+    const dest = await tempDir();
+    await syncTree({ source: daemon.url('store'), dest });
+    const entries = await readdir(dest, { recursive: true, withFileTypes: true });
+    const kinds = entries.map(
+      (e) =>
+        `${join(relative(dest, e.parentPath), e.name)} ${e.isFile() ? 'file' : e.isDirectory() ? 'dir' : 'other'}`,
+    );
+    expect(kinds.sort()).toEqual(['d dir', 'd/kept.txt file']);
   });
 
   it('fails after rsync ends if onProgress throws', async () => {
