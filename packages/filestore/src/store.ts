@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { type BigIntStats, constants, lstatSync, type Stats } from 'node:fs';
+import { type BigIntStats, constants, lstatSync, readlinkSync, realpathSync, type Stats } from 'node:fs';
 import {
   type FileHandle,
   lstat,
@@ -418,15 +418,18 @@ export async function openStoreFile(
 ): Promise<{ handle: FileHandle; stat: FileStat } | undefined> {
   let handle: FileHandle;
   try {
-    handle = await open(join(root, path), constants.O_RDONLY | constants.O_NOFOLLOW);
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, holding a
+    // thread-pool thread (four of them stall every file operation of the node).
+    handle = await open(join(root, path), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR') return undefined;
+    if (code === 'ENOENT' || code === 'ELOOP' || code === 'ENOTDIR' || code === 'ENAMETOOLONG')
+      return undefined;
     throw error;
   }
   try {
     const info = await handle.stat({ bigint: true });
-    if (info.isFile()) {
+    if (info.isFile() && (await openedInStore(root, path, handle))) {
       return { handle, stat: fileStatOf(info) };
     }
   } catch (error) {
@@ -435,6 +438,31 @@ export async function openStoreFile(
   }
   await handle.close();
   return undefined;
+}
+
+/**
+ * Whether `handle` is the file at `path` in the store, reached through directories only:
+ * O_NOFOLLOW guards the last component alone, and a symlinked directory on the way would lead
+ * out of the store (`etc -> /etc`). Asks the kernel where the opened file is (/proc/self/fd),
+ * one system call; without /proc, walks the parents.
+ */
+async function openedInStore(root: string, path: string, handle: FileHandle): Promise<boolean> {
+  let where: string;
+  try {
+    where = readlinkSync(`/proc/self/fd/${handle.fd}`);
+  } catch {
+    return (await firstParentNotADirectory(root, path)) === undefined;
+  }
+  // A file replaced by a put or deleted since it was opened reads "<path> (deleted)": still the
+  // file that was at the path.
+  const expected = (realRoot: string) => {
+    const at = join(realRoot, path);
+    return where === at || where === `${at} (deleted)`;
+  };
+  // The root is resolved afresh each time (a few system calls on cached entries), as for a put:
+  // a symlink on its own path may have been retargeted, and a remembered resolution would vouch
+  // for a file reached through a symlink in the new tree.
+  return expected(realpathSync.native(root));
 }
 
 /** sha-256 (lower-case hex) and size of an open file's bytes, read from offset 0. */

@@ -10,6 +10,7 @@ import {
   hashFile,
   initStore,
   listStore,
+  openStoreFile,
   putFile,
   quarantineFile,
   SENTINEL_FILE,
@@ -124,6 +125,23 @@ describe('file store', () => {
     expect(await hashFile(root, 'file-link')).toBeUndefined();
   });
 
+  it('never reads through a symlinked directory, nor waits on a FIFO', async () => {
+    const root = await store();
+    const outside = await mkdtemp(join(tmpdir(), 'pfs-outside-'));
+    dirs.push(outside);
+    await writeFile(join(outside, 'secret'), 'not in the store');
+    await symlink(outside, join(root, 'etc'));
+    expect(await openStoreFile(root, 'etc/secret')).toBeUndefined();
+    expect(await hashFile(root, 'etc/secret')).toBeUndefined();
+    execFileSync('mkfifo', [join(root, 'pipe')]);
+    expect(await openStoreFile(root, 'pipe')).toBeUndefined();
+    // A name that looks like what the kernel appends to a deleted file's path is still a name.
+    await putFile(root, 'd/photo (deleted)', Buffer.from('kept'));
+    const opened = await openStoreFile(root, 'd/photo (deleted)');
+    expect(opened?.stat.size).toBe(4n);
+    await opened?.handle.close();
+  });
+
   it('notices a parent replaced by a symlink after puts went through it', async () => {
     const root = await store();
     await putFile(root, 'x/y/first', Buffer.from('1'));
@@ -207,6 +225,8 @@ describe('file store', () => {
     expect(error.message).toMatch(
       / with this node's store directory is too long for the file system: use a shorter path$/,
     );
+    // No such file can be there: a read finds none, rather than failing.
+    expect(await openStoreFile(root, path)).toBeUndefined();
   });
 
   it('keeps its sentinel and hides internal files from the walk', async () => {
