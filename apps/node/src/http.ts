@@ -41,6 +41,7 @@ const STATUS_OF_CODE: Record<string, number> = {
   NOT_MASTER: 503,
   BAD_FEED: 400,
   TXLOG_WRITE_FAILED: 507,
+  NOT_LOGGED: 507,
 };
 
 function sendError(reply: FastifyReply, error: unknown): FastifyReply {
@@ -359,7 +360,11 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           // A replica may have moved the directory holding the staged file meanwhile: the
           // refusal the client gets is still the conflict, not that.
           return commit(committing).catch((again: unknown) => {
-            throw again instanceof FilestoreError ? again : error;
+            throw again instanceof FilestoreError ||
+              again instanceof ChangelogError ||
+              again instanceof TxlogError
+              ? again
+              : error;
           });
         }
         throw error;

@@ -1,6 +1,7 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ChangelogError } from '@pfs/changelog-generator';
 import { compareStorePaths, partitionOf, type StagedFile } from '@pfs/filestore';
 import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -314,7 +315,7 @@ describe('a put refused for a file or directory of another partition in its way'
   async function master(files: string[], deletedByMaster: Record<number, string>) {
     const asked: number[] = [];
     let store = '';
-    const { app, dataDir } = await server(
+    const { app, dataDir, state } = await server(
       { running: false },
       { writable: true },
       {
@@ -336,7 +337,7 @@ describe('a put refused for a file or directory of another partition in its way'
     }
     const put = async (path: string) =>
       app.inject({ method: 'PUT', url: `/v1/files/${path}`, payload: `${path} put` });
-    return { app, asked, store, put };
+    return { app, asked, store, put, state };
   }
 
   it("goes through once this node's replica of that partition has caught up and removed the file in its way", async () => {
@@ -360,6 +361,29 @@ describe('a put refused for a file or directory of another partition in its way'
       expect((await put(target)).statusCode).toBe(201);
       expect(asked).toEqual([2]);
       expect(await readFile(join(store, target), 'utf8')).toBe(`${target} put`);
+    } finally {
+      await app.close();
+    }
+  });
+
+  it('answers why the commit tried again failed, when that is not the conflict', async () => {
+    const target = nameIn(0);
+    const inside = nameIn(2, target);
+    const { app, put, state } = await master([inside], { 2: inside });
+    try {
+      let commits = 0;
+      state.generator.commitPut = async (staged) => {
+        if (++commits === 1) return staged.commit().then(() => expect.unreachable());
+        throw new ChangelogError(
+          'NOT_LOGGED',
+          `${JSON.stringify(staged.path)} was replaced on this master, but logging it failed`,
+          0,
+        );
+      };
+      const answer = await put(target);
+      expect(commits).toBe(2);
+      expect(answer.statusCode).toBe(507);
+      expect(answer.json()).toMatchObject({ code: 'NOT_LOGGED' });
     } finally {
       await app.close();
     }

@@ -27,7 +27,7 @@ import { KeyedLock } from './path-locks.ts';
  * mtime, hash), so a change seen by both sources is logged once: `observe` logs only when the
  * disk differs from the index.
  */
-export type ChangelogErrorCode = 'NOT_MASTER';
+export type ChangelogErrorCode = 'NOT_MASTER' | 'NOT_LOGGED';
 
 export class ChangelogError extends Error {
   readonly code: ChangelogErrorCode;
@@ -38,6 +38,26 @@ export class ChangelogError extends Error {
     this.code = code;
     this.partition = partition;
   }
+}
+
+/**
+ * A file-server change made on disk whose record could not be appended: not a failure the client
+ * may simply retry as if nothing happened, since the file is already as the request asked here,
+ * though no replica will follow until it is logged (a reconcile logs it once the log is writable).
+ */
+function notLogged(
+  partition: number,
+  path: string,
+  done: 'replaced' | 'deleted',
+  error: unknown,
+): ChangelogError {
+  const failure = new ChangelogError(
+    'NOT_LOGGED',
+    `${JSON.stringify(path)} was ${done} on this master, but logging it failed (${(error as Error).message}): it is not replicated until it is logged; fix the log's disk, then read the path back before relying on it`,
+    partition,
+  );
+  failure.cause = error;
+  return failure;
 }
 
 interface Partition {
@@ -159,6 +179,8 @@ export class ChangelogGenerator {
         size: staged.size,
         mtimeNs: info.mtimeNs,
         sha256: staged.sha256,
+      }).catch((error: unknown) => {
+        throw notLogged(partition, staged.path, 'replaced', error);
       });
       owned.index.setCtime(owned.index.slotOf(staged.path)!, info.ctimeNs);
       return record;
@@ -171,7 +193,11 @@ export class ChangelogGenerator {
       const [partition, owned] = this.owner(path);
       assertStoreInPlace(this.root);
       await deleteFile(this.root, path);
-      return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' });
+      return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' }).catch(
+        (error: unknown) => {
+          throw notLogged(partition, path, 'deleted', error);
+        },
+      );
     });
   }
 

@@ -152,6 +152,24 @@ describe('ChangelogGenerator', () => {
     ]);
   });
 
+  it('says a change it made on disk but could not log is not replicated, rather than failed', async () => {
+    const { root, generator, logs } = await setup();
+    await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));
+    await logs.get(0)!.close();
+    const staged = await stageFile(root, 'kept', Buffer.from('v2'));
+    await expect(generator.commitPut(staged)).rejects.toMatchObject({
+      code: 'NOT_LOGGED',
+      message: expect.stringMatching(
+        /^"kept" was replaced on this master, but logging it failed \(log .* is closed\): it is not replicated until it is logged; fix the log's disk, then read the path back before relying on it$/,
+      ),
+    });
+    expect(readFileSync(join(root, 'kept'), 'utf8')).toBe('v2');
+    await expect(generator.commitDelete('kept')).rejects.toMatchObject({
+      code: 'NOT_LOGGED',
+      message: expect.stringMatching(/^"kept" was deleted on this master, but logging it failed/),
+    });
+  });
+
   it('routes each path to its partition log and refuses writes for partitions it does not own', async () => {
     const { root, generator, logs } = await setup(4, [0, 1]);
     const byPartition = new Map<number, string[]>();
