@@ -377,6 +377,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     } catch (error) {
       await staged?.discard();
       await dropUnreadBody(request.raw, reply);
+      state.controllers[partition]?.checkLog();
       return sendError(reply, error);
     }
   });
@@ -392,6 +393,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       const record = await state.generator.commitDelete(path);
       return answerWrite(reply, record, partition, ack, 200);
     } catch (error) {
+      state.controllers[partition]?.checkLog();
       return sendError(reply, error);
     }
   });

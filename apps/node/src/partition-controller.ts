@@ -239,6 +239,18 @@ export class PartitionController {
     });
   }
 
+  /**
+   * After a write failed: a master whose log can no longer be appended to (a failed write could
+   * not be taken back, see TxLog.appendable) steps down, so that a replica takes the partition
+   * over instead of every write failing until someone restarts this node. Its promotions fail
+   * the same way meanwhile, which keeps it out of the next votes.
+   */
+  checkLog(): void {
+    if (this.role === 'master' && !this.deps.log.appendable) {
+      this.fence('its log cannot be appended to: fix the disk and restart the node');
+    }
+  }
+
   /** Stops taking writes at once; the next evaluation decides what to follow. */
   fence(reason: string): void {
     if (this.role !== 'master' && this.role !== 'promoting') return;

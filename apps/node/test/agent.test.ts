@@ -1,7 +1,19 @@
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import {
+  type FileHandle,
+  mkdir,
+  mkdtemp,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  utimes,
+  writeFile,
+} from 'node:fs/promises';
 import { request } from 'node:http';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -12,7 +24,7 @@ import { partitionOf } from '@pfs/filestore';
 import { decodeRecords } from '@pfs/replicator';
 import { freePort } from '@pfs/testkit';
 import { TxLog } from '@pfs/txlog';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { type Agent, startAgent } from '../src/agent.ts';
 import { encodePath } from '../src/http.ts';
 import { capturingLogger, until, useAgents } from './agent-harness.ts';
@@ -1090,6 +1102,49 @@ describe('node agent over HTTP', () => {
         body: `acknowledged ${i}`,
       });
     }
+  });
+
+  it('steps down as master once its log cannot be appended to, and a replica takes over', async () => {
+    const { master, replica } = await twoNodes();
+    expect((await fetch(`${master.url}/v1/files/before`, { method: 'PUT', body: 'b' })).status).toBe(201);
+    await caughtUp(master, replica);
+    // The master's log fails an fdatasync, then the truncation that would take the write back.
+    const logDir = join(master.config.dataDir, 'changelog');
+    const probe = await open(join(logDir, 'probe'), 'w');
+    const prototype = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    const onMastersLog = (handle: FileHandle) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${handle.fd}`).startsWith(`${logDir}/0/`);
+      } catch {
+        return false;
+      }
+    };
+    const eio = () => Promise.reject(Object.assign(new Error('EIO: i/o error'), { code: 'EIO' }));
+    const { datasync, truncate } = prototype;
+    const failDatasync = vi.spyOn(prototype, 'datasync').mockImplementation(function (this: FileHandle) {
+      return onMastersLog(this) ? eio() : datasync.call(this);
+    });
+    const failTruncate = vi.spyOn(prototype, 'truncate').mockImplementation(function (
+      this: FileHandle,
+      length,
+    ) {
+      return onMastersLog(this) ? eio() : truncate.call(this, length);
+    });
+    try {
+      const refused = await fetch(`${master.url}/v1/files/during`, { method: 'PUT', body: 'd' });
+      expect(refused.status).toBe(507);
+      await until(
+        'the replica to take over',
+        async () => ((await role(replica)).role === 'master' ? true : undefined),
+        20_000,
+      );
+    } finally {
+      failDatasync.mockRestore();
+      failTruncate.mockRestore();
+    }
+    expect((await fetch(`${replica.url}/v1/files/after`, { method: 'PUT', body: 'a' })).status).toBe(201);
+    expect(await (await fetch(`${replica.url}/v1/files/before`)).text()).toBe('b');
   });
 
   it('gives back a claim it no longer acts on, trying again while etcd refuses', async () => {

@@ -47,6 +47,7 @@ async function server(
       writable: () => partition === 0 && node.writable,
       role: partition === 0 ? 'master' : 'replica',
       catchUpWithMaster: async () => (await layout.catchUp?.(partition)) ?? false,
+      checkLog: () => {},
       holds: layout.servesReads.includes(partition),
       servesReads: layout.servesReads.includes(partition),
       get copyingStore() {

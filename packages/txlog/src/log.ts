@@ -115,6 +115,14 @@ export class TxLog {
     return new TxLog(dir, resolved, state);
   }
 
+  /**
+   * False once a failed write could not be taken back: every append fails until the log is
+   * opened again (a restart), which cuts the torn tail.
+   */
+  get appendable(): boolean {
+    return this.unwritable === undefined && !this.closed;
+  }
+
   /** The last durable txid (0n for an empty log). */
   get lastTxid(): TxId {
     return this.durableTxid;
