@@ -178,6 +178,8 @@ export class Coordinator extends EventEmitter {
         .put(keys.node(this.cluster, this.nodeId))
         .value(JSON.stringify(this.options.node))
         .lease(id);
+      // Closed while it was granted (a re-session in flight): nothing may keep it alive.
+      if (this.closed) throw new CoordinatorError('CLOSED', 'the coordinator was closed');
       this.lease = lease;
       this.leaseId = id;
       this.validUntil = grantSentAt + ttlMs - this.options.fenceMarginMs;
@@ -264,6 +266,11 @@ export class Coordinator extends EventEmitter {
       this.view.revision = BigInt(kv.mod_revision);
       this.queueChange();
     });
+    // Closed while the watch was being set up (a restart in flight): nobody would cancel it.
+    if (this.closed) {
+      await cancelWithin(watcher, this.options.callTimeoutMs);
+      return;
+    }
     this.watcher = watcher;
   }
 
@@ -465,13 +472,28 @@ export class Coordinator extends EventEmitter {
     clearTimeout(this.resessionTimer);
     const watcher = this.watcher;
     this.watcher = undefined;
-    await watcher?.cancel().catch(() => {});
+    if (watcher !== undefined) await cancelWithin(watcher, this.options.callTimeoutMs);
     const lease = this.lease;
     this.lease = undefined;
     this.leaseId = undefined;
     if (lease !== undefined) await lease.revoke().catch(() => lease.release());
     this.client.close();
   }
+}
+
+/**
+ * Cancels a watch, waiting at most `ms`: etcd3's cancel waits for the stream to end, which an
+ * etcd that is frozen (or a link dropping packets) never lets happen, and a stop would hang.
+ */
+async function cancelWithin(watcher: Watcher, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    watcher.cancel().catch(() => {}),
+    new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
+  clearTimeout(timer);
 }
 
 function describeSettings(settings: ClusterSettings): string {

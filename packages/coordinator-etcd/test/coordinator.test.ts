@@ -36,7 +36,11 @@ async function connect(id: string, name = `c${cluster}`, ttlSeconds = 2): Promis
 }
 
 function etcdctl(...args: string[]): string {
-  return execFileSync('etcdctl', [`--endpoints=${etcd.endpoint}`, ...args], {
+  return etcdctlAt(etcd.endpoint, ...args);
+}
+
+function etcdctlAt(endpoint: string, ...args: string[]): string {
+  return execFileSync('etcdctl', [`--endpoints=${endpoint}`, ...args], {
     env: { ...process.env, ETCDCTL_API: '3' },
     encoding: 'utf8',
   });
@@ -191,6 +195,35 @@ describe('Coordinator against a real etcd', () => {
       }
       expect(reasons[0]).toContain('deadline');
       expect(a.sessionValid()).toBe(false);
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it('closes within its call deadline while etcd is frozen', async () => {
+    const own = await startEtcd();
+    try {
+      const a = await Coordinator.connect({
+        endpoints: [own.endpoint],
+        cluster: 'frozen-close',
+        ttlSeconds: 2,
+        callTimeoutMs: 500,
+        node: { id: 'a', host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: process.pid, startedAt: 'now' },
+      });
+      // The watch is established (a key written now is seen through it).
+      const seen = new Promise((resolve) => a.once('change', resolve));
+      etcdctlAt(own.endpoint, 'put', '/pfs/frozen-close/x', 'y');
+      await seen;
+      own.kill('SIGSTOP');
+      try {
+        const closed = await Promise.race([
+          a.close().then(() => 'closed'),
+          new Promise((resolve) => setTimeout(() => resolve('still closing'), 5000)),
+        ]);
+        expect(closed).toBe('closed');
+      } finally {
+        own.kill('SIGCONT');
+      }
     } finally {
       await own.stop();
     }
