@@ -1019,9 +1019,10 @@ export class PartitionController {
   async handOver(caughtUp: (txid: TxId) => boolean, timeoutMs: number): Promise<HandoverOutcome> {
     // A node on its way out must not win the election its own resignation starts.
     this.closed = true;
-    // Nothing to hand over: whatever runs (a store check's walk, a follow) is only in the way of
-    // the stop. Checks cut short keep their mark and run again on the next start.
-    if (this.role !== 'master' && this.role !== 'promoting') this.stop.abort();
+    // Nothing to hand over: whatever runs (a store check's walk, a follow, a promotion's drain,
+    // which may wait long on a peer) is only in the way of the stop. Checks cut short keep their
+    // mark and run again on the next start; a promotion cut short gives its claim back.
+    if (this.role !== 'master') this.stop.abort();
     await this.chain.catch(() => {});
     return this.handOverMastership(caughtUp, timeoutMs);
   }

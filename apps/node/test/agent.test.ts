@@ -1222,6 +1222,46 @@ describe('node agent over HTTP', () => {
     }
   });
 
+  it('stops at once when told to during a promotion, giving the claim back', async () => {
+    const { cluster, master, replica } = await masterAndLoggedReplica('stopped-promotion');
+    expect((await fetch(`${master.url}/v1/files/x`, { method: 'PUT', body: 'x' })).status).toBe(201);
+    const applied = BigInt(await caughtUp(master, replica));
+    // A live peer that says it has one more record, at addresses that take connections and never
+    // answer: the promotion's drain of it waits until it is stopped.
+    const silent = createServer(() => {});
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as { port: number }).port;
+    const phantom = await Coordinator.connect({
+      endpoints: [harness.etcdEndpoint()],
+      cluster,
+      node: {
+        id: 'a-phantom',
+        host: '127.0.0.1',
+        httpPort: port,
+        rsyncPort: port,
+        pid: process.pid,
+        startedAt: 'now',
+      },
+      ttlSeconds: 5,
+    });
+    try {
+      await phantom.reportApplied(0, applied + 1n);
+      await stopForRestart(master);
+      await until('the promotion', async () =>
+        (await role(replica)).role === 'promoting' ? true : undefined,
+      );
+      const closing = await Promise.race([
+        stopForRestart(replica).then(() => 'stopped'),
+        new Promise((resolve) => setTimeout(() => resolve('still stopping'), 5000)),
+      ]);
+      expect(closing).toBe('stopped');
+      expect(phantom.view.partitions.get(0)?.master).toBeUndefined();
+    } finally {
+      await phantom.close();
+      silent.close();
+    }
+  });
+
   it('logs a replica that keeps failing at warn, once per kind of error and not at every retry', async () => {
     const { master, replica, entries } = await masterAndLoggedReplica('failing-replica');
     // Every pull now fails: rsync cannot use its temp dir.
