@@ -1040,6 +1040,8 @@ export class PartitionController {
     if (this.role !== 'master' || token === undefined) return 'none';
     this.role = 'offline';
     await this.deps.generator.detach(this.partition);
+    // The watcher and the periodic reconcile serve masters only (a release keeps the node up).
+    this.deps.onMastershipChange();
     const last = this.deps.log.lastTxid;
     const deadline = Date.now() + timeoutMs;
     while (!caughtUp(last) && Date.now() < deadline) await sleep(10);
