@@ -25,6 +25,22 @@ export function divergencePoint(
   return end !== undefined && lastTxid > end ? end : undefined;
 }
 
+/**
+ * Whether the cluster agrees with `record`: false for one past the recorded end of its ended
+ * generation (pure). A new master drains its peers up to the first record it is not agreed with:
+ * a fenced old master still reports, and serves, records it wrote after its successor took over.
+ */
+export function agreedByHistory(
+  record: { txid: TxId },
+  history: ReadonlyMap<bigint, bigint>,
+  currentGeneration: bigint,
+): boolean {
+  const generation = generationOf(record.txid);
+  if (generation >= currentGeneration) return true;
+  const end = history.get(generation);
+  return end === undefined || record.txid <= end;
+}
+
 export interface QuarantineEntry {
   generation: string;
   txid: string;

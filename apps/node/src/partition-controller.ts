@@ -30,7 +30,13 @@ import { formatTxId, fsyncDir, type LogRecord, type TxId, type TxLog } from '@pf
 import type { Logger } from 'pino';
 import { type BootstrapSummary, BootstrapTracker, describeBootstrap } from './bootstrap-progress.ts';
 import { catchUpWith } from './catch-up.ts';
-import { cutDivergentSuffix, divergencePoint, quarantineUnlogged, setAsideInTheWay } from './divergence.ts';
+import {
+  agreedByHistory,
+  cutDivergentSuffix,
+  divergencePoint,
+  quarantineUnlogged,
+  setAsideInTheWay,
+} from './divergence.ts';
 import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
 import type { StoreChecks } from './store-checks.ts';
@@ -931,6 +937,12 @@ export class PartitionController {
     const finalTxid = this.handedOverBy()?.finalTxid;
     const sources = finalTxid !== undefined && this.appliedTxid >= finalTxid ? [] : this.drainSources();
     let unverified: string[] = [];
+    // Records past the recorded end of their generation stay where they are: the cluster never
+    // agreed to them, and the old master that wrote them cuts them when it follows.
+    const pv = coordinator.view.partitions.get(this.partition);
+    const history = new Map(pv?.history ?? []);
+    const currentGeneration = pv?.generation ?? 0n;
+    const agreed = (record: LogRecord) => agreedByHistory(record, history, currentGeneration);
     if (sources.length > 0) {
       const replicator = await this.ensureReplicator(sources[0]!.source);
       const unverifiedPaths = new Set<string>();
@@ -940,7 +952,10 @@ export class PartitionController {
         if (reported !== undefined && reported <= replicator.applied) continue;
         replicator.switchSource(source);
         try {
-          const drained = await replicator.drain(this.stop.signal, { tolerateMismatch: true });
+          const drained = await replicator.drain(this.stop.signal, {
+            tolerateMismatch: true,
+            accepts: agreed,
+          });
           for (const path of drained.unverified) unverifiedPaths.add(path);
           logger.info(
             { partition: this.partition, source: source.description, unverified: drained.unverified.length },

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeTxId } from '@pfs/txlog';
 import { describe, expect, it } from 'vitest';
-import { divergencePoint, listQuarantine, setAsideInTheWay } from '../src/divergence.ts';
+import { agreedByHistory, divergencePoint, listQuarantine, setAsideInTheWay } from '../src/divergence.ts';
 
 describe('divergencePoint', () => {
   const history = new Map([
@@ -20,6 +20,19 @@ describe('divergencePoint', () => {
     ['a generation without recorded end', makeTxId(5, 1), 7n, undefined],
   ])('%s', (_, last, current, want) => {
     expect(divergencePoint(last, history, current)).toBe(want);
+  });
+});
+
+describe('agreedByHistory', () => {
+  const history = new Map([[2n, makeTxId(2, 3)]]);
+  it.each([
+    ['a record up to the recorded end of its generation', makeTxId(2, 3), true],
+    ['a record past it (written by a fenced old master)', makeTxId(2, 4), false],
+    ['the marker that opens the next generation', makeTxId(3, 0), true],
+    ['a record of the current generation', makeTxId(3, 7), true],
+    ['a record of an older generation without a recorded end', makeTxId(1, 99), true],
+  ])('%s', (_, txid, want) => {
+    expect(agreedByHistory({ txid }, history, 3n)).toBe(want);
   });
 });
 

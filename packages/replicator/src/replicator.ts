@@ -315,7 +315,14 @@ export class Replicator extends EventEmitter {
    */
   async drain(
     signal?: AbortSignal,
-    options: { tolerateMismatch?: boolean } = {},
+    options: {
+      tolerateMismatch?: boolean;
+      /**
+       * Where the drain ends: at the first record this refuses (records the cluster never
+       * agreed to, past the recorded end of their generation), as at the source's end.
+       */
+      accepts?: (record: LogRecord) => boolean;
+    } = {},
   ): Promise<{ applied: TxId; unverified: string[] }> {
     await this.pause();
     await this.adoptLogEnd();
@@ -335,7 +342,10 @@ export class Replicator extends EventEmitter {
         // After the fetch: a dead source fails it first, without a settle waiting out rsync's
         // connection timeout on top.
         await this.settle(this.source, stop);
-        if (fetched.records.length === 0) {
+        const refused =
+          options.accepts === undefined ? -1 : fetched.records.findIndex((r) => !options.accepts!(r));
+        const records = refused === -1 ? fetched.records : fetched.records.slice(0, refused);
+        if (records.length === 0) {
           // A drained replica is about to write the store as master: what the bootstrap knew
           // about it stops being true.
           this.forgetBootstrap();
@@ -344,8 +354,9 @@ export class Replicator extends EventEmitter {
           await this.checkpoint.flush();
           return { applied: this.appliedTxid, unverified: [...unverified] };
         }
-        const mismatched = await this.applyBatch(this.source, fetched.records, stop, {
+        const mismatched = await this.applyBatch(this.source, records, stop, {
           tolerateMismatch: options.tolerateMismatch === true,
+          ...(options.accepts === undefined ? {} : { accepts: options.accepts }),
           // A drain leads to a promotion: it does not wait out another partition's bulk copy.
           preempt: true,
         });
@@ -688,7 +699,12 @@ export class Replicator extends EventEmitter {
     source: RecordSource,
     fetched: LogRecord[],
     signal: AbortSignal,
-    options: { tolerateMismatch?: boolean; primeNext?: boolean; preempt?: boolean } = {},
+    options: {
+      tolerateMismatch?: boolean;
+      primeNext?: boolean;
+      preempt?: boolean;
+      accepts?: (record: LogRecord) => boolean;
+    } = {},
   ): Promise<string[]> {
     return this.gate.shared(() => this.applyBatchToStore(source, fetched, signal, options), signal, {
       preempt: options.preempt === true,
@@ -699,7 +715,7 @@ export class Replicator extends EventEmitter {
     source: RecordSource,
     fetched: LogRecord[],
     signal: AbortSignal,
-    options: { tolerateMismatch?: boolean; primeNext?: boolean },
+    options: { tolerateMismatch?: boolean; primeNext?: boolean; accepts?: (record: LogRecord) => boolean },
   ): Promise<string[]> {
     // An unmounted store (an empty mount point) must not receive files its log then records.
     assertStoreInPlace(this.options.fileStoreDir);
@@ -730,7 +746,9 @@ export class Replicator extends EventEmitter {
       const held = await this.foreignInTheWay(directories, filesInTheWay, plan.expected);
       if (held !== undefined) {
         // Not ours to move. A later record of this partition may clear the way.
-        const more = readToTheEnd ? undefined : await this.readOn(source, records, signal, MAX_FEED_RECORDS);
+        const more = readToTheEnd
+          ? undefined
+          : await this.readOn(source, records, signal, MAX_FEED_RECORDS, options.accepts);
         if (more !== undefined) {
           records = records.concat(more);
           plan = planBatch(records);
@@ -780,7 +798,7 @@ export class Replicator extends EventEmitter {
       // record for it, the newer record lies further on: read on and retry with a longer batch
       // (the retry of the same batch could never match). With nothing further, the newer record
       // is still in flight at the source; the whole batch is retried after a short backoff.
-      const more = cut ? undefined : await this.readOn(source, records, signal);
+      const more = cut ? undefined : await this.readOn(source, records, signal, undefined, options.accepts);
       if (more === undefined) {
         throw new ReplicatorError(
           'CONTENT_MISMATCH',
@@ -950,12 +968,15 @@ export class Replicator extends EventEmitter {
     records: readonly LogRecord[],
     signal: AbortSignal,
     maxRecords = this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS,
+    accepts?: (record: LogRecord) => boolean,
   ): Promise<LogRecord[] | undefined> {
     const more = await source.fetch(records.at(-1)!.txid, { waitMs: 0, maxRecords, signal });
-    if (more.records.length === 0 || records.length + more.records.length > MAX_EXTENDED_BATCH_RECORDS)
-      return undefined;
-    checkContinues(records.at(-1)!.txid, more.records);
-    return more.records;
+    // Not past where the drain ends (see drain's `accepts`).
+    const refused = accepts === undefined ? -1 : more.records.findIndex((r) => !accepts(r));
+    const taken = refused === -1 ? more.records : more.records.slice(0, refused);
+    if (taken.length === 0 || records.length + taken.length > MAX_EXTENDED_BATCH_RECORDS) return undefined;
+    checkContinues(records.at(-1)!.txid, taken);
+    return taken;
   }
 
   /**

@@ -276,6 +276,22 @@ describe('replicator against a real rsync daemon', () => {
     expect(await readCheckpoint(join(dir, 'checkpoint', '0'))).toBe(0n);
   });
 
+  it('ends a drain at the first record it is told the cluster never agreed to', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('agreed', 'kept');
+    const end = m.log.lastTxid;
+    await m.put('written after the successor took over', 'not kept');
+    await m.put('also after', 'not kept either');
+    const { replicator } = await replicate(m, dir, { follow: false });
+    expect(await replicator.drain(undefined, { accepts: (record) => record.txid <= end })).toEqual({
+      applied: end,
+      unverified: [],
+    });
+    expect(await readFile(join(dir, 'filestore', 'agreed'), 'utf8')).toBe('kept');
+    expect((await readdir(join(dir, 'filestore'))).sort()).toEqual(['.pfs', 'agreed']);
+  });
+
   it('drains past bytes that match no record when asked to, and names those paths', async () => {
     const m = await master();
     const dir = await replicaDir();
