@@ -11,7 +11,7 @@ import { z } from 'zod';
  */
 /** A true/false flag, as a JSON boolean or as the strings a command line or environment gives. */
 const booleanFlag = z
-  .union([z.boolean(), z.enum(['true', 'false', '1', '0'])])
+  .union([z.boolean(), z.enum(['true', 'false', '1', '0'])], { error: 'true or false (or 1 or 0)' })
   .transform((v) => v === true || v === 'true' || v === '1');
 
 /**
@@ -26,14 +26,34 @@ export const ConfigSchema = z
       .string()
       .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'letters, digits, ".", "_" and "-" only')
       .optional(),
-    host: z.string().min(1).default('127.0.0.1'),
+    // Both where the node listens and where its peers reach it (redirects, feeds, rsync URLs).
+    host: z
+      .string()
+      .min(1)
+      .refine((h) => !h.includes(':'), {
+        error: 'IPv6 addresses are not supported: give an IPv4 address or a host name its peers can reach',
+      })
+      .refine((h) => h !== '0.0.0.0', {
+        error:
+          'peers reach this node at this address, and 0.0.0.0 reaches no one: give the address of this machine',
+      })
+      .refine((h) => /^[A-Za-z0-9.-]+$/.test(h), {
+        error: 'an IPv4 address or a host name (letters, digits, ".", "-")',
+      })
+      .default('127.0.0.1'),
     httpPort: z.coerce.number().int().min(1).max(65535).default(12001),
     rsyncPort: z.coerce.number().int().min(1).max(65535).optional(),
     dataDir: z.string().min(1).optional(),
     etcd: z
       .union([z.string(), z.array(z.string())])
       .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((s) => s.trim()).filter(Boolean))
-      .pipe(z.array(z.url()).min(1))
+      .pipe(
+        z
+          .array(
+            z.url({ protocol: /^https?$/, error: 'an http:// or https:// URL, as http://127.0.0.1:2379' }),
+          )
+          .min(1),
+      )
       .default(['http://127.0.0.1:2379']),
     cluster: z
       .string()

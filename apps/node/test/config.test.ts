@@ -42,7 +42,21 @@ describe('node config', () => {
     [['--node-id', '../x'], /^bad config value for nodeId: letters, digits/],
     [['--bogus'], /Unknown option '--bogus'.*: see --help$/],
     [['--ack', 'most'], /^bad config value for ackMode: /],
-    [['--watch', 'maybe'], /^bad config value for watch: /],
+    [['--watch', 'maybe'], /^bad config value for watch: true or false \(or 1 or 0\)$/],
+    [
+      ['--etcd', 'localhost:2379'],
+      /^bad config value for etcd.*: an http:\/\/ or https:\/\/ URL, as http:\/\/127\.0\.0\.1:2379$/,
+    ],
+    [['--etcd', '127.0.0.1:2379'], /^bad config value for etcd.*: an http:\/\/ or https:\/\/ URL/],
+    [
+      ['--host', '::1'],
+      /^bad config value for host: IPv6 addresses are not supported: give an IPv4 address or a host name its peers can reach$/,
+    ],
+    [
+      ['--host', '0.0.0.0'],
+      /^bad config value for host: peers reach this node at this address, and 0\.0\.0\.0 reaches no one: give the address of this machine$/,
+    ],
+    [['--host', 'a b'], /^bad config value for host: an IPv4 address or a host name/],
     [['--max-file-bytes', '0'], /^bad config value for maxFileBytes: /],
     [
       ['--data-dir', `/${'d'.repeat(250)}`.repeat(9)],
