@@ -1,5 +1,7 @@
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
@@ -67,6 +69,46 @@ async function request(
     return response;
   }
   throw new CliError(`too many redirects for ${path}`);
+}
+
+/**
+ * Writes a download to `local` whole or not at all: into a temp file beside it, checked against
+ * the node's ETag (the content's sha-256), then renamed over it. A transfer cut short or a
+ * content that does not match leaves `local` as it was.
+ */
+async function saveChecked(
+  body: Readable,
+  local: string,
+  etag: string | null,
+  remote: string,
+): Promise<void> {
+  const temp = join(dirname(local), `.${basename(local)}.pfs-get-${randomBytes(4).toString('hex')}`);
+  const hash = createHash('sha256');
+  try {
+    await pipeline(
+      body,
+      async function* (chunks: AsyncIterable<Buffer>) {
+        for await (const chunk of chunks) {
+          hash.update(chunk);
+          yield chunk;
+        }
+      },
+      createWriteStream(temp, { flags: 'wx' }),
+    );
+    const sha256 = hash.digest('hex');
+    if (etag !== null && etag !== `"${sha256}"`) {
+      throw new CliError(
+        `${shown(remote)} arrived with sha-256 ${sha256}, not the ${etag} the node announced: ${local} was left as it was; fetch it again`,
+      );
+    }
+    await rename(temp, local);
+  } catch (error) {
+    await rm(temp, { force: true });
+    if (error instanceof CliError) throw error;
+    throw new CliError(
+      `cannot save ${shown(remote)} to ${local} (${(error as Error).message}): ${local} was left as it was`,
+    );
+  }
 }
 
 async function failure(response: Response): Promise<CliError> {
@@ -168,10 +210,12 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
       if (!remote) throw new CliError(USAGE, 2);
       const response = await request(node, 'GET', `/v1/files/${encodePath(remote)}`);
       if (response.status !== 200 || response.body === null) throw await failure(response);
-      await pipeline(
-        Readable.fromWeb(response.body as never),
-        local ? createWriteStream(local) : process.stdout,
-      );
+      const body = Readable.fromWeb(response.body as never);
+      if (!local) {
+        await pipeline(body, process.stdout);
+        return;
+      }
+      await saveChecked(body, local, response.headers.get('etag'), remote);
       return;
     }
     case 'rm': {
@@ -364,6 +408,12 @@ async function main(): Promise<number> {
     /\/$/,
     '',
   );
+  if (!URL.canParse(node) || !/^https?:$/.test(new URL(node).protocol)) {
+    process.stderr.write(
+      `pfs: --node ${JSON.stringify(node)} is not an http:// URL: pass it as http://HOST:PORT\n`,
+    );
+    return 2;
+  }
   const out: Out = {
     json,
     print: (value, render) => process.stdout.write(`${json || !render ? JSON.stringify(value) : render()}\n`),

@@ -1,6 +1,10 @@
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 
@@ -77,5 +81,47 @@ describe('pfs status', () => {
     expect(printed.copying).toEqual([{ node: 'b', partition: 0, progress }]);
     expect(printed.unanswered).toEqual(['c']);
     expect(Object.keys(printed.masters)).toEqual(['a']);
+  });
+});
+
+describe('pfs get', () => {
+  /** A stand-in node that serves `content` at every path with `etag`. */
+  async function serving(content: string, etag: string): Promise<string> {
+    const server = createServer((_request, response) => {
+      response.writeHead(200, { etag, 'content-length': Buffer.byteLength(content) }).end(content);
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  }
+  const etagOf = (text: string) => `"${createHash('sha256').update(text).digest('hex')}"`;
+
+  it('saves a file whole once it matches its ETag, and leaves the local file as it was otherwise', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'pfs-get-'));
+    try {
+      const local = join(work, 'photo.jpg');
+      await writeFile(local, 'what was here');
+      const good = await serving('the stored bytes', etagOf('the stored bytes'));
+      expect((await cli('--node', good, 'get', 'photo.jpg', local)).code).toBe(0);
+      expect(await readFile(local, 'utf8')).toBe('the stored bytes');
+      const bad = await serving('damaged on the way', etagOf('the stored bytes'));
+      const refused = await cli('--node', bad, 'get', 'photo.jpg', local);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(
+        /^pfs: photo\.jpg arrived with sha-256 [0-9a-f]{64}, not the "[0-9a-f]{64}" the node announced: .* was left as it was; fetch it again\n$/,
+      );
+      expect(await readFile(local, 'utf8')).toBe('the stored bytes');
+      expect(await readdir(work)).toEqual(['photo.jpg']);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+
+  it('says how to write a --node without its scheme', async () => {
+    const result = await cli('--node', '127.0.0.1:12001', 'status');
+    expect(result.code).toBe(2);
+    expect(result.stderr).toBe(
+      'pfs: --node "127.0.0.1:12001" is not an http:// URL: pass it as http://HOST:PORT\n',
+    );
   });
 });
