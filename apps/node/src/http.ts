@@ -83,6 +83,20 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   // File bodies are streamed straight to disk: no parsing, no buffering.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_request, _payload, done) => done(null));
+  // Whatever its type, a body is bytes: an empty or malformed content type ("", "text") is no
+  // reason to refuse it, as fastify otherwise does (415).
+  app.addHook('onRequest', async (request, reply) => {
+    // Clients encode it (%23); one that does not would have the path cut at it, and another file
+    // written, read or deleted than the one it named.
+    if (request.raw.url?.includes('#')) {
+      return reply.code(400).send({
+        code: 'PATH_RAW_HASH',
+        message: 'the URL holds a raw "#", which would cut the path there: encode it as %23',
+      });
+    }
+    const type = request.headers['content-type'];
+    if (type !== undefined && !/^[^\s/;]+\/[^\s/;]+/.test(type)) delete request.headers['content-type'];
+  });
 
   const fileStore = join(state.config.dataDir, 'filestore');
   const digests = new FileDigestCache();
@@ -317,6 +331,22 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       return reply;
     }
     const expected = request.headers['content-sha256'];
+    // What can be told before a byte of the body is read is told then.
+    if (expected !== undefined && (typeof expected !== 'string' || !/^[0-9a-fA-F]{64}$/.test(expected))) {
+      await dropUnreadBody(request.raw, reply);
+      return reply.code(400).send({
+        code: 'BAD_CONTENT_SHA256',
+        message: `content-sha256 must be the content's sha-256 as 64 hex digits, not ${JSON.stringify(String(expected).slice(0, 80))}`,
+      });
+    }
+    const declared = Number(request.headers['content-length']);
+    if (Number.isSafeInteger(declared) && declared > state.config.maxFileBytes) {
+      await dropUnreadBody(request.raw, reply);
+      return reply.code(413).send({
+        code: 'FILE_TOO_LARGE',
+        message: `${JSON.stringify(path)} is ${declared} bytes, over the ${state.config.maxFileBytes}-byte limit: split it or raise maxFileBytes`,
+      });
+    }
     let staged: Awaited<ReturnType<typeof stageFile>> | undefined;
     try {
       // Not destroyed when staging stops early (limit, disk full): the answer still has to go out.

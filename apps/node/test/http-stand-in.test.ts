@@ -1,4 +1,5 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
@@ -109,6 +110,67 @@ describe('writes on a master whose node is bulk-copying its store', () => {
       copy.running = false;
       await app.inject({ method: 'DELETE', url: '/v1/files/a.txt' });
       expect(deletes).toEqual(['a.txt']);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a put told apart before its body is read', () => {
+  it('answers a malformed content-sha256 or a declared size over the limit at once, and takes any content type', async () => {
+    const { app, dataDir } = await server({ running: false });
+    await mkdir(join(dataDir, 'filestore'));
+    try {
+      const badHash = await app.inject({
+        method: 'PUT',
+        url: '/v1/files/a.txt',
+        payload: 'x',
+        headers: { 'content-sha256': 'abc' },
+      });
+      expect(badHash.statusCode).toBe(400);
+      expect(badHash.json()).toMatchObject({ code: 'BAD_CONTENT_SHA256' });
+      expect(badHash.json().message).toBe(
+        'content-sha256 must be the content\'s sha-256 as 64 hex digits, not "abc"',
+      );
+      const tooLarge = await app.inject({ method: 'PUT', url: '/v1/files/a.txt', payload: 'x'.repeat(2048) });
+      expect(tooLarge.statusCode).toBe(413);
+      expect(tooLarge.json().message).toBe(
+        '"a.txt" is 2048 bytes, over the 1024-byte limit: split it or raise maxFileBytes',
+      );
+      expect(await readdir(join(dataDir, 'filestore'))).toEqual([]);
+      // Sent as is over a socket (inject, like fetch, would drop the fragment first).
+      await app.listen({ port: 0, host: '127.0.0.1' });
+      const rawHash = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = request(
+          {
+            host: '127.0.0.1',
+            port: (app.server.address() as { port: number }).port,
+            method: 'PUT',
+            path: '/v1/files/a#b',
+          },
+          (res) => {
+            let body = '';
+            res.on('data', (chunk: Buffer) => {
+              body += chunk;
+            });
+            res.on('end', () => resolve({ status: res.statusCode!, body }));
+          },
+        );
+        req.once('error', reject);
+        req.end('x');
+      });
+      expect(rawHash.status).toBe(400);
+      expect(JSON.parse(rawHash.body)).toMatchObject({ code: 'PATH_RAW_HASH' });
+      expect(await readdir(join(dataDir, 'filestore'))).toEqual([]);
+      for (const type of ['', 'text', 'image/jpeg', 'application/json']) {
+        const stored = await app.inject({
+          method: 'PUT',
+          url: '/v1/files/b.txt',
+          payload: '{"x":1}',
+          headers: { 'content-type': type },
+        });
+        expect({ type, status: stored.statusCode }).toEqual({ type, status: 201 });
+      }
     } finally {
       await app.close();
     }
