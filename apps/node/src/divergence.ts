@@ -1,4 +1,4 @@
-import { appendFile, mkdir, readdir, readFile } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { quarantineFile } from '@pfs/filestore';
 import { formatTxId, fsyncDir, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
@@ -79,6 +79,13 @@ export async function cutDivergentSuffix(args: {
     const files = join(args.quarantineDir, generation.toString(), 'files');
     for (const record of [...changes].reverse()) {
       if (moved.has(record.path)) continue;
+      // A directory there now is not what these records wrote (they wrote files): it holds files
+      // of other paths, maybe another partition's, made after the divergent file went.
+      const info = await lstat(join(args.fileStore, record.path)).catch(() => undefined);
+      if (info?.isDirectory()) {
+        moved.set(record.path, null);
+        continue;
+      }
       moved.set(record.path, (await quarantineFile(args.fileStore, files, record.path)) ?? null);
     }
     const at = new Date().toISOString();

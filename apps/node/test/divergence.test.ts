@@ -1,9 +1,15 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { makeTxId } from '@pfs/txlog';
+import { makeTxId, TxLog } from '@pfs/txlog';
 import { describe, expect, it } from 'vitest';
-import { agreedByHistory, divergencePoint, listQuarantine, setAsideInTheWay } from '../src/divergence.ts';
+import {
+  agreedByHistory,
+  cutDivergentSuffix,
+  divergencePoint,
+  listQuarantine,
+  setAsideInTheWay,
+} from '../src/divergence.ts';
 
 describe('divergencePoint', () => {
   const history = new Map([
@@ -33,6 +39,45 @@ describe('agreedByHistory', () => {
     ['a record of an older generation without a recorded end', makeTxId(1, 99), true],
   ])('%s', (_, txid, want) => {
     expect(agreedByHistory({ txid }, history, 3n)).toBe(want);
+  });
+});
+
+describe('cutDivergentSuffix', () => {
+  it("leaves a directory at a divergent record's path: it holds other paths' files", async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-cut-'));
+    try {
+      const fileStore = join(base, 'filestore');
+      const log = await TxLog.open(join(base, 'changelog'));
+      await log.startGeneration(1n);
+      const put = (path: string) => ({
+        kind: 'put' as const,
+        path,
+        size: 1n,
+        mtimeNs: 0n,
+        sha256: '0'.repeat(64),
+      });
+      await log.appendChange(put('kept'));
+      await log.appendChange(put('a'));
+      // Since the divergent file went, another partition made a directory there.
+      await mkdir(join(fileStore, 'a'), { recursive: true });
+      await writeFile(join(fileStore, 'a', 'theirs'), 'not this log');
+      const removed = await cutDivergentSuffix({
+        log,
+        history: new Map([[1n, makeTxId(1, 1)]]),
+        currentGeneration: 2n,
+        fileStore,
+        quarantineDir: join(base, 'quarantine'),
+        restore: async () => {},
+      });
+      expect(removed.map((r) => r.path)).toEqual(['a']);
+      expect(await readFile(join(fileStore, 'a', 'theirs'), 'utf8')).toBe('not this log');
+      expect((await listQuarantine(join(base, 'quarantine'))).map((e) => [e.path, e.quarantinedAs])).toEqual([
+        ['a', null],
+      ]);
+      await log.close();
+    } finally {
+      await rm(base, { recursive: true, force: true });
+    }
   });
 });
 
