@@ -57,8 +57,8 @@ export function encodeRecord(record: LogRecord): Buffer {
 }
 
 // Writers only log valid paths: bytes that are not UTF-8 were never a path, and replacing them
-// (U+FFFD) would name another file.
-const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+// (U+FFFD) would name another file. A leading U+FEFF is part of the name, not a byte-order mark.
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** Decodes one payload; returns a reason string instead of throwing when it is malformed. */
 export function decodeRecord(payload: Buffer): LogRecord | string {

@@ -36,6 +36,11 @@ describe('record codec', () => {
     expect(() => encodeRecord({ ...sample, sha256: '' })).toThrow(TxlogError);
   });
 
+  it('keeps a path that starts with U+FEFF as it is', () => {
+    const record = { ...sample, path: '\uFEFFa' };
+    expect(decodeRecord(encodeRecord(record))).toEqual(record);
+  });
+
   it('refuses a payload with unknown flags or a path that is not UTF-8', () => {
     const flagged = encodeRecord(sample);
     flagged[1] = 1;
