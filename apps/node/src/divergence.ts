@@ -1,6 +1,6 @@
 import { appendFile, lstat, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { quarantineFile } from '@pfs/filestore';
+import { firstParentNotADirectory, quarantineFile } from '@pfs/filestore';
 import { formatTxId, fsyncDir, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 
 /**
@@ -41,6 +41,46 @@ export function agreedByHistory(
   return end === undefined || record.txid <= end;
 }
 
+/**
+ * Another partition's file in the way of putting a file at `path`: one at a parent of it, or one
+ * under a directory at `path` (walked whole). Undefined when there is none. Bringing the file
+ * back (rsync --force) would delete it, and setting it aside would leave that partition's log
+ * saying it is here, which a promotion of that partition here would log as a delete.
+ */
+export async function foreignFileInTheWay(
+  fileStore: string,
+  path: string,
+  owns: (path: string) => boolean,
+): Promise<string | undefined> {
+  const parent = await firstParentNotADirectory(fileStore, path);
+  if (parent !== undefined && !owns(parent.parent)) return parent.parent;
+  const walk = async (relative: string): Promise<string | undefined> => {
+    const entries = await readdir(join(fileStore, relative), { withFileTypes: true }).catch(() => []);
+    for (const entry of entries) {
+      const child = `${relative}/${entry.name}`;
+      const found = entry.isDirectory() ? await walk(child) : owns(child) ? undefined : child;
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  };
+  const info = await lstat(join(fileStore, path)).catch(() => undefined);
+  return info?.isDirectory() ? walk(path) : undefined;
+}
+
+/** A path cannot be brought back as a file for now: `foreign`, another partition's file, is in its way. */
+export class ForeignFileInTheWay extends Error {
+  readonly code = 'FOREIGN_FILE_IN_THE_WAY';
+  constructor(
+    readonly path: string,
+    readonly foreign: string,
+  ) {
+    super(
+      `${JSON.stringify(path)} cannot be brought back as a file: ${JSON.stringify(foreign)}, a file of another partition, is in its way; waiting for that partition to remove it as it catches up (if both are current, a file and a directory were written there through two partitions' masters: delete one of them)`,
+    );
+    this.name = 'ForeignFileInTheWay';
+  }
+}
+
 export interface QuarantineEntry {
   generation: string;
   txid: string;
@@ -66,6 +106,13 @@ export async function cutDivergentSuffix(args: {
   fileStore: string;
   quarantineDir: string;
   restore: (paths: string[]) => Promise<void>;
+  /**
+   * Whether a store path is this log's partition's. Given, a path that another partition's
+   * file is in the way of (see foreignFileInTheWay) stops the cut before anything is moved: the
+   * restore's pull would delete that file (rsync --force). It is tried again later, once that
+   * partition has caught up and removed it.
+   */
+  owns?: (path: string) => boolean;
 }): Promise<LogRecord[]> {
   const removed: LogRecord[] = [];
   for (;;) {
@@ -75,7 +122,14 @@ export async function cutDivergentSuffix(args: {
     const suffix: LogRecord[] = [];
     for await (const record of args.log.readFrom(point)) suffix.push(record);
     const changes = suffix.filter((r) => r.kind !== 'end-of-generation');
+    if (args.owns !== undefined) {
+      for (const path of new Set(changes.map((r) => r.path))) {
+        const foreign = await foreignFileInTheWay(args.fileStore, path, args.owns);
+        if (foreign !== undefined) throw new ForeignFileInTheWay(path, foreign);
+      }
+    }
     const moved = new Map<string, string | null>();
+    const kept = new Set<string>();
     const files = join(args.quarantineDir, generation.toString(), 'files');
     for (const record of [...changes].reverse()) {
       if (moved.has(record.path)) continue;
@@ -84,6 +138,7 @@ export async function cutDivergentSuffix(args: {
       const info = await lstat(join(args.fileStore, record.path)).catch(() => undefined);
       if (info?.isDirectory()) {
         moved.set(record.path, null);
+        kept.add(record.path);
         continue;
       }
       moved.set(record.path, (await quarantineFile(args.fileStore, files, record.path)) ?? null);
@@ -103,7 +158,9 @@ export async function cutDivergentSuffix(args: {
       } satisfies QuarantineEntry),
     );
     if (lines.length > 0) await appendManifest(join(args.quarantineDir, generation.toString()), lines);
-    await args.restore([...moved.keys()]);
+    // Not a directory kept above: rsync --force would delete it, and the files in it, to bring a
+    // file back.
+    await args.restore([...moved.keys()].filter((path) => !kept.has(path)));
     removed.push(...(await args.log.truncateAfter(point)));
   }
   return removed;

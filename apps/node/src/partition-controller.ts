@@ -34,6 +34,8 @@ import {
   agreedByHistory,
   cutDivergentSuffix,
   divergencePoint,
+  ForeignFileInTheWay,
+  foreignFileInTheWay,
   quarantineUnlogged,
   setAsideInTheWay,
 } from './divergence.ts';
@@ -470,10 +472,16 @@ export class PartitionController {
       );
     });
     if (unexplained.length === 0) return;
+    // Nothing is moved or pulled while another partition's file is in the way of one of them:
+    // the check is made again (the mark stays), once that partition has removed it.
+    for (const change of unexplained) {
+      const foreign = await foreignFileInTheWay(fileStore, change.path, this.deps.ownsPath);
+      if (foreign !== undefined) throw new ForeignFileInTheWay(change.path, foreign);
+    }
     for (const change of unexplained) {
       if (change.onDisk === undefined) {
-        // A directory where the log had a file (another partition's files may be in it): rsync's
-        // --force would delete it to bring the file back, so it goes aside, whole.
+        // A directory where the log had a file, holding only this partition's files (unlogged
+        // ones): rsync's --force would delete it to bring the file back, so it goes aside, whole.
         const entry = await lstat(join(fileStore, change.path)).catch(() => undefined);
         if (entry?.isDirectory()) {
           await setAsideInTheWay({
@@ -542,6 +550,7 @@ export class PartitionController {
       restore: async (paths) => {
         if (paths.length > 0) await this.pullPaused(filesSource, paths);
       },
+      owns: this.deps.ownsPath,
     });
     if (removed.length === 0) return;
     await replicator.rewind();

@@ -7,6 +7,7 @@ import {
   agreedByHistory,
   cutDivergentSuffix,
   divergencePoint,
+  foreignFileInTheWay,
   listQuarantine,
   setAsideInTheWay,
 } from '../src/divergence.ts';
@@ -42,6 +43,27 @@ describe('agreedByHistory', () => {
   });
 });
 
+describe('foreignFileInTheWay', () => {
+  it("names another partition's file at a parent of the path, or anywhere under a directory at it", async () => {
+    const fileStore = await mkdtemp(join(tmpdir(), 'pfs-foreign-'));
+    try {
+      const ours = (path: string) => path.startsWith('ours');
+      await mkdir(join(fileStore, 'dir', 'sub', 'deeper'), { recursive: true });
+      await writeFile(join(fileStore, 'dir', 'sub', 'ours-1'), '');
+      await writeFile(join(fileStore, 'dir', 'sub', 'deeper', 'theirs'), '');
+      await writeFile(join(fileStore, 'file'), '');
+      await writeFile(join(fileStore, 'ours-file'), '');
+      expect(await foreignFileInTheWay(fileStore, 'dir', ours)).toBe('dir/sub/deeper/theirs');
+      expect(await foreignFileInTheWay(fileStore, 'file/x', ours)).toBe('file');
+      expect(await foreignFileInTheWay(fileStore, 'ours-file/x', ours)).toBeUndefined();
+      expect(await foreignFileInTheWay(fileStore, 'missing/x', ours)).toBeUndefined();
+      expect(await foreignFileInTheWay(fileStore, 'dir/sub/ours-1', ours)).toBeUndefined();
+    } finally {
+      await rm(fileStore, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('cutDivergentSuffix', () => {
   it("leaves a directory at a divergent record's path: it holds other paths' files", async () => {
     const base = await mkdtemp(join(tmpdir(), 'pfs-cut-'));
@@ -61,15 +83,31 @@ describe('cutDivergentSuffix', () => {
       // Since the divergent file went, another partition made a directory there.
       await mkdir(join(fileStore, 'a'), { recursive: true });
       await writeFile(join(fileStore, 'a', 'theirs'), 'not this log');
-      const removed = await cutDivergentSuffix({
-        log,
-        history: new Map([[1n, makeTxId(1, 1)]]),
-        currentGeneration: 2n,
-        fileStore,
-        quarantineDir: join(base, 'quarantine'),
-        restore: async () => {},
-      });
+      const cut = (options: { owns?: (path: string) => boolean; restored: string[] }) =>
+        cutDivergentSuffix({
+          log,
+          history: new Map([[1n, makeTxId(1, 1)]]),
+          currentGeneration: 2n,
+          fileStore,
+          quarantineDir: join(base, 'quarantine'),
+          restore: async (paths) => {
+            options.restored.push(...paths);
+          },
+          ...(options.owns === undefined ? {} : { owns: options.owns }),
+        });
+      // Knowing whose files are whose, it waits for the other partition to clear the way.
+      const waited: string[] = [];
+      await expect(cut({ owns: (path) => path !== 'a/theirs', restored: waited })).rejects.toThrow(
+        /^"a" cannot be brought back as a file: "a\/theirs", a file of another partition, is in its way; waiting for that partition/,
+      );
+      expect(waited).toEqual([]);
+      expect(log.lastTxid).toBe(makeTxId(1, 2));
+      // Not knowing, it leaves the directory, and does not bring the path back over it either
+      // (rsync --force would delete the directory).
+      const restored: string[] = [];
+      const removed = await cut({ restored });
       expect(removed.map((r) => r.path)).toEqual(['a']);
+      expect(restored).toEqual([]);
       expect(await readFile(join(fileStore, 'a', 'theirs'), 'utf8')).toBe('not this log');
       expect((await listQuarantine(join(base, 'quarantine'))).map((e) => [e.path, e.quarantinedAs])).toEqual([
         ['a', null],
