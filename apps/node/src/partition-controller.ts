@@ -931,11 +931,15 @@ export class PartitionController {
     const started = performance.now();
     // Fencing may strike at any await below; never act on a mastership we no longer hold.
     const session = coordinator.session;
+    let bumped = false;
     const stillMine = () => {
       if (this.token !== token || !coordinator.sessionValid() || coordinator.session !== session)
         throw new PromotionInterrupted('mastership lost during promotion');
       // The drains' signal: aborted, they end at once, and a bump would skip what they lacked.
-      if (this.stop.signal.aborted) throw new PromotionInterrupted('the node is stopping');
+      // Once bumped, a stop lets the promotion finish and hands over after it: given back
+      // instead, the generation would end at records only this node has (it drained them), and
+      // no other node could stand until it came back.
+      if (!bumped && this.stop.signal.aborted) throw new PromotionInterrupted('the node is stopping');
     };
     // Durable before the drain, which may keep bytes that match no record, and before the first
     // put can rename a file into place: from here until a checkStore, this node's store may hold
@@ -994,6 +998,7 @@ export class PartitionController {
     stillMine();
     const lastTxid = log.lastTxid;
     const generation = await coordinator.bumpGeneration({ partition: this.partition, lastTxid, token });
+    bumped = true;
     stillMine();
     await log.startGeneration(generation);
     await this.deps.generator.attach(this.partition, log);
