@@ -1,9 +1,13 @@
+import { constants } from 'node:fs';
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
-/** fsync a directory so that a rename or create inside it survives a crash. */
+/**
+ * fsync a directory so that a rename or create inside it survives a crash. O_DIRECTORY: a path
+ * that has become a file fails (ENOTDIR) instead of syncing that file.
+ */
 export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
+  const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await handle.sync();
   } finally {

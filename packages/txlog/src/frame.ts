@@ -56,6 +56,16 @@ function zeroSectorOverlapping(buf: Buffer, from: number, to: number, baseOffset
 }
 
 /**
+ * Whether the head at `offset` crosses a sector boundary with nothing but zeros before it: the
+ * append began in a page whose writeback never happened (its sector holds the durable frames
+ * before, then zeros), while the next page's did.
+ */
+function zerosToSectorInHead(buf: Buffer, offset: number, baseOffset: number): boolean {
+  const boundary = offset + ((SECTOR_BYTES - ((baseOffset + offset) % SECTOR_BYTES)) % SECTOR_BYTES);
+  return boundary > offset && boundary < offset + FRAME_HEAD_BYTES && allZero(buf, offset, boundary);
+}
+
+/**
  * Decodes frames from `start` to the end of `buf` (`baseOffset`: the file offset of `buf[0]`).
  *
  * A bad frame (a length or payload failing its checksum, a length out of range) is a torn tail,
@@ -65,9 +75,10 @@ function zeroSectorOverlapping(buf: Buffer, from: number, to: number, baseOffset
  * - a short header, or a payload running past the end;
  * - nothing but zeros from the bad frame's first bad byte to the end (the length of a head whose
  *   checksum is zero, the payload of a frame that fails its checksum);
- * - a head of twelve zero bytes (never valid: the checksum of a zero length is not zero);
- * - a whole zero sector overlapping the bad frame (as far as its length, or the longest a frame may
- *   be when the length is what failed): part of the frame was never written, and valid frames after
+ * - a head of twelve zero bytes (never valid: the checksum of a zero length is not zero), or a
+ *   head crossing a sector boundary with only zeros before it;
+ * - a whole zero sector overlapping the bad frame (its head, when the length is what failed):
+ *   part of the frame was never written, and valid frames after
  *   it belong to the same append, which no fdatasync ever covered, since one that completed later
  *   would have written this page too.
  * A bad frame without these marks (a flipped bit) is corruption: cutting there would drop the
@@ -82,9 +93,12 @@ export function scanFrames(
   const records: ScannedRecord[] = [];
   let offset = start;
   const judge = (reason: string, frameEnd: number | undefined): ScanEnd => {
-    const spanEnd = frameEnd ?? offset + FRAME_HEAD_BYTES + MAX_PAYLOAD_BYTES;
+    // A length that fails its checksum is explained by a lost page only where the head's own
+    // bytes are zeros: a zero sector further on says nothing about a flipped bit here.
+    const spanEnd = frameEnd ?? offset + FRAME_HEAD_BYTES;
     const torn =
       allZero(buf, offset, offset + FRAME_HEAD_BYTES) ||
+      zerosToSectorInHead(buf, offset, baseOffset) ||
       (frameEnd === undefined ? allZero(buf, offset + 4) : allZero(buf, offset + FRAME_HEAD_BYTES)) ||
       zeroSectorOverlapping(buf, offset, spanEnd, baseOffset);
     return { kind: torn ? 'torn' : 'corrupt', offset, reason };
@@ -100,7 +114,8 @@ export function scanFrames(
       return { records, end: judge('frame length fails its checksum', undefined) };
     }
     if (length < RECORD_HEAD_BYTES || length > MAX_PAYLOAD_BYTES) {
-      return { records, end: judge(`frame length ${length} is out of range`, undefined) };
+      // Its checksum holds: written so, not torn.
+      return { records, end: { kind: 'corrupt', offset, reason: `frame length ${length} is out of range` } };
     }
     const frameEnd = offset + FRAME_HEAD_BYTES + length;
     if (frameEnd > buf.length) {

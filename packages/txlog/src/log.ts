@@ -84,6 +84,8 @@ export class TxLog {
   private unwritable: Error | undefined;
   /** Where the last disk read ended, so that a sequential reader resumes there. */
   private readCursor: { after: TxId; segment: TxId; offset: number } | undefined;
+  /** Cuts (truncateAfter, clear) made so far: a read that a cut overlapped finds no damage. */
+  private cuts = 0;
 
   private constructor(dir: string, options: Required<TxLogOptions>, state: OpenState) {
     this.dir = dir;
@@ -341,6 +343,7 @@ export class TxLog {
     }
     const out: LogRecord[] = [];
     const segments = this.segments.slice();
+    const cutsBefore = this.cuts;
     // A follower reading on from where its last page ended continues at the remembered offset
     // instead of decoding its segment from the start again.
     const cursor = this.readCursor?.after === after ? this.readCursor : undefined;
@@ -376,6 +379,8 @@ export class TxLog {
       // segment past its durable records is an append in progress; before them, it is damage.
       if (scan.end.kind !== 'clean') {
         const lastRead = scan.records.at(-1)?.record.txid ?? readUpTo;
+        // Cut (truncateAfter, clear) while it read: what it met is the cut, not damage.
+        if (this.cuts !== cutsBefore || this.truncating) break;
         if (lastRead < this.durableTxid && out.length < maxRecords) {
           throw new TxlogError(
             'TXLOG_CORRUPT',
@@ -442,6 +447,7 @@ export class TxLog {
   private async cutAfter(txid: TxId): Promise<LogRecord[]> {
     while (this.flushing) await this.flushing;
     if (txid >= this.durableTxid) return [];
+    this.cuts++;
     const removed: LogRecord[] = [];
     await this.handle?.close();
     this.handle = undefined;
@@ -479,6 +485,7 @@ export class TxLog {
     this.truncating = true;
     try {
       while (this.flushing) await this.flushing;
+      this.cuts++;
       await this.handle?.close();
       this.handle = undefined;
       while (this.segments.length > 0) {

@@ -59,6 +59,35 @@ describe('record codec', () => {
     expect(end).toEqual({ kind: 'clean', offset: frames.length });
   });
 
+  it('calls a flipped length bit corruption, whatever lost sector follows it', () => {
+    const frames = Buffer.concat(
+      Array.from({ length: 40 }, (_, i) =>
+        encodeFrame(encodeRecord({ ...sample, txid: makeTxId(7, i + 1) })),
+      ),
+    );
+    const second = scanFrames(frames, 0).records[1]!.offset;
+    const bad = Buffer.from(frames);
+    bad[second]! ^= 0x01;
+    bad.fill(0, 1024, 1536);
+    expect(scanFrames(bad, 0).end).toMatchObject({ kind: 'corrupt', offset: second });
+  });
+
+  it('calls a head crossing a sector boundary with only zeros before it a torn append', () => {
+    // The second frame starts 6 bytes before the first sector boundary.
+    const first = encodeFrame(encodeRecord({ ...sample, txid: makeTxId(7, 1), path: 'p'.repeat(426) }));
+    expect(first.length).toBe(506);
+    const frames = Buffer.concat([
+      first,
+      ...[2, 3].map((seq) => encodeFrame(encodeRecord({ ...sample, txid: makeTxId(7, seq) }))),
+    ]);
+    const torn = Buffer.from(frames);
+    torn.fill(0, 506, 512);
+    expect(scanFrames(torn, 0)).toMatchObject({
+      records: [{ offset: 0 }],
+      end: { kind: 'torn', offset: 506 },
+    });
+  });
+
   it('never throws on random bytes', () => {
     for (let i = 0; i < 3000; i++) {
       const junk = randomBytes(Math.floor(Math.random() * 400));

@@ -12,6 +12,7 @@ import {
 import { join } from 'node:path';
 import {
   formatTxId,
+  fsyncDir,
   makeTxId,
   readCheckpoint,
   scanFrames,
@@ -477,6 +478,15 @@ describe('TxLog.clear', () => {
     const reopened = await TxLog.open(dir, { segmentSizeBytes: 400, tailCacheRecords: 3 });
     expect((await collect(reopened)).map((r) => r.path)).toEqual(['again']);
     await reopened.close();
+  });
+});
+
+describe('fsyncDir', () => {
+  it('refuses a path that is a file rather than sync it', async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, 'file'), 'x');
+    await expect(fsyncDir(join(dir, 'file'))).rejects.toMatchObject({ code: 'ENOTDIR' });
+    await fsyncDir(dir);
   });
 });
 
