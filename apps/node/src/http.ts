@@ -83,8 +83,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   // File bodies are streamed straight to disk: no parsing, no buffering.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_request, _payload, done) => done(null));
-  // Whatever its type, a body is bytes: an empty or malformed content type ("", "text") is no
-  // reason to refuse it, as fastify otherwise does (415).
+  // Whatever its type, a body is bytes: an empty or malformed content type ("", "text", "a/b c")
+  // is no reason to refuse it, as fastify otherwise does (415).
   app.addHook('onRequest', async (request, reply) => {
     // Clients encode it (%23); one that does not would have the path cut at it, and another file
     // written, read or deleted than the one it named.
@@ -94,8 +94,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         message: 'the URL holds a raw "#", which would cut the path there: encode it as %23',
       });
     }
-    const type = request.headers['content-type'];
-    if (type !== undefined && !/^[^\s/;]+\/[^\s/;]+/.test(type)) delete request.headers['content-type'];
+    // The only body the API takes is a file's (PUT /v1/files/…): its type is never read.
+    delete request.headers['content-type'];
   });
 
   const fileStore = join(state.config.dataDir, 'filestore');

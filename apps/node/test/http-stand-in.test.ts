@@ -162,7 +162,15 @@ describe('a put told apart before its body is read', () => {
       expect(rawHash.status).toBe(400);
       expect(JSON.parse(rawHash.body)).toMatchObject({ code: 'PATH_RAW_HASH' });
       expect(await readdir(join(dataDir, 'filestore'))).toEqual([]);
-      for (const type of ['', 'text', 'image/jpeg', 'application/json']) {
+      for (const type of [
+        '',
+        'text',
+        'a/b c',
+        'a/b/c',
+        'text/plain,text/html',
+        'image/jpeg',
+        'application/json',
+      ]) {
         const stored = await app.inject({
           method: 'PUT',
           url: '/v1/files/b.txt',
