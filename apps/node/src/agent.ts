@@ -264,10 +264,16 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
 
   let watcher: StoreWatcher | undefined;
   let reconcileTimer: NodeJS.Timeout | undefined;
+  // A log that can no longer be appended to may first fail a record of the watcher or reconcile:
+  // its master steps down then too.
+  const checkLogs = () => {
+    for (const controller of controllers) controller.checkLog();
+  };
   const reconcile = () => {
-    generator
-      .reconcile()
-      .catch((error: Error) => logger.warn({ err: error }, `reconcile failed: ${error.message}`));
+    generator.reconcile().catch((error: Error) => {
+      logger.warn({ err: error }, `reconcile failed: ${error.message}`);
+      checkLogs();
+    });
   };
   const updateWatcher = () => {
     const mastering = controllers.some((c) => c.role === 'master');
@@ -275,7 +281,10 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       if (config.watch) {
         watcher = followWatcher(generator, {
           settleMs: config.watchSettleMs,
-          onError: (error) => logger.warn({ err: error }, `watcher: ${error.message}`),
+          onError: (error) => {
+            logger.warn({ err: error }, `watcher: ${error.message}`);
+            checkLogs();
+          },
         });
         // No watcher replays what happened before it started: reconcile once it is ready.
         void watcher.ready.then(reconcile);

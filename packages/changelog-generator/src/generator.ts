@@ -14,7 +14,7 @@ import {
   type WalkOptions,
   walkStore,
 } from '@pfs/filestore';
-import type { LogRecord, TxLog } from '@pfs/txlog';
+import { type LogRecord, type TxLog, TxlogError } from '@pfs/txlog';
 import { PathIndex, type SlotMarks } from './path-index.ts';
 import { KeyedLock } from './path-locks.ts';
 
@@ -58,6 +58,19 @@ function notLogged(
   );
   failure.cause = error;
   return failure;
+}
+
+/**
+ * Refuses a change before it touches the disk when the log is known to refuse its record (a
+ * failed write it could not take back): it would be made here and never logged.
+ */
+function assertAppendable(log: TxLog): void {
+  if (!log.appendable) {
+    throw new TxlogError(
+      'TXLOG_WRITE_FAILED',
+      `log ${log.dir} cannot be appended to: nothing was changed; the master steps down`,
+    );
+  }
 }
 
 interface Partition {
@@ -154,6 +167,7 @@ export class ChangelogGenerator {
         // A put into an unmounted store would be hidden, and then logged as deleted, once the
         // real store is mounted again.
         assertStoreInPlace(this.root);
+        assertAppendable(owned.log);
         // Checked under the path lock, so no other put can slip in between check and rename. A
         // directory is no file: the commit replaces it if it holds none, else refuses it.
         if (
@@ -192,6 +206,7 @@ export class ChangelogGenerator {
     return this.locks.run(path, async () => {
       const [partition, owned] = this.owner(path);
       assertStoreInPlace(this.root);
+      assertAppendable(owned.log);
       await deleteFile(this.root, path);
       return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' }).catch(
         (error: unknown) => {

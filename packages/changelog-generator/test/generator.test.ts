@@ -5,6 +5,7 @@ import {
   mkdir,
   mkdtemp,
   open,
+  readdir,
   rename,
   rm,
   symlink,
@@ -155,19 +156,37 @@ describe('ChangelogGenerator', () => {
   it('says a change it made on disk but could not log is not replicated, rather than failed', async () => {
     const { root, generator, logs } = await setup();
     await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));
+    const log = logs.get(0)!;
+    const append = vi.spyOn(log, 'appendChange').mockRejectedValue(new Error('EIO: i/o error, write'));
+    try {
+      const staged = await stageFile(root, 'kept', Buffer.from('v2'));
+      await expect(generator.commitPut(staged)).rejects.toMatchObject({
+        code: 'NOT_LOGGED',
+        message:
+          '"kept" was replaced on this master, but logging it failed (EIO: i/o error, write): it is not replicated until it is logged; fix the log\'s disk, then read the path back before relying on it',
+      });
+      expect(readFileSync(join(root, 'kept'), 'utf8')).toBe('v2');
+      await expect(generator.commitDelete('kept')).rejects.toMatchObject({
+        code: 'NOT_LOGGED',
+        message: expect.stringMatching(/^"kept" was deleted on this master, but logging it failed/),
+      });
+    } finally {
+      append.mockRestore();
+    }
+  });
+
+  it('changes nothing on disk for a log it knows cannot take the record', async () => {
+    const { root, generator, logs } = await setup();
+    await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));
     await logs.get(0)!.close();
-    const staged = await stageFile(root, 'kept', Buffer.from('v2'));
-    await expect(generator.commitPut(staged)).rejects.toMatchObject({
-      code: 'NOT_LOGGED',
-      message: expect.stringMatching(
-        /^"kept" was replaced on this master, but logging it failed \(log .* is closed\): it is not replicated until it is logged; fix the log's disk, then read the path back before relying on it$/,
-      ),
-    });
-    expect(readFileSync(join(root, 'kept'), 'utf8')).toBe('v2');
-    await expect(generator.commitDelete('kept')).rejects.toMatchObject({
-      code: 'NOT_LOGGED',
-      message: expect.stringMatching(/^"kept" was deleted on this master, but logging it failed/),
-    });
+    await expect(generator.commitPut(await stageFile(root, 'kept', Buffer.from('v2')))).rejects.toMatchObject(
+      {
+        code: 'TXLOG_WRITE_FAILED',
+      },
+    );
+    await expect(generator.commitDelete('kept')).rejects.toMatchObject({ code: 'TXLOG_WRITE_FAILED' });
+    expect(readFileSync(join(root, 'kept'), 'utf8')).toBe('v1');
+    expect((await readdir(root)).sort()).toEqual(['.pfs', 'kept']);
   });
 
   it('routes each path to its partition log and refuses writes for partitions it does not own', async () => {
