@@ -68,6 +68,12 @@ export interface ReplicatorOptions {
   partition?: number;
   signal?: AbortSignal;
   maxBatchRecords?: number;
+  /**
+   * How far a batch is extended, at most, to reach the record whose bytes a pull brought
+   * (default 200 000). Past it, or after a few extensions, the source's later records are read
+   * without extending the batch (see explainedFurtherOn).
+   */
+  maxExtendedBatchRecords?: number;
   /** Long-poll wait of each fetch. */
   pollWaitMs?: number;
   /** Refuse a source that writes in a generation older than this (the cluster's current one). */
@@ -149,6 +155,8 @@ export const DEFAULT_MAX_BATCH_RECORDS = 1000;
 export const DEFAULT_POLL_WAIT_MS = 10_000;
 /** How long a batch may grow while reading on for a newer record of a path that did not match. */
 const MAX_EXTENDED_BATCH_RECORDS = 200_000;
+/** Extensions of a batch for bytes of a later record before its later records are only read. */
+const MAX_READ_ONS = 3;
 const MAX_BACKOFF_MS = 2000;
 const MAX_HELD_BACKOFF_MS = 30_000;
 /** Beyond this many files a bootstrap stops keeping digests (~150 bytes each); the replay reads the rest. */
@@ -736,6 +744,9 @@ export class Replicator extends EventEmitter {
     // cut, not at all.
     let readToTheEnd = false;
     let cut = false;
+    // Extensions for bytes of a later record, and the paths left holding such bytes.
+    let readOns = 0;
+    const aheadOfLog = new Set<string>();
     for (;;) {
       if (plan.paths.length === 0) break;
       // Paths already as the batch wants them (a bulk bootstrap copied them, or an earlier attempt
@@ -798,13 +809,30 @@ export class Replicator extends EventEmitter {
       // record for it, the newer record lies further on: read on and retry with a longer batch
       // (the retry of the same batch could never match). With nothing further, the newer record
       // is still in flight at the source; the whole batch is retried after a short backoff.
-      const more = cut ? undefined : await this.readOn(source, records, signal, undefined, options.accepts);
+      // A path rewritten much later (a replica far behind, a replay after a bulk copy) would take
+      // an ever larger batch, re-checked whole at each step, to reach: after a few steps, the
+      // later records are only read. If one of them explains each path's bytes, the batch is
+      // logged with those paths left unsettled (see noteUnsettled): the later record verifies
+      // them in place, or, should another source come first, settle brings them in line.
+      const more =
+        cut || readOns >= MAX_READ_ONS
+          ? undefined
+          : await this.readOn(source, records, signal, undefined, options.accepts);
       if (more === undefined) {
+        const paths = problems.map((p) => p.path);
+        if (
+          !cut &&
+          (await this.explainedFurtherOn(source, records.at(-1)!.txid, paths, signal, options.accepts))
+        ) {
+          for (const path of paths) aheadOfLog.add(path);
+          break;
+        }
         throw new ReplicatorError(
           'CONTENT_MISMATCH',
           `after rsync ${problems.length} path(s) differ: ${problems[0]!.why}`,
         );
       }
+      readOns++;
       records = records.concat(more);
       plan = planBatch(records);
     }
@@ -815,7 +843,7 @@ export class Replicator extends EventEmitter {
     // A batch whose append failed part-way may have logged some records already.
     const unlogged = records.filter((record) => record.txid > this.log.lastTxid);
     await Promise.all(unlogged.map((record) => this.log.appendRecord(record)));
-    if (this.unsettled.size > 0) this.noteSettled(plan.paths);
+    if (this.unsettled.size > 0) this.noteSettled(plan.paths.filter((path) => !aheadOfLog.has(path)));
     const to = records.at(-1)!.txid;
     this.appliedTxid = to;
     this.checkpoint.note(to);
@@ -974,9 +1002,44 @@ export class Replicator extends EventEmitter {
     // Not past where the drain ends (see drain's `accepts`).
     const refused = accepts === undefined ? -1 : more.records.findIndex((r) => !accepts(r));
     const taken = refused === -1 ? more.records : more.records.slice(0, refused);
-    if (taken.length === 0 || records.length + taken.length > MAX_EXTENDED_BATCH_RECORDS) return undefined;
+    const cap = this.options.maxExtendedBatchRecords ?? MAX_EXTENDED_BATCH_RECORDS;
+    if (taken.length === 0 || records.length + taken.length > cap) return undefined;
     checkContinues(records.at(-1)!.txid, taken);
     return taken;
+  }
+
+  /**
+   * Whether each of `paths` holds what a record of `source` after `after` says (a put of those
+   * bytes, or a delete of a missing file): the master rewrote it after the batch's record.
+   * Reads the source's records page by page, at most to its end (or to the first record
+   * `accepts` refuses), without waiting for more.
+   */
+  private async explainedFurtherOn(
+    source: RecordSource,
+    after: TxId,
+    paths: readonly string[],
+    signal: AbortSignal,
+    accepts?: (record: LogRecord) => boolean,
+  ): Promise<boolean> {
+    const pending = new Map<string, { size: bigint; sha256: string } | undefined>();
+    for (const path of paths) pending.set(path, await hashFile(this.options.fileStoreDir, path));
+    let cursor = after;
+    while (pending.size > 0) {
+      const page = await source.fetch(cursor, { waitMs: 0, maxRecords: MAX_FEED_RECORDS, signal });
+      if (page.records.length === 0) return false;
+      for (const record of page.records) {
+        if (accepts !== undefined && !accepts(record)) return false;
+        if (!pending.has(record.path)) continue;
+        const disk = pending.get(record.path);
+        const explained =
+          record.kind === 'put'
+            ? disk !== undefined && disk.size === record.size && disk.sha256 === record.sha256
+            : record.kind === 'delete' && disk === undefined;
+        if (explained) pending.delete(record.path);
+      }
+      cursor = page.records.at(-1)!.txid;
+    }
+    return true;
   }
 
   /**

@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import {
   type FileHandle,
   lstat,
@@ -325,6 +325,26 @@ describe('replicator against a real rsync daemon', () => {
     await until(() => replicator.applied === m.log.lastTxid, 'catch-up');
     expect(await readFile(join(dir, 'filestore', 'hot'), 'utf8')).toBe('second version, longer');
     expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+  });
+
+  it('catches up past a path rewritten further on than a batch may be extended', async () => {
+    const m = await master();
+    const dir = await replicaDir();
+    await m.put('hot', 'first version');
+    await m.put('gone', 'deleted much later');
+    for (let i = 0; i < 40; i++) await m.put(`filler-${i}`, `${i}`);
+    await m.put('hot', 'second version, longer');
+    await m.remove('gone');
+    const { replicator, errors } = await replicate(m, dir, {
+      bootstrap: false,
+      maxBatchRecords: 5,
+      maxExtendedBatchRecords: 10,
+    });
+    await until(() => replicator.applied === m.log.lastTxid, 'catch-up');
+    expect(await snapshot(join(dir, 'filestore'))).toEqual(await snapshot(m.root));
+    // Held as unsettled while the log was behind them, then verified by their own records.
+    expect(existsSync(join(dir, 'checkpoint', '0.unsettled'))).toBe(false);
+    expect(errors.filter((e) => (e as ReplicatorError).code === 'CONTENT_MISMATCH')).toEqual([]);
   });
 
   it('reads on past a put whose directory is a file at the source by the time it pulls', async () => {
