@@ -1216,9 +1216,10 @@ export class Replicator extends EventEmitter {
     const toSync = [...expected.keys()].filter((path) => !trusted(path)).length;
     // Trusted paths (verified before the transfer, in a store synced as a whole) need nothing.
     const toCheck = [...expected].filter(([path]) => !trusted(path));
+    // One syncfs first makes a large batch's writeback one journal commit; each file still gets
+    // its own fdatasync below, cheap on clean pages, since a syncfs reports a writeback error to
+    // the first caller only: another partition's batch, or any `sync -f`, may have had it.
     const synced = toSync >= SYNCFS_MIN_PATHS ? await syncFileSystem(this.options.fileStoreDir) : undefined;
-    // Without `sync`, each file gets its own fdatasync below.
-    const bulk = synced === 'synced';
     if (synced === 'failed') {
       // A writeback error is reported once: per-file syncs now would pass on bytes that may
       // not be on disk. The batch's files are pulled again (from whichever source comes next).
@@ -1240,7 +1241,7 @@ export class Replicator extends EventEmitter {
       const file = join(this.options.fileStoreDir, path);
       if (alreadyVerified.has(path)) {
         // Checked just before the transfer and not part of it: only durability is left to do.
-        if (!bulk && want.kind === 'put')
+        if (want.kind === 'put')
           await removeOnFailure(
             file,
             () => syncFile(file),
@@ -1258,7 +1259,7 @@ export class Replicator extends EventEmitter {
         file,
         () =>
           checkPut(this.options.fileStoreDir, path, want, {
-            datasync: !bulk,
+            datasync: true,
             knownVersion: inPlace.get(path),
           }),
         () => this.noteUnsettled([path], source),
@@ -1334,13 +1335,17 @@ export class Replicator extends EventEmitter {
       await this.gate.shared(
         async () => {
           await pullBatch({ ...this.pullOptions(source, signal), paths });
-          // Durable before they count as settled: no later batch may touch them again.
+          // Durable now: a batch may find them in place and vouch for them. One whose fdatasync
+          // fails goes (a writeback error is reported once: a later sync would pass its bytes
+          // on from the page cache), and is pulled again.
           this.storeSynced = false;
           await Promise.all(
             paths.map((path) =>
-              syncFile(join(root, path)).catch((error: NodeJS.ErrnoException) => {
-                if (error.code !== 'ENOENT') throw error;
-              }),
+              removeOnFailure(join(root, path), () => syncFile(join(root, path))).catch(
+                (error: NodeJS.ErrnoException) => {
+                  if (error.code !== 'ENOENT') throw error;
+                },
+              ),
             ),
           );
           await fsyncParents(root, paths);
@@ -1349,8 +1354,11 @@ export class Replicator extends EventEmitter {
         { preempt: true },
       );
       this.bootstrapDigests?.forgetTouched(paths);
-      this.noteSettled(paths);
-      this.settleFailed = this.unsettled.size > 0 ? { source, at: performance.now() } : undefined;
+      // They hold what `source` has now, maybe a record's past the applied txid, which it may
+      // never come to log: unsettled still, now from `source`, until a batch of its records
+      // verifies them, or another source comes and settles them again.
+      if (paths.length === this.unsettled.size) this.unsettledFrom = source;
+      this.settleFailed = this.unsettledFrom === source ? undefined : { source, at: performance.now() };
     } catch (error) {
       if (signal.aborted) throw error;
       this.settleFailed = { source, at: performance.now() };
