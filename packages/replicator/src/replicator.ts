@@ -338,7 +338,9 @@ export class Replicator extends EventEmitter {
     const stop = signal ?? new AbortController().signal;
     const unverified = new Set<string>();
     let backoffMs = 0;
-    for (let attempt = 0; ; attempt++) {
+    // Failures in a row: a long drain's batches that went through do not count against it.
+    let failures = 0;
+    for (;;) {
       try {
         const max = this.options.maxBatchRecords ?? DEFAULT_MAX_BATCH_RECORDS;
         const fetched = await this.source.fetch(this.appliedTxid, {
@@ -370,8 +372,9 @@ export class Replicator extends EventEmitter {
         });
         for (const path of mismatched) unverified.add(path);
         backoffMs = 0;
+        failures = 0;
       } catch (error) {
-        if (stop.aborted || attempt >= 20 || (error as ReplicatorError).code === 'SOURCE_UNAVAILABLE')
+        if (stop.aborted || ++failures > 20 || (error as ReplicatorError).code === 'SOURCE_UNAVAILABLE')
           throw error;
         this.report(error);
         backoffMs = nextBackoff(backoffMs, error);
