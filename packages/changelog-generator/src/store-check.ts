@@ -1,4 +1,4 @@
-import { hashFile, type StoreEntry, type WalkOptions, walkStore } from '@pfs/filestore';
+import { assertStoreInPlace, hashFile, type StoreEntry, type WalkOptions, walkStore } from '@pfs/filestore';
 import type { TxLog } from '@pfs/txlog';
 import { replayIntoIndex } from './generator.ts';
 import type { PathIndex, SlotMarks } from './path-index.ts';
@@ -85,6 +85,10 @@ export async function findUnloggedChangesOf<K>(options: {
     }
     dropAborted();
     if (comparisons.size > 0) {
+      // An empty mount point would have every logged file missing (and pulled into it, and the
+      // real store's unlogged files never checked): before the walk, and after it, since the
+      // store may go while it runs.
+      assertStoreInPlace(options.root);
       for await (const entry of walkStore(options.root, '', { staleTempFiles: options.staleTempFiles })) {
         dropAborted();
         if (comparisons.size === 0) break;
@@ -99,6 +103,7 @@ export async function findUnloggedChangesOf<K>(options: {
       }
     }
     dropAborted();
+    if (comparisons.size > 0) assertStoreInPlace(options.root);
     for (const [key, comparison] of comparisons) outcomes.set(key, { changes: comparison.finish() });
     return outcomes;
   } finally {

@@ -82,6 +82,27 @@ describe('findUnloggedChanges', () => {
     ]);
   });
 
+  it('refuses to check a store that is not in place, rather than find every logged file gone', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-check-'));
+    const root = join(base, 'filestore');
+    await initStore(root);
+    const log = await TxLog.open(join(base, 'changelog'));
+    cleanups.push(async () => {
+      await log.close();
+      await rm(base, { recursive: true, force: true });
+    });
+    await log.startGeneration(1n);
+    const generator = new ChangelogGenerator({ root, partitionCount: 1 });
+    await generator.attach(0, log);
+    await generator.commitPut(await stageFile(root, 'logged', Buffer.from('x')));
+    // An empty mount point where the store was.
+    await rm(root, { recursive: true });
+    await mkdir(root);
+    await expect(findUnloggedChanges({ root, log, belongs: () => true })).rejects.toMatchObject({
+      code: 'STORE_MISSING',
+    });
+  });
+
   it('checks several logs in one walk, each against its own paths, and drops a log whose check was aborted', async () => {
     const base = await mkdtemp(join(tmpdir(), 'pfs-check-'));
     const root = join(base, 'filestore');
