@@ -10,7 +10,7 @@ import {
   placeReplicas,
   reportedByCurrentProcess,
 } from '@pfs/coordinator-etcd';
-import { walkStore } from '@pfs/filestore';
+import { assertStoreInPlace, walkStore } from '@pfs/filestore';
 import type { StoreGate } from '@pfs/replicator';
 import { formatTxId, fsyncDir, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
@@ -387,12 +387,16 @@ export class PartitionPlacement {
       }, this.stop.signal);
     };
     if (controllers.some((c) => gone(c.partition))) {
+      // An empty mount point has nothing to sweep: that says nothing of the real store, whose
+      // marks must stay (failing here, the sweep is tried again).
+      assertStoreInPlace(fileStore);
       for await (const entry of walkStore(fileStore)) {
         if (this.stop.signal.aborted) return;
         if (gone(partitionOf(entry.path))) batch.push(entry.path);
         if (batch.length >= SWEEP_BATCH) await removeBatch();
       }
       await removeBatch();
+      assertStoreInPlace(fileStore);
       // Files a former master wrote without logging them are gone too.
       for (const controller of controllers) {
         if (goneAtStart.has(controller.partition) && gone(controller.partition))
