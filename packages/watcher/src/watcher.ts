@@ -38,6 +38,8 @@ export interface StoreWatcher {
 export const DEFAULT_SETTLE_MS = 100;
 /** Longer than chokidar's 50 ms throttle of repeated `change` events. */
 const TRAILING_CHECK_MS = 75;
+/** When a path whose stat failed is looked at again. */
+const STAT_RETRY_MS = 5000;
 
 export function watchStore(options: StoreWatcherOptions): StoreWatcher {
   const settleMs = options.settleMs ?? DEFAULT_SETTLE_MS;
@@ -92,7 +94,14 @@ export function watchStore(options: StoreWatcherOptions): StoreWatcher {
         // that window, so a write that landed in it is still reported.
         if (!timers.has(path)) timers.set(path, setTimeout(settle, settleMs + TRAILING_CHECK_MS, path, true));
       },
-      (error: Error) => options.onError?.(error),
+      (error: Error) => {
+        // Looked at again later (EACCES, EIO may pass); the error is told meanwhile.
+        reported.delete(path);
+        options.onError?.(error);
+        if (!closed && !timers.has(path)) {
+          timers.set(path, setTimeout(settle, STAT_RETRY_MS, path));
+        }
+      },
     );
   };
   const touch = (raw: string) => {
@@ -117,6 +126,8 @@ export function watchStore(options: StoreWatcherOptions): StoreWatcher {
     watcher.once('ready', () => {
       initialDone = true;
       for (const path of initial) known.add(path);
+      // Kept in `known` now: the list itself would hold every path of the store for good.
+      initial.length = 0;
       resolve();
     });
   });

@@ -1,9 +1,15 @@
 import { appendFile, mkdir, mkdtemp, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { initStore, putFile } from '@pfs/filestore';
+import { initStore, putFile, statFile } from '@pfs/filestore';
 import { listStoreFiles, type StoreEvent, type StoreWatcher, watchStore } from '@pfs/watcher';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+
+// statFile as it is, unless a test makes it fail.
+vi.mock('@pfs/filestore', async (importOriginal) => {
+  const actual = await importOriginal<typeof import('@pfs/filestore')>();
+  return { ...actual, statFile: vi.fn(actual.statFile) };
+});
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -138,4 +144,13 @@ describe('watchStore and chokidar throttling', () => {
     // Every rewrite reached the listener even though some came within 50 ms of the one before.
     expect(events.map((e) => e.type)).toEqual(['add', 'change', 'change', 'change', 'change']);
   });
+  it('looks again at a path whose stat failed, rather than drop its change', async () => {
+    const { root, events, errors } = await setup();
+    vi.mocked(statFile).mockRejectedValueOnce(
+      Object.assign(new Error('EIO: i/o error, lstat'), { code: 'EIO' }),
+    );
+    await writeFile(join(root, 'flaky'), 'x');
+    await until(() => errors.length > 0, 'the failed stat');
+    await until(() => has(events, 'add', 'flaky'), 'the add, once the stat works again', 10_000);
+  }, 15_000);
 });
