@@ -823,10 +823,10 @@ export class Replicator extends EventEmitter {
           : await this.readOn(source, records, signal, undefined, options.accepts);
       if (more === undefined) {
         const paths = problems.map((p) => p.path);
-        if (
-          !cut &&
-          (await this.explainedFurtherOn(source, records.at(-1)!.txid, paths, signal, options.accepts))
-        ) {
+        // Also once cut back before a record another partition holds: reading on does not
+        // bring that record back into the batch, and two partitions waiting on each other
+        // could otherwise stop at such a path for good.
+        if (await this.explainedFurtherOn(source, records.at(-1)!.txid, paths, signal, options.accepts)) {
           for (const path of paths) aheadOfLog.add(path);
           break;
         }
