@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
@@ -7,7 +6,7 @@ import { Coordinator, reportedByCurrentProcess } from '@pfs/coordinator-etcd';
 import { initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
 import { discardBulkCopyStaging, StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
-import { formatTxId, TxLog } from '@pfs/txlog';
+import { formatTxId, mkdirDurable, TxLog } from '@pfs/txlog';
 import type { StoreWatcher } from '@pfs/watcher';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
@@ -76,8 +75,9 @@ export async function startAgent(config: NodeConfig, logger: Logger): Promise<Ag
 
 async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promise<void>)[]): Promise<Agent> {
   const fileStore = join(config.dataDir, 'filestore');
+  // Made durably: a directory the power took with it would take its logs, marks and files along.
   for (const dir of ['filestore', 'changelog', 'checkpoint', 'quarantine', 'run']) {
-    await mkdir(join(config.dataDir, dir), { recursive: true });
+    await mkdirDurable(join(config.dataDir, dir));
   }
   // Checked before initStore makes one: a store without its sentinel is new, or not mounted.
   const storeWasInPlace = storeIsInPlace(fileStore);

@@ -30,19 +30,25 @@ afterEach(async () => {
 
 const sha = (text: string) => createHash('sha256').update(text).digest('hex');
 
+/** A store and the log of its one partition, mastered by a generator (removed after the test). */
+async function masterStore() {
+  const base = await mkdtemp(join(tmpdir(), 'pfs-check-'));
+  const root = join(base, 'filestore');
+  await initStore(root);
+  const log = await TxLog.open(join(base, 'changelog'));
+  cleanups.push(async () => {
+    await log.close();
+    await rm(base, { recursive: true, force: true });
+  });
+  await log.startGeneration(1n);
+  const generator = new ChangelogGenerator({ root, partitionCount: 1 });
+  await generator.attach(0, log);
+  return { base, root, log, generator };
+}
+
 describe('findUnloggedChanges', () => {
   it('names files the log does not record, bytes that are not their record, and recorded files that are gone', async () => {
-    const base = await mkdtemp(join(tmpdir(), 'pfs-check-'));
-    const root = join(base, 'filestore');
-    await initStore(root);
-    const log = await TxLog.open(join(base, 'changelog'));
-    cleanups.push(async () => {
-      await log.close();
-      await rm(base, { recursive: true, force: true });
-    });
-    await log.startGeneration(1n);
-    const generator = new ChangelogGenerator({ root, partitionCount: 1 });
-    await generator.attach(0, log);
+    const { root, log, generator } = await masterStore();
     for (const path of ['same', 'touched', 'rewritten', 'same-size', 'gone', 'dir/deep'])
       await generator.commitPut(await stageFile(root, path, Buffer.from(`v1 of ${path}`)));
     // As a node killed between a rename and its record leaves them:
@@ -83,17 +89,7 @@ describe('findUnloggedChanges', () => {
   });
 
   it('refuses to check a store that is not in place, rather than find every logged file gone', async () => {
-    const base = await mkdtemp(join(tmpdir(), 'pfs-check-'));
-    const root = join(base, 'filestore');
-    await initStore(root);
-    const log = await TxLog.open(join(base, 'changelog'));
-    cleanups.push(async () => {
-      await log.close();
-      await rm(base, { recursive: true, force: true });
-    });
-    await log.startGeneration(1n);
-    const generator = new ChangelogGenerator({ root, partitionCount: 1 });
-    await generator.attach(0, log);
+    const { root, log, generator } = await masterStore();
     await generator.commitPut(await stageFile(root, 'logged', Buffer.from('x')));
     // An empty mount point where the store was.
     await rm(root, { recursive: true });
