@@ -226,6 +226,14 @@ export class Replicator extends EventEmitter {
    */
   private readonly unsettled = new Set<string>();
   private unsettledFrom: RecordSource | undefined;
+  /**
+   * Paths whose bytes a record of `source` further on than their batch was found to explain,
+   * with that record's txid and the bytes' sha-256 (none: a delete); see explainedBefore.
+   */
+  private readonly explainedAhead = new Map<
+    string,
+    { source: RecordSource; txid: TxId; sha256: string | undefined }
+  >();
   private readonly unsettledFile: string;
   /**
    * The source settle last failed with or left paths over, and when (performance.now()): it is
@@ -817,12 +825,18 @@ export class Replicator extends EventEmitter {
       // later records are only read. If one of them explains each path's bytes, the batch is
       // logged with those paths left unsettled (see noteUnsettled): the later record verifies
       // them in place, or, should another source come first, settle brings them in line.
+      // A path found so explained before (rewritten again and again while this replica is far
+      // behind) is taken at once, without reading on or through the source again.
+      const paths = problems.map((p) => p.path);
+      if (await this.explainedBefore(source, records.at(-1)!.txid, paths)) {
+        for (const path of paths) aheadOfLog.add(path);
+        break;
+      }
       const more =
         cut || readOns >= MAX_READ_ONS
           ? undefined
           : await this.readOn(source, records, signal, undefined, options.accepts);
       if (more === undefined) {
-        const paths = problems.map((p) => p.path);
         // Also once cut back before a record another partition holds: reading on does not
         // bring that record back into the batch, and two partitions waiting on each other
         // could otherwise stop at such a path for good.
@@ -1038,9 +1052,33 @@ export class Replicator extends EventEmitter {
           record.kind === 'put'
             ? disk !== undefined && disk.size === record.size && disk.sha256 === record.sha256
             : record.kind === 'delete' && disk === undefined;
-        if (explained) pending.delete(record.path);
+        if (explained) {
+          pending.delete(record.path);
+          this.explainedAhead.set(record.path, { source, txid: record.txid, sha256: disk?.sha256 });
+        }
       }
       cursor = page.records.at(-1)!.txid;
+    }
+    return true;
+  }
+
+  /**
+   * Whether each of `paths` still holds what a record of `source` past `after` was found to say
+   * (see explainedFurtherOn); forgets what the log has caught up with, or another source said.
+   */
+  private async explainedBefore(
+    source: RecordSource,
+    after: TxId,
+    paths: readonly string[],
+  ): Promise<boolean> {
+    for (const [path, known] of this.explainedAhead) {
+      if (known.source !== source || known.txid <= this.appliedTxid) this.explainedAhead.delete(path);
+    }
+    for (const path of paths) {
+      const known = this.explainedAhead.get(path);
+      if (known === undefined || known.txid <= after) return false;
+      const disk = await hashFile(this.options.fileStoreDir, path);
+      if (disk?.sha256 !== known.sha256) return false;
     }
     return true;
   }
