@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { lstatSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, renameSync, writeFileSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -23,7 +23,15 @@ import {
   startPull,
   syncTree,
 } from '@pfs/rsync-invoker';
-import { formatTxId, type LogRecord, readCheckpoint, type TxId, TxLog, writeCheckpoint } from '@pfs/txlog';
+import {
+  formatTxId,
+  type LogRecord,
+  readCheckpoint,
+  type TxId,
+  TxLog,
+  writeCheckpoint,
+  writeFileAtomic,
+} from '@pfs/txlog';
 import { checkContinues, type Expected, planBatch } from './batch.ts';
 import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
 import { discardBulkCopyStaging, freshBulkCopyStaging, moveIntoStore } from './bulk-copy-staging.ts';
@@ -1340,15 +1348,11 @@ export class Replicator extends EventEmitter {
   }
 
   /**
-   * Writes the unsettled paths, NUL-separated, or removes the file when there are none. Through a
-   * temp file and a rename: a process killed between an in-place rewrite's truncation and its
-   * write would forget the paths an earlier pull left.
+   * Writes the unsettled paths, NUL-separated (an empty file when there are none). Through a temp
+   * file and a rename over the file: a process killed between an in-place rewrite's truncation
+   * and its write would forget the paths an earlier pull left.
    */
   private saveUnsettled(): void {
-    if (this.unsettled.size === 0) {
-      rmSync(this.unsettledFile, { force: true });
-      return;
-    }
     const temp = `${this.unsettledFile}.tmp`;
     writeFileSync(temp, [...this.unsettled].join('\0'));
     renameSync(temp, this.unsettledFile);
@@ -1508,12 +1512,16 @@ export async function createReplicator(options: ReplicatorOptions): Promise<Repl
   const checkpoint = await readCheckpoint(checkpointFile).catch(() => undefined);
   const applied = log.lastTxid;
   if (checkpoint !== applied) await writeCheckpoint(checkpointFile, applied).catch(() => {});
-  const unsettled = await readFile(
-    unsettledFileOf(options.checkpointDir, options.partition ?? 0),
-    'utf8',
-  ).then(
+  const unsettledFile = unsettledFileOf(options.checkpointDir, options.partition ?? 0);
+  const unsettled = await readFile(unsettledFile, 'utf8').then(
     (text) => text.split('\0').filter((path) => path !== ''),
-    () => [] as string[],
+    async () => {
+      // Made once, durably, and kept (empty when nothing is unsettled): each later save renames
+      // over it, and ext4 writes a file renamed over another before the rename commits, where a
+      // file new after a power loss could come back empty while rsync's renames after it stayed.
+      await writeFileAtomic(unsettledFile, '').catch(() => {});
+      return [] as string[];
+    },
   );
   const replicator = new Replicator(options, log, options.log === undefined, applied, unsettled);
   if (options.follow !== false) replicator.start();
