@@ -91,17 +91,18 @@ async function caughtUp(master: Agent, replica: Agent, what = 'replica caught up
 
 /**
  * A node registered in `cluster` (id `a-phantom`, ranked before any `localhost_…` as caught up)
- * that reports `applied` for partition 0 and never claims; its addresses refuse connections.
+ * that reports `applied` for partition 0 and never claims; its addresses refuse connections, or
+ * are both `port` when given.
  */
-async function phantomNode(cluster: string, applied: bigint): Promise<Coordinator> {
+async function phantomNode(cluster: string, applied: bigint, port?: number): Promise<Coordinator> {
   const phantom = await Coordinator.connect({
     endpoints: [harness.etcdEndpoint()],
     cluster,
     node: {
       id: 'a-phantom',
       host: '127.0.0.1',
-      httpPort: await freePort(),
-      rsyncPort: await freePort(),
+      httpPort: port ?? (await freePort()),
+      rsyncPort: port ?? (await freePort()),
       pid: process.pid,
       startedAt: new Date().toISOString(),
     },
@@ -1234,21 +1235,8 @@ describe('node agent over HTTP', () => {
     const silent = createServer(() => {});
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
     const port = (silent.address() as { port: number }).port;
-    const phantom = await Coordinator.connect({
-      endpoints: [harness.etcdEndpoint()],
-      cluster,
-      node: {
-        id: 'a-phantom',
-        host: '127.0.0.1',
-        httpPort: port,
-        rsyncPort: port,
-        pid: process.pid,
-        startedAt: 'now',
-      },
-      ttlSeconds: 5,
-    });
+    const phantom = await phantomNode(cluster, applied + 1n, port);
     try {
-      await phantom.reportApplied(0, applied + 1n);
       await stopForRestart(master);
       await until('the promotion', async () =>
         (await role(replica)).role === 'promoting' ? true : undefined,
