@@ -1,6 +1,6 @@
 import { appendFile, lstat, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { firstParentNotADirectory, quarantineFile } from '@pfs/filestore';
+import { findInStore, firstParentNotADirectory, quarantineFile } from '@pfs/filestore';
 import { formatTxId, fsyncDir, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 
 /**
@@ -54,17 +54,7 @@ export async function foreignFileInTheWay(
 ): Promise<string | undefined> {
   const parent = await firstParentNotADirectory(fileStore, path);
   if (parent !== undefined && !owns(parent.parent)) return parent.parent;
-  const walk = async (relative: string): Promise<string | undefined> => {
-    const entries = await readdir(join(fileStore, relative), { withFileTypes: true }).catch(() => []);
-    for (const entry of entries) {
-      const child = `${relative}/${entry.name}`;
-      const found = entry.isDirectory() ? await walk(child) : owns(child) ? undefined : child;
-      if (found !== undefined) return found;
-    }
-    return undefined;
-  };
-  const info = await lstat(join(fileStore, path)).catch(() => undefined);
-  return info?.isDirectory() ? walk(path) : undefined;
+  return findInStore(fileStore, path, (file) => !owns(file));
 }
 
 /** A path cannot be brought back as a file for now: `foreign`, another partition's file, is in its way. */
