@@ -118,39 +118,45 @@ export async function cutDivergentSuffix(args: {
         if (foreign !== undefined) throw new ForeignFileInTheWay(path, foreign);
       }
     }
-    const moved = new Map<string, string | null>();
+    const dir = join(args.quarantineDir, generation.toString());
+    const files = join(dir, 'files');
+    const at = new Date().toISOString();
+    const linesOf = (path: string, quarantinedAs: string | null) =>
+      changes
+        .filter((r) => r.path === path)
+        .map((r) =>
+          JSON.stringify({
+            generation: generation.toString(),
+            txid: r.txid.toString(),
+            txidText: formatTxId(r.txid),
+            kind: r.kind,
+            path: r.path,
+            size: r.size.toString(),
+            sha256: r.sha256,
+            quarantinedAs,
+            at,
+          } satisfies QuarantineEntry),
+        );
+    const paths = [...new Set(changes.map((r) => r.path))];
     const kept = new Set<string>();
-    const files = join(args.quarantineDir, generation.toString(), 'files');
-    for (const record of [...changes].reverse()) {
-      if (moved.has(record.path)) continue;
+    for (const path of paths) {
       // A directory there now is not what these records wrote (they wrote files): it holds files
       // of other paths, maybe another partition's, made after the divergent file went.
-      const info = await lstat(join(args.fileStore, record.path)).catch(() => undefined);
-      if (info?.isDirectory()) {
-        moved.set(record.path, null);
-        kept.add(record.path);
-        continue;
-      }
-      moved.set(record.path, (await quarantineFile(args.fileStore, files, record.path)) ?? null);
+      const info = await lstat(join(args.fileStore, path)).catch(() => undefined);
+      if (info?.isDirectory()) kept.add(path);
+      // Listed before it moves (as quarantineListed does): a crash in between leaves a line whose
+      // file is still in the store, listed again on the next try, never a moved file unlisted.
+      const movedTo =
+        info === undefined || info.isDirectory()
+          ? undefined
+          : await quarantineFile(args.fileStore, files, path, {
+              beforeMove: (destination) => appendManifest(dir, linesOf(path, destination)),
+            });
+      if (movedTo === undefined) await appendManifest(dir, linesOf(path, null));
     }
-    const at = new Date().toISOString();
-    const lines = changes.map((r) =>
-      JSON.stringify({
-        generation: generation.toString(),
-        txid: r.txid.toString(),
-        txidText: formatTxId(r.txid),
-        kind: r.kind,
-        path: r.path,
-        size: r.size.toString(),
-        sha256: r.sha256,
-        quarantinedAs: moved.get(r.path) ?? null,
-        at,
-      } satisfies QuarantineEntry),
-    );
-    if (lines.length > 0) await appendManifest(join(args.quarantineDir, generation.toString()), lines);
     // Not a directory kept above: rsync --force would delete it, and the files in it, to bring a
     // file back.
-    await args.restore([...moved.keys()].filter((path) => !kept.has(path)));
+    await args.restore(paths.filter((path) => !kept.has(path)));
     removed.push(...(await args.log.truncateAfter(point)));
   }
   return removed;

@@ -117,6 +117,43 @@ describe('cutDivergentSuffix', () => {
       await rm(base, { recursive: true, force: true });
     }
   });
+  it('lists a file before moving it: a listing that fails leaves the file in the store and the log uncut', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-cut-'));
+    try {
+      const fileStore = join(base, 'filestore');
+      const quarantineDir = join(base, 'quarantine');
+      const log = await TxLog.open(join(base, 'changelog'));
+      await log.startGeneration(1n);
+      await log.appendChange({ kind: 'put', path: 'kept', size: 1n, mtimeNs: 0n, sha256: '0'.repeat(64) });
+      await log.appendChange({ kind: 'put', path: 'a', size: 8n, mtimeNs: 0n, sha256: '0'.repeat(64) });
+      await mkdir(fileStore, { recursive: true });
+      await writeFile(join(fileStore, 'a'), 'divergent');
+      // A directory where the manifest goes: listing fails, as a crash right there would stop it.
+      await mkdir(join(quarantineDir, '1', 'MANIFEST.jsonl'), { recursive: true });
+      const cut = () =>
+        cutDivergentSuffix({
+          log,
+          history: new Map([[1n, makeTxId(1, 1)]]),
+          currentGeneration: 2n,
+          fileStore,
+          quarantineDir,
+          restore: async () => {},
+        });
+      await expect(cut()).rejects.toThrow(/EISDIR/);
+      expect(await readFile(join(fileStore, 'a'), 'utf8')).toBe('divergent');
+      expect(log.lastTxid).toBe(makeTxId(1, 2));
+      // Once it can be listed, it is listed with where it went, and moved.
+      await rm(join(quarantineDir, '1', 'MANIFEST.jsonl'), { recursive: true });
+      expect((await cut()).map((r) => r.path)).toEqual(['a']);
+      const [entry, ...rest] = await listQuarantine(quarantineDir);
+      expect(rest).toEqual([]);
+      expect(entry).toMatchObject({ path: 'a', quarantinedAs: join(quarantineDir, '1', 'files', 'a') });
+      expect(await readFile(join(quarantineDir, '1', 'files', 'a'), 'utf8')).toBe('divergent');
+      await log.close();
+    } finally {
+      await rm(base, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('setAsideInTheWay', () => {
