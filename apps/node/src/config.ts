@@ -72,6 +72,7 @@ export const ConfigSchema = z
     ackMode: z.enum(['local', 'one', 'all']).default('local'),
     ackTimeoutMs: z.coerce.number().int().min(0).max(600_000).default(5000),
     bodyIdleTimeoutMs: z.coerce.number().int().min(100).max(3_600_000).default(30_000),
+    bodyMinBytesPerSecond: z.coerce.number().int().min(1).default(240),
     watch: booleanFlag.default(true),
     watchSettleMs: z.coerce.number().int().min(0).default(100),
     revokeRefusingMaster: booleanFlag.default(false),
@@ -133,6 +134,7 @@ const FLAGS = {
   'revoke-refusing-master': { type: 'string' },
   'ack-timeout-ms': { type: 'string' },
   'body-idle-timeout-ms': { type: 'string' },
+  'body-min-bytes-per-second': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -156,6 +158,7 @@ const FIELD_OF_FLAG: Record<string, string> = {
   'revoke-refusing-master': 'revokeRefusingMaster',
   'ack-timeout-ms': 'ackTimeoutMs',
   'body-idle-timeout-ms': 'bodyIdleTimeoutMs',
+  'body-min-bytes-per-second': 'bodyMinBytesPerSecond',
 };
 
 export const USAGE = `usage: pnpm --filter node start -- [options]
@@ -178,6 +181,9 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --ack-timeout-ms N    how long a write waits for its ack before answering 504 (default 5000)
   --body-idle-timeout-ms N
                         drop a PUT whose body sends nothing for this long (default 30000)
+  --body-min-bytes-per-second N
+                        drop a PUT whose body, after that first allowance, comes slower than
+                        this on average (default 240)
   --watch true|false    watch filestore/ for files dropped in by hand (default true; false leaves
                         them to the periodic reconcile scan and saves CPU under heavy API writes)
   --revoke-refusing-master true|false
@@ -187,12 +193,14 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --config FILE         JSON file of fields nodeId, host, httpPort, rsyncPort, dataDir, etcd,
                         cluster, partitions, replicationFactor, placementGraceMs,
                         leaseTtlSeconds, rsyncBin,
-                        maxFileBytes, ackMode, ackTimeoutMs, bodyIdleTimeoutMs, watch,
+                        maxFileBytes, ackMode, ackTimeoutMs, bodyIdleTimeoutMs,
+                        bodyMinBytesPerSecond, watch,
                         watchSettleMs, revokeRefusingMaster, reconcileIntervalMs, logLevel (an
                         unknown field stops the node)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
 PFS_CLUSTER, PFS_PARTITIONS, PFS_REPLICATION_FACTOR, PFS_PLACEMENT_GRACE_MS, PFS_LEASE_TTL,
-PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_BODY_IDLE_TIMEOUT_MS, PFS_WATCH,
+PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_BODY_IDLE_TIMEOUT_MS,
+PFS_BODY_MIN_BYTES_PER_SECOND, PFS_WATCH,
 PFS_REVOKE_REFUSING_MASTER.`;
 
 /** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */

@@ -352,14 +352,16 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       // Not destroyed when staging stops early (limit, disk full): the answer still has to go out.
       // A client gone silent mid-upload (its host lost, a cable pulled) never closes the
       // connection: without a limit its temp file and handle would stay until the node stops.
-      const body = withIdleLimit(
+      const body = withBodyLimits(
         request.raw.iterator({ destroyOnReturn: false }),
-        state.config.bodyIdleTimeoutMs,
-        () =>
+        { idleMs: state.config.bodyIdleTimeoutMs, minBytesPerSecond: state.config.bodyMinBytesPerSecond },
+        (cause, bytes, waitedMs) =>
           request.raw.destroy(
             new FilestoreError(
               'ABORTED',
-              `no bytes of the body of ${JSON.stringify(path)} for ${state.config.bodyIdleTimeoutMs} ms: the upload was dropped; send it again`,
+              cause === 'idle'
+                ? `no bytes of the body of ${JSON.stringify(path)} for ${state.config.bodyIdleTimeoutMs} ms: the upload was dropped; send it again`
+                : `the body of ${JSON.stringify(path)} came slower than ${state.config.bodyMinBytesPerSecond} bytes/s (${bytes} bytes in ${Math.round(waitedMs / 1000)} s): the upload was dropped; send it again over a faster link, or lower bodyMinBytesPerSecond`,
               { path },
             ),
           ),
@@ -590,24 +592,61 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   return app;
 }
 
+/** The limits a PUT's body must keep to (see nextChunkDeadline). */
+export interface BodyLimits {
+  idleMs: number;
+  minBytesPerSecond: number;
+}
+
 /**
- * Yields `source`'s chunks, calling `onIdle` when the next one has not come within `idleMs` of
- * being asked for. Time spent by the consumer on a chunk does not count.
+ * How long the next chunk of a body may take, and which limit ends it, given the bytes received
+ * and the time spent waiting for them so far (pure). Each chunk may take `idleMs`; in all, the
+ * waits may take `idleMs` plus one second per `minBytesPerSecond` bytes received. A body that
+ * trickles a byte now and then, just inside the idle limit, so runs out of time: it would hold a
+ * connection and a temp file for as long as its sender likes.
  */
-export async function* withIdleLimit<T>(
+export function nextChunkDeadline(
+  bytes: number,
+  waitedMs: number,
+  limits: BodyLimits,
+): { ms: number; cause: 'idle' | 'slow' } {
+  const left = limits.idleMs + (bytes * 1000) / limits.minBytesPerSecond - waitedMs;
+  return left < limits.idleMs
+    ? { ms: Math.max(0, left), cause: 'slow' }
+    : { ms: limits.idleMs, cause: 'idle' };
+}
+
+/**
+ * Yields `source`'s chunks, calling `onStall` when the next one has not come within the limits
+ * (nextChunkDeadline). Time spent by the consumer on a chunk does not count: a slow disk is not
+ * a slow client.
+ */
+export async function* withBodyLimits<T extends { length: number }>(
   source: AsyncIterable<T>,
-  idleMs: number,
-  onIdle: () => void,
+  limits: BodyLimits,
+  onStall: (cause: 'idle' | 'slow', bytes: number, waitedMs: number) => void,
 ): AsyncGenerator<T> {
-  let timer = setTimeout(onIdle, idleMs);
+  const chunks = source[Symbol.asyncIterator]();
+  let bytes = 0;
+  let waitedMs = 0;
   try {
-    for await (const chunk of source) {
-      clearTimeout(timer);
-      yield chunk;
-      timer = setTimeout(onIdle, idleMs);
+    for (;;) {
+      const deadline = nextChunkDeadline(bytes, waitedMs, limits);
+      const askedAt = performance.now();
+      const timer = setTimeout(() => onStall(deadline.cause, bytes, waitedMs + deadline.ms), deadline.ms);
+      let next: IteratorResult<T>;
+      try {
+        next = await chunks.next();
+      } finally {
+        clearTimeout(timer);
+      }
+      waitedMs += performance.now() - askedAt;
+      if (next.done === true) return;
+      bytes += next.value.length;
+      yield next.value;
     }
   } finally {
-    clearTimeout(timer);
+    await chunks.return?.();
   }
 }
 

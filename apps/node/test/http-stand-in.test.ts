@@ -1,13 +1,14 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
+import { type AddressInfo, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
 import { compareStorePaths, partitionOf, type StagedFile } from '@pfs/filestore';
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { AgentState } from '../src/agent-state.ts';
-import { buildHttpServer, withIdleLimit } from '../src/http.ts';
+import { buildHttpServer, nextChunkDeadline, withBodyLimits } from '../src/http.ts';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -28,6 +29,8 @@ async function server(
     servesReads: number[];
     /** How the replica of partition p (any but 0) catches up with its master when asked. */
     catchUp?: (partition: number) => Promise<boolean>;
+    bodyIdleTimeoutMs?: number;
+    bodyMinBytesPerSecond?: number;
   } = { partitions: 1, servesReads: [0] },
 ) {
   const dataDir = await mkdtemp(join(tmpdir(), 'pfs-store-copy-'));
@@ -40,7 +43,8 @@ async function server(
       ackMode: 'local',
       ackTimeoutMs: 1000,
       maxFileBytes: 1024,
-      bodyIdleTimeoutMs: 30_000,
+      bodyIdleTimeoutMs: layout.bodyIdleTimeoutMs ?? 30_000,
+      bodyMinBytesPerSecond: layout.bodyMinBytesPerSecond ?? 240,
       nodeId: 'n1',
     },
     controllers: Array.from({ length: layout.partitions }, (_, partition) => ({
@@ -341,31 +345,102 @@ describe('listing the partitions a client names', () => {
   });
 });
 
-describe('withIdleLimit', () => {
+describe('nextChunkDeadline', () => {
+  const limits = { idleMs: 30_000, minBytesPerSecond: 100 };
+  it.each([
+    ['the first chunk gets the idle limit', 0, 0, { ms: 30_000, cause: 'idle' }],
+    ['a fast body keeps the idle limit', 100_000, 5_000, { ms: 30_000, cause: 'idle' }],
+    [
+      'a body that waited more than its bytes earned gets what is left',
+      100,
+      29_000,
+      { ms: 2_000, cause: 'slow' },
+    ],
+    ['one that waited past it gets nothing', 1, 45_000, { ms: 0, cause: 'slow' }],
+  ])('%s', (_, bytes, waitedMs, want) => {
+    expect(nextChunkDeadline(bytes, waitedMs, limits)).toEqual(want);
+  });
+});
+
+describe('withBodyLimits', () => {
   const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
   async function* chunks(gapsMs: number[]) {
-    for (const [i, gap] of gapsMs.entries()) {
+    for (const gap of gapsMs) {
       await pause(gap);
-      yield i;
+      yield 'x';
     }
   }
 
   it('counts only the time the source takes, not the time spent on each chunk', async () => {
-    let idle = 0;
-    const got: number[] = [];
-    for await (const chunk of withIdleLimit(chunks([5, 5, 5]), 60, () => idle++)) {
-      got.push(chunk);
+    const stalls: string[] = [];
+    let got = 0;
+    const limits = { idleMs: 60, minBytesPerSecond: 1 };
+    for await (const _ of withBodyLimits(chunks([5, 5, 5]), limits, (cause) => stalls.push(cause))) {
+      got++;
       await pause(100);
     }
-    expect(got).toEqual([0, 1, 2]);
-    expect(idle).toBe(0);
+    expect(got).toBe(3);
+    expect(stalls).toEqual([]);
   });
 
-  it('calls onIdle when the next chunk is late', async () => {
-    let idle = 0;
-    for await (const _ of withIdleLimit(chunks([5, 150]), 60, () => idle++)) {
+  it('calls onStall when the next chunk is late', async () => {
+    const stalls: string[] = [];
+    const limits = { idleMs: 60, minBytesPerSecond: 1 };
+    for await (const _ of withBodyLimits(chunks([5, 150]), limits, (cause) => stalls.push(cause))) {
     }
-    expect(idle).toBe(1);
+    expect(stalls).toEqual(['idle']);
+  });
+
+  it('calls onStall when the chunks keep within the idle limit but come too slowly in all', async () => {
+    const stalls: string[] = [];
+    // 1 byte per 40 ms against 100 ms for the first one and 10 ms per byte received.
+    const limits = { idleMs: 100, minBytesPerSecond: 100 };
+    for await (const _ of withBodyLimits(chunks([40, 40, 40, 40, 40]), limits, (cause) =>
+      stalls.push(cause),
+    )) {
+    }
+    expect(stalls[0]).toBe('slow');
+  });
+});
+
+describe('a body that trickles in', () => {
+  it('is dropped once it comes slower than the minimum rate, though each byte is inside the idle limit', async () => {
+    const { app, dataDir } = await server(
+      { running: false },
+      { writable: true },
+      { partitions: 1, servesReads: [0], bodyIdleTimeoutMs: 400, bodyMinBytesPerSecond: 100 },
+    );
+    await mkdir(join(dataDir, 'filestore'), { recursive: true });
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const socket = connect((app.server.address() as AddressInfo).port, '127.0.0.1');
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    let answer = '';
+    socket.on('data', (data) => {
+      answer += data.toString();
+    });
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.write('PUT /v1/files/trickled HTTP/1.1\r\nhost: x\r\ncontent-length: 12\r\n\r\n');
+    // A byte every 150 ms: 12 bytes in 1.8 s, each well inside the 400 ms idle limit, but the
+    // body has earned 400 ms + 10 ms per byte.
+    let sent = 0;
+    const trickle = setInterval(() => {
+      if (sent < 12 && !socket.destroyed) socket.write('y', () => {});
+      sent++;
+    }, 150);
+    try {
+      await closed;
+    } finally {
+      clearInterval(trickle);
+      socket.destroy();
+      await app.close();
+    }
+    expect(sent).toBeLessThan(12);
+    expect(answer).toBe('');
+    // Its temp file goes as the write unwinds, just after the connection closed.
+    await vi.waitFor(async () => expect(await readdir(join(dataDir, 'filestore'))).toEqual([]), {
+      timeout: 5000,
+      interval: 20,
+    });
   });
 });
 
