@@ -42,7 +42,13 @@ async function request(
   node: string,
   method: string,
   path: string,
-  init: { body?: () => RequestInit['body']; headers?: Record<string, string>; signal?: AbortSignal } = {},
+  init: {
+    body?: () => RequestInit['body'];
+    /** The local file `body` reads, named when reading it fails. */
+    local?: string;
+    headers?: Record<string, string>;
+    signal?: AbortSignal;
+  } = {},
 ): Promise<Response> {
   let url = `${node}${path}`;
   for (let hop = 0; hop < 4; hop++) {
@@ -56,9 +62,7 @@ async function request(
         ...(init.signal ? { signal: init.signal } : {}),
       } as RequestInit);
     } catch (error) {
-      throw new CliError(
-        `cannot reach ${new URL(url).origin} (${(error as Error).cause ?? (error as Error).message}): is the node running? Pass --node`,
-      );
+      throw new CliError(describeFetchFailure(error, url, method, init.local));
     }
     const location = response.headers.get('location');
     if (response.status === 307 && location) {
@@ -69,6 +73,34 @@ async function request(
     return response;
   }
   throw new CliError(`too many redirects for ${path}`);
+}
+
+/** Errors of a connection that was made and then broke, as undici (fetch) and the kernel name them. */
+const BROKEN_CONNECTION = new Set(['UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'ECONNRESET', 'EPIPE']);
+
+/**
+ * What a failed fetch means for the user, in one line (pure). A node that cannot be reached asks
+ * for --node; a local file that cannot be read names the file; a connection that broke after the
+ * request went out says that a write may have been stored, since only its answer was lost.
+ */
+function describeFetchFailure(error: unknown, url: string, method: string, local?: string): string {
+  const origin = new URL(url).origin;
+  const cause = (error as { cause?: unknown }).cause;
+  const detail = cause instanceof Error ? cause : error instanceof Error ? error : new Error(String(error));
+  const { code, syscall } = detail as { code?: string; syscall?: string };
+  const what =
+    code !== undefined && !detail.message.includes(code) ? `${code}: ${detail.message}` : detail.message;
+  if (local !== undefined && (syscall === 'open' || syscall === 'read')) {
+    return `cannot read ${local} (${what}): nothing was stored`;
+  }
+  if (detail.name === 'TimeoutError')
+    return `${origin} did not answer in time: is the node overloaded or frozen?`;
+  if (code !== undefined && BROKEN_CONNECTION.has(code)) {
+    return method === 'GET'
+      ? `the connection to ${origin} broke before the answer came (${what}): run it again`
+      : `the connection to ${origin} broke before the answer came (${what}): the ${method === 'DELETE' ? 'delete' : 'write'} may or may not have been done; run it again (repeating it is harmless)`;
+  }
+  return `cannot reach ${origin} (${what}): is the node running? Pass --node`;
 }
 
 /**
@@ -194,6 +226,7 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
       if (!info?.isFile()) throw new CliError(`${local} is not a readable file`);
       const response = await request(node, 'PUT', `/v1/files/${encodePath(remote)}`, {
         body: () => Readable.toWeb(createReadStream(local)) as ReadableStream,
+        local,
         headers: { 'content-length': String(info.size), ...(values.ack ? { 'x-pfs-ack': values.ack } : {}) },
       });
       if (response.status !== 201) throw await failure(response);

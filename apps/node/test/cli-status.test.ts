@@ -125,3 +125,53 @@ describe('pfs get', () => {
     );
   });
 });
+
+describe('pfs, when a request fails', () => {
+  /** A stand-in node that reads each request whole and then drops the connection unanswered. */
+  async function dropping(): Promise<string> {
+    const server = createServer((request) => {
+      request.resume();
+      request.on('end', () => request.socket.destroy());
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  }
+
+  it('says a write whose answer was lost may have been stored, and that repeating it is harmless', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'pfs-put-'));
+    try {
+      const local = join(work, 'a.txt');
+      await writeFile(local, 'bytes');
+      const node = await dropping();
+      const put = await cli('--node', node, 'put', local, 'a.txt');
+      expect(put.code).toBe(1);
+      expect(put.stderr).toMatch(
+        /^pfs: the connection to http:\/\/127\.0\.0\.1:\d+ broke before the answer came \(.+\): the write may or may not have been done; run it again \(repeating it is harmless\)\n$/,
+      );
+      const removed = await cli('--node', node, 'rm', 'a.txt');
+      expect(removed.stderr).toMatch(/: the delete may or may not have been done;/);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+
+  it('names a local file it cannot read, not the node', async () => {
+    // A regular file by its stat whose read fails, even for root: this process's own memory at
+    // offset 0, which is never mapped.
+    const put = await cli('--node', await fakeNode(() => ({})), 'put', '/proc/self/mem', 'a.txt');
+    expect(put.code).toBe(1);
+    expect(put.stderr).toMatch(/^pfs: cannot read \/proc\/self\/mem \(EIO: .*\): nothing was stored\n$/);
+  });
+
+  it('asks whether the node runs when nothing listens at its address', async () => {
+    const url = await dropping();
+    const server = servers.pop();
+    await new Promise((resolve) => server?.close(resolve));
+    const get = await cli('--node', url, 'get', 'a.txt');
+    expect(get.code).toBe(1);
+    expect(get.stderr).toMatch(
+      /^pfs: cannot reach http:\/\/127\.0\.0\.1:\d+ \(.*ECONNREFUSED.*\): is the node running\? Pass --node\n$/,
+    );
+  });
+});
