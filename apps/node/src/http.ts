@@ -545,7 +545,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     '/v1/files',
     async (request, reply) => {
       const asked = request.query.limit ?? '1000';
-      if (!/^\d{1,9}$/.test(asked)) {
+      // Any whole number: one past 10 000, however many digits, counts as 10 000.
+      if (!/^\d+$/.test(asked)) {
         return reply.code(400).send({
           code: 'BAD_LIMIT',
           message: `limit must be a whole number of entries, 1 to 10000, not ${JSON.stringify(asked)}`,

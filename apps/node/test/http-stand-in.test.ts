@@ -259,7 +259,7 @@ describe('a write waiting for its replicas', () => {
 });
 
 describe('listing', () => {
-  it('refuses a limit that is not a whole number, with 400 BAD_LIMIT', async () => {
+  it('refuses a limit that is not a whole number, with 400 BAD_LIMIT, and takes one out of bounds as the nearest', async () => {
     const { app, dataDir } = await server({ running: false });
     try {
       await mkdir(join(dataDir, 'filestore'), { recursive: true });
@@ -269,6 +269,15 @@ describe('listing', () => {
         expect(refused.statusCode).toBe(400);
         expect(refused.json()).toMatchObject({ code: 'BAD_LIMIT' });
         expect(refused.json().message).toMatch(/whole number of entries, 1 to 10000/);
+      }
+      // A whole number past the bounds is taken as the nearest, whatever its length.
+      for (const [limit, listed] of [
+        ['0', 1],
+        ['12345678901234567890', 3],
+      ] as const) {
+        const clamped = await app.inject({ method: 'GET', url: `/v1/files?limit=${limit}` });
+        expect(clamped.statusCode).toBe(200);
+        expect(clamped.json().entries).toHaveLength(listed);
       }
       const page = await app.inject({ method: 'GET', url: '/v1/files?limit=2' });
       expect(page.json()).toMatchObject({ next: 'b' });
