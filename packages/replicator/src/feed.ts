@@ -15,7 +15,8 @@ import { ReplicatorError } from './errors.ts';
  * answers 200 with `application/x-pfs-records`: the log's frames of every record after `after`
  * (up to `max`), back to back, exactly as in a segment file. With none yet it waits up to `waitMs`
  * for one, then answers with an empty body. Headers: `x-pfs-last-txid` (the log's last durable
- * txid) and `x-pfs-generation` (the generation the server writes in; 0 when it is not master).
+ * txid) and `x-pfs-generation` (the generation the server writes in; when it is not master, the
+ * generation its log ends in, so that a follower still pointed at a fenced old master refuses it).
  * With `replica`, `after` doubles as that replica's acknowledgement of everything up to it; a
  * replica names itself only when `after` is its applied txid (see FetchOptions.acknowledges).
  */

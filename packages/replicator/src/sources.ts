@@ -12,7 +12,7 @@ import { decodeRecords, FEED_CONTENT_TYPE } from './feed.ts';
  */
 export interface FetchResult {
   records: LogRecord[];
-  /** Generation the source writes in, when it says (0: it is not master). */
+  /** Generation the source writes in or, when it is not master, its log ends in; when it says. */
   generation?: bigint;
   /** The source's last txid, when it says. */
   lastTxid?: TxId;

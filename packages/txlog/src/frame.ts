@@ -68,9 +68,9 @@ function zerosToSectorInHead(buf: Buffer, offset: number, baseOffset: number): b
 /**
  * Decodes frames from `start` to the end of `buf` (`baseOffset`: the file offset of `buf[0]`).
  *
- * A bad frame (a length or payload failing its checksum, a length out of range) is a torn tail,
- * cut at open, when it bears the marks of an append whose fdatasync never completed, and
- * corruption, which is never cut, otherwise. An append's bytes reach the disk a page at a time,
+ * A bad frame (a length or payload failing its checksum) is a torn tail, cut at open, when it
+ * bears the marks of an append whose fdatasync never completed, and corruption, which is never
+ * cut, otherwise. An append's bytes reach the disk a page at a time,
  * in any order, and a page that never did reads back as zeros (or is past the end). Torn:
  * - a short header, or a payload running past the end;
  * - nothing but zeros from the bad frame's first bad byte to the end (the length of a head whose
@@ -81,8 +81,8 @@ function zerosToSectorInHead(buf: Buffer, offset: number, baseOffset: number): b
  *   part of the frame was never written, and valid frames after
  *   it belong to the same append, which no fdatasync ever covered, since one that completed later
  *   would have written this page too.
- * A bad frame without these marks (a flipped bit) is corruption: cutting there would drop the
- * acknowledged records after it.
+ * A bad frame without these marks (a flipped bit), and a length out of range under a good
+ * checksum, are corruption: cutting there would drop the acknowledged records after it.
  */
 export function scanFrames(
   buf: Buffer,
