@@ -239,7 +239,14 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           code: 'OUTCOME_UNKNOWN',
           message: `mastership of partition ${partition} was lost while ${formatTxId(record.txid)} committed: read the path back from the new master before relying on it`,
         });
-    if (state.controllers[partition]?.writable() !== true) return outcomeUnknown();
+    // Master still, and in the term that logged the record: a node fenced, cut back (the record
+    // quarantined) and elected again is writable, and its replicas' acks, bare txids of the new
+    // term, are past the record's.
+    const sameTerm = () => {
+      const controller = state.controllers[partition];
+      return controller?.writable() === true && controller.generation === generationOf(record.txid);
+    };
+    if (!sameTerm()) return outcomeUnknown();
     state.metrics.writes.inc({ op: record.kind });
     if (record.kind === 'put') state.metrics.writeBytes.inc(Number(record.size));
     const result = { ...writeResult(record, partition), ack: ack.mode };
@@ -248,7 +255,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     // Fenced while it waited: a replica's ack may have come after the fence, and its report of
     // it (throttled) after the next vote ranked the members, so the next master may not have it.
     // While the lease still runs, no vote has begun, and the ack's report comes before one does.
-    if (state.controllers[partition]?.writable() !== true) return outcomeUnknown();
+    if (!sameTerm()) return outcomeUnknown();
     if (acked) return reply.code(status).send(result);
     return reply.code(504).send({
       ...result,

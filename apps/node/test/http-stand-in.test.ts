@@ -23,7 +23,7 @@ afterEach(async () => {
  */
 async function server(
   copy: { running: boolean },
-  node: { writable: boolean; waitForAcks?: () => Promise<boolean> } = { writable: true },
+  node: { writable: boolean; generation?: bigint; waitForAcks?: () => Promise<boolean> } = { writable: true },
   layout: {
     partitions: number;
     servesReads: number[];
@@ -50,6 +50,10 @@ async function server(
     controllers: Array.from({ length: layout.partitions }, (_, partition) => ({
       partition,
       writable: () => partition === 0 && node.writable,
+      // The stand-in generator logs every record in generation 1.
+      get generation() {
+        return node.generation ?? 1n;
+      },
       role: partition === 0 ? 'master' : 'replica',
       catchUpWithMaster: async () => (await layout.catchUp?.(partition)) ?? false,
       checkLog: () => {},
@@ -252,6 +256,36 @@ describe('a write waiting for its replicas', () => {
         headers: { 'x-pfs-ack': 'one' },
       });
       expect(acked.statusCode).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a write waiting for its replicas, in another term', () => {
+  it('is answered OUTCOME_UNKNOWN when the node was fenced and elected again meanwhile', async () => {
+    const node: { writable: boolean; generation: bigint; waitForAcks: () => Promise<boolean> } = {
+      writable: true,
+      generation: 1n,
+      // Fenced, its record cut back, then master again in generation 3: writable, and its
+      // replicas' acks (txids of generation 3) are past the record's 1:7.
+      waitForAcks: async () => {
+        node.generation = 3n;
+        return true;
+      },
+    };
+    const { app } = await server({ running: false }, node);
+    try {
+      const answer = await app.inject({
+        method: 'DELETE',
+        url: '/v1/files/a.txt',
+        headers: { 'x-pfs-ack': 'one' },
+      });
+      expect(answer.statusCode).toBe(503);
+      expect(answer.json()).toMatchObject({ code: 'OUTCOME_UNKNOWN', txidText: '1:7' });
+      // Still in generation 3, a record of generation 1 is not this term's either.
+      const local = await app.inject({ method: 'DELETE', url: '/v1/files/b.txt' });
+      expect(local.statusCode).toBe(503);
     } finally {
       await app.close();
     }
