@@ -251,12 +251,19 @@ export class PartitionController {
    * After a write failed: a master whose log can no longer be appended to (a failed write could
    * not be taken back, see TxLog.appendable) steps down, so that a replica takes the partition
    * over instead of every write failing until someone restarts this node. Its promotions fail
-   * the same way meanwhile, which keeps it out of the next votes.
+   * the same way meanwhile, which keeps it out of the next votes. So does one whose last append
+   * failed though the log took it back (a full disk, ids of the generation used up): the
+   * generator refuses its writes until an append succeeds, and a new term, here or elsewhere,
+   * starts from a fresh generation.
    */
   checkLog(): void {
-    if (this.role === 'master' && !this.deps.log.appendable) {
+    if (this.role !== 'master') return;
+    if (!this.deps.log.appendable) {
       this.fence('its log cannot be appended to: fix the disk and restart the node');
+      return;
     }
+    const failure = this.deps.generator.appendFailed(this.partition);
+    if (failure !== undefined) this.fence(`an append to its log failed (${failure.message})`);
   }
 
   /** Stops taking writes at once; the next evaluation decides what to follow. */

@@ -1148,6 +1148,42 @@ describe('node agent over HTTP', () => {
     expect(await (await fetch(`${replica.url}/v1/files/before`)).text()).toBe('b');
   });
 
+  it('steps down as master once an append fails, though its log took the write back (a full disk)', async () => {
+    const { master, replica } = await twoNodes();
+    expect((await fetch(`${master.url}/v1/files/before`, { method: 'PUT', body: 'b' })).status).toBe(201);
+    await caughtUp(master, replica);
+    // Every fdatasync of the master's log fails as on a full disk; the truncation that takes a
+    // failed write back works, so the log stays appendable.
+    const logDir = join(master.config.dataDir, 'changelog');
+    const probe = await open(join(logDir, 'probe'), 'w');
+    const prototype = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    const { datasync } = prototype;
+    const failDatasync = vi.spyOn(prototype, 'datasync').mockImplementation(function (this: FileHandle) {
+      let onMastersLog = false;
+      try {
+        onMastersLog = readlinkSync(`/proc/self/fd/${this.fd}`).startsWith(`${logDir}/0/`);
+      } catch {}
+      return onMastersLog
+        ? Promise.reject(Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' }))
+        : datasync.call(this);
+    });
+    try {
+      const notLogged = await fetch(`${master.url}/v1/files/during`, { method: 'PUT', body: 'd' });
+      expect(notLogged.status).toBe(507);
+      expect(master.state.controllers[0]!.role).not.toBe('master');
+      await until(
+        'the replica to take over',
+        async () => ((await role(replica)).role === 'master' ? true : undefined),
+        20_000,
+      );
+    } finally {
+      failDatasync.mockRestore();
+    }
+    expect((await fetch(`${replica.url}/v1/files/after`, { method: 'PUT', body: 'a' })).status).toBe(201);
+    expect(await (await fetch(`${replica.url}/v1/files/before`)).text()).toBe('b');
+  });
+
   it('gives back a claim it no longer acts on, trying again while etcd refuses', async () => {
     const cluster = `resign-retried-${++clusterSeq}`;
     const master = await start(await agentConfig(cluster));

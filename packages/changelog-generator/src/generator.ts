@@ -64,11 +64,17 @@ function notLogged(
  * Refuses a change before it touches the disk when the log is known to refuse its record (a
  * failed write it could not take back): it would be made here and never logged.
  */
-function assertAppendable(log: TxLog): void {
-  if (!log.appendable) {
+function assertAppendable(owned: Partition): void {
+  if (!owned.log.appendable) {
     throw new TxlogError(
       'TXLOG_WRITE_FAILED',
-      `log ${log.dir} cannot be appended to: nothing was changed; the master steps down`,
+      `log ${owned.log.dir} cannot be appended to: nothing was changed; the master steps down`,
+    );
+  }
+  if (owned.appendFailure !== undefined) {
+    throw new TxlogError(
+      'TXLOG_WRITE_FAILED',
+      `the last append to log ${owned.log.dir} failed (${owned.appendFailure.message}): nothing was changed; the master steps down`,
     );
   }
 }
@@ -77,6 +83,12 @@ interface Partition {
   log: TxLog;
   /** ctime is known only for files this process wrote or hashed; a change of ctime forces a re-hash. */
   index: PathIndex;
+  /**
+   * Why the last append failed, until one succeeds. The log took the failed write back and still
+   * counts as appendable (a disk that was full may have room again), but a change made on disk
+   * first would not be logged either: the master refuses writes and steps down (appendFailed).
+   */
+  appendFailure?: Error;
 }
 
 export type AppendListener = (partition: number, record: LogRecord) => void;
@@ -123,6 +135,11 @@ export class ChangelogGenerator {
     await this.locks.idle((path) => this.partitionOf(path) === partition);
   }
 
+  /** Why the last append to `partition`'s log failed, while no later one has succeeded. */
+  appendFailed(partition: number): Error | undefined {
+    return this.partitions.get(partition)?.appendFailure;
+  }
+
   isAttached(partition: number): boolean {
     return this.partitions.has(partition);
   }
@@ -151,7 +168,14 @@ export class ChangelogGenerator {
   }
 
   private async append(partition: number, owned: Partition, change: Parameters<TxLog['appendChange']>[0]) {
-    const record = await owned.log.appendChange(change);
+    let record: LogRecord;
+    try {
+      record = await owned.log.appendChange(change);
+    } catch (error) {
+      owned.appendFailure = error instanceof Error ? error : new Error(String(error));
+      throw error;
+    }
+    owned.appendFailure = undefined;
     applyToIndex(owned.index, record);
     for (const listener of this.listeners) listener(partition, record);
     return record;
@@ -167,7 +191,7 @@ export class ChangelogGenerator {
         // A put into an unmounted store would be hidden, and then logged as deleted, once the
         // real store is mounted again.
         assertStoreInPlace(this.root);
-        assertAppendable(owned.log);
+        assertAppendable(owned);
         // Checked under the path lock, so no other put can slip in between check and rename. A
         // directory is no file: the commit replaces it if it holds none, else refuses it.
         if (
@@ -194,6 +218,11 @@ export class ChangelogGenerator {
         mtimeNs: info.mtimeNs,
         sha256: staged.sha256,
       }).catch((error: unknown) => {
+        // The index still holds the version this one replaced, whose size and times the new file
+        // may share to the clock tick: a reconcile would then take it as unchanged, and never
+        // log it. An mtime no file has makes the next one look.
+        const slot = owned.index.slotOf(staged.path);
+        if (slot !== undefined) owned.index.setTimes(slot, -1n, undefined);
         throw notLogged(partition, staged.path, 'replaced', error);
       });
       owned.index.setCtime(owned.index.slotOf(staged.path)!, info.ctimeNs);
@@ -206,7 +235,7 @@ export class ChangelogGenerator {
     return this.locks.run(path, async () => {
       const [partition, owned] = this.owner(path);
       assertStoreInPlace(this.root);
-      assertAppendable(owned.log);
+      assertAppendable(owned);
       await deleteFile(this.root, path);
       return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' }).catch(
         (error: unknown) => {

@@ -157,7 +157,7 @@ describe('ChangelogGenerator', () => {
     const { root, generator, logs } = await setup();
     await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));
     const log = logs.get(0)!;
-    const append = vi.spyOn(log, 'appendChange').mockRejectedValue(new Error('EIO: i/o error, write'));
+    let append = vi.spyOn(log, 'appendChange').mockRejectedValue(new Error('EIO: i/o error, write'));
     try {
       const staged = await stageFile(root, 'kept', Buffer.from('v2'));
       await expect(generator.commitPut(staged)).rejects.toMatchObject({
@@ -166,10 +166,53 @@ describe('ChangelogGenerator', () => {
           '"kept" was replaced on this master, but logging it failed (EIO: i/o error, write): it is not replicated until it is logged; fix the log\'s disk, then read the path back before relying on it',
       });
       expect(readFileSync(join(root, 'kept'), 'utf8')).toBe('v2');
+      // Logged by a reconcile once the log takes records again, so that the next write is taken.
+      append.mockRestore();
+      expect(await generator.reconcile()).toBe(1);
+      append = vi.spyOn(log, 'appendChange').mockRejectedValue(new Error('EIO: i/o error, write'));
       await expect(generator.commitDelete('kept')).rejects.toMatchObject({
         code: 'NOT_LOGGED',
         message: expect.stringMatching(/^"kept" was deleted on this master, but logging it failed/),
       });
+    } finally {
+      append.mockRestore();
+    }
+  });
+
+  it('after an append that failed, changes nothing on disk until an append succeeds', async () => {
+    const { root, generator, logs } = await setup();
+    await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));
+    const log = logs.get(0)!;
+    // A full disk: the log takes the failed write back and stays appendable.
+    const append = vi
+      .spyOn(log, 'appendChange')
+      .mockRejectedValueOnce(
+        Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }),
+      );
+    try {
+      await expect(
+        generator.commitPut(await stageFile(root, 'kept', Buffer.from('v2'))),
+      ).rejects.toMatchObject({
+        code: 'NOT_LOGGED',
+      });
+      expect(log.appendable).toBe(true);
+      expect(generator.appendFailed(0)?.message).toMatch(/^ENOSPC/);
+      // The next write is refused before it touches the disk.
+      await expect(
+        generator.commitPut(await stageFile(root, 'kept', Buffer.from('v3'))),
+      ).rejects.toMatchObject({
+        code: 'TXLOG_WRITE_FAILED',
+        message: expect.stringMatching(
+          /^the last append to log .* failed \(ENOSPC: no space left on device, write\): nothing was changed; the master steps down$/,
+        ),
+      });
+      await expect(generator.commitDelete('kept')).rejects.toMatchObject({ code: 'TXLOG_WRITE_FAILED' });
+      expect(readFileSync(join(root, 'kept'), 'utf8')).toBe('v2');
+      // A reconcile logs what the failed write left once the log takes records again.
+      expect(await generator.reconcile()).toBe(1);
+      expect(generator.appendFailed(0)).toBeUndefined();
+      await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v4')));
+      expect(readFileSync(join(root, 'kept'), 'utf8')).toBe('v4');
     } finally {
       append.mockRestore();
     }
