@@ -1083,6 +1083,10 @@ export class PartitionController {
     while (!caughtUp(last) && Date.now() < deadline) await sleep(10);
     let complete = false;
     try {
+      // Reported before the key goes: as master it never reported, and its key still says how
+      // far it had got before its term. A successor whose drain of this node's log fails would
+      // otherwise see nothing here to drain through its feed, and go on without these records.
+      await this.deps.coordinator.reportApplied(this.partition, last);
       // Only a complete handover lets the successor skip its drain and the ranking.
       complete = caughtUp(last);
       if (complete) {

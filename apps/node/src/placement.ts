@@ -304,7 +304,8 @@ export class PartitionPlacement {
       if (placed.includes(nodeId)) continue;
       const last = logs[p]!.lastTxid;
       // A key its previous process left (on a lease not yet expired) does not count.
-      const hasKey = reportedByCurrentProcess(coordinator.view, p, nodeId) !== undefined;
+      const reported = reportedByCurrentProcess(coordinator.view, p, nodeId);
+      const hasKey = reported !== undefined;
       if (controller.holds) {
         if (!this.haveAllBut(p, placed, RELEASE_SLACK_RECORDS)) continue;
         // The handover waits for what the placed nodes acknowledged here as master (fresher
@@ -330,8 +331,9 @@ export class PartitionPlacement {
       }
       if (!this.mayDrop(p, placed)) {
         // Still needed, as a candidate and as a source to drain: its key must be there, which
-        // a lost session or a restart took away.
-        if (!hasKey) await coordinator.reportApplied(p, last);
+        // a lost session or a restart took away, and say all it has (a report that failed as
+        // it let the partition go leaves the one from before its term as master).
+        if (reported === undefined || reported < last) await coordinator.reportApplied(p, last);
         continue;
       }
       await coordinator.withdrawReplica(p);

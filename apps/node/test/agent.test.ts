@@ -1105,6 +1105,38 @@ describe('node agent over HTTP', () => {
     }
   });
 
+  it('reports how far it got before it gives its mastership up', async () => {
+    const { master, replica } = await twoNodes();
+    for (let i = 0; i < 3; i++) {
+      expect((await fetch(`${master.url}/v1/files/r-${i}`, { method: 'PUT', body: `${i}` })).status).toBe(
+        201,
+      );
+    }
+    const last = BigInt((await role(master)).lastTxid);
+    // Its key says how far it had got when it stood, before its term's writes.
+    const coordinator = (master.state.controllers[0] as unknown as { deps: { coordinator: Coordinator } })
+      .deps.coordinator;
+    expect(coordinator.view.partitions.get(0)!.replicas.get(master.config.nodeId)).toBeLessThan(last);
+    const calls: string[] = [];
+    const { reportApplied, resignMaster } = coordinator;
+    coordinator.reportApplied = (partition, txid) => {
+      calls.push(`report ${partition} ${txid}`);
+      return reportApplied.call(coordinator, partition, txid);
+    };
+    coordinator.resignMaster = (partition, token) => {
+      calls.push(`resign ${partition}`);
+      return resignMaster.call(coordinator, partition, token);
+    };
+    await stopForRestart(master);
+    // A successor whose drain of its log fails then still sees that it has more, and reads it
+    // through its feed.
+    expect(calls.indexOf(`report 0 ${last}`)).toBeGreaterThanOrEqual(0);
+    expect(calls.indexOf(`report 0 ${last}`)).toBeLessThan(calls.indexOf('resign 0'));
+    await until('the replica to take over', async () =>
+      (await role(replica)).role === 'master' ? true : undefined,
+    );
+  });
+
   it('steps down as master once its log cannot be appended to, and a replica takes over', async () => {
     const { master, replica } = await twoNodes();
     expect((await fetch(`${master.url}/v1/files/before`, { method: 'PUT', body: 'b' })).status).toBe(201);
