@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 
@@ -76,6 +76,36 @@ async function portAnswers(host: string, port: number): Promise<boolean> {
   });
 }
 
+/**
+ * Whether process `pid` itself holds a listening TCP socket on `port` (Linux /proc), undefined
+ * where /proc cannot tell. Answering on the port is not enough: when another process took the
+ * port, this daemon fails to bind and exits while the other answers. (The test kit has its own
+ * copy: it must not lean on the code it tests.)
+ */
+async function listeningBy(pid: number, port: number): Promise<boolean | undefined> {
+  const wanted = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    const text = await readFile(table, 'utf8').catch(() => undefined);
+    if (text === undefined) {
+      if (table.endsWith('6')) continue;
+      return undefined;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      // Column 4 is the state (0A: LISTEN), column 10 the socket's inode.
+      if (cols.length >= 10 && cols[3] === '0A' && cols[1]!.endsWith(wanted)) inodes.add(cols[9]!);
+    }
+  }
+  if (inodes.size === 0) return false;
+  const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+  for (const fd of fds) {
+    const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
+    if (inodes.has(/^socket:\[(\d+)\]$/.exec(target)?.[1] ?? '')) return true;
+  }
+  return false;
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -99,14 +129,25 @@ async function stopGroup(pid: number): Promise<void> {
   }
 }
 
-/** Stops a daemon a killed predecessor of this node left running, found by its PID file. */
-async function stopLeftover(pidFile: string): Promise<void> {
+/**
+ * Stops a daemon a killed predecessor of this node left running, found by its PID file. Only one
+ * started with this node's own config: rsync leaves its PID file behind when killed, and the PID
+ * may since name another node's daemon on this host.
+ */
+async function stopLeftover(pidFile: string, conf: string): Promise<void> {
   const text = await readFile(pidFile, 'utf8').catch(() => '');
   const pid = Number(text.trim());
   if (!Number.isInteger(pid) || pid <= 1 || !alive(pid)) return;
-  const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  if (cmdline.includes('rsync') && cmdline.includes('--daemon')) await stopGroup(pid);
+  const args = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+  if (args.includes('--daemon') && args.includes(`--config=${conf}`)) await stopGroup(pid);
   await rm(pidFile, { force: true });
+}
+
+function portInUse(options: { host: string; port: number }): RsyncDaemonError {
+  return new RsyncDaemonError(
+    'RSYNC_PORT_IN_USE',
+    `rsync port ${options.port} on ${options.host} is in use: stop what holds it or pick another --rsync-port`,
+  );
 }
 
 export async function startRsyncDaemon(options: {
@@ -120,14 +161,9 @@ export async function startRsyncDaemon(options: {
   const run = join(options.dataDir, 'run');
   await mkdir(run, { recursive: true });
   const pidFile = join(run, 'rsyncd.pid');
-  await stopLeftover(pidFile);
-  if (await portAnswers(options.host, options.port)) {
-    throw new RsyncDaemonError(
-      'RSYNC_PORT_IN_USE',
-      `rsync port ${options.port} on ${options.host} is in use: stop what holds it or pick another --rsync-port`,
-    );
-  }
   const conf = join(run, 'rsyncd.conf');
+  await stopLeftover(pidFile, conf);
+  if (await portAnswers(options.host, options.port)) throw portInUse(options);
   await writeFile(
     conf,
     rsyncdConf({ ...options, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }),
@@ -135,30 +171,44 @@ export async function startRsyncDaemon(options: {
   let current = await launch(options, conf, run);
   let stopping = false;
   let restartTimer: NodeJS.Timeout | undefined;
+  /** A restart under way: stop() waits for it, or the daemon it starts would outlive the stop. */
+  let restarting: Promise<unknown> | undefined;
   // Supervision: a daemon that dies while the agent runs is started again (replicas depend on it).
   const supervise = (daemon: Launched) => {
-    daemon.child.once('exit', (code, signal) => {
+    const onExit = () => {
       if (stopping) return;
-      options.onUnexpectedExit?.(`rsync daemon exited (${signal ?? code}): restarting it`);
+      const { exitCode, signalCode } = daemon.child;
+      options.onUnexpectedExit?.(`rsync daemon exited (${signalCode ?? exitCode}): restarting it`);
+      let failures = 0;
       const retry = () => {
-        restartTimer = setTimeout(() => {
-          if (stopping) return;
-          launch(options, conf, run).then(
-            (next) => {
-              if (stopping) {
-                void stopGroup(next.pid);
-                return;
-              }
-              current = next;
-              supervise(next);
-            },
-            () => retry(),
-          );
-        }, RESTART_DELAY_MS);
+        restartTimer = setTimeout(
+          () => {
+            if (stopping) return;
+            restarting = launch(options, conf, run).then(
+              async (next) => {
+                if (stopping) {
+                  await stopGroup(next.pid);
+                  return;
+                }
+                current = next;
+                supervise(next);
+              },
+              (error: Error) => {
+                options.onUnexpectedExit?.(`rsync daemon did not start again: ${error.message}`);
+                failures++;
+                retry();
+              },
+            );
+          },
+          Math.min(RESTART_DELAY_MS * 2 ** failures, MAX_RESTART_DELAY_MS),
+        );
         restartTimer.unref();
       };
       retry();
-    });
+    };
+    // It may have exited already, between the launch's last look and now.
+    if (daemon.child.exitCode !== null || daemon.child.signalCode !== null) onExit();
+    else daemon.child.once('exit', onExit);
   };
   supervise(current);
   return {
@@ -169,6 +219,7 @@ export async function startRsyncDaemon(options: {
     async stop() {
       stopping = true;
       clearTimeout(restartTimer);
+      await restarting?.catch(() => {});
       await stopGroup(current.pid);
       await rm(pidFile, { force: true });
     },
@@ -176,6 +227,7 @@ export async function startRsyncDaemon(options: {
 }
 
 const RESTART_DELAY_MS = 500;
+const MAX_RESTART_DELAY_MS = 10_000;
 
 interface Launched {
   pid: number;
@@ -187,9 +239,17 @@ async function launch(
   conf: string,
   run: string,
 ): Promise<Launched> {
+  // Only what this start writes to the log is quoted if it fails.
+  const logFile = join(run, 'rsyncd.log');
+  const logStart = (await stat(logFile).catch(() => undefined))?.size ?? 0;
   const child = spawn(options.rsyncBin, ['--daemon', '--no-detach', `--config=${conf}`], {
     detached: true,
-    stdio: 'ignore',
+    // What rsync says before its log is open (a bad config, a pid file it cannot write).
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    if (stderr.length < 4096) stderr += chunk.toString();
   });
   const spawnError = await new Promise<Error | undefined>((resolve) => {
     child.once('error', resolve);
@@ -202,19 +262,23 @@ async function launch(
     );
   }
   child.unref();
+  (child.stderr as { unref?: () => void } | null)?.unref?.();
   const pid = child.pid;
-  let exited = false;
-  child.once('exit', () => {
-    exited = true;
-  });
-  for (let i = 0; i < 200 && !exited; i++) {
-    if (await portAnswers(options.host, options.port)) return { pid, child };
+  const exited = () => child.exitCode !== null || child.signalCode !== null;
+  for (let i = 0; i < 200 && !exited(); i++) {
+    const listening = await listeningBy(pid, options.port);
+    const ready = listening ?? (await portAnswers(options.host, options.port));
+    if (ready && !exited()) return { pid, child };
     await new Promise((r) => setTimeout(r, 25));
   }
   await stopGroup(pid);
-  const log = await readFile(join(run, 'rsyncd.log'), 'utf8').catch(() => '');
+  // Failed to bind: another process took the port since it was found free.
+  if (exited() && (await portAnswers(options.host, options.port))) throw portInUse(options);
+  const log = await readFile(logFile).catch(() => Buffer.alloc(0));
+  const said =
+    `${stderr}\n${log.subarray(logStart).toString()}`.trim().split('\n').at(-1) || 'nothing logged';
   throw new RsyncDaemonError(
     'RSYNC_DAEMON_FAILED',
-    `rsync daemon did not come up on ${options.host}:${options.port} (${log.trim().split('\n').at(-1) ?? 'no log'}): check ${join(run, 'rsyncd.log')}`,
+    `rsync daemon did not come up on ${options.host}:${options.port} (${said}): check ${logFile}`,
   );
 }

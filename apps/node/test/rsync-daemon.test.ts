@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from '@pfs/testkit';
@@ -21,6 +21,27 @@ const answers = (port: number) =>
     });
     socket.once('error', () => resolve(false));
   });
+
+/** The first line a server on `port` sends, or '' when none answers. */
+const greeting = (port: number) =>
+  new Promise<string>((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port });
+    let text = '';
+    socket.on('data', (data) => {
+      text += data.toString();
+      if (text.includes('\n')) socket.destroy();
+    });
+    socket.once('close', () => resolve(text));
+    socket.once('error', () => resolve(''));
+  });
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
 
 describe("the node's rsync daemon", () => {
   it('serves read-only filestore and changelog modules with TCP_NODELAY and no reverse DNS lookup', () => {
@@ -85,6 +106,99 @@ describe("the node's rsync daemon", () => {
       await daemon.stop();
     }
     expect(await answers(port)).toBe(false);
+  });
+
+  it('tells a port another process took while it restarted, and starts again once the port is free', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'pfs-rsyncd-'));
+    dirs.push(dataDir);
+    const port = await freePort();
+    const reasons: string[] = [];
+    const daemon = await startRsyncDaemon({
+      host: '127.0.0.1',
+      port,
+      dataDir,
+      rsyncBin: 'rsync',
+      onUnexpectedExit: (reason) => reasons.push(reason),
+    });
+    const squatter = createServer((socket) => {
+      socket.on('error', () => {});
+      socket.end('not rsync\n');
+    });
+    try {
+      const first = daemon.pid;
+      process.kill(-first, 'SIGKILL');
+      await waitFor(async () => !(await answers(port)));
+      // Another process binds the port before the restart (500 ms later) does.
+      await new Promise<void>((resolve) => squatter.listen(port, '127.0.0.1', resolve));
+      await waitFor(async () => reasons.some((r) => r.includes('is in use')));
+      expect(reasons).toContain(
+        `rsync daemon did not start again: rsync port ${port} on 127.0.0.1 is in use: stop what holds it or pick another --rsync-port`,
+      );
+      await new Promise((resolve) => squatter.close(resolve));
+      await waitFor(async () => daemon.pid !== first && (await greeting(port)).startsWith('@RSYNCD:'));
+    } finally {
+      squatter.close();
+      await daemon.stop();
+    }
+    expect(await answers(port)).toBe(false);
+  });
+
+  it("stops a daemon its killed predecessor left, never another node's that took over its PID", async () => {
+    const [mine, theirs] = [
+      await mkdtemp(join(tmpdir(), 'pfs-rsyncd-')),
+      await mkdtemp(join(tmpdir(), 'pfs-rsyncd-')),
+    ];
+    dirs.push(mine, theirs);
+    const [myPort, theirPort] = [await freePort(), await freePort()];
+    const other = await startRsyncDaemon({
+      host: '127.0.0.1',
+      port: theirPort,
+      dataDir: theirs,
+      rsyncBin: 'rsync',
+    });
+    try {
+      // This node's daemon was killed and its PID file left naming a PID now the other node's.
+      await mkdir(join(mine, 'run'), { recursive: true });
+      await writeFile(join(mine, 'run', 'rsyncd.pid'), `${other.pid}\n`);
+      const daemon = await startRsyncDaemon({
+        host: '127.0.0.1',
+        port: myPort,
+        dataDir: mine,
+        rsyncBin: 'rsync',
+      });
+      await daemon.stop();
+      expect(await answers(theirPort)).toBe(true);
+      // Its own leftover is stopped.
+      const left = await startRsyncDaemon({
+        host: '127.0.0.1',
+        port: myPort,
+        dataDir: mine,
+        rsyncBin: 'rsync',
+      });
+      const leftPid = left.pid;
+      const again = await startRsyncDaemon({
+        host: '127.0.0.1',
+        port: myPort,
+        dataDir: mine,
+        rsyncBin: 'rsync',
+      });
+      try {
+        await waitFor(async () => {
+          try {
+            process.kill(leftPid, 0);
+            return false;
+          } catch {
+            return true;
+          }
+        });
+        expect(again.pid).not.toBe(leftPid);
+      } finally {
+        await again.stop();
+        await left.stop();
+      }
+    } finally {
+      await other.stop();
+    }
   });
 
   it('says when rsync is missing', async () => {
