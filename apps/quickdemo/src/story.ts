@@ -1,4 +1,4 @@
-import { readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeRecords } from '@pfs/replicator';
@@ -74,7 +74,34 @@ async function freshDataDir(dir: string): Promise<void> {
   if (!isPfs) {
     throw new StoryError(`${dir} exists and is not a PFS data dir: move it away or pass --base-dir`);
   }
+  // Its files are about to go, with the PID file that is the only way to find its rsync daemon.
+  for (const { pid, args } of await processes()) {
+    if (args.includes(`--data-dir=${dir}`)) {
+      throw new StoryError(
+        `a node of an earlier run still runs on ${dir} (pid ${pid}): stop it (kill ${pid}) or pass --base-dir`,
+      );
+    }
+  }
+  const daemon = Number((await readFile(join(dir, 'run', 'rsyncd.pid'), 'utf8').catch(() => '')).trim());
+  const daemonArgs = await readFile(`/proc/${daemon}/cmdline`, 'utf8').catch(() => '');
+  // An rsync daemon outlives its agent's SIGKILL (as on a live host; the story does that).
+  if (daemon > 1 && daemonArgs.split('\0').includes(`--config=${join(dir, 'run', 'rsyncd.conf')}`)) {
+    try {
+      process.kill(-daemon, 'SIGKILL');
+    } catch {}
+  }
   await rm(dir, { recursive: true, force: true });
+}
+
+/** Every process's id and command line (Linux /proc). */
+async function processes(): Promise<{ pid: number; args: string[] }[]> {
+  const found: { pid: number; args: string[] }[] = [];
+  for (const name of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(name)) continue;
+    const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline !== '') found.push({ pid: Number(name), args: cmdline.split('\0') });
+  }
+  return found;
 }
 
 export async function runStory(options: StoryOptions): Promise<StoryResult> {
@@ -133,7 +160,11 @@ export async function runStory(options: StoryOptions): Promise<StoryResult> {
       );
     });
     await step(`${second} and ${third} started as replicas of ${first}`, async () => {
-      nodes.push(...(await Promise.all([NodeProcess.start(specs[1]!), NodeProcess.start(specs[2]!)])));
+      // Both kept as they start, so that the clean-up stops one that started when the other did not.
+      const starts = await Promise.allSettled([NodeProcess.start(specs[1]!), NodeProcess.start(specs[2]!)]);
+      for (const start of starts) if (start.status === 'fulfilled') nodes.push(start.value);
+      const failed = starts.find((start): start is PromiseRejectedResult => start.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
       for (const node of nodes.slice(1)) {
         await waitFor(`${node.id} to follow ${first}`, async () =>
           (await node.status()).partitions[0]?.following === first ? true : undefined,

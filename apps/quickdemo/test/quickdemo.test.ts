@@ -1,6 +1,9 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { generationOf } from '@pfs/txlog';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runStory } from '../src/story.ts';
@@ -32,4 +35,101 @@ describe('the quick demo, end to end', () => {
       }
     });
   }
+
+  it('will not wipe the data dir of a node that still runs from an earlier run', async () => {
+    const baseDir = await mkdtemp(join(tmpdir(), 'pfs-demo-'));
+    dirs.push(baseDir);
+    const basePort = await freeBasePort();
+    const dataDir = join(baseDir, `localhost_${basePort}`);
+    await mkdir(join(dataDir, 'filestore', '.pfs'), { recursive: true });
+    await writeFile(join(dataDir, 'filestore', '.pfs', 'sentinel'), '');
+    await writeFile(join(dataDir, 'filestore', 'kept'), 'still served');
+    // Stands for an agent left running on it.
+    const leftover = spawn(process.execPath, [
+      '-e',
+      'setTimeout(() => {}, 60_000)',
+      '--',
+      `--data-dir=${dataDir}`,
+    ]);
+    try {
+      await expect(runStory({ baseDir, basePort })).rejects.toThrow(
+        `a node of an earlier run still runs on ${dataDir} (pid ${leftover.pid}): stop it (kill ${leftover.pid}) or pass --base-dir`,
+      );
+      expect(await readFile(join(dataDir, 'filestore', 'kept'), 'utf8')).toBe('still served');
+    } finally {
+      leftover.kill('SIGKILL');
+    }
+  });
+
+  it('leaves no node or rsync daemon behind when the demo itself is killed part-way', async () => {
+    const baseDir = await mkdtemp(join(tmpdir(), 'pfs-demo-'));
+    dirs.push(baseDir);
+    const basePort = await freeBasePort();
+    const demo = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        'src/main.ts',
+        '--no-keep-running',
+        `--base-dir=${baseDir}`,
+        `--base-port=${basePort}`,
+      ],
+      { cwd: fileURLToPath(new URL('..', import.meta.url)), stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const exited = new Promise((resolve) => demo.once('exit', resolve));
+    try {
+      // Killed once its first node runs, as by a closed terminal or a CI job's end.
+      await new Promise<void>((resolve, reject) => {
+        let out = '';
+        demo.stdout.on('data', (data: Buffer) => {
+          out += data.toString();
+          if (out.includes('✔')) resolve();
+        });
+        demo.once('exit', () => reject(new Error(`the demo ended before its first step: ${out}`)));
+      });
+      demo.kill('SIGKILL');
+      await exited;
+      const deadline = Date.now() + 20_000;
+      let left = await leftBehind(baseDir);
+      while (left.length > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        left = await leftBehind(baseDir);
+      }
+      expect(left).toEqual([]);
+    } finally {
+      demo.kill('SIGKILL');
+      for (const { pid } of await leftBehind(baseDir)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {}
+      }
+    }
+  });
 });
+
+/** Processes whose command line names a path under `dir` (its nodes, their rsync daemons). */
+async function leftBehind(dir: string): Promise<{ pid: number; args: string }[]> {
+  const found: { pid: number; args: string }[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const args = (await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ');
+    if (args.includes(`${dir}/`) && !args.includes('src/main.ts')) found.push({ pid: Number(name), args });
+  }
+  return found;
+}
+
+/** A base port N with N..N+2 and N+10000..N+10002 all free (the demo's fixed layout). */
+async function freeBasePort(): Promise<number> {
+  const free = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const server = createServer();
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+    });
+  for (;;) {
+    const base = 20_000 + Math.floor(Math.random() * 20_000);
+    const ports = [0, 1, 2].flatMap((i) => [base + i, base + 10_000 + i]);
+    if ((await Promise.all(ports.map(free))).every(Boolean)) return base;
+  }
+}

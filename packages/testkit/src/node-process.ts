@@ -3,6 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { which } from './which.ts';
 
 /**
  * Starts and stops real node agents as child processes (each in its own process group) for the
@@ -87,7 +88,14 @@ export class NodeProcess {
       ...(spec.extraArgs ?? []),
     ];
     const log = createWriteStream(join(spec.dataDir, 'node.log'), { flags: 'a' });
-    const child = spawn(process.execPath, args, {
+    // In a group of its own (kill() signals the agent alone, not this process), and, where
+    // setpriv exists, sent SIGTERM when this process dies however it dies (a test worker ended
+    // by a signal, a demo interrupted): the agent then stops its rsync daemon as on any stop.
+    setpriv ??= which('setpriv') ?? null;
+    const [file, argv] = setpriv
+      ? [setpriv, ['--pdeathsig', 'TERM', '--', process.execPath, ...args]]
+      : [process.execPath, args];
+    const child = spawn(file, argv, {
       cwd: spec.agentDir,
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -96,7 +104,13 @@ export class NodeProcess {
     child.stderr.pipe(log);
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     const node = new NodeProcess(spec, child.pid!, exited);
-    await node.waitHealthy();
+    try {
+      await node.waitHealthy();
+    } catch (error) {
+      // Nobody else holds it to destroy: the agent, and the daemon it may have started.
+      await node.destroy();
+      throw error;
+    }
     return node;
   }
 
@@ -191,6 +205,7 @@ export async function waitFor<T>(
 }
 
 const AGENT_BUNDLE = 'dist/pfs-node.mjs';
+let setpriv: string | null | undefined;
 const builds = new Map<string, Promise<void>>();
 
 /** Brings the agent's bundle up to date, once per agent directory and process. */
