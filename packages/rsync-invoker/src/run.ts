@@ -83,7 +83,7 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
     escalation = setTimeout(
       () =>
         setImmediate(() => {
-          if (pid === undefined) launched.killLauncher();
+          if (pid === undefined && !ended) launched.killLauncher();
         }),
       KILL_AFTER_MS,
     );
