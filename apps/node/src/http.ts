@@ -42,6 +42,7 @@ const STATUS_OF_CODE: Record<string, number> = {
   BAD_FEED: 400,
   TXLOG_WRITE_FAILED: 507,
   NOT_LOGGED: 507,
+  NOT_DURABLE: 507,
 };
 
 function sendError(reply: FastifyReply, error: unknown): FastifyReply {

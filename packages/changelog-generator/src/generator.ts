@@ -51,9 +51,11 @@ function notLogged(
   done: 'replaced' | 'deleted',
   error: unknown,
 ): ChangelogError {
+  const cause = error instanceof FilestoreError && error.code === 'NOT_DURABLE' ? error.cause : error;
+  const what = cause === error ? 'logging it failed' : 'making that durable failed';
   const failure = new ChangelogError(
     'NOT_LOGGED',
-    `${JSON.stringify(path)} was ${done} on this master, but logging it failed (${(error as Error).message}): it is not replicated until it is logged; fix the log's disk, then read the path back before relying on it`,
+    `${JSON.stringify(path)} was ${done} on this master, but ${what} (${(cause as Error).message}): it is not replicated until it is logged; fix the ${cause === error ? "log's disk" : 'disk'}, then read the path back before relying on it`,
     partition,
   );
   failure.cause = error;
@@ -210,7 +212,18 @@ export class ChangelogGenerator {
         await staged.discard();
         throw error;
       }
-      const info = await staged.commit();
+      // The index still holds the version this one replaced, whose size and times the new file
+      // may share to the clock tick: a reconcile would then take it as unchanged, and never log
+      // it. An mtime no file has makes the next one look.
+      const forgetOldVersion = () => {
+        const slot = owned.index.slotOf(staged.path);
+        if (slot !== undefined) owned.index.setTimes(slot, -1n, undefined);
+      };
+      const info = await staged.commit().catch((error: unknown) => {
+        if (!(error instanceof FilestoreError && error.code === 'NOT_DURABLE')) throw error;
+        forgetOldVersion();
+        throw notLogged(partition, staged.path, 'replaced', error);
+      });
       const record = await this.append(partition, owned, {
         kind: 'put',
         path: staged.path,
@@ -218,11 +231,7 @@ export class ChangelogGenerator {
         mtimeNs: info.mtimeNs,
         sha256: staged.sha256,
       }).catch((error: unknown) => {
-        // The index still holds the version this one replaced, whose size and times the new file
-        // may share to the clock tick: a reconcile would then take it as unchanged, and never
-        // log it. An mtime no file has makes the next one look.
-        const slot = owned.index.slotOf(staged.path);
-        if (slot !== undefined) owned.index.setTimes(slot, -1n, undefined);
+        forgetOldVersion();
         throw notLogged(partition, staged.path, 'replaced', error);
       });
       owned.index.setCtime(owned.index.slotOf(staged.path)!, info.ctimeNs);
@@ -236,7 +245,11 @@ export class ChangelogGenerator {
       const [partition, owned] = this.owner(path);
       assertStoreInPlace(this.root);
       assertAppendable(owned);
-      await deleteFile(this.root, path);
+      await deleteFile(this.root, path).catch((error: unknown) => {
+        throw error instanceof FilestoreError && error.code === 'NOT_DURABLE'
+          ? notLogged(partition, path, 'deleted', error)
+          : error;
+      });
       return this.append(partition, owned, { kind: 'delete', path, size: 0n, mtimeNs: 0n, sha256: '' }).catch(
         (error: unknown) => {
           throw notLogged(partition, path, 'deleted', error);

@@ -179,6 +179,38 @@ describe('ChangelogGenerator', () => {
     }
   });
 
+  it('says a change whose directory fsync failed after it is in place, and logs it once it can', async () => {
+    const { root, generator, logs } = await setup();
+    await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));
+    const staged = await stageFile(root, 'kept', Buffer.from('v2'));
+    const probe = await open(join(root, '.pfs'), 'r');
+    const prototype = Object.getPrototypeOf(probe) as FileHandle;
+    await probe.close();
+    const { sync } = prototype;
+    const failing = vi.spyOn(prototype, 'sync').mockImplementation(async function (this: FileHandle) {
+      if ((await this.stat()).isDirectory())
+        throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+      return sync.call(this);
+    });
+    try {
+      await expect(generator.commitPut(staged)).rejects.toMatchObject({
+        code: 'NOT_LOGGED',
+        message:
+          '"kept" was replaced on this master, but making that durable failed (EIO: i/o error, fsync): it is not replicated until it is logged; fix the disk, then read the path back before relying on it',
+      });
+    } finally {
+      failing.mockRestore();
+    }
+    expect(readFileSync(join(root, 'kept'), 'utf8')).toBe('v2');
+    // Not a failed append: the next write is taken, and a reconcile logs what this one left.
+    expect(generator.appendFailed(0)).toBeUndefined();
+    expect(await generator.reconcile()).toBe(1);
+    expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path} ${r.size}`)).toEqual([
+      'put kept 2',
+      'put kept 2',
+    ]);
+  });
+
   it('after an append that failed, changes nothing on disk until an append succeeds', async () => {
     const { root, generator, logs } = await setup();
     await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));

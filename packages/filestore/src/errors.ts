@@ -19,6 +19,7 @@ export type FilestoreErrorCode =
   | 'CONTENT_MISMATCH'
   | 'DISK_FULL'
   | 'STORE_MISSING'
+  | 'NOT_DURABLE'
   | 'ABORTED';
 
 export class FilestoreError extends Error {

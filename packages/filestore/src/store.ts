@@ -252,8 +252,10 @@ export async function stageFile(
         await syncDirectory(dirname(target));
         return await statFileAt(target);
       } catch (error) {
+        // In place already: whatever failed, the file was replaced (see notDurable).
+        if (done) throw notDurable(path, 'put in place', error);
         const keep = error instanceof FilestoreError && error.code === 'PATH_IS_DIRECTORY';
-        if (!done && !keep) await rm(temp, { force: true }).catch(() => {});
+        if (!keep) await rm(temp, { force: true }).catch(() => {});
         throw translate(error, path);
       }
     },
@@ -381,7 +383,23 @@ export async function deleteFile(root: string, path: string): Promise<void> {
     throw new FilestoreError('PATH_IS_DIRECTORY', `${quote(path)} is a directory, not a file`, { path });
   }
   await unlink(target);
-  await syncDirectory(dirname(target));
+  // The nearest directory still there: a put may have replaced the emptied parent with a file.
+  await syncParentOf(root, path).catch((error: unknown) => {
+    throw notDurable(path, 'deleted', error);
+  });
+}
+
+/**
+ * A change made in the store whose durability could not be ensured after it (a failed directory
+ * fsync, a failed stat): it is in place, unlike what every other error says, and may or may not
+ * survive a crash. Callers must not answer "nothing was changed".
+ */
+function notDurable(path: string, done: string, error: unknown): FilestoreError {
+  return new FilestoreError(
+    'NOT_DURABLE',
+    `${quote(path)} was ${done}, but making that durable failed (${(error as Error).message}): it may not survive a crash`,
+    { path, cause: error },
+  );
 }
 
 /** The fields of a bigint stat that say which version of a file it is. */
