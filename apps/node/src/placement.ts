@@ -297,67 +297,80 @@ export class PartitionPlacement {
       if (controller.holds) controller.ensureReported();
     }
     let dropped = false;
+    // One partition whose step fails (a divergent suffix it cannot set aside, say) does not hold
+    // up the others, nor the sweep: the pass runs again for it.
+    let failure: unknown;
     for (const controller of controllers) {
       if (!viewHolds()) return;
-      const p = controller.partition;
-      const placed = this.placedOn(p);
-      if (placed.includes(nodeId)) continue;
-      const last = logs[p]!.lastTxid;
-      // A key its previous process left (on a lease not yet expired) does not count.
-      const reported = reportedByCurrentProcess(coordinator.view, p, nodeId);
-      const hasKey = reported !== undefined;
-      if (controller.holds) {
-        if (!this.haveAllBut(p, placed, RELEASE_SLACK_RECORDS)) continue;
-        // The handover waits for what the placed nodes acknowledged here as master (fresher
-        // than their reports); it only decides whether the successor may skip its drain.
-        await controller.release(
-          (txid) => placed.every((id) => this.deps.acked(p, id) >= txid || this.progressOf(p, id) >= txid),
-          this.deps.handOverTimeoutMs,
-        );
-        logger.info(
-          { partition: p, placedOn: placed },
-          `partition ${p}: now placed on ${placed.join(', ')}, which have nearly caught up: this node stopped following it at ${formatTxId(logs[p]!.lastTxid)}`,
-        );
-        continue;
-      }
-      if (last === 0n) {
-        if (hasKey) {
-          // A bulk copy or a batch may have left files of it before it had a record. Marked
-          // first: a restart after the key went would find neither key nor mark.
-          await this.markSweepDue();
-          await coordinator.withdrawReplica(p);
-        }
-        continue;
-      }
-      if (!this.mayDrop(p, placed)) {
-        // Still needed, as a candidate and as a source to drain: its key must be there, which
-        // a lost session or a restart took away, and say all it has (a report that failed as
-        // it let the partition go leaves the one from before its term as master).
-        if (reported === undefined || reported < last) await coordinator.reportApplied(p, last);
-        continue;
-      }
-      await coordinator.withdrawReplica(p);
-      // The view may have moved while the key went: if the partition is no longer safe to drop,
-      // the key comes back.
-      const placedNow = this.placedOn(p);
-      if (!viewHolds() || placedNow.includes(nodeId) || !this.mayDrop(p, placedNow)) {
-        if (viewHolds()) await coordinator.reportApplied(p, last);
-        continue;
-      }
-      await this.markSweepDue();
-      if (await controller.dropLog()) {
-        dropped = true;
-        // A sweep that ran while the log was still there skipped the partition's files, and may
-        // have cleared the mark: set again, it stays until a sweep that knew the log gone.
-        await this.markSweepDue();
-        logger.info(
-          { partition: p, placedOn: placedNow },
-          `partition ${p}: ${placedNow.join(', ')} have all of it: removed this node's log of it, its files go next`,
-        );
+      try {
+        if (await this.letGo(controller, viewHolds)) dropped = true;
+      } catch (error) {
+        failure ??= error;
       }
     }
     // In the background: it waits for the store gate, maybe behind a bulk copy.
     if (dropped || this.sweepDue) this.sweeps.request();
+    if (failure !== undefined) throw failure;
+  }
+
+  /** One step of letting `controller`'s partition go, if it is not placed here; whether its log was dropped. */
+  private async letGo(controller: PartitionController, viewHolds: () => boolean): Promise<boolean> {
+    const { coordinator, logs, nodeId, logger } = this.deps;
+    const p = controller.partition;
+    const placed = this.placedOn(p);
+    if (placed.includes(nodeId)) return false;
+    const last = logs[p]!.lastTxid;
+    // A key its previous process left (on a lease not yet expired) does not count.
+    const reported = reportedByCurrentProcess(coordinator.view, p, nodeId);
+    const hasKey = reported !== undefined;
+    if (controller.holds) {
+      if (!this.haveAllBut(p, placed, RELEASE_SLACK_RECORDS)) return false;
+      // The handover waits for what the placed nodes acknowledged here as master (fresher
+      // than their reports); it only decides whether the successor may skip its drain.
+      await controller.release(
+        (txid) => placed.every((id) => this.deps.acked(p, id) >= txid || this.progressOf(p, id) >= txid),
+        this.deps.handOverTimeoutMs,
+      );
+      logger.info(
+        { partition: p, placedOn: placed },
+        `partition ${p}: now placed on ${placed.join(', ')}, which have nearly caught up: this node stopped following it at ${formatTxId(logs[p]!.lastTxid)}`,
+      );
+      return false;
+    }
+    if (last === 0n) {
+      if (hasKey) {
+        // A bulk copy or a batch may have left files of it before it had a record. Marked
+        // first: a restart after the key went would find neither key nor mark.
+        await this.markSweepDue();
+        await coordinator.withdrawReplica(p);
+      }
+      return false;
+    }
+    if (!this.mayDrop(p, placed)) {
+      // Still needed, as a candidate and as a source to drain: its key must be there, which
+      // a lost session or a restart took away, and say all it has (a report that failed as
+      // it let the partition go leaves the one from before its term as master).
+      if (reported === undefined || reported < last) await coordinator.reportApplied(p, last);
+      return false;
+    }
+    await coordinator.withdrawReplica(p);
+    // The view may have moved while the key went: if the partition is no longer safe to drop,
+    // the key comes back.
+    const placedNow = this.placedOn(p);
+    if (!viewHolds() || placedNow.includes(nodeId) || !this.mayDrop(p, placedNow)) {
+      if (viewHolds()) await coordinator.reportApplied(p, last);
+      return false;
+    }
+    await this.markSweepDue();
+    if (!(await controller.dropLog())) return false;
+    // A sweep that ran while the log was still there skipped the partition's files, and may
+    // have cleared the mark: set again, it stays until a sweep that knew the log gone.
+    await this.markSweepDue();
+    logger.info(
+      { partition: p, placedOn: placedNow },
+      `partition ${p}: ${placedNow.join(', ')} have all of it: removed this node's log of it, its files go next`,
+    );
+    return true;
   }
 
   /**

@@ -319,3 +319,90 @@ describe('letting a partition go', () => {
     expect(t.calls).toEqual([]);
   });
 });
+
+describe('a pass over several partitions', () => {
+  it('goes on to the next partition when one fails its step, and runs again for that one', async () => {
+    const me = 'me';
+    // A node id that wins both partitions over `me`.
+    let n = 0;
+    while (![0, 1].every((p) => placeReplicas(p, [me, `other-${n}`], 1)[0] === `other-${n}`)) n++;
+    const other = `other-${n}`;
+    const root = await mkdtemp(join(tmpdir(), 'pfs-placement-'));
+    dirs.push(root);
+    const fileStore = join(root, 'filestore');
+    await initStore(fileStore);
+    await mkdir(join(root, 'run'));
+    const last = makeTxId(2, 10);
+    const partitionView = (): PartitionView => ({
+      master: undefined,
+      generation: 2n,
+      history: new Map(),
+      // `other` has it all.
+      replicas: new Map([[other, last]]),
+      replicaRevisions: new Map([[other, 20n]]),
+      handover: undefined,
+      masterLeftAt: undefined,
+    });
+    const view: ClusterView = {
+      nodes: new Map([
+        [me, nodeInfo(me)],
+        [other, nodeInfo(other)],
+      ]),
+      registeredAt: new Map([
+        [me, 10n],
+        [other, 10n],
+      ]),
+      partitions: new Map([
+        [0, partitionView()],
+        [1, partitionView()],
+      ]),
+      revision: 1n,
+    };
+    const coordinator = { view, sessionValid: () => true } as unknown as Coordinator;
+    const calls: string[] = [];
+    const controllerOf = (partition: number) => ({
+      partition,
+      holds: true,
+      activate: () => false,
+      ensureReported() {},
+      async release() {
+        calls.push(`release ${partition}`);
+        // The first partition's step keeps failing.
+        if (partition === 0) throw new Error('a divergent suffix could not be set aside');
+        this.holds = false;
+      },
+    });
+    const errors: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => errors.push(JSON.parse(line).msg) });
+    const placement = new PartitionPlacement({
+      nodeId: me,
+      replicationFactor: 1,
+      coordinator,
+      controllers: [controllerOf(0), controllerOf(1)].map((c) => c as unknown as PartitionController),
+      logs: [{ lastTxid: last }, { lastTxid: last }].map((l) => l as unknown as TxLog),
+      acked: () => 0n,
+      storeGate: new StoreGate(),
+      fileStore,
+      partitionOf: () => 0,
+      runDir: join(root, 'run'),
+      handOverTimeoutMs: 10,
+      graceMs: 1000,
+      now: () => 0,
+      logger,
+    });
+    try {
+      placement.schedule();
+      const deadline = Date.now() + 5000;
+      while (!calls.includes('release 1') && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 10));
+      expect(calls.slice(0, 2)).toEqual(['release 0', 'release 1']);
+      expect(errors).toContain('placement: a divergent suffix could not be set aside');
+      while (calls.filter((c) => c === 'release 0').length < 2 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(calls.filter((c) => c === 'release 0')).toHaveLength(2);
+    } finally {
+      await placement.close();
+    }
+  });
+});
