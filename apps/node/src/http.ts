@@ -204,7 +204,14 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     reply: FastifyReply,
   ): { mode: AckMode; timeoutMs: number } | undefined => {
     const mode = headers['x-pfs-ack'] ?? state.config.ackMode;
-    const timeout = Number(headers['x-pfs-ack-timeout-ms'] ?? state.config.ackTimeoutMs);
+    const asked = headers['x-pfs-ack-timeout-ms'];
+    // Number('') is 0: an empty header would otherwise ask for no wait at all.
+    const timeout =
+      asked === undefined
+        ? state.config.ackTimeoutMs
+        : typeof asked === 'string' && asked.trim() !== ''
+          ? Number(asked)
+          : Number.NaN;
     if (typeof mode !== 'string' || !ACK_MODES.includes(mode as AckMode)) {
       reply
         .code(400)

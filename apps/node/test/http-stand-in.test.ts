@@ -292,6 +292,38 @@ describe('a write waiting for its replicas, in another term', () => {
   });
 });
 
+describe('the ack headers of a write', () => {
+  it('refuses an unknown ack mode, and an ack timeout that is not a whole number of ms up to 600000, empty included', async () => {
+    const { app } = await server({ running: false }, { writable: true, waitForAcks: async () => true });
+    try {
+      for (const headers of [
+        { 'x-pfs-ack': 'some' },
+        { 'x-pfs-ack-timeout-ms': '' },
+        { 'x-pfs-ack-timeout-ms': ' ' },
+        { 'x-pfs-ack-timeout-ms': 'abc' },
+        { 'x-pfs-ack-timeout-ms': '-1' },
+        { 'x-pfs-ack-timeout-ms': '1.5' },
+        { 'x-pfs-ack-timeout-ms': '600001' },
+      ]) {
+        const refused = await app.inject({ method: 'DELETE', url: '/v1/files/a.txt', headers });
+        expect({ headers, status: refused.statusCode, code: refused.json().code }).toEqual({
+          headers,
+          status: 400,
+          code: 'x-pfs-ack' in headers ? 'BAD_ACK_MODE' : 'BAD_ACK_TIMEOUT',
+        });
+      }
+      const taken = await app.inject({
+        method: 'DELETE',
+        url: '/v1/files/a.txt',
+        headers: { 'x-pfs-ack': 'local', 'x-pfs-ack-timeout-ms': '0' },
+      });
+      expect(taken.statusCode).toBe(200);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('listing', () => {
   it('refuses a limit that is not a whole number, with 400 BAD_LIMIT, and takes one out of bounds as the nearest', async () => {
     const { app, dataDir } = await server({ running: false });
