@@ -11,6 +11,7 @@ import {
   partitionOf,
   type StagedFile,
   stageFile,
+  storeIsInPlace,
   validateStorePath,
 } from '@pfs/filestore';
 import { encodeRecords, FEED_CONTENT_TYPE, parseFeedQuery, ReplicatorError, readFeed } from '@pfs/replicator';
@@ -513,6 +514,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       // the same inode, even if a put replaces the path meanwhile.
       const opened = await openStoreFile(fileStore, path);
       if (opened === undefined) {
+        // An unmounted store holds no file at all: that is no answer for what the log says is here.
+        if (!storeIsInPlace(fileStore)) return storeMissing(reply);
         return reply.code(404).send({ code: 'NOT_FOUND', message: `no file ${JSON.stringify(path)}` });
       }
       const { handle, stat: info } = opened;
@@ -532,7 +535,13 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           .header('last-modified', new Date(Number(info.mtimeNs / 1_000_000n)).toUTCString());
         if (request.headers['if-none-match'] === etag) return reply.code(304).send();
         const size = Number(info.size);
-        const range = parseRange(request.headers.range, size);
+        // A resumed download names the version it has (If-Range): another version's bytes would
+        // be joined to it, so a change, or a validator other than this ETag, gets the whole file.
+        const ifRange = request.headers['if-range'];
+        const range = parseRange(
+          ifRange === undefined || ifRange === etag ? request.headers.range : undefined,
+          size,
+        );
         if (range === 'unsatisfiable') {
           return reply
             .code(416)
@@ -581,9 +590,12 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       const asking = wanted === undefined ? undefined : new Set(wanted.split(',').map(Number));
       // Only partitions whose reads this node answers: the others are listed by the nodes that
       // hold them (the response names the partitions it covers).
+      // Not one whose reads are refused while its store is checked: that store may hold files
+      // its log does not.
       const covered = state.controllers
-        .filter((c) => c.servesReads && (asking === undefined || asking.has(c.partition)))
+        .filter((c) => c.servesReads && !c.readsRefused && (asking === undefined || asking.has(c.partition)))
         .map((c) => c.partition);
+      if (covered.length > 0 && !storeIsInPlace(fileStore)) return storeMissing(reply);
       const included = new Set(covered);
       const limit = Math.min(Math.max(Number(asked), 1), 10_000);
       const page = await listStore(fileStore, {
@@ -606,6 +618,15 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   );
 
   return app;
+}
+
+/** 503 for a read of a store that is not in place (see storeIsInPlace): other nodes may answer it. */
+function storeMissing(reply: FastifyReply): FastifyReply {
+  return reply.code(503).header('retry-after', '1').send({
+    code: 'STORE_MISSING',
+    message:
+      "this node's store is not in place (unmounted?): read from another node, and mount the store here",
+  });
 }
 
 /** The limits a PUT's body must keep to (see nextChunkDeadline). */

@@ -4,7 +4,7 @@ import { type AddressInfo, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
-import { compareStorePaths, partitionOf, type StagedFile } from '@pfs/filestore';
+import { compareStorePaths, initStore, partitionOf, type StagedFile } from '@pfs/filestore';
 import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { AgentState } from '../src/agent-state.ts';
@@ -31,6 +31,8 @@ async function server(
     catchUp?: (partition: number) => Promise<boolean>;
     bodyIdleTimeoutMs?: number;
     bodyMinBytesPerSecond?: number;
+    /** Partitions whose reads are refused while a former master checks its store. */
+    readsRefused?: number[];
   } = { partitions: 1, servesReads: [0] },
 ) {
   const dataDir = await mkdtemp(join(tmpdir(), 'pfs-store-copy-'));
@@ -47,6 +49,10 @@ async function server(
       bodyMinBytesPerSecond: layout.bodyMinBytesPerSecond ?? 240,
       nodeId: 'n1',
     },
+    logs: Array.from({ length: layout.partitions }, () => ({
+      lastTxid: (1n << 32n) | 8n,
+      waitForRecordsAfter: async () => false,
+    })),
     controllers: Array.from({ length: layout.partitions }, (_, partition) => ({
       partition,
       writable: () => partition === 0 && node.writable,
@@ -59,6 +65,7 @@ async function server(
       checkLog: () => {},
       holds: layout.servesReads.includes(partition),
       servesReads: layout.servesReads.includes(partition),
+      readsRefused: layout.readsRefused?.includes(partition) ?? false,
       get copyingStore() {
         return copy.running;
       },
@@ -80,6 +87,7 @@ async function server(
       writes: { inc: () => {} },
       writeBytes: { inc: () => {} },
       conflictWaits: { inc: () => {} },
+      readDigests: { inc: () => {} },
     },
     masterOf: () => ({ nodeId: 'n1', host: '127.0.0.1', httpPort: 1 }),
   } as unknown as AgentState;
@@ -328,7 +336,7 @@ describe('listing', () => {
   it('refuses a limit that is not a whole number, with 400 BAD_LIMIT, and takes one out of bounds as the nearest', async () => {
     const { app, dataDir } = await server({ running: false });
     try {
-      await mkdir(join(dataDir, 'filestore'), { recursive: true });
+      await initStore(join(dataDir, 'filestore'));
       for (const name of ['a', 'b', 'c']) await writeFile(join(dataDir, 'filestore', name), name);
       for (const limit of ['1.5', 'abc', '-1', '']) {
         const refused = await app.inject({ method: 'GET', url: `/v1/files?limit=${limit}` });
@@ -375,6 +383,84 @@ describe('a node still starting', () => {
   });
 });
 
+describe('reads of a store that is not in place', () => {
+  it('answer 503 STORE_MISSING, not a 404 or an empty listing, while the store is unmounted', async () => {
+    const { app, dataDir } = await server({ running: false });
+    try {
+      // No sentinel: the store's file system is not mounted there.
+      await mkdir(join(dataDir, 'filestore'), { recursive: true });
+      for (const method of ['GET', 'HEAD'] as const) {
+        const read = await app.inject({ method, url: '/v1/files/kept.txt' });
+        expect(read.statusCode).toBe(503);
+        expect(read.headers['retry-after']).toBe('1');
+      }
+      const listed = await app.inject({ method: 'GET', url: '/v1/files' });
+      expect(listed.statusCode).toBe(503);
+      expect(listed.json().code).toBe('STORE_MISSING');
+      await initStore(join(dataDir, 'filestore'));
+      expect((await app.inject({ method: 'GET', url: '/v1/files/kept.txt' })).statusCode).toBe(404);
+      expect((await app.inject({ method: 'GET', url: '/v1/files' })).json().entries).toEqual([]);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a listing on a former master checking its store', () => {
+  it('leaves out the partition whose reads are refused', async () => {
+    const { app, dataDir } = await server(
+      { running: false },
+      { writable: true },
+      { partitions: 2, servesReads: [0, 1], readsRefused: [1] },
+    );
+    try {
+      await initStore(join(dataDir, 'filestore'));
+      const names = ['a', 'b', 'c', 'd', 'e', 'f'];
+      for (const name of names) await writeFile(join(dataDir, 'filestore', name), name);
+      const listed = (await app.inject({ method: 'GET', url: '/v1/files' })).json();
+      expect(listed.partitions).toEqual([0]);
+      expect(listed.entries.map((e: { path: string }) => e.path)).toEqual(
+        names.filter((n) => partitionOf(n, 2) === 0),
+      );
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a resumed download (If-Range)', () => {
+  it('gets the range only while the file is the version it names, else the whole file', async () => {
+    const { app, dataDir } = await server({ running: false });
+    try {
+      await initStore(join(dataDir, 'filestore'));
+      await writeFile(join(dataDir, 'filestore', 'v.mp4'), 'first version');
+      const first = await app.inject({ method: 'GET', url: '/v1/files/v.mp4' });
+      expect(first.body).toBe('first version');
+      const etag = first.headers.etag as string;
+      const resumed = await app.inject({
+        method: 'GET',
+        url: '/v1/files/v.mp4',
+        headers: { range: 'bytes=6-', 'if-range': etag },
+      });
+      expect(resumed.statusCode).toBe(206);
+      expect(resumed.body).toBe('version');
+      // Replaced since: its tail would be joined to the old head.
+      await writeFile(join(dataDir, 'filestore', 'v.mp4'), 'second, longer version');
+      for (const ifRange of [etag, first.headers['last-modified'] as string]) {
+        const whole = await app.inject({
+          method: 'GET',
+          url: '/v1/files/v.mp4',
+          headers: { range: 'bytes=6-', 'if-range': ifRange },
+        });
+        expect(whole.statusCode).toBe(200);
+        expect(whole.body).toBe('second, longer version');
+      }
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('listing the partitions a client names', () => {
   it('lists the files of those it serves among them, names them, and refuses a bad list with 400 BAD_PARTITIONS', async () => {
     const { app, dataDir } = await server(
@@ -383,7 +469,7 @@ describe('listing the partitions a client names', () => {
       { partitions: 3, servesReads: [0, 1] },
     );
     try {
-      await mkdir(join(dataDir, 'filestore'), { recursive: true });
+      await initStore(join(dataDir, 'filestore'));
       const byPartition = new Map<number, string[]>([
         [0, []],
         [1, []],
