@@ -90,16 +90,17 @@ function describeFetchFailure(error: unknown, url: string, method: string, local
   const { code, syscall } = detail as { code?: string; syscall?: string };
   const what =
     code !== undefined && !detail.message.includes(code) ? `${code}: ${detail.message}` : detail.message;
-  if (local !== undefined && (syscall === 'open' || syscall === 'read')) {
-    return `cannot read ${local} (${what}): nothing was stored`;
-  }
-  if (detail.name === 'TimeoutError')
-    return `${origin} did not answer in time: is the node overloaded or frozen?`;
+  // A socket's errors carry syscall 'read' too: the connection is judged first.
   if (code !== undefined && BROKEN_CONNECTION.has(code)) {
     return method === 'GET'
       ? `the connection to ${origin} broke before the answer came (${what}): run it again`
       : `the connection to ${origin} broke before the answer came (${what}): the ${method === 'DELETE' ? 'delete' : 'write'} may or may not have been done; run it again (repeating it is harmless)`;
   }
+  if (local !== undefined && (syscall === 'open' || syscall === 'read')) {
+    return `cannot read ${local} (${what}): nothing was stored`;
+  }
+  if (detail.name === 'TimeoutError')
+    return `${origin} did not answer in time: is the node overloaded or frozen?`;
   return `cannot reach ${origin} (${what}): is the node running? Pass --node`;
 }
 

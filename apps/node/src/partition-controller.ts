@@ -1081,12 +1081,18 @@ export class PartitionController {
     const last = this.deps.log.lastTxid;
     const deadline = Date.now() + timeoutMs;
     while (!caughtUp(last) && Date.now() < deadline) await sleep(10);
+    // Reported before the key goes: as master it never reported, and its key still says how far
+    // it had got before its term. A successor whose drain of this node's log fails would
+    // otherwise see nothing here to drain through its feed, and go on without these records. Best
+    // effort: the key must go anyway, or no successor can claim.
+    await this.deps.coordinator.reportApplied(this.partition, last).catch((error: Error) => {
+      this.deps.logger.warn(
+        { err: error },
+        `partition ${this.partition}: could not report ${formatTxId(last)} before giving up its mastership: ${error.message}`,
+      );
+    });
     let complete = false;
     try {
-      // Reported before the key goes: as master it never reported, and its key still says how
-      // far it had got before its term. A successor whose drain of this node's log fails would
-      // otherwise see nothing here to drain through its feed, and go on without these records.
-      await this.deps.coordinator.reportApplied(this.partition, last);
       // Only a complete handover lets the successor skip its drain and the ranking.
       complete = caughtUp(last);
       if (complete) {

@@ -1137,6 +1137,28 @@ describe('node agent over HTTP', () => {
     );
   });
 
+  it('gives its mastership up even when that report fails', async () => {
+    const { master, replica } = await twoNodes();
+    expect((await fetch(`${master.url}/v1/files/r`, { method: 'PUT', body: 'r' })).status).toBe(201);
+    await caughtUp(master, replica);
+    const coordinator = (master.state.controllers[0] as unknown as { deps: { coordinator: Coordinator } })
+      .deps.coordinator;
+    const calls: string[] = [];
+    const { resignMaster } = coordinator;
+    coordinator.reportApplied = async () => {
+      throw new Error('etcdserver: request timed out');
+    };
+    coordinator.resignMaster = (partition, token) => {
+      calls.push(`resign ${partition}`);
+      return resignMaster.call(coordinator, partition, token);
+    };
+    await stopForRestart(master);
+    expect(calls).toContain('resign 0');
+    await until('the replica to take over', async () =>
+      (await role(replica)).role === 'master' ? true : undefined,
+    );
+  });
+
   it('steps down as master once its log cannot be appended to, and a replica takes over', async () => {
     const { master, replica } = await twoNodes();
     expect((await fetch(`${master.url}/v1/files/before`, { method: 'PUT', body: 'b' })).status).toBe(201);

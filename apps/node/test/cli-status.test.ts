@@ -156,6 +156,29 @@ describe('pfs, when a request fails', () => {
     }
   });
 
+  it('blames the connection, not the local file, when the node resets it', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'pfs-put-'));
+    try {
+      const local = join(work, 'big.bin');
+      await writeFile(local, Buffer.alloc(8 * 1024 * 1024, 7));
+      // The whole body read, then a reset (RST): the client's read of the answer fails.
+      const server = createServer((request) => {
+        request.resume();
+        request.on('end', () => request.socket.resetAndDestroy());
+      });
+      servers.push(server);
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      const node = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const put = await cli('--node', node, 'put', local, 'big.bin');
+      expect(put.code).toBe(1);
+      expect(put.stderr).toMatch(
+        /^pfs: the connection to http:\/\/127\.0\.0\.1:\d+ broke before the answer came \(.+\): the write may or may not have been done;/,
+      );
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+
   it('names a local file it cannot read, not the node', async () => {
     // A regular file by its stat whose read fails, even for root: this process's own memory at
     // offset 0, which is never mapped.

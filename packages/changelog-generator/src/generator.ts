@@ -174,7 +174,13 @@ export class ChangelogGenerator {
     try {
       record = await owned.log.appendChange(change);
     } catch (error) {
-      owned.appendFailure = error instanceof Error ? error : new Error(String(error));
+      // A failure of the log itself, not one of this record's (which the next one need not share).
+      if (
+        error instanceof TxlogError &&
+        (error.code === 'TXLOG_WRITE_FAILED' || error.code === 'TXLOG_SEQUENCE_OVERFLOW')
+      ) {
+        owned.appendFailure = error;
+      }
       throw error;
     }
     owned.appendFailure = undefined;
@@ -295,6 +301,14 @@ export class ChangelogGenerator {
       for (let attempt = 0; attempt < 5; attempt++) {
         const readFrom = Date.now();
         const before = await statFile(this.root, path);
+        // A record holds a signed 64-bit count of nanoseconds: years 1678 to 2262.
+        if (before !== undefined && (before.mtimeNs > MAX_I64 || before.mtimeNs < -MAX_I64 - 1n)) {
+          throw new FilestoreError(
+            'MTIME_OUT_OF_RANGE',
+            `${JSON.stringify(path)} has a modification time outside the years 1678 to 2262, which the log cannot hold, so it is not logged or replicated: touch it`,
+            { path },
+          );
+        }
         if (before === undefined) {
           if (known === undefined) return undefined;
           // Every file of an unmounted store is missing: that is no delete.
@@ -454,6 +468,7 @@ export class ChangelogGenerator {
 }
 
 const RECONCILE_CONCURRENCY = 32;
+const MAX_I64 = 2n ** 63n - 1n;
 /** Longer than the file system's timestamp granularity (jiffies: 4 ms at HZ=250, 10 at HZ=100). */
 const SAME_TICK_MS = 25;
 /** Big enough that a replay reads each 8 MiB segment a few times, small enough to die young. */

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { initStore, stageFile } from '@pfs/filestore';
-import { type LogRecord, TxLog } from '@pfs/txlog';
+import { type LogRecord, TxLog, TxlogError } from '@pfs/txlog';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 
 const oddNames: { accept: string[] } = JSON.parse(
@@ -211,6 +211,21 @@ describe('ChangelogGenerator', () => {
     ]);
   });
 
+  it('refuses to log a file whose mtime no record can hold, and goes on taking writes', async () => {
+    const { root, generator } = await setup();
+    writeFileSync(join(root, 'far-future'), 'bytes');
+    // 2300-01-01: past what a signed 64-bit count of nanoseconds reaches (2262).
+    utimesSync(join(root, 'far-future'), 10_413_792_000, 10_413_792_000);
+    await expect(generator.observe('far-future')).rejects.toMatchObject({
+      code: 'MTIME_OUT_OF_RANGE',
+      message:
+        '"far-future" has a modification time outside the years 1678 to 2262, which the log cannot hold, so it is not logged or replicated: touch it',
+    });
+    // Nothing wrong with the log: no reason to step down.
+    expect(generator.appendFailed(0)).toBeUndefined();
+    await generator.commitPut(await stageFile(root, 'next', Buffer.from('n')));
+  });
+
   it('after an append that failed, changes nothing on disk until an append succeeds', async () => {
     const { root, generator, logs } = await setup();
     await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));
@@ -219,7 +234,7 @@ describe('ChangelogGenerator', () => {
     const append = vi
       .spyOn(log, 'appendChange')
       .mockRejectedValueOnce(
-        Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' }),
+        new TxlogError('TXLOG_WRITE_FAILED', 'append failed (ENOSPC: no space left on device, write)'),
       );
     try {
       await expect(
@@ -228,14 +243,14 @@ describe('ChangelogGenerator', () => {
         code: 'NOT_LOGGED',
       });
       expect(log.appendable).toBe(true);
-      expect(generator.appendFailed(0)?.message).toMatch(/^ENOSPC/);
+      expect(generator.appendFailed(0)?.message).toMatch(/ENOSPC/);
       // The next write is refused before it touches the disk.
       await expect(
         generator.commitPut(await stageFile(root, 'kept', Buffer.from('v3'))),
       ).rejects.toMatchObject({
         code: 'TXLOG_WRITE_FAILED',
         message: expect.stringMatching(
-          /^the last append to log .* failed \(ENOSPC: no space left on device, write\): nothing was changed; the master steps down$/,
+          /^the last append to log .* failed \(append failed \(ENOSPC: no space left on device, write\)\): nothing was changed; the master steps down$/,
         ),
       });
       await expect(generator.commitDelete('kept')).rejects.toMatchObject({ code: 'TXLOG_WRITE_FAILED' });

@@ -20,6 +20,7 @@ export type FilestoreErrorCode =
   | 'DISK_FULL'
   | 'STORE_MISSING'
   | 'NOT_DURABLE'
+  | 'MTIME_OUT_OF_RANGE'
   | 'ABORTED';
 
 export class FilestoreError extends Error {
