@@ -698,6 +698,12 @@ export class PartitionController {
         );
       }
       if ((error as ReplicatorError).code === 'SOURCE_UNAVAILABLE') this.checkMasterAlive();
+      // This log holds records the master's does not: following it again repairs the log first
+      // (see repairDivergence), with the cluster's history as the view now has it.
+      if ((error as ReplicatorError).code === 'DIVERGED' && this.role === 'replica') {
+        this.following = undefined;
+        this.schedule();
+      }
     });
     this.replicator = replicator;
     return replicator;

@@ -26,7 +26,13 @@ export function planBatch(records: readonly LogRecord[]): BatchPlan {
   return { paths: [...expected.keys()], expected };
 }
 
-/** Checks that records continue the log after `after` in strictly increasing order. */
+/**
+ * Checks that records continue the log after `after` in strictly increasing order, and that each
+ * end-of-generation record names, as the last txid before it, the one before it here. A source
+ * whose log was cut back past records this log holds (a fenced master's, never agreed) would
+ * otherwise have its next generation appended after them: every later txid is larger, so the
+ * order alone cannot tell, and the records would stay for good, their files served (pure).
+ */
 export function checkContinues(after: TxId, records: readonly LogRecord[]): void {
   let previous = after;
   for (const record of records) {
@@ -34,6 +40,12 @@ export function checkContinues(after: TxId, records: readonly LogRecord[]): void
       throw new ReplicatorError(
         'NOT_INCREASING',
         `source sent ${formatTxId(record.txid)} after ${formatTxId(previous)}: its log diverges from ours`,
+      );
+    }
+    if (record.kind === 'end-of-generation' && record.previousTxid !== previous) {
+      throw new ReplicatorError(
+        'DIVERGED',
+        `source's ${formatTxId(record.txid)} follows ${formatTxId(record.previousTxid)} in its log, but ${formatTxId(previous)} here: this log holds records the source's does not; they are cut when this node next follows a master`,
       );
     }
     previous = record.txid;

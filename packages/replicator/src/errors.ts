@@ -2,6 +2,7 @@ export type ReplicatorErrorCode =
   | 'SOURCE_UNAVAILABLE'
   | 'BAD_FEED'
   | 'NOT_INCREASING'
+  | 'DIVERGED'
   | 'STALE_SOURCE'
   | 'CONTENT_MISMATCH'
   | 'CHECKPOINT_FAILED'
