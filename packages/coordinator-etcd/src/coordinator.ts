@@ -242,14 +242,21 @@ export class Coordinator extends EventEmitter {
       .prefix(prefix)
       .startRevision(String(view.revision + 1n))
       .watcher();
-    // An unhandled `error` (e.g. the watch was compacted away) would crash the process.
-    watcher.on('error', () => {
+    // An unhandled `error` (e.g. the watch was compacted away) would crash the process. A lost
+    // stream is handled the same way, by a fresh read and a new watch: etcd3 would resume it
+    // itself, but from the revision of the answer that re-created it plus one, and etcd sends
+    // the events before that revision later, in its catch-up: a stream lost again before them
+    // would lose them for good (etcd's own client resumes after the last event received).
+    const restart = () => {
       if (this.watcher !== watcher) return;
       this.watcher = undefined;
       watcher.cancel().catch(() => {});
       this.restartWatch(250);
-    });
+    };
+    watcher.on('error', restart);
+    watcher.on('disconnected', restart);
     watcher.on('put', (kv) => {
+      if (this.watcher !== watcher) return;
       applyKey(
         this.view,
         this.cluster,
@@ -262,6 +269,7 @@ export class Coordinator extends EventEmitter {
       this.queueChange();
     });
     watcher.on('delete', (kv) => {
+      if (this.watcher !== watcher) return;
       applyKey(this.view, this.cluster, kv.key.toString(), undefined, 0n, BigInt(kv.mod_revision));
       this.view.revision = BigInt(kv.mod_revision);
       this.queueChange();

@@ -111,6 +111,28 @@ describe('Coordinator against a real etcd', () => {
     expect(await a.bumpGeneration({ partition: 1, lastTxid: 0n, token: again })).toBe(1n);
   });
 
+  it('reads everything again when its watch stream is lost, rather than resume where etcd3 would', async () => {
+    const name = `c${++cluster}`;
+    const a = await connect('a', name);
+    const watcher = (
+      a as unknown as { watcher: { cancel(): Promise<void>; emit(event: string, error: Error): void } }
+    ).watcher;
+    // What etcd sends from here on never reaches this watcher, as when its stream drops before
+    // etcd's catch-up has sent the events before the revision etcd3 resumes from.
+    await watcher.cancel();
+    etcdctl('put', keys.history(name, 0, 4n), '17179869193');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(a.view.partitions.get(0)?.history.get(4n)).toBeUndefined();
+    watcher.emit('disconnected', new Error('14 UNAVAILABLE: stream reset'));
+    await until(
+      () => a.view.partitions.get(0)?.history.get(4n) === 17179869193n,
+      'the history key in the view',
+    );
+    // And it keeps watching.
+    etcdctl('put', keys.history(name, 0, 5n), '21474836490');
+    await until(() => a.view.partitions.get(0)?.history.get(5n) === 21474836490n, 'a later key in the view');
+  });
+
   it('lets exactly one of two racing candidates bump the generation, and records history', async () => {
     cluster++;
     const a = await connect('a');
