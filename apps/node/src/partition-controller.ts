@@ -972,16 +972,33 @@ export class PartitionController {
     if (sources.length > 0) {
       const replicator = await this.ensureReplicator(sources[0]!.source);
       const unverifiedPaths = new Set<string>();
-      for (const { source, reported } of sources) {
+      const drainedPeers = new Set<string>();
+      // Peers that report more by the time the first sources are drained (a report throttled,
+      // an old master restarted and reporting again) are drained too, before the bump.
+      const morePeers = () =>
+        this.drainSources().filter(
+          (s) =>
+            s.reported !== undefined &&
+            s.reported > replicator.applied &&
+            !drainedPeers.has(s.source.description),
+        );
+      for (let i = 0; i < sources.length; i++) {
+        const { source, reported } = sources[i]!;
+        if (i === sources.length - 1 && sources.length < MAX_DRAIN_SOURCES) sources.push(...morePeers());
         // A peer that reported no more than is here now has nothing to add (the old master's
         // daemon, drained first, normally had it all).
         if (reported !== undefined && reported <= replicator.applied) continue;
+        if (reported !== undefined) drainedPeers.add(source.description);
         replicator.switchSource(source);
         try {
-          const drained = await replicator.drain(this.stop.signal, {
-            tolerateMismatch: true,
-            accepts: agreed,
-          });
+          const drain = () =>
+            replicator.drain(this.stop.signal, {
+              tolerateMismatch: true,
+              accepts: agreed,
+            });
+          // The old master's daemon may be gone for a moment (its node restarting replaces
+          // it): one failed read of its log must not end the drain of records only it has.
+          const drained = reported === undefined ? await retryUnavailable(drain, stillMine) : await drain();
           for (const path of drained.unverified) unverifiedPaths.add(path);
           logger.info(
             { partition: this.partition, source: source.description, unverified: drained.unverified.length },
@@ -1010,7 +1027,14 @@ export class PartitionController {
     }
     stillMine();
     const lastTxid = log.lastTxid;
-    const generation = await coordinator.bumpGeneration({ partition: this.partition, lastTxid, token });
+    // Of the generation whose history the drains went by: a view lagging etcd could otherwise
+    // have let them take records past an end recorded since.
+    const generation = await coordinator.bumpGeneration({
+      partition: this.partition,
+      lastTxid,
+      token,
+      expected: currentGeneration,
+    });
     bumped = true;
     stillMine();
     await log.startGeneration(generation);
@@ -1132,6 +1156,25 @@ export class PartitionController {
 }
 
 const REPLICATION_WARNING_INTERVAL_MS = 10_000;
+/** At most this many sources per promotion, peers found late included. */
+const MAX_DRAIN_SOURCES = 16;
+/** Waits between the attempts at the old master's log while its source is unavailable. */
+const OLD_MASTER_RETRY_MS = [250, 500, 1000, 2000];
+
+/** Runs `work` again while it fails with SOURCE_UNAVAILABLE, a few times, checking `stillMine` first. */
+export async function retryUnavailable<T>(work: () => Promise<T>, stillMine: () => void): Promise<T> {
+  for (const delayMs of OLD_MASTER_RETRY_MS) {
+    try {
+      return await work();
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'SOURCE_UNAVAILABLE') throw error;
+      stillMine();
+      await sleep(delayMs);
+      stillMine();
+    }
+  }
+  return work();
+}
 
 /**
  * Why a node that has applied `applied` must not stand for a partition, or undefined if it may

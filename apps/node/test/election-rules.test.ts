@@ -1,6 +1,11 @@
 import { makeTxId } from '@pfs/txlog';
 import { describe, expect, it } from 'vitest';
-import { behindTheCluster, promotionRetryDelayMs, retryDelayMs } from '../src/partition-controller.ts';
+import {
+  behindTheCluster,
+  promotionRetryDelayMs,
+  retryDelayMs,
+  retryUnavailable,
+} from '../src/partition-controller.ts';
 
 describe('retryDelayMs', () => {
   it('retries a first failure soon and spaces out failures that keep coming, up to 5 s', () => {
@@ -46,5 +51,47 @@ describe('behindTheCluster', () => {
     expect(behindTheCluster(0n, 1n, new Map())).toBe('nothing of a partition that has had a master');
     expect(behindTheCluster(0n, 0n, new Map())).toBeUndefined();
     expect(behindTheCluster(makeTxId(1, 0), 1n, undefined)).toBeUndefined();
+  });
+});
+
+describe('retryUnavailable', () => {
+  const unavailable = () =>
+    Object.assign(new Error('rsync: failed to connect'), { code: 'SOURCE_UNAVAILABLE' });
+
+  it("reads the old master's log again while its source is briefly unavailable", async () => {
+    let attempts = 0;
+    const drained = await retryUnavailable(
+      async () => {
+        if (++attempts < 3) throw unavailable();
+        return 'drained';
+      },
+      () => {},
+    );
+    expect(drained).toBe('drained');
+    expect(attempts).toBe(3);
+  });
+
+  it('gives up after a few attempts, and at once on any other failure or a lost mastership', async () => {
+    let attempts = 0;
+    await expect(
+      retryUnavailable(
+        async () => {
+          attempts++;
+          throw Object.assign(new Error('bad feed'), { code: 'BAD_FEED' });
+        },
+        () => {},
+      ),
+    ).rejects.toMatchObject({ code: 'BAD_FEED' });
+    expect(attempts).toBe(1);
+    await expect(
+      retryUnavailable(
+        async () => {
+          throw unavailable();
+        },
+        () => {
+          throw new Error('mastership lost during promotion');
+        },
+      ),
+    ).rejects.toThrow('mastership lost during promotion');
   });
 });
