@@ -305,6 +305,13 @@ export class PartitionPlacement {
       try {
         if (await this.letGo(controller, viewHolds)) dropped = true;
       } catch (error) {
+        // Each told, not only the first (which the rerun logs).
+        if (failure !== undefined) {
+          logger.warn(
+            { partition: controller.partition, err: error },
+            `placement: partition ${controller.partition}: ${(error as Error).message}`,
+          );
+        }
         failure ??= error;
       }
     }

@@ -98,7 +98,9 @@ async function listeningBy(pid: number, port: number): Promise<boolean | undefin
     }
   }
   if (inodes.size === 0) return false;
-  const fds = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+  const fds = await readdir(`/proc/${pid}/fd`).catch(() => undefined);
+  // Its descriptors out of sight (hidepid, a lost race with its exit): /proc cannot tell.
+  if (fds === undefined) return undefined;
   for (const fd of fds) {
     const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
     if (inodes.has(/^socket:\[(\d+)\]$/.exec(target)?.[1] ?? '')) return true;

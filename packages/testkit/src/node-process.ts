@@ -170,7 +170,13 @@ export class NodeProcess {
     const pid = Number(
       (await readFile(join(this.spec.dataDir, 'run', 'rsyncd.pid'), 'utf8').catch(() => '')).trim(),
     );
-    if (Number.isInteger(pid) && pid > 1) {
+    // rsync leaves its PID file when killed: the PID may since name another process group.
+    const args = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (
+      Number.isInteger(pid) &&
+      pid > 1 &&
+      args.includes(`--config=${join(this.spec.dataDir, 'run', 'rsyncd.conf')}`)
+    ) {
       try {
         process.kill(-pid, 'SIGKILL');
       } catch {}
