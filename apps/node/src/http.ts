@@ -636,22 +636,39 @@ export interface BodyLimits {
 }
 
 /**
- * How long the next chunk of a body may take, and which limit ends it, given the bytes received
- * and the time spent waiting for them so far (pure). Each chunk may take `idleMs`; in all, the
- * waits may take `idleMs` plus one second per `minBytesPerSecond` bytes received. A body that
- * trickles a byte now and then, just inside the idle limit, so runs out of time: it would hold a
- * connection and a temp file for as long as its sender likes.
+ * How long the next chunk of a body may take, and which limit ends it, given the body's balance
+ * (see bodyBalanceAfter; pure). Each chunk may take `idleMs`; in all, the waits may take `idleMs`
+ * plus what the bytes received earned. A body that trickles a byte now and then, just inside the
+ * idle limit, so runs out of time: it would hold a connection and a temp file for as long as its
+ * sender likes.
  */
 export function nextChunkDeadline(
-  bytes: number,
-  waitedMs: number,
+  balanceMs: number,
   limits: BodyLimits,
 ): { ms: number; cause: 'idle' | 'slow' } {
-  const left = limits.idleMs + (bytes * 1000) / limits.minBytesPerSecond - waitedMs;
-  return left < limits.idleMs
-    ? { ms: Math.max(0, left), cause: 'slow' }
+  return balanceMs < 0
+    ? { ms: Math.max(0, limits.idleMs + balanceMs), cause: 'slow' }
     : { ms: limits.idleMs, cause: 'idle' };
 }
+
+/**
+ * The balance of a body after a wait of `waitedMs` for a chunk of `bytes` (pure): each byte
+ * earns 1000 / `minBytesPerSecond` ms, each wait spends its length. What is banked is capped at
+ * ten idle limits, so that a fast start cannot buy a trickle of days afterwards.
+ */
+export function bodyBalanceAfter(
+  balanceMs: number,
+  waitedMs: number,
+  bytes: number,
+  limits: BodyLimits,
+): number {
+  return Math.min(
+    balanceMs - waitedMs + (bytes * 1000) / limits.minBytesPerSecond,
+    BANKED_IDLE_LIMITS * limits.idleMs,
+  );
+}
+
+const BANKED_IDLE_LIMITS = 10;
 
 /**
  * Yields `source`'s chunks, calling `onStall` when the next one has not come within the limits
@@ -666,9 +683,10 @@ export async function* withBodyLimits<T extends { length: number }>(
   const chunks = source[Symbol.asyncIterator]();
   let bytes = 0;
   let waitedMs = 0;
+  let balanceMs = 0;
   try {
     for (;;) {
-      const deadline = nextChunkDeadline(bytes, waitedMs, limits);
+      const deadline = nextChunkDeadline(balanceMs, limits);
       const askedAt = performance.now();
       const timer = setTimeout(() => onStall(deadline.cause, bytes, waitedMs + deadline.ms), deadline.ms);
       let next: IteratorResult<T>;
@@ -677,9 +695,11 @@ export async function* withBodyLimits<T extends { length: number }>(
       } finally {
         clearTimeout(timer);
       }
-      waitedMs += performance.now() - askedAt;
+      const waited = performance.now() - askedAt;
+      waitedMs += waited;
       if (next.done === true) return;
       bytes += next.value.length;
+      balanceMs = bodyBalanceAfter(balanceMs, waited, next.value.length, limits);
       yield next.value;
     }
   } finally {

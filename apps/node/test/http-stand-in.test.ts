@@ -8,7 +8,7 @@ import { compareStorePaths, initStore, partitionOf, type StagedFile } from '@pfs
 import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { AgentState } from '../src/agent-state.ts';
-import { buildHttpServer, nextChunkDeadline, withBodyLimits } from '../src/http.ts';
+import { bodyBalanceAfter, buildHttpServer, nextChunkDeadline, withBodyLimits } from '../src/http.ts';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -506,20 +506,21 @@ describe('listing the partitions a client names', () => {
   });
 });
 
-describe('nextChunkDeadline', () => {
+describe('nextChunkDeadline and bodyBalanceAfter', () => {
   const limits = { idleMs: 30_000, minBytesPerSecond: 100 };
   it.each([
-    ['the first chunk gets the idle limit', 0, 0, { ms: 30_000, cause: 'idle' }],
-    ['a fast body keeps the idle limit', 100_000, 5_000, { ms: 30_000, cause: 'idle' }],
-    [
-      'a body that waited more than its bytes earned gets what is left',
-      100,
-      29_000,
-      { ms: 2_000, cause: 'slow' },
-    ],
-    ['one that waited past it gets nothing', 1, 45_000, { ms: 0, cause: 'slow' }],
-  ])('%s', (_, bytes, waitedMs, want) => {
-    expect(nextChunkDeadline(bytes, waitedMs, limits)).toEqual(want);
+    ['a body in credit gets the idle limit', 0, { ms: 30_000, cause: 'idle' }],
+    ['one that waited more than its bytes earned gets what is left', -28_000, { ms: 2_000, cause: 'slow' }],
+    ['one that waited past it gets nothing', -45_000, { ms: 0, cause: 'slow' }],
+  ])('%s', (_, balanceMs, want) => {
+    expect(nextChunkDeadline(balanceMs, limits)).toEqual(want);
+  });
+
+  it('earns 1000 / minBytesPerSecond ms a byte, spends each wait, and banks at most ten idle limits', () => {
+    expect(bodyBalanceAfter(0, 5_000, 100, limits)).toBe(-4_000);
+    expect(bodyBalanceAfter(-4_000, 1_000, 1_000, limits)).toBe(5_000);
+    // 100 MB earn 11 days, of which 300 s are kept.
+    expect(bodyBalanceAfter(0, 1_000, 100_000_000, limits)).toBe(300_000);
   });
 });
 
@@ -550,6 +551,24 @@ describe('withBodyLimits', () => {
     for await (const _ of withBodyLimits(chunks([5, 150]), limits, (cause) => stalls.push(cause))) {
     }
     expect(stalls).toEqual(['idle']);
+  });
+
+  it('calls onStall when a trickle follows a fast start: what a start earns is capped', async () => {
+    const stalls: string[] = [];
+    async function* burstThenTrickle() {
+      yield 'x'.repeat(1_000_000);
+      for (let i = 0; i < 200; i++) {
+        await pause(40);
+        if (stalls.length > 0) return;
+        yield 'x';
+      }
+    }
+    // The burst earns 10 000 s, of which 1 s is banked; each byte earns 10 ms and each wait
+    // spends 40: the bank runs out after some 35 bytes, where 200 would take 8 s.
+    const limits = { idleMs: 100, minBytesPerSecond: 100 };
+    for await (const _ of withBodyLimits(burstThenTrickle(), limits, (cause) => stalls.push(cause))) {
+    }
+    expect(stalls[0]).toBe('slow');
   });
 
   it('calls onStall when the chunks keep within the idle limit but come too slowly in all', async () => {
