@@ -56,6 +56,12 @@ export class Coordinator extends EventEmitter {
   private lease: Lease | undefined;
   private leaseId: string | undefined;
   private validUntil = 0;
+  /**
+   * The same deadline on the wall clock. The monotonic clock stops while the machine or VM is
+   * suspended, etcd's does not: after a pause longer than the TTL the lease is gone while the
+   * monotonic deadline has barely moved. A wall clock set forward fences early, which is safe.
+   */
+  private validUntilWall = 0;
   private watchdog: NodeJS.Timeout | undefined;
   private watcher: Watcher | undefined;
   private closed = false;
@@ -112,12 +118,16 @@ export class Coordinator extends EventEmitter {
 
   /** True while the lease is surely alive on the etcd side (monotonic clock). */
   sessionValid(): boolean {
-    return this.leaseId !== undefined && performance.now() < this.validUntil;
+    return (
+      this.leaseId !== undefined && performance.now() < this.validUntil && Date.now() < this.validUntilWall
+    );
   }
 
   /** Milliseconds the session is still surely valid (0 when it is not). */
   sessionRemainingMs(): number {
-    return this.leaseId === undefined ? 0 : Math.max(0, this.validUntil - performance.now());
+    return this.leaseId === undefined
+      ? 0
+      : Math.max(0, Math.min(this.validUntil - performance.now(), this.validUntilWall - Date.now()));
   }
 
   /** Records `settings` as the cluster's if it has none yet, else checks them against the recorded ones. */
@@ -155,23 +165,25 @@ export class Coordinator extends EventEmitter {
     const lease = this.client.lease(this.options.ttlSeconds);
     // etcd3 sends a keepalive every TTL/3 whether or not the last one was answered: match each
     // reply with the oldest unanswered send, or a late reply would be credited with a newer send.
-    let sentAt: number[] = [];
+    let sentAt: { monotonic: number; wall: number }[] = [];
     lease.on('keepaliveEstablished', () => {
       sentAt = [];
     });
     lease.on('keepaliveFired', () => {
-      sentAt.push(performance.now());
+      sentAt.push({ monotonic: performance.now(), wall: Date.now() });
     });
     lease.on('keepaliveSucceeded', () => {
       const sent = sentAt.shift();
       if (sent !== undefined && this.lease === lease) {
-        this.validUntil = Math.max(this.validUntil, sent + ttlMs - this.options.fenceMarginMs);
+        this.validUntil = Math.max(this.validUntil, sent.monotonic + ttlMs - this.options.fenceMarginMs);
+        this.validUntilWall = Math.max(this.validUntilWall, sent.wall + ttlMs - this.options.fenceMarginMs);
       }
     });
     lease.on('lost', (error) => {
       if (this.lease === lease) this.loseSession(`lease lost: ${error.message}`);
     });
     const grantSentAt = performance.now();
+    const grantSentAtWall = Date.now();
     try {
       const id = await lease.grant();
       await this.client
@@ -183,6 +195,7 @@ export class Coordinator extends EventEmitter {
       this.lease = lease;
       this.leaseId = id;
       this.validUntil = grantSentAt + ttlMs - this.options.fenceMarginMs;
+      this.validUntilWall = grantSentAtWall + ttlMs - this.options.fenceMarginMs;
     } catch (error) {
       // Never leave a half-made session keeping itself alive in the background.
       await lease.revoke().catch(() => lease.release());
@@ -191,7 +204,10 @@ export class Coordinator extends EventEmitter {
   }
 
   private checkDeadline(): void {
-    if (this.leaseId !== undefined && performance.now() >= this.validUntil) {
+    if (
+      this.leaseId !== undefined &&
+      (performance.now() >= this.validUntil || Date.now() >= this.validUntilWall)
+    ) {
       this.loseSession('lease deadline passed without a keepalive reply');
     }
   }
@@ -202,6 +218,7 @@ export class Coordinator extends EventEmitter {
     this.lease = undefined;
     this.leaseId = undefined;
     this.validUntil = 0;
+    this.validUntilWall = 0;
     // Best effort and never awaited: the lease may already be gone, and etcd may be unreachable.
     lease.revoke().catch(() => lease.release());
     this.emit('session-lost', reason);

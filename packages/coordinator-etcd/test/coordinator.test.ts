@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { Coordinator, type CoordinatorError, keys, type MasterInfo } from '@pfs/coordinator-etcd';
 import { type EtcdHandle, freePort, startEtcd, stopAll } from '@pfs/testkit';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 
 let etcd: EtcdHandle;
 let cluster = 0;
@@ -109,6 +109,20 @@ describe('Coordinator against a real etcd', () => {
       code: 'NOT_MASTER',
     });
     expect(await a.bumpGeneration({ partition: 1, lastTxid: 0n, token: again })).toBe(1n);
+  });
+
+  it('counts its session lost once the wall clock passes its deadline, though the monotonic one has not (a suspended machine)', async () => {
+    const a = await connect('a', `c${++cluster}`);
+    expect(a.sessionValid()).toBe(true);
+    // Resumed after 10 s suspended: the monotonic clock did not move, etcd's lease ended.
+    const now = Date.now;
+    const suspended = vi.spyOn(Date, 'now').mockImplementation(() => now() + 10_000);
+    try {
+      expect(a.sessionValid()).toBe(false);
+      expect(a.sessionRemainingMs()).toBe(0);
+    } finally {
+      suspended.mockRestore();
+    }
   });
 
   it('reads everything again when its watch stream is lost, rather than resume where etcd3 would', async () => {
