@@ -114,6 +114,8 @@ export class ChangelogGenerator {
     | { promise: Promise<number>; resolve: (appended: number) => void; reject: (error: unknown) => void }
     | undefined;
   private readonly listeners = new Set<AppendListener>();
+  /** Per partition, paths changed on disk whose record failed, until one is logged for them. */
+  private readonly unlogged = new Map<number, Set<string>>();
   private readonly walkOptions: WalkOptions;
 
   constructor(options: ChangelogGeneratorOptions) {
@@ -124,7 +126,15 @@ export class ChangelogGenerator {
 
   /** Starts logging `partition` into `log`, rebuilding its index by replaying the log. */
   async attach(partition: number, log: TxLog): Promise<void> {
-    this.partitions.set(partition, { log, index: await replayIntoIndex(log) });
+    const index = await replayIntoIndex(log);
+    // Changed on disk and never logged while this process mastered it before (see
+    // forgetOldVersion): the replayed index says the old version, which the new one may match
+    // in size and times.
+    for (const path of this.unlogged.get(partition) ?? []) {
+      const slot = index.slotOf(path);
+      if (slot !== undefined) index.setTimes(slot, -1n, undefined);
+    }
+    this.partitions.set(partition, { log, index });
   }
 
   /**
@@ -184,6 +194,7 @@ export class ChangelogGenerator {
       throw error;
     }
     owned.appendFailure = undefined;
+    this.unlogged.get(partition)?.delete(change.path);
     applyToIndex(owned.index, record);
     for (const listener of this.listeners) listener(partition, record);
     return record;
@@ -224,6 +235,9 @@ export class ChangelogGenerator {
       const forgetOldVersion = () => {
         const slot = owned.index.slotOf(staged.path);
         if (slot !== undefined) owned.index.setTimes(slot, -1n, undefined);
+        let paths = this.unlogged.get(partition);
+        if (paths === undefined) this.unlogged.set(partition, (paths = new Set()));
+        paths.add(staged.path);
       };
       const info = await staged.commit().catch((error: unknown) => {
         if (!(error instanceof FilestoreError && error.code === 'NOT_DURABLE')) throw error;

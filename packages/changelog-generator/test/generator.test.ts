@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import {
@@ -208,6 +209,41 @@ describe('ChangelogGenerator', () => {
     expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path} ${r.size}`)).toEqual([
       'put kept 2',
       'put kept 2',
+    ]);
+  });
+
+  it('logs a replaced file whose record failed even when it is mastered again and the new version has the old size and mtime', async () => {
+    const { root, generator, logs } = await setup();
+    const log = logs.get(0)!;
+    await generator.commitPut(await stageFile(root, 'kept', Buffer.from('v1')));
+    const append = vi
+      .spyOn(log, 'appendChange')
+      .mockRejectedValueOnce(new TxlogError('TXLOG_WRITE_FAILED', 'append failed (ENOSPC)'));
+    try {
+      await expect(
+        generator.commitPut(await stageFile(root, 'kept', Buffer.from('v2'))),
+      ).rejects.toMatchObject({
+        code: 'NOT_LOGGED',
+      });
+    } finally {
+      append.mockRestore();
+    }
+    // The new version written within the old one's clock tick: its mtime is the logged one's.
+    const [logged] = await records(log);
+    const ns = logged!.mtimeNs;
+    execFileSync('touch', [
+      '-m',
+      '-d',
+      `@${ns / 1_000_000_000n}.${String(ns % 1_000_000_000n).padStart(9, '0')}`,
+      join(root, 'kept'),
+    ]);
+    // Stepped down and mastered again: the index is replayed from the log, without ctimes.
+    await generator.detach(0);
+    await generator.attach(0, log);
+    expect(await generator.reconcile()).toBe(1);
+    expect((await records(log)).map((r) => r.sha256)).toEqual([
+      createHash('sha256').update('v1').digest('hex'),
+      createHash('sha256').update('v2').digest('hex'),
     ]);
   });
 
