@@ -138,6 +138,8 @@ export class PartitionController {
    * log (see checkStore): `run/mastered-<p>` at start, then set by a promotion.
    */
   private mayHoldUnlogged: boolean;
+  /** The promotion under way's own abort, which a fence pulls. */
+  private promotionAbort: AbortController | undefined;
   private lastReportAt = 0;
   private reportTimer: NodeJS.Timeout | undefined;
   private readonly stop = new AbortController();
@@ -278,6 +280,8 @@ export class PartitionController {
     this.chain = this.chain.then(() => detached);
     this.role = 'offline';
     this.token = undefined;
+    // A drain under way would go on appending what a successor may drain from here meanwhile.
+    this.promotionAbort?.abort();
     this.deps.onMastershipChange();
     this.schedule();
   }
@@ -942,6 +946,9 @@ export class PartitionController {
   private async promote(token: bigint): Promise<void> {
     const { coordinator, log, logger } = this.deps;
     const started = performance.now();
+    // Aborted by a stop, or by a fence (see fence).
+    this.promotionAbort = new AbortController();
+    const signal = AbortSignal.any([this.stop.signal, this.promotionAbort.signal]);
     // Fencing may strike at any await below; never act on a mastership we no longer hold.
     const session = coordinator.session;
     let bumped = false;
@@ -992,7 +999,7 @@ export class PartitionController {
         replicator.switchSource(source);
         try {
           const drain = () =>
-            replicator.drain(this.stop.signal, {
+            replicator.drain(signal, {
               tolerateMismatch: true,
               accepts: agreed,
             });
