@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeRecords } from '@pfs/replicator';
 import { type EtcdHandle, freePort, NodeProcess, type NodeSpec, startEtcd, waitFor } from '@pfs/testkit';
-import { formatTxId, generationOf, type LogRecord, TxLog } from '@pfs/txlog';
+import { formatTxId, generationOf, type LogRecord, sequenceOf, TxLog } from '@pfs/txlog';
 
 /**
  * The seed's quick demo as a checked story: three nodes, files written into the master's store
@@ -185,6 +185,18 @@ export async function runStory(options: StoryOptions): Promise<StoryResult> {
             );
           }
         }
+        // Replicated means logged there too: a replica that joined after the files were written
+        // has them from its copy of the master's store before its log has their records, and a
+        // node with no record does not stand for election.
+        const logged = await waitFor(`a.txt and b.txt logged on ${first}`, async () => {
+          const last = BigInt((await n1.status()).partitions[0]?.lastTxid ?? '0');
+          return sequenceOf(last) >= 2n ? last : undefined;
+        });
+        for (const node of nodes.slice(1)) {
+          await waitFor(`${node.id} to have logged them`, async () =>
+            BigInt((await node.status()).partitions[0]?.lastTxid ?? '0') >= logged ? true : undefined,
+          );
+        }
       },
     );
 
@@ -209,6 +221,12 @@ export async function runStory(options: StoryOptions): Promise<StoryResult> {
           if ((await node.status()).partitions[0]?.role === 'master') return node;
         }
         return undefined;
+      }).catch(async (error: Error) => {
+        // What the candidates said is what tells why none took over.
+        const tails = await Promise.all(
+          [nodes[1]!, nodes[2]!].map(async (n) => `${n.id}: ${await n.logTail(8)}`),
+        );
+        throw new StoryError(`${error.message}; ${tails.join('; ')}`);
       });
     });
     const n2 = promoted!;
