@@ -262,7 +262,7 @@ export class PartitionPlacement {
   }
 
   private async pass(): Promise<void> {
-    const { coordinator, controllers, logs, nodeId, logger } = this.deps;
+    const { coordinator, controllers, nodeId, logger } = this.deps;
     // Without a session, or while the view does not show this node, the view says nothing of
     // where partitions belong: this node would read itself as gone and let everything go.
     // Checked before each step, as steps wait.
