@@ -235,9 +235,8 @@ export class ChangelogGenerator {
       const forgetOldVersion = () => {
         const slot = owned.index.slotOf(staged.path);
         if (slot !== undefined) owned.index.setTimes(slot, -1n, undefined);
-        let paths = this.unlogged.get(partition);
-        if (paths === undefined) this.unlogged.set(partition, (paths = new Set()));
-        paths.add(staged.path);
+        const paths = this.unlogged.get(partition) ?? new Set<string>();
+        this.unlogged.set(partition, paths.add(staged.path));
       };
       const info = await staged.commit().catch((error: unknown) => {
         if (!(error instanceof FilestoreError && error.code === 'NOT_DURABLE')) throw error;
