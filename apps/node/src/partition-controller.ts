@@ -926,10 +926,10 @@ export class PartitionController {
       });
     }
     const view = this.deps.coordinator.view;
-    const reports = view.partitions.get(this.partition)?.replicas ?? new Map<string, bigint>();
     for (const peer of rankCandidates(view, this.partition)) {
       const node = view.nodes.get(peer);
-      const reported = reports.get(peer) ?? 0n;
+      // Not a report its previous process left: that disk may be gone.
+      const reported = reportedByCurrentProcess(view, this.partition, peer) ?? 0n;
       if (peer === this.deps.nodeId || node === undefined) continue;
       if (reported <= this.appliedTxid) continue;
       sources.push({

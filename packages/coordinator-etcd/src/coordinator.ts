@@ -378,11 +378,13 @@ export class Coordinator extends EventEmitter {
     info: MasterInfo,
     ...alongside: ReturnType<Etcd3['put']>[]
   ): Promise<void> {
-    const leaseId = this.requireLease();
+    // A live session still, but the key keeps the lease it was claimed on: moved onto a newer
+    // session's lease, the claim of a node fenced meanwhile would outlive the lease that ended it.
+    this.requireLease();
     const key = keys.master(this.cluster, partition);
     const result = await this.client
       .if(key, 'Create', '==', String(token))
-      .then(this.client.put(key).value(JSON.stringify(info)).lease(leaseId), ...alongside)
+      .then(this.client.put(key).value(JSON.stringify(info)).ignoreLease(), ...alongside)
       .commit();
     if (!result.succeeded) {
       throw new CoordinatorError(

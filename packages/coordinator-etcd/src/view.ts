@@ -175,11 +175,14 @@ export function applyKey(
  * over localhost_12003).
  */
 export function rankCandidates(view: ClusterView, partition: number, among?: readonly string[]): string[] {
-  const replicas = view.partitions.get(partition)?.replicas ?? new Map<string, bigint>();
+  // A report its node's previous process left (on a lease etcd has not expired yet) speaks of a
+  // disk that may be gone: ranked first on it, the node would be waited for, and drained for
+  // records it no longer has.
+  const applied = (id: string) => reportedByCurrentProcess(view, partition, id) ?? 0n;
   const live = [...view.nodes.keys()].filter((id) => among === undefined || among.includes(id));
   return live.sort((a, b) => {
-    const applied = (replicas.get(b) ?? 0n) - (replicas.get(a) ?? 0n);
-    if (applied !== 0n) return applied > 0n ? 1 : -1;
+    const difference = applied(b) - applied(a);
+    if (difference !== 0n) return difference > 0n ? 1 : -1;
     return a < b ? -1 : a > b ? 1 : 0;
   });
 }

@@ -125,6 +125,22 @@ describe('Coordinator against a real etcd', () => {
     }
   });
 
+  it('keeps the master record on the lease it was claimed on when it rewrites it', async () => {
+    const name = `c${++cluster}`;
+    const a = await connect('a', name);
+    const token = (await a.claimMaster(0, info('a')))!;
+    // Read from the text: a lease id is past what a JSON number holds exactly.
+    const leaseOf = () => /"lease":(\d+)/.exec(etcdctl('get', keys.master(name, 0), '-w', 'json'))![1]!;
+    const claimedOn = leaseOf();
+    // A newer session's lease, as after a session lost and opened again while the claim's lease
+    // could not be revoked.
+    const newer = /lease ([0-9a-f]+) granted/.exec(etcdctl('lease', 'grant', '60'))![1]!;
+    (a as unknown as { leaseId: string }).leaseId = BigInt(`0x${newer}`).toString();
+    await a.updateMaster(0, token, { ...info('a'), state: 'serving', generation: '1' });
+    expect(leaseOf()).toBe(claimedOn);
+    etcdctl('lease', 'revoke', newer);
+  });
+
   it('reads everything again when its watch stream is lost, rather than resume where etcd3 would', async () => {
     const name = `c${++cluster}`;
     const a = await connect('a', name);

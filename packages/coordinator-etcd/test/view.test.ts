@@ -30,6 +30,18 @@ describe('cluster view', () => {
     expect(rankCandidates(view, 0)[0]).toBe('localhost_12004');
   });
 
+  it('ranks a node by what its current process reported, not by a key its previous one left', () => {
+    const view = emptyView();
+    applyKey(view, 'c', keys.node('c', 'a'), node('a'), 10n);
+    // `b` restarted (registered again at 30) with a key its previous process wrote at 20.
+    applyKey(view, 'c', keys.node('c', 'b'), node('b'), 30n);
+    applyKey(view, 'c', keys.replica('c', 0, 'a'), '10', 11n);
+    applyKey(view, 'c', keys.replica('c', 0, 'b'), '99', 20n);
+    expect(rankCandidates(view, 0)).toEqual(['a', 'b']);
+    applyKey(view, 'c', keys.replica('c', 0, 'b'), '12', 20n, 31n);
+    expect(rankCandidates(view, 0)).toEqual(['b', 'a']);
+  });
+
   it('tracks master, generation and history, and drops malformed values', () => {
     const view = emptyView();
     const master = { nodeId: 'n1', incarnation: 'n1:1', state: 'serving', generation: '2' };
