@@ -13,6 +13,11 @@ export interface AgentState {
   controllers: PartitionController[];
   generator: ChangelogGenerator;
   masterOf(partition: number): { nodeId: string; host: string; httpPort: number } | undefined;
+  /**
+   * The recorded end of `txid`'s generation when the cluster ended that generation before it
+   * (the write was lost in a failover), else undefined (see agreedByHistory).
+   */
+  lostAt(partition: number, txid: bigint): bigint | undefined;
   /** A follower's fetch `after` acknowledges everything up to it. */
   noteReplicaAck(partition: number, replica: string, after: bigint): void;
   /** Resolves true once `txid` is acknowledged as `mode` demands, false after `timeoutMs`. */

@@ -6,11 +6,12 @@ import { Coordinator, reportedByCurrentProcess } from '@pfs/coordinator-etcd';
 import { initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
 import { discardBulkCopyStaging, StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
-import { formatTxId, mkdirDurable, TxLog } from '@pfs/txlog';
+import { formatTxId, generationOf, mkdirDurable, TxLog } from '@pfs/txlog';
 import type { StoreWatcher } from '@pfs/watcher';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
 import type { NodeConfig } from './config.ts';
+import { agreedByHistory } from './divergence.ts';
 import { buildHttpServer } from './http.ts';
 import { createMetrics } from './metrics.ts';
 import { PartitionController } from './partition-controller.ts';
@@ -167,6 +168,11 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       const node = master === undefined ? undefined : coordinator?.view.nodes.get(master.nodeId);
       if (master === undefined || node === undefined || master.state !== 'serving') return undefined;
       return { nodeId: master.nodeId, host: node.host, httpPort: node.httpPort };
+    },
+    lostAt(partition, txid) {
+      const pv = coordinator?.view.partitions.get(partition);
+      if (pv === undefined || agreedByHistory({ txid }, pv.history, pv.generation)) return undefined;
+      return pv.history.get(generationOf(txid));
     },
     noteReplicaAck(partition, replica, after) {
       acks.note(partition, replica, after);

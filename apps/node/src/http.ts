@@ -500,6 +500,15 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         } catch (error) {
           return reply.code(400).send({ code: 'BAD_TXID', message: (error as Error).message });
         }
+        // Past the recorded end of its generation: lost when its master failed over, and no
+        // later txid here (all of later generations) says it was applied.
+        const lostAt = state.lostAt(partition, minTxid);
+        if (lostAt !== undefined) {
+          return reply.code(410).send({
+            code: 'TXID_NOT_KEPT',
+            message: `write ${formatTxId(minTxid)} was not kept: generation ${generationOf(minTxid)} of partition ${partition} ended at ${formatTxId(lostAt)} when its master failed over before a replica had it; write it again`,
+          });
+        }
         const waitMs = Math.min(Math.max(Number(request.query.waitMs ?? 2000) || 0, 0), 30_000);
         if (log.lastTxid < minTxid && !(await log.waitForRecordsAfter(minTxid - 1n, waitMs))) {
           return reply.code(409).send({

@@ -23,7 +23,12 @@ afterEach(async () => {
  */
 async function server(
   copy: { running: boolean },
-  node: { writable: boolean; generation?: bigint; waitForAcks?: () => Promise<boolean> } = { writable: true },
+  node: {
+    writable: boolean;
+    generation?: bigint;
+    waitForAcks?: () => Promise<boolean>;
+    lostAt?: (txid: bigint) => bigint | undefined;
+  } = { writable: true },
   layout: {
     partitions: number;
     servesReads: number[];
@@ -90,6 +95,7 @@ async function server(
       readDigests: { inc: () => {} },
     },
     masterOf: () => ({ nodeId: 'n1', host: '127.0.0.1', httpPort: 1 }),
+    lostAt: (_partition: number, txid: bigint) => node.lostAt?.(txid),
   } as unknown as AgentState;
   const app = await buildHttpServer(state, pino({ level: 'silent' }));
   return { app, deletes, dataDir, state };
@@ -422,6 +428,33 @@ describe('a listing on a former master checking its store', () => {
       expect(listed.entries.map((e: { path: string }) => e.path)).toEqual(
         names.filter((n) => partitionOf(n, 2) === 0),
       );
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a read after a write that was lost in a failover', () => {
+  it('answers 410 TXID_NOT_KEPT rather than wait for it or serve what is there', async () => {
+    // Generation 1 ended at 1:5; the node's log is at 1:8 (the stand-in's).
+    const { app, dataDir } = await server(
+      { running: false },
+      {
+        writable: true,
+        lostAt: (txid) => (txid >> 32n === 1n && txid > ((1n << 32n) | 5n) ? (1n << 32n) | 5n : undefined),
+      },
+    );
+    try {
+      await initStore(join(dataDir, 'filestore'));
+      await writeFile(join(dataDir, 'filestore', 'a.txt'), 'the version before it');
+      const lost = await app.inject({ method: 'GET', url: '/v1/files/a.txt?minTxid=1:9&waitMs=0' });
+      expect(lost.statusCode).toBe(410);
+      expect(lost.json()).toEqual({
+        code: 'TXID_NOT_KEPT',
+        message:
+          'write 1:9 was not kept: generation 1 of partition 0 ended at 1:5 when its master failed over before a replica had it; write it again',
+      });
+      expect((await app.inject({ method: 'GET', url: '/v1/files/a.txt?minTxid=1:4' })).statusCode).toBe(200);
     } finally {
       await app.close();
     }
