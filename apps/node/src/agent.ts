@@ -43,6 +43,8 @@ export class AgentStartError extends Error {
 }
 
 const HANDOVER_TIMEOUT_MS = 1000;
+/** How often a long etcd outage is told (see 'session-retry-failed'). */
+const OUTAGE_WARNING_INTERVAL_MS = 10_000;
 /** How long a stopping master keeps serving its records to a successor that must drain them. */
 const SUCCESSOR_WAIT_MS = 5000;
 
@@ -382,7 +384,18 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     logger.warn({ reason }, `etcd session lost (${reason}): fencing every partition this node masters`);
     for (const controller of controllers) controller.fence(`session lost: ${reason}`);
   });
+  let outageWarnedAt: number | undefined;
+  coord.on('session-retry-failed', (error: Error, downMs: number) => {
+    const now = performance.now();
+    if (outageWarnedAt !== undefined && now - outageWarnedAt < OUTAGE_WARNING_INTERVAL_MS) return;
+    outageWarnedAt = now;
+    logger.warn(
+      { err: error, downMs },
+      `no etcd session for ${Math.round(downMs / 1000)} s (${error.message}): this node takes no writes and stands in no election until etcd answers`,
+    );
+  });
   coord.on('session', () => {
+    outageWarnedAt = undefined;
     logger.info('etcd session re-established');
     placement.schedule();
     for (const controller of controllers) controller.schedule();

@@ -62,6 +62,8 @@ export class Coordinator extends EventEmitter {
    * monotonic deadline has barely moved. A wall clock set forward fences early, which is safe.
    */
   private validUntilWall = 0;
+  /** When the last session was lost (monotonic). */
+  private sessionLostAt = 0;
   private watchdog: NodeJS.Timeout | undefined;
   private watcher: Watcher | undefined;
   private closed = false;
@@ -221,6 +223,7 @@ export class Coordinator extends EventEmitter {
     this.validUntilWall = 0;
     // Best effort and never awaited: the lease may already be gone, and etcd may be unreachable.
     lease.revoke().catch(() => lease.release());
+    this.sessionLostAt = performance.now();
     this.emit('session-lost', reason);
     this.scheduleResession();
   }
@@ -232,7 +235,12 @@ export class Coordinator extends EventEmitter {
       if (this.closed) return;
       this.startSession().then(
         () => this.emit('session'),
-        () => this.scheduleResession(),
+        (error: Error) => {
+          // How long without a session, for the node to say so now and then: an outage of etcd
+          // otherwise shows only as the one 'session-lost'.
+          this.emit('session-retry-failed', error, Math.round(performance.now() - this.sessionLostAt));
+          this.scheduleResession();
+        },
       );
     }, RESESSION_DELAY_MS);
   }

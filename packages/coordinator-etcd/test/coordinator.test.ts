@@ -252,6 +252,27 @@ describe('Coordinator against a real etcd', () => {
     }
   });
 
+  it('tells, while it cannot open a new session, how long it has been without one', async () => {
+    const own = await startEtcd();
+    try {
+      const a = await Coordinator.connect({
+        endpoints: [own.endpoint],
+        cluster: 'gone',
+        ttlSeconds: 2,
+        node: { id: 'a', host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: process.pid, startedAt: 'now' },
+      });
+      open.push(a);
+      const failed: number[] = [];
+      a.on('session-retry-failed', (_error: Error, downMs: number) => failed.push(downMs));
+      await own.stop();
+      await until(() => failed.length >= 2, 'two failed attempts at a new session', 20_000);
+      expect(failed[1]!).toBeGreaterThan(failed[0]!);
+      expect(failed[0]!).toBeGreaterThanOrEqual(0);
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('closes within its call deadline while etcd is frozen', async () => {
     const own = await startEtcd();
     try {
