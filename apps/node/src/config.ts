@@ -180,7 +180,8 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --ack MODE            default ack of writes: local (fsynced here), one (and on a replica), all
   --ack-timeout-ms N    how long a write waits for its ack before answering 504 (default 5000)
   --body-idle-timeout-ms N
-                        drop a PUT whose body sends nothing for this long (default 30000)
+                        drop a PUT whose body sends nothing for this long, and a GET whose
+                        reader takes nothing for this long (default 30000)
   --body-min-bytes-per-second N
                         drop a PUT whose body, after that first allowance, comes slower than
                         this on average (default 240)

@@ -567,6 +567,18 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         // it when it ends or is destroyed).
         if (request.method === 'HEAD' || end < start) return reply.send();
         streaming = true;
+        // A reader that stops reading, its connection left open, would hold the file's handle
+        // (and, once the file is replaced or deleted, its disk space) for good: dropped once
+        // nothing has gone out for the body idle limit.
+        const socket = request.raw.socket;
+        let sent = -1;
+        const watchdog = setInterval(() => {
+          // Counts what went to the socket, buffered included: flat once the reader stopped.
+          if (socket.bytesWritten === sent) socket.destroy();
+          sent = socket.bytesWritten;
+        }, state.config.bodyIdleTimeoutMs);
+        reply.raw.once('close', () => clearInterval(watchdog));
+        reply.raw.once('finish', () => clearInterval(watchdog));
         return reply.send(handle.createReadStream({ start, end }));
       } finally {
         if (!streaming) await handle.close();

@@ -11,6 +11,8 @@ import type { AgentState } from '../src/agent-state.ts';
 import { bodyBalanceAfter, buildHttpServer, nextChunkDeadline, withBodyLimits } from '../src/http.ts';
 
 const dirs: string[] = [];
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
 afterEach(async () => {
   await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
 });
@@ -456,6 +458,43 @@ describe('a read after a write that was lost in a failover', () => {
       });
       expect((await app.inject({ method: 'GET', url: '/v1/files/a.txt?minTxid=1:4' })).statusCode).toBe(200);
     } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('a reader that stops reading', () => {
+  it('is dropped once nothing has gone out for the body idle limit', async () => {
+    const { app, dataDir } = await server(
+      { running: false },
+      { writable: true },
+      { partitions: 1, servesReads: [0], bodyIdleTimeoutMs: 300 },
+    );
+    await initStore(join(dataDir, 'filestore'));
+    // Far more than the socket buffers hold: the stream waits on the reader.
+    await writeFile(join(dataDir, 'filestore', 'big.bin'), Buffer.alloc(32 * 1024 * 1024, 1));
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    const socket = connect((app.server.address() as AddressInfo).port, '127.0.0.1');
+    try {
+      await new Promise<void>((resolve) => socket.once('connect', resolve));
+      let received = 0;
+      socket.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+      });
+      const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      socket.on('error', () => {});
+      socket.write('GET /v1/files/big.bin HTTP/1.1\r\nhost: x\r\n\r\n');
+      await new Promise<void>((resolve) => socket.once('data', () => resolve()));
+      // Stops reading for a while, well past the limit, then reads what is left.
+      socket.pause();
+      await pause(1_500);
+      socket.resume();
+      const ended = await Promise.race([closed.then(() => true), pause(10_000).then(() => false)]);
+      expect(ended).toBe(true);
+      // What the buffers held when the node dropped it, not the whole file.
+      expect(received).toBeLessThan(32 * 1024 * 1024);
+    } finally {
+      socket.destroy();
       await app.close();
     }
   });
