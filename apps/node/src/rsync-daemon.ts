@@ -57,12 +57,20 @@ export function rsyncdConf(options: {
     // The store's own files (rsync temp files, a bulk copy being received) and writes in
     // progress are never served, whoever asks.
     `  exclude = /.pfs/ .pfs-tmp.*`,
+    // An unmounted store (an empty mount point) is refused, not served empty: a replica pulling
+    // it, or a new master draining this node, would take every path it asks for as deleted.
+    `  pre-xfer exec = test -f ${shellQuote(join(dataDir, 'filestore', '.pfs', 'sentinel'))}`,
     '',
     '[changelog]',
     `  path = ${join(dataDir, 'changelog')}`,
     `  comment = PFS partition logs (read only)`,
     '',
   ].join('\n');
+}
+
+/** `text` as one word for sh, whatever it holds. */
+function shellQuote(text: string): string {
+  return `'${text.replaceAll("'", "'\\''")}'`;
 }
 
 async function portAnswers(host: string, port: number): Promise<boolean> {

@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -59,6 +59,7 @@ describe("the node's rsync daemon", () => {
     dirs.push(dataDir);
     const store = join(dataDir, 'filestore');
     await mkdir(join(store, '.pfs', 'bulk-copy', 'a'), { recursive: true });
+    await writeFile(join(store, '.pfs', 'sentinel'), 'pfs file store\n');
     await writeFile(join(store, '.pfs', 'bulk-copy', 'a', '.b.Xy12Ab'), 'half a file');
     await mkdir(join(store, 'a', '.pfs'), { recursive: true });
     await writeFile(join(store, 'a', '.pfs', 'kept'), 'a user file under a nested .pfs');
@@ -75,6 +76,32 @@ describe("the node's rsync daemon", () => {
         'a/.pfs/kept',
         'a/b',
       ]);
+    } finally {
+      await daemon.stop();
+    }
+  });
+
+  it('refuses to serve a store that is not in place (no sentinel: an empty mount point) rather than serve it empty', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), "pfs-rsyncd-it's "));
+    dirs.push(dataDir);
+    const store = join(dataDir, 'filestore');
+    await mkdir(store, { recursive: true });
+    await writeFile(join(store, 'a'), 'a file');
+    const port = await freePort();
+    const daemon = await startRsyncDaemon({ host: '127.0.0.1', port, dataDir, rsyncBin: 'rsync' });
+    try {
+      const pull = (into: string) =>
+        spawnSync('rsync', ['-a', `rsync://127.0.0.1:${port}/filestore/`, `${join(dataDir, into)}/`], {
+          encoding: 'utf8',
+        });
+      const refused = pull('copy1');
+      expect(refused.status).not.toBe(0);
+      expect(refused.stderr).toContain('pre-xfer exec returned failure');
+      // Mounted (the sentinel there), it is served; the data dir's quote does not get in the way.
+      await mkdir(join(store, '.pfs'));
+      await writeFile(join(store, '.pfs', 'sentinel'), 'pfs file store\n');
+      expect(pull('copy2').status).toBe(0);
+      expect(await readdir(join(dataDir, 'copy2'))).toEqual(['a']);
     } finally {
       await daemon.stop();
     }
