@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { lstat, mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { setTimeout as sleepFor } from 'node:timers/promises';
 import type { ChangelogGenerator } from '@pfs/changelog-generator';
 import {
   type ClusterView,
@@ -138,6 +139,8 @@ export class PartitionController {
    * log (see checkStore): `run/mastered-<p>` at start, then set by a promotion.
    */
   private mayHoldUnlogged: boolean;
+  /** When a DIVERGED batch last had this node follow its master again (monotonic). */
+  private lastDivergedRefollow = Number.NEGATIVE_INFINITY;
   /** The promotion under way's own abort, which a fence pulls. */
   private promotionAbort: AbortController | undefined;
   private lastReportAt = 0;
@@ -704,7 +707,14 @@ export class PartitionController {
       if ((error as ReplicatorError).code === 'SOURCE_UNAVAILABLE') this.checkMasterAlive();
       // This log holds records the master's does not: following it again repairs the log first
       // (see repairDivergence), with the cluster's history as the view now has it.
-      if ((error as ReplicatorError).code === 'DIVERGED' && this.role === 'replica') {
+      // At most every few seconds: a repair that finds nothing to cut (the view does not show the
+      // generation's end yet) leaves the replicator's own backoff to pace the retries.
+      if (
+        (error as ReplicatorError).code === 'DIVERGED' &&
+        this.role === 'replica' &&
+        now - this.lastDivergedRefollow >= DIVERGED_REFOLLOW_MS
+      ) {
+        this.lastDivergedRefollow = now;
         this.following = undefined;
         this.schedule();
       }
@@ -821,13 +831,15 @@ export class PartitionController {
     const old = this.handedOverBy();
     // The master that handed over does not stand (it stops, or lets the partition go).
     const members = this.deps.members().filter((id) => id !== old?.nodeId);
-    const allHave = () => {
-      const reports = coordinator.view.partitions.get(this.partition)?.replicas;
-      return (
-        old !== undefined &&
-        members.every((id) => (id === nodeId ? this.appliedTxid : (reports?.get(id) ?? 0n)) >= old.finalTxid)
+    // By what each member's current process reported (see rankCandidates).
+    const allHave = () =>
+      old !== undefined &&
+      members.every(
+        (id) =>
+          (id === nodeId
+            ? this.appliedTxid
+            : (reportedByCurrentProcess(coordinator.view, this.partition, id) ?? 0n)) >= old.finalTxid,
       );
-    };
     let handedOver = allHave();
     if (!handedOver) {
       // Every member publishes its applied txid as it starts to vote: once the view shows all of
@@ -989,9 +1001,14 @@ export class PartitionController {
             s.reported > replicator.applied &&
             !drainedPeers.has(s.source.description),
         );
-      for (let i = 0; i < sources.length; i++) {
+      for (let i = 0; ; i++) {
+        // Once the listed sources are drained, any peer that reports more by now is drained too.
+        if (i === sources.length) {
+          const more = morePeers();
+          if (more.length === 0 || sources.length >= MAX_DRAIN_SOURCES) break;
+          sources.push(...more);
+        }
         const { source, reported } = sources[i]!;
-        if (i === sources.length - 1 && sources.length < MAX_DRAIN_SOURCES) sources.push(...morePeers());
         // A peer that reported no more than is here now has nothing to add (the old master's
         // daemon, drained first, normally had it all).
         if (reported !== undefined && reported <= replicator.applied) continue;
@@ -1005,7 +1022,8 @@ export class PartitionController {
             });
           // The old master's daemon may be gone for a moment (its node restarting replaces
           // it): one failed read of its log must not end the drain of records only it has.
-          const drained = reported === undefined ? await retryUnavailable(drain, stillMine) : await drain();
+          const drained =
+            reported === undefined ? await retryUnavailable(drain, stillMine, signal) : await drain();
           for (const path of drained.unverified) unverifiedPaths.add(path);
           logger.info(
             { partition: this.partition, source: source.description, unverified: drained.unverified.length },
@@ -1163,20 +1181,34 @@ export class PartitionController {
 }
 
 const REPLICATION_WARNING_INTERVAL_MS = 10_000;
+/** How often a DIVERGED batch may have the node follow its master again. */
+const DIVERGED_REFOLLOW_MS = 5000;
 /** At most this many sources per promotion, peers found late included. */
 const MAX_DRAIN_SOURCES = 16;
-/** Waits between the attempts at the old master's log while its source is unavailable. */
-const OLD_MASTER_RETRY_MS = [250, 500, 1000, 2000];
+/** Waits between the attempts at the old master's log while its daemon refuses connections. */
+const OLD_MASTER_RETRY_MS = [250, 500, 1000];
 
-/** Runs `work` again while it fails with SOURCE_UNAVAILABLE, a few times, checking `stillMine` first. */
-export async function retryUnavailable<T>(work: () => Promise<T>, stillMine: () => void): Promise<T> {
+/**
+ * Runs `work` again, a few times, while it fails because the source's daemon refuses connections:
+ * a node restarting replaces its daemon, and is back within a second or so. A source that does
+ * not answer at all (its machine down) is not waited for: each attempt would take rsync's connect
+ * timeout, and the failover with it. `stillMine` is checked before each attempt.
+ */
+export async function retryUnavailable<T>(
+  work: () => Promise<T>,
+  stillMine: () => void,
+  signal?: AbortSignal,
+): Promise<T> {
   for (const delayMs of OLD_MASTER_RETRY_MS) {
     try {
       return await work();
     } catch (error) {
-      if ((error as { code?: string }).code !== 'SOURCE_UNAVAILABLE') throw error;
+      const refused =
+        (error as { code?: string }).code === 'SOURCE_UNAVAILABLE' &&
+        /connection refused/i.test((error as Error).message);
+      if (!refused) throw error;
       stillMine();
-      await sleep(delayMs);
+      await sleepFor(delayMs, signal);
       stillMine();
     }
   }

@@ -55,10 +55,12 @@ describe('behindTheCluster', () => {
 });
 
 describe('retryUnavailable', () => {
-  const unavailable = () =>
-    Object.assign(new Error('rsync: failed to connect'), { code: 'SOURCE_UNAVAILABLE' });
+  const unavailable = (why = 'Connection refused (111)') =>
+    Object.assign(new Error(`log rsync://o:1/changelog/0/ is unreachable: failed to connect to o: ${why}`), {
+      code: 'SOURCE_UNAVAILABLE',
+    });
 
-  it("reads the old master's log again while its source is briefly unavailable", async () => {
+  it("reads the old master's log again while its daemon refuses connections (its node restarting)", async () => {
     let attempts = 0;
     const drained = await retryUnavailable(
       async () => {
@@ -71,27 +73,27 @@ describe('retryUnavailable', () => {
     expect(attempts).toBe(3);
   });
 
-  it('gives up after a few attempts, and at once on any other failure or a lost mastership', async () => {
+  it('gives up at once on any other failure, a source that does not answer, or a lost mastership', async () => {
     let attempts = 0;
+    const failing = (error: Error) => async () => {
+      attempts++;
+      throw error;
+    };
     await expect(
-      retryUnavailable(
-        async () => {
-          attempts++;
-          throw Object.assign(new Error('bad feed'), { code: 'BAD_FEED' });
-        },
-        () => {},
-      ),
+      retryUnavailable(failing(Object.assign(new Error('bad feed'), { code: 'BAD_FEED' })), () => {}),
     ).rejects.toMatchObject({ code: 'BAD_FEED' });
     expect(attempts).toBe(1);
+    // Its machine down: each attempt would take rsync's connect timeout, and the failover with it.
     await expect(
-      retryUnavailable(
-        async () => {
-          throw unavailable();
-        },
-        () => {
-          throw new Error('mastership lost during promotion');
-        },
-      ),
+      retryUnavailable(failing(unavailable('Connection timed out (110)')), () => {}),
+    ).rejects.toMatchObject({
+      code: 'SOURCE_UNAVAILABLE',
+    });
+    expect(attempts).toBe(2);
+    await expect(
+      retryUnavailable(failing(unavailable()), () => {
+        throw new Error('mastership lost during promotion');
+      }),
     ).rejects.toThrow('mastership lost during promotion');
   });
 });
