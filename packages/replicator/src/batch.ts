@@ -33,7 +33,12 @@ export function planBatch(records: readonly LogRecord[]): BatchPlan {
  * otherwise have its next generation appended after them: every later txid is larger, so the
  * order alone cannot tell, and the records would stay for good, their files served (pure).
  */
-export function checkContinues(after: TxId, records: readonly LogRecord[]): void {
+export function checkContinues(
+  after: TxId,
+  records: readonly LogRecord[],
+  /** Markers the source was found to follow itself (see DivergedError): not checked again. */
+  confirmed: ReadonlySet<TxId> = new Set(),
+): void {
   let previous = after;
   for (const record of records) {
     if (record.txid <= previous) {
@@ -42,12 +47,31 @@ export function checkContinues(after: TxId, records: readonly LogRecord[]): void
         `source sent ${formatTxId(record.txid)} after ${formatTxId(previous)}: its log diverges from ours`,
       );
     }
-    if (record.kind === 'end-of-generation' && record.previousTxid !== previous) {
-      throw new ReplicatorError(
-        'DIVERGED',
-        `source's ${formatTxId(record.txid)} follows ${formatTxId(record.previousTxid)} in its log, but ${formatTxId(previous)} here: this log holds records the source's does not; they are cut when this node next follows a master`,
-      );
+    if (
+      record.kind === 'end-of-generation' &&
+      record.previousTxid !== previous &&
+      !confirmed.has(record.txid)
+    ) {
+      throw new DivergedError(record.txid, previous, record.previousTxid);
     }
     previous = record.txid;
+  }
+}
+
+/**
+ * An end-of-generation record that does not name the txid before it (see checkContinues). The
+ * caller asks the source whether it holds `previous` itself: a log written before this check
+ * may hold such a splice of its own, and a copy of it is no divergence of this one.
+ */
+export class DivergedError extends ReplicatorError {
+  constructor(
+    readonly marker: TxId,
+    readonly previous: TxId,
+    named: TxId,
+  ) {
+    super(
+      'DIVERGED',
+      `source's ${formatTxId(marker)} follows ${formatTxId(named)} in its log, but ${formatTxId(previous)} here: this log holds records the source's does not; they are cut when this node next follows a master`,
+    );
   }
 }

@@ -32,7 +32,7 @@ import {
   writeCheckpoint,
   writeFileAtomic,
 } from '@pfs/txlog';
-import { checkContinues, type Expected, planBatch } from './batch.ts';
+import { checkContinues, DivergedError, type Expected, planBatch } from './batch.ts';
 import { BootstrapDigests, DigestCollector } from './bootstrap-digests.ts';
 import { discardBulkCopyStaging, freshBulkCopyStaging, moveIntoStore } from './bulk-copy-staging.ts';
 import { CheckpointWriter } from './checkpoint-writer.ts';
@@ -749,7 +749,7 @@ export class Replicator extends EventEmitter {
     const tolerateMismatch = options.tolerateMismatch === true;
     const started = performance.now();
     const from = this.appliedTxid;
-    checkContinues(from, fetched);
+    await this.checkContinuesFrom(source, from, fetched, signal);
     let records = fetched;
     let plan = planBatch(records);
     let mismatched: string[] = [];
@@ -1029,8 +1029,34 @@ export class Replicator extends EventEmitter {
     const taken = refused === -1 ? more.records : more.records.slice(0, refused);
     const cap = this.options.maxExtendedBatchRecords ?? MAX_EXTENDED_BATCH_RECORDS;
     if (taken.length === 0 || records.length + taken.length > cap) return undefined;
-    checkContinues(records.at(-1)!.txid, taken);
+    await this.checkContinuesFrom(source, records.at(-1)!.txid, taken, signal);
     return taken;
+  }
+
+  /**
+   * checkContinues, with the source asked about each end-of-generation record that does not name
+   * the txid before it: one whose own log holds that txid (a splice written before the check
+   * existed) is followed as it is; one that does not is a divergence of this log (DIVERGED).
+   */
+  private async checkContinuesFrom(
+    source: RecordSource,
+    after: TxId,
+    records: readonly LogRecord[],
+    signal: AbortSignal,
+  ): Promise<void> {
+    const confirmed = new Set<TxId>();
+    for (;;) {
+      try {
+        checkContinues(after, records, confirmed);
+        return;
+      } catch (error) {
+        if (!(error instanceof DivergedError) || confirmed.has(error.marker) || error.previous === 0n)
+          throw error;
+        const held = await source.fetch(error.previous - 1n, { waitMs: 0, maxRecords: 1, signal });
+        if (held.records[0]?.txid !== error.previous) throw error;
+        confirmed.add(error.marker);
+      }
+    }
   }
 
   /**

@@ -48,4 +48,12 @@ describe('checkContinues', () => {
       }),
     );
   });
+
+  it("follows a marker the source's own log has after the same txid (a splice written before the check)", () => {
+    const spliced = [put(makeTxId(1, 12)), marker(2, makeTxId(1, 10)), put(makeTxId(2, 1))];
+    expect(() => checkContinues(makeTxId(1, 11), spliced)).toThrow(
+      expect.objectContaining({ code: 'DIVERGED' }),
+    );
+    expect(() => checkContinues(makeTxId(1, 11), spliced, new Set([makeTxId(2, 0)]))).not.toThrow();
+  });
 });
