@@ -62,6 +62,8 @@ export class Coordinator extends EventEmitter {
    * monotonic deadline has barely moved. A wall clock set forward fences early, which is safe.
    */
   private validUntilWall = 0;
+  /** How long the next restart of a lost watch waits. */
+  private watchRetryMs = WATCH_RETRY_MS;
   /** When the last session was lost (monotonic). */
   private sessionLostAt = 0;
   private watchdog: NodeJS.Timeout | undefined;
@@ -178,7 +180,9 @@ export class Coordinator extends EventEmitter {
       const sent = sentAt.shift();
       if (sent !== undefined && this.lease === lease) {
         this.validUntil = Math.max(this.validUntil, sent.monotonic + ttlMs - this.options.fenceMarginMs);
-        this.validUntilWall = Math.max(this.validUntilWall, sent.wall + ttlMs - this.options.fenceMarginMs);
+        // The latest reply's, not the largest: a wall clock set back must not leave a deadline
+        // later than etcd's.
+        this.validUntilWall = sent.wall + ttlMs - this.options.fenceMarginMs;
       }
     });
     lease.on('lost', (error) => {
@@ -272,14 +276,24 @@ export class Coordinator extends EventEmitter {
     // itself, but from the revision of the answer that re-created it plus one, and etcd sends
     // the events before that revision later, in its catch-up: a stream lost again before them
     // would lose them for good (etcd's own client resumes after the last event received).
+    let connectedAt: number | undefined;
     const restart = () => {
       if (this.watcher !== watcher) return;
       this.watcher = undefined;
       watcher.cancel().catch(() => {});
-      this.restartWatch(250);
+      // Longer each time, unless the watch had stayed up a while: a stream that fails as soon as
+      // it opens would otherwise have the whole prefix read four times a second.
+      if (connectedAt !== undefined && performance.now() - connectedAt >= WATCH_STABLE_MS) {
+        this.watchRetryMs = WATCH_RETRY_MS;
+      }
+      this.restartWatch(this.watchRetryMs);
+      this.watchRetryMs = Math.min(this.watchRetryMs * 2, MAX_WATCH_RETRY_MS);
     };
     watcher.on('error', restart);
     watcher.on('disconnected', restart);
+    watcher.on('connected', () => {
+      connectedAt = performance.now();
+    });
     watcher.on('put', (kv) => {
       if (this.watcher !== watcher) return;
       applyKey(
@@ -313,7 +327,7 @@ export class Coordinator extends EventEmitter {
       if (this.closed) return;
       this.startWatch().catch(() => {
         this.emit('watch-error');
-        this.restartWatch(Math.min(delayMs * 2, 2000));
+        this.restartWatch(Math.min(delayMs * 2, MAX_WATCH_RETRY_MS));
       });
     }, delayMs);
     timer.unref();
@@ -520,6 +534,11 @@ export class Coordinator extends EventEmitter {
  * Cancels a watch, waiting at most `ms`: etcd3's cancel waits for the stream to end, which an
  * etcd that is frozen (or a link dropping packets) never lets happen, and a stop would hang.
  */
+
+const WATCH_RETRY_MS = 250;
+const MAX_WATCH_RETRY_MS = 2000;
+/** A watch up this long before it was lost restarts at WATCH_RETRY_MS again. */
+const WATCH_STABLE_MS = 10_000;
 async function cancelWithin(watcher: Watcher, ms: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([
