@@ -1,5 +1,6 @@
 import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
+import { finished } from 'node:stream';
 import { ChangelogError } from '@pfs/changelog-generator';
 import {
   assertStoreInPlace,
@@ -571,14 +572,17 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         // (and, once the file is replaced or deleted, its disk space) for good: dropped once
         // nothing has gone out for the body idle limit.
         const socket = request.raw.socket;
-        let sent = -1;
+        // What the kernel took: written, less what still waits in the socket's own buffer. It
+        // moves as the reader reads, however slowly, and stays flat once it stopped.
+        const taken = () => socket.bytesWritten - socket.writableLength;
+        let seen = -1;
         const watchdog = setInterval(() => {
-          // Counts what went to the socket, buffered included: flat once the reader stopped.
-          if (socket.bytesWritten === sent) socket.destroy();
-          sent = socket.bytesWritten;
+          if (taken() === seen) socket.destroy();
+          seen = taken();
         }, state.config.bodyIdleTimeoutMs);
-        reply.raw.once('close', () => clearInterval(watchdog));
-        reply.raw.once('finish', () => clearInterval(watchdog));
+        watchdog.unref();
+        // Also when the client left before this point (the response closed already).
+        finished(reply.raw, () => clearInterval(watchdog));
         return reply.send(handle.createReadStream({ start, end }));
       } finally {
         if (!streaming) await handle.close();
