@@ -127,9 +127,8 @@ export class ChangelogGenerator {
   /** Starts logging `partition` into `log`, rebuilding its index by replaying the log. */
   async attach(partition: number, log: TxLog): Promise<void> {
     const index = await replayIntoIndex(log);
-    // Changed on disk and never logged while this process mastered it before (see
-    // forgetOldVersion): the replayed index says the old version, which the new one may match
-    // in size and times.
+    // Changed on disk and never logged while this process mastered it before (see lookAgain):
+    // the replayed index says the old version, which the new one may match in size and times.
     for (const path of this.unlogged.get(partition) ?? []) {
       const slot = index.slotOf(path);
       if (slot !== undefined) index.setTimes(slot, -1n, undefined);
@@ -191,6 +190,9 @@ export class ChangelogGenerator {
       ) {
         owned.appendFailure = error;
       }
+      // Whatever failed, the disk may hold what this record was for (an observed file, a put
+      // renamed into place): looked at again by the next reconcile, here or once mastered again.
+      this.lookAgain(partition, owned, change.path);
       throw error;
     }
     owned.appendFailure = undefined;
@@ -198,6 +200,19 @@ export class ChangelogGenerator {
     applyToIndex(owned.index, record);
     for (const listener of this.listeners) listener(partition, record);
     return record;
+  }
+
+  /**
+   * Makes the next reconcile look at `path` even if its size and times match the index, which
+   * still holds the version before a change whose record failed: the new one may share them to
+   * the clock tick. An mtime no file has does it; `unlogged` keeps it across detach and attach,
+   * where the index is replayed from the log.
+   */
+  private lookAgain(partition: number, owned: Partition, path: string): void {
+    const slot = owned.index.slotOf(path);
+    if (slot !== undefined) owned.index.setTimes(slot, -1n, undefined);
+    const paths = this.unlogged.get(partition) ?? new Set<string>();
+    this.unlogged.set(partition, paths.add(path));
   }
 
   /** File-server put: renames the staged file into place and logs it, as one step per path. */
@@ -229,18 +244,9 @@ export class ChangelogGenerator {
         await staged.discard();
         throw error;
       }
-      // The index still holds the version this one replaced, whose size and times the new file
-      // may share to the clock tick: a reconcile would then take it as unchanged, and never log
-      // it. An mtime no file has makes the next one look.
-      const forgetOldVersion = () => {
-        const slot = owned.index.slotOf(staged.path);
-        if (slot !== undefined) owned.index.setTimes(slot, -1n, undefined);
-        const paths = this.unlogged.get(partition) ?? new Set<string>();
-        this.unlogged.set(partition, paths.add(staged.path));
-      };
       const info = await staged.commit().catch((error: unknown) => {
         if (!(error instanceof FilestoreError && error.code === 'NOT_DURABLE')) throw error;
-        forgetOldVersion();
+        this.lookAgain(partition, owned, staged.path);
         throw notLogged(partition, staged.path, 'replaced', error);
       });
       const record = await this.append(partition, owned, {
@@ -250,7 +256,6 @@ export class ChangelogGenerator {
         mtimeNs: info.mtimeNs,
         sha256: staged.sha256,
       }).catch((error: unknown) => {
-        forgetOldVersion();
         throw notLogged(partition, staged.path, 'replaced', error);
       });
       owned.index.setCtime(owned.index.slotOf(staged.path)!, info.ctimeNs);
@@ -367,6 +372,7 @@ export class ChangelogGenerator {
           index.sizeOf(known) === hashed.size
         ) {
           index.setTimes(known, after.mtimeNs, after.ctimeNs);
+          this.unlogged.get(partition)?.delete(path);
           return undefined;
         }
         await syncParentOf(this.root, path);
