@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeRecords } from '@pfs/replicator';
 import { type EtcdHandle, freePort, NodeProcess, type NodeSpec, startEtcd, waitFor } from '@pfs/testkit';
-import { formatTxId, generationOf, type LogRecord, sequenceOf, TxLog } from '@pfs/txlog';
+import { formatTxId, generationOf, type LogRecord, TxLog } from '@pfs/txlog';
 
 /**
  * The seed's quick demo as a checked story: three nodes, files written into the master's store
@@ -189,8 +189,12 @@ export async function runStory(options: StoryOptions): Promise<StoryResult> {
         // has them from its copy of the master's store before its log has their records, and a
         // node with no record does not stand for election.
         const logged = await waitFor(`a.txt and b.txt logged on ${first}`, async () => {
-          const last = BigInt((await n1.status()).partitions[0]?.lastTxid ?? '0');
-          return sequenceOf(last) >= 2n ? last : undefined;
+          // In txid order: the last of these is the later of the two.
+          const puts = (await readRecords(n1)).filter(
+            (r) => r.kind === 'put' && (r.path === 'a.txt' || r.path === 'b.txt'),
+          );
+          const both = new Set(puts.map((r) => r.path)).size === 2;
+          return both ? puts.at(-1)!.txid : undefined;
         });
         for (const node of nodes.slice(1)) {
           await waitFor(`${node.id} to have logged them`, async () =>
