@@ -573,7 +573,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         // nothing has gone out for the body idle limit.
         const socket = request.raw.socket;
         // What the kernel took: written, less what still waits in the socket's own buffer. It
-        // moves as the reader reads, however slowly, and stays flat once it stopped.
+        // moves as the reader reads (a chunk of up to 64 KiB at a time, so a reader slower than
+        // that per idle limit counts as stopped) and stays flat once it stopped.
         const taken = () => socket.bytesWritten - socket.writableLength;
         let seen = -1;
         const watchdog = setInterval(() => {

@@ -1006,7 +1006,7 @@ export class PartitionController {
         if (i === sources.length) {
           const more = morePeers();
           if (more.length === 0 || sources.length >= MAX_DRAIN_SOURCES) break;
-          sources.push(...more);
+          sources.push(...more.slice(0, MAX_DRAIN_SOURCES - sources.length));
         }
         const { source, reported } = sources[i]!;
         // A peer that reported no more than is here now has nothing to add (the old master's
@@ -1203,9 +1203,13 @@ export async function retryUnavailable<T>(
     try {
       return await work();
     } catch (error) {
+      // What rsync itself said (its stderr, kept on the cause), not the classification of its
+      // exit code, whose text names "connection refused or reset" for every socket error.
+      const stderr = (error as { cause?: { stderr?: unknown } }).cause?.stderr;
       const refused =
         (error as { code?: string }).code === 'SOURCE_UNAVAILABLE' &&
-        /connection refused/i.test((error as Error).message);
+        typeof stderr === 'string' &&
+        /Connection refused/.test(stderr);
       if (!refused) throw error;
       stillMine();
       await sleepFor(delayMs, signal);

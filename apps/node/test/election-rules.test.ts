@@ -55,10 +55,24 @@ describe('behindTheCluster', () => {
 });
 
 describe('retryUnavailable', () => {
-  const unavailable = (why = 'Connection refused (111)') =>
-    Object.assign(new Error(`log rsync://o:1/changelog/0/ is unreachable: failed to connect to o: ${why}`), {
+  // As rsyncLogSource wraps rsync-invoker's error: the classification of exit 10 names
+  // "connection refused or reset" whatever rsync said; its own line is in the stderr.
+  const unavailable = (why = 'Connection refused (111)') => {
+    const said = `rsync: [Receiver] failed to connect to o (10.0.0.9): ${why}`;
+    const cause = Object.assign(
+      new Error(
+        `socket error (connection refused or reset): check that the rsync daemon runs; rsync said: ${said}`,
+      ),
+      {
+        code: 'RSYNC_FAILED',
+        stderr: `${said}\nrsync error: error in socket IO (code 10) at clientserver.c(139)\n`,
+      },
+    );
+    return Object.assign(new Error(`log rsync://o:1/changelog/0/ is unreachable: ${cause.message}`), {
       code: 'SOURCE_UNAVAILABLE',
+      cause,
     });
+  };
 
   it("reads the old master's log again while its daemon refuses connections (its node restarting)", async () => {
     let attempts = 0;
@@ -84,12 +98,12 @@ describe('retryUnavailable', () => {
     ).rejects.toMatchObject({ code: 'BAD_FEED' });
     expect(attempts).toBe(1);
     // Its machine down: each attempt would take rsync's connect timeout, and the failover with it.
-    await expect(
-      retryUnavailable(failing(unavailable('Connection timed out (110)')), () => {}),
-    ).rejects.toMatchObject({
-      code: 'SOURCE_UNAVAILABLE',
-    });
-    expect(attempts).toBe(2);
+    for (const why of ['Connection timed out (110)', 'No route to host (113)']) {
+      await expect(retryUnavailable(failing(unavailable(why)), () => {})).rejects.toMatchObject({
+        code: 'SOURCE_UNAVAILABLE',
+      });
+    }
+    expect(attempts).toBe(3);
     await expect(
       retryUnavailable(failing(unavailable()), () => {
         throw new Error('mastership lost during promotion');

@@ -1052,8 +1052,14 @@ export class Replicator extends EventEmitter {
       } catch (error) {
         if (!(error instanceof DivergedError) || confirmed.has(error.marker) || error.previous === 0n)
           throw error;
-        const held = await source.fetch(error.previous - 1n, { waitMs: 0, maxRecords: 1, signal });
-        if (held.records[0]?.txid !== error.previous) throw error;
+        // The divergence is what the caller must hear of, not a failure of this question.
+        const held = await source
+          .fetch(error.previous - 1n, { waitMs: 0, maxRecords: 1, signal })
+          .catch((failure: unknown) => {
+            if (signal.aborted) throw failure;
+            return undefined;
+          });
+        if (held?.records[0]?.txid !== error.previous) throw error;
         confirmed.add(error.marker);
       }
     }
