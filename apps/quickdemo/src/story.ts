@@ -2,7 +2,15 @@ import { readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeRecords } from '@pfs/replicator';
-import { type EtcdHandle, freePort, NodeProcess, type NodeSpec, startEtcd, waitFor } from '@pfs/testkit';
+import {
+  type EtcdHandle,
+  freePort,
+  killRsyncDaemonOf,
+  NodeProcess,
+  type NodeSpec,
+  startEtcd,
+  waitFor,
+} from '@pfs/testkit';
 import { formatTxId, generationOf, type LogRecord, TxLog } from '@pfs/txlog';
 
 /**
@@ -82,14 +90,8 @@ async function freshDataDir(dir: string): Promise<void> {
       );
     }
   }
-  const daemon = Number((await readFile(join(dir, 'run', 'rsyncd.pid'), 'utf8').catch(() => '')).trim());
-  const daemonArgs = await readFile(`/proc/${daemon}/cmdline`, 'utf8').catch(() => '');
-  // An rsync daemon outlives its agent's SIGKILL (as on a live host; the story does that).
-  if (daemon > 1 && daemonArgs.split('\0').includes(`--config=${join(dir, 'run', 'rsyncd.conf')}`)) {
-    try {
-      process.kill(-daemon, 'SIGKILL');
-    } catch {}
-  }
+  // An rsync daemon outlives its agent's SIGKILL (the story does that).
+  await killRsyncDaemonOf(dir);
   await rm(dir, { recursive: true, force: true });
 }
 

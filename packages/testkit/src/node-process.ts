@@ -3,7 +3,7 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { which } from './which.ts';
+import { withParentDeathSignal } from './process-group.ts';
 
 /**
  * Starts and stops real node agents as child processes (each in its own process group) for the
@@ -91,10 +91,7 @@ export class NodeProcess {
     // In a group of its own (kill() signals the agent alone, not this process), and, where
     // setpriv exists, sent SIGTERM when this process dies however it dies (a test worker ended
     // by a signal, a demo interrupted): the agent then stops its rsync daemon as on any stop.
-    setpriv ??= which('setpriv') ?? null;
-    const [file, argv] = setpriv
-      ? [setpriv, ['--pdeathsig', 'TERM', '--', process.execPath, ...args]]
-      : [process.execPath, args];
+    const [file, argv] = withParentDeathSignal(process.execPath, args, 'TERM');
     const child = spawn(file, argv, {
       cwd: spec.agentDir,
       detached: true,
@@ -167,20 +164,25 @@ export class NodeProcess {
       this.kill('SIGKILL');
       await this.exited;
     }
-    const pid = Number(
-      (await readFile(join(this.spec.dataDir, 'run', 'rsyncd.pid'), 'utf8').catch(() => '')).trim(),
-    );
-    // rsync leaves its PID file when killed: the PID may since name another process group.
-    const args = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (
-      Number.isInteger(pid) &&
-      pid > 1 &&
-      args.includes(`--config=${join(this.spec.dataDir, 'run', 'rsyncd.conf')}`)
-    ) {
-      try {
-        process.kill(-pid, 'SIGKILL');
-      } catch {}
-    }
+    await killRsyncDaemonOf(this.spec.dataDir);
+  }
+}
+
+/**
+ * SIGKILLs the rsync daemon a node agent started for `dataDir`, found by its PID file, if it
+ * still runs: it outlives its agent's SIGKILL (as on a live host). Only a daemon running that
+ * data dir's config: rsync leaves its PID file when killed, and the PID may since name another
+ * process group.
+ */
+export async function killRsyncDaemonOf(dataDir: string): Promise<void> {
+  const pid = Number((await readFile(join(dataDir, 'run', 'rsyncd.pid'), 'utf8').catch(() => '')).trim());
+  if (!Number.isInteger(pid) || pid <= 1) return;
+  const args = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+  if (!args.includes(`--config=${join(dataDir, 'run', 'rsyncd.conf')}`)) return;
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    // Gone meanwhile.
   }
 }
 
@@ -211,7 +213,6 @@ export async function waitFor<T>(
 }
 
 const AGENT_BUNDLE = 'dist/pfs-node.mjs';
-let setpriv: string | null | undefined;
 const builds = new Map<string, Promise<void>>();
 
 /** Brings the agent's bundle up to date, once per agent directory and process. */

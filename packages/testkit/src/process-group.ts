@@ -141,13 +141,22 @@ export async function spawnGroup(
 /**
  * vitest ends its fork workers with a signal, so their 'exit' handlers never run. Where
  * util-linux's setpriv exists, the child gets a parent-death signal (PR_SET_PDEATHSIG, kept
- * across exec): it is SIGKILLed when the worker dies, whatever the way.
+ * across exec): it is sent `signal` when this process dies, whatever the way. Returns the file
+ * and arguments to spawn.
  */
+export function withParentDeathSignal(
+  bin: string,
+  args: readonly string[],
+  signal: 'KILL' | 'TERM',
+): [string, string[]] {
+  setpriv ??= which('setpriv') ?? null;
+  return setpriv ? [setpriv, ['--pdeathsig', signal, '--', bin, ...args]] : [bin, [...args]];
+}
+
 let setpriv: string | null | undefined;
 
 function spawnDetached(bin: string, args: readonly string[], logFile: string) {
-  setpriv ??= which('setpriv') ?? null;
-  const [file, argv] = setpriv ? [setpriv, ['--pdeathsig', 'KILL', '--', bin, ...args]] : [bin, [...args]];
+  const [file, argv] = withParentDeathSignal(bin, args, 'KILL');
   // The child writes its log straight into a file descriptor of its own: with execa's
   // { file } target the output would be piped through this process.
   const fd = openSync(logFile, 'a');
