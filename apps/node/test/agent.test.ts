@@ -83,6 +83,11 @@ const role = async (agent: Agent) =>
   ).partitions[0]!;
 
 /** Waits until `replica` has applied all that `master` has logged so far; returns that txid. */
+/** The agent's coordinator, which its partition controllers share (tests wrap its calls). */
+function coordinatorOf(agent: Agent): Coordinator {
+  return (agent.state.controllers[0] as unknown as { deps: { coordinator: Coordinator } }).deps.coordinator;
+}
+
 async function caughtUp(master: Agent, replica: Agent, what = 'replica caught up'): Promise<string> {
   const last = (await role(master)).lastTxid;
   await until(what, async () => ((await role(replica)).lastTxid === last ? true : undefined));
@@ -1114,8 +1119,7 @@ describe('node agent over HTTP', () => {
     }
     const last = BigInt((await role(master)).lastTxid);
     // Its key says how far it had got when it stood, before its term's writes.
-    const coordinator = (master.state.controllers[0] as unknown as { deps: { coordinator: Coordinator } })
-      .deps.coordinator;
+    const coordinator = coordinatorOf(master);
     expect(coordinator.view.partitions.get(0)!.replicas.get(master.config.nodeId)).toBeLessThan(last);
     const calls: string[] = [];
     const { reportApplied, resignMaster } = coordinator;
@@ -1141,8 +1145,7 @@ describe('node agent over HTTP', () => {
     const { master, replica } = await twoNodes();
     expect((await fetch(`${master.url}/v1/files/r`, { method: 'PUT', body: 'r' })).status).toBe(201);
     await caughtUp(master, replica);
-    const coordinator = (master.state.controllers[0] as unknown as { deps: { coordinator: Coordinator } })
-      .deps.coordinator;
+    const coordinator = coordinatorOf(master);
     const calls: string[] = [];
     const { resignMaster } = coordinator;
     coordinator.reportApplied = async () => {
@@ -1243,7 +1246,7 @@ describe('node agent over HTTP', () => {
     const master = await start(await agentConfig(cluster));
     await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
     const controller = master.state.controllers[0]!;
-    const coordinator = (controller as unknown as { deps: { coordinator: Coordinator } }).deps.coordinator;
+    const coordinator = coordinatorOf(master);
     const resign = coordinator.resignMaster.bind(coordinator);
     let refusals = 2;
     coordinator.resignMaster = async (partition, token) => {
