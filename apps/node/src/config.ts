@@ -101,6 +101,19 @@ export const ConfigSchema = z
       });
       return z.NEVER;
     }
+    // The node's rsyncd.conf names the data dir in `path = …` lines: rsync reads a line break as
+    // the end of the value and expands `%NAME%` as an environment variable, so the daemon would
+    // start and then refuse every pull ("chdir failed") while replicas retried for ever.
+    const unsafe = /[\u0000-\u001f\u007f%]/.exec(dataDir);
+    if (unsafe !== null) {
+      ctx.issues.push({
+        code: 'custom',
+        input: dataDir,
+        path: ['dataDir'],
+        message: `it holds ${JSON.stringify(unsafe[0])}, which the node's rsync daemon config cannot hold (rsync reads a control character as a line end and expands "%NAME%"): use a data dir without control characters or "%"`,
+      });
+      return z.NEVER;
+    }
     return { ...c, nodeId, rsyncPort, dataDir };
   });
 

@@ -63,6 +63,11 @@ describe('node config', () => {
       /^bad config value for dataDir: it is 2259 bytes long; with store paths of up to 1024 bytes under it, file names would pass Linux's 4095-byte limit: use a data dir of at most 2048 bytes$/,
     ],
     [
+      ['--data-dir', '/srv/pfs/50%HOME%'],
+      /^bad config value for dataDir: it holds "%", which the node's rsync daemon config cannot hold \(rsync reads a control character as a line end and expands "%NAME%"\): use a data dir without control characters or "%"$/,
+    ],
+    [['--data-dir', '/srv/pfs\nnode'], /^bad config value for dataDir: it holds "\\n", which /],
+    [
       ['--http-port', '60000'],
       /^bad config value for rsyncPort: the default, http port \+ 10000 = 70000, is above 65535: set rsyncPort \(--rsync-port\)$/,
     ],
