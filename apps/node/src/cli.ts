@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { compareStorePaths, partitionOf } from '@pfs/filestore';
 import { type BootstrapSummary, describeBootstrap } from './bootstrap-progress.ts';
 import { encodePath } from './http.ts';
+import { userPath } from './invocation-dir.ts';
 
 /**
  * `pfs`: a client of the HTTP API. Talks to any node (`--node`, `PFS_NODE`), follows redirects to
@@ -214,15 +215,18 @@ const shown = (path: string) => (/[\x00-\x1f\x7f]/.test(path) ? JSON.stringify(p
 
 async function run(argv: string[], out: Out, node: string): Promise<void> {
   const [command, ...rest] = argv;
-  const { values, positionals } = parseArgs({
-    args: rest,
-    options: { ack: { type: 'string' } },
-    allowPositionals: true,
-  });
+  let parsed: { values: { ack?: string | undefined }; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: rest, options: { ack: { type: 'string' } }, allowPositionals: true });
+  } catch (error) {
+    throw new CliError(`pfs: ${(error as Error).message}\n${USAGE}`, 2);
+  }
+  const { values, positionals } = parsed;
   switch (command) {
     case 'put': {
-      const [local, remote] = positionals;
-      if (!local || !remote) throw new CliError(USAGE, 2);
+      const [given, remote] = positionals;
+      if (!given || !remote) throw new CliError(USAGE, 2);
+      const local = userPath(given, process.env);
       const info = await stat(local).catch(() => undefined);
       if (!info?.isFile()) throw new CliError(`${local} is not a readable file`);
       const response = await request(node, 'PUT', `/v1/files/${encodePath(remote)}`, {
@@ -249,7 +253,7 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
         await pipeline(body, process.stdout);
         return;
       }
-      await saveChecked(body, local, response.headers.get('etag'), remote);
+      await saveChecked(body, userPath(local, process.env), response.headers.get('etag'), remote);
       return;
     }
     case 'rm': {
@@ -417,9 +421,12 @@ async function run(argv: string[], out: Out, node: string): Promise<void> {
 
 async function main(): Promise<number> {
   let parsed: ReturnType<typeof parseArgs>;
+  // `pnpm --filter node pfs -- put …` hands the script its `--` too.
+  const args = process.argv.slice(2);
+  if (args[0] === '--') args.shift();
   try {
     parsed = parseArgs({
-      args: process.argv.slice(2),
+      args,
       options: { node: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
       allowPositionals: true,
       strict: false,
@@ -428,11 +435,9 @@ async function main(): Promise<number> {
     process.stderr.write(`pfs: ${(error as Error).message}\n${USAGE}\n`);
     return 2;
   }
-  const argv = process.argv
-    .slice(2)
-    .filter(
-      (a, i, all) => a !== '--json' && a !== '--node' && all[i - 1] !== '--node' && !a.startsWith('--node='),
-    );
+  const argv = args.filter(
+    (a, i, all) => a !== '--json' && a !== '--node' && all[i - 1] !== '--node' && !a.startsWith('--node='),
+  );
   if (parsed.values.help || argv.length === 0) {
     process.stdout.write(`${USAGE}\n`);
     return argv.length === 0 && !parsed.values.help ? 2 : 0;

@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MAX_NEW_PATH_BYTES } from '@pfs/filestore';
 import { z } from 'zod';
+import { userPath } from './invocation-dir.ts';
 
 /**
  * Node configuration: one zod schema; a config file (--config FILE, JSON), then PFS_* environment
@@ -88,6 +89,17 @@ export const ConfigSchema = z
         input: c.httpPort,
         path: ['rsyncPort'],
         message: `the default, http port + 10000 = ${rsyncPort}, is above 65535: set rsyncPort (--rsync-port)`,
+      });
+      return z.NEVER;
+    }
+    // Else the rsync daemon, started first, takes the port and the HTTP server's start reports
+    // it held by something that is gone once the start is undone.
+    if (rsyncPort === c.httpPort) {
+      ctx.issues.push({
+        code: 'custom',
+        input: rsyncPort,
+        path: ['rsyncPort'],
+        message: `it is the http port too (${rsyncPort}): give --rsync-port another port`,
       });
       return z.NEVER;
     }
@@ -227,13 +239,19 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
   }
   const values = parsed.values as Record<string, string | boolean | undefined>;
   let fromFile: Record<string, unknown> = {};
-  const file = (values.config as string | undefined) ?? env.PFS_CONFIG;
+  const given = (values.config as string | undefined) ?? env.PFS_CONFIG;
+  const file = given === undefined ? undefined : userPath(given, env);
   if (file !== undefined) {
     try {
       fromFile = JSON.parse(readFileSync(file, 'utf8'));
     } catch (error) {
       throw new ConfigError(
         `config file ${file} is unreadable (${(error as Error).message}): fix or remove it`,
+      );
+    }
+    if (typeof fromFile !== 'object' || fromFile === null || Array.isArray(fromFile)) {
+      throw new ConfigError(
+        `config file ${file} holds ${JSON.stringify(fromFile)}, not a JSON object of fields: write it as {"httpPort": 12001, …}`,
       );
     }
   }
@@ -252,7 +270,12 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
   for (const [flag, field] of Object.entries(FIELD_OF_FLAG)) {
     if (values[flag] !== undefined) fromFlags[field] = values[flag];
   }
-  const result = ConfigSchema.safeParse({ ...fromFile, ...fromEnv, ...fromFlags });
+  const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...fromFlags };
+  // A relative data dir is the user's, wherever the agent runs (see invocationDirectory).
+  if (typeof merged.dataDir === 'string' && merged.dataDir !== '') {
+    merged.dataDir = userPath(merged.dataDir, env);
+  }
+  const result = ConfigSchema.safeParse(merged);
   if (!result.success) {
     const issue = result.error.issues[0]!;
     throw new ConfigError(`bad config value for ${issue.path.join('.') || 'config'}: ${issue.message}`);

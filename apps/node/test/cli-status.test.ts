@@ -198,3 +198,56 @@ describe('pfs, when a request fails', () => {
     );
   });
 });
+
+describe('pfs, as run through pnpm', () => {
+  /** `pnpm --filter node pfs -- …` runs bin/pfs.mjs in apps/node with `--` first. */
+  function throughPnpm(
+    userDir: string,
+    ...args: string[]
+  ): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(
+        process.execPath,
+        [fileURLToPath(new URL('../bin/pfs.mjs', import.meta.url)), '--', ...args],
+        {
+          cwd: fileURLToPath(new URL('..', import.meta.url)),
+          env: { ...process.env, INIT_CWD: userDir, npm_lifecycle_event: 'pfs' },
+        },
+        (error, stdout, stderr) => resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
+      );
+    });
+  }
+
+  it('skips the `--` pnpm passes on and reads a relative file from where the user typed the command', async () => {
+    const userDir = await mkdtemp(join(tmpdir(), 'pfs-cli-'));
+    await writeFile(join(userDir, 'photo.jpg'), 'jpeg bytes');
+    let received = '';
+    const server = createServer((request, response) => {
+      request.setEncoding('utf8');
+      request.on('data', (chunk: string) => {
+        received += chunk;
+      });
+      request.on('end', () =>
+        response
+          .writeHead(201, { 'content-type': 'application/json' })
+          .end(JSON.stringify({ txidText: '1:1', size: '10', partition: 0 })),
+      );
+    });
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const result = await throughPnpm(userDir, '--json', '--node', url, 'put', 'photo.jpg', 'a/photo.jpg');
+      expect(result.code, result.stderr).toBe(0);
+      expect(received).toBe('jpeg bytes');
+    } finally {
+      await rm(userDir, { recursive: true, force: true });
+    }
+  });
+
+  it('answers an unknown option with the usage and exit code 2', async () => {
+    const result = await throughPnpm(tmpdir(), 'put', 'a', 'b', '--ack-timeout', '5');
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/^pfs: Unknown option '--ack-timeout'.*\nusage: pfs /);
+  });
+});

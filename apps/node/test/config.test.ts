@@ -68,6 +68,10 @@ describe('node config', () => {
     ],
     [['--data-dir', '/srv/pfs\nnode'], /^bad config value for dataDir: it holds "\\n", which /],
     [
+      ['--http-port', '12001', '--rsync-port', '12001'],
+      /^bad config value for rsyncPort: it is the http port too \(12001\): give --rsync-port another port$/,
+    ],
+    [
       ['--http-port', '60000'],
       /^bad config value for rsyncPort: the default, http port \+ 10000 = 70000, is above 65535: set rsyncPort \(--rsync-port\)$/,
     ],
@@ -97,6 +101,40 @@ describe('node config', () => {
       expect(() => loadConfig(['--config', file], {})).toThrow(
         new RegExp(`^config file ${file} has unknown field "leaseTtl": use nodeId, host, .*leaseTtlSeconds`),
       );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a config file that is not a JSON object, naming the file', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
+    try {
+      const file = join(dir, 'node.json');
+      for (const text of ['null', '[]', '42']) {
+        await writeFile(file, text);
+        expect(() => loadConfig(['--config', file], {})).toThrow(
+          new RegExp(
+            `^config file ${file} holds ${text.replace('[', '\\[').replace(']', '\\]')}, not a JSON object of fields`,
+          ),
+        );
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('takes a relative data dir and config file from where the user ran `pnpm --filter node start`', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
+    try {
+      await writeFile(join(dir, 'node.json'), JSON.stringify({ httpPort: 12007 }));
+      // pnpm runs the script in apps/node and names the user's directory in INIT_CWD.
+      const env = { INIT_CWD: dir, npm_lifecycle_event: 'start' };
+      expect(loadConfig(['--config', 'node.json', '--data-dir', 'data'], env)).toMatchObject({
+        httpPort: 12007,
+        dataDir: join(dir, 'data'),
+      });
+      // Outside a package script, INIT_CWD is a leftover of some other run: the working directory counts.
+      expect(loadConfig(['--data-dir', 'data'], { INIT_CWD: dir }).dataDir).toBe(join(process.cwd(), 'data'));
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
