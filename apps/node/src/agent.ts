@@ -11,6 +11,7 @@ import type { StoreWatcher } from '@pfs/watcher';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
 import type { NodeConfig } from './config.ts';
+import { lockDataDir } from './data-dir-lock.ts';
 import { agreedByHistory } from './divergence.ts';
 import { buildHttpServer } from './http.ts';
 import { createMetrics } from './metrics.ts';
@@ -79,7 +80,11 @@ export async function startAgent(config: NodeConfig, logger: Logger): Promise<Ag
 async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promise<void>)[]): Promise<Agent> {
   const fileStore = join(config.dataDir, 'filestore');
   // Made durably: a directory the power took with it would take its logs, marks and files along.
-  for (const dir of ['filestore', 'changelog', 'checkpoint', 'quarantine', 'run']) {
+  await mkdirDurable(join(config.dataDir, 'run'));
+  // Before anything in the data dir is opened, cut or started.
+  const lock = await lockDataDir(config.dataDir, config.nodeId);
+  cleanups.push(() => lock.release());
+  for (const dir of ['filestore', 'changelog', 'checkpoint', 'quarantine']) {
     await mkdirDurable(join(config.dataDir, dir));
   }
   // Checked before initStore makes one: a store without its sentinel is new, or not mounted.

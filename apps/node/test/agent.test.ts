@@ -1432,6 +1432,36 @@ describe('node agent over HTTP', () => {
     expect(await (await fetch(`${again.url}/v1/files/kept.txt`)).text()).toBe('kept');
   });
 
+  it('refuses a second agent on a data dir in use, and leaves the first as it was', async () => {
+    const cluster = `twice-${++clusterSeq}`;
+    const first = await start(await agentConfig(cluster));
+    await until('master', async () => ((await role(first)).role === 'master' ? true : undefined));
+    expect((await fetch(`${first.url}/v1/files/kept`, { method: 'PUT', body: 'one' })).status).toBe(201);
+    const conf = await readFile(join(first.config.dataDir, 'run', 'rsyncd.conf'), 'utf8');
+    const logged = first.state.logs[0]!.lastTxid;
+    const second = await agentConfig(cluster, first.config.dataDir);
+    await expect(start(second)).rejects.toMatchObject({
+      code: 'DATA_DIR_IN_USE',
+      message: expect.stringMatching(
+        new RegExp(
+          `^data dir ${first.config.dataDir} is in use by another PFS agent on this machine \\(pid \\d+, node ${first.config.nodeId}\\): stop it, or give this node a data dir of its own \\(--data-dir\\)$`,
+        ),
+      ),
+    });
+    // Its rsync daemon and config are the first agent's still, and it goes on logging writes.
+    expect(await readFile(join(first.config.dataDir, 'run', 'rsyncd.conf'), 'utf8')).toBe(conf);
+    expect(
+      processesWithArgument(`--config=${join(first.config.dataDir, 'run', 'rsyncd.conf')}`, 'rsync'),
+    ).toHaveLength(1);
+    expect((await fetch(`${first.url}/v1/files/next`, { method: 'PUT', body: 'two' })).status).toBe(201);
+    expect(first.state.logs[0]!.lastTxid).toBeGreaterThan(logged);
+    // Stopped, the first lets the data dir go.
+    await stopForRestart(first);
+    const again = await start(second);
+    await until('master again', async () => ((await role(again)).role === 'master' ? true : undefined));
+    expect(await (await fetch(`${again.url}/v1/files/next`)).text()).toBe('two');
+  });
+
   it('says when etcd is unreachable and leaves nothing running', async () => {
     const config = await agentConfig(`down-${++clusterSeq}`);
     await expect(start({ ...config, etcd: [`http://127.0.0.1:${await freePort()}`] })).rejects.toThrow(
