@@ -274,7 +274,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     });
   };
 
-  app.get('/healthz', async () => ({ ok: true, nodeId: state.config.nodeId }));
+  app.get('/healthz', async () => ({ ok: true, nodeId: state.config.nodeId, pid: process.pid }));
   app.get('/v1/status', async () => state.status());
   app.get('/metrics', async (_request, reply) =>
     reply

@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runStory, StoryError } from './story.ts';
 
@@ -48,7 +49,14 @@ async function main(): Promise<number> {
   let result: Awaited<ReturnType<typeof runStory>>;
   try {
     result = await runStory({
-      baseDir: values['base-dir'] as string,
+      // pnpm runs the script in apps/quickdemo and says where it was called from in INIT_CWD;
+      // the agents run in apps/node: a relative base dir must mean the same to all of them.
+      baseDir: resolve(
+        process.env.npm_lifecycle_event !== undefined && process.env.INIT_CWD
+          ? process.env.INIT_CWD
+          : process.cwd(),
+        values['base-dir'] as string,
+      ),
       basePort,
       stopSignal: values.kill ? 'SIGKILL' : 'SIGTERM',
       say,

@@ -1,4 +1,4 @@
-import { readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { decodeRecords } from '@pfs/replicator';
@@ -68,19 +68,39 @@ async function gone(file: string): Promise<boolean> {
   );
 }
 
-/** Refuses to wipe a directory that is not a PFS data dir from an earlier run. */
+/**
+ * Marks a data dir the demo made. Its dirs are named as a node's default data dir is
+ * (`/tmp/localhost_<port>`), so a PFS data dir without it may be a user's node's.
+ */
+const DEMO_MARK = '.quickdemo';
+
+/** Refuses to wipe a directory that is not a data dir of an earlier run of the demo, then makes it. */
 async function freshDataDir(dir: string): Promise<void> {
   const exists = await stat(dir).then(
     () => true,
     () => false,
   );
-  if (!exists) return;
+  if (exists) await wipeDemoDataDir(dir);
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, DEMO_MARK), 'a data dir of `pnpm demo`, which removes it at its next run\n');
+}
+
+async function wipeDemoDataDir(dir: string): Promise<void> {
   const isPfs = await stat(join(dir, 'filestore', '.pfs', 'sentinel')).then(
     () => true,
     () => false,
   );
   if (!isPfs) {
     throw new StoryError(`${dir} exists and is not a PFS data dir: move it away or pass --base-dir`);
+  }
+  const madeByDemo = await stat(join(dir, DEMO_MARK)).then(
+    () => true,
+    () => false,
+  );
+  if (!madeByDemo) {
+    throw new StoryError(
+      `${dir} is a PFS data dir the demo did not make (a node's own, whose default data dir this is): move it away or pass --base-dir`,
+    );
   }
   // Its files are about to go, with the PID file that is the only way to find its rsync daemon.
   for (const { pid, args } of await processes()) {

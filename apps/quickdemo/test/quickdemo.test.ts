@@ -1,9 +1,10 @@
 import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePortBase } from '@pfs/testkit';
 import { generationOf } from '@pfs/txlog';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runStory } from '../src/story.ts';
@@ -44,6 +45,7 @@ describe('the quick demo, end to end', () => {
     await mkdir(join(dataDir, 'filestore', '.pfs'), { recursive: true });
     await writeFile(join(dataDir, 'filestore', '.pfs', 'sentinel'), '');
     await writeFile(join(dataDir, 'filestore', 'kept'), 'still served');
+    await writeFile(join(dataDir, '.quickdemo'), '');
     // Stands for an agent left running on it.
     const leftover = spawn(process.execPath, [
       '-e',
@@ -61,10 +63,51 @@ describe('the quick demo, end to end', () => {
     }
   });
 
+  it("will not wipe a node's own data dir, which has the name the demo gives its own", async () => {
+    const baseDir = await mkdtemp(join(tmpdir(), 'pfs-demo-'));
+    dirs.push(baseDir);
+    const basePort = await freeBasePort();
+    // A stopped node's default data dir (/tmp/localhost_<port> when --base-dir is /tmp).
+    const dataDir = join(baseDir, `localhost_${basePort}`);
+    await mkdir(join(dataDir, 'filestore', '.pfs'), { recursive: true });
+    await writeFile(join(dataDir, 'filestore', '.pfs', 'sentinel'), '');
+    await writeFile(join(dataDir, 'filestore', 'photo.jpg'), 'a user file');
+    await expect(runStory({ baseDir, basePort })).rejects.toThrow(
+      `${dataDir} is a PFS data dir the demo did not make (a node's own, whose default data dir this is): move it away or pass --base-dir`,
+    );
+    expect(await readFile(join(dataDir, 'filestore', 'photo.jpg'), 'utf8')).toBe('a user file');
+  });
+
+  it("does not take another node's answer on its port for its own node's", async () => {
+    const baseDir = await mkdtemp(join(tmpdir(), 'pfs-demo-'));
+    dirs.push(baseDir);
+    const basePort = await freeBasePort();
+    // A node of the user's on the demo's first port, under the id the demo's node would have.
+    const other = createServer((_request, response) => {
+      response
+        .writeHead(200, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ ok: true, nodeId: `localhost_${basePort}`, pid: process.pid }));
+    });
+    await new Promise<void>((resolve) => other.listen(basePort, '127.0.0.1', resolve));
+    try {
+      await expect(runStory({ baseDir, basePort })).rejects.toThrow(
+        new RegExp(
+          `localhost_${basePort} exited during start-up: .*HTTP port ${basePort} on 127\\.0\\.0\\.1 is in use`,
+        ),
+      );
+    } finally {
+      other.closeAllConnections();
+      await new Promise((resolve) => other.close(resolve));
+    }
+  });
+
   it('leaves no node or rsync daemon behind when the demo itself is killed part-way', async () => {
     const baseDir = await mkdtemp(join(tmpdir(), 'pfs-demo-'));
     dirs.push(baseDir);
     const basePort = await freeBasePort();
+    // Its etcd's data dir goes under TMPDIR: under baseDir, leftBehind sees that etcd too.
+    const tmp = join(baseDir, 'tmp');
+    await mkdir(tmp);
     const demo = spawn(
       process.execPath,
       [
@@ -75,7 +118,15 @@ describe('the quick demo, end to end', () => {
         `--base-dir=${baseDir}`,
         `--base-port=${basePort}`,
       ],
-      { cwd: fileURLToPath(new URL('..', import.meta.url)), stdio: ['ignore', 'pipe', 'inherit'] },
+      {
+        cwd: fileURLToPath(new URL('..', import.meta.url)),
+        stdio: ['ignore', 'pipe', 'inherit'],
+        env: {
+          ...process.env,
+          TMPDIR: tmp,
+          PFS_TEST_PORTS_DIR: process.env.PFS_TEST_PORTS_DIR ?? join(tmpdir(), 'pfs-test-ports'),
+        },
+      },
     );
     const exited = new Promise((resolve) => demo.once('exit', resolve));
     try {
@@ -119,17 +170,7 @@ async function leftBehind(dir: string): Promise<{ pid: number; args: string }[]>
   return found;
 }
 
-/** A base port N with N..N+2 and N+10000..N+10002 all free (the demo's fixed layout). */
-async function freeBasePort(): Promise<number> {
-  const free = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const server = createServer();
-      server.once('error', () => resolve(false));
-      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-    });
-  for (;;) {
-    const base = 20_000 + Math.floor(Math.random() * 20_000);
-    const ports = [0, 1, 2].flatMap((i) => [base + i, base + 10_000 + i]);
-    if ((await Promise.all(ports.map(free))).every(Boolean)) return base;
-  }
+/** A base port N with N..N+2 and N+10000..N+10002 all free and reserved (the demo's fixed layout). */
+function freeBasePort(): Promise<number> {
+  return freePortBase([0, 1, 2, 10_000, 10_001, 10_002]);
 }

@@ -9,7 +9,7 @@ export {
   sleep,
   waitFor,
 } from './node-process.ts';
-export { freePort } from './ports.ts';
+export { freePort, freePortBase } from './ports.ts';
 export { groupAlive } from './process-group.ts';
 export { liveCount, stopAll } from './registry.ts';
 export { type RsyncDaemonHandle, type StartRsyncDaemonOptions, startRsyncDaemon } from './rsync-daemon.ts';

@@ -122,8 +122,10 @@ export class NodeProcess {
         throw new Error(`${this.id} exited during start-up: ${await this.logTail()}`);
       }
       try {
+        // Its own answer: another node may hold the port, even under the same id (a node of the
+        // user's on the demo's ports), and this agent then exits with "port in use".
         const response = await fetch(`${this.url}/healthz`);
-        if (response.ok) return;
+        if (response.ok && ((await response.json()) as { pid?: number }).pid === this.pid) return;
       } catch {}
       await sleep(50);
     }

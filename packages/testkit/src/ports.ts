@@ -119,6 +119,41 @@ function listenOn(port: number): Promise<number> {
   });
 }
 
+/**
+ * A base port N with N + each offset free and reserved as by freePort, all below the ephemeral
+ * range when there is room: for a fixed layout of ports (the demo's N..N+2 and N+10000..).
+ */
+export async function freePortBase(offsets: readonly number[]): Promise<number> {
+  const span = Math.max(0, ...offsets);
+  const [low] = ephemeralRange();
+  const [from, to] =
+    low - span > BELOW_EPHEMERAL_FROM ? [BELOW_EPHEMERAL_FROM, low - span] : [1024, 65536 - span];
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = from + Math.floor(Math.random() * (to - from));
+    const taken: string[] = [];
+    let free = true;
+    for (const offset of offsets) {
+      if (!reserve(base + offset)) {
+        free = false;
+        break;
+      }
+      taken.push(join(reservationsDir(), String(base + offset)));
+      if (!(await bindable(base + offset))) {
+        free = false;
+        break;
+      }
+    }
+    if (free) return base;
+    for (const file of taken) {
+      try {
+        unlinkSync(file);
+      } catch {}
+      reservations.delete(file);
+    }
+  }
+  throw new Error(`no free base port for offsets ${offsets.join(', ')} after 200 tries`);
+}
+
 /** Distinct free ports: asking twice in a row may hand out the same port once the first is closed. */
 export async function freePorts(count: number): Promise<number[]> {
   const ports = new Set<number>();
