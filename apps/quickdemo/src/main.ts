@@ -70,12 +70,12 @@ async function main(): Promise<number> {
     await result.cleanup();
     return 0;
   }
-  const [, master, replica] = result.nodes as [unknown, (typeof result.nodes)[0], (typeof result.nodes)[0]];
+  const { master, follower: replica } = result;
   say('');
   say(
     `The cluster stays up: ${master.id} is master, ${replica.id} its replica (etcd ${result.etcd.endpoint}).`,
   );
-  for (const node of result.nodes.slice(1)) {
+  for (const node of [master, replica]) {
     say(`  ${node.id}: filestore ${node.fileStore}, HTTP ${node.url}, rsync port ${node.spec.rsyncPort}`);
   }
   say(`Create a file in ${master.fileStore} and watch it appear in ${replica.fileStore}.`);

@@ -34,6 +34,9 @@ export interface StoryOptions {
 export interface StoryResult {
   etcd: EtcdHandle;
   nodes: NodeProcess[];
+  /** The replica promoted when the first master stopped (either may win: see the story), and the other. */
+  master: NodeProcess;
+  follower: NodeProcess;
   steps: { name: string; ms: number }[];
   /** Every record of partition 0 as each surviving node logged it. */
   logs: Map<string, LogRecord[]>;
@@ -333,7 +336,7 @@ export async function runStory(options: StoryOptions): Promise<StoryResult> {
         }
       },
     );
-    return { etcd, nodes, steps, logs, cleanup };
+    return { etcd, nodes, master: n2, follower: n3, steps, logs, cleanup };
   } catch (error) {
     for (const node of nodes) say(`  ${node.id} log: ${await node.logTail(3)}`);
     await cleanup();

@@ -22,6 +22,9 @@ describe('the quick demo, end to end', () => {
       const result = await runStory({ baseDir, basePort: 0, freePorts: true, stopSignal });
       try {
         expect(result.steps).toHaveLength(9);
+        // Whichever replica took over is the one named master, the other its follower.
+        expect((await result.master.status()).partitions[0]?.role).toBe('master');
+        expect((await result.follower.status()).partitions[0]?.following).toBe(result.master.id);
         const [onMaster, onReplica, onOldMaster] = [...result.logs.values()];
         expect(onReplica).toEqual(onMaster);
         expect(onMaster!.slice(0, onOldMaster!.length)).toEqual(onOldMaster);
