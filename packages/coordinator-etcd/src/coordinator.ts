@@ -12,6 +12,7 @@ import {
   emptyView,
   type MasterInfo,
   type NodeInfo,
+  NodeInfoSchema,
 } from './view.ts';
 
 /**
@@ -192,10 +193,7 @@ export class Coordinator extends EventEmitter {
     const grantSentAtWall = Date.now();
     try {
       const id = await lease.grant();
-      await this.client
-        .put(keys.node(this.cluster, this.nodeId))
-        .value(JSON.stringify(this.options.node))
-        .lease(id);
+      await this.register(id);
       // Closed while it was granted (a re-session in flight): nothing may keep it alive.
       if (this.closed) throw new CoordinatorError('CLOSED', 'the coordinator was closed');
       this.lease = lease;
@@ -207,6 +205,48 @@ export class Coordinator extends EventEmitter {
       await lease.revoke().catch(() => lease.release());
       throw error;
     }
+  }
+
+  /**
+   * Writes this node's record on lease `id`, unless another node holds its id: one with another
+   * address (a config file copied between machines). Its own record, left by its previous
+   * process on a lease not yet expired, is taken over. Unguarded, the second node would
+   * overwrite the first's address and bind its record to its own lease; once it stopped, the
+   * first would vanish from the view while it ran, and every other node would find no master.
+   */
+  private async register(id: string): Promise<void> {
+    const key = keys.node(this.cluster, this.nodeId);
+    const value = JSON.stringify(this.options.node);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const kv = (await this.client.get(key).exec()).kvs[0];
+      if (kv !== undefined) {
+        const text = kv.value.toString();
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(text);
+        } catch {}
+        // A value that is no node record is overwritten, as an unguarded put did.
+        const holder = NodeInfoSchema.safeParse(parsed);
+        if (
+          holder.success &&
+          (holder.data.host !== this.options.node.host || holder.data.httpPort !== this.options.node.httpPort)
+        ) {
+          throw new CoordinatorError(
+            'NODE_ID_TAKEN',
+            `node id ${JSON.stringify(this.nodeId)} is registered in cluster ${JSON.stringify(this.cluster)} by ${holder.data.host}:${holder.data.httpPort} (pid ${holder.data.pid}, started ${holder.data.startedAt}): give this node another --node-id`,
+          );
+        }
+      }
+      const result = await this.client
+        .if(key, 'Mod', '==', kv === undefined ? 0 : kv.mod_revision)
+        .then(this.client.put(key).value(value).lease(id))
+        .commit();
+      if (result.succeeded) return;
+    }
+    throw new CoordinatorError(
+      'NODE_ID_TAKEN',
+      `node id ${JSON.stringify(this.nodeId)} is being registered by another process at the same time: give each node its own --node-id`,
+    );
   }
 
   private checkDeadline(): void {

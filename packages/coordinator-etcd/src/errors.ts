@@ -5,6 +5,7 @@ export type CoordinatorErrorCode =
   | 'GENERATION_CONFLICT'
   | 'BAD_VALUE'
   | 'SETTINGS_MISMATCH'
+  | 'NODE_ID_TAKEN'
   | 'CLOSED';
 
 export class CoordinatorError extends Error {

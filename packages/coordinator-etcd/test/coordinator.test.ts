@@ -72,6 +72,27 @@ describe('Coordinator against a real etcd', () => {
     await until(() => !a.view.nodes.has('node-b'), 'b gone from the view');
   });
 
+  it("refuses a node id another address holds, and takes over its own previous process's record", async () => {
+    cluster++;
+    const a = await connect('node-a');
+    const before = etcdctl('get', keys.node(`c${cluster}`, 'node-a'), '--print-value-only');
+    const impostor = Coordinator.connect({
+      endpoints: [etcd.endpoint],
+      cluster: `c${cluster}`,
+      ttlSeconds: 2,
+      node: { id: 'node-a', host: '127.0.0.2', httpPort: 7, rsyncPort: 8, pid: 1, startedAt: 'now' },
+    });
+    await expect(impostor).rejects.toMatchObject({
+      code: 'NODE_ID_TAKEN',
+      message: `node id "node-a" is registered in cluster "c${cluster}" by 127.0.0.1:1 (pid ${process.pid}, started ${JSON.parse(before).startedAt}): give this node another --node-id`,
+    });
+    expect(etcdctl('get', keys.node(`c${cluster}`, 'node-a'), '--print-value-only')).toBe(before);
+    expect(a.sessionValid()).toBe(true);
+    // The same node started again (same address) while its old lease lives: its record now.
+    await connect('node-a');
+    expect(etcdctl('get', keys.node(`c${cluster}`, 'node-a'), '--print-value-only')).not.toBe(before);
+  });
+
   it('lets exactly one of three candidates become master, and another after it leaves', async () => {
     cluster++;
     const candidates = await Promise.all(['n1', 'n2', 'n3'].map((id) => connect(id)));
