@@ -812,7 +812,7 @@ describe('node agent over HTTP', () => {
       const response = await fetch(`${master.url}/v1/files/during-the-copy`, {
         method: 'PUT',
         body: 'on the master and the replica that follows it',
-        headers: { 'x-pfs-ack': 'all', 'x-pfs-ack-timeout-ms': '5000' },
+        headers: { 'x-pfs-ack': 'all', 'x-pfs-ack-timeout-ms': '20000' },
       });
       expect(response.status).toBe(201);
       expect(await readFile(join(replica.config.dataDir, 'filestore', 'during-the-copy'), 'utf8')).toBe(
@@ -856,45 +856,50 @@ describe('node agent over HTTP', () => {
         }
       }
     })();
-    await until('some writes', async () => (acked.length >= 5 ? true : undefined));
-    const raw = execFileSync(
-      'etcdctl',
-      [
-        `--endpoints=${harness.etcdEndpoint()}`,
-        'get',
-        `/pfs/${cluster}/nodes/${master.config.nodeId}`,
-        '-w',
-        'json',
-      ],
-      {
-        env: { ...process.env, ETCDCTL_API: '3' },
-        encoding: 'utf8',
-      },
-    );
-    const lease = BigInt(/"lease":(\d+)/.exec(raw)![1]!);
-    execFileSync(
-      'etcdctl',
-      [`--endpoints=${harness.etcdEndpoint()}`, 'lease', 'revoke', lease.toString(16)],
-      {
-        env: { ...process.env, ETCDCTL_API: '3' },
-      },
-    );
-    const generationTwo = async (agent: Agent) => {
-      const status = await role(agent);
-      return status.role === 'master' && (status as { generation?: string }).generation === '2'
-        ? agent
-        : undefined;
-    };
-    const newMaster = await until(
-      'a master in generation 2',
-      async () => (await generationTwo(replica)) ?? (await generationTwo(master)),
-    );
-    const countBefore = acked.length;
-    await until('writes accepted by the new master', async () =>
-      acked.length >= countBefore + 5 ? true : undefined,
-    );
-    writing = false;
-    await writer;
+    // The writer stops however this ends: left running, it would load every later test.
+    let newMaster: Agent;
+    try {
+      await until('some writes', async () => (acked.length >= 5 ? true : undefined));
+      const raw = execFileSync(
+        'etcdctl',
+        [
+          `--endpoints=${harness.etcdEndpoint()}`,
+          'get',
+          `/pfs/${cluster}/nodes/${master.config.nodeId}`,
+          '-w',
+          'json',
+        ],
+        {
+          env: { ...process.env, ETCDCTL_API: '3' },
+          encoding: 'utf8',
+        },
+      );
+      const lease = BigInt(/"lease":(\d+)/.exec(raw)![1]!);
+      execFileSync(
+        'etcdctl',
+        [`--endpoints=${harness.etcdEndpoint()}`, 'lease', 'revoke', lease.toString(16)],
+        {
+          env: { ...process.env, ETCDCTL_API: '3' },
+        },
+      );
+      const generationTwo = async (agent: Agent) => {
+        const status = await role(agent);
+        return status.role === 'master' && (status as { generation?: string }).generation === '2'
+          ? agent
+          : undefined;
+      };
+      newMaster = await until(
+        'a master in generation 2',
+        async () => (await generationTwo(replica)) ?? (await generationTwo(master)),
+      );
+      const countBefore = acked.length;
+      await until('writes accepted by the new master', async () =>
+        acked.length >= countBefore + 5 ? true : undefined,
+      );
+    } finally {
+      writing = false;
+      await writer;
+    }
     const other = newMaster === master ? replica : master;
     const last = (await role(newMaster)).lastTxid;
     await until('the other node follows the new master', async () =>
@@ -1368,13 +1373,15 @@ describe('node agent over HTTP', () => {
         )?.[1] ?? 0,
       );
     // The rsync started ahead may have opened its temp dir already: a later batch fails.
-    let written = 0;
+    // (until takes a throw for "not yet": the statuses are checked after it.)
+    const statuses: number[] = [];
     await until('three failed batches', async () => {
       if ((await failedBatches()) >= 3) return true;
-      const path = `/v1/files/y${++written}`;
-      expect((await fetch(`${master.url}${path}`, { method: 'PUT', body: 'y' })).status).toBe(201);
+      const path = `/v1/files/y${statuses.length + 1}`;
+      statuses.push((await fetch(`${master.url}${path}`, { method: 'PUT', body: 'y' })).status);
       return undefined;
     });
+    expect(statuses.filter((s) => s !== 201)).toEqual([]);
     const aboutPulls = entries.filter((e) => e.level === 40 && e.msg.startsWith('partition 0: rsync'));
     expect(aboutPulls).toHaveLength(1);
   });

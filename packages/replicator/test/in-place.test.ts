@@ -61,14 +61,21 @@ describe('waitInPlace', () => {
     const root = await store();
     await writeFile(join(root, 'x'), 'old');
     const { ended, exit } = exitLater();
+    let settled = false;
     const waiting = waitInPlace({
       root,
       paths: ['x'],
       expected: new Map([['x', put('new')]]),
       received: ['x'],
       ended,
+    }).then((v) => {
+      settled = true;
+      return v;
     });
-    setTimeout(exit, 50);
+    // Still waiting after several looks at the wrong bytes, and over only once rsync exits.
+    await new Promise((resolve) => setTimeout(resolve, 30));
+    expect(settled).toBe(false);
+    exit();
     expect(await waiting).toBeUndefined();
   });
 

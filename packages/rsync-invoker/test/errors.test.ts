@@ -62,11 +62,14 @@ describe('typed errors from real rsync runs', { timeout: 30_000 }, () => {
   it('timeoutMs kills the group and rejects with RSYNC_TIMEOUT; syncTree too', async () => {
     const silent = await silentServer();
     const { url } = silent;
-    const started = performance.now();
+    // Ended by its own timeout, not by rsync's --timeout (exit code 30, another message).
     await expect(
       pullBatch({ source: url, dest: await tempDir(), paths: ['a'], timeoutMs: 300 }),
-    ).rejects.toMatchObject({ code: 'RSYNC_TIMEOUT', retryable: true });
-    expect(performance.now() - started).toBeLessThan(5000);
+    ).rejects.toMatchObject({
+      code: 'RSYNC_TIMEOUT',
+      retryable: true,
+      message: expect.stringMatching(/^rsync did not finish within 300 ms and was killed/),
+    });
     await expect(syncTree({ source: url, dest: await tempDir(), timeoutMs: 300 })).rejects.toMatchObject({
       code: 'RSYNC_TIMEOUT',
     });

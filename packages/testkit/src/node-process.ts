@@ -152,7 +152,14 @@ export class NodeProcess {
   /** Graceful stop (SIGTERM) and wait for the exit code. */
   async stop(): Promise<number | null> {
     this.kill('SIGTERM');
-    const code = await Promise.race([this.exited, sleep(15_000).then(() => 'timeout' as const)]);
+    // Cleared once it exits: a pending 15 s timer would keep the caller's process alive.
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([
+      this.exited,
+      new Promise<'timeout'>((resolve) => {
+        timer = setTimeout(() => resolve('timeout'), 15_000);
+      }),
+    ]).finally(() => clearTimeout(timer));
     if (code === 'timeout') {
       this.kill('SIGKILL');
       return this.exited;

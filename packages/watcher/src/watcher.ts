@@ -132,13 +132,17 @@ export function watchStore(options: StoreWatcherOptions): StoreWatcher {
     });
   });
 
-  const close = async () => {
-    if (closed) return;
-    closed = true;
-    for (const timer of timers.values()) clearTimeout(timer);
-    timers.clear();
-    options.signal?.removeEventListener('abort', onAbort);
-    await watcher.close();
+  // Every caller, the abort's included, waits for the same close.
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      closed = true;
+      for (const timer of timers.values()) clearTimeout(timer);
+      timers.clear();
+      options.signal?.removeEventListener('abort', onAbort);
+      await watcher.close();
+    })();
+    return closing;
   };
   const onAbort = () => void close();
   options.signal?.addEventListener('abort', onAbort, { once: true });
