@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { ChangelogError } from '@pfs/changelog-generator';
 import { compareStorePaths, initStore, partitionOf, type StagedFile } from '@pfs/filestore';
 import pino from 'pino';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { AgentState } from '../src/agent-state.ts';
 import { bodyBalanceAfter, buildHttpServer, nextChunkDeadline, withBodyLimits } from '../src/http.ts';
 
@@ -597,7 +597,24 @@ describe('nextChunkDeadline and bodyBalanceAfter', () => {
 });
 
 describe('withBodyLimits', () => {
+  // On fake clocks (setTimeout and performance.now, which is all it uses): a real one, on a
+  // loaded machine, may stall past the 60–100 ms limits between two chunks meant to be in time.
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
   const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+  /** Runs `consume` while the fake clocks advance, in steps, until it is done. */
+  async function onFakeTime(consume: () => Promise<void>): Promise<void> {
+    let done = false;
+    const running = consume().finally(() => {
+      done = true;
+    });
+    for (let i = 0; i < 10_000 && !done; i++) await vi.advanceTimersByTimeAsync(5);
+    await running;
+  }
   async function* chunks(gapsMs: number[]) {
     for (const gap of gapsMs) {
       await pause(gap);
@@ -609,10 +626,12 @@ describe('withBodyLimits', () => {
     const stalls: string[] = [];
     let got = 0;
     const limits = { idleMs: 60, minBytesPerSecond: 1 };
-    for await (const _ of withBodyLimits(chunks([5, 5, 5]), limits, (cause) => stalls.push(cause))) {
-      got++;
-      await pause(100);
-    }
+    await onFakeTime(async () => {
+      for await (const _ of withBodyLimits(chunks([5, 5, 5]), limits, (cause) => stalls.push(cause))) {
+        got++;
+        await pause(100);
+      }
+    });
     expect(got).toBe(3);
     expect(stalls).toEqual([]);
   });
@@ -620,8 +639,10 @@ describe('withBodyLimits', () => {
   it('calls onStall when the next chunk is late', async () => {
     const stalls: string[] = [];
     const limits = { idleMs: 60, minBytesPerSecond: 1 };
-    for await (const _ of withBodyLimits(chunks([5, 150]), limits, (cause) => stalls.push(cause))) {
-    }
+    await onFakeTime(async () => {
+      for await (const _ of withBodyLimits(chunks([5, 150]), limits, (cause) => stalls.push(cause))) {
+      }
+    });
     expect(stalls).toEqual(['idle']);
   });
 
@@ -638,8 +659,10 @@ describe('withBodyLimits', () => {
     // The burst earns 10 000 s, of which 1 s is banked; each byte earns 10 ms and each wait
     // spends 40: the bank runs out after some 35 bytes, where 200 would take 8 s.
     const limits = { idleMs: 100, minBytesPerSecond: 100 };
-    for await (const _ of withBodyLimits(burstThenTrickle(), limits, (cause) => stalls.push(cause))) {
-    }
+    await onFakeTime(async () => {
+      for await (const _ of withBodyLimits(burstThenTrickle(), limits, (cause) => stalls.push(cause))) {
+      }
+    });
     expect(stalls[0]).toBe('slow');
   });
 
@@ -647,10 +670,12 @@ describe('withBodyLimits', () => {
     const stalls: string[] = [];
     // 1 byte per 40 ms against 100 ms for the first one and 10 ms per byte received.
     const limits = { idleMs: 100, minBytesPerSecond: 100 };
-    for await (const _ of withBodyLimits(chunks([40, 40, 40, 40, 40]), limits, (cause) =>
-      stalls.push(cause),
-    )) {
-    }
+    await onFakeTime(async () => {
+      for await (const _ of withBodyLimits(chunks([40, 40, 40, 40, 40]), limits, (cause) =>
+        stalls.push(cause),
+      )) {
+      }
+    });
     expect(stalls[0]).toBe('slow');
   });
 });

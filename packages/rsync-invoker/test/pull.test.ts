@@ -323,7 +323,8 @@ describe('startPull: rsync started before its list', { timeout: 30_000 }, () => 
     const dest = await tempDir();
     const port = await freePort();
     const started = startPull({ source: `rsync://127.0.0.1:${port}/none/`, dest, maxDelete: 8 });
-    for (let i = 0; i < 100 && !started.exited; i++) await new Promise((r) => setTimeout(r, 20));
+    for (const deadline = Date.now() + 15_000; !started.exited && Date.now() < deadline; )
+      await new Promise((r) => setTimeout(r, 20));
     expect(started.exited).toBe(true);
     await expect(started.run(['x'])).rejects.toMatchObject({ code: 'RSYNC_SOCKET' });
   });
