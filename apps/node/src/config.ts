@@ -21,6 +21,19 @@ const booleanFlag = z
  */
 export const MAX_DATA_DIR_BYTES = 2048;
 
+/**
+ * A whole number, as a JSON number or as decimal digits (a flag or an environment variable).
+ * Not z.coerce.number, which takes `true` for 1, `null` for 0 and "0x10" for 16: a partition
+ * count, once recorded in etcd, is the cluster's for good.
+ */
+function wholeNumber(min: number, max = Number.MAX_SAFE_INTEGER) {
+  return z
+    .union([z.number(), z.string().trim().regex(/^\d+$/).transform(Number)], {
+      error: 'a whole number (decimal digits)',
+    })
+    .pipe(z.number().int().min(min).max(max));
+}
+
 export const ConfigSchema = z
   .object({
     nodeId: z
@@ -42,8 +55,8 @@ export const ConfigSchema = z
         error: 'an IPv4 address or a host name (letters, digits, ".", "-")',
       })
       .default('127.0.0.1'),
-    httpPort: z.coerce.number().int().min(1).max(65535).default(12001),
-    rsyncPort: z.coerce.number().int().min(1).max(65535).optional(),
+    httpPort: wholeNumber(1, 65535).default(12001),
+    rsyncPort: wholeNumber(1, 65535).optional(),
     dataDir: z.string().min(1).optional(),
     etcd: z
       .union([z.string(), z.array(z.string())])
@@ -60,24 +73,20 @@ export const ConfigSchema = z
       .string()
       .regex(/^[A-Za-z0-9._-]+$/)
       .default('pfs'),
-    partitions: z.coerce.number().int().min(1).max(4096).default(1),
-    replicationFactor: z.coerce.number().int().min(0).max(1024).default(0),
-    placementGraceMs: z.coerce.number().int().min(0).max(86_400_000).default(30_000),
-    leaseTtlSeconds: z.coerce.number().int().min(1).max(300).default(2),
+    partitions: wholeNumber(1, 4096).default(1),
+    replicationFactor: wholeNumber(0, 1024).default(0),
+    placementGraceMs: wholeNumber(0, 86_400_000).default(30_000),
+    leaseTtlSeconds: wholeNumber(1, 300).default(2),
     rsyncBin: z.string().default('rsync'),
-    maxFileBytes: z.coerce
-      .number()
-      .int()
-      .min(1)
-      .default(1024 * 1024 * 1024),
+    maxFileBytes: wholeNumber(1).default(1024 * 1024 * 1024),
     ackMode: z.enum(['local', 'one', 'all']).default('local'),
-    ackTimeoutMs: z.coerce.number().int().min(0).max(600_000).default(5000),
-    bodyIdleTimeoutMs: z.coerce.number().int().min(100).max(3_600_000).default(30_000),
-    bodyMinBytesPerSecond: z.coerce.number().int().min(1).default(240),
+    ackTimeoutMs: wholeNumber(0, 600_000).default(5000),
+    bodyIdleTimeoutMs: wholeNumber(100, 3_600_000).default(30_000),
+    bodyMinBytesPerSecond: wholeNumber(1).default(240),
     watch: booleanFlag.default(true),
-    watchSettleMs: z.coerce.number().int().min(0).default(100),
+    watchSettleMs: wholeNumber(0).default(100),
     revokeRefusingMaster: booleanFlag.default(false),
-    reconcileIntervalMs: z.coerce.number().int().min(0).default(60_000),
+    reconcileIntervalMs: wholeNumber(0).default(60_000),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
   .transform((c, ctx) => {
@@ -138,7 +147,7 @@ export class ConfigError extends Error {
   readonly code = 'BAD_CONFIG';
 }
 
-const FLAGS = {
+export const FLAGS = {
   config: { type: 'string' },
   'node-id': { type: 'string' },
   host: { type: 'string' },
@@ -202,6 +211,9 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
                         how long a node that left still counts for the placement, so that one
                         restarting finds its partitions in place (default 30000)
   --lease-ttl SECONDS   etcd lease TTL (default 2)
+  --rsync-bin PATH      the rsync to run (default rsync, from PATH)
+  --max-file-bytes N    largest file a PUT may store; larger ones get 413 (default 1 GiB)
+  --log-level LEVEL     fatal, error, warn, info, debug, trace or silent (default info)
   --ack MODE            default ack of writes: local (fsynced here), one (and on a replica), all
   --ack-timeout-ms N    how long a write waits for its ack before answering 504 (default 5000)
   --body-idle-timeout-ms N
@@ -216,6 +228,7 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
                         when the master's HTTP address refuses connections (its process is gone),
                         revoke its etcd lease at once instead of waiting out the TTL (default false:
                         see docs/operations.md for what it trades)
+  --help, -h            this text
   --config FILE         JSON file of fields nodeId, host, httpPort, rsyncPort, dataDir, etcd,
                         cluster, partitions, replicationFactor, placementGraceMs,
                         leaseTtlSeconds, rsyncBin,
@@ -225,9 +238,9 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
                         unknown field stops the node)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
 PFS_CLUSTER, PFS_PARTITIONS, PFS_REPLICATION_FACTOR, PFS_PLACEMENT_GRACE_MS, PFS_LEASE_TTL,
-PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS, PFS_BODY_IDLE_TIMEOUT_MS,
-PFS_BODY_MIN_BYTES_PER_SECOND, PFS_WATCH,
-PFS_REVOKE_REFUSING_MASTER.`;
+PFS_RSYNC_BIN, PFS_MAX_FILE_BYTES, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS,
+PFS_BODY_IDLE_TIMEOUT_MS, PFS_BODY_MIN_BYTES_PER_SECOND, PFS_WATCH, PFS_REVOKE_REFUSING_MASTER,
+PFS_CONFIG (file < environment < flags).`;
 
 /** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {
@@ -261,14 +274,25 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
       `config file ${file} has unknown field ${JSON.stringify(unknown[0])}: use ${CONFIG_FIELDS.join(', ')}`,
     );
   }
+  // Where each field's value came from, for the error: the field name alone does not say
+  // which of a flag, a variable or a file to fix.
+  const origin = new Map<string, string>(
+    Object.keys(fromFile).map((field) => [field, `config file ${file}`]),
+  );
   const fromEnv: Record<string, unknown> = {};
   for (const [flag, field] of Object.entries(FIELD_OF_FLAG)) {
     const name = `PFS_${flag.toUpperCase().replaceAll('-', '_')}`;
-    if (env[name] !== undefined && env[name] !== '') fromEnv[field] = env[name];
+    if (env[name] !== undefined && env[name] !== '') {
+      fromEnv[field] = env[name];
+      origin.set(field, name);
+    }
   }
   const fromFlags: Record<string, unknown> = {};
   for (const [flag, field] of Object.entries(FIELD_OF_FLAG)) {
-    if (values[flag] !== undefined) fromFlags[field] = values[flag];
+    if (values[flag] !== undefined) {
+      fromFlags[field] = values[flag];
+      origin.set(field, `--${flag}`);
+    }
   }
   const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...fromFlags };
   // A relative data dir is the user's, wherever the agent runs (see invocationDirectory).
@@ -278,7 +302,11 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
   const result = ConfigSchema.safeParse(merged);
   if (!result.success) {
     const issue = result.error.issues[0]!;
-    throw new ConfigError(`bad config value for ${issue.path.join('.') || 'config'}: ${issue.message}`);
+    const field = String(issue.path[0] ?? '');
+    const from = origin.get(field);
+    throw new ConfigError(
+      `bad config value for ${issue.path.join('.') || 'config'}${from === undefined ? '' : ` (${from})`}: ${issue.message}`,
+    );
   }
   return { ...result.data, help: values.help === true };
 }

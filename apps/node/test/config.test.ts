@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigSchema, loadConfig, USAGE } from '../src/config.ts';
+import { ConfigSchema, FLAGS, loadConfig, USAGE } from '../src/config.ts';
 
 describe('node config', () => {
   it('defaults like the seed: id from the port, data dir under /tmp', () => {
@@ -36,13 +36,13 @@ describe('node config', () => {
   });
 
   it.each([
-    [['--http-port', '70000'], /^bad config value for httpPort: /],
-    [['--partitions', '0'], /^bad config value for partitions: /],
-    [['--etcd', 'not a url'], /^bad config value for etcd/],
-    [['--node-id', '../x'], /^bad config value for nodeId: letters, digits/],
+    [['--http-port', '70000'], /^bad config value for httpPort \(--http-port\): /],
+    [['--partitions', '0'], /^bad config value for partitions \(--partitions\): /],
+    [['--etcd', 'not a url'], /^bad config value for etcd.0 \(--etcd\): /],
+    [['--node-id', '../x'], /^bad config value for nodeId \(--node-id\): letters, digits/],
     [['--bogus'], /Unknown option '--bogus'.*: see --help$/],
-    [['--ack', 'most'], /^bad config value for ackMode: /],
-    [['--watch', 'maybe'], /^bad config value for watch: true or false \(or 1 or 0\)$/],
+    [['--ack', 'most'], /^bad config value for ackMode \(--ack\): /],
+    [['--watch', 'maybe'], /^bad config value for watch \(--watch\): true or false \(or 1 or 0\)$/],
     [
       ['--etcd', 'localhost:2379'],
       /^bad config value for etcd.*: an http:\/\/ or https:\/\/ URL, as http:\/\/127\.0\.0\.1:2379$/,
@@ -50,26 +50,29 @@ describe('node config', () => {
     [['--etcd', '127.0.0.1:2379'], /^bad config value for etcd.*: an http:\/\/ or https:\/\/ URL/],
     [
       ['--host', '::1'],
-      /^bad config value for host: IPv6 addresses are not supported: give an IPv4 address or a host name its peers can reach$/,
+      /^bad config value for host \(--host\): IPv6 addresses are not supported: give an IPv4 address or a host name its peers can reach$/,
     ],
     [
       ['--host', '0.0.0.0'],
-      /^bad config value for host: peers reach this node at this address, and 0\.0\.0\.0 reaches no one: give the address of this machine$/,
+      /^bad config value for host \(--host\): peers reach this node at this address, and 0\.0\.0\.0 reaches no one: give the address of this machine$/,
     ],
-    [['--host', 'a b'], /^bad config value for host: an IPv4 address or a host name/],
-    [['--max-file-bytes', '0'], /^bad config value for maxFileBytes: /],
+    [['--host', 'a b'], /^bad config value for host \(--host\): an IPv4 address or a host name/],
+    [['--max-file-bytes', '0'], /^bad config value for maxFileBytes \(--max-file-bytes\): /],
     [
       ['--data-dir', `/${'d'.repeat(250)}`.repeat(9)],
-      /^bad config value for dataDir: it is 2259 bytes long; with store paths of up to 1024 bytes under it, file names would pass Linux's 4095-byte limit: use a data dir of at most 2048 bytes$/,
+      /^bad config value for dataDir \(--data-dir\): it is 2259 bytes long; with store paths of up to 1024 bytes under it, file names would pass Linux's 4095-byte limit: use a data dir of at most 2048 bytes$/,
     ],
     [
       ['--data-dir', '/srv/pfs/50%HOME%'],
-      /^bad config value for dataDir: it holds "%", which the node's rsync daemon config cannot hold \(rsync reads a control character as a line end and expands "%NAME%"\): use a data dir without control characters or "%"$/,
+      /^bad config value for dataDir \(--data-dir\): it holds "%", which the node's rsync daemon config cannot hold \(rsync reads a control character as a line end and expands "%NAME%"\): use a data dir without control characters or "%"$/,
     ],
-    [['--data-dir', '/srv/pfs\nnode'], /^bad config value for dataDir: it holds "\\n", which /],
+    [
+      ['--data-dir', '/srv/pfs\nnode'],
+      /^bad config value for dataDir \(--data-dir\): it holds "\\n", which /,
+    ],
     [
       ['--http-port', '12001', '--rsync-port', '12001'],
-      /^bad config value for rsyncPort: it is the http port too \(12001\): give --rsync-port another port$/,
+      /^bad config value for rsyncPort \(--rsync-port\): it is the http port too \(12001\): give --rsync-port another port$/,
     ],
     [
       ['--http-port', '60000'],
@@ -137,6 +140,44 @@ describe('node config', () => {
       expect(loadConfig(['--data-dir', 'data'], { INIT_CWD: dir }).dataDir).toBe(join(process.cwd(), 'data'));
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('takes numbers as numbers or decimal digits only, and names where a bad one came from', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
+    try {
+      const file = join(dir, 'node.json');
+      // z.coerce would have read these as 1, 0 and 16.
+      for (const [value, field] of [
+        [true, 'partitions'],
+        [null, 'replicationFactor'],
+        ['0x10', 'partitions'],
+      ] as const) {
+        await writeFile(file, JSON.stringify({ [field]: value }));
+        expect(() => loadConfig(['--config', file], {})).toThrow(
+          `bad config value for ${field} (config file ${file}): a whole number (decimal digits)`,
+        );
+      }
+      expect(() => loadConfig([], { PFS_LEASE_TTL: '0' })).toThrow(
+        /^bad config value for leaseTtlSeconds \(PFS_LEASE_TTL\): Too small/,
+      );
+      await writeFile(file, JSON.stringify({ partitions: 8, leaseTtlSeconds: 5 }));
+      expect(loadConfig(['--config', file, '--http-port', ' 12009 '], { PFS_PARTITIONS: '4' })).toMatchObject(
+        {
+          partitions: 4,
+          leaseTtlSeconds: 5,
+          httpPort: 12009,
+        },
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('lists every flag and its environment variable in its usage', () => {
+    for (const flag of Object.keys(FLAGS)) {
+      expect(USAGE).toContain(`--${flag}`);
+      if (flag !== 'help') expect(USAGE).toContain(`PFS_${flag.toUpperCase().replaceAll('-', '_')}`);
     }
   });
 
