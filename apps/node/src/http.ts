@@ -101,6 +101,15 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
     delete request.headers['content-type'];
   });
 
+  // Every error of the API is `{ code, message }`, an unknown route's too (fastify's own 404
+  // body has neither).
+  app.setNotFoundHandler((request, reply) =>
+    reply.code(404).send({
+      code: 'NO_ROUTE',
+      message: `no ${request.method} ${request.url.split('?')[0]} in this API: see docs/protocol.md (files are under /v1/files/)`,
+    }),
+  );
+
   const fileStore = join(state.config.dataDir, 'filestore');
   const digests = new FileDigestCache();
 

@@ -391,6 +391,22 @@ describe('a node still starting', () => {
   });
 });
 
+describe('an unknown route', () => {
+  it('answers 404 with the code and message every error of the API has', async () => {
+    const { app } = await server({ running: false });
+    try {
+      const response = await app.inject({ method: 'GET', url: '/v1/file/a.txt?x=1' });
+      expect(response.statusCode).toBe(404);
+      expect(response.json()).toEqual({
+        code: 'NO_ROUTE',
+        message: 'no GET /v1/file/a.txt in this API: see docs/protocol.md (files are under /v1/files/)',
+      });
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('reads of a store that is not in place', () => {
   it('answer 503 STORE_MISSING, not a 404 or an empty listing, while the store is unmounted', async () => {
     const { app, dataDir } = await server({ running: false });

@@ -144,9 +144,11 @@ export async function runRsync(request: RunRequest): Promise<RunResult> {
 
 function notStarted(request: RunRequest, error: LaunchError): RsyncError {
   if (error.code === 'ENOENT') {
-    return new RsyncError('RSYNC_NOT_INSTALLED', `${NOT_INSTALLED_MESSAGE} [${request.bin}]`, false, {
-      cause: error,
-    });
+    // A path of the caller's choosing that is not there is a wrong path, not a missing package.
+    const message = request.bin.includes('/')
+      ? `${request.bin} does not exist: give the path of an rsync binary (--rsync-bin), or install rsync`
+      : `${NOT_INSTALLED_MESSAGE} [${request.bin}]`;
+    return new RsyncError('RSYNC_NOT_INSTALLED', message, false, { cause: error });
   }
   return new RsyncError(
     'RSYNC_FAILED',

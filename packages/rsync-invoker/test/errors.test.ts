@@ -29,13 +29,21 @@ describe('typed errors from real rsync runs', { timeout: 30_000 }, () => {
     ).rejects.toMatchObject({ code: 'RSYNC_SOCKET', exitCode: 10, retryable: true });
   });
 
-  it('missing binary → RSYNC_NOT_INSTALLED', async () => {
-    const options = { source: '/tmp', dest: await tempDir(), paths: ['a'], rsyncBin: '/nonexistent/rsync' };
-    await expect(pullBatch(options)).rejects.toMatchObject({
+  it('missing binary → RSYNC_NOT_INSTALLED; a path that is not there is named as a wrong path', async () => {
+    const dest = await tempDir();
+    await expect(
+      pullBatch({ source: '/tmp', dest, paths: ['a'], rsyncBin: 'pfs-no-such-rsync' }),
+    ).rejects.toMatchObject({
       code: 'RSYNC_NOT_INSTALLED',
       message: expect.stringMatching(
-        /^rsync is not installed: run scripts\/bootstrap\.sh \(apt-get install rsync\)/,
+        /^rsync is not installed: run scripts\/bootstrap\.sh \(apt-get install rsync\) \[pfs-no-such-rsync\]$/,
       ),
+    });
+    const options = { source: '/tmp', dest, paths: ['a'], rsyncBin: '/nonexistent/rsync' };
+    await expect(pullBatch(options)).rejects.toMatchObject({
+      code: 'RSYNC_NOT_INSTALLED',
+      message:
+        '/nonexistent/rsync does not exist: give the path of an rsync binary (--rsync-bin), or install rsync',
     });
     await expect(rsyncVersion('/nonexistent/rsync')).rejects.toMatchObject({ code: 'RSYNC_NOT_INSTALLED' });
   });

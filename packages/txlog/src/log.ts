@@ -384,7 +384,7 @@ export class TxLog {
         if (lastRead < this.durableTxid && out.length < maxRecords) {
           throw new TxlogError(
             'TXLOG_CORRUPT',
-            `segment ${scan.name} in ${this.dir} is corrupt at offset ${scan.end.offset} (${scan.end.reason}): restore it from a replica`,
+            `segment ${scan.name} in ${this.dir} is corrupt at offset ${scan.end.offset} (${scan.end.reason}): move ${this.dir} aside (the partition's log) and start again, to copy the partition afresh from its master as a new replica`,
             { segment: scan.name, offset: scan.end.offset },
           );
         }
@@ -536,7 +536,7 @@ async function recover(dir: string, tailCacheRecords: number): Promise<OpenState
     if (scan.end.kind === 'corrupt') {
       throw new TxlogError(
         'TXLOG_CORRUPT',
-        `segment ${scan.name} in ${dir} is corrupt at offset ${scan.end.offset} (${scan.end.reason}): restore it from a replica`,
+        `segment ${scan.name} in ${dir} is corrupt at offset ${scan.end.offset} (${scan.end.reason}): move ${dir} aside (the partition's log) and start again, to copy the partition afresh from its master as a new replica`,
         { segment: scan.name, offset: scan.end.offset },
       );
     }
