@@ -23,7 +23,34 @@ async function main(): Promise<void> {
     base: { node: config.nodeId },
     ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { colorize: true } } } : {}),
   });
-  let agent: Awaited<ReturnType<typeof startAgent>>;
+  // Handled from before the start: a signal while it runs (the rsync daemon up, etcd slow to
+  // answer) waits for the start to end and then stops what it started. Killed by the default
+  // action instead, the node would leave its detached rsync daemon running.
+  let agent: Awaited<ReturnType<typeof startAgent>> | undefined;
+  let stopping: string | undefined;
+  const stop = () => {
+    logger.info(`${stopping}: handing over and stopping (a second signal exits at once)`);
+    agent!.close().then(
+      () => process.exit(0),
+      (error: Error) => {
+        process.stderr.write(`pfs-node: shutdown: ${error.message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping !== undefined) {
+      // The handover and the successor's drain can take seconds; an operator who insists gets
+      // the process back now. The rsync daemon stays for a successor's drain, as after a crash.
+      process.stderr.write(`pfs-node: second ${signal}: exiting now\n`);
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    }
+    stopping = signal;
+    if (agent !== undefined) stop();
+    else logger.info(`${signal} while starting: stopping once the start is over`);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     agent = await startAgent(config, logger);
   } catch (error) {
@@ -34,21 +61,7 @@ async function main(): Promise<void> {
     { url: agent.url, dataDir: config.dataDir, rsyncPort: config.rsyncPort },
     `node ${config.nodeId} up at ${agent.url}`,
   );
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info(`${signal}: handing over and stopping`);
-    agent.close().then(
-      () => process.exit(0),
-      (error: Error) => {
-        process.stderr.write(`pfs-node: shutdown: ${error.message}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  if (stopping !== undefined) stop();
 }
 
 void main();

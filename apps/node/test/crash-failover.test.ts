@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { type AddressInfo, createServer, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { partitionOf } from '@pfs/filestore';
 import { freePort, makeTempDir, NodeProcess, removeTempDir, startEtcd, waitFor } from '@pfs/testkit';
@@ -177,3 +178,66 @@ describe('a node killed in a cluster with a replication factor below its size', 
     });
   }, 120_000);
 });
+
+describe('a signal while the node starts', () => {
+  /** A node whose etcd accepts connections and never answers: its start waits there, its rsync daemon up. */
+  async function nodeWaitingForEtcd() {
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => {});
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => {
+      for (const socket of sockets) socket.destroy();
+      return new Promise((resolve) => silent.close(resolve));
+    });
+    const base = await makeTempDir('pfs-signal-');
+    cleanups.push(() => removeTempDir(base));
+    const dataDir = `${base}/n`;
+    const node = await NodeProcess.start({
+      agentDir: AGENT_DIR,
+      httpPort: await freePort(),
+      rsyncPort: await freePort(),
+      dataDir,
+      etcd: `http://127.0.0.1:${(silent.address() as AddressInfo).port}`,
+      cluster: 'signals',
+      leaseTtlSeconds: 2,
+      extraArgs: ['--log-level=info'],
+    });
+    cleanups.push(() => node.destroy());
+    // Its HTTP port opens before it asks etcd: it is starting now, its rsync daemon running.
+    const conf = `--config=${dataDir}/run/rsyncd.conf`;
+    await waitFor('its rsync daemon', async () => (daemonsWith(conf).length > 0 ? true : undefined));
+    return { node, conf };
+  }
+
+  it('stops what the start had started, the rsync daemon too', async () => {
+    const { node, conf } = await nodeWaitingForEtcd();
+    // Exits once the start has failed (etcd does not answer), having undone it.
+    expect(await node.stop()).toBe(1);
+    expect(daemonsWith(conf)).toEqual([]);
+  }, 60_000);
+
+  it('exits at once on a second one', async () => {
+    const { node } = await nodeWaitingForEtcd();
+    node.kill('SIGTERM');
+    await waitFor('the first SIGTERM handled', async () =>
+      (await node.logTail(20)).includes('SIGTERM while starting') ? true : undefined,
+    );
+    expect(await node.stop()).toBe(143);
+  }, 60_000);
+});
+
+/** The rsync daemons whose command line holds `argument`. */
+function daemonsWith(argument: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').includes(argument))
+        pids.push(Number(entry));
+    } catch {}
+  }
+  return pids;
+}
