@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
@@ -6,7 +7,7 @@ import { Coordinator, reportedByCurrentProcess } from '@pfs/coordinator-etcd';
 import { initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
 import { discardBulkCopyStaging, StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
-import { formatTxId, generationOf, mkdirDurable, TxLog } from '@pfs/txlog';
+import { formatTxId, generationOf, mkdirDurable, TxLog, writeFileAtomic } from '@pfs/txlog';
 import type { StoreWatcher } from '@pfs/watcher';
 import type { Logger } from 'pino';
 import type { AgentState } from './agent-state.ts';
@@ -263,6 +264,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     cluster: config.cluster,
     ttlSeconds: config.leaseTtlSeconds,
     settings: { partitions: config.partitions, replicationFactor: config.replicationFactor },
+    checkCluster: (clusterId) => checkDataDirCluster(config, clusterId),
     node: {
       id: config.nodeId,
       host: config.host,
@@ -441,4 +443,34 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       return closing;
     },
   };
+}
+
+/**
+ * Which cluster a data dir belongs to (`<dataDir>/cluster.json`): written at the first start in
+ * a cluster, checked at every start after. Without it, a data dir started against another
+ * cluster (a copied config, a wrong --etcd or --cluster), or against an etcd that lost its keys,
+ * joins with a log of records that cluster never had: its generations may pass the cluster's,
+ * it then ranks first in a vote, and replicas apply its records after their own.
+ */
+async function checkDataDirCluster(config: NodeConfig, clusterId: string): Promise<void> {
+  const file = join(config.dataDir, 'cluster.json');
+  const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+  if (text === undefined) {
+    await writeFileAtomic(file, `${JSON.stringify({ cluster: config.cluster, id: clusterId })}\n`);
+    return;
+  }
+  let recorded: { cluster?: unknown; id?: unknown };
+  try {
+    recorded = JSON.parse(text);
+  } catch {
+    recorded = {};
+  }
+  if (recorded.id === clusterId) return;
+  throw new AgentStartError(
+    'DATA_DIR_OF_ANOTHER_CLUSTER',
+    `data dir ${config.dataDir} belongs to cluster ${JSON.stringify(recorded.cluster)} (id ${String(recorded.id)}), and etcd's cluster ${JSON.stringify(config.cluster)} is another (id ${clusterId}): start it with the --etcd and --cluster it was made in; if etcd was replaced and this data is to join the new one, remove ${file} first`,
+  );
 }

@@ -27,7 +27,7 @@ import {
   type StoreGate,
 } from '@pfs/replicator';
 import { pullBatch } from '@pfs/rsync-invoker';
-import { formatTxId, fsyncDir, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
+import { formatTxId, fsyncDir, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
 import type { Logger } from 'pino';
 import { type BootstrapSummary, BootstrapTracker, describeBootstrap } from './bootstrap-progress.ts';
 import { catchUpWith } from './catch-up.ts';
@@ -1059,6 +1059,11 @@ export class PartitionController {
       lastTxid,
       token,
       expected: currentGeneration,
+      // Past this log's own generation, which only an etcd that lost its keys (a new or restored
+      // etcd, the data dirs adopted into it) can be behind: a new generation must start a new
+      // range of txids here, or the log refuses it, and promotion after promotion would bump
+      // etcd by one until it got there.
+      atLeast: generationOf(lastTxid) + 1n,
     });
     bumped = true;
     stillMine();

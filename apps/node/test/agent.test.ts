@@ -23,7 +23,7 @@ import { Coordinator, keys } from '@pfs/coordinator-etcd';
 import { partitionOf } from '@pfs/filestore';
 import { decodeRecords } from '@pfs/replicator';
 import { freePort } from '@pfs/testkit';
-import { TxLog } from '@pfs/txlog';
+import { generationOf, TxLog } from '@pfs/txlog';
 import { describe, expect, it, vi } from 'vitest';
 import { type Agent, startAgent } from '../src/agent.ts';
 import { encodePath } from '../src/http.ts';
@@ -1467,6 +1467,51 @@ describe('node agent over HTTP', () => {
     const again = await start(second);
     await until('master again', async () => ((await role(again)).role === 'master' ? true : undefined));
     expect(await (await fetch(`${again.url}/v1/files/next`)).text()).toBe('two');
+  });
+
+  it("refuses a data dir another cluster made, and adopts one into an emptied etcd once told to, past its log's generation", async () => {
+    const cluster = `home-${++clusterSeq}`;
+    let config = await agentConfig(cluster);
+    let agent = await start(config);
+    await until('master', async () => ((await role(agent)).role === 'master' ? true : undefined));
+    expect((await fetch(`${agent.url}/v1/files/kept`, { method: 'PUT', body: 'kept' })).status).toBe(201);
+    // Two more terms: its log reaches generation 3.
+    for (let i = 0; i < 2; i++) {
+      config = await agentConfig(cluster, await stopForRestart(agent));
+      agent = await start(config);
+      await until('master again', async () => ((await role(agent)).role === 'master' ? true : undefined));
+    }
+    const dataDir = await stopForRestart(agent);
+    const log = await TxLog.open(join(dataDir, 'changelog', '0'));
+    expect(generationOf(log.lastTxid)).toBe(3n);
+    await log.close();
+    // Another cluster on the same etcd: refused before it registers there.
+    const other = `elsewhere-${++clusterSeq}`;
+    await expect(start(await agentConfig(other, dataDir))).rejects.toMatchObject({
+      code: 'DATA_DIR_OF_ANOTHER_CLUSTER',
+      message: expect.stringMatching(
+        new RegExp(
+          `^data dir ${dataDir} belongs to cluster "${cluster}" \\(id [0-9a-f-]{36}\\), and etcd's cluster "${other}" is another \\(id [0-9a-f-]{36}\\): start it with the --etcd and --cluster it was made in; if etcd was replaced and this data is to join the new one, remove ${dataDir}/cluster.json first$`,
+        ),
+      ),
+    });
+    expect(harness.etcdctl('get', '--prefix', `/pfs/${other}/nodes/`, '--keys-only').trim()).toBe('');
+    // Its own cluster's keys gone (a new etcd): refused too, until told to join it.
+    harness.etcdctl('del', '--prefix', `/pfs/${cluster}/`);
+    await expect(start(await agentConfig(cluster, dataDir))).rejects.toMatchObject({
+      code: 'DATA_DIR_OF_ANOTHER_CLUSTER',
+    });
+    await rm(join(dataDir, 'cluster.json'));
+    const { logger, entries } = capturingLogger();
+    const adopted = await startAgent(await agentConfig(cluster, dataDir), logger);
+    agents.push(adopted);
+    await until('master in the new etcd', async () =>
+      (await role(adopted)).role === 'master' ? true : undefined,
+    );
+    // One promotion, straight past the log's generation 3 (not a bump of etcd's by one per failure).
+    expect(generationOf(BigInt((await role(adopted)).lastTxid))).toBe(4n);
+    expect(entries.filter((e) => e.msg.includes('promotion failed'))).toEqual([]);
+    expect(await (await fetch(`${adopted.url}/v1/files/kept`)).text()).toBe('kept');
   });
 
   it('says when etcd is unreachable and leaves nothing running', async () => {

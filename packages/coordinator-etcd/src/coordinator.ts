@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { ConstantBackoff, noop } from 'cockatiel';
@@ -39,7 +40,13 @@ export interface CoordinatorOptions {
    * What this node assumes of the cluster. The first node to connect records it; a node whose
    * settings differ from the recorded ones is refused (SETTINGS_MISMATCH) before it registers.
    */
-  settings?: ClusterSettings;
+  settings?: Omit<ClusterSettings, 'id'>;
+  /**
+   * Called with the cluster's id (see ClusterSettings) once the settings are agreed, before the
+   * node registers: a node whose data belongs to another cluster refuses here (what it throws is
+   * connect's error), before it shows in anyone's view.
+   */
+  checkCluster?: (clusterId: string) => Promise<void>;
 }
 
 export const DEFAULT_CALL_TIMEOUT_MS = 1500;
@@ -52,8 +59,10 @@ export class Coordinator extends EventEmitter {
   readonly nodeId: string;
   view: ClusterView = emptyView();
   private readonly client: Etcd3;
-  private readonly options: Required<Omit<CoordinatorOptions, 'settings'>> &
+  private readonly options: Required<Omit<CoordinatorOptions, 'settings' | 'checkCluster'>> &
     Pick<CoordinatorOptions, 'settings'>;
+  /** The cluster's id (see ClusterSettings), once connect has agreed the settings. */
+  clusterId: string | undefined;
   private lease: Lease | undefined;
   private leaseId: string | undefined;
   private validUntil = 0;
@@ -110,7 +119,22 @@ export class Coordinator extends EventEmitter {
       ...options,
     });
     try {
-      if (options.settings !== undefined) await coordinator.agreeSettings(options.settings);
+      if (options.settings !== undefined) {
+        coordinator.clusterId = await coordinator.agreeSettings(options.settings);
+      }
+    } catch (error) {
+      await coordinator.close();
+      throw unreachable(options.endpoints, error);
+    }
+    if (options.checkCluster !== undefined && coordinator.clusterId !== undefined) {
+      try {
+        await options.checkCluster(coordinator.clusterId);
+      } catch (error) {
+        await coordinator.close();
+        throw error;
+      }
+    }
+    try {
       await coordinator.startSession();
       await coordinator.startWatch();
     } catch (error) {
@@ -135,16 +159,21 @@ export class Coordinator extends EventEmitter {
       : Math.max(0, Math.min(this.validUntil - performance.now(), this.validUntilWall - Date.now()));
   }
 
-  /** Records `settings` as the cluster's if it has none yet, else checks them against the recorded ones. */
-  private async agreeSettings(settings: ClusterSettings): Promise<void> {
+  /**
+   * Records `settings` as the cluster's, with a new id, if it has none yet, else checks them
+   * against the recorded ones (and gives a record without an id one). Resolves the cluster's id.
+   */
+  private async agreeSettings(settings: Omit<ClusterSettings, 'id'>): Promise<string> {
     const key = keys.settings(this.cluster);
+    const made = { ...settings, id: randomUUID() };
     const result = await this.client
       .if(key, 'Create', '==', 0)
-      .then(this.client.put(key).value(JSON.stringify(settings)))
+      .then(this.client.put(key).value(JSON.stringify(made)))
       .else(this.client.get(key))
       .commit();
-    if (result.succeeded) return;
-    const text = result.responses[0]?.response_range?.kvs[0]?.value.toString() ?? '';
+    if (result.succeeded) return made.id;
+    const kv = result.responses[0]?.response_range?.kvs[0];
+    const text = kv?.value.toString() ?? '';
     let recorded: ClusterSettings | undefined;
     try {
       recorded = ClusterSettingsSchema.parse(JSON.parse(text));
@@ -157,8 +186,16 @@ export class Coordinator extends EventEmitter {
     if (
       recorded.partitions === settings.partitions &&
       recorded.replicationFactor === settings.replicationFactor
-    )
-      return;
+    ) {
+      if (recorded.id !== undefined) return recorded.id;
+      // Recorded before clusters had ids: the first node to see it gives it one, and every node
+      // takes whichever id won.
+      await this.client
+        .if(key, 'Mod', '==', kv!.mod_revision)
+        .then(this.client.put(key).value(JSON.stringify(made)))
+        .commit();
+      return this.agreeSettings(settings);
+    }
     throw new CoordinatorError(
       'SETTINGS_MISMATCH',
       `cluster ${JSON.stringify(this.cluster)} has ${describeSettings(recorded)} (etcd key ${key}) but this node was started with ${describeSettings(settings)}: start it with --partitions ${recorded.partitions} --replication-factor ${recorded.replicationFactor}, or use another --cluster`,
@@ -459,14 +496,16 @@ export class Coordinator extends EventEmitter {
   /**
    * Compare-and-swap of the partition's generation: from `expected` (or whatever it is, when
    * omitted) to the next one, recording `lastTxid` as the end of the ended generation in the same
-   * transaction. With `token`, it also requires that mastership to be current. Resolves the new
-   * generation; GENERATION_CONFLICT when another writer won.
+   * transaction. With `token`, it also requires that mastership to be current. With `atLeast`,
+   * the next generation is no lower than that. Resolves the new generation; GENERATION_CONFLICT
+   * when another writer won.
    */
   async bumpGeneration(args: {
     partition: number;
     lastTxid: bigint;
     expected?: bigint;
     token?: bigint;
+    atLeast?: bigint;
   }): Promise<bigint> {
     const genKey = keys.generation(this.cluster, args.partition);
     for (let attempt = 0; attempt < 5; attempt++) {
@@ -477,7 +516,8 @@ export class Coordinator extends EventEmitter {
       let txn = this.client.if(genKey, 'Mod', '==', kv === undefined ? 0 : kv.mod_revision);
       if (args.token !== undefined)
         txn = txn.and(keys.master(this.cluster, args.partition), 'Create', '==', String(args.token));
-      const next = generation + 1n;
+      const next =
+        args.atLeast !== undefined && args.atLeast > generation + 1n ? args.atLeast : generation + 1n;
       const ops = [this.client.put(genKey).value(next.toString())];
       if (generation > 0n) {
         ops.push(

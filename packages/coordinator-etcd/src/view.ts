@@ -20,6 +20,12 @@ export const ClusterSettingsSchema = z.object({
   partitions: z.number().int().min(1),
   /** 0: every node holds every partition. */
   replicationFactor: z.number().int().min(0),
+  /**
+   * Made once, when the key is first written (or added to a key written without it): a data
+   * dir remembers the id of the cluster it was made in, and a new etcd (or another cluster
+   * under the same name) has another.
+   */
+  id: z.string().min(1).optional(),
 });
 export type ClusterSettings = z.infer<typeof ClusterSettingsSchema>;
 

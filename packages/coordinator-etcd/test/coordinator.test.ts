@@ -353,9 +353,12 @@ describe('Coordinator against a real etcd', () => {
     expect(JSON.parse(etcdctl('get', '--print-value-only', keys.settings(name)))).toEqual({
       partitions: 4,
       replicationFactor: 2,
+      id: first.clusterId,
     });
+    expect(first.clusterId).toMatch(/^[0-9a-f-]{36}$/);
     const same = await withSettings('b', 4, 2);
     open.push(same);
+    expect(same.clusterId).toBe(first.clusterId);
     const error = (await withSettings('c', 8, 2).catch((e) => e)) as CoordinatorError;
     expect(error.code).toBe('SETTINGS_MISMATCH');
     expect(error.message).toBe(
@@ -368,6 +371,43 @@ describe('Coordinator against a real etcd', () => {
     etcdctl('put', keys.settings(name), 'garbage');
     await expect(withSettings('d', 4, 2)).rejects.toThrow(
       `etcd key /pfs/${name}/config holds "garbage", not cluster settings: fix or delete that key, or use another --cluster`,
+    );
+  });
+
+  it('gives settings recorded without an id one, and lets the caller refuse the cluster before the node registers', async () => {
+    cluster++;
+    const name = `c${cluster}`;
+    etcdctl('put', keys.settings(name), JSON.stringify({ partitions: 2, replicationFactor: 0 }));
+    const seen: string[] = [];
+    const connectTo = (id: string, checkCluster: (clusterId: string) => Promise<void>) =>
+      Coordinator.connect({
+        endpoints: [etcd.endpoint],
+        cluster: name,
+        ttlSeconds: 2,
+        settings: { partitions: 2, replicationFactor: 0 },
+        checkCluster,
+        node: { id, host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: 1, startedAt: 'n' },
+      });
+    const a = await connectTo('a', async (clusterId) => {
+      seen.push(clusterId);
+    });
+    open.push(a);
+    const recorded = JSON.parse(etcdctl('get', '--print-value-only', keys.settings(name)));
+    expect(recorded).toEqual({
+      partitions: 2,
+      replicationFactor: 0,
+      id: expect.stringMatching(/^[0-9a-f-]{36}$/),
+    });
+    expect(seen).toEqual([recorded.id]);
+    // What the check throws is connect's error, and the node never registered.
+    const refusal = Object.assign(new Error('not this cluster'), { code: 'DATA_DIR_OF_ANOTHER_CLUSTER' });
+    await expect(
+      connectTo('b', async () => {
+        throw refusal;
+      }),
+    ).rejects.toBe(refusal);
+    expect(etcdctl('get', '--prefix', `/pfs/${name}/nodes/`, '--keys-only').trim()).toBe(
+      `/pfs/${name}/nodes/a`,
     );
   });
 
