@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
@@ -45,6 +45,8 @@ export class AgentStartError extends Error {
 }
 
 const HANDOVER_TIMEOUT_MS = 1000;
+/** statfs(2)'s f_type of a tmpfs (linux/magic.h). */
+const TMPFS_MAGIC = 0x01021994;
 /** How often a long etcd outage is told (see 'session-retry-failed'). */
 const OUTAGE_WARNING_INTERVAL_MS = 10_000;
 /** How long a stopping master keeps serving its records to a successor that must drain them. */
@@ -85,6 +87,13 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   // Before anything in the data dir is opened, cut or started.
   const lock = await lockDataDir(config.dataDir, config.nodeId);
   cleanups.push(() => lock.release());
+  // The default data dir is under /tmp, as in the seed, and /tmp is a tmpfs on many systems.
+  if ((await statfs(config.dataDir).catch(() => undefined))?.type === TMPFS_MAGIC) {
+    logger.warn(
+      { dataDir: config.dataDir },
+      `data dir ${config.dataDir} is on a tmpfs, in memory: what this node stores is gone at its machine's next reboot, with any write no other node has yet; give it a --data-dir on a disk`,
+    );
+  }
   for (const dir of ['filestore', 'changelog', 'checkpoint', 'quarantine']) {
     await mkdirDurable(join(config.dataDir, dir));
   }

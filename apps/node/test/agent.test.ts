@@ -1514,6 +1514,26 @@ describe('node agent over HTTP', () => {
     expect(await (await fetch(`${adopted.url}/v1/files/kept`)).text()).toBe('kept');
   });
 
+  it('warns of a data dir on a tmpfs, whose files a reboot takes', async () => {
+    expect(process.getuid?.(), 'this test mounts a tmpfs and must run as root').toBe(0);
+    const mountPoint = await mkdtemp(join(tmpdir(), 'pfs-tmpfs-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', mountPoint]);
+    try {
+      const { logger, entries } = capturingLogger();
+      const agent = await startAgent(await agentConfig(`tmpfs-${++clusterSeq}`, mountPoint), logger);
+      try {
+        expect(entries.filter((e) => e.level === 40 && e.msg.includes('tmpfs')).map((e) => e.msg)).toEqual([
+          `data dir ${mountPoint} is on a tmpfs, in memory: what this node stores is gone at its machine's next reboot, with any write no other node has yet; give it a --data-dir on a disk`,
+        ]);
+      } finally {
+        await agent.close();
+      }
+    } finally {
+      execFileSync('umount', [mountPoint]);
+      await rm(mountPoint, { recursive: true, force: true });
+    }
+  });
+
   it('says when etcd is unreachable and leaves nothing running', async () => {
     const config = await agentConfig(`down-${++clusterSeq}`);
     await expect(start({ ...config, etcd: [`http://127.0.0.1:${await freePort()}`] })).rejects.toThrow(

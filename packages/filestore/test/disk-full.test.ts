@@ -17,8 +17,15 @@ afterEach(async () => {
 describe('a full disk', () => {
   it('fails the put with DISK_FULL, keeps the old content and leaves no temp file', async () => {
     expect(process.getuid?.(), 'this test mounts a tmpfs and must run as root').toBe(0);
-    mountPoint = await mkdtemp(join(tmpdir(), 'pfs-full-'));
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mountPoint]);
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-full-'));
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dir]);
+    } catch (error) {
+      await rm(dir, { recursive: true, force: true });
+      throw error;
+    }
+    // Unmounted after the test only once mounted.
+    mountPoint = dir;
     const root = join(mountPoint, 'store');
     await initStore(root);
     await putFile(root, 'keep.txt', Buffer.from('precious'));
