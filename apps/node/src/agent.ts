@@ -76,8 +76,26 @@ export async function startAgent(config: NodeConfig, logger: Logger): Promise<Ag
     return await start(config, logger, cleanups);
   } catch (error) {
     await undo();
-    throw error;
+    throw withFix(error);
   }
+}
+
+/** What to do about a file system error at start, whose own text names only the call and path. */
+const FIXES: Record<string, string> = {
+  EACCES: `this user (uid ${process.getuid?.()}) may not write there: give it the data dir, or another --data-dir`,
+  EPERM: `this user (uid ${process.getuid?.()}) may not write there: give it the data dir, or another --data-dir`,
+  EROFS: 'the file system is mounted read-only: remount it read-write, or give another --data-dir',
+  ENOSPC: 'the disk is full: free space and start again (nothing stored was removed)',
+  EDQUOT: 'the disk quota is used up: free space and start again (nothing stored was removed)',
+  ENOTDIR: 'a file is where the data dir needs a directory: move it, or give another --data-dir',
+  EEXIST: 'a file is where the data dir needs a directory: move it, or give another --data-dir',
+};
+
+function withFix(error: unknown): unknown {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (!(error instanceof Error) || (error as NodeJS.ErrnoException).syscall === undefined) return error;
+  const fix = code === undefined ? undefined : FIXES[code];
+  return fix === undefined ? error : new AgentStartError('DATA_DIR_UNUSABLE', `${error.message}: ${fix}`);
 }
 
 async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promise<void>)[]): Promise<Agent> {

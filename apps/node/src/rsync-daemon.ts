@@ -153,11 +153,32 @@ async function stopLeftover(pidFile: string, conf: string): Promise<void> {
   await rm(pidFile, { force: true });
 }
 
-function portInUse(options: { host: string; port: number }): RsyncDaemonError {
+async function portInUse(options: { host: string; port: number }): Promise<RsyncDaemonError> {
+  const leftover = await leftoverDaemonOn(options.port);
   return new RsyncDaemonError(
     'RSYNC_PORT_IN_USE',
-    `rsync port ${options.port} on ${options.host} is in use: stop what holds it or pick another --rsync-port`,
+    leftover === undefined
+      ? `rsync port ${options.port} on ${options.host} is in use: stop what holds it or pick another --rsync-port`
+      : `rsync port ${options.port} on ${options.host} is held by the rsync daemon that a stopped PFS agent left for ${leftover.dataDir} (pid ${leftover.pid}; it serves that node's data to a successor): start that node again, which stops it, or kill ${leftover.pid}; or pick another --rsync-port`,
   );
+}
+
+/**
+ * A PFS node's rsync daemon (`rsync --daemon --config=<dataDir>/run/rsyncd.conf`) listening on
+ * `port`: a killed agent's daemon keeps serving on purpose (see RsyncDaemon), and a node started
+ * on another data dir with the same port finds its port taken by it.
+ */
+async function leftoverDaemonOn(port: number): Promise<{ pid: number; dataDir: string } | undefined> {
+  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const args = (await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    const conf = args.find((a) => a.startsWith('--config=') && a.endsWith('/run/rsyncd.conf'));
+    if (!args.includes('--daemon') || conf === undefined) continue;
+    if ((await listeningBy(Number(entry), port)) === true) {
+      return { pid: Number(entry), dataDir: conf.slice('--config='.length, -'/run/rsyncd.conf'.length) };
+    }
+  }
+  return undefined;
 }
 
 export async function startRsyncDaemon(options: {
@@ -173,7 +194,7 @@ export async function startRsyncDaemon(options: {
   const pidFile = join(run, 'rsyncd.pid');
   const conf = join(run, 'rsyncd.conf');
   await stopLeftover(pidFile, conf);
-  if (await portAnswers(options.host, options.port)) throw portInUse(options);
+  if (await portAnswers(options.host, options.port)) throw await portInUse(options);
   await writeFile(
     conf,
     rsyncdConf({ ...options, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }),
@@ -283,7 +304,7 @@ async function launch(
   }
   await stopGroup(pid);
   // Failed to bind: another process took the port since it was found free.
-  if (exited() && (await portAnswers(options.host, options.port))) throw portInUse(options);
+  if (exited() && (await portAnswers(options.host, options.port))) throw await portInUse(options);
   const log = await readFile(logFile).catch(() => Buffer.alloc(0));
   const said =
     `${stderr}\n${log.subarray(logStart).toString()}`.trim().split('\n').at(-1) || 'nothing logged';

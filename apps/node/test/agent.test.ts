@@ -1514,6 +1514,22 @@ describe('node agent over HTTP', () => {
     expect(await (await fetch(`${adopted.url}/v1/files/kept`)).text()).toBe('kept');
   });
 
+  it('says what to do about a data dir it cannot use', async () => {
+    const parent = await mkdtemp(join(tmpdir(), 'pfs-unusable-'));
+    dirs.push(parent);
+    await writeFile(join(parent, 'file'), 'not a directory');
+    await expect(
+      start(await agentConfig(`unusable-${++clusterSeq}`, join(parent, 'file', 'node'))),
+    ).rejects.toMatchObject({
+      code: 'DATA_DIR_UNUSABLE',
+      message: expect.stringMatching(
+        new RegExp(
+          `^ENOTDIR: not a directory, mkdir '${join(parent, 'file')}[^']*': a file is where the data dir needs a directory: move it, or give another --data-dir$`,
+        ),
+      ),
+    });
+  });
+
   it('warns of a data dir on a tmpfs, whose files a reboot takes', async () => {
     expect(process.getuid?.(), 'this test mounts a tmpfs and must run as root').toBe(0);
     const mountPoint = await mkdtemp(join(tmpdir(), 'pfs-tmpfs-'));

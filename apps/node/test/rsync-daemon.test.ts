@@ -236,6 +236,26 @@ describe("the node's rsync daemon", () => {
     }
   });
 
+  it("names a stopped node's daemon that holds the port, and the way to free it", async () => {
+    const [left, next] = [
+      await mkdtemp(join(tmpdir(), 'pfs-rsyncd-')),
+      await mkdtemp(join(tmpdir(), 'pfs-rsyncd-')),
+    ];
+    dirs.push(left, next);
+    const port = await freePort();
+    const leftover = await startRsyncDaemon({ host: '127.0.0.1', port, dataDir: left, rsyncBin: 'rsync' });
+    try {
+      await expect(
+        startRsyncDaemon({ host: '127.0.0.1', port, dataDir: next, rsyncBin: 'rsync' }),
+      ).rejects.toMatchObject({
+        code: 'RSYNC_PORT_IN_USE',
+        message: `rsync port ${port} on 127.0.0.1 is held by the rsync daemon that a stopped PFS agent left for ${left} (pid ${leftover.pid}; it serves that node's data to a successor): start that node again, which stops it, or kill ${leftover.pid}; or pick another --rsync-port`,
+      });
+    } finally {
+      await leftover.stop();
+    }
+  });
+
   it('says when rsync is missing', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'pfs-rsyncd-'));
     dirs.push(dataDir);
