@@ -23,10 +23,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   say "installing ${missing[*]} from Debian packages"
   $sudo apt-get update -qq
-  # policy-rc.d keeps the etcd package from starting a system-wide etcd: tests and the demo start their own.
+  # A policy-rc.d that says "no" keeps the etcd package from starting a system-wide etcd on 2379
+  # while it installs (tests and the demo start their own; a node started by hand would find
+  # that one). Only one made here is removed again, however the install ends.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    trap '$sudo rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian package starts a system etcd on 2379 where init allows it; PFS never uses it.
 
 want_pnpm=$(node -p "require('./package.json').packageManager.split('@')[1]")
 have_pnpm=$(pnpm --version 2>/dev/null || true)

@@ -21,6 +21,7 @@ import { PartitionPlacement } from './placement.ts';
 import { ackingReplicas, ackSatisfied, ReplicaAcks } from './replica-acks.ts';
 import { type RsyncDaemon, startRsyncDaemon } from './rsync-daemon.ts';
 import { StoreChecks } from './store-checks.ts';
+import { WarningThrottle } from './warning-throttle.ts';
 
 /**
  * The node agent: opens the partition logs, runs the rsync daemon and the HTTP server, registers
@@ -45,6 +46,8 @@ export class AgentStartError extends Error {
 }
 
 const HANDOVER_TIMEOUT_MS = 1000;
+/** How often one kind of watcher error is logged at most (a store of many directories fails them one by one). */
+const WATCHER_WARNING_INTERVAL_MS = 60_000;
 /** statfs(2)'s f_type of a tmpfs (linux/magic.h). */
 const TMPFS_MAGIC = 0x01021994;
 /** How often a long etcd outage is told (see 'session-retry-failed'). */
@@ -305,6 +308,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
   cleanups.push(() => coord.close());
 
   let watcher: StoreWatcher | undefined;
+  const watcherWarnings = new WarningThrottle(WATCHER_WARNING_INTERVAL_MS);
   let reconcileTimer: NodeJS.Timeout | undefined;
   // A log that can no longer be appended to may first fail a record of the watcher or reconcile:
   // its master steps down then too.
@@ -324,7 +328,14 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         watcher = followWatcher(generator, {
           settleMs: config.watchSettleMs,
           onError: (error) => {
-            logger.warn({ err: error }, `watcher: ${error.message}`);
+            const code = (error as NodeJS.ErrnoException).code ?? 'ERROR';
+            const { due, heldBack } = watcherWarnings.take(code);
+            if (due) {
+              logger.warn(
+                { err: error, ...(heldBack > 0 ? { repeats: heldBack } : {}) },
+                `watcher: ${describeWatcherError(error)}${heldBack > 0 ? ` (and ${heldBack} more like it since the last)` : ''}`,
+              );
+            }
             checkLogs();
           },
         });
@@ -500,4 +511,14 @@ async function checkDataDirCluster(config: NodeConfig, clusterId: string): Promi
     'DATA_DIR_OF_ANOTHER_CLUSTER',
     `data dir ${config.dataDir} belongs to cluster ${JSON.stringify(recorded.cluster)} (id ${String(recorded.id)}), and etcd's cluster ${JSON.stringify(config.cluster)} is another (id ${clusterId}): start it with the --etcd and --cluster it was made in; if etcd was replaced and this data is to join the new one, remove ${file} first`,
   );
+}
+
+/** A watcher error as an operator can act on it. */
+export function describeWatcherError(error: Error): string {
+  // inotify's limit, reported as ENOSPC ("System limit for number of file watchers reached"): not
+  // a full disk.
+  if ((error as NodeJS.ErrnoException).code === 'ENOSPC') {
+    return `${error.message}: the kernel's limit of inotify watches is reached, not the disk; raise it (sysctl fs.inotify.max_user_watches=524288); meanwhile files dropped in by hand under the directories not watched are logged by the periodic reconcile (every minute by default: reconcileIntervalMs)`;
+  }
+  return error.message;
 }

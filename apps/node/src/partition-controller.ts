@@ -43,6 +43,7 @@ import {
 import { refusesConnections } from './liveness.ts';
 import type { NodeMetrics } from './metrics.ts';
 import type { StoreChecks } from './store-checks.ts';
+import { WarningThrottle } from './warning-throttle.ts';
 
 /**
  * Role of this node for one partition, driven by the cluster view:
@@ -131,7 +132,7 @@ export class PartitionController {
    */
   private promotionFailures = 0;
   /** Per error code of the replicator: when it was last logged at warn, and how often since. */
-  private readonly replicationWarnings = new Map<string, { at: number; unlogged: number }>();
+  private readonly replicationWarnings = new WarningThrottle(REPLICATION_WARNING_INTERVAL_MS);
   private electAfter = 0;
   private electTimer: NodeJS.Timeout | undefined;
   /**
@@ -689,16 +690,13 @@ export class PartitionController {
       const code = (error as { code?: string }).code ?? 'ERROR';
       this.deps.metrics.replicationErrors.inc({ code });
       const now = performance.now();
-      const last = this.replicationWarnings.get(code);
-      if (last === undefined || now - last.at >= REPLICATION_WARNING_INTERVAL_MS) {
-        const repeats = last?.unlogged ?? 0;
-        this.replicationWarnings.set(code, { at: now, unlogged: 0 });
+      const { due, heldBack: repeats } = this.replicationWarnings.take(code);
+      if (due) {
         this.deps.logger.warn(
           { partition: this.partition, err: error, ...(repeats > 0 ? { repeats } : {}) },
           `partition ${this.partition}: ${error.message}${repeats > 0 ? ` (and ${repeats} more like it since the last)` : ''}`,
         );
       } else {
-        last.unlogged++;
         this.deps.logger.debug(
           { partition: this.partition, err: error },
           `partition ${this.partition}: ${error.message}`,
