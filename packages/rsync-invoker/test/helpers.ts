@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeTempDir, removeTempDir } from '@pfs/testkit';
 import { execa } from 'execa';
-import { afterAll } from 'vitest';
+import { afterAll, onTestFinished } from 'vitest';
 
 const dirs: string[] = [];
 afterAll(async () => {
@@ -85,15 +85,14 @@ export async function silentServer(): Promise<{ port: number; url: string; close
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as { port: number }).port;
-  return {
-    port,
-    url: `rsync://127.0.0.1:${port}/m/`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  };
+  const close = () =>
+    new Promise<void>((resolve) => {
+      for (const socket of sockets) socket.destroy();
+      server.close(() => resolve());
+    });
+  // Closed after the test however it ends (a second close is harmless).
+  onTestFinished(close);
+  return { port, url: `rsync://127.0.0.1:${port}/m/`, close };
 }
 
 /** Waits until an rsync whose command line mentions `needle` runs; returns its process group. */

@@ -118,6 +118,11 @@ describe('the process launcher', { timeout: 30_000 }, () => {
        setInterval(() => {}, 1000);`,
       [silent.url, dest],
     );
+    // A failed expectation must not leave the script (it runs for ever) or the server behind.
+    onTestFinished(() => {
+      child.kill('SIGKILL');
+      return silent.close();
+    });
     const [helper] = (await firstNumbers(child)) as [number];
     // The script's own command line names the URL too: match rsync's.
     const pgid = await rsyncGroup(`^rsync .*127.0.0.1:${silent.port}/`);
@@ -126,7 +131,6 @@ describe('the process launcher', { timeout: 30_000 }, () => {
     await until('the rsync group is gone', () => !groupAlive(pgid));
     await until('the launcher has exited', () => !alive(helper));
     expect(await pidsMatching(`127.0.0.1:${silent.port}/`)).toEqual([]);
-    await silent.close();
   });
 
   it('kills what it started when the process that asked dies while that floods its output', async () => {
@@ -136,6 +140,9 @@ describe('the process launcher', { timeout: 30_000 }, () => {
        console.log(launcherPid(), await run.pid);
        setInterval(() => {}, 1000);`,
     );
+    onTestFinished(() => {
+      child.kill('SIGKILL');
+    });
     const [helper, pgid] = (await firstNumbers(child)) as [number, number];
     onTestFinished(() => {
       for (const group of [pgid, helper]) if (groupAlive(group)) process.kill(-group, 'SIGKILL');
