@@ -2,6 +2,9 @@ import pino from 'pino';
 import { startAgent } from './agent.ts';
 import { loadConfig, USAGE } from './config.ts';
 
+/** A signal this soon after the first is the same one delivered twice (see onSignal). */
+const REPEAT_SIGNAL_MS = 1000;
+
 /** Entry point of `pnpm --filter node start`: one-line errors, clean exit on SIGINT/SIGTERM. */
 async function main(): Promise<void> {
   let config: ReturnType<typeof loadConfig>;
@@ -38,13 +41,19 @@ async function main(): Promise<void> {
       },
     );
   };
+  let firstSignalAt = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping !== undefined) {
+      // One Ctrl-C under `pnpm … start` arrives twice: from the terminal to the whole process
+      // group, and again from pnpm, which forwards it (systemd and pnpm do the same with
+      // SIGTERM). Only a signal well after the first is an operator who insists.
+      if (performance.now() - firstSignalAt < REPEAT_SIGNAL_MS) return;
       // The handover and the successor's drain can take seconds; an operator who insists gets
       // the process back now. The rsync daemon stays for a successor's drain, as after a crash.
       process.stderr.write(`pfs-node: second ${signal}: exiting now\n`);
       process.exit(signal === 'SIGINT' ? 130 : 143);
     }
+    firstSignalAt = performance.now();
     stopping = signal;
     if (agent !== undefined) stop();
     else logger.info(`${signal} while starting: stopping once the start is over`);

@@ -1,8 +1,18 @@
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { type AddressInfo, createServer, type Socket } from 'node:net';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { partitionOf } from '@pfs/filestore';
-import { freePort, makeTempDir, NodeProcess, removeTempDir, startEtcd, waitFor } from '@pfs/testkit';
+import {
+  freePort,
+  killRsyncDaemonOf,
+  makeTempDir,
+  NodeProcess,
+  removeTempDir,
+  startEtcd,
+  waitFor,
+} from '@pfs/testkit';
 import { afterEach, describe, expect, it } from 'vitest';
 
 const AGENT_DIR = fileURLToPath(new URL('..', import.meta.url));
@@ -179,53 +189,75 @@ describe('a node killed in a cluster with a replication factor below its size', 
   }, 120_000);
 });
 
-describe('a signal while the node starts', () => {
-  /** A node whose etcd accepts connections and never answers: its start waits there, its rsync daemon up. */
-  async function nodeWaitingForEtcd() {
-    const sockets = new Set<Socket>();
-    const silent = createServer((socket) => {
-      sockets.add(socket);
-      socket.on('error', () => {});
-    });
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-    cleanups.push(() => {
-      for (const socket of sockets) socket.destroy();
-      return new Promise((resolve) => silent.close(resolve));
-    });
+describe('signals to a node', () => {
+  /**
+   * A node agent run as `pnpm --filter node start` runs it (its own process, SIGINT/SIGTERM
+   * handled by main.ts), whose `rsync --version` at start takes 5 s: it is starting for that
+   * long, its data dir locked and its logs open, and a signal can be sent in the middle.
+   */
+  async function slowStartingNode() {
+    const etcd = await startEtcd();
+    cleanups.push(() => etcd.stop());
     const base = await makeTempDir('pfs-signal-');
     cleanups.push(() => removeTempDir(base));
-    const dataDir = `${base}/n`;
-    const node = await NodeProcess.start({
-      agentDir: AGENT_DIR,
-      httpPort: await freePort(),
-      rsyncPort: await freePort(),
-      dataDir,
-      etcd: `http://127.0.0.1:${(silent.address() as AddressInfo).port}`,
-      cluster: 'signals',
-      leaseTtlSeconds: 2,
-      extraArgs: ['--log-level=info'],
+    const marker = join(base, 'starting');
+    const slowRsync = join(base, 'slow-rsync');
+    await writeFile(
+      slowRsync,
+      `#!/bin/sh\nif [ "$1" = --version ]; then touch ${JSON.stringify(marker)}; sleep 5; fi\nexec rsync "$@"\n`,
+      { mode: 0o755 },
+    );
+    const dataDir = join(base, 'n');
+    const output: string[] = [];
+    const agent = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        'src/main.ts',
+        `--http-port=${await freePort()}`,
+        `--rsync-port=${await freePort()}`,
+        `--data-dir=${dataDir}`,
+        `--etcd=${etcd.endpoint}`,
+        '--cluster=signals',
+        `--rsync-bin=${slowRsync}`,
+      ],
+      { cwd: AGENT_DIR, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
+    cleanups.push(async () => {
+      agent.kill('SIGKILL');
+      await exited;
+      await killRsyncDaemonOf(dataDir);
     });
-    cleanups.push(() => node.destroy());
-    // Its HTTP port opens before it asks etcd: it is starting now, its rsync daemon running.
-    const conf = `--config=${dataDir}/run/rsyncd.conf`;
-    await waitFor('its rsync daemon', async () => (daemonsWith(conf).length > 0 ? true : undefined));
-    return { node, conf };
+    for (const stream of [agent.stdout, agent.stderr])
+      stream.on('data', (chunk: Buffer) => output.push(chunk.toString()));
+    await waitFor('the start under way', async () => (existsSync(marker) ? true : undefined));
+    return { agent, exited, output: () => output.join(''), conf: `--config=${dataDir}/run/rsyncd.conf` };
   }
 
-  it('stops what the start had started, the rsync daemon too', async () => {
-    const { node, conf } = await nodeWaitingForEtcd();
-    // Exits once the start has failed (etcd does not answer), having undone it.
-    expect(await node.stop()).toBe(1);
+  it('while it starts: stops once the start is over, undoing it, its rsync daemon too', async () => {
+    const { agent, exited, output, conf } = await slowStartingNode();
+    agent.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(output()).toContain('SIGTERM while starting: stopping once the start is over');
+    // It came up (started its daemon) before it stopped, and took the daemon down with it.
+    expect(output()).toMatch(/node \S+ up at http/);
     expect(daemonsWith(conf)).toEqual([]);
   }, 60_000);
 
-  it('exits at once on a second one', async () => {
-    const { node } = await nodeWaitingForEtcd();
-    node.kill('SIGTERM');
-    await waitFor('the first SIGTERM handled', async () =>
-      (await node.logTail(20)).includes('SIGTERM while starting') ? true : undefined,
+  it('takes a signal repeated at once for one (pnpm forwards the one the terminal sent), and a later one as an order to exit now', async () => {
+    const { agent, exited, output } = await slowStartingNode();
+    agent.kill('SIGINT');
+    await waitFor('the first SIGINT handled', async () =>
+      output().includes('SIGINT while starting') ? true : undefined,
     );
-    expect(await node.stop()).toBe(143);
+    agent.kill('SIGINT');
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect(output()).not.toContain('exiting now');
+    agent.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect(output()).toContain('pfs-node: second SIGINT: exiting now');
   }, 60_000);
 });
 

@@ -526,6 +526,16 @@ export class Coordinator extends EventEmitter {
             .value(args.lastTxid.toString()),
         );
       }
+      // A jump past etcd's generation (to past this node's log, see atLeast) ends the log's own
+      // generation too, where this node's log ends: a node back later with more records of it
+      // (a master whose last writes no one else had) has them cut, as after any failover.
+      if (next - 1n > generation) {
+        ops.push(
+          this.client
+            .put(keys.history(this.cluster, args.partition, next - 1n))
+            .value(args.lastTxid.toString()),
+        );
+      }
       const result = await txn.then(...ops).commit();
       if (result.succeeded) return next;
       if (args.token !== undefined) {

@@ -203,6 +203,28 @@ describe('Coordinator against a real etcd', () => {
     expect(b.view.partitions.get(0)?.generation).toBe(2n);
   });
 
+  it("bumps past a log's own generation when told, ending that generation too where the log ends", async () => {
+    cluster++;
+    const a = await connect('a');
+    // An etcd that lost its keys (generation 0) and a log at generation 3.
+    const lastOfGen3 = (3n << 32n) | 10n;
+    expect(await a.bumpGeneration({ partition: 0, expected: 0n, lastTxid: lastOfGen3, atLeast: 4n })).toBe(
+      4n,
+    );
+    await until(() => a.view.partitions.get(0)?.history.get(3n) === lastOfGen3, 'history of generation 3');
+    // From etcd's generation 4 to past a log at 6: the end of 4 and of 6 are both recorded.
+    const lastOfGen6 = (6n << 32n) | 2n;
+    expect(await a.bumpGeneration({ partition: 0, expected: 4n, lastTxid: lastOfGen6, atLeast: 7n })).toBe(
+      7n,
+    );
+    await until(() => a.view.partitions.get(0)?.history.get(6n) === lastOfGen6, 'history of generation 6');
+    expect(a.view.partitions.get(0)?.history.get(4n)).toBe(lastOfGen6);
+    // Below etcd's next generation, atLeast changes nothing.
+    expect(await a.bumpGeneration({ partition: 0, expected: 7n, lastTxid: lastOfGen6, atLeast: 1n })).toBe(
+      8n,
+    );
+  });
+
   it("revokes a master's lease for another node only while that mastership is current, never its own", async () => {
     cluster++;
     const a = await connect('a');
