@@ -3,7 +3,7 @@ import { readFile, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
-import { Coordinator, reportedByCurrentProcess } from '@pfs/coordinator-etcd';
+import { Coordinator, CoordinatorError, reportedByCurrentProcess } from '@pfs/coordinator-etcd';
 import { initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
 import { discardBulkCopyStaging, StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
@@ -289,12 +289,13 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     await app.close();
   });
 
+  const identity = await readClusterIdentity(config);
   coordinator = await Coordinator.connect({
     endpoints: config.etcd,
     cluster: config.cluster,
     ttlSeconds: config.leaseTtlSeconds,
     settings: { partitions: config.partitions, replicationFactor: config.replicationFactor },
-    checkCluster: (clusterId) => checkDataDirCluster(config, clusterId),
+    clusterId: identity?.id,
     node: {
       id: config.nodeId,
       host: config.host,
@@ -303,9 +304,22 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
       pid: process.pid,
       startedAt: new Date().toISOString(),
     },
+  }).catch((error: unknown) => {
+    if (!(error instanceof CoordinatorError && error.code === 'CLUSTER_MISMATCH')) throw error;
+    throw new AgentStartError(
+      'DATA_DIR_OF_ANOTHER_CLUSTER',
+      `data dir ${config.dataDir} was made in cluster ${JSON.stringify(identity?.cluster)}: ${error.message}; start it with the --etcd and --cluster it was made in, or, if etcd was replaced and this data is to join the new one, remove ${clusterIdentityFile(config)} first`,
+    );
   });
   const coord = coordinator;
   cleanups.push(() => coord.close());
+  // Remembered at the first start in a cluster (see readClusterIdentity).
+  if (identity === undefined) {
+    await writeFileAtomic(
+      clusterIdentityFile(config),
+      `${JSON.stringify({ cluster: config.cluster, id: coord.clusterId })}\n`,
+    );
+  }
 
   let watcher: StoreWatcher | undefined;
   const watcherWarnings = new WarningThrottle(WATCHER_WARNING_INTERVAL_MS);
@@ -484,33 +498,35 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
 }
 
 /**
- * Which cluster a data dir belongs to (`<dataDir>/cluster.json`): written at the first start in
- * a cluster, checked at every start after. Without it, a data dir started against another
- * cluster (a copied config, a wrong --etcd or --cluster), or against an etcd that lost its keys,
- * joins with a log of records that cluster never had: its generations may pass the cluster's,
- * it then ranks first in a vote, and replicas apply its records after their own.
+ * Which cluster a data dir belongs to (`<dataDir>/cluster.json`, `{ cluster, id }`): written at
+ * the first start in a cluster, given to the coordinator at every start after. Without it, a
+ * data dir started against another cluster (a copied config, a wrong --etcd or --cluster), or
+ * against an etcd that lost its keys, joins with a log of records that cluster never had: its
+ * generations may pass the cluster's, it then ranks first in a vote, and replicas apply its
+ * records after their own.
  */
-async function checkDataDirCluster(config: NodeConfig, clusterId: string): Promise<void> {
-  const file = join(config.dataDir, 'cluster.json');
+async function readClusterIdentity(config: NodeConfig): Promise<{ cluster: string; id: string } | undefined> {
+  const file = clusterIdentityFile(config);
   const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
     if (error.code === 'ENOENT') return undefined;
     throw error;
   });
-  if (text === undefined) {
-    await writeFileAtomic(file, `${JSON.stringify({ cluster: config.cluster, id: clusterId })}\n`);
-    return;
-  }
-  let recorded: { cluster?: unknown; id?: unknown };
+  if (text === undefined) return undefined;
+  let recorded: { cluster?: unknown; id?: unknown } = {};
   try {
     recorded = JSON.parse(text);
-  } catch {
-    recorded = {};
+  } catch {}
+  if (typeof recorded.id !== 'string' || typeof recorded.cluster !== 'string') {
+    throw new AgentStartError(
+      'DATA_DIR_OF_ANOTHER_CLUSTER',
+      `${file} does not say which cluster this data dir belongs to (${JSON.stringify(text.slice(0, 100))}): remove it to take the data into the cluster at --etcd, or put back the {"cluster", "id"} it had`,
+    );
   }
-  if (recorded.id === clusterId) return;
-  throw new AgentStartError(
-    'DATA_DIR_OF_ANOTHER_CLUSTER',
-    `data dir ${config.dataDir} belongs to cluster ${JSON.stringify(recorded.cluster)} (id ${String(recorded.id)}), and etcd's cluster ${JSON.stringify(config.cluster)} is another (id ${clusterId}): start it with the --etcd and --cluster it was made in; if etcd was replaced and this data is to join the new one, remove ${file} first`,
-  );
+  return { cluster: recorded.cluster, id: recorded.id };
+}
+
+function clusterIdentityFile(config: NodeConfig): string {
+  return join(config.dataDir, 'cluster.json');
 }
 
 /** A watcher error as an operator can act on it. */

@@ -1491,10 +1491,12 @@ describe('node agent over HTTP', () => {
       code: 'DATA_DIR_OF_ANOTHER_CLUSTER',
       message: expect.stringMatching(
         new RegExp(
-          `^data dir ${dataDir} belongs to cluster "${cluster}" \\(id [0-9a-f-]{36}\\), and etcd's cluster "${other}" is another \\(id [0-9a-f-]{36}\\): start it with the --etcd and --cluster it was made in; if etcd was replaced and this data is to join the new one, remove ${dataDir}/cluster.json first$`,
+          `^data dir ${dataDir} was made in cluster "${cluster}": this node's data belongs to the cluster with id [0-9a-f-]{36}, and etcd's cluster "${other}" does not exist \\(no /pfs/${other}/config key, or one without an id\\): the data is another cluster's, or etcd was replaced or lost its keys; start it with the --etcd and --cluster it was made in, or, if etcd was replaced and this data is to join the new one, remove ${dataDir}/cluster.json first$`,
         ),
       ),
     });
+    // Nothing was made of that cluster in etcd.
+    expect(harness.etcdctl('get', '--prefix', `/pfs/${other}/`, '--keys-only').trim()).toBe('');
     expect(harness.etcdctl('get', '--prefix', `/pfs/${other}/nodes/`, '--keys-only').trim()).toBe('');
     // Its own cluster's keys gone (a new etcd): refused too, until told to join it.
     harness.etcdctl('del', '--prefix', `/pfs/${cluster}/`);

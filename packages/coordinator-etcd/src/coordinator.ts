@@ -42,11 +42,13 @@ export interface CoordinatorOptions {
    */
   settings?: Omit<ClusterSettings, 'id'>;
   /**
-   * Called with the cluster's id (see ClusterSettings) once the settings are agreed, before the
-   * node registers: a node whose data belongs to another cluster refuses here (what it throws is
-   * connect's error), before it shows in anyone's view.
+   * The id of the cluster this node's data belongs to (see ClusterSettings), if it has joined one
+   * before. connect then refuses (CLUSTER_MISMATCH) an etcd whose `config` key has another id,
+   * or none at all, rather than make a new cluster of it, before the node registers; and a new
+   * session after an outage is not opened in such an etcd either (etcd replaced or wiped while
+   * the node ran), so that the node takes no part until an operator has chosen.
    */
-  checkCluster?: (clusterId: string) => Promise<void>;
+  clusterId?: string;
 }
 
 export const DEFAULT_CALL_TIMEOUT_MS = 1500;
@@ -59,7 +61,7 @@ export class Coordinator extends EventEmitter {
   readonly nodeId: string;
   view: ClusterView = emptyView();
   private readonly client: Etcd3;
-  private readonly options: Required<Omit<CoordinatorOptions, 'settings' | 'checkCluster'>> &
+  private readonly options: Required<Omit<CoordinatorOptions, 'settings' | 'clusterId'>> &
     Pick<CoordinatorOptions, 'settings'>;
   /** The cluster's id (see ClusterSettings), once connect has agreed the settings. */
   clusterId: string | undefined;
@@ -120,21 +122,8 @@ export class Coordinator extends EventEmitter {
     });
     try {
       if (options.settings !== undefined) {
-        coordinator.clusterId = await coordinator.agreeSettings(options.settings);
+        coordinator.clusterId = await coordinator.agreeSettings(options.settings, options.clusterId);
       }
-    } catch (error) {
-      await coordinator.close();
-      throw unreachable(options.endpoints, error);
-    }
-    if (options.checkCluster !== undefined && coordinator.clusterId !== undefined) {
-      try {
-        await options.checkCluster(coordinator.clusterId);
-      } catch (error) {
-        await coordinator.close();
-        throw error;
-      }
-    }
-    try {
       await coordinator.startSession();
       await coordinator.startWatch();
     } catch (error) {
@@ -163,8 +152,13 @@ export class Coordinator extends EventEmitter {
    * Records `settings` as the cluster's, with a new id, if it has none yet, else checks them
    * against the recorded ones (and gives a record without an id one). Resolves the cluster's id.
    */
-  private async agreeSettings(settings: Omit<ClusterSettings, 'id'>): Promise<string> {
+  private async agreeSettings(settings: Omit<ClusterSettings, 'id'>, expectedId?: string): Promise<string> {
     const key = keys.settings(this.cluster);
+    if (expectedId !== undefined) {
+      // Never made anew for a node that has joined a cluster: its data belongs to that one.
+      const id = await this.currentClusterId();
+      if (id !== expectedId) throw this.clusterMismatch(expectedId, id);
+    }
     const made = { ...settings, id: randomUUID() };
     const result = await this.client
       .if(key, 'Create', '==', 0)
@@ -202,7 +196,31 @@ export class Coordinator extends EventEmitter {
     );
   }
 
+  /** The id in the cluster's `config` key now, undefined if there is no key or no id. */
+  private async currentClusterId(): Promise<string | undefined> {
+    const text = await this.client.get(keys.settings(this.cluster)).string();
+    if (text === null) return undefined;
+    try {
+      return ClusterSettingsSchema.parse(JSON.parse(text)).id;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private clusterMismatch(expected: string, found: string | undefined): CoordinatorError {
+    return new CoordinatorError(
+      'CLUSTER_MISMATCH',
+      `this node's data belongs to the cluster with id ${expected}, and etcd's cluster ${JSON.stringify(this.cluster)} ${found === undefined ? `does not exist (no ${keys.settings(this.cluster)} key, or one without an id)` : `has id ${found}`}: the data is another cluster's, or etcd was replaced or lost its keys`,
+    );
+  }
+
   private async startSession(): Promise<void> {
+    // A new session after an outage, in an etcd that is no longer the one this node joined (its
+    // keys lost, another etcd at the address): not opened, see CoordinatorOptions.clusterId.
+    if (this.clusterId !== undefined && this.options.settings !== undefined) {
+      const id = await this.currentClusterId();
+      if (id !== this.clusterId) throw this.clusterMismatch(this.clusterId, id);
+    }
     const ttlMs = this.options.ttlSeconds * 1000;
     const lease = this.client.lease(this.options.ttlSeconds);
     // etcd3 sends a keepalive every TTL/3 whether or not the last one was answered: match each
@@ -270,7 +288,7 @@ export class Coordinator extends EventEmitter {
         ) {
           throw new CoordinatorError(
             'NODE_ID_TAKEN',
-            `node id ${JSON.stringify(this.nodeId)} is registered in cluster ${JSON.stringify(this.cluster)} by ${holder.data.host}:${holder.data.httpPort} (pid ${holder.data.pid}, started ${holder.data.startedAt}): give this node another --node-id`,
+            `node id ${JSON.stringify(this.nodeId)} is registered in cluster ${JSON.stringify(this.cluster)} by ${holder.data.host}:${holder.data.httpPort} (pid ${holder.data.pid}, started ${holder.data.startedAt}): give this node another --node-id; or, if that was this node's previous process at another address, start it again once that record's lease has ended (at most ${this.options.ttlSeconds} s after it died)`,
           );
         }
       }

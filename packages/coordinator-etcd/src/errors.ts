@@ -6,6 +6,7 @@ export type CoordinatorErrorCode =
   | 'BAD_VALUE'
   | 'SETTINGS_MISMATCH'
   | 'NODE_ID_TAKEN'
+  | 'CLUSTER_MISMATCH'
   | 'CLOSED';
 
 export class CoordinatorError extends Error {

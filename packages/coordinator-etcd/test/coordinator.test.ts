@@ -84,7 +84,7 @@ describe('Coordinator against a real etcd', () => {
     });
     await expect(impostor).rejects.toMatchObject({
       code: 'NODE_ID_TAKEN',
-      message: `node id "node-a" is registered in cluster "c${cluster}" by 127.0.0.1:1 (pid ${process.pid}, started ${JSON.parse(before).startedAt}): give this node another --node-id`,
+      message: `node id "node-a" is registered in cluster "c${cluster}" by 127.0.0.1:1 (pid ${process.pid}, started ${JSON.parse(before).startedAt}): give this node another --node-id; or, if that was this node's previous process at another address, start it again once that record's lease has ended (at most 2 s after it died)`,
     });
     expect(etcdctl('get', keys.node(`c${cluster}`, 'node-a'), '--print-value-only')).toBe(before);
     expect(a.sessionValid()).toBe(true);
@@ -396,23 +396,20 @@ describe('Coordinator against a real etcd', () => {
     );
   });
 
-  it('gives settings recorded without an id one, and lets the caller refuse the cluster before the node registers', async () => {
+  it("gives settings recorded without an id one, refuses a node of another cluster's id before it registers, and opens no new session in an etcd that lost the cluster", async () => {
     cluster++;
     const name = `c${cluster}`;
     etcdctl('put', keys.settings(name), JSON.stringify({ partitions: 2, replicationFactor: 0 }));
-    const seen: string[] = [];
-    const connectTo = (id: string, checkCluster: (clusterId: string) => Promise<void>) =>
+    const connectTo = (id: string, clusterId?: string) =>
       Coordinator.connect({
         endpoints: [etcd.endpoint],
         cluster: name,
         ttlSeconds: 2,
         settings: { partitions: 2, replicationFactor: 0 },
-        checkCluster,
+        clusterId,
         node: { id, host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: 1, startedAt: 'n' },
       });
-    const a = await connectTo('a', async (clusterId) => {
-      seen.push(clusterId);
-    });
+    const a = await connectTo('a');
     open.push(a);
     const recorded = JSON.parse(etcdctl('get', '--print-value-only', keys.settings(name)));
     expect(recorded).toEqual({
@@ -420,17 +417,35 @@ describe('Coordinator against a real etcd', () => {
       replicationFactor: 0,
       id: expect.stringMatching(/^[0-9a-f-]{36}$/),
     });
-    expect(seen).toEqual([recorded.id]);
-    // What the check throws is connect's error, and the node never registered.
-    const refusal = Object.assign(new Error('not this cluster'), { code: 'DATA_DIR_OF_ANOTHER_CLUSTER' });
-    await expect(
-      connectTo('b', async () => {
-        throw refusal;
-      }),
-    ).rejects.toBe(refusal);
-    expect(etcdctl('get', '--prefix', `/pfs/${name}/nodes/`, '--keys-only').trim()).toBe(
+    expect(a.clusterId).toBe(recorded.id);
+    // A node whose data is this cluster's joins; one whose data is another's does not register.
+    const b = await connectTo('b', recorded.id);
+    open.push(b);
+    await expect(connectTo('c', 'another-id')).rejects.toMatchObject({
+      code: 'CLUSTER_MISMATCH',
+      message: `this node's data belongs to the cluster with id another-id, and etcd's cluster "${name}" has id ${recorded.id}: the data is another cluster's, or etcd was replaced or lost its keys`,
+    });
+    // Nor does one of a cluster etcd no longer has: no config key is made for it.
+    await expect(connectTo('d', 'another-id').catch((e) => e)).resolves.toMatchObject({
+      code: 'CLUSTER_MISMATCH',
+    });
+    expect(etcdctl('get', '--prefix', `/pfs/${name}/nodes/`, '--keys-only').trim().split(/\n+/)).toEqual([
       `/pfs/${name}/nodes/a`,
+      `/pfs/${name}/nodes/b`,
+    ]);
+    // The cluster's keys gone while b runs (etcd wiped): once its lease is gone too, b opens no
+    // new session, and says why.
+    const failures: Error[] = [];
+    b.on('session-retry-failed', (error: Error) => failures.push(error));
+    etcdctl('del', '--prefix', `/pfs/${name}/`);
+    // (`lease list` prints a count, then the hex ids, one a line.)
+    for (const id of etcdctl('lease', 'list').trim().split('\n').slice(1))
+      etcdctl('lease', 'revoke', id.trim());
+    await until(
+      () => failures.some((e) => (e as CoordinatorError).code === 'CLUSTER_MISMATCH'),
+      'a refused session',
     );
+    expect(etcdctl('get', '--prefix', `/pfs/${name}/`, '--keys-only').trim()).toBe('');
   });
 
   it('records a handover beside the master key, kept once the key goes, and only while the token holds', async () => {
