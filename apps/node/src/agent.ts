@@ -79,7 +79,7 @@ export async function startAgent(config: NodeConfig, logger: Logger): Promise<Ag
     return await start(config, logger, cleanups);
   } catch (error) {
     await undo();
-    throw withFix(error);
+    throw withFix(error, config.dataDir);
   }
 }
 
@@ -94,9 +94,15 @@ const FIXES: Record<string, string> = {
   EEXIST: 'a file is where the data dir needs a directory: move it, or give another --data-dir',
 };
 
-function withFix(error: unknown): unknown {
-  const code = (error as NodeJS.ErrnoException).code;
-  if (!(error instanceof Error) || (error as NodeJS.ErrnoException).syscall === undefined) return error;
+export function withFix(error: unknown, dataDir: string): unknown {
+  const { code, path } = error as NodeJS.ErrnoException;
+  // Only errors about the data dir: a `listen` refused (EACCES on a port below 1024) is not one.
+  if (
+    !(error instanceof Error) ||
+    path === undefined ||
+    !(path === dataDir || path.startsWith(`${dataDir}/`))
+  )
+    return error;
   const fix = code === undefined ? undefined : FIXES[code];
   return fix === undefined ? error : new AgentStartError('DATA_DIR_UNUSABLE', `${error.message}: ${fix}`);
 }
