@@ -1,5 +1,5 @@
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MAX_NEW_PATH_BYTES } from '@pfs/filestore';
 import { z } from 'zod';
@@ -242,6 +242,11 @@ PFS_RSYNC_BIN, PFS_MAX_FILE_BYTES, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS,
 PFS_BODY_IDLE_TIMEOUT_MS, PFS_BODY_MIN_BYTES_PER_SECOND, PFS_WATCH, PFS_REVOKE_REFUSING_MASTER,
 PFS_CONFIG (file < environment < flags).`;
 
+/** Whether `dir` is a data dir a node has used (it has partition logs). */
+function holdsData(dir: string): boolean {
+  return existsSync(join(dir, 'changelog'));
+}
+
 /** Builds the config from argv, env and an optional file; throws ConfigError with a one-line reason. */
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {
   let parsed: ReturnType<typeof parseArgs<{ options: typeof FLAGS }>>;
@@ -297,7 +302,18 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
   const merged: Record<string, unknown> = { ...fromFile, ...fromEnv, ...fromFlags };
   // A relative data dir is the user's, wherever the agent runs (see invocationDirectory).
   if (typeof merged.dataDir === 'string' && merged.dataDir !== '') {
-    merged.dataDir = userPath(merged.dataDir, env);
+    const given = merged.dataDir;
+    const now = userPath(given, env);
+    merged.dataDir = now;
+    // Before, it was taken from apps/node, where pnpm runs the script: a node started as it was
+    // would come up on an empty data dir, copy everything again, or, with the whole cluster
+    // restarted so, leave every partition without a node that may stand.
+    const before = resolve(given);
+    if (before !== now && holdsData(before) && !holdsData(now)) {
+      throw new ConfigError(
+        `--data-dir ${given} is taken from where the command was typed, ${now}, which holds no PFS data, while ${before} (from apps/node, as before) does: pass ${before} to keep using it`,
+      );
+    }
   }
   const result = ConfigSchema.safeParse(merged);
   if (!result.success) {

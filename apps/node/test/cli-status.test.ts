@@ -211,7 +211,12 @@ describe('pfs, as run through pnpm', () => {
         [fileURLToPath(new URL('../bin/pfs.mjs', import.meta.url)), '--', ...args],
         {
           cwd: fileURLToPath(new URL('..', import.meta.url)),
-          env: { ...process.env, INIT_CWD: userDir, npm_lifecycle_event: 'pfs' },
+          env: {
+            ...process.env,
+            INIT_CWD: userDir,
+            npm_package_json: fileURLToPath(new URL('../package.json', import.meta.url)),
+            npm_lifecycle_event: 'pfs',
+          },
         },
         (error, stdout, stderr) => resolve({ code: error ? Number(error.code) : 0, stdout, stderr }),
       );

@@ -1,8 +1,11 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { ConfigSchema, FLAGS, loadConfig, USAGE } from '../src/config.ts';
+
+const APP_DIR = fileURLToPath(new URL('..', import.meta.url));
 
 describe('node config', () => {
   it('defaults like the seed: id from the port, data dir under /tmp', () => {
@@ -130,14 +133,35 @@ describe('node config', () => {
     const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
     try {
       await writeFile(join(dir, 'node.json'), JSON.stringify({ httpPort: 12007 }));
-      // pnpm runs the script in apps/node and names the user's directory in INIT_CWD.
-      const env = { INIT_CWD: dir, npm_lifecycle_event: 'start' };
+      // pnpm runs the script in apps/node (where these tests run) and names the user's
+      // directory in INIT_CWD.
+      const ownPackage = join(APP_DIR, 'package.json');
+      const env = { INIT_CWD: dir, npm_package_json: ownPackage, npm_lifecycle_event: 'start' };
       expect(loadConfig(['--config', 'node.json', '--data-dir', 'data'], env)).toMatchObject({
         httpPort: 12007,
         dataDir: join(dir, 'data'),
       });
-      // Outside a package script, INIT_CWD is a leftover of some other run: the working directory counts.
-      expect(loadConfig(['--data-dir', 'data'], { INIT_CWD: dir }).dataDir).toBe(join(process.cwd(), 'data'));
+      // Inherited by what another package's script starts, or left in a shell: the working
+      // directory counts.
+      const elsewhere = {
+        INIT_CWD: dir,
+        npm_package_json: join(dir, 'package.json'),
+        npm_lifecycle_event: 'fetch',
+      };
+      for (const inherited of [elsewhere, { INIT_CWD: dir }]) {
+        expect(loadConfig(['--data-dir', 'data'], inherited).dataDir).toBe(join(process.cwd(), 'data'));
+      }
+      // A data dir that was taken from apps/node before, and holds a node's data there: named.
+      const old = await mkdtemp(join(APP_DIR, '.pfs-old-data-'));
+      try {
+        await mkdir(join(old, 'changelog'));
+        const given = basename(old);
+        expect(() => loadConfig(['--data-dir', given], env)).toThrow(
+          `--data-dir ${given} is taken from where the command was typed, ${join(dir, given)}, which holds no PFS data, while ${old} (from apps/node, as before) does: pass ${old} to keep using it`,
+        );
+      } finally {
+        await rm(old, { recursive: true, force: true });
+      }
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

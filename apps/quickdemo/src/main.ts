@@ -1,4 +1,5 @@
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { runStory, StoryError } from './story.ts';
 
@@ -11,6 +12,8 @@ const USAGE = `usage: pnpm demo [-- --base-dir DIR] [--base-port N] [--keep-runn
   --base-port N       HTTP ports N..N+2, rsync ports N+10000.. (default 12001)
   --kill              stop the first master with SIGKILL instead of SIGTERM
   --keep-running      keep the cluster up after the story (default in an interactive terminal)`;
+
+const PACKAGE_DIR = fileURLToPath(new URL('..', import.meta.url));
 
 async function main(): Promise<number> {
   let values: Record<string, string | boolean | undefined>;
@@ -49,10 +52,13 @@ async function main(): Promise<number> {
   let result: Awaited<ReturnType<typeof runStory>>;
   try {
     result = await runStory({
-      // pnpm runs the script in apps/quickdemo and says where it was called from in INIT_CWD;
+      // pnpm runs the script in apps/quickdemo and says where it was called from in INIT_CWD
+      // (only this package's own script: pnpm's variables are inherited by all a script starts);
       // the agents run in apps/node: a relative base dir must mean the same to all of them.
       baseDir: resolve(
-        process.env.npm_lifecycle_event !== undefined && process.env.INIT_CWD
+        process.env.INIT_CWD &&
+          process.env.npm_package_json === join(PACKAGE_DIR, 'package.json') &&
+          resolve(process.cwd()) === resolve(PACKAGE_DIR)
           ? process.env.INIT_CWD
           : process.cwd(),
         values['base-dir'] as string,

@@ -96,10 +96,14 @@ async function wipeDemoDataDir(dir: string): Promise<void> {
   if (!isPfs) {
     throw new StoryError(`${dir} exists and is not a PFS data dir: move it away or pass --base-dir`);
   }
-  const madeByDemo = await stat(join(dir, DEMO_MARK)).then(
-    () => true,
-    () => false,
-  );
+  // Or by an earlier demo, from before the mark: its agents' output went to node.log in the data
+  // dir, which a node started by hand (logging to its terminal) does not have.
+  const exists = (name: string) =>
+    stat(join(dir, name)).then(
+      () => true,
+      () => false,
+    );
+  const madeByDemo = (await exists(DEMO_MARK)) || (await exists('node.log'));
   if (!madeByDemo) {
     throw new StoryError(
       `${dir} is a PFS data dir the demo did not make (a node's own, whose default data dir this is): move it away or pass --base-dir`,

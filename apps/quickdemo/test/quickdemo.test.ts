@@ -79,6 +79,13 @@ describe('the quick demo, end to end', () => {
       `${dataDir} is a PFS data dir the demo did not make (a node's own, whose default data dir this is): move it away or pass --base-dir`,
     );
     expect(await readFile(join(dataDir, 'filestore', 'photo.jpg'), 'utf8')).toBe('a user file');
+    // One an earlier demo left (its agents logged to node.log there) is wiped and used again.
+    await writeFile(join(dataDir, 'node.log'), '');
+    const result = await runStory({ baseDir, basePort });
+    await result.cleanup();
+    await expect(readFile(join(dataDir, 'filestore', 'photo.jpg'), 'utf8')).rejects.toMatchObject({
+      code: 'ENOENT',
+    });
   });
 
   it("does not take another node's answer on its port for its own node's", async () => {
