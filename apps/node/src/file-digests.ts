@@ -24,6 +24,8 @@ interface Entry {
 
 export class FileDigestCache {
   private readonly entries = new Map<string, Entry>();
+  /** Hashes under way, by path and version: readers of one new file share one read of it. */
+  private readonly hashing = new Map<string, Promise<string>>();
   private readonly maxEntries: number;
 
   constructor(maxEntries = 10_000) {
@@ -46,6 +48,25 @@ export class FileDigestCache {
     this.entries.delete(path);
     this.entries.set(path, entry);
     return entry.sha256;
+  }
+
+  /**
+   * The sha-256 of `path` at version `stat`, by `hash` unless a hash of that same version is under
+   * way, whose result is shared. A short video read by many at once as soon as it is written
+   * (not yet remembered: see QUIET_NS) would otherwise be read whole once per reader before
+   * their first byte. Whether the result was shared is for the metrics.
+   */
+  async hashOnce(
+    path: string,
+    stat: FileStat,
+    hash: () => Promise<string>,
+  ): Promise<{ sha256: string; shared: boolean }> {
+    const key = `${path}\0${stat.ino}:${stat.size}:${stat.mtimeNs}:${stat.ctimeNs}`;
+    const running = this.hashing.get(key);
+    if (running !== undefined) return { sha256: await running, shared: true };
+    const started = hash().finally(() => this.hashing.delete(key));
+    this.hashing.set(key, started);
+    return { sha256: await started, shared: false };
   }
 
   /**

@@ -541,11 +541,17 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       let streaming = false;
       try {
         let sha256 = digests.get(path, info);
-        state.metrics.readDigests.inc({ source: sha256 === undefined ? 'hashed' : 'cache' });
         if (sha256 === undefined) {
-          sha256 = (await hashHandle(handle, Number(info.size))).sha256;
-          const after = fileStatOf(await handle.stat({ bigint: true }));
-          digests.remember(path, info, after, sha256, BigInt(Date.now()) * 1_000_000n);
+          const hashed = await digests.hashOnce(path, info, async () => {
+            const { sha256: digest } = await hashHandle(handle, Number(info.size));
+            const after = fileStatOf(await handle.stat({ bigint: true }));
+            digests.remember(path, info, after, digest, BigInt(Date.now()) * 1_000_000n);
+            return digest;
+          });
+          sha256 = hashed.sha256;
+          state.metrics.readDigests.inc({ source: hashed.shared ? 'shared' : 'hashed' });
+        } else {
+          state.metrics.readDigests.inc({ source: 'cache' });
         }
         const etag = `"${sha256}"`;
         reply

@@ -88,7 +88,7 @@ export function createMetrics(view: {
     }),
     readDigests: new Counter({
       name: 'pfs_read_digests_total',
-      help: 'ETags of GET/HEAD answers by where their sha-256 came from: cache, or hashing the file',
+      help: 'ETags of GET/HEAD answers by where their sha-256 came from: cache, hashing the file, or a hash of the same version another request had under way (shared)',
       labelNames: ['source'],
       registers: [registry],
     }),

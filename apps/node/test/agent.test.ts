@@ -232,6 +232,20 @@ describe('node agent over HTTP', () => {
     expect(readEmpty.status).toBe(200);
     expect(readEmpty.headers.get('content-length')).toBe('0');
     expect(await readEmpty.text()).toBe('');
+    // A new large file read by several at once (not yet remembered): one read of it for them all.
+    const big = Buffer.alloc(64 * 1024 * 1024, 7);
+    expect((await fetch(`${master.url}/v1/files/big.bin`, { method: 'PUT', body: big })).status).toBe(201);
+    const hashedBefore = await digestsBy('hashed');
+    const reads = await Promise.all(
+      [0, 1, 2].map(async () => {
+        const read = await fetch(`${master.url}/v1/files/big.bin`);
+        return { etag: read.headers.get('etag'), size: (await read.arrayBuffer()).byteLength };
+      }),
+    );
+    const bigEtag = `"${createHash('sha256').update(big).digest('hex')}"`;
+    expect(reads).toEqual([0, 1, 2].map(() => ({ etag: bigEtag, size: big.length })));
+    expect((await digestsBy('hashed')) - hashedBefore + (await digestsBy('shared'))).toBe(3);
+    expect(await digestsBy('shared')).toBeGreaterThan(0);
   });
 
   it('serves ETag, ranges, conditional writes, listings and read-your-writes by txid', async () => {

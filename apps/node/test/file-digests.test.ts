@@ -51,3 +51,42 @@ describe('FileDigestCache', () => {
     expect(cache.get('c', stat())).toBe('sha-c');
   });
 });
+
+describe('FileDigestCache.hashOnce', () => {
+  it('shares one hash among the readers of one version, and hashes another version, or a later read, anew', async () => {
+    const cache = new FileDigestCache();
+    let hashes = 0;
+    let finish: (sha: string) => void = () => {};
+    const hash = () => {
+      hashes++;
+      return new Promise<string>((resolve) => {
+        finish = resolve;
+      });
+    };
+    const first = cache.hashOnce('video', stat(), hash);
+    const second = cache.hashOnce('video', stat(), hash);
+    const otherVersion = cache.hashOnce('video', stat({ ino: 8n }), async () => {
+      hashes++;
+      return 'sha-new';
+    });
+    expect(hashes).toBe(2);
+    finish('sha-video');
+    expect(await first).toEqual({ sha256: 'sha-video', shared: false });
+    expect(await second).toEqual({ sha256: 'sha-video', shared: true });
+    expect(await otherVersion).toEqual({ sha256: 'sha-new', shared: false });
+    // Done: the next read of it hashes again (what is kept is remember's business).
+    const later = cache.hashOnce('video', stat(), async () => 'sha-video');
+    expect(await later).toEqual({ sha256: 'sha-video', shared: false });
+  });
+
+  it('lets every reader of a failed hash see the failure, and the next one try again', async () => {
+    const cache = new FileDigestCache();
+    const failing = () => Promise.reject(new Error('EIO'));
+    const results = await Promise.allSettled([
+      cache.hashOnce('bad', stat(), failing),
+      cache.hashOnce('bad', stat(), failing),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    expect(await cache.hashOnce('bad', stat(), async () => 'sha')).toEqual({ sha256: 'sha', shared: false });
+  });
+});
