@@ -7,6 +7,16 @@ import { ConfigSchema, FLAGS, loadConfig, USAGE } from '../src/config.ts';
 
 const APP_DIR = fileURLToPath(new URL('..', import.meta.url));
 
+/** Runs `test` with a new temp dir, removed after it however it ends. */
+async function inTempDir(test: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
+  try {
+    await test(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 describe('node config', () => {
   it('defaults like the seed: id from the port, data dir under /tmp', () => {
     const config = loadConfig([], {});
@@ -93,8 +103,7 @@ describe('node config', () => {
   });
 
   it('reads a config file of the schema fields, and stops at a field it does not know', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
-    try {
+    await inTempDir(async (dir) => {
       const file = join(dir, 'node.json');
       await writeFile(file, JSON.stringify({ leaseTtlSeconds: 5, ackMode: 'all', httpPort: 12005 }));
       expect(loadConfig(['--config', file], {})).toMatchObject({
@@ -107,14 +116,11 @@ describe('node config', () => {
       expect(() => loadConfig(['--config', file], {})).toThrow(
         new RegExp(`^config file ${file} has unknown field "leaseTtl": use nodeId, host, .*leaseTtlSeconds`),
       );
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('refuses a config file that is not a JSON object, naming the file', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
-    try {
+    await inTempDir(async (dir) => {
       const file = join(dir, 'node.json');
       for (const text of ['null', '[]', '42']) {
         await writeFile(file, text);
@@ -124,14 +130,11 @@ describe('node config', () => {
           ),
         );
       }
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('takes a relative data dir and config file from where the user ran `pnpm --filter node start`', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
-    try {
+    await inTempDir(async (dir) => {
       await writeFile(join(dir, 'node.json'), JSON.stringify({ httpPort: 12007 }));
       // pnpm runs the script in apps/node (where these tests run) and names the user's
       // directory in INIT_CWD.
@@ -162,14 +165,11 @@ describe('node config', () => {
       } finally {
         await rm(old, { recursive: true, force: true });
       }
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('takes numbers as numbers or decimal digits only, and names where a bad one came from', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-config-'));
-    try {
+    await inTempDir(async (dir) => {
       const file = join(dir, 'node.json');
       // z.coerce would have read these as 1, 0 and 16.
       for (const [value, field] of [
@@ -193,9 +193,7 @@ describe('node config', () => {
           httpPort: 12009,
         },
       );
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('lists every flag and its environment variable in its usage', () => {

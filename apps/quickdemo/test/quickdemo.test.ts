@@ -41,13 +41,7 @@ describe('the quick demo, end to end', () => {
   }
 
   it('will not wipe the data dir of a node that still runs from an earlier run', async () => {
-    const baseDir = await mkdtemp(join(tmpdir(), 'pfs-demo-'));
-    dirs.push(baseDir);
-    const basePort = await freeBasePort();
-    const dataDir = join(baseDir, `localhost_${basePort}`);
-    await mkdir(join(dataDir, 'filestore', '.pfs'), { recursive: true });
-    await writeFile(join(dataDir, 'filestore', '.pfs', 'sentinel'), '');
-    await writeFile(join(dataDir, 'filestore', 'kept'), 'still served');
+    const { baseDir, basePort, dataDir } = await firstNodeDataDir('kept', 'still served');
     await writeFile(join(dataDir, '.quickdemo'), '');
     // Stands for an agent left running on it.
     const leftover = spawn(process.execPath, [
@@ -67,14 +61,8 @@ describe('the quick demo, end to end', () => {
   });
 
   it("will not wipe a node's own data dir, which has the name the demo gives its own", async () => {
-    const baseDir = await mkdtemp(join(tmpdir(), 'pfs-demo-'));
-    dirs.push(baseDir);
-    const basePort = await freeBasePort();
     // A stopped node's default data dir (/tmp/localhost_<port> when --base-dir is /tmp).
-    const dataDir = join(baseDir, `localhost_${basePort}`);
-    await mkdir(join(dataDir, 'filestore', '.pfs'), { recursive: true });
-    await writeFile(join(dataDir, 'filestore', '.pfs', 'sentinel'), '');
-    await writeFile(join(dataDir, 'filestore', 'photo.jpg'), 'a user file');
+    const { baseDir, basePort, dataDir } = await firstNodeDataDir('photo.jpg', 'a user file');
     await expect(runStory({ baseDir, basePort })).rejects.toThrow(
       `${dataDir} is a PFS data dir the demo did not make (a node's own, whose default data dir this is): move it away or pass --base-dir`,
     );
@@ -178,6 +166,18 @@ async function leftBehind(dir: string): Promise<{ pid: number; args: string }[]>
     if (args.includes(`${dir}/`) && !args.includes('src/main.ts')) found.push({ pid: Number(name), args });
   }
   return found;
+}
+
+/** A PFS data dir where the demo's first node's goes, holding `file` (the demo's ports reserved). */
+async function firstNodeDataDir(file: string, text: string) {
+  const baseDir = await mkdtemp(join(tmpdir(), 'pfs-demo-'));
+  dirs.push(baseDir);
+  const basePort = await freeBasePort();
+  const dataDir = join(baseDir, `localhost_${basePort}`);
+  await mkdir(join(dataDir, 'filestore', '.pfs'), { recursive: true });
+  await writeFile(join(dataDir, 'filestore', '.pfs', 'sentinel'), '');
+  await writeFile(join(dataDir, 'filestore', file), text);
+  return { baseDir, basePort, dataDir };
 }
 
 /** A base port N with N..N+2 and N+10000..N+10002 all free and reserved (the demo's fixed layout). */
