@@ -12,6 +12,7 @@ export type ReplicatorErrorCode =
   | 'SYNC_FAILED'
   | 'UNSETTLED'
   | 'STORE_MISSING'
+  | 'BAD_OPTIONS'
   | 'CLOSED';
 
 export class ReplicatorError extends Error {

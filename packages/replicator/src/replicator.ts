@@ -49,6 +49,7 @@ import { ReplicatorError } from './errors.ts';
 import { MAX_FEED_RECORDS } from './feed.ts';
 import { gracedAbort } from './graced-abort.ts';
 import { checkPut, waitInPlace } from './in-place.ts';
+import { checkOptions } from './options.ts';
 import { httpFeedSource, type RecordSource } from './sources.ts';
 import { StoreGate } from './store-gate.ts';
 
@@ -205,6 +206,11 @@ export class Replicator extends EventEmitter {
   /** The next page asked for ahead of time (catching up after a bootstrap); see follow(). */
   private prefetchController: AbortController | undefined;
   private closed = false;
+  private stopping: Promise<void> | undefined;
+  /** Aborted by stop(): ends a drain under way. */
+  private readonly closing = new AbortController();
+  /** The drain under way, which stop() waits for. */
+  private draining: Promise<unknown> = Promise.resolve();
   /**
    * True while every file in the store is known durable (right after a bootstrap's syncfs):
    * files found already in place then need no fsync of their own. Any failed batch clears it,
@@ -283,7 +289,11 @@ export class Replicator extends EventEmitter {
           ),
         ),
     );
-    options.signal?.addEventListener('abort', () => void this.stop(), { once: true });
+    options.signal?.addEventListener(
+      'abort',
+      () => void this.stop().catch((error: unknown) => this.report(error)),
+      { once: true },
+    );
   }
 
   /** The last txid applied here (files durable, record logged). */
@@ -337,7 +347,16 @@ export class Replicator extends EventEmitter {
    * wrote): the records are applied, the bytes that arrived are kept, and the path is returned in
    * `unverified` so that the caller can log what is really there.
    */
-  async drain(
+  drain(
+    signal?: AbortSignal,
+    options: Parameters<Replicator['drainOnce']>[1] = {},
+  ): Promise<{ applied: TxId; unverified: string[] }> {
+    const draining = this.drainOnce(signal, options);
+    this.draining = draining.catch(() => {});
+    return draining;
+  }
+
+  private async drainOnce(
     signal?: AbortSignal,
     options: {
       tolerateMismatch?: boolean;
@@ -348,10 +367,16 @@ export class Replicator extends EventEmitter {
       accepts?: (record: LogRecord) => boolean;
     } = {},
   ): Promise<{ applied: TxId; unverified: string[] }> {
+    if (this.closed)
+      throw new ReplicatorError('CLOSED', 'the replicator was stopped: make a new one to drain');
     await this.pause();
     await this.adoptLogEnd();
     await this.clearRsyncTemp().catch((error: unknown) => this.report(error));
-    const stop = signal ?? new AbortController().signal;
+    // The caller's signal, the replicator's own (abort = stop), or a stop() while it drains: none
+    // may leave it writing after stop() has resolved.
+    const stop = AbortSignal.any(
+      [signal, this.options.signal, this.closing.signal].filter((s): s is AbortSignal => s !== undefined),
+    );
     const unverified = new Set<string>();
     let backoffMs = 0;
     // Failures in a row: a long drain's batches that went through do not count against it.
@@ -1495,10 +1520,19 @@ export class Replicator extends EventEmitter {
     await this.checkpoint.reset(this.appliedTxid);
   }
 
-  /** Stops following; closes the log if the replicator opened it. Idempotent. */
-  async stop(): Promise<void> {
-    if (this.closed) return;
+  /**
+   * Stops following, and a drain under way; closes the log if the replicator opened it. Every
+   * call, and the stop an abort of its signal starts, resolves when all of that is done.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.stopOnce();
+    return this.stopping;
+  }
+
+  private async stopOnce(): Promise<void> {
     this.closed = true;
+    this.closing.abort();
+    await this.draining;
     await this.pause();
     // A removal of a large staging directory is not waited for beyond this: the next start
     // finishes it.
@@ -1518,16 +1552,23 @@ function toSource(source: ReplicatorOptions['source'], replicaId: string | undef
 }
 
 /** Opens the log and checkpoint and starts following (unless `follow: false`). */
-export async function createReplicator(options: ReplicatorOptions): Promise<Replicator> {
-  if (options.log === undefined && options.changeLogDir === undefined) {
-    throw new TypeError('createReplicator needs `log` or `changeLogDir`');
-  }
+export async function createReplicator(given: ReplicatorOptions): Promise<Replicator> {
+  given.signal?.throwIfAborted();
+  const options = { ...given, partition: checkOptions(given).partition };
   const log = options.log ?? (await TxLog.open(options.changeLogDir!));
+  try {
+    return await setUp(options, log);
+  } catch (error) {
+    if (options.log === undefined) await log.close().catch(() => {});
+    throw error;
+  }
+}
+
+async function setUp(options: ReplicatorOptions & { partition: number }, log: TxLog): Promise<Replicator> {
   // A store is made with its sentinel; one without it while the log holds records is not
   // mounted, or not this replica's: following would write into whatever is there.
   if (!storeIsInPlace(options.fileStoreDir)) {
     if (log.lastTxid > 0n) {
-      if (options.log === undefined) await log.close();
       throw new ReplicatorError(
         'STORE_MISSING',
         `${options.fileStoreDir} has no ${SENTINEL_FILE} but the log holds records: mount the store, or remove the log and checkpoint to start this replica afresh`,
@@ -1535,7 +1576,7 @@ export async function createReplicator(options: ReplicatorOptions): Promise<Repl
     }
     await initStore(options.fileStoreDir);
   }
-  const checkpointFile = join(options.checkpointDir, String(options.partition ?? 0));
+  const checkpointFile = join(options.checkpointDir, String(options.partition));
   await mkdir(options.checkpointDir, { recursive: true });
   // A record is logged only after its files are durable, so the log's end is always safe to
   // resume from; a checkpoint behind it only means a crash came between the two writes. One
@@ -1544,7 +1585,7 @@ export async function createReplicator(options: ReplicatorOptions): Promise<Repl
   const checkpoint = await readCheckpoint(checkpointFile).catch(() => undefined);
   const applied = log.lastTxid;
   if (checkpoint !== applied) await writeCheckpoint(checkpointFile, applied).catch(() => {});
-  const unsettledFile = unsettledFileOf(options.checkpointDir, options.partition ?? 0);
+  const unsettledFile = unsettledFileOf(options.checkpointDir, options.partition);
   const unsettled = await readFile(unsettledFile, 'utf8').then(
     (text) => text.split('\0').filter((path) => path !== ''),
     async () => {
@@ -1555,6 +1596,8 @@ export async function createReplicator(options: ReplicatorOptions): Promise<Repl
       return [] as string[];
     },
   );
+  // Aborted while it was set up: stopped, never started (its abort listener came too late).
+  options.signal?.throwIfAborted();
   const replicator = new Replicator(options, log, options.log === undefined, applied, unsettled);
   if (options.follow !== false) replicator.start();
   return replicator;

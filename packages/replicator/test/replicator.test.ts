@@ -63,9 +63,13 @@ async function replicate(
   extra: Partial<Parameters<typeof createReplicator>[0]> = {},
 ) {
   const replicator = await createReplicator({
-    source: { feedUrl: m.feedUrl, filesSource: m.filesSource },
+    // The test master serves its one log whatever partition a feed URL names.
+    source: {
+      feedUrl: m.feedUrl.replace('/partitions/0/', `/partitions/${extra.partition ?? 0}/`),
+      filesSource: m.filesSource,
+    },
     fileStoreDir: join(dir, 'filestore'),
-    changeLogDir: join(dir, 'changelog', '0'),
+    ...(extra.log === undefined ? { changeLogDir: join(dir, 'changelog', '0') } : {}),
     checkpointDir: join(dir, 'checkpoint'),
     pollWaitMs: 2000,
     ...extra,

@@ -1,0 +1,131 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createReplicator } from '../src/index.ts';
+import { checkOptions } from '../src/options.ts';
+
+const dirs: string[] = [];
+afterEach(async () => {
+  await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+});
+
+const source = {
+  feedUrl: 'http://10.0.0.1:12001/v1/partitions/3/records',
+  filesSource: 'rsync://10.0.0.1:22001/filestore/',
+};
+const good = {
+  source,
+  fileStoreDir: '/srv/copy/filestore',
+  changeLogDir: '/srv/copy/changelog/3',
+  checkpointDir: '/srv/copy/checkpoint',
+};
+
+describe('createReplicator options', () => {
+  it.each([
+    [
+      { fileStoreDir: 'copy/filestore' },
+      'fileStoreDir "copy/filestore" is relative, and would mean another directory from wherever the process runs: pass path.resolve() of it',
+    ],
+    [
+      { source: { ...source, feedUrl: '10.0.0.1:12001/v1/partitions/3/records' } },
+      'source.feedUrl "10.0.0.1:12001/v1/partitions/3/records" is not an http:// URL: give the master\'s feed, as http://HOST:PORT/v1/partitions/<p>/records',
+    ],
+    [
+      { source: { ...source, filesSource: 'http://10.0.0.1:22001/filestore/' } },
+      'source.filesSource "http://10.0.0.1:22001/filestore/" is neither an rsync:// URL nor an absolute path: give the master\'s rsync module, as rsync://HOST:PORT/filestore/',
+    ],
+    [
+      { checkpointDir: '/srv/copy/filestore/checkpoint' },
+      "checkpointDir /srv/copy/filestore/checkpoint is inside fileStoreDir /srv/copy/filestore, which the master's files fill: put it beside the store",
+    ],
+    [
+      { changeLogDir: '/srv/copy/checkpoint' },
+      'changeLogDir and checkpointDir are both /srv/copy/checkpoint: give each its own directory',
+    ],
+    [
+      { partition: 2 },
+      "source.feedUrl is partition 3's feed, and partition is 2: make them the same partition",
+    ],
+    [{ partition: -1 }, 'partition must be a whole number ≥ 0'],
+    [{ log: {} }, 'give the log as either `log` (an open TxLog) or `changeLogDir`, one of them'],
+  ])('refuses %j in one line naming the fix', (change, message) => {
+    expect(() => checkOptions({ ...good, ...change })).toThrow(
+      expect.objectContaining({ code: 'BAD_OPTIONS', message }),
+    );
+  });
+
+  it("takes the partition from the feed URL when not given: its checkpoint files are that partition's", async () => {
+    expect(checkOptions(good)).toEqual({ partition: 3 });
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
+    dirs.push(dir);
+    const replicator = await createReplicator({
+      source,
+      fileStoreDir: join(dir, 'filestore'),
+      changeLogDir: join(dir, 'changelog'),
+      checkpointDir: join(dir, 'checkpoint'),
+      follow: false,
+    });
+    try {
+      // Its unsettled-paths file, made at once, is partition 3's, not another partition's.
+      expect(existsSync(join(dir, 'checkpoint', '3.unsettled'))).toBe(true);
+      expect(existsSync(join(dir, 'checkpoint', '0.unsettled'))).toBe(false);
+    } finally {
+      await replicator.stop();
+    }
+  });
+
+  it('is not made with a signal already aborted, and stops once for every stop(), after which it drains nothing', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
+    dirs.push(dir);
+    const options = {
+      source,
+      fileStoreDir: join(dir, 'filestore'),
+      changeLogDir: join(dir, 'changelog'),
+      checkpointDir: join(dir, 'checkpoint'),
+      follow: false,
+    };
+    const reason = new Error('gave up before it began');
+    await expect(createReplicator({ ...options, signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+    const replicator = await createReplicator(options);
+    const stopping = replicator.stop();
+    expect(replicator.stop()).toBe(stopping);
+    await stopping;
+    await expect(replicator.drain()).rejects.toMatchObject({ code: 'CLOSED' });
+  });
+
+  it('ends a drain under way when stopped, and resolves stop() only after it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
+    dirs.push(dir);
+    let asked: () => void = () => {};
+    const fetching = new Promise<void>((resolve) => {
+      asked = resolve;
+    });
+    // A source that answers nothing until the drain's signal ends the wait.
+    const silent = {
+      filesSource: '/nonexistent/',
+      description: 'a source that never answers',
+      fetch: (_after: bigint, { signal }: { signal: AbortSignal }) =>
+        new Promise<never>((_resolve, reject) => {
+          asked();
+          signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+        }),
+    };
+    const replicator = await createReplicator({
+      source: silent as never,
+      fileStoreDir: join(dir, 'filestore'),
+      changeLogDir: join(dir, 'changelog'),
+      checkpointDir: join(dir, 'checkpoint'),
+      follow: false,
+    });
+    let drainEnded = false;
+    const draining = replicator.drain().finally(() => {
+      drainEnded = true;
+    });
+    await fetching;
+    await replicator.stop();
+    expect(drainEnded).toBe(true);
+    await expect(draining).rejects.toBeDefined();
+  });
+});
