@@ -124,7 +124,7 @@ export async function timeBulkRsync(
   return (performance.now() - started) / 1000;
 }
 
-function run(command: string, args: string[]): Promise<void> {
+export function run(command: string, args: string[]): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const child = spawn(command, args, { stdio: 'ignore' });
     child.once('error', reject);

@@ -72,18 +72,24 @@ export async function measureLag(options: {
     );
     for (const m of seen) m.clear();
     sentAt.clear();
+    // How long the replicas' batches took on average (rsync, verification, fsyncs, log append),
+    // the warm-up's left out: its counters are read now and taken off at the end.
+    const batchTotals = async () => {
+      let seconds = 0;
+      let count = 0;
+      for (const replica of replicas) {
+        const metrics = await (await fetch(`${replica.url}/metrics`)).text();
+        seconds += Number(/^pfs_replication_batch_seconds_sum(?:\{[^}]*\})? (\S+)$/m.exec(metrics)?.[1] ?? 0);
+        count += Number(/^pfs_replication_batch_seconds_count(?:\{[^}]*\})? (\S+)$/m.exec(metrics)?.[1] ?? 0);
+      }
+      return { seconds, count };
+    };
+    const afterWarmUp = await batchTotals();
     await writePaced('lag', options.files, ackMs);
     for (const w of watchers) w.close();
-    // How long the replicas' batches took on average (rsync, verification, fsyncs, log append).
-    let batchSeconds = 0;
-    let batches = 0;
-    for (const replica of replicas) {
-      const metrics = await (await fetch(`${replica.url}/metrics`)).text();
-      batchSeconds += Number(
-        /^pfs_replication_batch_seconds_sum(?:\{[^}]*\})? (\S+)$/m.exec(metrics)?.[1] ?? 0,
-      );
-      batches += Number(/^pfs_replication_batch_seconds_count(?:\{[^}]*\})? (\S+)$/m.exec(metrics)?.[1] ?? 0);
-    }
+    const atEnd = await batchTotals();
+    const batchSeconds = atEnd.seconds - afterWarmUp.seconds;
+    const batches = atEnd.count - afterWarmUp.count;
     const lags = seen.flatMap((m) => [...m].map(([name, at]) => at - sentAt.get(name)!));
     const missing = seen.reduce((sum, m) => sum + (options.files - m.size), 0);
     return {

@@ -26,11 +26,21 @@ sync { default.rsync, source = "${src}", target = "${dst}", delay = 0 }
 `,
   );
   const lsyncd = spawn('lsyncd', [config], { stdio: 'ignore', detached: true });
-  const failed = new Promise<never>((_, reject) =>
-    lsyncd.once('error', () =>
-      reject(new Error('lsyncd is not installed: run PFS_BOOTSTRAP_LSYNCD=1 bash scripts/bootstrap.sh')),
-    ),
-  );
+  const failed = new Promise<never>((_, reject) => {
+    lsyncd.once('error', (error: NodeJS.ErrnoException) =>
+      reject(
+        error.code === 'ENOENT'
+          ? new LsyncdMissing('lsyncd is not installed: run PFS_BOOTSTRAP_LSYNCD=1 bash scripts/bootstrap.sh')
+          : error,
+      ),
+    );
+    // An lsyncd that ends by itself (a bad config, inotify's limits) is no floor: the run fails
+    // rather than report an empty lsyncd column after its waits.
+    lsyncd.once('exit', (code, signal) =>
+      reject(new Error(`lsyncd exited during the run (${signal ?? `code ${code}`}): see ${base}/lsyncd.log`)),
+    );
+  });
+  failed.catch(() => {});
   try {
     await Promise.race([sleep(1500), failed]);
     const sentAt = new Map<string, number>();
@@ -58,6 +68,8 @@ sync { default.rsync, source = "${src}", target = "${dst}", delay = 0 }
     sentAt.clear();
     await writePaced('lag', options.files);
     watcher.close();
+    // Ended by itself while the files were written: its figures would be files it never copied.
+    await Promise.race([failed, Promise.resolve()]);
     return {
       scenario: 'lag-lsyncd',
       params: options,
@@ -71,3 +83,6 @@ sync { default.rsync, source = "${src}", target = "${dst}", delay = 0 }
     await rm(base, { recursive: true, force: true });
   }
 }
+
+/** lsyncd is not installed: the PFS figures stand alone, with a note. */
+export class LsyncdMissing extends Error {}

@@ -8,7 +8,7 @@ import { measureChaos } from './chaos.ts';
 import { measureFailover } from './failover.ts';
 import { measureFloors } from './floors.ts';
 import { measureLag } from './lag.ts';
-import { measureLsyncdLag } from './lsyncd.ts';
+import { LsyncdMissing, measureLsyncdLag } from './lsyncd.ts';
 import { measureScale } from './scale.ts';
 import { measureScaleOut } from './scale-out.ts';
 import { measureStoreCheck } from './store-check.ts';
@@ -27,9 +27,13 @@ const RESULTS_DIR = fileURLToPath(new URL('../../../bench-results/', import.meta
  */
 async function lagWithLsyncd(options: Parameters<typeof measureLag>[0]) {
   const pfs = await measureLag(options);
+  // Only a missing lsyncd is skipped; any other failure of it fails the run.
   const lsyncd = await measureLsyncdLag(options).then(
     (result) => ({ lagMs: result.lagMs, missing: result.missing }),
-    (error: Error) => ({ skipped: error.message }),
+    (error: Error) => {
+      if (error instanceof LsyncdMissing) return { skipped: error.message };
+      throw error;
+    },
   );
   return { ...pfs, lsyncd };
 }
@@ -127,11 +131,19 @@ async function main(): Promise<void> {
           latencyMs: unknown;
           ratioOfBare?: number;
           ratioOfDurableBare?: number;
+          ratioOfBulkRsync?: number;
+          replicasKeptUp?: boolean;
           cpuMsPerPut?: Record<string, number>;
         };
         const ratio =
           (v.ratioOfBare === undefined ? '' : `, ${v.ratioOfBare} of bare`) +
-          (v.ratioOfDurableBare === undefined ? '' : `, ${v.ratioOfDurableBare} of durable bare`);
+          (v.ratioOfDurableBare === undefined ? '' : `, ${v.ratioOfDurableBare} of durable bare`) +
+          (v.ratioOfBulkRsync === undefined ? '' : `, ${v.ratioOfBulkRsync} of rsync -a`) +
+          (v.replicasKeptUp === undefined
+            ? ''
+            : v.replicasKeptUp
+              ? ', replicas kept up'
+              : ', replicas did NOT keep up (lag p99 > 1 s or unknown): not a rate the target counts');
         process.stdout.write(
           `${name.padEnd(10)} ${key.padEnd(21)} ${v.putsPerSecond} PUT/s, ${v.megabytesPerSecond} MB/s${ratio}\n`,
         );
@@ -148,12 +160,15 @@ async function main(): Promise<void> {
     for (const [metric, stats] of rows) {
       const s = stats as Record<string, number>;
       process.stdout.write(
-        `${name.padEnd(10)} ${metric.padEnd(22)} n=${String(s.count).padEnd(5)} p50=${s.p50}ms p95=${s.p95}ms p99=${s.p99}ms max=${s.max}ms\n`,
+        `${name.padEnd(10)} ${metric.padEnd(22)} n=${String(s.count).padEnd(5)} p50=${s.p50}ms ${s.p97_5 === undefined ? `p95=${s.p95}` : `p97.5=${s.p97_5}`}ms p99=${s.p99}ms max=${s.max}ms\n`,
       );
     }
     for (const [key, value] of Object.entries(result)) {
       if (typeof value === 'number' && key !== 'missing')
         process.stdout.write(`${name.padEnd(10)} ${key} ${value}\n`);
+      // A part that did not run says why (lsyncd skipped: not installed).
+      if (typeof value === 'object' && value !== null && 'skipped' in value)
+        process.stdout.write(`${name.padEnd(10)} ${key} skipped: ${String(value.skipped)}\n`);
     }
     if ('missing' in result && result.missing > 0)
       process.stdout.write(`${name}: ${result.missing} files never seen\n`);

@@ -17,7 +17,7 @@ type Json = Record<string, unknown>;
 
 function isStats(
   value: unknown,
-): value is { count: number; p50: number; p95: number; p99: number; max: number } {
+): value is { count: number; p50: number; p95?: number; p97_5?: number; p99: number; max: number } {
   return typeof value === 'object' && value !== null && 'p50' in value && 'count' in value;
 }
 
@@ -29,9 +29,12 @@ export function summarizeResult(result: Json, prefix = ''): string[] {
     const name = prefix === '' ? key : `${prefix} ${key}`;
     if (isStats(value)) {
       parts.push(
-        `${name}: p50 ${value.p50}, p95 ${value.p95}, p99 ${value.p99}, max ${value.max} (n=${value.count})`,
+        `${name}: p50 ${value.p50}, ${value.p97_5 === undefined ? `p95 ${value.p95}` : `p97.5 ${value.p97_5}`}, p99 ${value.p99}, max ${value.max} (n=${value.count})`,
       );
-    } else if (typeof value === 'number') {
+    } else if (typeof value === 'number' || typeof value === 'boolean') {
+      parts.push(`${name}: ${value}`);
+    } else if (typeof value === 'string') {
+      // A part of the run that did not happen says why (e.g. lsyncd skipped: not installed).
       parts.push(`${name}: ${value}`);
     } else if (typeof value === 'object' && value !== null) {
       parts.push(...summarizeResult(value as Json, name));

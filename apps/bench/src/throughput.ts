@@ -64,12 +64,19 @@ export async function measureThroughput(options: {
       const master = cluster.nodes[0]!;
       for (const ack of ['local', 'one'] as const) {
         const lagSamples: number[] = [];
+        // Samples where a replica had no lag figure (so far behind that its oldest unacknowledged
+        // record is past what the master keeps, or not counted as live): not kept up.
+        let lagUnknown = 0;
         let loading = true;
         const sampler = (async () => {
           while (loading) {
             const status = await master.status().catch(() => undefined);
-            for (const lag of Object.values(status?.partitions[0]?.replicaLagMs ?? {}))
+            const lags = status?.partitions[0]?.replicaLagMs ?? {};
+            for (const lag of Object.values(lags)) {
               if (typeof lag === 'number') lagSamples.push(lag);
+              else lagUnknown++;
+            }
+            lagUnknown += Math.max(0, cluster.nodes.length - 1 - Object.keys(lags).length);
             await sleep(100);
           }
         })();
@@ -86,17 +93,22 @@ export async function measureThroughput(options: {
             loadGenerator: process.pid,
           },
         });
+        // Taken as the load ends, before the sampler's last round.
+        const loadEnded = performance.now();
         loading = false;
         await sampler;
-        const loadEnded = performance.now();
         const tail = (await master.status()).partitions[0]!.lastTxid;
         for (const replica of cluster.nodes.slice(1)) {
           while (BigInt((await replica.status()).partitions[0]!.lastTxid) < BigInt(tail)) await sleep(5);
         }
+        const lag = summarize(lagSamples);
         results[ack] = {
           ...load,
           ...ratios(load),
-          replicaLagWhileLoadedMs: summarize(lagSamples),
+          replicaLagWhileLoadedMs: lag,
+          replicaLagUnknownSamples: lagUnknown,
+          // The condition for counting the rate at all: both replicas kept up, lag p99 ≤ 1 s.
+          replicasKeptUp: lagUnknown === 0 && lagSamples.length > 0 && lag.p99 <= 1000,
           replicasCaughtUpAfterLoadMs: Math.round(performance.now() - loadEnded),
         };
       }
@@ -105,6 +117,11 @@ export async function measureThroughput(options: {
     }
     const rsyncFiles = Math.min(20_000, Math.max(1000, (results.local as PutLoadResult).latencyMs.count));
     const rsyncSeconds = await bulkRsyncSeconds(base, rsyncFiles, body);
+    const rsyncFilesPerSecond = rsyncFiles / rsyncSeconds;
+    for (const ack of ['local', 'one'] as const) {
+      const load = results[ack] as PutLoadResult & Record<string, unknown>;
+      load.ratioOfBulkRsync = Math.round((load.putsPerSecond / rsyncFilesPerSecond) * 100) / 100;
+    }
     return {
       scenario: 'throughput',
       params: options,
