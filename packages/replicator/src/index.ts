@@ -1,3 +1,5 @@
+// What the options, events and sources speak of, for an embedder that has no other use for txlog.
+export type { LogRecord, TxId, TxLog } from '@pfs/txlog';
 export { type BatchPlan, planBatch } from './batch.ts';
 export { discardBulkCopyStaging } from './bulk-copy-staging.ts';
 export { ReplicatorError, type ReplicatorErrorCode } from './errors.ts';
@@ -16,7 +18,8 @@ export {
   type BootstrapProgress,
   createReplicator,
   DEFAULT_POLL_WAIT_MS,
-  Replicator,
+  type Replicator,
+  type ReplicatorEvents,
   type ReplicatorOptions,
   rsyncTempDirOf,
 } from './replicator.ts';

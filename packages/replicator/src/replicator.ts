@@ -192,7 +192,25 @@ const PRIMED_MAX_PATHS = 64;
  */
 const PRIMED_IDLE_MS = 3000;
 
-export class Replicator extends EventEmitter {
+/**
+ * The events a Replicator emits, with their payloads. `error` carries a ReplicatorError, or the
+ * error of the layer that failed (an RsyncError of @pfs/rsync-invoker, a TxlogError of
+ * @pfs/txlog, a FilestoreError of @pfs/filestore), each with a `code`; the batch is retried
+ * with backoff, and nothing advances meanwhile. Without an `error` listener errors are not
+ * thrown at the process (following goes on retrying). `caught-up` comes after every answer of
+ * the source that left nothing more to apply, not once per catching up.
+ */
+export interface ReplicatorEvents {
+  applied: [batch: AppliedBatch];
+  error: [error: Error & { code?: string }];
+  'caught-up': [txid: TxId];
+  'bootstrap-started': [];
+  'bootstrap-progress': [progress: BootstrapProgress];
+  bootstrapped: [done: BootstrapDone];
+  'bootstrap-abandoned': [error: Error & { code?: string }];
+}
+
+export class Replicator extends EventEmitter<ReplicatorEvents> {
   readonly partition: number;
   private source: RecordSource;
   private readonly options: ReplicatorOptions;
@@ -548,7 +566,7 @@ export class Replicator extends EventEmitter {
       await this.discardStaging();
       // Failed, or stopped by pause or stop: made again (see follow), or the replay transfers
       // everything.
-      this.emit('bootstrap-abandoned', error);
+      this.emit('bootstrap-abandoned', error as Error & { code?: string });
       if (!signal.aborted) this.report(error);
       return 'abandoned';
     } finally {
@@ -1507,7 +1525,7 @@ export class Replicator extends EventEmitter {
   }
 
   private report(error: unknown): void {
-    if (this.listenerCount('error') > 0) this.emit('error', error);
+    if (this.listenerCount('error') > 0) this.emit('error', error as Error & { code?: string });
   }
 
   /**

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, expectTypeOf, it } from 'vitest';
 import { createReplicator } from '../src/index.ts';
 import { checkOptions } from '../src/options.ts';
 
@@ -127,5 +127,32 @@ describe('createReplicator options', () => {
     await replicator.stop();
     expect(drainEnded).toBe(true);
     await expect(draining).rejects.toBeDefined();
+  });
+
+  it('has typed events: a misspelt event or a wrong payload does not compile (checked by typecheck)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
+    dirs.push(dir);
+    const replicator = await createReplicator({
+      source,
+      fileStoreDir: join(dir, 'filestore'),
+      changeLogDir: join(dir, 'changelog'),
+      checkpointDir: join(dir, 'checkpoint'),
+      follow: false,
+    });
+    try {
+      replicator.on('applied', (batch) => {
+        expectTypeOf(batch.to).toEqualTypeOf<bigint>();
+      });
+      replicator.on('error', (error) => {
+        expectTypeOf(error.code).toEqualTypeOf<string | undefined>();
+      });
+      // @ts-expect-error: there is no such event
+      replicator.on('caughtup', () => {});
+      // @ts-expect-error: caught-up carries a txid, not a batch
+      replicator.on('caught-up', (batch: { to: bigint }) => batch);
+      expect(replicator.listenerCount('applied')).toBe(1);
+    } finally {
+      await replicator.stop();
+    }
   });
 });
