@@ -13,6 +13,7 @@ export type ReplicatorErrorCode =
   | 'UNSETTLED'
   | 'STORE_MISSING'
   | 'BAD_OPTIONS'
+  | 'BUSY'
   | 'CLOSED';
 
 export class ReplicatorError extends Error {

@@ -229,6 +229,9 @@ export class Replicator extends EventEmitter<ReplicatorEvents> {
   private readonly closing = new AbortController();
   /** The drain under way, which stop() waits for. */
   private draining: Promise<unknown> = Promise.resolve();
+  private drainUnderWay = false;
+  /** start() was called during a drain: following starts when it ends. */
+  private startAfterDrain = false;
   /**
    * True while every file in the store is known durable (right after a bootstrap's syncfs):
    * files found already in place then need no fsync of their own. Any failed batch clears it,
@@ -323,9 +326,16 @@ export class Replicator extends EventEmitter<ReplicatorEvents> {
     return this.source.description;
   }
 
-  /** Starts following the source; idempotent. */
+  /**
+   * Starts following the source; idempotent. During a drain, following starts once the drain
+   * has ended (a loop beside it would apply the same records), unless paused meanwhile.
+   */
   start(): void {
     if (this.loop !== undefined || this.closed) return;
+    if (this.drainUnderWay) {
+      this.startAfterDrain = true;
+      return;
+    }
     const controller = new AbortController();
     this.loopController = controller;
     this.loop = this.follow(controller.signal)
@@ -339,6 +349,7 @@ export class Replicator extends EventEmitter<ReplicatorEvents> {
 
   /** Stops following and waits for the batch in flight to be abandoned or finished. */
   async pause(): Promise<void> {
+    this.startAfterDrain = false;
     // Before the abort: ended with an empty list, it exits at once instead of being killed.
     this.retirePrimed();
     this.loopController?.abort();
@@ -369,7 +380,22 @@ export class Replicator extends EventEmitter<ReplicatorEvents> {
     signal?: AbortSignal,
     options: Parameters<Replicator['drainOnce']>[1] = {},
   ): Promise<{ applied: TxId; unverified: string[] }> {
-    const draining = this.drainOnce(signal, options);
+    if (this.drainUnderWay) {
+      return Promise.reject(
+        new ReplicatorError(
+          'BUSY',
+          'a drain of this replicator is under way: wait for it before draining again',
+        ),
+      );
+    }
+    this.drainUnderWay = true;
+    const draining = this.drainOnce(signal, options).finally(() => {
+      this.drainUnderWay = false;
+      if (this.startAfterDrain) {
+        this.startAfterDrain = false;
+        this.start();
+      }
+    });
     this.draining = draining.catch(() => {});
     return draining;
   }

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, expectTypeOf, it } from 'vitest';
+import { afterEach, describe, expect, expectTypeOf, it, vi } from 'vitest';
 import { createReplicator } from '../src/index.ts';
 import { checkOptions } from '../src/options.ts';
 
@@ -151,6 +151,45 @@ describe('createReplicator options', () => {
       // @ts-expect-error: caught-up carries a txid, not a batch
       replicator.on('caught-up', (batch: { to: bigint }) => batch);
       expect(replicator.listenerCount('applied')).toBe(1);
+    } finally {
+      await replicator.stop();
+    }
+  });
+
+  it('follows only once a drain under way has ended when started during it, and refuses a second drain beside it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
+    dirs.push(dir);
+    const fetches: AbortSignal[] = [];
+    // Answers nothing until the asker's signal ends the wait.
+    const silent = {
+      filesSource: '/nonexistent/',
+      description: 'a source that never answers',
+      fetch: (_after: bigint, { signal }: { signal: AbortSignal }) =>
+        new Promise<never>((_resolve, reject) => {
+          fetches.push(signal);
+          signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+        }),
+    };
+    const replicator = await createReplicator({
+      source: silent as never,
+      fileStoreDir: join(dir, 'filestore'),
+      changeLogDir: join(dir, 'changelog'),
+      checkpointDir: join(dir, 'checkpoint'),
+      follow: false,
+    });
+    try {
+      const ending = new AbortController();
+      const draining = replicator.drain(ending.signal);
+      await vi.waitFor(() => expect(fetches).toHaveLength(1));
+      replicator.start();
+      await expect(replicator.drain()).rejects.toMatchObject({ code: 'BUSY' });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      // Only the drain has asked the source.
+      expect(fetches).toHaveLength(1);
+      ending.abort(new Error('drain given up'));
+      await expect(draining).rejects.toThrow('drain given up');
+      // Now the loop follows.
+      await vi.waitFor(() => expect(fetches).toHaveLength(2));
     } finally {
       await replicator.stop();
     }
