@@ -9,7 +9,8 @@ export type TxlogErrorCode =
   | 'TXLOG_BAD_RECORD'
   | 'TXLOG_CLOSED'
   | 'TXLOG_WRITE_FAILED'
-  | 'TXLOG_CHECKPOINT_CORRUPT';
+  | 'TXLOG_CHECKPOINT_CORRUPT'
+  | 'TXLOG_IN_USE';
 
 export class TxlogError extends Error {
   readonly code: TxlogErrorCode;

@@ -1,4 +1,5 @@
 export { readCheckpoint, writeCheckpoint } from './checkpoint.ts';
+export { type DirectoryLock, lockDirectory } from './dir-lock.ts';
 export { fsyncDir, mkdirDurable, writeFileAtomic } from './durable.ts';
 export { TxlogError, type TxlogErrorCode } from './errors.ts';
 export { encodeFrame, type ScanEnd, scanFrames } from './frame.ts';

@@ -1,6 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { type DirectoryLock, lockDirectory } from './dir-lock.ts';
 import { mkdirDurable } from './durable.ts';
 import { TxlogError } from './errors.ts';
 import { encodeFrame } from './frame.ts';
@@ -75,6 +76,8 @@ export class TxLog {
   private flushing: Promise<void> | undefined;
   private waiters = new Set<Waiter>();
   private closed = false;
+  /** This log's hold on its directory (see open), released by close(). */
+  private lock: DirectoryLock | undefined;
   private truncating = false;
   /**
    * Set when a failed write could not be taken back: the segment may end in a partial frame, or
@@ -113,8 +116,24 @@ export class TxLog {
       tailCacheRecords: options.tailCacheRecords ?? DEFAULT_TAIL_CACHE_RECORDS,
     };
     await mkdirDurable(dir);
-    const state = await recover(dir, resolved.tailCacheRecords);
-    return new TxLog(dir, resolved, state);
+    // One TxLog per directory on this machine: two would each check their appends against their
+    // own last txid, append the same records twice, and the log would not open again.
+    const lock = await lockDirectory(dir, 'log');
+    if (lock === undefined) {
+      throw new TxlogError(
+        'TXLOG_IN_USE',
+        `log ${dir} is open in another TxLog on this machine (another process, or this one): close that one first, or give this one a directory of its own`,
+      );
+    }
+    try {
+      const state = await recover(dir, resolved.tailCacheRecords);
+      const log = new TxLog(dir, resolved, state);
+      log.lock = lock;
+      return log;
+    } catch (error) {
+      await lock.release();
+      throw error;
+    }
   }
 
   /**
@@ -509,6 +528,7 @@ export class TxLog {
     this.handle = undefined;
     for (const waiter of this.waiters) waiter.wake();
     this.waiters.clear();
+    await this.lock?.release();
   }
 }
 

@@ -68,6 +68,23 @@ describe('TxLog', () => {
     await reopened.close();
   });
 
+  it('is open in one TxLog at a time, by whatever path its directory is named, until that one is closed', async () => {
+    const dir = await tempDir();
+    const log = await TxLog.open(join(dir, 'changelog'));
+    await expect(TxLog.open(join(dir, 'changelog'))).rejects.toMatchObject({
+      code: 'TXLOG_IN_USE',
+      message: `log ${join(dir, 'changelog')} is open in another TxLog on this machine (another process, or this one): close that one first, or give this one a directory of its own`,
+    });
+    await expect(TxLog.open(join(dir, '.', 'changelog', '..', 'changelog'))).rejects.toMatchObject({
+      code: 'TXLOG_IN_USE',
+    });
+    await log.startGeneration(1n);
+    await log.close();
+    const again = await TxLog.open(join(dir, 'changelog'));
+    expect(again.lastTxid).toBe(makeTxId(1, 0));
+    await again.close();
+  });
+
   it('keeps the master ids on the replica path and refuses ids that do not increase', async () => {
     const log = await TxLog.open(await tempDir());
     await log.appendRecord({ ...put('a'), txid: makeTxId(3, 7), previousTxid: 0n });
