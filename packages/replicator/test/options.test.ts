@@ -22,6 +22,34 @@ const good = {
   checkpointDir: '/srv/copy/checkpoint',
 };
 
+/** A replicator of `from` into a new temp dir, not started. */
+async function replicaOf(from: Parameters<typeof createReplicator>[0]['source'], extra = {}) {
+  const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
+  dirs.push(dir);
+  const replicator = await createReplicator({
+    source: from,
+    fileStoreDir: join(dir, 'filestore'),
+    changeLogDir: join(dir, 'changelog'),
+    checkpointDir: join(dir, 'checkpoint'),
+    follow: false,
+    ...extra,
+  });
+  return { dir, replicator };
+}
+
+/** A source that answers nothing until the asker's signal ends the wait; `onFetch` hears each ask. */
+function silentSource(onFetch: (signal: AbortSignal) => void) {
+  return {
+    filesSource: '/nonexistent/',
+    description: 'a source that never answers',
+    fetch: (_after: bigint, { signal }: { signal: AbortSignal }) =>
+      new Promise<never>((_resolve, reject) => {
+        onFetch(signal);
+        signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+      }),
+  } as never;
+}
+
 describe('createReplicator options', () => {
   it.each([
     [
@@ -58,15 +86,7 @@ describe('createReplicator options', () => {
 
   it("takes the partition from the feed URL when not given: its checkpoint files are that partition's", async () => {
     expect(checkOptions(good)).toEqual({ partition: 3 });
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
-    dirs.push(dir);
-    const replicator = await createReplicator({
-      source,
-      fileStoreDir: join(dir, 'filestore'),
-      changeLogDir: join(dir, 'changelog'),
-      checkpointDir: join(dir, 'checkpoint'),
-      follow: false,
-    });
+    const { dir, replicator } = await replicaOf(source);
     try {
       // Its unsettled-paths file, made at once, is partition 3's, not another partition's.
       expect(existsSync(join(dir, 'checkpoint', '3.unsettled'))).toBe(true);
@@ -77,18 +97,9 @@ describe('createReplicator options', () => {
   });
 
   it('is not made with a signal already aborted, and stops once for every stop(), after which it drains nothing', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
-    dirs.push(dir);
-    const options = {
-      source,
-      fileStoreDir: join(dir, 'filestore'),
-      changeLogDir: join(dir, 'changelog'),
-      checkpointDir: join(dir, 'checkpoint'),
-      follow: false,
-    };
     const reason = new Error('gave up before it began');
-    await expect(createReplicator({ ...options, signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
-    const replicator = await createReplicator(options);
+    await expect(replicaOf(source, { signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+    const { replicator } = await replicaOf(source);
     const stopping = replicator.stop();
     expect(replicator.stop()).toBe(stopping);
     await stopping;
@@ -96,29 +107,11 @@ describe('createReplicator options', () => {
   });
 
   it('ends a drain under way when stopped, and resolves stop() only after it', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
-    dirs.push(dir);
     let asked: () => void = () => {};
     const fetching = new Promise<void>((resolve) => {
       asked = resolve;
     });
-    // A source that answers nothing until the drain's signal ends the wait.
-    const silent = {
-      filesSource: '/nonexistent/',
-      description: 'a source that never answers',
-      fetch: (_after: bigint, { signal }: { signal: AbortSignal }) =>
-        new Promise<never>((_resolve, reject) => {
-          asked();
-          signal.addEventListener('abort', () => reject(signal.reason), { once: true });
-        }),
-    };
-    const replicator = await createReplicator({
-      source: silent as never,
-      fileStoreDir: join(dir, 'filestore'),
-      changeLogDir: join(dir, 'changelog'),
-      checkpointDir: join(dir, 'checkpoint'),
-      follow: false,
-    });
+    const { replicator } = await replicaOf(silentSource(() => asked()));
     let drainEnded = false;
     const draining = replicator.drain().finally(() => {
       drainEnded = true;
@@ -130,15 +123,7 @@ describe('createReplicator options', () => {
   });
 
   it('has typed events: a misspelt event or a wrong payload does not compile (checked by typecheck)', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
-    dirs.push(dir);
-    const replicator = await createReplicator({
-      source,
-      fileStoreDir: join(dir, 'filestore'),
-      changeLogDir: join(dir, 'changelog'),
-      checkpointDir: join(dir, 'checkpoint'),
-      follow: false,
-    });
+    const { replicator } = await replicaOf(source);
     try {
       replicator.on('applied', (batch) => {
         expectTypeOf(batch.to).toEqualTypeOf<bigint>();
@@ -157,26 +142,8 @@ describe('createReplicator options', () => {
   });
 
   it('follows only once a drain under way has ended when started during it, and refuses a second drain beside it', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'pfs-options-'));
-    dirs.push(dir);
     const fetches: AbortSignal[] = [];
-    // Answers nothing until the asker's signal ends the wait.
-    const silent = {
-      filesSource: '/nonexistent/',
-      description: 'a source that never answers',
-      fetch: (_after: bigint, { signal }: { signal: AbortSignal }) =>
-        new Promise<never>((_resolve, reject) => {
-          fetches.push(signal);
-          signal.addEventListener('abort', () => reject(signal.reason), { once: true });
-        }),
-    };
-    const replicator = await createReplicator({
-      source: silent as never,
-      fileStoreDir: join(dir, 'filestore'),
-      changeLogDir: join(dir, 'changelog'),
-      checkpointDir: join(dir, 'checkpoint'),
-      follow: false,
-    });
+    const { replicator } = await replicaOf(silentSource((signal) => fetches.push(signal)));
     try {
       const ending = new AbortController();
       const draining = replicator.drain(ending.signal);
