@@ -200,6 +200,7 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     generation: (p) => coordinator?.view.partitions.get(p)?.generation ?? 0n,
     acks,
     replicasOf,
+    reconcilesCompleted: () => generator.reconcilesCompleted,
   });
   const state: AgentState = {
     config,

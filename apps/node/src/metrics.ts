@@ -30,6 +30,8 @@ export function createMetrics(view: {
   acks: ReplicaAcks;
   /** The other live nodes taking part in a partition (see partitionMembers). */
   replicasOf: (partition: number) => readonly string[];
+  /** Reconcile walks of the store completed since the node started. */
+  reconcilesCompleted: () => number;
 }): NodeMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
@@ -93,6 +95,14 @@ export function createMetrics(view: {
       registers: [registry],
     }),
   };
+  new Gauge({
+    name: 'pfs_reconciles_completed',
+    help: 'Walks of the store that logged what differed from the logs (reconciles), completed since the node started: a master serves before its first one ends',
+    registers: [registry],
+    collect() {
+      this.set(view.reconcilesCompleted());
+    },
+  });
   new Gauge({
     name: 'pfs_role',
     help: 'Role per partition: 0 offline, 1 replica, 2 master',

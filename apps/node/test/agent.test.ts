@@ -373,6 +373,12 @@ describe('node agent over HTTP', () => {
     // One write at a time: the first pull starts its rsync cold, the next ones find one waiting.
     expect(onReplica.get('pfs_replication_pulls_total{rsync="cold"}')).toBeGreaterThanOrEqual(1);
     expect(onReplica.get('pfs_replication_pulls_total{rsync="ahead"}')).toBeGreaterThanOrEqual(1);
+    // The master reconciles its store once it is master (in the background: it serves before);
+    // a replica, whose store is the log's by construction, never walks it so.
+    await until('the master done with its first reconcile', async () =>
+      ((await scrape(master)).get('pfs_reconciles_completed') ?? 0) >= 1 ? true : undefined,
+    );
+    expect(onReplica.get('pfs_reconciles_completed')).toBe(0);
   });
 
   it('answers 507 when the disk is full, and loses nothing already stored', async () => {

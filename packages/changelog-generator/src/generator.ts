@@ -109,6 +109,7 @@ export class ChangelogGenerator {
   private readonly locks = new KeyedLock();
   /** Whether a reconcile runs (one at a time: each walks the whole store). */
   private reconciling = false;
+  private completedReconciles = 0;
   /** The reconcile that follows the one running, for the callers that came meanwhile. */
   private nextReconcile:
     | { promise: Promise<number>; resolve: (appended: number) => void; reject: (error: unknown) => void }
@@ -410,15 +411,25 @@ export class ChangelogGenerator {
     return this.nextReconcile.promise;
   }
 
+  /** Reconcile walks completed without error since this generator was made (for the metrics). */
+  get reconcilesCompleted(): number {
+    return this.completedReconciles;
+  }
+
   private runReconcile(): Promise<number> {
     this.reconciling = true;
-    return this.reconcileOnce().finally(() => {
-      // Handed over in the same turn: no call can start a walk of its own in between.
-      this.reconciling = false;
-      const next = this.nextReconcile;
-      this.nextReconcile = undefined;
-      if (next !== undefined) this.runReconcile().then(next.resolve, next.reject);
-    });
+    return this.reconcileOnce()
+      .then((appended) => {
+        this.completedReconciles++;
+        return appended;
+      })
+      .finally(() => {
+        // Handed over in the same turn: no call can start a walk of its own in between.
+        this.reconciling = false;
+        const next = this.nextReconcile;
+        this.nextReconcile = undefined;
+        if (next !== undefined) this.runReconcile().then(next.resolve, next.reject);
+      });
   }
 
   private async reconcileOnce(): Promise<number> {
