@@ -14,6 +14,7 @@ import {
   type MasterInfo,
   type NodeInfo,
   NodeInfoSchema,
+  parseJson,
 } from './view.ts';
 
 /**
@@ -199,12 +200,7 @@ export class Coordinator extends EventEmitter {
   /** The id in the cluster's `config` key now, undefined if there is no key or no id. */
   private async currentClusterId(): Promise<string | undefined> {
     const text = await this.client.get(keys.settings(this.cluster)).string();
-    if (text === null) return undefined;
-    try {
-      return ClusterSettingsSchema.parse(JSON.parse(text)).id;
-    } catch {
-      return undefined;
-    }
+    return text === null ? undefined : parseJson(ClusterSettingsSchema, text)?.id;
   }
 
   private clusterMismatch(expected: string, found: string | undefined): CoordinatorError {
@@ -274,23 +270,16 @@ export class Coordinator extends EventEmitter {
     const value = JSON.stringify(this.options.node);
     for (let attempt = 0; attempt < 5; attempt++) {
       const kv = (await this.client.get(key).exec()).kvs[0];
-      if (kv !== undefined) {
-        const text = kv.value.toString();
-        let parsed: unknown;
-        try {
-          parsed = JSON.parse(text);
-        } catch {}
-        // A value that is no node record is overwritten, as an unguarded put did.
-        const holder = NodeInfoSchema.safeParse(parsed);
-        if (
-          holder.success &&
-          (holder.data.host !== this.options.node.host || holder.data.httpPort !== this.options.node.httpPort)
-        ) {
-          throw new CoordinatorError(
-            'NODE_ID_TAKEN',
-            `node id ${JSON.stringify(this.nodeId)} is registered in cluster ${JSON.stringify(this.cluster)} by ${holder.data.host}:${holder.data.httpPort} (pid ${holder.data.pid}, started ${holder.data.startedAt}): give this node another --node-id; or, if that was this node's previous process at another address, start it again once that record's lease has ended (at most ${this.options.ttlSeconds} s after it died)`,
-          );
-        }
+      // A value that is no node record is overwritten, as an unguarded put did.
+      const holder = kv === undefined ? undefined : parseJson(NodeInfoSchema, kv.value.toString());
+      if (
+        holder !== undefined &&
+        (holder.host !== this.options.node.host || holder.httpPort !== this.options.node.httpPort)
+      ) {
+        throw new CoordinatorError(
+          'NODE_ID_TAKEN',
+          `node id ${JSON.stringify(this.nodeId)} is registered in cluster ${JSON.stringify(this.cluster)} by ${holder.host}:${holder.httpPort} (pid ${holder.pid}, started ${holder.startedAt}): give this node another --node-id; or, if that was this node's previous process at another address, start it again once that record's lease has ended (at most ${this.options.ttlSeconds} s after it died)`,
+        );
       }
       const result = await this.client
         .if(key, 'Mod', '==', kv === undefined ? 0 : kv.mod_revision)

@@ -106,7 +106,8 @@ export function partitionView(view: ClusterView, partition: number): PartitionVi
   return entry;
 }
 
-function parseJson<T>(schema: z.ZodType<T>, text: string): T | undefined {
+/** `text` as JSON of `schema`, or undefined when it is not. */
+export function parseJson<T>(schema: z.ZodType<T>, text: string): T | undefined {
   try {
     const result = schema.safeParse(JSON.parse(text));
     return result.success ? result.data : undefined;
