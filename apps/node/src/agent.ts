@@ -84,14 +84,16 @@ export async function startAgent(config: NodeConfig, logger: Logger): Promise<Ag
 }
 
 /** What to do about a file system error at start, whose own text names only the call and path. */
+const NOT_PERMITTED = `this user (uid ${process.getuid?.()}) may not write there: give it the data dir, or another --data-dir`;
+const FILE_IN_THE_WAY = 'a file is where the data dir needs a directory: move it, or give another --data-dir';
 const FIXES: Record<string, string> = {
-  EACCES: `this user (uid ${process.getuid?.()}) may not write there: give it the data dir, or another --data-dir`,
-  EPERM: `this user (uid ${process.getuid?.()}) may not write there: give it the data dir, or another --data-dir`,
+  EACCES: NOT_PERMITTED,
+  EPERM: NOT_PERMITTED,
   EROFS: 'the file system is mounted read-only: remount it read-write, or give another --data-dir',
   ENOSPC: 'the disk is full: free space and start again (nothing stored was removed)',
   EDQUOT: 'the disk quota is used up: free space and start again (nothing stored was removed)',
-  ENOTDIR: 'a file is where the data dir needs a directory: move it, or give another --data-dir',
-  EEXIST: 'a file is where the data dir needs a directory: move it, or give another --data-dir',
+  ENOTDIR: FILE_IN_THE_WAY,
+  EEXIST: FILE_IN_THE_WAY,
 };
 
 export function withFix(error: unknown, dataDir: string): unknown {
@@ -450,18 +452,17 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     logger.warn({ reason }, `etcd session lost (${reason}): fencing every partition this node masters`);
     for (const controller of controllers) controller.fence(`session lost: ${reason}`);
   });
-  let outageWarnedAt: number | undefined;
+  const outageWarnings = new WarningThrottle(OUTAGE_WARNING_INTERVAL_MS);
   coord.on('session-retry-failed', (error: Error, downMs: number) => {
-    const now = performance.now();
-    if (outageWarnedAt !== undefined && now - outageWarnedAt < OUTAGE_WARNING_INTERVAL_MS) return;
-    outageWarnedAt = now;
+    if (!outageWarnings.take('outage').due) return;
     logger.warn(
       { err: error, downMs },
       `no etcd session for ${Math.round(downMs / 1000)} s (${error.message}): this node takes no writes and stands in no election until etcd answers`,
     );
   });
   coord.on('session', () => {
-    outageWarnedAt = undefined;
+    // The next outage is told from its first failed retry.
+    outageWarnings.forget('outage');
     logger.info('etcd session re-established');
     placement.schedule();
     for (const controller of controllers) controller.schedule();

@@ -22,4 +22,9 @@ export class WarningThrottle {
     this.last.set(kind, { at: now, heldBack: 0 });
     return { due: true, heldBack: last?.heldBack ?? 0 };
   }
+
+  /** Lets the next warning of `kind` through at once (what it was about is over). */
+  forget(kind: string): void {
+    this.last.delete(kind);
+  }
 }

@@ -16,6 +16,8 @@ describe('WarningThrottle', () => {
     now = 10_000;
     expect(throttle.take('ENOSPC')).toEqual({ due: true, heldBack: 2 });
     expect(throttle.take('ENOSPC')).toEqual({ due: false, heldBack: 1 });
+    throttle.forget('ENOSPC');
+    expect(throttle.take('ENOSPC')).toEqual({ due: true, heldBack: 0 });
   });
 });
 
