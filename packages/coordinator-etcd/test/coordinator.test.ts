@@ -17,9 +17,14 @@ afterAll(async () => {
   await stopAll();
 });
 
-async function connect(id: string, name = `c${cluster}`, ttlSeconds = 2): Promise<Coordinator> {
+async function connect(
+  id: string,
+  name = `c${cluster}`,
+  ttlSeconds = 2,
+  endpoint = etcd.endpoint,
+): Promise<Coordinator> {
   const coordinator = await Coordinator.connect({
-    endpoints: [etcd.endpoint],
+    endpoints: [endpoint],
     cluster: name,
     ttlSeconds,
     node: {
@@ -273,13 +278,7 @@ describe('Coordinator against a real etcd', () => {
   it('fences by its own deadline when etcd stops answering, before etcd3 would report the loss', async () => {
     const own = await startEtcd();
     try {
-      const a = await Coordinator.connect({
-        endpoints: [own.endpoint],
-        cluster: 'frozen',
-        ttlSeconds: 2,
-        node: { id: 'a', host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: process.pid, startedAt: 'now' },
-      });
-      open.push(a);
+      const a = await connect('a', 'frozen', 2, own.endpoint);
       const reasons: string[] = [];
       a.on('session-lost', (reason: string) => reasons.push(reason));
       own.kill('SIGSTOP');
@@ -298,13 +297,7 @@ describe('Coordinator against a real etcd', () => {
   it('tells, while it cannot open a new session, how long it has been without one', async () => {
     const own = await startEtcd();
     try {
-      const a = await Coordinator.connect({
-        endpoints: [own.endpoint],
-        cluster: 'gone',
-        ttlSeconds: 2,
-        node: { id: 'a', host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: process.pid, startedAt: 'now' },
-      });
-      open.push(a);
+      const a = await connect('a', 'gone', 2, own.endpoint);
       const failed: number[] = [];
       a.on('session-retry-failed', (_error: Error, downMs: number) => failed.push(downMs));
       await own.stop();
