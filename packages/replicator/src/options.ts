@@ -26,15 +26,13 @@ const FeedSchema = z.object({
   }),
 });
 
+const NOT_A_PARTITION = { error: 'partition must be a whole number ≥ 0' };
+
 const OptionsSchema = z.object({
   fileStoreDir: absolutePath('fileStoreDir'),
   changeLogDir: absolutePath('changeLogDir').optional(),
   checkpointDir: absolutePath('checkpointDir'),
-  partition: z
-    .number({ error: 'partition must be a whole number ≥ 0' })
-    .int({ error: 'partition must be a whole number ≥ 0' })
-    .min(0, { error: 'partition must be a whole number ≥ 0' })
-    .optional(),
+  partition: z.number(NOT_A_PARTITION).int(NOT_A_PARTITION).min(0, NOT_A_PARTITION).optional(),
 });
 
 /**
