@@ -518,7 +518,7 @@ export class Coordinator extends EventEmitter {
     for (let attempt = 0; attempt < 5; attempt++) {
       const current = await this.client.get(genKey).exec();
       const kv = current.kvs[0];
-      const generation = kv === undefined ? 0n : BigInt(kv.value.toString());
+      const generation = kv === undefined ? 0n : parseGeneration(genKey, kv.value.toString());
       if (args.expected !== undefined && generation !== args.expected) break;
       let txn = this.client.if(genKey, 'Mod', '==', kv === undefined ? 0 : kv.mod_revision);
       if (args.token !== undefined)
@@ -658,5 +658,17 @@ function unreachable(endpoints: string[], error: unknown): CoordinatorError {
     'ETCD_UNREACHABLE',
     `etcd at ${endpoints.join(',')} is unreachable (${(error as Error).message.split('\n')[0]}): start etcd or fix the endpoints`,
     { cause: error },
+  );
+}
+
+/**
+ * A stored generation, refused rather than read as 0 when it is not a decimal: a bump from 0 could
+ * take the partition back to a generation whose txids its logs already hold.
+ */
+function parseGeneration(key: string, value: string): bigint {
+  if (/^\d+$/.test(value)) return BigInt(value);
+  throw new CoordinatorError(
+    'BAD_VALUE',
+    `${key} holds ${JSON.stringify(value.slice(0, 40))}, not a decimal generation: put back a generation above every history/<g> key of the partition (etcdctl put ${key} <n>)`,
   );
 }

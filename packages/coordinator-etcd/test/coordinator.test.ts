@@ -230,6 +230,18 @@ describe('Coordinator against a real etcd', () => {
     );
   });
 
+  it('refuses to bump a generation key that holds no decimal, naming the key, and changes nothing', async () => {
+    const name = `c${++cluster}`;
+    const a = await connect('a');
+    const key = keys.generation(name, 0);
+    etcdctl('put', key, 'x7');
+    await expect(a.bumpGeneration({ partition: 0, lastTxid: 0n })).rejects.toMatchObject({
+      code: 'BAD_VALUE',
+      message: expect.stringContaining(key),
+    });
+    expect(etcdctl('get', key, '--print-value-only').trim()).toBe('x7');
+  });
+
   it("revokes a master's lease for another node only while that mastership is current, never its own", async () => {
     cluster++;
     const a = await connect('a');
