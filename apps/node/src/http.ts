@@ -24,7 +24,7 @@ import { listQuarantine } from './divergence.ts';
 import { FileDigestCache } from './file-digests.ts';
 import type { PartitionController } from './partition-controller.ts';
 import { filesInTheWayOfPut } from './path-conflicts.ts';
-import { parseRange } from './range.ts';
+import { noneMatchHits, parseRange } from './range.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
 /**
@@ -558,7 +558,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           .header('etag', etag)
           .header('accept-ranges', 'bytes')
           .header('last-modified', new Date(Number(info.mtimeNs / 1_000_000n)).toUTCString());
-        if (request.headers['if-none-match'] === etag) return reply.code(304).send();
+        if (noneMatchHits(request.headers['if-none-match'], etag)) return reply.code(304).send();
         const size = Number(info.size);
         // A resumed download names the version it has (If-Range): another version's bytes would
         // be joined to it, so a change, or a validator other than this ETag, gets the whole file.

@@ -20,3 +20,15 @@ export function parseRange(
   if (start >= size || end < start) return 'unsatisfiable';
   return { start, end };
 }
+
+/**
+ * Whether an `If-None-Match` header matches the current version's `etag` (pure): `*`, or a list
+ * naming it, weak or not (RFC 9110 13.1.2 compares weakly). A cache holding a weak validator, or
+ * asking with several, then gets its 304 as a cache holding exactly this one does.
+ */
+export function noneMatchHits(header: string | undefined, etag: string): boolean {
+  if (header === undefined) return false;
+  if (header.trim() === '*') return true;
+  // ETags hold no comma here (a quoted hex digest), so a list splits on commas.
+  return header.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag);
+}

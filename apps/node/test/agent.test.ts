@@ -287,6 +287,11 @@ describe('node agent over HTTP', () => {
       headers: { 'if-none-match': `"${written.sha256}"` },
     });
     expect(cached.status).toBe(304);
+    // A cache holding the weak form, or asking with several validators, is answered the same.
+    const cachedWeak = await fetch(`${master.url}/v1/files/docs/digits`, {
+      headers: { 'if-none-match': `"other", W/"${written.sha256}"` },
+    });
+    expect(cachedWeak.status).toBe(304);
     const head = await fetch(`${master.url}/v1/files/docs/digits`, { method: 'HEAD' });
     expect(head.status).toBe(200);
     expect(head.headers.get('content-length')).toBe('10');

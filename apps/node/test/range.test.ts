@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseRange } from '../src/range.ts';
+import { noneMatchHits, parseRange } from '../src/range.ts';
 
 describe('parseRange', () => {
   it.each([
@@ -17,5 +17,24 @@ describe('parseRange', () => {
     ['bytes=-', 10, undefined],
   ] as const)('%s of %d bytes', (header, size, want) => {
     expect(parseRange(header, size)).toEqual(want);
+  });
+});
+
+describe('noneMatchHits', () => {
+  const etag = '"ab12"';
+  it.each([
+    [undefined, false],
+    ['"ab12"', true],
+    ['*', true],
+    [' * ', true],
+    ['W/"ab12"', true],
+    ['"x", "ab12"', true],
+    ['"x",W/"ab12"', true],
+    ['"x"', false],
+    ['"ab1"', false],
+    ['ab12', false],
+    ['', false],
+  ] as const)('%s', (header, want) => {
+    expect(noneMatchHits(header, etag)).toBe(want);
   });
 });
