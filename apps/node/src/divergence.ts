@@ -1,4 +1,4 @@
-import { appendFile, lstat, mkdir, readdir, readFile } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { findInStore, firstParentNotADirectory, quarantineFile } from '@pfs/filestore';
 import { formatTxId, fsyncDir, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
@@ -229,10 +229,17 @@ async function quarantineListed(args: {
   });
 }
 
-/** Appends lines to `<dir>/MANIFEST.jsonl`, durably (the file, and its name in `dir`). */
+/**
+ * Appends lines to `<dir>/MANIFEST.jsonl`, durably (the file, and its name in `dir`). After a
+ * line torn by a crash (no newline at the end of the file) the new lines start on a line of
+ * their own, so that the torn one stays alone and every later one can be read.
+ */
 async function appendManifest(dir: string, lines: readonly string[]): Promise<void> {
   await mkdir(dir, { recursive: true });
-  await appendFile(join(dir, 'MANIFEST.jsonl'), `${lines.join('\n')}\n`, { flush: true });
+  const manifest = join(dir, 'MANIFEST.jsonl');
+  const last = await lastByteOf(manifest);
+  const torn = last !== undefined && last !== NEWLINE;
+  await appendFile(manifest, `${torn ? '\n' : ''}${lines.join('\n')}\n`, { flush: true });
   await fsyncDir(dir);
 }
 
@@ -244,8 +251,48 @@ export async function listQuarantine(quarantineDir: string): Promise<QuarantineE
   const entries: QuarantineEntry[] = [];
   for (const generation of generations) {
     const text = await readFile(join(quarantineDir, generation, 'MANIFEST.jsonl'), 'utf8').catch(() => '');
-    for (const line of text.split('\n'))
-      if (line.trim() !== '') entries.push(JSON.parse(line) as QuarantineEntry);
+    for (const line of text.split('\n')) {
+      const entry = parseManifestLine(line);
+      if (entry !== undefined) entries.push(entry);
+    }
   }
   return entries;
 }
+
+const NEWLINE = 0x0a;
+
+/** The last byte of the file, or undefined when it is empty or absent. */
+async function lastByteOf(path: string): Promise<number | undefined> {
+  const handle = await open(path, 'r').catch(() => undefined);
+  if (handle === undefined) return undefined;
+  try {
+    const { size } = await handle.stat();
+    if (size === 0) return undefined;
+    const byte = Buffer.alloc(1);
+    await handle.read(byte, 0, 1, size - 1);
+    return byte[0];
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * One manifest line, or undefined for a blank or torn one. A torn line is an append a crash cut
+ * short: its entry was never moved (the move waits for the append), and the next try listed it
+ * again. A manifest written before appends began on a line of their own may hold a torn line
+ * with the next entry joined to it: that entry is read from where it starts.
+ */
+function parseManifestLine(line: string): QuarantineEntry | undefined {
+  if (line.trim() === '') return undefined;
+  for (let start = 0; start !== -1; start = line.indexOf(ENTRY_START, start + 1)) {
+    try {
+      return JSON.parse(line.slice(start)) as QuarantineEntry;
+    } catch {
+      // torn: try the next entry's start on the line
+    }
+  }
+  return undefined;
+}
+
+/** How JSON.stringify begins every entry (its first field). */
+const ENTRY_START = '{"generation":';

@@ -188,6 +188,34 @@ describe('setAsideInTheWay', () => {
     }
   });
 
+  it('lists entries after a line torn by a crash, on a line of their own, and reads older joined ones', async () => {
+    const base = await mkdtemp(join(tmpdir(), 'pfs-aside-'));
+    try {
+      const fileStore = join(base, 'filestore');
+      const quarantineDir = join(base, 'quarantine');
+      const manifest = join(quarantineDir, '3', 'MANIFEST.jsonl');
+      const torn = '{"generation":"3","txid":"128849';
+      await mkdir(join(quarantineDir, '3'), { recursive: true });
+      await writeFile(manifest, torn);
+      // A torn last line alone: nothing listed, and no error.
+      expect(await listQuarantine(quarantineDir)).toEqual([]);
+      await mkdir(join(fileStore, 'a', 'd'), { recursive: true });
+      await writeFile(join(fileStore, 'a', 'd', 'kept'), 'kept');
+      const txid = makeTxId(3, 7);
+      const at = await setAsideInTheWay({ fileStore, quarantineDir, path: 'a/d', txid, kind: 'directory' });
+      expect((await readFile(manifest, 'utf8')).startsWith(`${torn}\n{`)).toBe(true);
+      expect((await listQuarantine(quarantineDir)).map((e) => [e.path, e.quarantinedAs])).toEqual([
+        ['a/d', at],
+      ]);
+      // As an older manifest may hold it: the next entry joined to the torn line.
+      const entry = (await readFile(manifest, 'utf8')).split('\n')[1]!;
+      await writeFile(manifest, `${torn}${entry}\n`);
+      expect((await listQuarantine(quarantineDir)).map((e) => e.path)).toEqual(['a/d']);
+    } finally {
+      await rm(base, { recursive: true, force: true });
+    }
+  });
+
   it('lists the directory before moving it: a move that fails leaves it listed and in the store', async () => {
     const base = await mkdtemp(join(tmpdir(), 'pfs-aside-'));
     try {
