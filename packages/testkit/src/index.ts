@@ -1,6 +1,7 @@
 export { TestkitError, type TestkitErrorCode } from './errors.ts';
 export { type EtcdHandle, type StartEtcdOptions, startEtcd } from './etcd.ts';
 export {
+  AGENT_NODE_FLAGS,
   killRsyncDaemonOf,
   NodeProcess,
   type NodeSpec,
