@@ -793,6 +793,13 @@ export class PartitionController {
     this.following = undefined;
     this.followedSource = undefined;
     await this.replicator?.pause();
+    const badGeneration = coordinator.generationProblem(this.partition);
+    if (badGeneration !== undefined) {
+      // A claim would drain without knowing where generations ended, and its bump fail.
+      this.deps.logger.error({ partition: this.partition }, `partition ${this.partition}: ${badGeneration}`);
+      this.role = 'offline';
+      return;
+    }
     const pv = coordinator.view.partitions.get(this.partition);
     if (pv !== undefined && divergencePoint(this.appliedTxid, pv.history, pv.generation) !== undefined) {
       // Our log runs past what the cluster agreed for its generation: we must not lead with it.
@@ -1248,8 +1255,12 @@ export function behindTheCluster(
 /** A promotion cut short by the loss of the claim or by the node stopping, not by a fault of its own. */
 class PromotionInterrupted extends Error {}
 
-/** Coordinator errors that mean the claim was lost (to etcd, or to another node), not a fault here. */
-const LOST_CLAIM_CODES = new Set(['NOT_MASTER', 'GENERATION_CONFLICT', 'SESSION_LOST']);
+/**
+ * Coordinator errors that mean the claim was lost (to etcd, or to another node), or that etcd's
+ * keys stop every node alike (a generation key that holds no generation, refused before a claim
+ * once the view shows it): not a fault here, so no pause once it is gone.
+ */
+const LOST_CLAIM_CODES = new Set(['NOT_MASTER', 'GENERATION_CONFLICT', 'SESSION_LOST', 'BAD_VALUE']);
 
 /** Promotions in a row that give the vote back when a better-informed live peer cannot be drained. */
 const MAX_PROMOTIONS_WAITING_FOR_A_PEER = 3;

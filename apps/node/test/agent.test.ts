@@ -1109,6 +1109,29 @@ describe('node agent over HTTP', () => {
     expect((await fetch(`${healthy.url}/v1/files/after`, { method: 'PUT', body: 'a' })).status).toBe(201);
   });
 
+  it('stands for no election while the generation key holds no generation, and takes over once it is put back', async () => {
+    const { cluster, master, replica, entries } = await masterAndLoggedReplica('bad-generation');
+    expect((await fetch(`${master.url}/v1/files/before`, { method: 'PUT', body: 'b' })).status).toBe(201);
+    await caughtUp(master, replica);
+    const key = keys.generation(cluster, 0);
+    harness.etcdctl('put', key, 'x7');
+    await stopForRestart(master);
+    const refusal = await until('the replica to refuse to stand', async () =>
+      entries.find((e) => typeof e.msg === 'string' && e.msg.includes(`${key} holds "x7"`)),
+    );
+    // It names the value to put back: the generation the master was serving.
+    expect(refusal.msg).toContain(`etcdctl put ${key} 1`);
+    // No claim was made, so no promotion failed (and none counts against it once the key is fixed).
+    expect(entries.filter((e) => String(e.msg).includes('promotion'))).toEqual([]);
+    expect((await role(replica)).role).toBe('offline');
+    harness.etcdctl('put', key, '1');
+    await until('the replica to take over', async () =>
+      (await role(replica)).role === 'master' ? true : undefined,
+    );
+    expect(harness.etcdctl('get', key, '--print-value-only').trim()).toBe('2');
+    expect(await (await fetch(`${replica.url}/v1/files/before`)).text()).toBe('b');
+  });
+
   it('keeps serving its records after a handover its replica missed, until the successor has them', async () => {
     const { master, replica } = await twoNodes();
     expect((await fetch(`${master.url}/v1/files/before`, { method: 'PUT', body: 'b' })).status).toBe(201);

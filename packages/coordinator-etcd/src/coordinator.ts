@@ -7,10 +7,12 @@ import { CoordinatorError } from './errors.ts';
 import { clusterPrefix, keys, NODE_ID_PATTERN } from './keys.ts';
 import {
   applyKey,
+  badGenerationMessage,
   type ClusterSettings,
   ClusterSettingsSchema,
   type ClusterView,
   emptyView,
+  isGeneration,
   type MasterInfo,
   type NodeInfo,
   NodeInfoSchema,
@@ -133,6 +135,16 @@ export class Coordinator extends EventEmitter {
     }
     coordinator.watchdog = setInterval(() => coordinator.checkDeadline(), WATCHDOG_INTERVAL_MS);
     return coordinator;
+  }
+
+  /**
+   * Why no node may stand for election of `partition`, when its generation key holds no
+   * generation (the message names the key and the value to put back); undefined otherwise.
+   */
+  generationProblem(partition: number): string | undefined {
+    const pv = this.view.partitions.get(partition);
+    if (pv?.badGeneration === undefined) return undefined;
+    return badGenerationMessage(keys.generation(this.cluster, partition), pv.badGeneration, pv);
   }
 
   /** True while the lease is surely alive on the etcd side (monotonic clock). */
@@ -518,7 +530,14 @@ export class Coordinator extends EventEmitter {
     for (let attempt = 0; attempt < 5; attempt++) {
       const current = await this.client.get(genKey).exec();
       const kv = current.kvs[0];
-      const generation = kv === undefined ? 0n : parseGeneration(genKey, kv.value.toString());
+      const value = kv?.value.toString();
+      if (value !== undefined && !isGeneration(value)) {
+        throw new CoordinatorError(
+          'BAD_VALUE',
+          badGenerationMessage(genKey, value, this.view.partitions.get(args.partition)),
+        );
+      }
+      const generation = value === undefined ? 0n : BigInt(value);
       if (args.expected !== undefined && generation !== args.expected) break;
       let txn = this.client.if(genKey, 'Mod', '==', kv === undefined ? 0 : kv.mod_revision);
       if (args.token !== undefined)
@@ -658,17 +677,5 @@ function unreachable(endpoints: string[], error: unknown): CoordinatorError {
     'ETCD_UNREACHABLE',
     `etcd at ${endpoints.join(',')} is unreachable (${(error as Error).message.split('\n')[0]}): start etcd or fix the endpoints`,
     { cause: error },
-  );
-}
-
-/**
- * A stored generation, refused rather than read as 0 when it is not a decimal: a bump from 0 could
- * take the partition back to a generation whose txids its logs already hold.
- */
-function parseGeneration(key: string, value: string): bigint {
-  if (/^\d+$/.test(value)) return BigInt(value);
-  throw new CoordinatorError(
-    'BAD_VALUE',
-    `${key} holds ${JSON.stringify(value.slice(0, 40))}, not a decimal generation: put back a generation above every history/<g> key of the partition (etcdctl put ${key} <n>)`,
   );
 }

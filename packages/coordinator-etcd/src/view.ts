@@ -57,7 +57,13 @@ export interface MasterView extends MasterInfo {
 
 export interface PartitionView {
   master: MasterView | undefined;
+  /** The current generation; while the key holds no valid one, the last valid one seen (or 0). */
   generation: bigint;
+  /**
+   * What the generation key holds when it is not a generation (a decimal of at most 32 bits):
+   * no node may stand for election then (see badGenerationMessage).
+   */
+  badGeneration?: string | undefined;
   /** Last txid of each ended generation. */
   history: Map<bigint, bigint>;
   /** Applied txid each replica last reported. */
@@ -158,7 +164,14 @@ export function applyKey(
       return;
     }
     case 'generation':
-      p.generation = value !== undefined && /^\d+$/.test(value) ? BigInt(value) : 0n;
+      if (value !== undefined && !isGeneration(value)) {
+        // Kept as it was: 0 would let a drain take records past any recorded end, and a bump
+        // from it take the partition back to txids its logs already hold.
+        p.badGeneration = value;
+        return;
+      }
+      p.generation = value === undefined ? 0n : BigInt(value);
+      p.badGeneration = undefined;
       return;
     case 'history':
       if (value !== undefined && /^\d+$/.test(value)) p.history.set(parsed.generation, BigInt(value));
@@ -240,4 +253,22 @@ export function currentHandover(view: ClusterView, partition: number): bigint | 
   return pv?.handover !== undefined && pv.handover.generation === pv.generation
     ? pv.handover.finalTxid
     : undefined;
+}
+
+/** Whether a generation key's value is a generation: a decimal that fits the txid's 32 bits. */
+export function isGeneration(value: string): boolean {
+  return /^\d{1,10}$/.test(value) && BigInt(value) <= 0xffffffffn;
+}
+
+/**
+ * The one-line error for a generation key of `partition` that holds `value`, with the value to put
+ * back: the serving master's generation, else one past the last ended generation the history
+ * records (its master never bumped past it), else 1.
+ */
+export function badGenerationMessage(key: string, value: string, pv: PartitionView | undefined): string {
+  let ended = 0n;
+  for (const g of pv?.history.keys() ?? []) if (g > ended) ended = g;
+  const master = pv?.master?.state === 'serving' ? BigInt(pv.master.generation) : undefined;
+  const repair = master ?? ended + 1n;
+  return `${key} holds ${JSON.stringify(value.slice(0, 40))}, not a generation (a decimal below 2^32): no node stands for election until it is put back (etcdctl put ${key} ${repair}: ${master !== undefined ? "the serving master's generation" : 'one past the last ended generation in history/'})`;
 }

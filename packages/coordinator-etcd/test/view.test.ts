@@ -9,7 +9,7 @@ import {
   reportedSinceMasterLeft,
 } from '@pfs/coordinator-etcd';
 import { describe, expect, it } from 'vitest';
-import { applyKey, emptyView } from '../src/view.ts';
+import { applyKey, badGenerationMessage, emptyView } from '../src/view.ts';
 
 const node = (id: string) =>
   JSON.stringify({ id, host: '127.0.0.1', httpPort: 1, rsyncPort: 2, pid: 3, startedAt: 'x' });
@@ -56,6 +56,28 @@ describe('cluster view', () => {
     expect(p.master).toBeUndefined();
     applyKey(view, 'c', '/pfs/other/nodes/x', node('x'), 1n);
     expect(view.nodes.size).toBe(0);
+  });
+
+  it('keeps the last generation seen while the key holds none, and says what to put back', () => {
+    const view = emptyView();
+    applyKey(view, 'c', keys.generation('c', 0), '3', 5n);
+    applyKey(view, 'c', keys.history('c', 0, 2n), String((2n << 32n) | 9n), 5n);
+    const p = view.partitions.get(0)!;
+    for (const bad of ['x7', '', '-1', '4294967296', '12345678901']) {
+      applyKey(view, 'c', keys.generation('c', 0), bad, 6n);
+      expect(p.generation).toBe(3n);
+      expect(p.badGeneration).toBe(bad);
+    }
+    const message = badGenerationMessage(keys.generation('c', 0), 'x7', p);
+    expect(message).toContain(`etcdctl put ${keys.generation('c', 0)} 3`);
+    // A serving master's generation wins over the history's.
+    const master = { nodeId: 'n1', incarnation: 'n1:1', state: 'serving', generation: '4' };
+    applyKey(view, 'c', keys.master('c', 0), JSON.stringify(master), 7n);
+    expect(badGenerationMessage(keys.generation('c', 0), 'x7', p)).toContain(' 4: ');
+    expect(badGenerationMessage(keys.generation('c', 1), 'x7', undefined)).toContain(' 1: ');
+    applyKey(view, 'c', keys.generation('c', 0), '4294967295', 8n);
+    expect(p.generation).toBe(4294967295n);
+    expect(p.badGeneration).toBeUndefined();
   });
 });
 
