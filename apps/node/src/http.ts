@@ -24,7 +24,7 @@ import { listQuarantine } from './divergence.ts';
 import { FileDigestCache } from './file-digests.ts';
 import type { PartitionController } from './partition-controller.ts';
 import { filesInTheWayOfPut } from './path-conflicts.ts';
-import { noneMatchHits, parseRange } from './range.ts';
+import { noneMatchHits, parseRange, unsupportedWritePrecondition } from './range.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
 /**
@@ -350,6 +350,11 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   app.put<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
     const target = fileTarget(request.params['*'], reply);
     if (target === undefined) return reply;
+    const precondition = unsupportedWritePrecondition('PUT', request.headers);
+    if (precondition !== undefined) {
+      await dropUnreadBody(request.raw, reply);
+      return refusePrecondition(reply, 'PUT', precondition);
+    }
     const { path, partition } = target;
     const ack = refuseUnlessMaster(partition, path, reply) ? undefined : ackOf(request.headers, reply);
     if (ack === undefined) {
@@ -443,6 +448,8 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   app.delete<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
     const target = fileTarget(request.params['*'], reply);
     if (target === undefined) return reply;
+    const precondition = unsupportedWritePrecondition('DELETE', request.headers);
+    if (precondition !== undefined) return refusePrecondition(reply, 'DELETE', precondition);
     const { path, partition } = target;
     const ack = ackOf(request.headers, reply);
     if (ack === undefined) return reply;
@@ -659,6 +666,14 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   );
 
   return app;
+}
+
+/** 400 for a precondition (`header`) a write would otherwise go ahead without. */
+function refusePrecondition(reply: FastifyReply, method: 'PUT' | 'DELETE', header: string): FastifyReply {
+  return reply.code(400).send({
+    code: 'PRECONDITION_UNSUPPORTED',
+    message: `${method} with ${header} is not supported, and the write was not made: send it without ${header}${method === 'PUT' ? ' (if-none-match: * refuses to overwrite an existing file)' : ''}`,
+  });
 }
 
 /** 503 for a read of a store that is not in place (see storeIsInPlace): other nodes may answer it. */

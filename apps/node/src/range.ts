@@ -32,3 +32,21 @@ export function noneMatchHits(header: string | undefined, etag: string): boolean
   // ETags hold no comma here (a quoted hex digest), so a list splits on commas.
   return header.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag);
 }
+
+/**
+ * The precondition of a PUT or DELETE that this server does not evaluate, or undefined (pure).
+ * Writes honour `If-None-Match: *` on a PUT only; any other precondition is refused rather than
+ * ignored, since a client that sent one (`If-Match` for a compare-and-swap) expects the write not
+ * to happen unless it holds.
+ */
+export function unsupportedWritePrecondition(
+  method: 'PUT' | 'DELETE',
+  headers: Readonly<Record<string, string | string[] | undefined>>,
+): string | undefined {
+  for (const name of ['if-match', 'if-unmodified-since', 'if-modified-since', 'if-range']) {
+    if (headers[name] !== undefined) return name;
+  }
+  const noneMatch = headers['if-none-match'];
+  if (noneMatch !== undefined && (method !== 'PUT' || noneMatch !== '*')) return 'if-none-match';
+  return undefined;
+}

@@ -265,6 +265,21 @@ describe('node agent over HTTP', () => {
     });
     expect(again.status).toBe(409);
     expect(((await again.json()) as { code: string }).code).toBe('PATH_EXISTS');
+    // A precondition the server does not evaluate refuses the write instead of being ignored.
+    for (const [method, headers] of [
+      ['PUT', { 'if-match': `"${written.sha256}"` }],
+      ['PUT', { 'if-none-match': '"some-other-version"' }],
+      ['DELETE', { 'if-match': `"${written.sha256}"` }],
+    ] as const) {
+      const conditional = await fetch(`${master.url}/v1/files/docs/digits`, {
+        method,
+        headers,
+        ...(method === 'PUT' ? { body: 'overwritten' } : {}),
+      });
+      expect({ method, headers, status: conditional.status }).toEqual({ method, headers, status: 400 });
+      expect(((await conditional.json()) as { code: string }).code).toBe('PRECONDITION_UNSUPPORTED');
+    }
+    expect(await (await fetch(`${master.url}/v1/files/docs/digits`)).text()).toBe('0123456789');
     // Read-your-writes on the replica: wait for the txid the write answered with.
     const read = await fetch(`${replica.url}/v1/files/docs/digits?minTxid=${written.txid}&waitMs=10000`);
     expect(read.status).toBe(200);

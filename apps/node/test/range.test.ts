@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { noneMatchHits, parseRange } from '../src/range.ts';
+import { noneMatchHits, parseRange, unsupportedWritePrecondition } from '../src/range.ts';
 
 describe('parseRange', () => {
   it.each([
@@ -36,5 +36,21 @@ describe('noneMatchHits', () => {
     ['', false],
   ] as const)('%s', (header, want) => {
     expect(noneMatchHits(header, etag)).toBe(want);
+  });
+});
+
+describe('unsupportedWritePrecondition', () => {
+  it.each([
+    ['PUT', {}, undefined],
+    ['PUT', { 'if-none-match': '*' }, undefined],
+    ['PUT', { 'if-none-match': '"ab12"' }, 'if-none-match'],
+    ['PUT', { 'if-match': '"ab12"' }, 'if-match'],
+    ['PUT', { 'if-match': '*' }, 'if-match'],
+    ['PUT', { 'if-unmodified-since': 'Tue, 01 Jan 2030 00:00:00 GMT' }, 'if-unmodified-since'],
+    ['DELETE', {}, undefined],
+    ['DELETE', { 'if-none-match': '*' }, 'if-none-match'],
+    ['DELETE', { 'if-match': '"ab12"' }, 'if-match'],
+  ] as const)('%s with %j', (method, headers, want) => {
+    expect(unsupportedWritePrecondition(method, headers)).toBe(want);
   });
 });
