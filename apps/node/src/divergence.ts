@@ -1,4 +1,4 @@
-import { appendFile, lstat, mkdir, open, readdir, readFile } from 'node:fs/promises';
+import { lstat, mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { findInStore, firstParentNotADirectory, quarantineFile } from '@pfs/filestore';
 import { formatTxId, fsyncDir, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
@@ -233,13 +233,29 @@ async function quarantineListed(args: {
  * Appends lines to `<dir>/MANIFEST.jsonl`, durably (the file, and its name in `dir`). After a
  * line torn by a crash (no newline at the end of the file) the new lines start on a line of
  * their own, so that the torn one stays alone and every later one can be read.
+ *
+ * In one write(2): partitions of the same generation number share a manifest and may append at
+ * once, and appendFile's writes of 512 KiB each (a large divergent suffix) could interleave with
+ * another append, which would also read its end as torn and split a line of this one.
  */
 async function appendManifest(dir: string, lines: readonly string[]): Promise<void> {
   await mkdir(dir, { recursive: true });
   const manifest = join(dir, 'MANIFEST.jsonl');
   const last = await lastByteOf(manifest);
   const torn = last !== undefined && last !== NEWLINE;
-  await appendFile(manifest, `${torn ? '\n' : ''}${lines.join('\n')}\n`, { flush: true });
+  const bytes = Buffer.from(`${torn ? '\n' : ''}${lines.join('\n')}\n`);
+  const handle = await open(manifest, 'a');
+  try {
+    const { bytesWritten } = await handle.write(bytes);
+    if (bytesWritten !== bytes.length) {
+      throw new Error(
+        `${manifest}: wrote ${bytesWritten} of ${bytes.length} bytes (disk full?): free space and retry`,
+      );
+    }
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
   await fsyncDir(dir);
 }
 
