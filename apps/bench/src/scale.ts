@@ -8,7 +8,7 @@ const AGENT_DIR = fileURLToPath(new URL('../../node/', import.meta.url));
 
 /** Resident memory now (VmRSS) or the peak since the process started (VmHWM), in MiB. */
 async function rssMiB(pid: number, field: 'VmRSS' | 'VmHWM' = 'VmRSS'): Promise<number> {
-  // The agent runs as `node dist/pfs-node.mjs`: its own pid is the process group leader.
+  // The agent runs as `node <flags> dist/pfs-node.mjs`: its own pid is the process group leader.
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   return Math.round(Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) / 1024);
 }

@@ -7,7 +7,7 @@ describe('the start script', () => {
     const manifest = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as {
       scripts: { start: string };
     };
-    const command = /exec node (.*) dist\/pfs-node\.mjs$/.exec(manifest.scripts.start);
-    expect(command?.[1]?.split(' ')).toEqual([...AGENT_NODE_FLAGS]);
+    const command = /exec node ((?:\S+ )*)dist\/pfs-node\.mjs$/.exec(manifest.scripts.start);
+    expect(command?.[1]?.split(' ').filter((flag) => flag !== '')).toEqual([...AGENT_NODE_FLAGS]);
   });
 });

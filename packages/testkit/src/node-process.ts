@@ -228,7 +228,7 @@ const AGENT_BUNDLE = 'dist/pfs-node.mjs';
  * Node flags the agent runs with, as apps/node's `start` script gives them (a test checks they
  * agree). A young generation of 4 MiB semi-spaces instead of V8's 16: a restart's log replay
  * and store walk make garbage by the gigabyte, and the larger semi-spaces held ~35 MiB more at
- * a million files (peak 296–299 MiB against 262–267, docs/benchmarks.md), for ~0.02 ms more
+ * a million files (peak 296–299 MiB against 262–272, docs/benchmarks.md), for ~0.02 ms more
  * garbage collection per PUT.
  */
 export const AGENT_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=4'];
