@@ -24,7 +24,7 @@ import { listQuarantine } from './divergence.ts';
 import { FileDigestCache } from './file-digests.ts';
 import type { PartitionController } from './partition-controller.ts';
 import { filesInTheWayOfPut } from './path-conflicts.ts';
-import { noneMatchHits, parseRange, unsupportedWritePrecondition } from './range.ts';
+import { noneMatchHits, parseRange, unsupportedWritePrecondition, writePreconditionOf } from './range.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
 /**
@@ -34,6 +34,7 @@ import { ACK_MODES, type AckMode } from './replica-acks.ts';
 const STATUS_OF_CODE: Record<string, number> = {
   PATH_CONFLICT: 409,
   PATH_EXISTS: 409,
+  PRECONDITION_FAILED: 412,
   PATH_IS_DIRECTORY: 409,
   NOT_FOUND: 404,
   FILE_TOO_LARGE: 413,
@@ -350,11 +351,12 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   app.put<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
     const target = fileTarget(request.params['*'], reply);
     if (target === undefined) return reply;
-    const precondition = unsupportedWritePrecondition('PUT', request.headers);
-    if (precondition !== undefined) {
+    const unsupported = unsupportedWritePrecondition(request.headers);
+    if (unsupported !== undefined) {
       await dropUnreadBody(request.raw, reply);
-      return refusePrecondition(reply, 'PUT', precondition);
+      return refusePrecondition(reply, 'PUT', unsupported);
     }
+    const precondition = writePreconditionOf('PUT', request.headers);
     const { path, partition } = target;
     const ack = refuseUnlessMaster(partition, path, reply) ? undefined : ackOf(request.headers, reply);
     if (ack === undefined) {
@@ -414,7 +416,10 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         return reply;
       }
       const commit = (file: StagedFile) =>
-        state.generator.commitPut(file, { ifAbsent: request.headers['if-none-match'] === '*' });
+        state.generator.commitPut(file, {
+          ifAbsent: request.headers['if-none-match'] === '*',
+          ...(precondition ? { precondition } : {}),
+        });
       const committing = staged;
       const record = await commit(committing).catch(async (error: unknown) => {
         // Refused for a directory of files at the path, it is still staged (see StagedFile).
@@ -448,14 +453,15 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
   app.delete<{ Params: { '*': string } }>('/v1/files/*', async (request, reply) => {
     const target = fileTarget(request.params['*'], reply);
     if (target === undefined) return reply;
-    const precondition = unsupportedWritePrecondition('DELETE', request.headers);
-    if (precondition !== undefined) return refusePrecondition(reply, 'DELETE', precondition);
+    const unsupported = unsupportedWritePrecondition(request.headers);
+    if (unsupported !== undefined) return refusePrecondition(reply, 'DELETE', unsupported);
+    const precondition = writePreconditionOf('DELETE', request.headers);
     const { path, partition } = target;
     const ack = ackOf(request.headers, reply);
     if (ack === undefined) return reply;
     try {
       if (refuseUnlessMaster(partition, path, reply)) return reply;
-      const record = await state.generator.commitDelete(path);
+      const record = await state.generator.commitDelete(path, precondition ? { precondition } : {});
       return answerWrite(reply, record, partition, ack, 200);
     } catch (error) {
       state.controllers[partition]?.checkLog();
@@ -672,7 +678,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
 function refusePrecondition(reply: FastifyReply, method: 'PUT' | 'DELETE', header: string): FastifyReply {
   return reply.code(400).send({
     code: 'PRECONDITION_UNSUPPORTED',
-    message: `${method} with ${header} is not supported, and the write was not made: send it without ${header}${method === 'PUT' ? ' (if-none-match: * refuses to overwrite an existing file)' : ''}`,
+    message: `${method} with ${header} is not supported, and the write was not made: send it without ${header} (if-match with the file's ETag makes a write conditional on its version)`,
   });
 }
 

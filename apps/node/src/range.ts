@@ -34,19 +34,40 @@ export function noneMatchHits(header: string | undefined, etag: string): boolean
 }
 
 /**
- * The precondition of a PUT or DELETE that this server does not evaluate, or undefined (pure).
- * Writes honour `If-None-Match: *` on a PUT only; any other precondition is refused rather than
- * ignored, since a client that sent one (`If-Match` for a compare-and-swap) expects the write not
- * to happen unless it holds.
+ * The precondition of a PUT or DELETE that this server does not evaluate, or undefined (pure):
+ * the date-based ones and `If-Range`. They are refused rather than ignored, since a client that
+ * sent one expects the write not to happen unless it holds.
  */
 export function unsupportedWritePrecondition(
-  method: 'PUT' | 'DELETE',
   headers: Readonly<Record<string, string | string[] | undefined>>,
 ): string | undefined {
-  for (const name of ['if-match', 'if-unmodified-since', 'if-modified-since', 'if-range']) {
-    if (headers[name] !== undefined) return name;
+  return ['if-unmodified-since', 'if-modified-since', 'if-range'].find((name) => headers[name] !== undefined);
+}
+
+/**
+ * What a PUT's or DELETE's `If-Match` and `If-None-Match` ask of the file's current sha-256
+ * (undefined: no file), or undefined when they ask nothing (pure). `If-Match` compares strongly
+ * (a weak tag never matches) and `*` needs a file; `If-None-Match` compares weakly and `*`
+ * needs none — but a PUT's `If-None-Match: *` is left to the put itself (`ifAbsent`, which
+ * answers 409 PATH_EXISTS as it always has).
+ */
+export function writePreconditionOf(
+  method: 'PUT' | 'DELETE',
+  headers: Readonly<Record<string, string | string[] | undefined>>,
+): ((currentSha256: string | undefined) => boolean) | undefined {
+  const checks: ((current: string | undefined) => boolean)[] = [];
+  const ifMatch = headers['if-match'];
+  if (typeof ifMatch === 'string') {
+    checks.push(
+      (current) =>
+        current !== undefined &&
+        (ifMatch.trim() === '*' || ifMatch.split(',').some((tag) => tag.trim() === `"${current}"`)),
+    );
   }
-  const noneMatch = headers['if-none-match'];
-  if (noneMatch !== undefined && (method !== 'PUT' || noneMatch !== '*')) return 'if-none-match';
-  return undefined;
+  const ifNoneMatch = headers['if-none-match'];
+  if (typeof ifNoneMatch === 'string' && !(method === 'PUT' && ifNoneMatch.trim() === '*')) {
+    checks.push((current) => current === undefined || !noneMatchHits(ifNoneMatch, `"${current}"`));
+  }
+  if (checks.length === 0) return undefined;
+  return (current) => checks.every((check) => check(current));
 }

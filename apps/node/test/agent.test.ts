@@ -265,21 +265,72 @@ describe('node agent over HTTP', () => {
     });
     expect(again.status).toBe(409);
     expect(((await again.json()) as { code: string }).code).toBe('PATH_EXISTS');
-    // A precondition the server does not evaluate refuses the write instead of being ignored.
+    // If-Match makes a write conditional on the version it names (strong comparison).
+    const stale = await fetch(`${master.url}/v1/files/docs/digits`, {
+      method: 'PUT',
+      body: 'overwritten',
+      headers: { 'if-match': `"${'0'.repeat(64)}"` },
+    });
+    expect(stale.status).toBe(412);
+    expect(((await stale.json()) as { code: string }).code).toBe('PRECONDITION_FAILED');
     for (const [method, headers] of [
-      ['PUT', { 'if-match': `"${written.sha256}"` }],
-      ['PUT', { 'if-none-match': '"some-other-version"' }],
-      ['DELETE', { 'if-match': `"${written.sha256}"` }],
+      ['DELETE', { 'if-match': `"${'0'.repeat(64)}"` }],
+      ['DELETE', { 'if-match': `W/"${written.sha256}"` }],
+      ['PUT', { 'if-none-match': `"other", "${written.sha256}"` }],
     ] as const) {
-      const conditional = await fetch(`${master.url}/v1/files/docs/digits`, {
+      const refused = await fetch(`${master.url}/v1/files/docs/digits`, {
         method,
         headers,
         ...(method === 'PUT' ? { body: 'overwritten' } : {}),
       });
-      expect({ method, headers, status: conditional.status }).toEqual({ method, headers, status: 400 });
-      expect(((await conditional.json()) as { code: string }).code).toBe('PRECONDITION_UNSUPPORTED');
+      expect({ method, headers, status: refused.status }).toEqual({ method, headers, status: 412 });
     }
+    expect(
+      (
+        await fetch(`${master.url}/v1/files/docs/absent`, {
+          method: 'PUT',
+          body: 'x',
+          headers: { 'if-match': '*' },
+        })
+      ).status,
+    ).toBe(412);
+    expect((await fetch(`${master.url}/v1/files/docs/absent`)).status).toBe(404);
+    // A precondition the server does not evaluate refuses the write instead of being ignored.
+    const dated = await fetch(`${master.url}/v1/files/docs/digits`, {
+      method: 'PUT',
+      body: 'overwritten',
+      headers: { 'if-unmodified-since': new Date(0).toUTCString() },
+    });
+    expect(dated.status).toBe(400);
+    expect(((await dated.json()) as { code: string }).code).toBe('PRECONDITION_UNSUPPORTED');
     expect(await (await fetch(`${master.url}/v1/files/docs/digits`)).text()).toBe('0123456789');
+    // With the version it holds, the write goes ahead, and the next one must name the new one.
+    const swapped = await fetch(`${master.url}/v1/files/docs/swapped`, { method: 'PUT', body: 'v1' });
+    const v1 = ((await swapped.json()) as { sha256: string }).sha256;
+    const v2put = await fetch(`${master.url}/v1/files/docs/swapped`, {
+      method: 'PUT',
+      body: 'v2',
+      headers: { 'if-match': `"${v1}"` },
+    });
+    expect(v2put.status).toBe(201);
+    expect(
+      (
+        await fetch(`${master.url}/v1/files/docs/swapped`, {
+          method: 'PUT',
+          body: 'v3',
+          headers: { 'if-match': `"${v1}"` },
+        })
+      ).status,
+    ).toBe(412);
+    const v2 = ((await v2put.json()) as { sha256: string }).sha256;
+    expect(
+      (
+        await fetch(`${master.url}/v1/files/docs/swapped`, {
+          method: 'DELETE',
+          headers: { 'if-match': `"${v2}"` },
+        })
+      ).status,
+    ).toBe(200);
     // Read-your-writes on the replica: wait for the txid the write answered with.
     const read = await fetch(`${replica.url}/v1/files/docs/digits?minTxid=${written.txid}&waitMs=10000`);
     expect(read.status).toBe(200);

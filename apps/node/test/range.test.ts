@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { noneMatchHits, parseRange, unsupportedWritePrecondition } from '../src/range.ts';
+import {
+  noneMatchHits,
+  parseRange,
+  unsupportedWritePrecondition,
+  writePreconditionOf,
+} from '../src/range.ts';
 
 describe('parseRange', () => {
   it.each([
@@ -41,16 +46,34 @@ describe('noneMatchHits', () => {
 
 describe('unsupportedWritePrecondition', () => {
   it.each([
+    [{}, undefined],
+    [{ 'if-none-match': '*' }, undefined],
+    [{ 'if-match': '"ab12"' }, undefined],
+    [{ 'if-unmodified-since': 'Tue, 01 Jan 2030 00:00:00 GMT' }, 'if-unmodified-since'],
+    [{ 'if-modified-since': 'Tue, 01 Jan 2030 00:00:00 GMT' }, 'if-modified-since'],
+    [{ 'if-range': '"ab12"' }, 'if-range'],
+  ] as const)('%j', (headers, want) => {
+    expect(unsupportedWritePrecondition(headers)).toBe(want);
+  });
+});
+
+describe('writePreconditionOf', () => {
+  const a = 'a'.repeat(64);
+  const b = 'b'.repeat(64);
+  // What each precondition says of: no file, a file holding a, a file holding b.
+  it.each([
     ['PUT', {}, undefined],
     ['PUT', { 'if-none-match': '*' }, undefined],
-    ['PUT', { 'if-none-match': '"ab12"' }, 'if-none-match'],
-    ['PUT', { 'if-match': '"ab12"' }, 'if-match'],
-    ['PUT', { 'if-match': '*' }, 'if-match'],
-    ['PUT', { 'if-unmodified-since': 'Tue, 01 Jan 2030 00:00:00 GMT' }, 'if-unmodified-since'],
-    ['DELETE', {}, undefined],
-    ['DELETE', { 'if-none-match': '*' }, 'if-none-match'],
-    ['DELETE', { 'if-match': '"ab12"' }, 'if-match'],
+    ['PUT', { 'if-match': `"${a}"` }, [false, true, false]],
+    ['PUT', { 'if-match': `"${b}", "${a}"` }, [false, true, true]],
+    ['PUT', { 'if-match': `W/"${a}"` }, [false, false, false]],
+    ['PUT', { 'if-match': '*' }, [false, true, true]],
+    ['PUT', { 'if-none-match': `W/"${a}"` }, [true, false, true]],
+    ['DELETE', { 'if-match': `"${a}"` }, [false, true, false]],
+    ['DELETE', { 'if-none-match': '*' }, [true, false, false]],
+    ['PUT', { 'if-match': `"${a}"`, 'if-none-match': `"${a}"` }, [false, false, false]],
   ] as const)('%s with %j', (method, headers, want) => {
-    expect(unsupportedWritePrecondition(method, headers)).toBe(want);
+    const check = writePreconditionOf(method, headers);
+    expect(check === undefined ? undefined : [check(undefined), check(a), check(b)]).toEqual(want);
   });
 });

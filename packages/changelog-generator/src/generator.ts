@@ -27,7 +27,10 @@ import { KeyedLock } from './path-locks.ts';
  * mtime, hash), so a change seen by both sources is logged once: `observe` logs only when the
  * disk differs from the index.
  */
-export type ChangelogErrorCode = 'NOT_MASTER' | 'NOT_LOGGED';
+export type ChangelogErrorCode = 'NOT_MASTER' | 'NOT_LOGGED' | 'PRECONDITION_FAILED';
+
+/** Whether a write may go ahead, given the sha-256 of the file at its path (undefined: none). */
+export type WritePrecondition = (currentSha256: string | undefined) => boolean;
 
 export class ChangelogError extends Error {
   readonly code: ChangelogErrorCode;
@@ -216,8 +219,15 @@ export class ChangelogGenerator {
     this.unlogged.set(partition, paths.add(path));
   }
 
-  /** File-server put: renames the staged file into place and logs it, as one step per path. */
-  commitPut(staged: StagedFile, options: { ifAbsent?: boolean } = {}): Promise<LogRecord> {
+  /**
+   * File-server put: renames the staged file into place and logs it, as one step per path. With
+   * `precondition`, only if it accepts the sha-256 of the file at the path (undefined: none),
+   * checked under the path's lock.
+   */
+  commitPut(
+    staged: StagedFile,
+    options: { ifAbsent?: boolean; precondition?: WritePrecondition } = {},
+  ): Promise<LogRecord> {
     return this.locks.run(staged.path, async () => {
       let partition: number;
       let owned: Partition;
@@ -229,6 +239,9 @@ export class ChangelogGenerator {
         assertAppendable(owned);
         // Checked under the path lock, so no other put can slip in between check and rename. A
         // directory is no file: the commit replaces it if it holds none, else refuses it.
+        if (options.precondition !== undefined) {
+          await this.checkPrecondition(partition, owned, staged.path, options.precondition);
+        }
         if (
           options.ifAbsent &&
           (await lstat(join(this.root, staged.path)).catch(() => undefined))?.isDirectory() === false
@@ -264,12 +277,15 @@ export class ChangelogGenerator {
     });
   }
 
-  /** File-server delete: removes the file and logs it, as one step per path. */
-  commitDelete(path: string): Promise<LogRecord> {
+  /** File-server delete: removes the file and logs it, as one step per path (see commitPut). */
+  commitDelete(path: string, options: { precondition?: WritePrecondition } = {}): Promise<LogRecord> {
     return this.locks.run(path, async () => {
       const [partition, owned] = this.owner(path);
       assertStoreInPlace(this.root);
       assertAppendable(owned);
+      if (options.precondition !== undefined) {
+        await this.checkPrecondition(partition, owned, path, options.precondition);
+      }
       await deleteFile(this.root, path).catch((error: unknown) => {
         throw error instanceof FilestoreError && error.code === 'NOT_DURABLE'
           ? notLogged(partition, path, 'deleted', error)
@@ -281,6 +297,35 @@ export class ChangelogGenerator {
         },
       );
     });
+  }
+
+  /**
+   * Throws PRECONDITION_FAILED unless `precondition` accepts the sha-256 of the file at `path`
+   * (undefined when there is none). The index answers when the file's stat matches it, as it
+   * does for a reconcile; a file changed behind its back is hashed.
+   */
+  private async checkPrecondition(
+    partition: number,
+    owned: Partition,
+    path: string,
+    precondition: WritePrecondition,
+  ): Promise<void> {
+    const info = await statFile(this.root, path);
+    let current: string | undefined;
+    if (info !== undefined) {
+      const slot = owned.index.slotOf(path);
+      current =
+        slot !== undefined && owned.index.matchesStat(slot, info.size, info.mtimeNs, info.ctimeNs)
+          ? owned.index.sha256Of(slot)
+          : (await hashFile(this.root, path))?.sha256;
+    }
+    if (!precondition(current)) {
+      throw new ChangelogError(
+        'PRECONDITION_FAILED',
+        `${JSON.stringify(path)} ${current === undefined ? 'does not exist' : `holds version "${current}"`}, which the write's precondition excludes; nothing was changed: read it again and retry with its ETag`,
+        partition,
+      );
+    }
   }
 
   /**

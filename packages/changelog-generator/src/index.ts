@@ -5,6 +5,7 @@ export {
   type ChangelogErrorCode,
   ChangelogGenerator,
   type ChangelogGeneratorOptions,
+  type WritePrecondition,
 } from './generator.ts';
 export {
   findUnloggedChanges,

@@ -94,6 +94,44 @@ describe('ChangelogGenerator', () => {
     expect(deleted.txid).toBeGreaterThan(record.txid);
   });
 
+  it('puts and deletes only when the precondition accepts what the path holds, seen under its lock', async () => {
+    const { root, generator, logs } = await setup();
+    const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+    await generator.commitPut(await stageFile(root, 'cas', Buffer.from('v1')));
+    const seen: (string | undefined)[] = [];
+    const only = (wanted: string | undefined) => (current: string | undefined) => {
+      seen.push(current);
+      return current === wanted;
+    };
+    await expect(
+      generator.commitPut(await stageFile(root, 'cas', Buffer.from('v2')), { precondition: only(sha('v0')) }),
+    ).rejects.toMatchObject({ code: 'PRECONDITION_FAILED' });
+    await expect(generator.commitDelete('cas', { precondition: only(undefined) })).rejects.toMatchObject({
+      code: 'PRECONDITION_FAILED',
+    });
+    expect(readFileSync(join(root, 'cas'), 'utf8')).toBe('v1');
+    // The refused put's staged file is gone, not left beside the store's files.
+    expect((await readdir(root)).filter((name) => name !== '.pfs')).toEqual(['cas']);
+    // Changed behind the index's back (same size, another mtime): the precondition sees the bytes.
+    writeFileSync(join(root, 'cas'), 'v9');
+    utimesSync(join(root, 'cas'), new Date(2_000_000_000_000), new Date(2_000_000_000_000));
+    await generator.commitPut(await stageFile(root, 'cas', Buffer.from('v3')), {
+      precondition: only(sha('v9')),
+    });
+    expect(readFileSync(join(root, 'cas'), 'utf8')).toBe('v3');
+    await generator.commitDelete('cas', { precondition: only(sha('v3')) });
+    await generator.commitPut(await stageFile(root, 'new', Buffer.from('n')), {
+      precondition: only(undefined),
+    });
+    expect(seen).toEqual([sha('v1'), sha('v1'), sha('v9'), sha('v3'), undefined]);
+    expect((await records(logs.get(0)!)).map((r) => `${r.kind} ${r.path}`)).toEqual([
+      'put cas',
+      'put cas',
+      'delete cas',
+      'put new',
+    ]);
+  });
+
   it('logs files dropped into the store: add, change, unlink with their hashes', async () => {
     const { root, generator, logs } = await setup();
     const watcher = followWatcher(generator, { settleMs: 20 });
