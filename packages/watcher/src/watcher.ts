@@ -76,7 +76,10 @@ export function watchStore(options: StoreWatcherOptions): StoreWatcher {
         if (closed) return;
         if (info === undefined) {
           reported.delete(path);
-          if (known.delete(path)) options.onEvent({ type: 'unlink', path });
+          known.delete(path);
+          // Told even for a path not reported yet: one a file-server put created and a hand
+          // removed within the settle window is in the log, and only this tells it is gone.
+          options.onEvent({ type: 'unlink', path });
           return;
         }
         const print = fingerprint(info);

@@ -74,6 +74,16 @@ describe('watchStore', () => {
     expect(events.filter((e) => e.path === 'burst')).toEqual([{ type: 'add', path: 'burst' }]);
   });
 
+  it('reports the unlink of a path removed before it was first reported', async () => {
+    // A put through the file server (logged at once) removed by hand within the settle window:
+    // only the unlink tells the log's owner that the path it recorded is gone.
+    const { root, events } = await setup(300);
+    await putFile(root, 'brief', Buffer.from('x'));
+    await unlink(join(root, 'brief'));
+    await until(() => has(events, 'unlink', 'brief'), 'unlink brief');
+    expect(events.filter((e) => e.path === 'brief')).toEqual([{ type: 'unlink', path: 'brief' }]);
+  });
+
   it('ignores the store temp files and its own metadata, and sees renamed-in files', async () => {
     const { root, events } = await setup();
     await putFile(root, 'via-store.txt', Buffer.from('x'));
