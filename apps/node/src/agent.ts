@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ChangelogGenerator, followWatcher } from '@pfs/changelog-generator';
 import { Coordinator, CoordinatorError, reportedByCurrentProcess } from '@pfs/coordinator-etcd';
-import { initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
+import { escapeNameBytes, initStore, SENTINEL_FILE, storeIsInPlace } from '@pfs/filestore';
 import { discardBulkCopyStaging, StoreGate } from '@pfs/replicator';
 import { rsyncVersion } from '@pfs/rsync-invoker';
 import { formatTxId, generationOf, mkdirDurable, TxLog, writeFileAtomic } from '@pfs/txlog';
@@ -52,6 +52,8 @@ const WATCHER_WARNING_INTERVAL_MS = 60_000;
 const TMPFS_MAGIC = 0x01021994;
 /** How often a long etcd outage is told (see 'session-retry-failed'). */
 const OUTAGE_WARNING_INTERVAL_MS = 10_000;
+/** How often a name that is not UTF-8 is told at most (each reconcile walk finds it again). */
+const NAME_WARNING_INTERVAL_MS = 60_000;
 /** How long a stopping master keeps serving its records to a successor that must drain them. */
 const SUCCESSOR_WAIT_MS = 5000;
 
@@ -176,10 +178,20 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
         `removed ${JSON.stringify(path)}, the temp file of a write a stopped process left`,
       ),
   };
+  // Every reconcile walks the whole store again: one warning a minute, with how many were held back.
+  const nameWarnings = new WarningThrottle(NAME_WARNING_INTERVAL_MS);
   const generator = new ChangelogGenerator({
     root: fileStore,
     partitionCount: config.partitions,
     staleTempFiles,
+    onNameNotUtf8: (under, name) => {
+      const { due, heldBack } = nameWarnings.take('name-not-utf8');
+      if (!due) return;
+      const shown = join(fileStore, under, escapeNameBytes(name));
+      logger.warn(
+        `${shown}: the name is not UTF-8, so no store path can name it and the file (or directory) is neither logged nor replicated: rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest)${heldBack > 0 ? ` (and ${heldBack} more since the last warning, counting each walk)` : ''}`,
+      );
+    },
   });
   const incarnation = `${config.nodeId}:${process.pid}:${randomUUID().slice(0, 8)}`;
   const acks = new ReplicaAcks();

@@ -103,6 +103,8 @@ export interface ChangelogGeneratorOptions {
   partitionCount: number;
   /** Passed to the reconcile's walk of the store: temp files of writes a killed process left. */
   staleTempFiles?: WalkOptions['staleTempFiles'];
+  /** Passed to the reconcile's walk: names that are not UTF-8, which no record can name. */
+  onNameNotUtf8?: WalkOptions['onNameNotUtf8'];
 }
 
 export class ChangelogGenerator {
@@ -125,7 +127,7 @@ export class ChangelogGenerator {
   constructor(options: ChangelogGeneratorOptions) {
     this.root = options.root;
     this.partitionCount = options.partitionCount;
-    this.walkOptions = { staleTempFiles: options.staleTempFiles };
+    this.walkOptions = { staleTempFiles: options.staleTempFiles, onNameNotUtf8: options.onNameNotUtf8 };
   }
 
   /** Starts logging `partition` into `log`, rebuilding its index by replaying the log. */

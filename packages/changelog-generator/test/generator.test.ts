@@ -94,6 +94,25 @@ describe('ChangelogGenerator', () => {
     expect(deleted.txid).toBeGreaterThan(record.txid);
   });
 
+  it('tells of names that are not UTF-8 on its reconcile walk, logging the rest', async () => {
+    const { base, root } = await setup();
+    const told: string[] = [];
+    const generator = new ChangelogGenerator({
+      root,
+      partitionCount: 1,
+      onNameNotUtf8: (under, name) => told.push(`${under}|${name.toString('hex')}`),
+    });
+    const log = await TxLog.open(join(base, 'changelog', 'other'));
+    cleanups.push(() => log.close());
+    await log.startGeneration(1n);
+    await generator.attach(0, log);
+    await writeFile(Buffer.concat([Buffer.from(`${root}/`), Buffer.from([0xff, 0x61])]), 'x');
+    await writeFile(join(root, 'fine'), 'y');
+    expect(await generator.reconcile()).toBe(1);
+    expect(told).toEqual(['|ff61']);
+    expect((await records(log)).map((r) => r.path)).toEqual(['fine']);
+  });
+
   it('puts and deletes only when the precondition accepts what the path holds, seen under its lock', async () => {
     const { root, generator, logs } = await setup();
     const sha = (text: string) => createHash('sha256').update(text).digest('hex');

@@ -33,6 +33,7 @@ export {
 } from './store.ts';
 export {
   compareStorePaths,
+  escapeNameBytes,
   findInStore,
   listStore,
   type StoreEntry,

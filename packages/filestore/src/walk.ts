@@ -18,7 +18,16 @@ export interface WalkOptions {
    * older is what a killed process left.
    */
   staleTempFiles?: { before: number; onRemoved?: (path: string, size: bigint) => void } | undefined;
+  /**
+   * Told of each name that is not UTF-8 (`under` is the store path of its directory): no store
+   * path can name it, so the walk skips it, and what it holds is neither logged nor replicated.
+   */
+  onNameNotUtf8?: ((under: string, name: Buffer) => void) | undefined;
 }
+
+// A name whose bytes are not UTF-8 reads back from a string readdir with U+FFFD in their place,
+// a name that does not exist: decoded strictly instead, to be told apart.
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** How many entries the walk looks at between two turns of the event loop. */
 const ENTRIES_PER_TURN = 256;
@@ -40,9 +49,15 @@ export async function* walkStore(
   options: WalkOptions = {},
 ): AsyncGenerator<StoreEntry> {
   const dir = under === '' ? root : join(root, under);
-  let names: string[];
+  const names: string[] = [];
   try {
-    names = await readdir(dir);
+    for (const raw of await readdir(dir, { encoding: 'buffer' })) {
+      try {
+        names.push(STRICT_UTF8.decode(raw));
+      } catch {
+        options.onNameNotUtf8?.(under, raw);
+      }
+    }
   } catch (error) {
     // Gone, or replaced by a file, since its parent was read: nothing to walk there.
     const code = (error as NodeJS.ErrnoException).code;
@@ -169,4 +184,19 @@ export async function listStore(
     entries.push(entry);
   }
   return { entries, next: undefined };
+}
+
+/**
+ * A file name's bytes as printable ASCII (pure), every other byte as `\xNN`: how a name that is
+ * not UTF-8 is shown in a message, which it could otherwise garble.
+ */
+export function escapeNameBytes(name: Uint8Array): string {
+  let shown = '';
+  for (const byte of name) {
+    shown +=
+      byte >= 0x20 && byte < 0x7f && byte !== 0x5c
+        ? String.fromCharCode(byte)
+        : `\\x${byte.toString(16).padStart(2, '0')}`;
+  }
+  return shown;
 }

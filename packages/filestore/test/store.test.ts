@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import {
   compareStorePaths,
   deleteFile,
+  escapeNameBytes,
   type FilestoreError,
   hashFile,
   initStore,
@@ -44,6 +45,29 @@ async function* chunks(...parts: string[]) {
 const sha = (text: string) => createHash('sha256').update(text).digest('hex');
 
 describe('file store', () => {
+  it('skips names that are not UTF-8 in a walk, telling where each is', async () => {
+    const root = await store();
+    const latin1 = Buffer.from([0x63, 0x61, 0x66, 0xe9]); // "café" in Latin-1
+    const inRoot = Buffer.concat([Buffer.from(`${root}/`), latin1]);
+    await writeFile(inRoot, 'unnamable');
+    await mkdir(join(root, 'd'));
+    await mkdir(Buffer.concat([Buffer.from(`${root}/d/`), latin1]));
+    await writeFile(Buffer.concat([Buffer.from(`${root}/d/`), latin1, Buffer.from('/inside')]), 'x');
+    await putFile(root, 'd/ok', Buffer.from('ok'));
+    const told: [string, string][] = [];
+    const listed: string[] = [];
+    for await (const entry of walkStore(root, '', {
+      onNameNotUtf8: (under, name) => told.push([under, escapeNameBytes(name)]),
+    }))
+      listed.push(entry.path);
+    expect(listed).toEqual(['d/ok']);
+    expect(told).toEqual([
+      ['', 'caf\\xe9'],
+      ['d', 'caf\\xe9'],
+    ]);
+    expect(escapeNameBytes(Buffer.from('a\\b\n\u00e9'))).toBe('a\\x5cb\\x0a\\xc3\\xa9');
+  });
+
   it('round-trips every accepted odd name byte for byte, then deletes it', async () => {
     const root = await store();
     for (const name of oddNames.accept) {
