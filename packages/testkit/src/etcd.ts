@@ -46,7 +46,7 @@ export async function startEtcd(options: StartEtcdOptions = {}): Promise<EtcdHan
         `--initial-cluster=${name}=${peer}`,
         `--initial-cluster-token=${name}`,
         '--initial-cluster-state=new',
-        // Without compaction the history grows until the quota alarm (PITFALLS etcd3 §16).
+        // Without compaction the history grows until the quota alarm (etcd 3.4 compacts nothing by default).
         '--auto-compaction-retention=1',
         // zap is the non-deprecated logger in 3.4; the log goes to etcd.log in the temp dir.
         '--logger=zap',

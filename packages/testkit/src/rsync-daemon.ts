@@ -80,7 +80,7 @@ function renderConfig(
     'address = 127.0.0.1',
     `pid file = ${join(dir, 'rsyncd.pid')}`,
     `log file = ${join(dir, 'rsyncd.log')}`,
-    // Stated explicitly: the default became "chroot if root" in 3.2.7 (PITFALLS rsync §9).
+    // Stated explicitly: the default became "chroot if root" in 3.2.7.
     `use chroot = ${settings.useChroot ? 'yes' : 'no'}`,
     // Without chroot a served symlink could point out of the module; munged it is harmless.
     // Set either way so that behaviour does not depend on who runs the tests.
