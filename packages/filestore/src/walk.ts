@@ -26,7 +26,7 @@ export interface WalkOptions {
 }
 
 // A name whose bytes are not UTF-8 reads back from a string readdir with U+FFFD in their place,
-// a name that does not exist: decoded strictly instead, to be told apart.
+// a name that does not exist: such a directory is read again as bytes, decoded strictly.
 const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** How many entries the walk looks at between two turns of the event loop. */
@@ -49,15 +49,12 @@ export async function* walkStore(
   options: WalkOptions = {},
 ): AsyncGenerator<StoreEntry> {
   const dir = under === '' ? root : join(root, under);
-  const names: string[] = [];
+  let names: string[];
   try {
-    for (const raw of await readdir(dir, { encoding: 'buffer' })) {
-      try {
-        names.push(STRICT_UTF8.decode(raw));
-      } catch {
-        options.onNameNotUtf8?.(under, raw);
-      }
-    }
+    names = await readdir(dir);
+    // Read again as bytes only where a name may not be UTF-8: decoding every name strictly
+    // cost a walk ~25 % more.
+    if (names.some((name) => name.includes('\uFFFD'))) names = await utf8NamesOf(dir, under, options);
   } catch (error) {
     // Gone, or replaced by a file, since its parent was read: nothing to walk there.
     const code = (error as NodeJS.ErrnoException).code;
@@ -117,6 +114,19 @@ function statIfThere(path: string): BigIntStats | undefined {
     if ((error as NodeJS.ErrnoException).code === 'ENOTDIR') return undefined;
     throw error;
   }
+}
+
+/** The UTF-8 names in `dir`; each other one is told to `onNameNotUtf8` and left out. */
+async function utf8NamesOf(dir: string, under: string, options: WalkOptions): Promise<string[]> {
+  const names: string[] = [];
+  for (const raw of await readdir(dir, { encoding: 'buffer' })) {
+    try {
+      names.push(STRICT_UTF8.decode(raw));
+    } catch {
+      options.onNameNotUtf8?.(under, raw);
+    }
+  }
+  return names;
 }
 
 /** Orders store paths the way walkStore visits them: component by component (pure). */
