@@ -303,8 +303,10 @@ export class ChangelogGenerator {
 
   /**
    * Throws PRECONDITION_FAILED unless `precondition` accepts the sha-256 of the file at `path`
-   * (undefined when there is none). The index answers when the file's stat matches it, as it
-   * does for a reconcile; a file changed behind its back is hashed.
+   * (undefined when there is none). The index answers only when the file's size, mtime and ctime
+   * all match it; a file whose ctime the index does not know yet (since a restart or a failover)
+   * or that changed behind its back is hashed, as a GET's ETag would be. Hashing a large file
+   * takes a while: mastership, the store and the log are checked again after it.
    */
   private async checkPrecondition(
     partition: number,
@@ -317,17 +319,28 @@ export class ChangelogGenerator {
     if (info !== undefined) {
       const slot = owned.index.slotOf(path);
       current =
-        slot !== undefined && owned.index.matchesStat(slot, info.size, info.mtimeNs, info.ctimeNs)
+        slot !== undefined &&
+        owned.index.ctimeKnown(slot) &&
+        owned.index.matchesStat(slot, info.size, info.mtimeNs, info.ctimeNs)
           ? owned.index.sha256Of(slot)
           : (await hashFile(this.root, path))?.sha256;
     }
     if (!precondition(current)) {
       throw new ChangelogError(
         'PRECONDITION_FAILED',
-        `${JSON.stringify(path)} ${current === undefined ? 'does not exist' : `holds version "${current}"`}, which the write's precondition excludes; nothing was changed: read it again and retry with its ETag`,
+        `${JSON.stringify(path)} ${current === undefined ? 'holds no file' : `holds version "${current}"`}, which the write's precondition excludes; nothing was changed: read it again and retry with its ETag`,
         partition,
       );
     }
+    if (this.partitions.get(partition) !== owned) {
+      throw new ChangelogError(
+        'NOT_MASTER',
+        `this node stopped being master of partition ${partition} while the write's precondition was checked: nothing was changed; send the write to its master`,
+        partition,
+      );
+    }
+    assertStoreInPlace(this.root);
+    assertAppendable(owned);
   }
 
   /**
@@ -341,6 +354,9 @@ export class ChangelogGenerator {
       if (owned === undefined) return undefined;
       const { index } = owned;
       const known = index.slotOf(path);
+      // Nothing to log for a path neither indexed nor on disk (a watcher's unlink of a temp file
+      // a hand writer renamed away): and no warning below about a name that is already gone.
+      if (known === undefined && (await statFile(this.root, path)) === undefined) return undefined;
       // A new file dropped in by hand under a longer path than the API takes: logged, it would
       // stop every replica whose store directory is longer than this node's (see
       // MAX_NEW_PATH_BYTES). One logged before that limit is still followed (changed, deleted).

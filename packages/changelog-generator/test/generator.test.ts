@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import {
   type FileHandle,
   mkdir,
@@ -92,6 +92,45 @@ describe('ChangelogGenerator', () => {
       'delete api.txt',
     ]);
     expect(deleted.txid).toBeGreaterThan(record.txid);
+  });
+
+  it('lets one of two puts naming the same version through, and hashes a file the index cannot vouch for', async () => {
+    const { base, root, generator, logs } = await setup();
+    const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+    await generator.commitPut(await stageFile(root, 'cas', Buffer.from('v1')));
+    const ifV1 = (current: string | undefined) => current === sha('v1');
+    const outcomes = await Promise.allSettled([
+      generator.commitPut(await stageFile(root, 'cas', Buffer.from('a2')), { precondition: ifV1 }),
+      generator.commitPut(await stageFile(root, 'cas', Buffer.from('b2')), { precondition: ifV1 }),
+    ]);
+    expect(outcomes.map((o) => o.status).sort()).toEqual(['fulfilled', 'rejected']);
+    // After a restart the index knows no ctime: a rewrite that kept the size and put the mtime
+    // back is told by the bytes, not taken for the version the log recorded.
+    const { generator: restarted } = await restart(base, root, logs);
+    const logged = readFileSync(join(root, 'cas'), 'utf8');
+    // touch -r keeps the nanoseconds, which utimes' seconds-and-fraction would round.
+    execFileSync('touch', ['-r', join(root, 'cas'), join(base, 'mtime-ref')]);
+    writeFileSync(join(root, 'cas'), 'zz');
+    execFileSync('touch', ['-r', join(base, 'mtime-ref'), join(root, 'cas')]);
+    expect(statSync(join(root, 'cas'), { bigint: true }).mtimeNs).toBe(
+      statSync(join(base, 'mtime-ref'), { bigint: true }).mtimeNs,
+    );
+    await expect(
+      restarted.commitPut(await stageFile(root, 'cas', Buffer.from('v3')), {
+        precondition: (current) => current === sha(logged),
+      }),
+    ).rejects.toMatchObject({ code: 'PRECONDITION_FAILED' });
+    await restarted.commitPut(await stageFile(root, 'cas', Buffer.from('v3')), {
+      precondition: (current) => current === sha('zz'),
+    });
+    expect(readFileSync(join(root, 'cas'), 'utf8')).toBe('v3');
+  });
+
+  it('says nothing of a path that is neither logged nor on disk, whatever its name', async () => {
+    const { generator } = await setup();
+    // What a watcher reports as unlinked after a hand writer renamed its temp file away.
+    expect(await generator.observe(`${`${'x'.repeat(200)}/`.repeat(6)}f.tmp`)).toBeUndefined();
+    expect(await generator.observe('a\\*b')).toBeUndefined();
   });
 
   it('tells of names that are not UTF-8 on its reconcile walk, logging the rest', async () => {
