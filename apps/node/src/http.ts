@@ -24,7 +24,13 @@ import { listQuarantine } from './divergence.ts';
 import { FileDigestCache } from './file-digests.ts';
 import type { PartitionController } from './partition-controller.ts';
 import { filesInTheWayOfPut } from './path-conflicts.ts';
-import { noneMatchHits, parseRange, unsupportedWritePrecondition, writePreconditionOf } from './range.ts';
+import {
+  namesAnyVersion,
+  noneMatchHits,
+  parseRange,
+  unsupportedWritePrecondition,
+  writePreconditionOf,
+} from './range.ts';
 import { ACK_MODES, type AckMode } from './replica-acks.ts';
 
 /**
@@ -417,7 +423,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
       }
       const commit = (file: StagedFile) =>
         state.generator.commitPut(file, {
-          ifAbsent: request.headers['if-none-match'] === '*',
+          ifAbsent: namesAnyVersion(request.headers['if-none-match']),
           ...(precondition ? { precondition } : {}),
         });
       const committing = staged;

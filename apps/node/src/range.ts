@@ -22,15 +22,43 @@ export function parseRange(
 }
 
 /**
+ * One member of an `If-Match` or `If-None-Match` list (pure): `*`, or an entity tag's value and
+ * whether it is weak; undefined for what is neither. A bare sha-256 (64 hex digits, as a write's
+ * answer gives it) counts as its quoted tag, in either case: a client that sent it unquoted
+ * would otherwise never match, and be told its version is not the file's when it is.
+ */
+function parseTag(member: string): '*' | { value: string; weak: boolean } | undefined {
+  let tag = member.trim();
+  if (tag === '*') return '*';
+  const weak = tag.startsWith('W/');
+  if (weak) tag = tag.slice(2);
+  let value: string;
+  if (tag.length >= 2 && tag.startsWith('"') && tag.endsWith('"')) value = tag.slice(1, -1);
+  else if (/^[0-9a-fA-F]{64}$/.test(tag)) value = tag;
+  else return undefined;
+  return { value: /^[0-9a-fA-F]{64}$/.test(value) ? value.toLowerCase() : value, weak };
+}
+
+/** The members of a list header; ETags here hold no comma (a quoted hex digest). */
+function tagsOf(header: string): ReturnType<typeof parseTag>[] {
+  return header.split(',').map(parseTag);
+}
+
+/** Whether an `If-None-Match` or `If-Match` header holds `*`, alone or in a list (pure). */
+export function namesAnyVersion(header: string | undefined): boolean {
+  return header !== undefined && tagsOf(header).includes('*');
+}
+
+/**
  * Whether an `If-None-Match` header matches the current version's `etag` (pure): `*`, or a list
  * naming it, weak or not (RFC 9110 13.1.2 compares weakly). A cache holding a weak validator, or
  * asking with several, then gets its 304 as a cache holding exactly this one does.
  */
 export function noneMatchHits(header: string | undefined, etag: string): boolean {
   if (header === undefined) return false;
-  if (header.trim() === '*') return true;
-  // ETags hold no comma here (a quoted hex digest), so a list splits on commas.
-  return header.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag);
+  const current = parseTag(etag);
+  if (current === undefined || current === '*') return false;
+  return tagsOf(header).some((tag) => tag === '*' || tag?.value === current.value);
 }
 
 /**
@@ -48,8 +76,8 @@ export function unsupportedWritePrecondition(
  * What a PUT's or DELETE's `If-Match` and `If-None-Match` ask of the file's current sha-256
  * (undefined: no file), or undefined when they ask nothing (pure). `If-Match` compares strongly
  * (a weak tag never matches) and `*` needs a file; `If-None-Match` compares weakly and `*`
- * needs none — but a PUT's `If-None-Match: *` is left to the put itself (`ifAbsent`, which
- * answers 409 PATH_EXISTS as it always has).
+ * needs none — but a PUT's `If-None-Match` holding `*` is left to the put itself (`ifAbsent`,
+ * which answers 409 PATH_EXISTS as it always has).
  */
 export function writePreconditionOf(
   method: 'PUT' | 'DELETE',
@@ -58,14 +86,15 @@ export function writePreconditionOf(
   const checks: ((current: string | undefined) => boolean)[] = [];
   const ifMatch = headers['if-match'];
   if (typeof ifMatch === 'string') {
+    const tags = tagsOf(ifMatch);
     checks.push(
       (current) =>
         current !== undefined &&
-        (ifMatch.trim() === '*' || ifMatch.split(',').some((tag) => tag.trim() === `"${current}"`)),
+        tags.some((tag) => tag === '*' || (tag !== undefined && !tag.weak && tag.value === current)),
     );
   }
   const ifNoneMatch = headers['if-none-match'];
-  if (typeof ifNoneMatch === 'string' && !(method === 'PUT' && ifNoneMatch.trim() === '*')) {
+  if (typeof ifNoneMatch === 'string' && !(method === 'PUT' && namesAnyVersion(ifNoneMatch))) {
     checks.push((current) => current === undefined || !noneMatchHits(ifNoneMatch, `"${current}"`));
   }
   if (checks.length === 0) return undefined;

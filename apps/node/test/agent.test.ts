@@ -265,6 +265,16 @@ describe('node agent over HTTP', () => {
     });
     expect(again.status).toBe(409);
     expect(((await again.json()) as { code: string }).code).toBe('PATH_EXISTS');
+    // `*` within a list (or two if-none-match lines, which arrive joined) still means "only if absent".
+    expect(
+      (
+        await fetch(`${master.url}/v1/files/docs/digits`, {
+          method: 'PUT',
+          body: 'x',
+          headers: { 'if-none-match': '"other", *' },
+        })
+      ).status,
+    ).toBe(409);
     // If-Match makes a write conditional on the version it names (strong comparison).
     const stale = await fetch(`${master.url}/v1/files/docs/digits`, {
       method: 'PUT',
@@ -307,10 +317,11 @@ describe('node agent over HTTP', () => {
     // With the version it holds, the write goes ahead, and the next one must name the new one.
     const swapped = await fetch(`${master.url}/v1/files/docs/swapped`, { method: 'PUT', body: 'v1' });
     const v1 = ((await swapped.json()) as { sha256: string }).sha256;
+    // The sha-256 as the write's answer gives it, unquoted, names the same version.
     const v2put = await fetch(`${master.url}/v1/files/docs/swapped`, {
       method: 'PUT',
       body: 'v2',
-      headers: { 'if-match': `"${v1}"` },
+      headers: { 'if-match': v1 },
     });
     expect(v2put.status).toBe(201);
     expect(

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import {
+  namesAnyVersion,
   noneMatchHits,
   parseRange,
   unsupportedWritePrecondition,
@@ -44,6 +45,19 @@ describe('noneMatchHits', () => {
   });
 });
 
+describe('namesAnyVersion', () => {
+  it.each([
+    [undefined, false],
+    ['*', true],
+    [' * ', true],
+    ['"x", *', true],
+    ['"*"', false],
+    ['W/"x"', false],
+  ] as const)('%s', (header, want) => {
+    expect(namesAnyVersion(header)).toBe(want);
+  });
+});
+
 describe('unsupportedWritePrecondition', () => {
   it.each([
     [{}, undefined],
@@ -71,6 +85,12 @@ describe('writePreconditionOf', () => {
     ['PUT', { 'if-none-match': `W/"${a}"` }, [true, false, true]],
     ['DELETE', { 'if-match': `"${a}"` }, [false, true, false]],
     ['DELETE', { 'if-none-match': '*' }, [true, false, false]],
+    ['DELETE', { 'if-none-match': '"x", *' }, [true, false, false]],
+    ['PUT', { 'if-none-match': '*, "x"' }, undefined],
+    // Unquoted, as a write's answer gives the sha-256, and in capitals: the same tag.
+    ['PUT', { 'if-match': a }, [false, true, false]],
+    ['PUT', { 'if-match': `"${a.toUpperCase()}"` }, [false, true, false]],
+    ['PUT', { 'if-match': 'not-a-tag' }, [false, false, false]],
     ['PUT', { 'if-match': `"${a}"`, 'if-none-match': `"${a}"` }, [false, false, false]],
   ] as const)('%s with %j', (method, headers, want) => {
     const check = writePreconditionOf(method, headers);
