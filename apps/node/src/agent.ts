@@ -187,9 +187,9 @@ async function start(config: NodeConfig, logger: Logger, cleanups: (() => Promis
     onNameNotUtf8: (under, name) => {
       const { due, heldBack } = nameWarnings.take('name-not-utf8');
       if (!due) return;
-      const shown = join(fileStore, under, escapeNameBytes(name));
+      const shown = `$'${escapeNameBytes(Buffer.concat([Buffer.from(`${join(fileStore, under)}/`), name]))}'`;
       logger.warn(
-        `${shown}: the name is not UTF-8, so no store path can name it and the file (or directory) is neither logged nor replicated: rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest)${heldBack > 0 ? ` (and ${heldBack} more since the last warning, counting each walk)` : ''}`,
+        `${shown}: the name is not UTF-8, so no store path can name it and the file (or directory) is neither logged nor replicated: rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 --notest ${shown})${heldBack > 0 ? ` (and ${heldBack} more since the last warning, counting each walk)` : ''}`,
       );
     },
   });

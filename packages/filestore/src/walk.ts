@@ -160,7 +160,10 @@ export async function listStore(
   async function* walk(under: string): AsyncGenerator<StoreEntry> {
     let names: string[];
     try {
-      names = await readdir(under === '' ? root : join(root, under));
+      const dir = under === '' ? root : join(root, under);
+      names = await readdir(dir);
+      // As in walkStore: a name that is not UTF-8 would read as one with U+FFFD that no file has.
+      if (names.some((name) => name.includes('\uFFFD'))) names = await utf8NamesOf(dir, under, {});
     } catch {
       return;
     }
@@ -197,14 +200,15 @@ export async function listStore(
 }
 
 /**
- * A file name's bytes as printable ASCII (pure), every other byte as `\xNN`: how a name that is
- * not UTF-8 is shown in a message, which it could otherwise garble.
+ * A file name's bytes as printable ASCII (pure), every other byte (and `\` and `'`) as `\xNN`:
+ * how a name that is not UTF-8 is shown in a message, which it could otherwise garble. Inside
+ * `$'…'` it is a shell word naming the same bytes.
  */
 export function escapeNameBytes(name: Uint8Array): string {
   let shown = '';
   for (const byte of name) {
     shown +=
-      byte >= 0x20 && byte < 0x7f && byte !== 0x5c
+      byte >= 0x20 && byte < 0x7f && byte !== 0x5c && byte !== 0x27
         ? String.fromCharCode(byte)
         : `\\x${byte.toString(16).padStart(2, '0')}`;
   }

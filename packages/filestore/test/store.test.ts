@@ -54,18 +54,23 @@ describe('file store', () => {
     await mkdir(Buffer.concat([Buffer.from(`${root}/d/`), latin1]));
     await writeFile(Buffer.concat([Buffer.from(`${root}/d/`), latin1, Buffer.from('/inside')]), 'x');
     await putFile(root, 'd/ok', Buffer.from('ok'));
+    // UTF-8 names beside them, read the same way: a leading BOM kept, a U+FFFD of their own.
+    await putFile(root, '\uFEFFbom', Buffer.from('b'));
+    await putFile(root, 'caf\uFFFD', Buffer.from('r'));
     const told: [string, string][] = [];
     const listed: string[] = [];
     for await (const entry of walkStore(root, '', {
       onNameNotUtf8: (under, name) => told.push([under, escapeNameBytes(name)]),
     }))
       listed.push(entry.path);
-    expect(listed).toEqual(['d/ok']);
+    expect(listed.sort()).toEqual(['caf\uFFFD', 'd/ok', '\uFEFFbom']);
+    const page = await listStore(root, { limit: 10 });
+    expect(page.entries.map((e) => e.path).sort()).toEqual(['caf\uFFFD', 'd/ok', '\uFEFFbom']);
     expect(told).toEqual([
       ['', 'caf\\xe9'],
       ['d', 'caf\\xe9'],
     ]);
-    expect(escapeNameBytes(Buffer.from('a\\b\n\u00e9'))).toBe('a\\x5cb\\x0a\\xc3\\xa9');
+    expect(escapeNameBytes(Buffer.from("a\\b\n\u00e9'"))).toBe('a\\x5cb\\x0a\\xc3\\xa9\\x27');
   });
 
   it('round-trips every accepted odd name byte for byte, then deletes it', async () => {
