@@ -386,6 +386,16 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
         message: `${JSON.stringify(path)} is ${declared} bytes, over the ${state.config.maxFileBytes}-byte limit: split it or raise maxFileBytes`,
       });
     }
+    if (precondition !== undefined) {
+      const refused = await state.generator.precheck(path, precondition).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      if (refused !== undefined) {
+        await dropUnreadBody(request.raw, reply);
+        return sendError(reply, refused);
+      }
+    }
     let staged: Awaited<ReturnType<typeof stageFile>> | undefined;
     try {
       // Not destroyed when staging stops early (limit, disk full): the answer still has to go out.

@@ -402,6 +402,39 @@ describe('node agent over HTTP', () => {
     });
   });
 
+  it('refuses a put whose If-Match already fails before taking its body', async () => {
+    const cluster = `precheck-${++clusterSeq}`;
+    // A body that stops coming is dropped after 2 s: taking it would end in that, not in a 412.
+    const master = await start(await agentConfig(cluster, undefined, ['--body-idle-timeout-ms=2000']));
+    await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
+    expect((await fetch(`${master.url}/v1/files/big`, { method: 'PUT', body: 'v1' })).status).toBe(201);
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = request(
+        {
+          host: '127.0.0.1',
+          port: master.config.httpPort,
+          method: 'PUT',
+          path: '/v1/files/big',
+          headers: { 'content-length': String(512 * 1024 * 1024), 'if-match': `"${'0'.repeat(64)}"` },
+        },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => {
+            text += chunk;
+          });
+          res.on('end', () => resolve({ status: res.statusCode!, body: text }));
+        },
+      );
+      req.once('error', reject);
+      // The first 64 KiB of a 512 MiB upload, and then nothing.
+      req.write(Buffer.alloc(64 * 1024));
+    });
+    expect(answer.status).toBe(412);
+    expect(JSON.parse(answer.body).code).toBe('PRECONDITION_FAILED');
+    expect(await (await fetch(`${master.url}/v1/files/big`)).text()).toBe('v1');
+  });
+
   it('streams a 64 MiB file in and out, byte for byte', async () => {
     const { master, replica } = await twoNodes();
     const big = Buffer.alloc(64 * 1024 * 1024);

@@ -302,6 +302,16 @@ export class ChangelogGenerator {
   }
 
   /**
+   * The same check as a put's (see checkPrecondition), made before its body is received, so that
+   * a large upload whose precondition already fails is refused at once. Binding only under the
+   * path's lock, in commitPut: the file may change in between.
+   */
+  async precheck(path: string, precondition: WritePrecondition): Promise<void> {
+    const [partition, owned] = this.owner(path);
+    await this.checkPrecondition(partition, owned, path, precondition);
+  }
+
+  /**
    * Throws PRECONDITION_FAILED unless `precondition` accepts the sha-256 of the file at `path`
    * (undefined when there is none). The index answers only when the file's size, mtime and ctime
    * all match it; a file whose ctime the index does not know yet (since a restart or a failover)
