@@ -26,6 +26,9 @@ export const MAX_DATA_DIR_BYTES = 2048;
  * Not z.coerce.number, which takes `true` for 1, `null` for 0 and "0x10" for 16: a partition
  * count, once recorded in etcd, is the cluster's for good.
  */
+/** The longest delay setTimeout takes; a longer one runs after 1 ms. */
+const MAX_TIMER_MS = 2_147_483_647;
+
 function wholeNumber(min: number, max = Number.MAX_SAFE_INTEGER) {
   return z
     .union([z.number(), z.string().trim().regex(/^\d+$/).transform(Number)], {
@@ -84,9 +87,10 @@ export const ConfigSchema = z
     bodyIdleTimeoutMs: wholeNumber(100, 3_600_000).default(30_000),
     bodyMinBytesPerSecond: wholeNumber(1).default(240),
     watch: booleanFlag.default(true),
-    watchSettleMs: wholeNumber(0).default(100),
+    // setTimeout's limit: a longer delay runs after 1 ms.
+    watchSettleMs: wholeNumber(0, MAX_TIMER_MS).default(100),
     revokeRefusingMaster: booleanFlag.default(false),
-    reconcileIntervalMs: wholeNumber(0).default(60_000),
+    reconcileIntervalMs: wholeNumber(0, MAX_TIMER_MS).default(60_000),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   })
   .transform((c, ctx) => {
@@ -196,7 +200,7 @@ const FIELD_OF_FLAG: Record<string, string> = {
 };
 
 export const USAGE = `usage: pnpm --filter node start -- [options]
-  --node-id ID          default localhost_<http-port>
+  --node-id ID          default <host>_<http-port> (localhost_<http-port> on 127.0.0.1)
   --host HOST           address to bind and advertise (default 127.0.0.1)
   --http-port N         file server and feed (default 12001)
   --rsync-port N        rsync daemon (default http-port + 10000)
@@ -222,9 +226,9 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
   --body-min-bytes-per-second N
                         drop a PUT whose body, after that first allowance, comes slower than
                         this on average (default 240)
-  --watch true|false    watch filestore/ for files dropped in by hand (default true; false leaves
+  --watch [true|false]  watch filestore/ for files dropped in by hand (default true; false leaves
                         them to the periodic reconcile scan and saves CPU under heavy API writes)
-  --revoke-refusing-master true|false
+  --revoke-refusing-master [true|false]
                         when the master's HTTP address refuses connections (its process is gone),
                         revoke its etcd lease at once instead of waiting out the TTL (default false:
                         see docs/operations.md for what it trades)
@@ -235,12 +239,28 @@ export const USAGE = `usage: pnpm --filter node start -- [options]
                         maxFileBytes, ackMode, ackTimeoutMs, bodyIdleTimeoutMs,
                         bodyMinBytesPerSecond, watch,
                         watchSettleMs, revokeRefusingMaster, reconcileIntervalMs, logLevel (an
-                        unknown field stops the node)
+                        unknown field stops the node; watchSettleMs: ms a dropped-in file must
+                        be quiet before it is logged, default 100; reconcileIntervalMs: ms between
+                        a master's walks of its store, default 60000, 0 only at promotion)
 Environment: PFS_NODE_ID, PFS_HOST, PFS_HTTP_PORT, PFS_RSYNC_PORT, PFS_DATA_DIR, PFS_ETCD,
 PFS_CLUSTER, PFS_PARTITIONS, PFS_REPLICATION_FACTOR, PFS_PLACEMENT_GRACE_MS, PFS_LEASE_TTL,
 PFS_RSYNC_BIN, PFS_MAX_FILE_BYTES, PFS_LOG_LEVEL, PFS_ACK, PFS_ACK_TIMEOUT_MS,
 PFS_BODY_IDLE_TIMEOUT_MS, PFS_BODY_MIN_BYTES_PER_SECOND, PFS_WATCH, PFS_REVOKE_REFUSING_MASTER,
 PFS_CONFIG (file < environment < flags).`;
+
+/** The on/off flags, which also take a value (`--watch=false`, `--watch false`). */
+const SWITCHES = new Set(['--watch', '--revoke-refusing-master']);
+
+/**
+ * `argv` with an on/off flag given bare (`--revoke-refusing-master`, last or before another
+ * flag, as one writes a switch) read as `=true` (pure): parsed as taking a value, it would take
+ * the next flag for it, or stop the node for lack of one.
+ */
+export function withBareSwitches(argv: readonly string[]): string[] {
+  return argv.map((arg, i) =>
+    SWITCHES.has(arg) && (argv[i + 1] === undefined || argv[i + 1]!.startsWith('-')) ? `${arg}=true` : arg,
+  );
+}
 
 /** Whether `dir` is a data dir a node has used (it has partition logs). */
 function holdsData(dir: string): boolean {
@@ -251,7 +271,12 @@ function holdsData(dir: string): boolean {
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig & { help: boolean } {
   let parsed: ReturnType<typeof parseArgs<{ options: typeof FLAGS }>>;
   try {
-    parsed = parseArgs({ args: argv, options: FLAGS, allowPositionals: false, strict: true });
+    parsed = parseArgs({
+      args: withBareSwitches(argv),
+      options: FLAGS,
+      allowPositionals: false,
+      strict: true,
+    });
   } catch (error) {
     throw new ConfigError(`${(error as Error).message}: see --help`);
   }

@@ -45,6 +45,16 @@ describe('node config', () => {
       ackMode: 'one',
     });
     expect(loadConfig([], { PFS_WATCH: '0' })).toMatchObject({ watch: false });
+    // Bare, as a switch is written: on, without taking the next flag for its value.
+    expect(loadConfig(['--revoke-refusing-master', '--watch=false'], {})).toMatchObject({
+      revokeRefusingMaster: true,
+      watch: false,
+    });
+    expect(loadConfig(['--watch', '--http-port', '12005'], { PFS_WATCH: 'false' })).toMatchObject({
+      watch: true,
+      httpPort: 12005,
+    });
+    expect(loadConfig(['--revoke-refusing-master'], {})).toMatchObject({ revokeRefusingMaster: true });
     expect(loadConfig([], {})).toMatchObject({ watch: true, ackMode: 'local', ackTimeoutMs: 5000 });
   });
 
@@ -182,6 +192,11 @@ describe('node config', () => {
           `bad config value for ${field} (config file ${file}): a whole number (decimal digits)`,
         );
       }
+      // Past setTimeout's limit a delay would run after 1 ms: a reconcile walk without pause.
+      await writeFile(file, JSON.stringify({ reconcileIntervalMs: 2 ** 31 }));
+      expect(() => loadConfig(['--config', file], {})).toThrow(
+        /^bad config value for reconcileIntervalMs \(config file .*\): Too big/,
+      );
       expect(() => loadConfig([], { PFS_LEASE_TTL: '0' })).toThrow(
         /^bad config value for leaseTtlSeconds \(PFS_LEASE_TTL\): Too small/,
       );
