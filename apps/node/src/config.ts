@@ -281,6 +281,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
     throw new ConfigError(`${(error as Error).message}: see --help`);
   }
   const values = parsed.values as Record<string, string | boolean | undefined>;
+  // Help is what one asks for when a setting is wrong: printed whatever the rest says.
+  if (values.help === true) return { ...loadConfig([], {}), help: true };
   let fromFile: Record<string, unknown> = {};
   const given = (values.config as string | undefined) ?? env.PFS_CONFIG;
   const file = given === undefined ? undefined : userPath(given, env);
@@ -349,5 +351,5 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): NodeConfig &
       `bad config value for ${issue.path.join('.') || 'config'}${from === undefined ? '' : ` (${from})`}: ${issue.message}`,
     );
   }
-  return { ...result.data, help: values.help === true };
+  return { ...result.data, help: false };
 }

@@ -211,6 +211,12 @@ describe('node config', () => {
     });
   });
 
+  it('gives its help however wrong the other settings are', () => {
+    expect(
+      loadConfig(['--help', '--http-port', 'x'], { PFS_PARTITIONS: 'many', PFS_CONFIG: '/nonexistent' }).help,
+    ).toBe(true);
+  });
+
   it('lists every flag and its environment variable in its usage', () => {
     for (const flag of Object.keys(FLAGS)) {
       expect(USAGE).toContain(`--${flag}`);
