@@ -75,6 +75,13 @@ function signalIfAlive(pid: number, signal: NodeJS.Signals): boolean {
   }
 }
 
+/** The status a request is answered with (its body read and dropped). */
+async function statusOf(url: string, init?: RequestInit): Promise<number> {
+  const response = await fetch(url, init);
+  await response.arrayBuffer();
+  return response.status;
+}
+
 const role = async (agent: Agent) =>
   (
     (await (await fetch(`${agent.url}/v1/status`)).json()) as {
@@ -266,15 +273,9 @@ describe('node agent over HTTP', () => {
     expect(again.status).toBe(409);
     expect(((await again.json()) as { code: string }).code).toBe('PATH_EXISTS');
     // `*` within a list (or two if-none-match lines, which arrive joined) still means "only if absent".
-    expect(
-      (
-        await fetch(`${master.url}/v1/files/docs/digits`, {
-          method: 'PUT',
-          body: 'x',
-          headers: { 'if-none-match': '"other", *' },
-        })
-      ).status,
-    ).toBe(409);
+    const putStatus = (path: string, body: string, headers: Record<string, string>) =>
+      statusOf(`${master.url}/v1/files/${path}`, { method: 'PUT', body, headers });
+    expect(await putStatus('docs/digits', 'x', { 'if-none-match': '"other", *' })).toBe(409);
     // If-Match makes a write conditional on the version it names (strong comparison).
     const stale = await fetch(`${master.url}/v1/files/docs/digits`, {
       method: 'PUT',
@@ -295,15 +296,7 @@ describe('node agent over HTTP', () => {
       });
       expect({ method, headers, status: refused.status }).toEqual({ method, headers, status: 412 });
     }
-    expect(
-      (
-        await fetch(`${master.url}/v1/files/docs/absent`, {
-          method: 'PUT',
-          body: 'x',
-          headers: { 'if-match': '*' },
-        })
-      ).status,
-    ).toBe(412);
+    expect(await putStatus('docs/absent', 'x', { 'if-match': '*' })).toBe(412);
     expect((await fetch(`${master.url}/v1/files/docs/absent`)).status).toBe(404);
     // A precondition the server does not evaluate refuses the write instead of being ignored.
     const dated = await fetch(`${master.url}/v1/files/docs/digits`, {
@@ -324,23 +317,13 @@ describe('node agent over HTTP', () => {
       headers: { 'if-match': v1 },
     });
     expect(v2put.status).toBe(201);
-    expect(
-      (
-        await fetch(`${master.url}/v1/files/docs/swapped`, {
-          method: 'PUT',
-          body: 'v3',
-          headers: { 'if-match': `"${v1}"` },
-        })
-      ).status,
-    ).toBe(412);
+    expect(await putStatus('docs/swapped', 'v3', { 'if-match': `"${v1}"` })).toBe(412);
     const v2 = ((await v2put.json()) as { sha256: string }).sha256;
     expect(
-      (
-        await fetch(`${master.url}/v1/files/docs/swapped`, {
-          method: 'DELETE',
-          headers: { 'if-match': `"${v2}"` },
-        })
-      ).status,
+      await statusOf(`${master.url}/v1/files/docs/swapped`, {
+        method: 'DELETE',
+        headers: { 'if-match': `"${v2}"` },
+      }),
     ).toBe(200);
     // Read-your-writes on the replica: wait for the txid the write answered with.
     const read = await fetch(`${replica.url}/v1/files/docs/digits?minTxid=${written.txid}&waitMs=10000`);
