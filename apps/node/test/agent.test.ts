@@ -36,10 +36,11 @@ function rawRequest(
   port: number,
   method: string,
   path: string,
-  body: string,
+  body: string | Buffer,
+  options: { headers?: Record<string, string>; endBody?: boolean } = {},
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, method, path }, (res) => {
+    const req = request({ host: '127.0.0.1', port, method, path, headers: options.headers }, (res) => {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => {
@@ -48,7 +49,9 @@ function rawRequest(
       res.on('end', () => resolve({ status: res.statusCode!, body: text }));
     });
     req.once('error', reject);
-    req.end(body);
+    // Unended, the body stops there: the answer must come without the rest.
+    if (options.endBody === false) req.write(body);
+    else req.end(body);
   });
 }
 
@@ -391,27 +394,10 @@ describe('node agent over HTTP', () => {
     const master = await start(await agentConfig(cluster, undefined, ['--body-idle-timeout-ms=2000']));
     await until('master', async () => ((await role(master)).role === 'master' ? true : undefined));
     expect((await fetch(`${master.url}/v1/files/big`, { method: 'PUT', body: 'v1' })).status).toBe(201);
-    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const req = request(
-        {
-          host: '127.0.0.1',
-          port: master.config.httpPort,
-          method: 'PUT',
-          path: '/v1/files/big',
-          headers: { 'content-length': String(512 * 1024 * 1024), 'if-match': `"${'0'.repeat(64)}"` },
-        },
-        (res) => {
-          let text = '';
-          res.setEncoding('utf8');
-          res.on('data', (chunk: string) => {
-            text += chunk;
-          });
-          res.on('end', () => resolve({ status: res.statusCode!, body: text }));
-        },
-      );
-      req.once('error', reject);
-      // The first 64 KiB of a 512 MiB upload, and then nothing.
-      req.write(Buffer.alloc(64 * 1024));
+    // The first 64 KiB of a 512 MiB upload, and then nothing.
+    const answer = await rawRequest(master.config.httpPort, 'PUT', '/v1/files/big', Buffer.alloc(64 * 1024), {
+      headers: { 'content-length': String(512 * 1024 * 1024), 'if-match': `"${'0'.repeat(64)}"` },
+      endBody: false,
     });
     expect(answer.status).toBe(412);
     expect(JSON.parse(answer.body).code).toBe('PRECONDITION_FAILED');
