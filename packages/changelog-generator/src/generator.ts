@@ -69,6 +69,32 @@ function notLogged(
  * Refuses a change before it touches the disk when the log is known to refuse its record (a
  * failed write it could not take back): it would be made here and never logged.
  */
+/**
+ * Refuses a new file dropped in by hand under a longer path than the API takes: logged, it would
+ * stop every replica whose store directory is longer than this node's (see MAX_NEW_PATH_BYTES).
+ * One logged before that limit is still followed (changed, deleted). Likewise a name no replica
+ * could pull (see validateNewStorePath).
+ */
+function assertLoggableNewPath(path: string): void {
+  if (Buffer.byteLength(path) > MAX_NEW_PATH_BYTES) {
+    throw new FilestoreError(
+      'PATH_TOO_LONG',
+      `${JSON.stringify(path.slice(0, 60))}… is over ${MAX_NEW_PATH_BYTES} bytes, so it is not logged or replicated: rename it`,
+      { path },
+    );
+  }
+  try {
+    validateNewStorePath(path);
+  } catch (error) {
+    if (!(error instanceof FilestoreError) || error.code !== 'PATH_ESCAPED_WILDCARD') throw error;
+    throw new FilestoreError(
+      'PATH_ESCAPED_WILDCARD',
+      `${JSON.stringify(path)} has a backslash right before "*", "?", "[" or "]", which rsync will not replicate, so it is not logged: rename it`,
+      { path },
+    );
+  }
+}
+
 function assertAppendable(owned: Partition): void {
   if (!owned.log.appendable) {
     throw new TxlogError(
@@ -364,35 +390,12 @@ export class ChangelogGenerator {
       if (owned === undefined) return undefined;
       const { index } = owned;
       const known = index.slotOf(path);
-      // Nothing to log for a path neither indexed nor on disk (a watcher's unlink of a temp file
-      // a hand writer renamed away): and no warning below about a name that is already gone.
-      if (known === undefined && (await statFile(this.root, path)) === undefined) return undefined;
-      // A new file dropped in by hand under a longer path than the API takes: logged, it would
-      // stop every replica whose store directory is longer than this node's (see
-      // MAX_NEW_PATH_BYTES). One logged before that limit is still followed (changed, deleted).
-      if (known === undefined && Buffer.byteLength(path) > MAX_NEW_PATH_BYTES) {
-        throw new FilestoreError(
-          'PATH_TOO_LONG',
-          `${JSON.stringify(path.slice(0, 60))}… is over ${MAX_NEW_PATH_BYTES} bytes, so it is not logged or replicated: rename it`,
-          { path },
-        );
-      }
-      // Likewise a name no replica could pull (see validateNewStorePath).
-      if (known === undefined) {
-        try {
-          validateNewStorePath(path);
-        } catch (error) {
-          if (!(error instanceof FilestoreError) || error.code !== 'PATH_ESCAPED_WILDCARD') throw error;
-          throw new FilestoreError(
-            'PATH_ESCAPED_WILDCARD',
-            `${JSON.stringify(path)} has a backslash right before "*", "?", "[" or "]", which rsync will not replicate, so it is not logged: rename it`,
-            { path },
-          );
-        }
-      }
       for (let attempt = 0; attempt < 5; attempt++) {
         const readFrom = Date.now();
         const before = await statFile(this.root, path);
+        // Judged once the file is known to be there: a path neither indexed nor on disk (a
+        // watcher's unlink of a temp file a hand writer renamed away) warrants no warning.
+        if (before !== undefined && known === undefined) assertLoggableNewPath(path);
         // A record holds a signed 64-bit count of nanoseconds: years 1678 to 2262.
         if (before !== undefined && (before.mtimeNs > MAX_I64 || before.mtimeNs < -MAX_I64 - 1n)) {
           throw new FilestoreError(
