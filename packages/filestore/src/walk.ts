@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { type BigIntStats, lstatSync, unlinkSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -25,10 +26,6 @@ export interface WalkOptions {
   onNameNotUtf8?: ((under: string, name: Buffer) => void) | undefined;
 }
 
-// A name whose bytes are not UTF-8 reads back from a string readdir with U+FFFD in their place,
-// a name that does not exist: such a directory is read again as bytes, decoded strictly.
-const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-
 /** How many entries the walk looks at between two turns of the event loop. */
 const ENTRIES_PER_TURN = 256;
 
@@ -51,10 +48,7 @@ export async function* walkStore(
   const dir = under === '' ? root : join(root, under);
   let names: string[];
   try {
-    names = await readdir(dir);
-    // Read again as bytes only where a name may not be UTF-8: decoding every name strictly
-    // cost a walk ~25 % more.
-    if (names.some((name) => name.includes('\uFFFD'))) names = await utf8NamesOf(dir, under, options);
+    names = await namesIn(dir, under, options.onNameNotUtf8);
   } catch (error) {
     // Gone, or replaced by a file, since its parent was read: nothing to walk there.
     const code = (error as NodeJS.ErrnoException).code;
@@ -116,17 +110,25 @@ function statIfThere(path: string): BigIntStats | undefined {
   }
 }
 
-/** The UTF-8 names in `dir`; each other one is told to `onNameNotUtf8` and left out. */
-async function utf8NamesOf(dir: string, under: string, options: WalkOptions): Promise<string[]> {
-  const names: string[] = [];
+/**
+ * The names in `dir` (the store path `under`) that are UTF-8; each other one is told to
+ * `onNameNotUtf8` and left out. A string readdir shows such a name with U+FFFD in place of its
+ * bad bytes, a name no file has: only a directory where one shows U+FFFD is read again as bytes
+ * (reading every one so cost a walk ~25 % more).
+ */
+async function namesIn(
+  dir: string,
+  under: string,
+  onNameNotUtf8?: WalkOptions['onNameNotUtf8'],
+): Promise<string[]> {
+  const names = await readdir(dir);
+  if (!names.some((name) => name.includes('\uFFFD'))) return names;
+  const utf8: string[] = [];
   for (const raw of await readdir(dir, { encoding: 'buffer' })) {
-    try {
-      names.push(STRICT_UTF8.decode(raw));
-    } catch {
-      options.onNameNotUtf8?.(under, raw);
-    }
+    if (isUtf8(raw)) utf8.push(raw.toString('utf8'));
+    else onNameNotUtf8?.(under, raw);
   }
-  return names;
+  return utf8;
 }
 
 /** Orders store paths the way walkStore visits them: component by component (pure). */
@@ -160,10 +162,7 @@ export async function listStore(
   async function* walk(under: string): AsyncGenerator<StoreEntry> {
     let names: string[];
     try {
-      const dir = under === '' ? root : join(root, under);
-      names = await readdir(dir);
-      // As in walkStore: a name that is not UTF-8 would read as one with U+FFFD that no file has.
-      if (names.some((name) => name.includes('\uFFFD'))) names = await utf8NamesOf(dir, under, {});
+      names = await namesIn(under === '' ? root : join(root, under), under);
     } catch {
       return;
     }
