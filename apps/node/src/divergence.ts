@@ -1,4 +1,4 @@
-import { lstat, mkdir, open, readdir, readFile } from 'node:fs/promises';
+import { type FileHandle, lstat, mkdir, open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { findInStore, firstParentNotADirectory, quarantineFile } from '@pfs/filestore';
 import { formatTxId, fsyncDir, generationOf, type LogRecord, type TxId, type TxLog } from '@pfs/txlog';
@@ -241,11 +241,12 @@ async function quarantineListed(args: {
 async function appendManifest(dir: string, lines: readonly string[]): Promise<void> {
   await mkdir(dir, { recursive: true });
   const manifest = join(dir, 'MANIFEST.jsonl');
-  const last = await lastByteOf(manifest);
-  const torn = last !== undefined && last !== NEWLINE;
-  const bytes = Buffer.from(`${torn ? '\n' : ''}${lines.join('\n')}\n`);
-  const handle = await open(manifest, 'a');
+  // Read and appended through one handle: its last byte says whether a crash tore the last line.
+  const handle = await open(manifest, 'a+');
   try {
+    const last = await lastByteOf(handle);
+    const torn = last !== undefined && last !== NEWLINE;
+    const bytes = Buffer.from(`${torn ? '\n' : ''}${lines.join('\n')}\n`);
     const { bytesWritten } = await handle.write(bytes);
     if (bytesWritten !== bytes.length) {
       throw new Error(
@@ -277,19 +278,13 @@ export async function listQuarantine(quarantineDir: string): Promise<QuarantineE
 
 const NEWLINE = 0x0a;
 
-/** The last byte of the file, or undefined when it is empty or absent. */
-async function lastByteOf(path: string): Promise<number | undefined> {
-  const handle = await open(path, 'r').catch(() => undefined);
-  if (handle === undefined) return undefined;
-  try {
-    const { size } = await handle.stat();
-    if (size === 0) return undefined;
-    const byte = Buffer.alloc(1);
-    await handle.read(byte, 0, 1, size - 1);
-    return byte[0];
-  } finally {
-    await handle.close();
-  }
+/** The last byte of the open file, or undefined when it is empty. */
+async function lastByteOf(handle: FileHandle): Promise<number | undefined> {
+  const { size } = await handle.stat();
+  if (size === 0) return undefined;
+  const byte = Buffer.alloc(1);
+  await handle.read(byte, 0, 1, size - 1);
+  return byte[0];
 }
 
 /**
