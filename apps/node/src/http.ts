@@ -587,7 +587,7 @@ export async function buildHttpServer(state: AgentState, logger: Logger) {
           .header('etag', etag)
           .header('accept-ranges', 'bytes')
           .header('last-modified', new Date(Number(info.mtimeNs / 1_000_000n)).toUTCString());
-        if (noneMatchHits(request.headers['if-none-match'], etag)) return reply.code(304).send();
+        if (noneMatchHits(request.headers['if-none-match'], sha256)) return reply.code(304).send();
         const size = Number(info.size);
         // A resumed download names the version it has (If-Range): another version's bytes would
         // be joined to it, so a change, or a validator other than this ETag, gets the whole file.

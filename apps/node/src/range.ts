@@ -50,15 +50,14 @@ export function namesAnyVersion(header: string | undefined): boolean {
 }
 
 /**
- * Whether an `If-None-Match` header matches the current version's `etag` (pure): `*`, or a list
- * naming it, weak or not (RFC 9110 13.1.2 compares weakly). A cache holding a weak validator, or
- * asking with several, then gets its 304 as a cache holding exactly this one does.
+ * Whether an `If-None-Match` header matches the current version, the file's sha-256 (pure): `*`,
+ * or a list naming its ETag, weak or not (RFC 9110 13.1.2 compares weakly). A cache holding a
+ * weak validator, or asking with several, then gets its 304 as a cache holding exactly this one
+ * does.
  */
-export function noneMatchHits(header: string | undefined, etag: string): boolean {
+export function noneMatchHits(header: string | undefined, sha256: string): boolean {
   if (header === undefined) return false;
-  const current = parseTag(etag);
-  if (current === undefined || current === '*') return false;
-  return tagsOf(header).some((tag) => tag === '*' || tag?.value === current.value);
+  return tagsOf(header).some((tag) => tag === '*' || tag?.value === sha256);
 }
 
 /**
@@ -95,7 +94,7 @@ export function writePreconditionOf(
   }
   const ifNoneMatch = headers['if-none-match'];
   if (typeof ifNoneMatch === 'string' && !(method === 'PUT' && namesAnyVersion(ifNoneMatch))) {
-    checks.push((current) => current === undefined || !noneMatchHits(ifNoneMatch, `"${current}"`));
+    checks.push((current) => current === undefined || !noneMatchHits(ifNoneMatch, current));
   }
   if (checks.length === 0) return undefined;
   return (current) => checks.every((check) => check(current));

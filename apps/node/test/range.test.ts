@@ -27,7 +27,7 @@ describe('parseRange', () => {
 });
 
 describe('noneMatchHits', () => {
-  const etag = '"ab12"';
+  const sha256 = 'ab12';
   it.each([
     [undefined, false],
     ['"ab12"', true],
@@ -41,7 +41,7 @@ describe('noneMatchHits', () => {
     ['ab12', false],
     ['', false],
   ] as const)('%s', (header, want) => {
-    expect(noneMatchHits(header, etag)).toBe(want);
+    expect(noneMatchHits(header, sha256)).toBe(want);
   });
 });
 
